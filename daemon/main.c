@@ -1,0 +1,44 @@
+/* main.c: spesd's entry point: dispatches to a sub-command. */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/commands.h"
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"train", cmd_train, "standalone training: --config RUN.json [--data PATH] [--steps N] --out DIR"},
+    {"eval", cmd_eval, "mean cross-entropy: --checkpoint DIR --data PATH --batch B --seq T"},
+    {"export", cmd_export, "Hugging Face export: --checkpoint DIR --out DIR [--bf16]"},
+    {"tokenize", cmd_tokenize, "text to tokens: (--tokenizer FILE | --bytes) --out FILE INPUT..."},
+    {"detokenize", cmd_detokenize, "tokens to text: (--tokenizer FILE | --bytes) FILE"},
+};
+
+static void usage(FILE *fp)
+{
+    fprintf(fp, "usage: spesd COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(fp, "  %-11s %s\n", commands[i].name, commands[i].summary);
+    fprintf(fp, "\n`spesd COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "spesd: unknown command \"%s\" (try spesd --help)\n", argv[1]);
+    return 2;
+}
