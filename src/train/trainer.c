@@ -117,11 +117,13 @@ int spes_trainer_open_data(spes_trainer *t, int index, int count)
     if (!rc)
         rc = spes_tok_dtype_parse(d->dtype, &dt);
     if (!rc)
-        rc = spes_dataset_open(&t->data, paths, d->nfiles, fmt, dt, t->cfg.model.vocab_size, t->pool);
+        rc = spes_dataset_open(&t->data, paths, d->nfiles, dt, fmt, (uint32_t)t->cfg.model.vocab_size, t->pool);
+    if (rc)
+        return rc;
+    t->have_data = 1;
+    rc = spes_dataset_set_part(&t->data, index, count);
     if (!rc)
-        rc = spes_dataset_set_part(&t->data, index, count);
-    if (!rc)
-        t->have_data = 1;
+        rc = spes_dataset_check_batch(&t->data, t->cfg.train.batch_size, t->cfg.train.seq_len);
     return rc;
 }
 

@@ -1,0 +1,250 @@
+/* sync.c: contribution codec, aggregation and digest.
+ * Wire format of a contribution (little-endian):
+ *   "SPESCTB1" | u32 version=1 | u32 codec | i64 round | i32 node | u32 ncols |
+ *   u64 tokens | f32 loss_mean | u64 shared_numel | u64 column_numel |
+ *   i32 cols[ncols] | values (fp32 or bf16) for shared, then each column.
+ * Decoding never trusts a length: every size is checked against the layout
+ * and the buffer before anything is read. */
+#include "sync/sync.h"
+#include "core/error.h"
+#include "core/sha256.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CTB_MAGIC "SPESCTB1"
+#define CTB_HEADER 64
+
+uint16_t spes_bf16_from_f32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float spes_f32_from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *base,
+                      const float *cur, int64_t round, int32_t node, uint64_t tokens, float loss_mean)
+{
+    memset(c, 0, sizeof *c);
+    int n = 0;
+    for (int e = 0; e < E; e++)
+        n += owned[e] ? 1 : 0;
+    c->cols = malloc((size_t)(n ? n : 1) * sizeof *c->cols);
+    c->delta = malloc((lo->shared_numel + (size_t)n * lo->column_numel) * sizeof *c->delta);
+    if (!c->cols || !c->delta) {
+        spes_contrib_fini(c);
+        return SPES_ENOMEM;
+    }
+    c->round = round;
+    c->node = node;
+    c->tokens = tokens;
+    c->loss_mean = loss_mean;
+    c->shared_numel = lo->shared_numel;
+    c->column_numel = lo->column_numel;
+    for (size_t i = 0; i < lo->shared_numel; i++)
+        c->delta[i] = cur[i] - base[i];
+    float *d = c->delta + lo->shared_numel;
+    for (int e = 0; e < E; e++) {
+        if (!owned[e])
+            continue;
+        size_t off = lo->shared_numel + (size_t)e * lo->column_numel;
+        for (size_t i = 0; i < lo->column_numel; i++)
+            d[i] = cur[off + i] - base[off + i];
+        d += lo->column_numel;
+        c->cols[c->ncols++] = e;
+    }
+    return 0;
+}
+
+void spes_contrib_fini(spes_contrib *c)
+{
+    free(c->cols);
+    free(c->delta);
+    memset(c, 0, sizeof *c);
+}
+
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, uint8_t **out, size_t *len)
+{
+    if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
+        return spes_errf(SPES_EINVAL, "unknown contribution codec %d", (int)codec);
+    size_t nvals = c->shared_numel + (size_t)c->ncols * c->column_numel;
+    size_t vsize = codec == SPES_CODEC_FP32 ? 4 : 2;
+    size_t n = CTB_HEADER + (size_t)c->ncols * 4 + nvals * vsize;
+    uint8_t *b = malloc(n);
+    if (!b)
+        return SPES_ENOMEM;
+    memcpy(b, CTB_MAGIC, 8);
+    put32(b + 8, 1);
+    put32(b + 12, (uint32_t)codec);
+    put64(b + 16, (uint64_t)c->round);
+    put32(b + 24, (uint32_t)c->node);
+    put32(b + 28, (uint32_t)c->ncols);
+    put64(b + 32, c->tokens);
+    memcpy(b + 40, &c->loss_mean, 4);
+    put32(b + 44, 0);
+    put64(b + 48, c->shared_numel);
+    put64(b + 56, c->column_numel);
+    uint8_t *p = b + CTB_HEADER;
+    for (int i = 0; i < c->ncols; i++, p += 4)
+        put32(p, (uint32_t)c->cols[i]);
+    if (codec == SPES_CODEC_FP32) {
+        memcpy(p, c->delta, nvals * 4);
+    } else {
+        for (size_t i = 0; i < nvals; i++) {
+            uint16_t h = spes_bf16_from_f32(c->delta[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+    }
+    *out = b;
+    *len = n;
+    return 0;
+}
+
+static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *origin)
+{
+    for (int i = 0; i < c->ncols; i++) {
+        int32_t col = (int32_t)get32(p + 4 * (size_t)i);
+        if (col < 0 || col >= E)
+            return spes_errf(SPES_EFORMAT, "%s: contribution column %d is outside 0..%d", origin, col, E - 1);
+        if (i > 0 && col <= c->cols[i - 1])
+            return spes_errf(SPES_EFORMAT, "%s: contribution columns are not strictly increasing at %d", origin, col);
+        c->cols[i] = col;
+    }
+    return 0;
+}
+
+static int decode_values(spes_contrib *c, const uint8_t *p, size_t nvals, uint32_t codec, float max_abs,
+                         const char *origin)
+{
+    for (size_t i = 0; i < nvals; i++) {
+        float v;
+        if (codec == SPES_CODEC_FP32) {
+            memcpy(&v, p + 4 * i, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            v = spes_f32_from_bf16(h);
+        }
+        if (!isfinite(v))
+            return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) ? "NaN" : "infinite");
+        if (fabsf(v) > max_abs)
+            return spes_errf(SPES_ERANGE, "%s: contribution value %zu = %g exceeds the bound %g", origin, i, (double)v,
+                             (double)max_abs);
+        c->delta[i] = v;
+    }
+    return 0;
+}
+
+int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const spes_layout *lo, int E,
+                        float max_abs, const char *origin)
+{
+    memset(c, 0, sizeof *c);
+    if (len < CTB_HEADER || memcmp(buf, CTB_MAGIC, 8))
+        return spes_errf(SPES_EFORMAT, "%s: not a contribution (bad magic or %zu bytes)", origin, len);
+    if (get32(buf + 8) != 1)
+        return spes_errf(SPES_EFORMAT, "%s: contribution version %u is not supported", origin, get32(buf + 8));
+    uint32_t codec = get32(buf + 12), ncols = get32(buf + 28);
+    if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
+        return spes_errf(SPES_EFORMAT, "%s: unknown contribution codec %u", origin, codec);
+    if (get64(buf + 48) != lo->shared_numel || get64(buf + 56) != lo->column_numel)
+        return spes_errf(SPES_EFORMAT, "%s: contribution sizes (%llu, %llu) do not match this model (%zu, %zu)", origin,
+                         (unsigned long long)get64(buf + 48), (unsigned long long)get64(buf + 56), lo->shared_numel,
+                         lo->column_numel);
+    if (ncols > (uint32_t)E)
+        return spes_errf(SPES_EFORMAT, "%s: contribution has %u columns, the model has %d", origin, ncols, E);
+    size_t vsize = codec == SPES_CODEC_FP32 ? 4 : 2;
+    size_t nvals = lo->shared_numel + (size_t)ncols * lo->column_numel;
+    if (len != CTB_HEADER + (size_t)ncols * 4 + nvals * vsize)
+        return spes_errf(SPES_EFORMAT, "%s: contribution is %zu bytes, expected %zu", origin, len,
+                         CTB_HEADER + (size_t)ncols * 4 + nvals * vsize);
+    c->round = (int64_t)get64(buf + 16);
+    c->node = (int32_t)get32(buf + 24);
+    c->ncols = (int)ncols;
+    c->tokens = get64(buf + 32);
+    memcpy(&c->loss_mean, buf + 40, 4);
+    c->shared_numel = lo->shared_numel;
+    c->column_numel = lo->column_numel;
+    c->cols = malloc((size_t)(ncols ? ncols : 1) * sizeof *c->cols);
+    c->delta = malloc(nvals * sizeof *c->delta);
+    int rc = (!c->cols || !c->delta) ? SPES_ENOMEM : 0;
+    if (!rc)
+        rc = check_cols(c, buf + CTB_HEADER, E, origin);
+    if (!rc)
+        rc = decode_values(c, buf + CTB_HEADER + (size_t)ncols * 4, nvals, codec, max_abs, origin);
+    if (rc)
+        spes_contrib_fini(c);
+    return rc;
+}
+
+int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n)
+{
+    for (int i = 1; i < n; i++)
+        if (cs[i]->node <= cs[i - 1]->node)
+            return spes_errf(SPES_EINVAL, "aggregate: contributions not sorted by node id");
+    if (n == 0)
+        return 0;
+    size_t width = lo->shared_numel > lo->column_numel ? lo->shared_numel : lo->column_numel;
+    float *acc = malloc(width * sizeof *acc);
+    if (!acc)
+        return SPES_ENOMEM;
+    memset(acc, 0, lo->shared_numel * sizeof *acc);
+    for (int k = 0; k < n; k++)
+        for (size_t i = 0; i < lo->shared_numel; i++)
+            acc[i] += cs[k]->delta[i];
+    for (size_t i = 0; i < lo->shared_numel; i++)
+        params[i] += acc[i] / (float)n;
+    for (int e = 0; e < E; e++) {
+        int owners = 0;
+        memset(acc, 0, lo->column_numel * sizeof *acc);
+        for (int k = 0; k < n; k++) {
+            for (int j = 0; j < cs[k]->ncols; j++) {
+                if (cs[k]->cols[j] != e)
+                    continue;
+                const float *d = cs[k]->delta + lo->shared_numel + (size_t)j * lo->column_numel;
+                for (size_t i = 0; i < lo->column_numel; i++)
+                    acc[i] += d[i];
+                owners++;
+            }
+        }
+        if (!owners)
+            continue;
+        float *p = params + lo->shared_numel + (size_t)e * lo->column_numel;
+        for (size_t i = 0; i < lo->column_numel; i++)
+            p[i] += acc[i] / (float)owners;
+    }
+    free(acc);
+    return 0;
+}
+
+int spes_state_digest(const float *params, size_t numel, int64_t round, uint8_t out[32])
+{
+    spes_sha256_ctx c;
+    int rc = spes_sha256_init(&c);
+    if (rc)
+        return rc;
+    uint8_t hdr[26];
+    memcpy(hdr, "SPESSTATE1", 10);
+    put64(hdr + 10, (uint64_t)round);
+    put64(hdr + 18, (uint64_t)numel);
+    spes_sha256_update(&c, hdr, sizeof hdr);
+    spes_sha256_update(&c, params, numel * sizeof(float));
+    spes_sha256_final(&c, out);
+    return 0;
+}

@@ -1,0 +1,66 @@
+/* sync.h: SPES round state: contributions (deltas against the agreed state),
+ * their wire codec (fp32 or bf16), deterministic aggregation, and the state
+ * digest. Pure computation and byte codecs; no I/O. Aggregation is in node-id
+ * order with fp32 accumulation, so every node computes the same bytes. */
+#ifndef SPES_SYNC_SYNC_H
+#define SPES_SYNC_SYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+/* spes_codec is how a contribution's deltas travel. */
+typedef enum spes_codec {
+    SPES_CODEC_FP32 = 1,
+    SPES_CODEC_BF16 = 2,
+} spes_codec;
+
+/* spes_contrib is one node's decoded contribution to one round. */
+typedef struct spes_contrib {
+    int64_t round;
+    int32_t node;       /* node id (aggregation order) */
+    uint64_t tokens;    /* tokens trained this round */
+    float loss_mean;    /* mean training CE over the round's steps */
+    int ncols;
+    int32_t *cols;      /* (ncols) owned columns, strictly increasing */
+    size_t shared_numel, column_numel;
+    float *delta;       /* (shared_numel + ncols * column_numel): shared, then columns */
+} spes_contrib;
+
+/* spes_contrib_make computes node's delta cur - base over the shared block and
+ * the columns set in owned (E entries); the contribution owns its arrays. */
+int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *base,
+                      const float *cur, int64_t round, int32_t node, uint64_t tokens, float loss_mean);
+
+/* spes_contrib_fini frees what the contribution owns. */
+void spes_contrib_fini(spes_contrib *c);
+
+/* spes_contrib_encode serialises c with the codec into a malloc'd buffer. */
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, uint8_t **out, size_t *len);
+
+/* spes_contrib_decode parses and checks a contribution from peer bytes for a
+ * model of layout lo with E experts: magic, version, codec, sizes, columns in
+ * range and increasing, every value finite and |value| <= max_abs. Errors name
+ * `origin` (e.g. the peer) and the first bad field or value. */
+int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const spes_layout *lo, int E,
+                        float max_abs, const char *origin);
+
+/* spes_aggregate turns the agreed state S_r (params, in place) into S_{r+1}:
+ * shared += mean over contributions of their shared deltas; each column +=
+ * mean over the contributions that carry it; contributions must be sorted by
+ * node id (SPES_EINVAL otherwise). */
+int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n);
+
+/* spes_state_digest is the SHA-256 of the canonical serialisation of a state:
+ * "SPESSTATE1", the round (int64 LE), total_numel (uint64 LE), then every
+ * parameter as little-endian fp32 in layout order. */
+int spes_state_digest(const float *params, size_t numel, int64_t round, uint8_t out[32]);
+
+/* spes_bf16_from_f32 rounds to nearest even (NaN stays NaN). */
+uint16_t spes_bf16_from_f32(float f);
+
+/* spes_f32_from_bf16 widens a bf16 value. */
+float spes_f32_from_bf16(uint16_t h);
+
+#endif
