@@ -22,6 +22,20 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
+/* peak_rss_mib reads the process's peak resident set size (VmHWM). */
+static double peak_rss_mib(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = -1;
+    while (fp && fgets(line, sizeof line, fp))
+        if (sscanf(line, "VmHWM: %lf kB", &kib) == 1)
+            break;
+    if (fp)
+        fclose(fp);
+    return kib / 1024.0;
+}
+
 static void train_usage(FILE *fp)
 {
     fprintf(fp,
@@ -117,9 +131,10 @@ static int run(train_args *a, spes_run_config *cfg)
     const int64_t tokens_per_step = (int64_t)cfg->train.batch_size * cfg->train.seq_len;
     double window_s = 0;
     int64_t window_steps = 0;
-    log_info("training %zu parameters (%zu trained), %d thread(s), steps %lld..%lld of %d",
+    log_info("training %zu parameters (%zu trained), %d thread(s), steps %lld..%lld of %d, "
+             "%.4g model FLOPs per token",
              t.model->layout.total_numel, t.model->grads_numel, t.nthreads, (long long)t.step,
-             (long long)end - 1, cfg->train.max_steps);
+             (long long)end - 1, cfg->train.max_steps, spes_model_flops_per_token(t.model));
     while (t.step < end && !stop_requested) {
         spes_step_stats st;
         if ((rc = spes_trainer_step(&t, &st)) != 0)
@@ -143,7 +158,8 @@ static int run(train_args *a, spes_run_config *cfg)
         log_info("stopping at step %lld on request; writing the checkpoint", (long long)t.step);
     rc = spes_trainer_save(&t, a->out);
     if (!rc)
-        log_info("checkpoint at step %lld written to %s", (long long)t.step, a->out);
+        log_info("checkpoint at step %lld written to %s; peak memory %.1f MiB", (long long)t.step, a->out,
+                 peak_rss_mib());
 out:
     spes_trainer_fini(&t);
     return rc;
