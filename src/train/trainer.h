@@ -38,6 +38,7 @@ typedef struct spes_trainer {
     int have_data;
     int32_t *inputs, *targets; /* (B*T) */
     int64_t step;              /* next step to take */
+    int64_t round;             /* SPES round (0 in standalone training) */
     spes_rng rng;
 } spes_trainer;
 
