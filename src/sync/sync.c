@@ -34,16 +34,16 @@ float spes_f32_from_bf16(uint16_t h)
     return f;
 }
 
-int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *base,
-                      const float *cur, int64_t round, int32_t node, uint64_t tokens, float loss_mean)
+int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *cur,
+                      int64_t round, int32_t node, uint64_t tokens, float loss_mean)
 {
     memset(c, 0, sizeof *c);
     int n = 0;
     for (int e = 0; e < E; e++)
         n += owned[e] ? 1 : 0;
     c->cols = malloc((size_t)(n ? n : 1) * sizeof *c->cols);
-    c->delta = malloc((lo->shared_numel + (size_t)n * lo->column_numel) * sizeof *c->delta);
-    if (!c->cols || !c->delta) {
+    c->val = malloc((lo->shared_numel + (size_t)n * lo->column_numel) * sizeof *c->val);
+    if (!c->cols || !c->val) {
         spes_contrib_fini(c);
         return SPES_ENOMEM;
     }
@@ -53,15 +53,12 @@ int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8
     c->loss_mean = loss_mean;
     c->shared_numel = lo->shared_numel;
     c->column_numel = lo->column_numel;
-    for (size_t i = 0; i < lo->shared_numel; i++)
-        c->delta[i] = cur[i] - base[i];
-    float *d = c->delta + lo->shared_numel;
+    memcpy(c->val, cur, lo->shared_numel * sizeof *cur);
+    float *d = c->val + lo->shared_numel;
     for (int e = 0; e < E; e++) {
         if (!owned[e])
             continue;
-        size_t off = lo->shared_numel + (size_t)e * lo->column_numel;
-        for (size_t i = 0; i < lo->column_numel; i++)
-            d[i] = cur[off + i] - base[off + i];
+        memcpy(d, cur + lo->shared_numel + (size_t)e * lo->column_numel, lo->column_numel * sizeof *cur);
         d += lo->column_numel;
         c->cols[c->ncols++] = e;
     }
@@ -71,7 +68,7 @@ int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8
 void spes_contrib_fini(spes_contrib *c)
 {
     free(c->cols);
-    free(c->delta);
+    free(c->val);
     memset(c, 0, sizeof *c);
 }
 
@@ -80,7 +77,16 @@ static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, uint8_t **out, size_t *len)
+/* base_of returns the agreed value matching value i of a contribution. */
+static float base_of(const spes_contrib *c, const float *base, size_t i)
+{
+    if (i < c->shared_numel)
+        return base[i];
+    size_t j = i - c->shared_numel, col = j / c->column_numel;
+    return base[c->shared_numel + (size_t)c->cols[col] * c->column_numel + j % c->column_numel];
+}
+
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len)
 {
     if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
         return spes_errf(SPES_EINVAL, "unknown contribution codec %d", (int)codec);
@@ -105,10 +111,10 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, uint8_t **out, 
     for (int i = 0; i < c->ncols; i++, p += 4)
         put32(p, (uint32_t)c->cols[i]);
     if (codec == SPES_CODEC_FP32) {
-        memcpy(p, c->delta, nvals * 4);
+        memcpy(p, c->val, nvals * 4);
     } else {
         for (size_t i = 0; i < nvals; i++) {
-            uint16_t h = spes_bf16_from_f32(c->delta[i]);
+            uint16_t h = spes_bf16_from_f32(c->val[i] - base_of(c, base, i));
             memcpy(p + 2 * i, &h, 2);
         }
     }
@@ -130,30 +136,32 @@ static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *orig
     return 0;
 }
 
-static int decode_values(spes_contrib *c, const uint8_t *p, size_t nvals, uint32_t codec, float max_abs,
-                         const char *origin)
+static int decode_values(spes_contrib *c, const uint8_t *p, size_t nvals, uint32_t codec, const float *base,
+                         float max_delta, const char *origin)
 {
     for (size_t i = 0; i < nvals; i++) {
-        float v;
+        float v, b = base_of(c, base, i), d;
         if (codec == SPES_CODEC_FP32) {
             memcpy(&v, p + 4 * i, 4);
+            d = v - b;
         } else {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            v = spes_f32_from_bf16(h);
+            d = spes_f32_from_bf16(h);
+            v = b + d;
         }
-        if (!isfinite(v))
-            return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) ? "NaN" : "infinite");
-        if (fabsf(v) > max_abs)
-            return spes_errf(SPES_ERANGE, "%s: contribution value %zu = %g exceeds the bound %g", origin, i, (double)v,
-                             (double)max_abs);
-        c->delta[i] = v;
+        if (!isfinite(v) || !isfinite(d))
+            return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) || isnan(d) ? "NaN" : "infinite");
+        if (fabsf(d) > max_delta)
+            return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin, i,
+                             (double)d, (double)max_delta);
+        c->val[i] = v;
     }
     return 0;
 }
 
 int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const spes_layout *lo, int E,
-                        float max_abs, const char *origin)
+                        const float *base, float max_delta, const char *origin)
 {
     memset(c, 0, sizeof *c);
     if (len < CTB_HEADER || memcmp(buf, CTB_MAGIC, 8))
@@ -182,15 +190,30 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     c->shared_numel = lo->shared_numel;
     c->column_numel = lo->column_numel;
     c->cols = malloc((size_t)(ncols ? ncols : 1) * sizeof *c->cols);
-    c->delta = malloc(nvals * sizeof *c->delta);
-    int rc = (!c->cols || !c->delta) ? SPES_ENOMEM : 0;
+    c->val = malloc(nvals * sizeof *c->val);
+    int rc = (!c->cols || !c->val) ? SPES_ENOMEM : 0;
     if (!rc)
         rc = check_cols(c, buf + CTB_HEADER, E, origin);
     if (!rc)
-        rc = decode_values(c, buf + CTB_HEADER + (size_t)ncols * 4, nvals, codec, max_abs, origin);
+        rc = decode_values(c, buf + CTB_HEADER + (size_t)ncols * 4, nvals, codec, base, max_delta, origin);
     if (rc)
         spes_contrib_fini(c);
     return rc;
+}
+
+/* agg_segment updates n floats of params from the k contributions in vs. */
+static void agg_segment(float *params, const float *const *vs, int k, size_t n, float *acc)
+{
+    if (k == 1) {
+        memcpy(params, vs[0], n * sizeof *params);
+        return;
+    }
+    memset(acc, 0, n * sizeof *acc);
+    for (int j = 0; j < k; j++)
+        for (size_t i = 0; i < n; i++)
+            acc[i] += vs[j][i] - params[i];
+    for (size_t i = 0; i < n; i++)
+        params[i] += acc[i] / (float)k;
 }
 
 int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n)
@@ -202,34 +225,26 @@ int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contr
         return 0;
     size_t width = lo->shared_numel > lo->column_numel ? lo->shared_numel : lo->column_numel;
     float *acc = malloc(width * sizeof *acc);
-    if (!acc)
+    const float **vs = malloc((size_t)n * sizeof *vs);
+    if (!acc || !vs) {
+        free(acc);
+        free(vs);
         return SPES_ENOMEM;
-    memset(acc, 0, lo->shared_numel * sizeof *acc);
+    }
     for (int k = 0; k < n; k++)
-        for (size_t i = 0; i < lo->shared_numel; i++)
-            acc[i] += cs[k]->delta[i];
-    for (size_t i = 0; i < lo->shared_numel; i++)
-        params[i] += acc[i] / (float)n;
+        vs[k] = cs[k]->val;
+    agg_segment(params, vs, n, lo->shared_numel, acc);
     for (int e = 0; e < E; e++) {
         int owners = 0;
-        memset(acc, 0, lo->column_numel * sizeof *acc);
-        for (int k = 0; k < n; k++) {
-            for (int j = 0; j < cs[k]->ncols; j++) {
-                if (cs[k]->cols[j] != e)
-                    continue;
-                const float *d = cs[k]->delta + lo->shared_numel + (size_t)j * lo->column_numel;
-                for (size_t i = 0; i < lo->column_numel; i++)
-                    acc[i] += d[i];
-                owners++;
-            }
-        }
-        if (!owners)
-            continue;
-        float *p = params + lo->shared_numel + (size_t)e * lo->column_numel;
-        for (size_t i = 0; i < lo->column_numel; i++)
-            p[i] += acc[i] / (float)owners;
+        for (int k = 0; k < n; k++)
+            for (int j = 0; j < cs[k]->ncols; j++)
+                if (cs[k]->cols[j] == e)
+                    vs[owners++] = cs[k]->val + lo->shared_numel + (size_t)j * lo->column_numel;
+        if (owners)
+            agg_segment(params + lo->shared_numel + (size_t)e * lo->column_numel, vs, owners, lo->column_numel, acc);
     }
     free(acc);
+    free(vs);
     return 0;
 }
 

@@ -16,7 +16,12 @@ typedef enum spes_codec {
     SPES_CODEC_BF16 = 2,
 } spes_codec;
 
-/* spes_contrib is one node's decoded contribution to one round. */
+/* spes_contrib is one node's decoded contribution to one round. It holds the
+ * node's NEW values of what it trained (shared block, then owned columns);
+ * the delta against the base is what aggregation averages. On the wire the
+ * fp32 codec carries the values themselves (so a single contributor's values
+ * arrive bit for bit, and one node is exactly standalone training); the bf16
+ * codec carries bf16(value - base), since bf16 values would lose too much. */
 typedef struct spes_contrib {
     int64_t round;
     int32_t node;       /* node id (aggregation order) */
@@ -25,31 +30,34 @@ typedef struct spes_contrib {
     int ncols;
     int32_t *cols;      /* (ncols) owned columns, strictly increasing */
     size_t shared_numel, column_numel;
-    float *delta;       /* (shared_numel + ncols * column_numel): shared, then columns */
+    float *val;         /* (shared_numel + ncols * column_numel): shared, then columns */
 } spes_contrib;
 
-/* spes_contrib_make computes node's delta cur - base over the shared block and
- * the columns set in owned (E entries); the contribution owns its arrays. */
-int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *base,
-                      const float *cur, int64_t round, int32_t node, uint64_t tokens, float loss_mean);
+/* spes_contrib_make copies the node's values cur over the shared block and the
+ * columns set in owned (E entries); the contribution owns its arrays. */
+int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8_t *owned, const float *cur,
+                      int64_t round, int32_t node, uint64_t tokens, float loss_mean);
 
 /* spes_contrib_fini frees what the contribution owns. */
 void spes_contrib_fini(spes_contrib *c);
 
-/* spes_contrib_encode serialises c with the codec into a malloc'd buffer. */
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, uint8_t **out, size_t *len);
+/* spes_contrib_encode serialises c with the codec into a malloc'd buffer;
+ * base (the agreed state, full layout) is needed by the bf16 codec. */
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len);
 
 /* spes_contrib_decode parses and checks a contribution from peer bytes for a
- * model of layout lo with E experts: magic, version, codec, sizes, columns in
- * range and increasing, every value finite and |value| <= max_abs. Errors name
- * `origin` (e.g. the peer) and the first bad field or value. */
+ * model of layout lo with E experts against the agreed state base: magic,
+ * version, codec, sizes, columns in range and increasing, every value finite
+ * and |value - base| <= max_delta. Errors name `origin` (e.g. the peer) and
+ * the first bad field or value. */
 int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const spes_layout *lo, int E,
-                        float max_abs, const char *origin);
+                        const float *base, float max_delta, const char *origin);
 
 /* spes_aggregate turns the agreed state S_r (params, in place) into S_{r+1}:
- * shared += mean over contributions of their shared deltas; each column +=
- * mean over the contributions that carry it; contributions must be sorted by
- * node id (SPES_EINVAL otherwise). */
+ * shared += mean over contributions of (value - S_r); each column += mean over
+ * the contributions that carry it; the sum is accumulated in fp32 in node-id
+ * order and divided by the count; with a single contributor the result is its
+ * value exactly. Contributions must be sorted by node id (SPES_EINVAL otherwise). */
 int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n);
 
 /* spes_state_digest is the SHA-256 of the canonical serialisation of a state:
