@@ -24,6 +24,7 @@ const char *spes_strerror(int err)
     case SPES_EAUTH: return "not authorised";
     case SPES_ETIMEDOUT: return "timed out";
     case SPES_EINTR: return "interrupted";
+    case SPES_EVERSION: return "unsupported protocol version";
     default: return "unknown error";
     }
 }

@@ -22,6 +22,7 @@ enum {
     SPES_EAUTH = -10,  /* authentication or authorisation refused */
     SPES_ETIMEDOUT = -11,
     SPES_EINTR = -12,  /* interrupted by a shutdown request */
+    SPES_EVERSION = -13, /* peer speaks an unsupported protocol version */
 };
 
 /* spes_strerror returns a short name for an error code. */
