@@ -15,4 +15,7 @@ int cmd_tokenize(int argc, char **argv);
 /* cmd_detokenize is `spesd detokenize`: token files back to text. */
 int cmd_detokenize(int argc, char **argv);
 
+/* cmd_run is `spesd run`: the daemon. */
+int cmd_run(int argc, char **argv);
+
 #endif

@@ -11,6 +11,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"run", cmd_run, "the daemon: --config DAEMON.json [-n]"},
     {"train", cmd_train, "standalone training: --config RUN.json [--data PATH] [--steps N] --out DIR"},
     {"eval", cmd_eval, "mean cross-entropy: --checkpoint DIR --data PATH --batch B --seq T"},
     {"export", cmd_export, "Hugging Face export: --checkpoint DIR --out DIR [--bf16]"},

@@ -1,0 +1,134 @@
+/* cmd_detokenize.c: `spesd detokenize`, a token file back to text with a tokenizer.json
+ * or the byte vocabulary. Writes the decoded bytes exactly (no lossy UTF-8 repair) to
+ * standard output or, with --out, durably to a file. Never trusts the token file: its
+ * header is validated by the data module and every id is checked against the vocabulary. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "daemon/cli.h"
+#include "daemon/commands.h"
+#include "data/tokfile.h"
+#include "tokenizer/tokenizer.h"
+
+#define CHUNK 65536
+
+typedef struct detok_args {
+    const char *tokenizer, *dtype, *format, *out, *in;
+    int bytes;
+} detok_args;
+
+static void detok_usage(FILE *fp)
+{
+    fprintf(fp, "usage: spesd detokenize (--tokenizer tokenizer.json | --bytes)\n"
+                "                        [--format auto|raw|npy|llmc] [--dtype uint16|uint32]\n"
+                "                        [--out FILE] TOKENS\n"
+                "  writes the text to standard output unless --out is given; --dtype is\n"
+                "  needed for raw token files only\n");
+}
+
+static int parse_args(int argc, char **argv, detok_args *a, int *help)
+{
+    static const struct option opts[] = {
+        {"tokenizer", required_argument, 0, 't'}, {"bytes", no_argument, 0, 'b'},
+        {"dtype", required_argument, 0, 'd'},     {"format", required_argument, 0, 'f'},
+        {"out", required_argument, 0, 'o'},       {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int c;
+    *a = (detok_args){0};
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 't': a->tokenizer = optarg; break;
+        case 'b': a->bytes = 1; break;
+        case 'd': a->dtype = optarg; break;
+        case 'f': a->format = optarg; break;
+        case 'o': a->out = optarg; break;
+        case 'h': *help = 1; return 0;
+        default: return spes_cli_bad_option(argv, optind);
+        }
+    }
+    if (!!a->tokenizer == a->bytes)
+        return spes_errf(SPES_EINVAL, "give exactly one of --tokenizer FILE and --bytes");
+    if (optind != argc - 1)
+        return spes_errf(SPES_EINVAL, "give exactly one token file");
+    a->in = argv[optind];
+    return 0;
+}
+
+/* decode_all decodes f chunk by chunk and hands each chunk's bytes to the sink */
+static int decode_all(const spes_tokenizer *tok, const spes_tokfile *f, FILE *fp,
+                      spes_atomic_file *af)
+{
+    uint32_t *ids = malloc(CHUNK * sizeof(uint32_t));
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = ids ? 0 : spes_errf(SPES_ENOMEM, "out of memory");
+    for (uint64_t i = 0; !rc && i < f->hdr.ntokens; i += CHUNK) {
+        size_t n = f->hdr.ntokens - i < CHUNK ? (size_t)(f->hdr.ntokens - i) : CHUNK;
+        for (size_t k = 0; k < n; k++)
+            ids[k] = spes_tokfile_get(f, i + k);
+        len = 0;
+        rc = spes_tokenizer_decode(tok, ids, n, &buf, &len, &cap);
+        if (rc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", spes_errmsg());
+            rc = spes_errf(rc, "%s: %s (chunk at token %llu)", f->path, msg,
+                           (unsigned long long)i);
+        } else if (af) {
+            rc = spes_atomic_write(af, buf, len);
+        } else if (len && fwrite(buf, 1, len, fp) != len) {
+            rc = spes_errf_errno(SPES_EIO, "standard output: write failed");
+        }
+    }
+    free(ids);
+    free(buf);
+    return rc;
+}
+
+int cmd_detokenize(int argc, char **argv)
+{
+    detok_args a;
+    spes_tokenizer *tok = NULL;
+    spes_tokfile f = {0};
+    spes_atomic_file af = {0};
+    spes_tok_dtype dtype = SPES_TOK_DTYPE_NONE;
+    spes_tok_format format = SPES_TOK_AUTO;
+    int help = 0, opened = 0, rc = parse_args(argc, argv, &a, &help);
+    if (help) {
+        detok_usage(stdout);
+        return 0;
+    }
+    if (!rc && a.dtype)
+        rc = spes_tok_dtype_parse(a.dtype, &dtype);
+    if (!rc && a.format)
+        rc = spes_tok_format_parse(a.format, &format);
+    if (!rc)
+        rc = a.bytes ? spes_tokenizer_alloc_bytes(&tok) : spes_tokenizer_load(&tok, a.tokenizer);
+    if (!rc)
+        rc = spes_tokfile_open(&f, a.in, format, dtype);
+    if (!rc && a.out && !(rc = spes_atomic_open(&af, a.out)))
+        opened = 1;
+    if (!rc)
+        rc = decode_all(tok, &f, stdout, opened ? &af : NULL);
+    if (!rc && opened) {
+        opened = 0; /* commit releases the file whether or not it succeeds */
+        rc = spes_atomic_commit(&af);
+    }
+    if (!rc && !a.out && fflush(stdout) != 0)
+        rc = spes_errf_errno(SPES_EIO, "standard output: write failed");
+    if (opened)
+        spes_atomic_abort(&af);
+    spes_tokfile_close(&f);
+    spes_tokenizer_free(tok);
+    if (rc) {
+        fprintf(stderr, "spesd detokenize: %s\n", spes_errmsg());
+        return 1;
+    }
+    return 0;
+}

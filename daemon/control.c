@@ -1,0 +1,148 @@
+/* control.c: the local control socket (a unix stream socket, mode 0660): one
+ * request envelope in, one reply envelope out, then the connection closes.
+ * The socket's file permissions are the access control: a local client is
+ * treated as the operator. Lengths are checked before anything is buffered. */
+#include "core/error.h"
+#include "core/log.h"
+#include "daemon/daemon.h"
+#include "proto/proto.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CONTROL_MAX (1u << 20)
+
+typedef struct conn {
+    uv_pipe_t pipe;
+    spes_daemon *d;
+    uint8_t *buf;
+    size_t len, cap, want;
+    int replied;
+} conn;
+
+static void on_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    free(c->buf);
+    free(c);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    (void)status;
+    conn *c = w->data;
+    free(w);
+    uv_close((uv_handle_t *)&c->pipe, on_closed);
+}
+
+static void control_reply(void *ctx, const uint8_t *data, size_t len)
+{
+    conn *c = ctx;
+    c->replied = 1;
+    if (!data || !len) {
+        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        return;
+    }
+    uv_write_t *w = malloc(sizeof *w + len);
+    if (!w) {
+        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        return;
+    }
+    uint8_t *copy = (uint8_t *)(w + 1);
+    memcpy(copy, data, len);
+    w->data = c;
+    uv_buf_t b = uv_buf_init((char *)copy, (unsigned)len);
+    if (uv_write(w, (uv_stream_t *)&c->pipe, &b, 1, on_written) != 0) {
+        free(w);
+        uv_close((uv_handle_t *)&c->pipe, on_closed);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    conn *c = h->data;
+    size_t need = c->want ? c->want : SPES_PROTO_HEADER_LEN;
+    if (need > c->cap) {
+        uint8_t *nb = realloc(c->buf, need);
+        if (nb) {
+            c->buf = nb;
+            c->cap = need;
+        }
+    }
+    *b = uv_buf_init((char *)c->buf + c->len, c->cap > c->len ? (unsigned)(c->cap - c->len) : 0);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    (void)b;
+    conn *c = s->data;
+    if (nread < 0) {
+        if (!c->replied)
+            uv_close((uv_handle_t *)s, on_closed);
+        return;
+    }
+    c->len += (size_t)nread;
+    if (!c->want && c->len >= SPES_PROTO_HEADER_LEN) {
+        uint32_t plen = (uint32_t)c->buf[8] << 24 | (uint32_t)c->buf[9] << 16 | (uint32_t)c->buf[10] << 8 | c->buf[11];
+        if (plen > CONTROL_MAX) {
+            uv_read_stop(s);
+            spes_daemon_reply_error(control_reply, c, SPES_ERANGE, 0, "request of %u bytes is too large", plen);
+            return;
+        }
+        c->want = SPES_PROTO_HEADER_LEN + plen;
+    }
+    if (c->want && c->len >= c->want) {
+        uv_read_stop(s);
+        spes_pki_identity local;
+        memset(&local, 0, sizeof local);
+        spes_daemon_handle(c->d, c->buf, c->want, &local, control_reply, c);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    spes_daemon *d = server->data;
+    if (status < 0)
+        return;
+    conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->d = d;
+    uv_pipe_init(&d->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0 || uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read)) {
+        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        return;
+    }
+}
+
+int spes_control_open(spes_daemon *d)
+{
+    const char *path = d->cfg.control_socket;
+    unlink(path); /* a stale socket of a dead daemon; the state-dir lock proves it is dead */
+    uv_pipe_init(&d->loop, &d->control, 0);
+    d->control.data = d;
+    int r = uv_pipe_bind(&d->control, path);
+    if (!r) {
+        chmod(path, 0660);
+        r = uv_listen((uv_stream_t *)&d->control, 16, on_connection);
+    }
+    if (r) {
+        uv_close((uv_handle_t *)&d->control, NULL);
+        return spes_errf(SPES_EIO, "%s: cannot listen on the control socket: %s", path, uv_strerror(r));
+    }
+    d->control_open = 1;
+    return 0;
+}
+
+void spes_control_close(spes_daemon *d)
+{
+    if (!d->control_open)
+        return;
+    uv_close((uv_handle_t *)&d->control, NULL);
+    unlink(d->cfg.control_socket);
+    d->control_open = 0;
+}

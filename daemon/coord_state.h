@@ -1,0 +1,106 @@
+/* coord_state.h: the coordinator's tables and their persistence (internal to
+ * coord*.c). Everything here is owned by the loop thread. */
+#ifndef SPES_DAEMON_COORD_STATE_H
+#define SPES_DAEMON_COORD_STATE_H
+
+#include <stdint.h>
+
+#include "config/config.h"
+#include "daemon/coord.h"
+#include "proto/spes.pb-c.h"
+
+#define COORD_MAX_MEMBERS 256
+
+/* coord_member is one row of the membership table. */
+typedef struct coord_member {
+    uint32_t id;
+    char name[64];
+    char url[512];
+    int state;              /* Spes__Wire__NodeState */
+    uint8_t *cols;          /* (E) columns from the next round on */
+    uint8_t *cur;           /* (E) columns in the round now open (0 if not participating) */
+    int participant;        /* expected to contribute to the open round */
+    uint64_t round, step;   /* last reported */
+    uint64_t last_seen_ms;
+    double loss, tps;
+    uint8_t digest[32];
+    uint64_t digest_round;  /* round the digest is for (S_{digest_round}); 0 = none */
+    int announced;          /* for the open round */
+    uint8_t blob[32], manifest[32];
+    uint64_t blob_size, tokens;
+    double blob_loss;
+} coord_member;
+
+/* spes_coord is the coordinator (see coord.h). */
+struct spes_coord {
+    spes_daemon *d;
+    spes_run_config run;
+    char *run_json;
+    char run_id[40];
+    int E;
+    int nmem;
+    coord_member mem[COORD_MAX_MEMBERS];
+    uint32_t next_id;
+    uint64_t round;          /* the open round r: contributions make S_{r+1} */
+    uint64_t step;           /* steps done at the start of round r */
+    uint8_t state_hash[32];  /* digest of S_r */
+    int state_hash_known;
+    uint64_t round_open_ms;
+    int validating;
+    uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
+    size_t last_commit_len;
+    /* last round, for status */
+    uint32_t last_contributors;
+    int last_merge;
+    char last_refused[8][256];
+    int nlast_refused;
+    uint32_t mismatch[COORD_MAX_MEMBERS];
+    int nmismatch;
+    uint64_t last_commit_ms;
+    char state_path[600];
+};
+
+/* coord_save writes the coordinator's state durably (state_dir/coordinator.json). */
+int coord_save(spes_coord *c);
+
+/* coord_load reads it back; SPES_ENOENT if there is none yet. */
+int coord_load(spes_coord *c);
+
+/* coord_find returns the member with this name, or NULL. */
+coord_member *coord_find(spes_coord *c, const char *name);
+
+/* coord_find_id returns the member with this id, or NULL. */
+coord_member *coord_find_id(spes_coord *c, uint32_t id);
+
+/* coord_reply_msg encodes m as an envelope of the given type and replies with it. */
+void coord_reply_msg(spes_reply_fn reply, void *ctx, int type, const ProtobufCMessage *m);
+
+/* coord_reply_ack replies with an Ack carrying text. */
+void coord_reply_ack(spes_reply_fn reply, void *ctx, const char *text);
+
+/* coord_member_active says whether m takes part in the run (active or joining). */
+int coord_member_active(const coord_member *m);
+
+/* coord_rebalance deals the next round's columns over the active members. */
+void coord_rebalance(spes_coord *c);
+
+/* coord_open_round fixes the participants and columns of round c->round. */
+void coord_open_round(spes_coord *c);
+
+/* coord_cols_list returns the set columns as a malloc'd list of *n entries. */
+uint32_t *coord_cols_list(const uint8_t *cols, int E, size_t *n);
+
+/* coord_any_announced says whether a participant announced in the open round. */
+int coord_any_announced(const spes_coord *c);
+
+/* coord_fill_member fills a MemberInfo from a member (columns malloc'd into cols). */
+void coord_fill_member(const spes_coord *c, const coord_member *m, Spes__Wire__MemberInfo *mi, uint32_t *cols);
+
+/* coord_status answers a StatusRequest. */
+void coord_status(spes_coord *c, spes_reply_fn reply, void *ctx);
+
+/* coord_members answers a MembersRequest (changes need the operator role). */
+void coord_members(spes_coord *c, const Spes__Wire__MembersRequest *r, const spes_pki_identity *peer,
+                   spes_reply_fn reply, void *ctx);
+
+#endif

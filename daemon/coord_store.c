@@ -1,0 +1,129 @@
+/* coord_store.c: the coordinator's persisted state, one JSON file written
+ * atomically on every change that matters (membership, round, digest), so a
+ * coordinator restart loses nothing. */
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/sha256.h"
+#include "daemon/coord_state.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+coord_member *coord_find(spes_coord *c, const char *name)
+{
+    for (int i = 0; i < c->nmem; i++)
+        if (!strcmp(c->mem[i].name, name))
+            return &c->mem[i];
+    return NULL;
+}
+
+coord_member *coord_find_id(spes_coord *c, uint32_t id)
+{
+    for (int i = 0; i < c->nmem; i++)
+        if (c->mem[i].id == id)
+            return &c->mem[i];
+    return NULL;
+}
+
+static json_t *cols_json(const uint8_t *cols, int E)
+{
+    json_t *a = json_array();
+    for (int e = 0; e < E; e++)
+        if (cols[e])
+            json_array_append_new(a, json_integer(e));
+    return a;
+}
+
+int coord_save(spes_coord *c)
+{
+    char hex[65];
+    json_t *o = json_object(), *mem = json_array();
+    json_object_set_new(o, "run_id", json_string(c->run_id));
+    json_object_set_new(o, "round", json_integer((json_int_t)c->round));
+    json_object_set_new(o, "step", json_integer((json_int_t)c->step));
+    json_object_set_new(o, "next_id", json_integer(c->next_id));
+    spes_hex_encode(c->state_hash, 32, hex);
+    json_object_set_new(o, "state_hash", c->state_hash_known ? json_string(hex) : json_null());
+    for (int i = 0; i < c->nmem; i++) {
+        const coord_member *m = &c->mem[i];
+        json_t *mo = json_object();
+        json_object_set_new(mo, "id", json_integer(m->id));
+        json_object_set_new(mo, "name", json_string(m->name));
+        json_object_set_new(mo, "url", json_string(m->url));
+        json_object_set_new(mo, "state", json_integer(m->state));
+        json_object_set_new(mo, "columns", cols_json(m->cols, c->E));
+        json_array_append_new(mem, mo);
+    }
+    json_object_set_new(o, "members", mem);
+    char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!text)
+        return SPES_ENOMEM;
+    int rc = spes_write_file_atomic(c->state_path, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+static int load_member(spes_coord *c, json_t *mo)
+{
+    if (c->nmem >= COORD_MAX_MEMBERS)
+        return spes_errf(SPES_ERANGE, "%s: too many members", c->state_path);
+    coord_member *m = &c->mem[c->nmem];
+    json_t *id = json_object_get(mo, "id"), *name = json_object_get(mo, "name"), *url = json_object_get(mo, "url"),
+           *st = json_object_get(mo, "state"), *cols = json_object_get(mo, "columns");
+    if (!json_is_integer(id) || !json_is_string(name) || !json_is_string(url) || !json_is_integer(st) ||
+        !json_is_array(cols))
+        return spes_errf(SPES_EFORMAT, "%s: a member entry lacks id, name, url, state or columns", c->state_path);
+    memset(m->cols, 0, (size_t)c->E);
+    for (size_t i = 0; i < json_array_size(cols); i++) {
+        json_int_t e = json_integer_value(json_array_get(cols, i));
+        if (e < 0 || e >= c->E)
+            return spes_errf(SPES_EFORMAT, "%s: member %s has column %lld outside 0..%d", c->state_path,
+                             json_string_value(name), (long long)e, c->E - 1);
+        m->cols[e] = 1;
+    }
+    m->id = (uint32_t)json_integer_value(id);
+    snprintf(m->name, sizeof m->name, "%s", json_string_value(name));
+    snprintf(m->url, sizeof m->url, "%s", json_string_value(url));
+    m->state = (int)json_integer_value(st);
+    c->nmem++;
+    return 0;
+}
+
+int coord_load(spes_coord *c)
+{
+    json_error_t jerr;
+    json_t *o = json_load_file(c->state_path, 0, &jerr);
+    if (!o) {
+        FILE *fp = fopen(c->state_path, "r");
+        if (!fp)
+            return SPES_ENOENT;
+        fclose(fp);
+        return spes_errf(SPES_EFORMAT, "%s:%d: %s", c->state_path, jerr.line, jerr.text);
+    }
+    int rc = 0;
+    json_t *rid = json_object_get(o, "run_id"), *round = json_object_get(o, "round"),
+           *step = json_object_get(o, "step"), *nid = json_object_get(o, "next_id"),
+           *hash = json_object_get(o, "state_hash"), *mem = json_object_get(o, "members");
+    if (!json_is_string(rid) || !json_is_integer(round) || !json_is_integer(step) || !json_is_integer(nid) ||
+        !json_is_array(mem)) {
+        rc = spes_errf(SPES_EFORMAT, "%s: missing run_id, round, step, next_id or members", c->state_path);
+        goto out;
+    }
+    snprintf(c->run_id, sizeof c->run_id, "%s", json_string_value(rid));
+    c->round = (uint64_t)json_integer_value(round);
+    c->step = (uint64_t)json_integer_value(step);
+    c->next_id = (uint32_t)json_integer_value(nid);
+    c->state_hash_known = 0;
+    if (json_is_string(hash)) {
+        if ((rc = spes_hex_decode(json_string_value(hash), c->state_hash, 32)) != 0)
+            goto out;
+        c->state_hash_known = 1;
+    }
+    for (size_t i = 0; i < json_array_size(mem) && !rc; i++)
+        rc = load_member(c, json_array_get(mem, i));
+out:
+    json_decref(o);
+    return rc;
+}
