@@ -36,8 +36,8 @@ typedef struct spes_tensor {
     int64_t shape[2];                /* rows, cols (cols unused when ndim == 1) */
     size_t offset;                   /* in floats, from the start of params */
     size_t numel;
-    int column;                      /* expert index, or -1 for shared tensors */
-    int layer;                       /* layer index, or -1 */
+    int column; /* expert index, or -1 for shared tensors */
+    int layer;  /* layer index, or -1 */
 } spes_tensor;
 
 /* spes_layout is the parameter table of one model configuration. */
@@ -70,26 +70,29 @@ typedef struct spes_loss_opts {
 typedef struct spes_model {
     spes_model_config cfg;
     spes_layout layout;
-    float *params;        /* (total_numel) */
-    uint8_t *trained;     /* (E) 1 where the column's weights are trained here */
-    int ntrained;         /* count of trained columns */
-    float *grads;         /* (shared_numel + ntrained * column_numel), or NULL if inference only */
+    float *params;    /* (total_numel) */
+    uint8_t *trained; /* (E) 1 where the column's weights are trained here */
+    int ntrained;     /* count of trained columns */
+    float *grads;     /* (shared_numel + ntrained * column_numel), or NULL if inference only */
     size_t grads_numel;
-    int B, T;             /* activation capacity given at allocation */
+    int B, T; /* activation capacity given at allocation */
     /* results of the last forward with targets: */
-    float loss;           /* ce + lb_weight * lb + z_weight * z */
-    float ce_loss;        /* mean cross-entropy over B*T targets */
-    float lb_loss;        /* load-balance loss, summed over layers (unweighted, factor applied) */
-    float z_loss;         /* router z-loss, summed over layers (unweighted) */
+    float loss;    /* ce + lb_weight * lb + z_weight * z */
+    float ce_loss; /* mean cross-entropy over B*T targets */
+    float lb_loss; /* load-balance loss, summed over layers (unweighted, factor applied) */
+    float z_loss;  /* router z-loss, summed over layers (unweighted) */
     struct spes_model_priv *priv;
 } spes_model;
 
 /* spes_model_alloc makes a model for configuration c: params, gradients for
  * the trained columns (trained may be NULL for "all"), and activations for
  * batches up to B x T; training = 0 allocates no gradients or backward
- * activations (eval, generate). pool may be NULL (single-threaded). */
-int spes_model_alloc(spes_model **out, const spes_model_config *c, const uint8_t *trained,
-                     int B, int T, int training, spes_pool *pool);
+ * activations (eval, generate). pool may be NULL: then products use OpenBLAS
+ * with the caller's thread count. With a pool of several threads, forward and
+ * backward set OpenBLAS to 1 thread for the pass (restoring it after) and
+ * split every product, attention and elementwise work over the pool. */
+int spes_model_alloc(spes_model **out, const spes_model_config *c, const uint8_t *trained, int B, int T,
+                     int training, spes_pool *pool);
 
 /* spes_model_free releases everything the model owns. */
 void spes_model_free(spes_model *m);
@@ -114,7 +117,9 @@ void spes_model_zero_grad(spes_model *m);
  * gradients through but get no weight gradients. */
 void spes_model_backward(spes_model *m);
 
-/* spes_model_logits returns the (B,T,V) logits of the last forward. */
+/* spes_model_logits returns the (B,T,V) logits of the last forward. On a
+ * training model they are valid until the next spes_model_backward, which
+ * turns them into d(loss)/d(logits) in place (it saves N*V floats). */
 const float *spes_model_logits(const spes_model *m);
 
 /* spes_model_grad_of returns the gradient of tensor t (same shape), or NULL
@@ -125,7 +130,18 @@ float *spes_model_grad_of(spes_model *m, const spes_tensor *t);
 float *spes_model_grad_column(spes_model *m, int e);
 
 /* spes_model_flops_per_token returns forward+backward FLOPs per trained token
- * (matmuls and attention), for model-FLOPs-utilisation reports. */
+ * (matmuls and attention), for model-FLOPs-utilisation reports. Per layer,
+ * forward: 2*H*(2*NH*D + 2*NKV*D) (q,k,v,o) + 2*H*E (router)
+ * + 4*NH*D*(T+1)/2 (causal QK^T and PV at the capacity T) + K*6*H*I (the K
+ * routed experts); plus 2*H*V for the LM head. Backward counts 2x forward for
+ * everything trained (shared weights, attention, LM head) and for experts
+ * K*6*H*I*(1 + ntrained/E): input gradients always, weight gradients only for
+ * the trained fraction of columns. Recomputation in backward (norms, q/k/v,
+ * attention, expert gate/up) is NOT counted: these are model FLOPs. */
 double spes_model_flops_per_token(const spes_model *m);
+
+/* spes_model_activation_numel returns the floats in the activation
+ * allocation (kept activations plus scratch), for memory reports. */
+size_t spes_model_activation_numel(const spes_model *m);
 
 #endif

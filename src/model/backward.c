@@ -1,0 +1,266 @@
+/* backward.c: the model's backward pass. Memory-lean by design: it recomputes
+ * from the kept residual stream, rstd values and attention outputs the norm
+ * outputs, the mid-layer residual (same sgemm, same bits), q/k/v, the
+ * attention probabilities (row blocks, from the kept log-sum-exp) and the
+ * experts' gate/up projections, instead of storing them. Allocates nothing.
+ * Frozen columns pass input gradients through but get no weight gradients. */
+#include "model/model_priv.h"
+
+#include "kernels/fastmath.h"
+#include "kernels/kernels.h"
+
+#include <string.h>
+
+#define CFG (&m->cfg)
+
+typedef struct {
+    spes_model *m;
+    float *a, *b, *c;
+    const float *w;
+    const int32_t *list;
+    int l, n, T;
+} bctx;
+
+/* weight_range: per routed row, d(loss)/d(weight) = <dh_unweighted, h>, then
+ * scales h (for down_proj's gradient) and dh by the routing weight. */
+static void weight_range(void *vctx, size_t b, size_t e, int tid)
+{
+    bctx *f = vctx;
+    struct spes_model_priv *p = f->m->priv;
+    (void)tid;
+    for (size_t r = b; r < e; r++) {
+        float *h = p->ch + r * f->n, *d = p->cd + r * f->n;
+        float wt = f->w[f->list[r]];
+        p->dtopw[f->list[r]] = spes__dot(d, h, f->n);
+        for (int i = 0; i < f->n; i++) {
+            h[i] *= wt;
+            d[i] *= wt;
+        }
+    }
+}
+
+static void swiglu_bwd_range(void *vctx, size_t b, size_t e, int tid)
+{
+    bctx *f = vctx;
+    (void)tid;
+    size_t n = (size_t)f->n;
+    spes_swiglu_backward(f->a + b * n, f->b + b * n, f->c + b * n, (e - b) * n);
+}
+
+static void swiglu_fwd_range(void *vctx, size_t b, size_t e, int tid)
+{
+    bctx *f = vctx;
+    (void)tid;
+    size_t n = (size_t)f->n;
+    spes_swiglu_forward(f->c + b * n, f->a + b * n, f->b + b * n, (e - b) * n);
+}
+
+/* expert_chunk_backward handles nr routed rows of expert e in layer l. */
+static void expert_chunk_backward(spes_model *m, int l, int e, const int32_t *list, int nr, float *dn2)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, I = CFG->intermediate_size, E = CFG->num_experts, K = CFG->num_experts_per_tok,
+        N = p->B * p->T;
+    const spes_expert_w *w = &p->ep[l * E + e], *g = &p->eg[l * E + e];
+    const float *topw = p->topw + (size_t)l * N * K;
+    spes__model_gather(m, p->cx, p->norm, list, nr);
+    spes__model_gather(m, p->cy, p->dresid, list, nr);
+    MM(p->cg, I, p->cx, H, 0, w->wg, H, 1, nr, I, H, 1.0f, 0.0f);
+    MM(p->cu, I, p->cx, H, 0, w->wu, H, 1, nr, I, H, 1.0f, 0.0f);
+    bctx f = {.a = p->cg, .b = p->cu, .c = p->ch, .n = I};
+    spes_parallel_for(p->pool, (size_t)nr, swiglu_fwd_range, &f);
+    MM(p->cd, I, p->cy, H, 0, w->wd, I, 0, nr, I, H, 1.0f, 0.0f);
+    bctx fr = {.m = m, .w = topw, .list = list, .n = I};
+    spes_parallel_for(p->pool, (size_t)nr, weight_range, &fr);
+    if (g->wd)
+        MM(g->wd, I, p->cy, H, 1, p->ch, I, 0, H, I, nr, 1.0f, 1.0f);
+    bctx fb = {.a = p->cg, .b = p->cu, .c = p->cd, .n = I};
+    spes_parallel_for(p->pool, (size_t)nr, swiglu_bwd_range, &fb);
+    if (g->wg) {
+        MM(g->wg, H, p->cg, I, 1, p->cx, H, 0, I, H, nr, 1.0f, 1.0f);
+        MM(g->wu, H, p->cu, I, 1, p->cx, H, 0, I, H, nr, 1.0f, 1.0f);
+    }
+    MM(p->cy, H, p->cg, I, 0, w->wg, H, 0, nr, H, I, 1.0f, 0.0f);
+    MM(p->cy, H, p->cu, I, 0, w->wu, H, 0, nr, H, I, 1.0f, 1.0f);
+    spes__model_scatter(m, dn2, p->cy, NULL, list, nr);
+}
+
+static void moe_backward(spes_model *m, int l)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, E = CFG->num_experts, K = CFG->num_experts_per_tok, L = CFG->num_hidden_layers,
+        N = p->B * p->T;
+    const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
+    float *xmid = p->slot[5], *dn2 = p->slot[6];
+    memset(dn2, 0, sizeof(float) * N * H);
+    spes__model_build_lists(m, l, N);
+    for (int e = 0; e < E; e++)
+        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += SPES_MOE_CHUNK) {
+            int nr = p->eoff[e + 1] - c0 < SPES_MOE_CHUNK ? p->eoff[e + 1] - c0 : SPES_MOE_CHUNK;
+            expert_chunk_backward(m, l, e, p->elist + c0, nr, dn2);
+        }
+    double scale = (double)E / ((double)L * N * K) / N;
+    for (int e = 0; e < E; e++) {
+        double f = m->trained[e] ? p->opts.lb_factor : 1.0;
+        p->lbc[e] = (float)(p->opts.lb_weight * scale * p->counts[(size_t)l * E + e] * f);
+    }
+    float zc = (float)(p->opts.z_weight * 2.0 / N);
+    spes_router_backward(p->rlog, p->dtopw, p->probs + (size_t)l * N * E, p->rlse + (size_t)l * N,
+                         p->topi + (size_t)l * N * K, p->lbc, zc, N, E, K, CFG->norm_topk_prob, p->pool);
+    MM(dn2, H, p->rlog, E, 0, w->wr, H, 0, N, H, E, 1.0f, 1.0f);
+    MM(gw->wr, H, p->rlog, E, 1, p->norm, H, 0, E, H, N, 1.0f, 1.0f);
+    spes_rmsnorm_backward(p->dresid, gw->ln2, dn2, xmid, w->ln2, p->rstd2 + (size_t)l * N, N, H, p->partial,
+                          p->pool);
+}
+
+/* normed_rows writes (x * rstd) * w for T rows of one head (D of the row). */
+static void normed_rows(float *dst, const float *x, int ldx, const float *rstd, const float *w, int T, int D)
+{
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < D; c++)
+            dst[(size_t)t * D + c] = (x[(size_t)t * ldx + c] * rstd[t]) * w[c];
+}
+
+static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
+{
+    bctx *f = vctx;
+    spes_model *m = f->m;
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
+    int D = H / NH, KVD = NKV * D, T = f->T, N = p->B * T, G = NH / NKV, l = f->l;
+    float *scr = p->tscr + (size_t)tid * p->tscr_numel;
+    float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D,
+          *dKh = Kh + (size_t)T * D;
+    float *dq = p->slot[7], *dk = p->slot[5], *dv = p->slot[0];
+    const float *datt = p->slot[6];
+    const spes_layer_w *w = &p->lp[l];
+    for (size_t task = b; task < e; task++) {
+        int bi = (int)(task / (size_t)NKV), kh = (int)(task % (size_t)NKV);
+        size_t r0 = (size_t)bi * T;
+        normed_rows(Kh, p->k + r0 * KVD + (size_t)kh * D, KVD, p->krstd + (size_t)l * N + r0,
+                    w->kn + (size_t)kh * D, T, D);
+        spes_rope_forward(Kh, D, p->rope_cos, p->rope_sin, T, D);
+        memset(dKh, 0, sizeof(float) * T * D);
+        float *dvs = dv + r0 * KVD + (size_t)kh * D;
+        for (int t = 0; t < T; t++)
+            memset(dvs + (size_t)t * KVD, 0, sizeof(float) * D);
+        for (int h = kh * G; h < kh * G + G; h++) {
+            normed_rows(Qh, p->q + r0 * H + (size_t)h * D, H, p->qrstd + (size_t)l * N + r0,
+                        w->qn + (size_t)h * D, T, D);
+            spes_rope_forward(Qh, D, p->rope_cos, p->rope_sin, T, D);
+            float *dqs = dq + r0 * H + (size_t)h * D;
+            const float *lse = p->lse + (size_t)l * N * NH + ((size_t)bi * NH + h) * T;
+            spes_attn_head_backward(dqs, H, dKh, D, dvs, KVD, datt + r0 * H + (size_t)h * D, H, Qh, D, Kh, D,
+                                    p->v + r0 * KVD + (size_t)kh * D, KVD, p->att + r0 * H + (size_t)h * D, H,
+                                    lse, T, D, scr);
+            spes_rope_backward(dqs, H, p->rope_cos, p->rope_sin, T, D);
+        }
+        spes_rope_backward(dKh, D, p->rope_cos, p->rope_sin, T, D);
+        for (int t = 0; t < T; t++)
+            memcpy(dk + (r0 + t) * KVD + (size_t)kh * D, dKh + (size_t)t * D, sizeof(float) * D);
+    }
+}
+
+/* attn_backward: slots on entry: 1-3 raw q, k, v, 4 att; 5 xmid and 0 normed2
+ * are dead. dq -> 7, dk -> 5, dv -> 0, datt -> 6, then normed1 -> 6, dnormed1 -> 1. */
+static void attn_backward(spes_model *m, int l)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
+    int D = H / NH, KVD = NKV * D, B = p->B, T = p->T, N = B * T;
+    const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
+    const float *x = p->xres + (size_t)l * N * H;
+    float *dq = p->slot[7], *dk = p->slot[5], *dv = p->slot[0], *b1 = p->slot[6], *dn1 = p->slot[1];
+    MM(b1, H, p->dresid, H, 0, w->wo, H, 0, N, H, H, 1.0f, 0.0f);
+    MM(gw->wo, H, p->dresid, H, 1, p->att, H, 0, H, H, N, 1.0f, 1.0f);
+    bctx f = {.m = m, .l = l, .T = T};
+    spes_parallel_for(p->pool, (size_t)B * NKV, attn_bwd_range, &f);
+    spes_rmsnorm_backward(dq, gw->qn, dq, p->q, w->qn, p->qrstd + (size_t)l * N, N, H, p->partial, p->pool);
+    spes_rmsnorm_backward(dk, gw->kn, dk, p->k, w->kn, p->krstd + (size_t)l * N, N, KVD, p->partial, p->pool);
+    spes_rmsnorm_apply(b1, x, p->rstd1 + (size_t)l * N, w->ln1, N, H, p->pool);
+    MM(gw->wq, H, dq, H, 1, b1, H, 0, H, H, N, 1.0f, 1.0f);
+    MM(gw->wk, H, dk, KVD, 1, b1, H, 0, KVD, H, N, 1.0f, 1.0f);
+    MM(gw->wv, H, dv, KVD, 1, b1, H, 0, KVD, H, N, 1.0f, 1.0f);
+    MM(dn1, H, dq, H, 0, w->wq, H, 0, N, H, H, 1.0f, 0.0f);
+    MM(dn1, H, dk, KVD, 0, w->wk, H, 0, N, H, KVD, 1.0f, 1.0f);
+    MM(dn1, H, dv, KVD, 0, w->wv, H, 0, N, H, KVD, 1.0f, 1.0f);
+    spes_rmsnorm_backward(p->dresid, gw->ln1, dn1, x, w->ln1, p->rstd1 + (size_t)l * N, N, H, p->partial,
+                          p->pool);
+}
+
+static void attn_recompute_range(void *vctx, size_t b, size_t e, int tid)
+{
+    bctx *f = vctx;
+    spes_model *m = f->m;
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
+    int D = H / NH, KVD = NKV * D, T = f->T, N = p->B * T, l = f->l;
+    float *scr = p->tscr + (size_t)tid * p->tscr_numel;
+    float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D;
+    const spes_layer_w *w = &p->lp[l];
+    for (size_t task = b; task < e; task++) {
+        int bi = (int)(task / (size_t)NH), h = (int)(task % (size_t)NH), kh = h / (NH / NKV);
+        size_t r0 = (size_t)bi * T;
+        normed_rows(Kh, p->k + r0 * KVD + (size_t)kh * D, KVD, p->krstd + (size_t)l * N + r0,
+                    w->kn + (size_t)kh * D, T, D);
+        spes_rope_forward(Kh, D, p->rope_cos, p->rope_sin, T, D);
+        normed_rows(Qh, p->q + r0 * H + (size_t)h * D, H, p->qrstd + (size_t)l * N + r0,
+                    w->qn + (size_t)h * D, T, D);
+        spes_rope_forward(Qh, D, p->rope_cos, p->rope_sin, T, D);
+        float *lse = p->lse + (size_t)l * N * NH + ((size_t)bi * NH + h) * T;
+        spes_attn_head_forward(p->att + r0 * H + (size_t)h * D, H, lse, Qh, D, Kh, D,
+                               p->v + r0 * KVD + (size_t)kh * D, KVD, T, D, scr);
+    }
+}
+
+/* recompute_layer rebuilds layer l's forward state from the kept residual
+ * and statistics (same operations, same bits): slots 1-3 raw q, k, v,
+ * 4 attention output, 5 mid-layer residual, 0 normed2. */
+static void recompute_layer(spes_model *m, int l)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
+    int D = H / NH, KVD = NKV * D, B = p->B, T = p->T, N = B * T;
+    const spes_layer_w *w = &p->lp[l];
+    const float *x = p->xres + (size_t)l * N * H;
+    spes_rmsnorm_apply(p->norm, x, p->rstd1 + (size_t)l * N, w->ln1, N, H, p->pool);
+    MM(p->q, H, p->norm, H, 0, w->wq, H, 1, N, H, H, 1.0f, 0.0f);
+    MM(p->k, KVD, p->norm, H, 0, w->wk, H, 1, N, KVD, H, 1.0f, 0.0f);
+    MM(p->v, KVD, p->norm, H, 0, w->wv, H, 1, N, KVD, H, 1.0f, 0.0f);
+    bctx f = {.m = m, .l = l, .T = T};
+    spes_parallel_for(p->pool, (size_t)B * NH, attn_recompute_range, &f);
+    float *xmid = p->slot[5];
+    memcpy(xmid, x, sizeof(float) * N * H);
+    MM(xmid, H, p->att, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
+    spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);
+}
+
+static void backward_run(spes_model *m)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, V = CFG->vocab_size, L = CFG->num_hidden_layers, N = p->B * p->T;
+    float *dlog = p->logits; /* in place */
+    const float *xf = p->xres + (size_t)L * N * H;
+    spes_crossentropy_backward(dlog, p->logits, p->targets, 1.0f / N, N, V, p->pool);
+    spes_rmsnorm_apply(p->norm, xf, p->rstdf, p->normf, N, H, p->pool);
+    MM(p->glm, H, dlog, V, 1, p->norm, H, 0, V, H, N, 1.0f, 1.0f);
+    MM(p->dresid, H, dlog, V, 0, p->lm, H, 0, N, H, V, 1.0f, 0.0f);
+    spes_rmsnorm_backward(p->dresid, p->gnormf, p->dresid, xf, p->normf, p->rstdf, N, H, p->partial, p->pool);
+    for (int l = L - 1; l >= 0; l--) {
+        recompute_layer(m, l);
+        moe_backward(m, l);
+        attn_backward(m, l);
+    }
+    spes_embedding_backward(p->gembed, p->dresid, p->tokens, N, H, p->pool);
+}
+
+void spes_model_backward(spes_model *m)
+{
+    struct spes_model_priv *p = m->priv;
+    if (!p->training || !p->have_targets)
+        return;
+    int saved = p->nthreads > 1 ? spes_blas_threads_push() : 1;
+    backward_run(m);
+    if (p->nthreads > 1)
+        spes_blas_threads_pop(saved);
+}
