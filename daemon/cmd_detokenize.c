@@ -33,9 +33,12 @@ static void detok_usage(FILE *fp)
 static int parse_args(int argc, char **argv, detok_args *a, int *help)
 {
     static const struct option opts[] = {
-        {"tokenizer", required_argument, 0, 't'}, {"bytes", no_argument, 0, 'b'},
-        {"dtype", required_argument, 0, 'd'},     {"format", required_argument, 0, 'f'},
-        {"out", required_argument, 0, 'o'},       {"help", no_argument, 0, 'h'},
+        {"tokenizer", required_argument, 0, 't'},
+        {"bytes", no_argument, 0, 'b'},
+        {"dtype", required_argument, 0, 'd'},
+        {"format", required_argument, 0, 'f'},
+        {"out", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     int c;
@@ -62,8 +65,7 @@ static int parse_args(int argc, char **argv, detok_args *a, int *help)
 }
 
 /* decode_all decodes f chunk by chunk and hands each chunk's bytes to the sink */
-static int decode_all(const spes_tokenizer *tok, const spes_tokfile *f, FILE *fp,
-                      spes_atomic_file *af)
+static int decode_all(const spes_tokenizer *tok, const spes_tokfile *f, FILE *fp, spes_atomic_file *af)
 {
     uint32_t *ids = malloc(CHUNK * sizeof(uint32_t));
     char *buf = NULL;
@@ -78,8 +80,7 @@ static int decode_all(const spes_tokenizer *tok, const spes_tokfile *f, FILE *fp
         if (rc) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", spes_errmsg());
-            rc = spes_errf(rc, "%s: %s (chunk at token %llu)", f->path, msg,
-                           (unsigned long long)i);
+            rc = spes_errf(rc, "%s: %s (chunk at token %llu)", f->path, msg, (unsigned long long)i);
         } else if (af) {
             rc = spes_atomic_write(af, buf, len);
         } else if (len && fwrite(buf, 1, len, fp) != len) {

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +29,8 @@
 #define MAX_THREADS 16
 
 typedef struct doc {
-    size_t off, len;   /* in the batch buffer */
-    const char *path;  /* for messages */
+    size_t off, len;    /* in the batch buffer */
+    const char *path;   /* for messages */
     unsigned long line; /* jsonl line number, 0 for plain text */
 } doc;
 
@@ -55,6 +56,8 @@ typedef struct tok_run {
     doc *docs;
     size_t ndocs, docs_cap;
     slice slices[SLICES];
+    size_t nslices;
+    atomic_size_t next_slice;
     uint64_t in_bytes, ndoc_total;
     double t0, last_report;
     int progress;
@@ -77,8 +80,7 @@ static void report(tok_run *r, int last)
     r->last_report = t;
     fprintf(stderr, "spesd tokenize: %.1f MB in, %llu tokens, %llu documents, %.2f MB/s%s\n",
             r->in_bytes / 1e6, (unsigned long long)spes_tokwriter_count(&r->w),
-            (unsigned long long)r->ndoc_total, dt > 0 ? r->in_bytes / 1e6 / dt : 0.0,
-            last ? " (done)" : "");
+            (unsigned long long)r->ndoc_total, dt > 0 ? r->in_bytes / 1e6 / dt : 0.0, last ? " (done)" : "");
 }
 
 static int push_eos(tok_run *r, spes_ids *ids)
@@ -101,8 +103,7 @@ static int doc_text(tok_run *r, const doc *d, json_t **root, const char **text, 
         return spes_errf(SPES_EFORMAT, "%s:%lu: malformed JSON: %s", d->path, d->line, je.text);
     json_t *f = json_is_object(*root) ? json_object_get(*root, r->field) : NULL;
     if (!json_is_string(f))
-        return spes_errf(SPES_EFORMAT, "%s:%lu: no string field \"%s\"", d->path, d->line,
-                         r->field);
+        return spes_errf(SPES_EFORMAT, "%s:%lu: no string field \"%s\"", d->path, d->line, r->field);
     *text = json_string_value(f), *len = json_string_length(f);
     return 0;
 }
@@ -125,10 +126,16 @@ static int encode_doc(tok_run *r, spes_tokstream *s, const doc *d, spes_ids *out
     return rc ? rc : push_eos(r, out);
 }
 
+/* slice_fn: each thread takes the next slice until none is left, so a thread that the
+ * OS holds back (a shared machine) does not hold the others up */
 static void slice_fn(void *ctx, size_t begin, size_t end, int tid)
 {
     tok_run *r = ctx;
-    for (size_t k = begin; k < end; k++) {
+    (void)begin, (void)end;
+    for (;;) {
+        size_t k = atomic_fetch_add(&r->next_slice, 1);
+        if (k >= r->nslices)
+            break;
         slice *sl = &r->slices[k];
         sl->ids.n = 0;
         sl->err = 0;
@@ -151,7 +158,9 @@ static int flush_batch(tok_run *r)
         sl->begin = b;
         sl->end = i;
     }
-    spes_parallel_for(r->pool, nsl, slice_fn, r);
+    r->nslices = nsl;
+    atomic_store(&r->next_slice, 0);
+    spes_parallel_for(r->pool, (size_t)r->nthreads, slice_fn, r);
     int rc = 0;
     for (size_t k = 0; k < nsl && !rc; k++) {
         slice *sl = &r->slices[k];
@@ -314,18 +323,17 @@ static int has_suffix(const char *s, const char *suf)
 
 static void tokenize_usage(FILE *fp)
 {
-    fprintf(fp,
-            "usage: spesd tokenize (--tokenizer tokenizer.json | --bytes) [--eos TOKEN]\n"
-            "                      [--dtype uint16|uint32] [--format raw|npy|llmc]\n"
-            "                      [--text-field F] [--threads N] [--quiet] --out FILE INPUT...\n"
-            "  INPUT         a text file (one document), a .jsonl file (one document per line,\n"
-            "                string field F, default \"text\"), or - for standard input\n"
-            "  --eos TOKEN   append this token after every document: an id, or a token's text\n"
-            "  --dtype       default: uint16 if the vocabulary fits, else uint32\n"
-            "  --format      default: npy for a .npy name, else raw\n"
-            "  --threads N   worker threads (default: the number of CPUs)\n"
-            "  --batch-bytes N  input gathered per parallel batch (default 8 MiB); a larger\n"
-            "                document is streamed in blocks of N/2 bytes\n");
+    fprintf(fp, "usage: spesd tokenize (--tokenizer tokenizer.json | --bytes) [--eos TOKEN]\n"
+                "                      [--dtype uint16|uint32] [--format raw|npy|llmc]\n"
+                "                      [--text-field F] [--threads N] [--quiet] --out FILE INPUT...\n"
+                "  INPUT         a text file (one document), a .jsonl file (one document per line,\n"
+                "                string field F, default \"text\"), or - for standard input\n"
+                "  --eos TOKEN   append this token after every document: an id, or a token's text\n"
+                "  --dtype       default: uint16 if the vocabulary fits, else uint32\n"
+                "  --format      default: npy for a .npy name, else raw\n"
+                "  --threads N   worker threads (default: the number of CPUs)\n"
+                "  --batch-bytes N  input gathered per parallel batch (default 8 MiB); a larger\n"
+                "                document is streamed in blocks of N/2 bytes\n");
 }
 
 typedef struct tok_args {
@@ -337,16 +345,25 @@ typedef struct tok_args {
 static int parse_args(int argc, char **argv, tok_args *a, int *help)
 {
     static const struct option opts[] = {
-        {"tokenizer", required_argument, 0, 't'}, {"bytes", no_argument, 0, 'b'},
-        {"eos", required_argument, 0, 'e'},       {"dtype", required_argument, 0, 'd'},
-        {"format", required_argument, 0, 'f'},    {"text-field", required_argument, 0, 'F'},
-        {"out", required_argument, 0, 'o'},       {"threads", required_argument, 0, 'j'},
-        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
+        {"tokenizer", required_argument, 0, 't'},
+        {"bytes", no_argument, 0, 'b'},
+        {"eos", required_argument, 0, 'e'},
+        {"dtype", required_argument, 0, 'd'},
+        {"format", required_argument, 0, 'f'},
+        {"text-field", required_argument, 0, 'F'},
+        {"out", required_argument, 0, 'o'},
+        {"threads", required_argument, 0, 'j'},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
         {"batch-bytes", required_argument, 0, 'B'},
         {0, 0, 0, 0},
     };
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    *a = (tok_args){.field = "text", .batch_bytes = BATCH_BYTES, .threads = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : ncpu};
+    *a = (tok_args){.field = "text",
+                    .batch_bytes = BATCH_BYTES,
+                    .threads = ncpu < 1             ? 1
+                               : ncpu > MAX_THREADS ? MAX_THREADS
+                                                    : ncpu};
     int c, rc;
     optind = 1;
     opterr = 0;
@@ -395,8 +412,10 @@ static int resolve_eos(const spes_tokenizer *tok, const char *s, uint32_t *id)
         return 0;
     }
     if (spes_tokenizer_token_id(tok, s, id))
-        return spes_errf(SPES_ENOENT, "--eos \"%s\" is neither an id nor a token of the "
-                         "tokenizer", s);
+        return spes_errf(SPES_ENOENT,
+                         "--eos \"%s\" is neither an id nor a token of the "
+                         "tokenizer",
+                         s);
     return 0;
 }
 

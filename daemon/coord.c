@@ -4,7 +4,9 @@
  * when every participant has announced, or at its deadline with whoever did,
  * after the coordinator's own node has fetched and checked every announced
  * contribution (so every node aggregates exactly the same, valid, set). */
+#include "checkpoint/checkpoint.h"
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/sha256.h"
@@ -54,6 +56,42 @@ static int initial_digest(spes_coord *c)
     return rc;
 }
 
+/* recover_state_hash: the coordinator's own node persists the agreed state
+ * after each round; if we died before it reported the digest, read it here. */
+static void recover_state_hash(spes_coord *c)
+{
+    char dir[700];
+    snprintf(dir, sizeof dir, "%.600s/node/state", c->d->cfg.state_dir);
+    spes_ckpt ck;
+    if (spes_ckpt_load(dir, &ck) != 0) {
+        log_warnx("coordinator: the agreed state of round %llu is unknown (%s)", (unsigned long long)c->round,
+                  spes_errmsg());
+        return;
+    }
+    if ((uint64_t)ck.round == c->round &&
+        spes_state_digest(ck.params, ck.nparams, ck.round, c->state_hash) == 0) {
+        c->state_hash_known = 1;
+        log_info("coordinator: agreed state of round %llu recovered from this node's state", (unsigned long long)c->round);
+    } else {
+        log_warnx("coordinator: this node holds round %lld, the run is at round %llu", (long long)ck.round,
+                  (unsigned long long)c->round);
+    }
+    spes_ckpt_fini(&ck);
+}
+
+/* load_last_commit reads the last commit back, for nodes still waiting for it. */
+static void load_last_commit(spes_coord *c)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%.600s/last_commit.bin", c->d->cfg.state_dir);
+    char *buf;
+    size_t len;
+    if (spes_read_file(path, 64u << 20, &buf, &len) == 0) {
+        c->last_commit = (uint8_t *)buf;
+        c->last_commit_len = len;
+    }
+}
+
 int spes_coord_alloc(spes_coord **out, spes_daemon *d)
 {
     spes_coord *c = calloc(1, sizeof *c);
@@ -88,14 +126,19 @@ int spes_coord_alloc(spes_coord **out, spes_daemon *d)
         log_info("coordinator: new run %s", c->run_id);
     } else if (!rc) {
         for (int i = 0; i < c->nmem; i++)
-            if (c->mem[i].state == NS(ACTIVE) || c->mem[i].state == NS(JOINING))
-                c->mem[i].state = NS(JOINING); /* must re-join after our restart */
+            if (c->mem[i].state == NS(ACTIVE) || c->mem[i].state == NS(JOINING)) {
+                c->mem[i].state = NS(JOINING); /* active again once heard from */
+                c->restored_active++;
+            }
+        if (!c->state_hash_known)
+            recover_state_hash(c);
+        load_last_commit(c);
         log_info("coordinator: resumed run %s at round %llu (%d members known)", c->run_id,
                  (unsigned long long)c->round, c->nmem);
     }
     if (rc)
         goto fail;
-    c->round_open_ms = spes_now_ms();
+    c->round_open_ms = c->started_ms = spes_now_ms();
     *out = c;
     return 0;
 fail:

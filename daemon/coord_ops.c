@@ -18,12 +18,14 @@ void coord_announce(spes_coord *c, const Spes__Wire__Announce *a, const spes_pki
 void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_identity *peer, spes_reply_fn reply,
                   void *ctx);
 
-static int round0_open(const spes_coord *c)
+/* round_open says whether the open round has participants; until it has, every
+ * node that shows up takes part in it (run start, coordinator restart). */
+static int round_open(const spes_coord *c)
 {
     for (int i = 0; i < c->nmem; i++)
         if (c->mem[i].participant)
             return 1;
-    return c->round > 0;
+    return 0;
 }
 
 static void reply_reject(spes_reply_fn reply, void *ctx, int code, uint32_t retry_ms, const char *reason)
@@ -48,6 +50,14 @@ static void reply_accept(spes_coord *c, coord_member *m, spes_reply_fn reply, vo
     a.round = c->round;
     a.step = c->step;
     a.state_hash = (ProtobufCBinaryData){32, c->state_hash};
+    if (!c->state_hash_known && c->prev_known && c->round > 0) {
+        /* S_round's digest is not known yet (we restarted before our node
+         * reported it): start from S_{round-1}; the last commit brings it up */
+        a.round = c->round - 1;
+        a.step = c->step - (uint64_t)c->run.spes.sync_interval;
+        a.state_hash = (ProtobufCBinaryData){32, c->prev_hash};
+        a.n_columns = 0;
+    }
     a.round_deadline_ms = (uint32_t)c->d->cfg.round_deadline_ms;
     a.run_id = c->run_id;
     coord_reply_msg(reply, ctx, SPES_MSG_ACCEPT, &a.base);
@@ -84,8 +94,9 @@ static void handle_join(spes_coord *c, const Spes__Wire__Join *j, const spes_pki
         m->state = strcmp(c->d->cfg.admission, "approve") || !strcmp(m->name, c->d->cfg.name) ? NS(JOINING)
                                                                                                 : NS(PENDING);
         log_info("%s joins as node %u%s", m->name, m->id, m->state == NS(PENDING) ? ", awaiting approval" : "");
-    } else if (m->state == NS(EVICTED)) {
-        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 0, "this node was evicted from the run");
+    } else if (m->state == NS(EVICTED) || m->state == NS(DRAINING)) {
+        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 60000,
+                     m->state == NS(EVICTED) ? "this node was evicted from the run" : "this node was drained from the run");
         return;
     } else if (m->state != NS(PENDING)) {
         m->state = NS(JOINING);
@@ -98,11 +109,11 @@ static void handle_join(spes_coord *c, const Spes__Wire__Join *j, const spes_pki
         reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 2000, "awaiting operator approval");
         return;
     }
-    if (!round0_open(c))
-        m->state = NS(ACTIVE); /* before round 0 opens every joiner takes part in it */
+    if (!round_open(c))
+        m->state = NS(ACTIVE);
     coord_rebalance(c);
     coord_save(c);
-    if (!c->state_hash_known) {
+    if (!c->state_hash_known && !c->prev_known) {
         reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_BUSY, 300, "the agreed state is being computed");
         return;
     }
@@ -119,6 +130,8 @@ static void handle_heartbeat(spes_coord *c, const Spes__Wire__Heartbeat *h, cons
         reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 500, "not an active member: join again");
         return;
     }
+    if (m->state == NS(JOINING) && !round_open(c) && h->round == c->round)
+        m->state = NS(ACTIVE); /* known from before our restart, holding the agreed state */
     m->last_seen_ms = spes_now_ms();
     m->round = h->round;
     m->step = h->step;
@@ -128,7 +141,7 @@ static void handle_heartbeat(spes_coord *c, const Spes__Wire__Heartbeat *h, cons
         reply(ctx, c->last_commit, c->last_commit_len); /* the node waits for this commit */
     } else if (h->round + 1 < c->round) {
         reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0, "too far behind: join again");
-    } else if (h->round == c->round && m->participant && !m->announced &&
+    } else if (h->round == c->round && m->participant && !m->announced && !c->validating &&
                h->state != SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE && c->state_hash_known) {
         reply_accept(c, m, reply, ctx); /* idle node, open round: train it */
     } else {

@@ -1,6 +1,7 @@
 /* coord_round.c: the coordinator's round machinery: announcements, the
  * deadline, validation by the coordinator's own node, the commit, digests. */
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/coord_state.h"
@@ -118,8 +119,14 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
     cm.next_deadline_ms = (uint32_t)c->d->cfg.round_deadline_ms;
     free(c->last_commit);
     c->last_commit = NULL;
-    if (spes_proto_encode(SPES_MSG_COMMIT, &cm.base, &c->last_commit, &c->last_commit_len) != 0)
+    if (spes_proto_encode(SPES_MSG_COMMIT, &cm.base, &c->last_commit, &c->last_commit_len) != 0) {
         log_error("round %llu: cannot encode the commit: %s", (unsigned long long)c->round, spes_errmsg());
+    } else {
+        char path[700];
+        snprintf(path, sizeof path, "%.600s/last_commit.bin", c->d->cfg.state_dir);
+        if (spes_write_file_atomic(path, c->last_commit, c->last_commit_len) != 0)
+            log_error("the commit of round %llu is not saved: %s", (unsigned long long)c->round, spes_errmsg());
+    }
     c->last_contributors = (uint32_t)cm.n_contributions;
     c->last_merge = cm.merge_applied;
 }
@@ -137,6 +144,8 @@ void spes_coord_validated(spes_coord *c, uint64_t round, int n, const int *ok, c
     for (int i = 0; i < c->nmem; i++)
         if (c->mem[i].state == NS(JOINING))
             c->mem[i].state = NS(ACTIVE);
+    memcpy(c->prev_hash, c->state_hash, 32);
+    c->prev_known = c->state_hash_known;
     c->round++;
     c->step = step_end;
     c->state_hash_known = 0;
@@ -224,7 +233,12 @@ void spes_coord_tick(spes_coord *c)
     if (c->validating)
         return;
     if (nparticipants == 0) {
-        if (nact >= (c->round == 0 ? c->d->cfg.min_nodes : 1) && c->state_hash_known)
+        /* a fresh run waits for min_nodes; a restarted coordinator for the
+         * members it had, or for failure_timeout_ms, whichever comes first */
+        int target = c->round == 0 ? c->d->cfg.min_nodes : c->restored_active;
+        if (now - c->started_ms > (uint64_t)c->d->cfg.failure_timeout_ms)
+            target = 1;
+        if (nact >= (target > 0 ? target : 1) && c->state_hash_known)
             coord_open_round(c);
         return;
     }

@@ -45,6 +45,8 @@ struct spes_coord {
     uint64_t step;           /* steps done at the start of round r */
     uint8_t state_hash[32];  /* digest of S_r */
     int state_hash_known;
+    uint8_t prev_hash[32];   /* digest of S_{round-1}, for nodes that must apply the last commit */
+    int prev_known;
     uint64_t round_open_ms;
     int validating;
     uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
@@ -58,6 +60,8 @@ struct spes_coord {
     int nmismatch;
     uint64_t last_commit_ms;
     char state_path[600];
+    int restored_active;     /* members active before a coordinator restart */
+    uint64_t started_ms;
 };
 
 /* coord_save writes the coordinator's state durably (state_dir/coordinator.json). */

@@ -127,6 +127,7 @@ void coord_members(spes_coord *c, const Spes__Wire__MembersRequest *r, const spe
             return;
         }
         log_info("operator %s: %s", peer->name[0] ? peer->name : "(local)", msg);
+        coord_rebalance(c); /* the next round deals the columns without it */
         coord_save(c);
     }
     Spes__Wire__MembersReply mr = SPES__WIRE__MEMBERS_REPLY__INIT;

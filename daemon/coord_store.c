@@ -45,6 +45,8 @@ int coord_save(spes_coord *c)
     json_object_set_new(o, "next_id", json_integer(c->next_id));
     spes_hex_encode(c->state_hash, 32, hex);
     json_object_set_new(o, "state_hash", c->state_hash_known ? json_string(hex) : json_null());
+    spes_hex_encode(c->prev_hash, 32, hex);
+    json_object_set_new(o, "prev_state_hash", c->prev_known ? json_string(hex) : json_null());
     for (int i = 0; i < c->nmem; i++) {
         const coord_member *m = &c->mem[i];
         json_t *mo = json_object();
@@ -121,6 +123,9 @@ int coord_load(spes_coord *c)
             goto out;
         c->state_hash_known = 1;
     }
+    json_t *prev = json_object_get(o, "prev_state_hash");
+    if (!rc && json_is_string(prev) && (rc = spes_hex_decode(json_string_value(prev), c->prev_hash, 32)) == 0)
+        c->prev_known = 1;
     for (size_t i = 0; i < json_array_size(mem) && !rc; i++)
         rc = load_member(c, json_array_get(mem, i));
 out:

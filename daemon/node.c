@@ -295,8 +295,12 @@ static void on_heartbeat_reply(spes_node *n, int rc, int type, ProtobufCMessage 
         }
     } else if (type == SPES_MSG_ACCEPT) {
         const Spes__Wire__Accept *a = (const Spes__Wire__Accept *)msg;
-        if (n->phase == P_IDLE && a->round == n->round && a->n_columns > 0 && n->have_state)
+        if (n->phase == P_IDLE && a->round == n->round && a->n_columns > 0 && n->have_state) {
             start_train(n, a->columns, a->n_columns);
+        } else if (n->phase == P_WAIT && a->round == n->round && n->train_round == n->round) {
+            n->phase = P_ANNOUNCE; /* the coordinator lost our announcement (it restarted) */
+            n->next_try_ms = 0;
+        }
     } else if (type == SPES_MSG_REJECT) {
         const Spes__Wire__Reject *r = (const Spes__Wire__Reject *)msg;
         if (r->code == SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND || r->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
@@ -315,7 +319,8 @@ static void send_heartbeat(spes_node *n)
     h.step = n->have_trainer ? (uint64_t)n->tr.step : n->step;
     h.loss = n->loss;
     h.tokens_per_s = n->tps;
-    h.state = n->phase == P_IDLE ? NS(JOINING) : NS(ACTIVE);
+    /* JOINING = idle or waiting for the commit: the coordinator may hand us work */
+    h.state = n->phase == P_IDLE || n->phase == P_WAIT ? NS(JOINING) : NS(ACTIVE);
     n->last_hb_ms = spes_now_ms();
     call(n, SPES_MSG_HEARTBEAT, &h.base, on_heartbeat_reply);
 }
@@ -418,6 +423,7 @@ static void worker_done(void *arg)
         if (j->rc) {
             if (j->rc != SPES_EINTR)
                 log_error("round %llu: training failed: %s", (unsigned long long)j->round, j->err);
+            n->train_round = UINT64_MAX; /* nothing to announce */
             n->phase = P_WAIT;
             atomic_store(&n->cancel, 0);
             if (pending_commit) {

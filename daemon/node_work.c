@@ -11,6 +11,7 @@
 #include "merge/merge.h"
 #include "sync/sync.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,10 @@ static int job_train(spes_node *n, node_job *j)
     if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->E, j->cols, n->tr.model->params, (int64_t)j->round,
                                 (int32_t)n->id, j->tokens, (float)j->loss_mean)) != 0)
         return fail(j, rc);
+    if (!strcmp(n->d->cfg.fault, "nan")) {
+        c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
+        log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)j->round);
+    }
     uint8_t *buf;
     size_t len;
     spes_codec codec = strcmp(n->d->cfg.codec, "bf16") ? SPES_CODEC_FP32 : SPES_CODEC_BF16;
@@ -269,6 +274,10 @@ static int job_train(spes_node *n, node_job *j)
     if (!rc && (rc = spes_blob_manifest_get(n->blobs, j->out_hash, &m)) == 0) {
         rc = spes_manifest_hash(&m, j->out_manifest);
         spes_manifest_fini(&m);
+    }
+    if (!rc && !strcmp(n->d->cfg.fault, "wrong-hash")) {
+        j->out_hash[0] ^= 0xff; /* fault injection for tests: announce a hash nobody holds */
+        log_warnx("fault injection: announcing a wrong hash for round %llu", (unsigned long long)j->round);
     }
     return rc ? fail(j, rc) : 0;
 }
