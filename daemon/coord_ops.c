@@ -139,8 +139,9 @@ static void handle_heartbeat(spes_coord *c, const Spes__Wire__Heartbeat *h, cons
     m->tps = h->tokens_per_s;
     if (h->round + 1 == c->round && c->last_commit) {
         reply(ctx, c->last_commit, c->last_commit_len); /* the node waits for this commit */
-    } else if (h->round + 1 < c->round) {
-        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0, "too far behind: join again");
+    } else if (h->round != c->round) {
+        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0,
+                     h->round < c->round ? "too far behind: join again" : "the run was restored: join again");
     } else if (h->round == c->round && m->participant && !m->announced && !c->validating &&
                h->state != SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE && c->state_hash_known) {
         reply_accept(c, m, reply, ctx); /* idle node, open round: train it */
@@ -175,9 +176,7 @@ void spes_coord_handle(spes_coord *c, int type, const ProtobufCMessage *msg, con
     case SPES_MSG_STATUS_REQUEST: coord_status(c, reply, ctx); break;
     case SPES_MSG_MEMBERS_REQUEST: coord_members(c, (const Spes__Wire__MembersRequest *)msg, peer, reply, ctx); break;
     case SPES_MSG_CHECKPOINT_REQUEST:
-        spes_daemon_reply_error(reply, ctx, SPES_ESTATE, type,
-                                "run checkpoints through spesctl are not implemented yet; every node keeps its "
-                                "state of the last agreed round in its state directory");
+        coord_checkpoint(c, (const Spes__Wire__CheckpointRequest *)msg, peer, reply, ctx);
         break;
     default: spes_daemon_reply_error(reply, ctx, SPES_EINVAL, type, "unexpected message type %d", type);
     }

@@ -117,6 +117,7 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
     fill_peers(c, pv, pp, &cm.n_peers);
     cm.peers = pp;
     cm.next_deadline_ms = (uint32_t)c->d->cfg.round_deadline_ms;
+    cm.checkpoint_id = c->pending_ckpt;
     free(c->last_commit);
     c->last_commit = NULL;
     if (spes_proto_encode(SPES_MSG_COMMIT, &cm.base, &c->last_commit, &c->last_commit_len) != 0) {
@@ -129,6 +130,7 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
     }
     c->last_contributors = (uint32_t)cm.n_contributions;
     c->last_merge = cm.merge_applied;
+    c->pending_ckpt[0] = '\0'; /* it is in this commit now */
 }
 
 void spes_coord_validated(spes_coord *c, uint64_t round, int n, const int *ok, char (*reasons)[256])
@@ -207,6 +209,8 @@ void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_ide
             log_error("coordinator state not saved: %s", spes_errmsg());
         log_info("round %llu: agreed state digest %.16s", (unsigned long long)g->round, hex);
     }
+    if (g->checkpoint_id[0])
+        coord_checkpoint_saved(c, m, g->checkpoint_id, m->digest);
     coord_reply_ack(reply, ctx, "digest recorded");
     if (c->state_hash_known && g->round == c->round && memcmp(m->digest, c->state_hash, 32)) {
         log_error("DIGEST MISMATCH: %s reports %.16s for round %llu", m->name, hex, (unsigned long long)g->round);

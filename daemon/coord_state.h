@@ -31,6 +31,28 @@ typedef struct coord_member {
     double blob_loss;
 } coord_member;
 
+#define COORD_MAX_CKPTS 64
+#define COORD_MAX_WAITERS 16
+
+/* coord_ckpt records one checkpoint of the run. */
+typedef struct coord_ckpt {
+    char id[32];
+    uint64_t round, step;   /* the checkpoint holds S_round, after `step` steps */
+    uint8_t hash[32];
+    int hash_known;
+    uint64_t created_ms;
+    uint32_t holders[COORD_MAX_MEMBERS]; /* node ids that saved their state with it */
+    int nholders;
+    int complete;           /* the coordinator's own node holds it: restorable */
+} coord_ckpt;
+
+/* coord_waiter is an operator waiting for a checkpoint (`save --wait`). */
+typedef struct coord_waiter {
+    spes_reply_fn reply;
+    void *ctx;
+    char id[32];
+} coord_waiter;
+
 /* spes_coord is the coordinator (see coord.h). */
 struct spes_coord {
     spes_daemon *d;
@@ -60,6 +82,11 @@ struct spes_coord {
     int nmismatch;
     uint64_t last_commit_ms;
     char state_path[600];
+    coord_ckpt ckpts[COORD_MAX_CKPTS];
+    int nckpt;
+    char pending_ckpt[32];   /* goes into the next commit */
+    coord_waiter waiters[COORD_MAX_WAITERS];
+    int nwaiters;
     int restored_active;     /* members active before a coordinator restart */
     uint64_t started_ms;
 };
@@ -106,5 +133,17 @@ void coord_status(spes_coord *c, spes_reply_fn reply, void *ctx);
 /* coord_members answers a MembersRequest (changes need the operator role). */
 void coord_members(spes_coord *c, const Spes__Wire__MembersRequest *r, const spes_pki_identity *peer,
                    spes_reply_fn reply, void *ctx);
+
+/* coord_checkpoint answers a CheckpointRequest (save, list, restore, export). */
+void coord_checkpoint(spes_coord *c, const Spes__Wire__CheckpointRequest *r, const spes_pki_identity *peer,
+                      spes_reply_fn reply, void *ctx);
+
+/* coord_checkpoint_saved records that node m saved checkpoint id with state digest hash. */
+void coord_checkpoint_saved(spes_coord *c, coord_member *m, const char *id, const uint8_t *hash);
+
+/* coord_ckpt_json / coord_ckpt_load persist the checkpoint records (coord_store.c). */
+struct json_t;
+struct json_t *coord_ckpt_json(const spes_coord *c);
+int coord_ckpt_load(spes_coord *c, struct json_t *arr);
 
 #endif

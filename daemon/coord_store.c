@@ -58,6 +58,8 @@ int coord_save(spes_coord *c)
         json_array_append_new(mem, mo);
     }
     json_object_set_new(o, "members", mem);
+    json_object_set_new(o, "checkpoints", coord_ckpt_json(c));
+    json_object_set_new(o, "pending_checkpoint", json_string(c->pending_ckpt));
     char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!text)
@@ -128,6 +130,11 @@ int coord_load(spes_coord *c)
         c->prev_known = 1;
     for (size_t i = 0; i < json_array_size(mem) && !rc; i++)
         rc = load_member(c, json_array_get(mem, i));
+    if (!rc)
+        rc = coord_ckpt_load(c, json_object_get(o, "checkpoints"));
+    json_t *pc = json_object_get(o, "pending_checkpoint");
+    if (!rc && json_is_string(pc))
+        snprintf(c->pending_ckpt, sizeof c->pending_ckpt, "%s", json_string_value(pc));
 out:
     json_decref(o);
     return rc;

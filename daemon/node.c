@@ -196,6 +196,7 @@ static void start_apply(spes_node *n, const Spes__Wire__Commit *cm)
     if (!j)
         return;
     j->merge = cm->merge_applied;
+    snprintf(j->ckpt_id, sizeof j->ckpt_id, "%s", cm->checkpoint_id ? cm->checkpoint_id : "");
     j->next_step = cm->next_step;
     for (size_t i = 0; i < cm->n_peers; i++)
         add_peer(j, cm->peers[i]->node_id, cm->peers[i]->listen_url, cm->peers[i]->name);
@@ -229,6 +230,7 @@ static void send_digest(spes_node *n)
     g.node_id = n->id;
     g.round = n->round;
     g.state_hash = (ProtobufCBinaryData){32, n->hash};
+    g.checkpoint_id = n->saved_ckpt;
     if (call(n, SPES_MSG_DIGEST, &g.base, on_digest_reply) != 0)
         retry_later(n, 500);
 }
@@ -457,6 +459,7 @@ static void worker_done(void *arg)
         n->round = j->round + 1;
         n->step = j->next_step;
         memcpy(n->hash, j->out_hash, 32);
+        snprintf(n->saved_ckpt, sizeof n->saved_ckpt, "%s", j->ckpt_id);
         {
             char hex[65];
             spes_hex_encode(n->hash, 32, hex);

@@ -31,6 +31,7 @@ typedef struct node_job {
     uint32_t contrib_node[NODE_MAX_PEERS];
     uint8_t contrib_hash[NODE_MAX_PEERS][32];
     int merge;                 /* APPLY */
+    char ckpt_id[64];          /* APPLY: keep the new state under this checkpoint id */
     uint64_t next_step;
     /* results */
     int rc;
@@ -80,6 +81,7 @@ struct spes_node {
     uint64_t pending_size, pending_tokens;
     double pending_loss;
     uint64_t train_round;
+    char saved_ckpt[64];   /* checkpoint saved with the last applied state, reported with the digest */
 };
 
 /* node_run_job performs a job on the worker thread. */

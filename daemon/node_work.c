@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -84,19 +85,27 @@ static int ensure_base(spes_node *n)
     return n->base ? 0 : SPES_ENOMEM;
 }
 
+static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H);
+static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H);
+
 /* load_local tries the node's own persisted state for round R with digest H. */
 static int load_local(spes_node *n, uint64_t R, const uint8_t *H)
 {
     char *dir = spes_path_join(n->state_dir, "state");
     if (!dir)
         return SPES_ENOMEM;
+    int rc = load_local_dir(n, dir, R, H);
+    free(dir);
+    return rc;
+}
+
+static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H)
+{
     spes_ckpt meta;
     spes_ckpt_reader *r;
     int rc = spes_ckpt_reader_open(&r, dir, &meta);
-    if (rc) {
-        free(dir);
+    if (rc)
         return rc;
-    }
     spes_ckpt_reader_close(r);
     rc = (uint64_t)meta.round == R && meta.E == n->E ? 0 : SPES_ESTATE;
     if (!rc && !same_cols(n, meta.trained))
@@ -104,7 +113,6 @@ static int load_local(spes_node *n, uint64_t R, const uint8_t *H)
     if (!rc)
         rc = spes_trainer_load(&n->tr, dir);
     spes_ckpt_fini(&meta);
-    free(dir);
     uint8_t dg[32];
     if (!rc && (rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)R, dg)) == 0 &&
         memcmp(dg, H, 32))
@@ -186,6 +194,8 @@ static int job_prepare(spes_node *n, node_job *j)
     memset(all, 1, (size_t)n->E);
     if (load_local(n, j->round, j->hash) == 0) {
         log_info("resuming from the local state of round %llu", (unsigned long long)j->round);
+    } else if (load_checkpoint_for(n, j->round, j->hash) == 0) {
+        log_info("restoring the checkpoint of round %llu with this node's optimizer state", (unsigned long long)j->round);
     } else if (!n->have_trainer && (rc = open_trainer(n, all)) != 0) {
         free(all);
         return fail(j, rc);
@@ -360,6 +370,39 @@ static int job_apply(spes_node *n, node_job *j)
     return rc ? fail(j, rc) : 0;
 }
 
+/* save_checkpoint keeps the state just persisted (S and this node's AdamW
+ * state) under checkpoints/ID, where restore and export find it. */
+static int save_checkpoint(spes_node *n, const char *id)
+{
+    char dir[800];
+    snprintf(dir, sizeof dir, "%.600s/checkpoints/%.64s", n->state_dir, id);
+    int rc = spes_trainer_save(&n->tr, dir);
+    if (!rc)
+        log_info("checkpoint %s saved (round %lld)", id, (long long)n->tr.round);
+    return rc;
+}
+
+/* load_checkpoint_for looks for a saved checkpoint of round R with digest H. */
+static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H)
+{
+    char base[700];
+    snprintf(base, sizeof base, "%.600s/checkpoints", n->state_dir);
+    DIR *dp = opendir(base);
+    if (!dp)
+        return SPES_ENOENT;
+    struct dirent *de;
+    int rc = SPES_ENOENT;
+    while (rc && (de = readdir(dp)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char dir[1000];
+        snprintf(dir, sizeof dir, "%s/%s", base, de->d_name);
+        rc = load_local_dir(n, dir, R, H);
+    }
+    closedir(dp);
+    return rc;
+}
+
 void node_run_job(spes_node *n, node_job *j)
 {
     j->rc = 0;
@@ -370,6 +413,10 @@ void node_run_job(spes_node *n, node_job *j)
     case JOB_APPLY:
         if (job_apply(n, j) == 0 && node_persist(n) != 0)
             log_error("node state not persisted: %s", spes_errmsg());
+        if (j->rc == 0 && j->ckpt_id[0] && save_checkpoint(n, j->ckpt_id) != 0) {
+            log_error("checkpoint %s not saved: %s", j->ckpt_id, spes_errmsg());
+            j->ckpt_id[0] = '\0';
+        }
         break;
     case JOB_VALIDATE: job_validate(n, j); break;
     }

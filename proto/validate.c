@@ -60,6 +60,7 @@ static const string_rule string_rules[] = {
     {"run_id", SPES_PROTO_MAX_NAME, 1},    {"software_version", SPES_PROTO_MAX_NAME, 1},
     {"listen_url", SPES_PROTO_MAX_URL, 1}, {"coordinator", SPES_PROTO_MAX_URL, 1},
     {"out_dir", SPES_PROTO_MAX_PATH, 1},   {"run_config_json", SPES_PROTO_MAX_CONFIG, 0},
+    {"checkpoint_id", SPES_PROTO_MAX_NAME, 1},
 };
 
 static const string_rule *string_rule_for(const char *field)

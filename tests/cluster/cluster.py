@@ -131,6 +131,14 @@ class Cluster:
         """round -> digest prefix, from node k's log lines `round R applied: state digest X`."""
         return {int(r): d for r, d in re.findall(r"round (\d+) applied: state digest (\w+)", self.log(k))}
 
+    def wait_applied(self, nodes, above, timeout=90):
+        """Waits until every node in nodes logged an applied round > above; returns those rounds."""
+        def common():
+            logs = [self.applied(k) for k in nodes]
+            rs = sorted(x for x in logs[0] if x > above and all(x in l for l in logs[1:]))
+            return rs or None
+        return self.wait("nodes %s to apply a round after %d" % (nodes, above), common, timeout)
+
     def blobs(self, k):
         return sorted(glob.glob(self.path("node-%d/node/blobs/*" % k)))
 
