@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "core/error.h"
+#include "kernels/kernels.h"
+
 static double now(void)
 {
     struct timespec ts;
@@ -42,11 +45,14 @@ static double measure(int M, int N, int K)
 
 int main(int argc, char **argv)
 {
+    if (spes_blas_reexec_if_generic(argv) != 0)
+        fprintf(stderr, "bench_sgemm: warning: %s\n", spes_errmsg());
+    printf("{\"openblas_core\": \"%s\", ", openblas_get_corename());
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     openblas_set_num_threads(threads);
     double sq = measure(1024, 1024, 1024);
     double model = measure(2048, 512, 256);
-    printf("{\"threads\": %d, \"sgemm_1024_gflops\": %.2f, \"sgemm_2048x512x256_gflops\": %.2f}\n", threads, sq,
+    printf("\"threads\": %d, \"sgemm_1024_gflops\": %.2f, \"sgemm_2048x512x256_gflops\": %.2f}\n", threads, sq,
            model);
     return 0;
 }

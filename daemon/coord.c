@@ -192,6 +192,14 @@ void coord_rebalance(spes_coord *c)
 void coord_open_round(spes_coord *c)
 {
     coord_rebalance(c);
+    if (c->step >= (uint64_t)c->run.train.max_steps) {
+        /* the run is complete: no more rounds; members stay for status and checkpoints */
+        for (int i = 0; i < c->nmem; i++) {
+            c->mem[i].participant = 0;
+            c->mem[i].announced = 0;
+        }
+        return;
+    }
     for (int i = 0; i < c->nmem; i++) {
         coord_member *m = &c->mem[i];
         m->participant = m->state == NS(ACTIVE);

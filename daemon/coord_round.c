@@ -152,6 +152,8 @@ void spes_coord_validated(spes_coord *c, uint64_t round, int n, const int *ok, c
     c->step = step_end;
     c->state_hash_known = 0;
     coord_open_round(c);
+    if (c->step >= (uint64_t)c->run.train.max_steps)
+        log_info("the run is complete: %llu steps (train.max_steps)", (unsigned long long)c->step);
     if (coord_save(c) != 0)
         log_error("coordinator state not saved: %s", spes_errmsg());
 }
@@ -236,6 +238,8 @@ void spes_coord_tick(spes_coord *c)
     }
     if (c->validating)
         return;
+    if (nparticipants == 0 && c->step >= (uint64_t)c->run.train.max_steps)
+        return; /* the run is complete */
     if (nparticipants == 0) {
         /* a fresh run waits for min_nodes; a restarted coordinator for the
          * members it had, or for failure_timeout_ms, whichever comes first */

@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "daemon/commands.h"
+#include "kernels/kernels.h"
 
 typedef struct command {
     const char *name;
@@ -29,6 +31,10 @@ static void usage(FILE *fp)
 
 int main(int argc, char **argv)
 {
+    /* Debian's OpenBLAS may not recognise a virtualised CPU and fall back to
+     * slow generic kernels: restart once with the kernel the CPU supports. */
+    if (spes_blas_reexec_if_generic(argv) != 0)
+        fprintf(stderr, "spesd: warning: %s\n", spes_errmsg());
     if (argc < 2) {
         usage(stderr);
         return 2;

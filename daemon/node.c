@@ -462,8 +462,13 @@ static void worker_done(void *arg)
         snprintf(n->saved_ckpt, sizeof n->saved_ckpt, "%s", j->ckpt_id);
         {
             char hex[65];
+            spes_blob_serve_stats ss;
+            spes_blob_store_stats(n->blobs, &ss);
+            n->bytes_in_total += j->bytes_in;
             spes_hex_encode(n->hash, 32, hex);
-            log_info("round %llu applied: state digest %.16s", (unsigned long long)j->round, hex);
+            log_info("round %llu applied: state digest %.16s (blob bytes received %llu, served %llu in all)",
+                     (unsigned long long)j->round, hex, (unsigned long long)n->bytes_in_total,
+                     (unsigned long long)ss.bytes_served);
         }
         n->phase = P_DIGEST;
         n->next_try_ms = 0;

@@ -39,6 +39,7 @@ typedef struct node_job {
     uint8_t out_hash[32];      /* TRAIN: contribution blob; APPLY: digest of the new state */
     uint8_t out_manifest[32];  /* TRAIN: hash of the contribution's manifest */
     uint64_t out_size, tokens;
+    uint64_t bytes_in;         /* APPLY/PREPARE: blob bytes fetched from peers by this job */
     double loss_mean;
     int ok[NODE_MAX_PEERS];    /* VALIDATE */
     char reasons[NODE_MAX_PEERS][256];
@@ -81,7 +82,8 @@ struct spes_node {
     uint64_t pending_size, pending_tokens;
     double pending_loss;
     uint64_t train_round;
-    char saved_ckpt[64];   /* checkpoint saved with the last applied state, reported with the digest */
+    char saved_ckpt[64];
+    uint64_t bytes_in_total;  /* blob bytes fetched from peers since start */   /* checkpoint saved with the last applied state, reported with the digest */
 };
 
 /* node_run_job performs a job on the worker thread. */

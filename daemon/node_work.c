@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <dirent.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -160,12 +161,24 @@ static void peers_of(const node_job *j, spes_blob_peer *p, int first)
             p[k++] = (spes_blob_peer){.url = j->urls[i], .name = j->names[i][0] ? j->names[i] : NULL};
 }
 
+static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first);
+
 /* fetch gets a blob: from its author (index first) and the coordinator only
  * when first >= 0 (nobody else holds a fresh contribution), else from every peer. */
-static int fetch(spes_node *n, const node_job *j, const uint8_t *hash, int first)
+static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first)
 {
     if (spes_blob_has(n->blobs, hash))
         return 0;
+    int rc = fetch_from(n, j, hash, first);
+    char path[1024];
+    struct stat st;
+    if (!rc && spes_blob_path(n->blobs, hash, path, sizeof path) == 0 && stat(path, &st) == 0)
+        j->bytes_in += (uint64_t)st.st_size;
+    return rc;
+}
+
+static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first)
+{
     static spes_blob_peer peers[NODE_MAX_PEERS];
     peers_of(j, peers, first);
     int npeers = j->npeers;
