@@ -15,6 +15,9 @@ int cmd_tokenize(int argc, char **argv);
 /* cmd_detokenize is `spesd detokenize`: token files back to text. */
 int cmd_detokenize(int argc, char **argv);
 
+/* cmd_generate is `spesd generate`: continue a prompt with a model. */
+int cmd_generate(int argc, char **argv);
+
 /* cmd_run is `spesd run`: the daemon. */
 int cmd_run(int argc, char **argv);
 

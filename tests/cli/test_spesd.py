@@ -33,7 +33,7 @@ def check(ok, what):
 
 
 def run(*args, ok=True):
-    p = subprocess.run([SPESD] + list(args), capture_output=True, text=True, timeout=600)
+    p = subprocess.run([SPESD] + list(args), capture_output=True, text=True, errors="replace", timeout=600)
     if ok and p.returncode != 0:
         print(p.stdout, p.stderr)
         raise SystemExit("spesd %s failed" % " ".join(args))
@@ -99,6 +99,17 @@ def main():
     check(os.path.getsize("hf16/model.safetensors") < 0.6 * os.path.getsize("hf/model.safetensors"),
           "bf16 export is about half the size")
 
+    g1 = run("generate", "--checkpoint", "hf", "--bytes", "--prompt", "The quick", "--max-new", "12")
+    g2 = run("generate", "--checkpoint", "full", "--bytes", "--prompt", "The quick", "--max-new", "12")
+    check(g1.stdout.startswith("The quick") and "12 generated" in g1.stderr,
+          "generate continues a prompt by 12 byte tokens: %r" % g1.stdout.strip())
+    check(g1.stdout == g2.stdout, "greedy generation is the same from the checkpoint and from its export")
+    s1 = run("generate", "--checkpoint", "full", "--bytes", "--prompt", "The", "--max-new", "20",
+             "--temperature", "1.0", "--top-p", "0.9", "--seed", "7")
+    s2 = run("generate", "--checkpoint", "full", "--bytes", "--prompt", "The", "--max-new", "20",
+             "--temperature", "1.0", "--top-p", "0.9", "--seed", "7")
+    check(s1.stdout == s2.stdout, "sampling with a seed is reproducible")
+
     # SIGTERM: the current step finishes, the checkpoint is written, exit 0
     proc = subprocess.Popen([SPESD] + base + ["--steps", "40", "--out", "term"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -151,6 +162,9 @@ def main():
     refused(["eval", "--checkpoint", "nowhere", "--data", "data.bin", "--batch", "2", "--seq", "8"], "nowhere",
             "missing checkpoint refused")
     refused(["frobnicate"], "frobnicate", "unknown command refused")
+    refused(["generate", "--checkpoint", "full", "--prompt", "x"], "--bytes", "generate without a tokenizer refused")
+    refused(["generate", "--checkpoint", "full", "--bytes", "--prompt", "x", "--top-p", "2"], "--top-p",
+            "generate with top-p 2 refused")
 
     print("%d passed, %d failed" % (passed, len(failures)))
     subprocess.run(["rm", "-rf", tmp])
