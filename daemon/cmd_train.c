@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "daemon/commands.h"
 #include "daemon/cli.h"
@@ -117,6 +118,15 @@ static int run(train_args *a, spes_run_config *cfg)
             free(mask);
             return rc;
         }
+    }
+    /* data files given by URL are cached in $SPES_CACHE, else ~/.cache/spes/data */
+    const char *env = getenv("SPES_CACHE"), *home = getenv("HOME");
+    char *cache = env ? strdup(env) : spes_path_join(home ? home : "/tmp", ".cache/spes/data");
+    rc = cache ? spes_data_fetch_urls(cfg, cache, (const volatile int *)&stop_requested) : SPES_ENOMEM;
+    free(cache);
+    if (rc) {
+        free(mask);
+        return rc;
     }
     spes_trainer t;
     rc = spes_trainer_init(&t, cfg, mask, (int)a->threads);

@@ -199,6 +199,10 @@ static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int 
 static int job_prepare(spes_node *n, node_job *j)
 {
     int rc = 0;
+    char cache[700];
+    snprintf(cache, sizeof cache, "%.600s/data", n->state_dir);
+    if ((rc = spes_data_fetch_urls(&n->run, cache, (const volatile int *)&n->cancel)) != 0)
+        return fail(j, rc);
     if (n->have_trainer && n->have_state && n->round == j->round && !memcmp(n->hash, j->hash, 32))
         return 0;
     uint8_t *all = malloc((size_t)n->E);

@@ -63,6 +63,10 @@ int spes_trainer_load(spes_trainer *t, const char *dir);
 /* spes_trainer_fini frees everything. */
 void spes_trainer_fini(spes_trainer *t);
 
+/* spes_data_fetch_urls downloads the config's data files given by URL into
+ * cache_dir (verified by their sha256) and points the config at the copies. */
+int spes_data_fetch_urls(spes_run_config *cfg, const char *cache_dir, const volatile int *cancel);
+
 /* spes_parse_columns parses "0,2,5-7" into a mask of E entries. */
 int spes_parse_columns(const char *list, int E, uint8_t *mask);
 

@@ -131,6 +131,38 @@ def main():
           "interrupted-and-resumed losses equal the uninterrupted run")
     check(read("term/spes.ckpt") == read("termref/spes.ckpt"), "and so do the checkpoint bytes")
 
+    # data by URL: served on loopback (dropping the connection once), verified, cached, trained on
+    import hashlib
+    os.makedirs("www", exist_ok=True)
+    blob = read("data.bin")
+    with open("www/data.bin", "wb") as f:
+        f.write(blob)
+    srv = subprocess.Popen(["/usr/bin/python3", os.path.join(os.environ.get("SPES_SOURCE_DIR", os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "tests/fetch/server.py"),
+        "--root", "www", "--log", "www.log", "--max-seconds", "120"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(srv.stdout.readline().split()[-1])
+        url_cfg = dict(cfg)
+        url_cfg["data"] = {"files": [{"url": "http://127.0.0.1:%d/drop/data.bin" % port,
+                                      "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}]}
+        with open("url.json", "w") as f:
+            json.dump(url_cfg, f)
+        os.environ["SPES_CACHE"] = os.path.abspath("cache")
+        u = run("train", "--config", "url.json", "--steps", "3", "--threads", "2", "--out", "urlrun")
+        check(losses(u.stdout) == lf[:3], "data given by URL (connection dropped once) trains exactly as the local file")
+        reqs = open("www.log").read()
+        check("bytes=" in reqs, "the broken download was resumed with a Range request")
+        url_cfg["data"]["files"][0]["sha256"] = "0" * 64
+        url_cfg["data"]["files"][0]["url"] = "http://127.0.0.1:%d/data.bin" % port
+        with open("badurl.json", "w") as f:
+            json.dump(url_cfg, f)
+        p = run("train", "--config", "badurl.json", "--steps", "1", "--out", "z", ok=False)
+        check(p.returncode != 0 and "sha256" in p.stderr and "127.0.0.1" in p.stderr,
+              "a download that fails verification is refused naming the URL")
+    finally:
+        srv.kill()
+        os.environ.pop("SPES_CACHE", None)
+
     # refusals: one line on stderr, non-zero exit, naming the culprit
     def refused(args, needle, what):
         p = run(*args, ok=False)
