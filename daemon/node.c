@@ -185,6 +185,7 @@ static void start_train(spes_node *n, const uint32_t *cols, size_t ncols)
     memcpy(n->cols, j->cols, (size_t)n->E);
     n->phase = P_TRAIN;
     n->train_round = n->round;
+    n->t_train0 = uv_hrtime() / 1e9;
     log_info("round %llu: training columns of %zu expert(s) for %d steps from step %llu", (unsigned long long)n->round,
              ncols, n->run.spes.sync_interval, (unsigned long long)n->step);
     submit(n, j);
@@ -439,6 +440,7 @@ static void worker_done(void *arg)
             }
             break;
         }
+        n->t_train1 = uv_hrtime() / 1e9;
         memcpy(n->pending_blob, j->out_hash, 32);
         memcpy(n->pending_manifest, j->out_manifest, 32);
         n->pending_size = j->out_size;
@@ -466,15 +468,20 @@ static void worker_done(void *arg)
             spes_blob_store_stats(n->blobs, &ss);
             n->bytes_in_total += j->bytes_in;
             spes_hex_encode(n->hash, 32, hex);
-            log_info("round %llu applied: state digest %.16s (blob bytes received %llu, served %llu in all)",
+            double now = uv_hrtime() / 1e9;
+            int trained = n->train_round == j->round && n->t_train1 >= n->t_train0 && n->t_train0 > 0;
+            log_info("round %llu applied: state digest %.16s (blob bytes received %llu, served %llu in all; "
+                     "train %.2f s, sync %.2f s)",
                      (unsigned long long)j->round, hex, (unsigned long long)n->bytes_in_total,
-                     (unsigned long long)ss.bytes_served);
+                     (unsigned long long)ss.bytes_served, trained ? n->t_train1 - n->t_train0 : 0.0,
+                     trained ? now - n->t_train1 : 0.0);
         }
         n->phase = P_DIGEST;
         n->next_try_ms = 0;
         spes_node_tick(n);
         break;
     case JOB_VALIDATE:
+        n->bytes_in_total += j->bytes_in;
         if (n->d->coord)
             spes_coord_validated(n->d->coord, j->round, j->ncontrib, j->ok, j->reasons);
         break;

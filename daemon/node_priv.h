@@ -83,7 +83,8 @@ struct spes_node {
     double pending_loss;
     uint64_t train_round;
     char saved_ckpt[64];
-    uint64_t bytes_in_total;  /* blob bytes fetched from peers since start */   /* checkpoint saved with the last applied state, reported with the digest */
+    uint64_t bytes_in_total;
+    double t_train0, t_train1; /* seconds (monotonic) when the last training began and ended */  /* blob bytes fetched from peers since start */   /* checkpoint saved with the last applied state, reported with the digest */
 };
 
 /* node_run_job performs a job on the worker thread. */
