@@ -236,8 +236,10 @@ static void on_signal(uv_signal_t *s, int signum)
     spes_daemon *d = s->data;
     if (signum == SIGHUP) {
         if (d->tls && d->cfg.crl[0]) {
-            if (spes_net_tls_reload_crl(d->tls, d->cfg.crl) == 0)
+            if (spes_net_tls_reload_crl(d->tls, d->cfg.crl) == 0) {
                 log_info("revocation list %s reloaded", d->cfg.crl);
+                spes_net_server_drop_revoked(d->server); /* revoked peers lose their live connections too */
+            }
             else
                 log_error("revocation list reload failed, the old one stays: %s", spes_errmsg());
         }

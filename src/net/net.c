@@ -1,0 +1,620 @@
+/* net.c: request/reply endpoints on nng (rep0 server with a context pool, req0
+ * client with reconnect backoff), over the spes TLS engine or, only when asked
+ * explicitly, plain tcp. Callbacks run on nng threads (see net.h); nothing here
+ * touches a libuv loop. Never trusts a message's sender without its verified
+ * identity, and never accepts a message larger than the endpoint's limit. */
+#include "net/net_internal.h"
+
+#include "core/error.h"
+#include "core/log.h"
+
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/util/platform.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { ST_RECV = 0, ST_HANDLER, ST_SEND };
+
+/* pipe_reg tracks an endpoint's live TLS connections and their peers, so that a
+ * reloaded revocation list can close those it now revokes (nng 1.5 cannot list pipes). */
+typedef struct peer_pipe {
+    nng_pipe p;
+    spes_pki_identity id;
+} peer_pipe;
+
+typedef struct pipe_reg {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* signalled when a connection is added */
+    peer_pipe *v;
+    size_t n, cap;
+    uint64_t added; /* connections ever added (plain ones too) */
+} pipe_reg;
+
+struct spes_net_request {
+    spes_net_server *srv;
+    nng_ctx ctx;
+    nng_aio *aio;
+    nng_msg *msg;
+    spes_pki_identity peer;
+    int state;
+};
+
+struct spes_net_server {
+    nng_socket sock;
+    nng_listener l;
+    int port;
+    int plain;
+    unsigned peer_roles;
+    spes_net_handler handler;
+    void *arg;
+    int nreq;
+    spes_net_request *reqs;
+    spes_net_tls *tls;
+    pipe_reg reg;
+    char url[256];
+};
+
+struct spes_net_client {
+    nng_socket sock;
+    nng_dialer d;
+    spes_net_tls *tls;
+    pipe_reg reg;
+    char url[256];
+};
+
+int spes__nng_err(int rv, const char *what, const char *url)
+{
+    int code = SPES_ENET;
+    if (rv == NNG_ETIMEDOUT)
+        code = SPES_ETIMEDOUT;
+    else if (rv == NNG_ENOMEM)
+        code = SPES_ENOMEM;
+    else if (rv == NNG_EPEERAUTH || rv == NNG_ECRYPTO)
+        code = SPES_EAUTH;
+    else if (rv == NNG_EINVAL || rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP)
+        code = SPES_EINVAL;
+    return spes_errf(code, "%s%s%s: %s", url ? url : "", url ? ": " : "", what, nng_strerror(rv));
+}
+
+int spes_net_pipe_peer(nng_pipe p, spes_pki_identity *out)
+{
+    bool v = false;
+    spes__tls_peer_tl_set = 0;
+    memset(&spes__tls_peer_tl, 0, sizeof spes__tls_peer_tl);
+    int rv = nng_pipe_get_bool(p, NNG_OPT_TLS_VERIFIED, &v);
+    if (rv)
+        return spes_errf(SPES_ENOENT, "pipe has no TLS peer: %s", nng_strerror(rv));
+    if (!v || !spes__tls_peer_tl_set)
+        return spes_errf(SPES_EAUTH, "pipe's peer is not verified by the spes TLS engine");
+    *out = spes__tls_peer_tl;
+    return 0;
+}
+
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    pipe_reg *r = arg;
+    spes_pki_identity id;
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        int tls = spes_net_pipe_peer(p, &id) == 0;
+        pthread_mutex_lock(&r->mu);
+        r->added++;
+        pthread_cond_broadcast(&r->cv);
+        if (!tls) {
+            pthread_mutex_unlock(&r->mu);
+            return;
+        }
+        if (r->n == r->cap) {
+            size_t nc = r->cap ? r->cap * 2 : 16;
+            peer_pipe *nv = realloc(r->v, nc * sizeof *nv);
+            if (nv) {
+                r->v = nv;
+                r->cap = nc;
+            }
+        }
+        if (r->n < r->cap)
+            r->v[r->n++] = (peer_pipe){p, id};
+        pthread_mutex_unlock(&r->mu);
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n; i++) {
+            if (nng_pipe_id(r->v[i].p) == nng_pipe_id(p)) {
+                r->v[i] = r->v[--r->n];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+}
+
+static int reg_watch(pipe_reg *r, nng_socket sock, const char *url)
+{
+    int rv = nng_pipe_notify(sock, NNG_PIPE_EV_ADD_POST, pipe_event, r);
+    if (rv == 0)
+        rv = nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, pipe_event, r);
+    return rv ? spes__nng_err(rv, "cannot watch connections", url) : 0;
+}
+
+static int reg_drop_revoked(pipe_reg *r, spes_net_tls *t, const char *url)
+{
+    if (!t)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->n;
+    peer_pipe *copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, r->v, n * sizeof *copy);
+    pthread_mutex_unlock(&r->mu);
+    int dropped = 0;
+    for (size_t i = 0; copy && i < n; i++) {
+        if (!spes__tls_is_revoked(t, copy[i].id.serial))
+            continue;
+        log_warnx("%s: closing the connection of '%s': its certificate (serial %s) is revoked", url,
+                  copy[i].id.name, copy[i].id.serial);
+        nng_pipe_close(copy[i].p); /* its REM_POST event unregisters it */
+        dropped++;
+    }
+    free(copy);
+    return dropped;
+}
+
+/* check_url enforces: tls+tcp needs TLS material, tcp needs the explicit plain flag. */
+static int check_url(const char *url, int plain, const spes_net_tls *tls)
+{
+    if (!url)
+        return spes_errf(SPES_EINVAL, "no URL given");
+    int is_tls = strncmp(url, "tls+tcp://", 10) == 0 || strncmp(url, "tls+tcp4://", 11) == 0 ||
+                 strncmp(url, "tls+tcp6://", 11) == 0;
+    int is_tcp =
+        strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tcp4://", 7) == 0 || strncmp(url, "tcp6://", 7) == 0;
+    if (is_tls && plain)
+        return spes_errf(SPES_EINVAL, "%s: plain mode wants a tcp:// URL", url);
+    if (is_tls && !tls)
+        return spes_errf(SPES_EINVAL, "%s: tls+tcp needs the run CA, a certificate and a key", url);
+    if (is_tcp && !plain)
+        return spes_errf(SPES_EINVAL, "%s: plain tcp without TLS is refused unless explicitly requested",
+                         url);
+    if (!is_tls && !is_tcp)
+        return spes_errf(SPES_EINVAL, "%s: URL must be tls+tcp://HOST:PORT (or [IPv6]:PORT)", url);
+    return 0;
+}
+
+/* ---- server ---- */
+
+static void post_recv(spes_net_request *r)
+{
+    r->state = ST_RECV;
+    nng_ctx_recv(r->ctx, r->aio);
+}
+
+static int request_peer(spes_net_request *r)
+{
+    spes_net_server *s = r->srv;
+    memset(&r->peer, 0, sizeof r->peer);
+    if (s->plain)
+        return 0;
+    if (spes_net_pipe_peer(nng_msg_get_pipe(r->msg), &r->peer) != 0) {
+        log_warnx("%s: request dropped: %s", s->url, spes_errmsg());
+        return -1;
+    }
+    if (!(s->peer_roles & SPES_ROLE_MASK(r->peer.role))) {
+        log_warnx("%s: request from '%s' dropped: a %s may not call here", s->url, r->peer.name,
+                  spes_pki_role_name(r->peer.role));
+        return -1;
+    }
+    return 0;
+}
+
+static void server_cb(void *arg)
+{
+    spes_net_request *r = arg;
+    int rv = nng_aio_result(r->aio);
+    if (r->state == ST_SEND) {
+        if (rv)
+            nng_msg_free(nng_aio_get_msg(r->aio));
+        if (rv == NNG_ECLOSED)
+            return;
+        post_recv(r);
+        return;
+    }
+    if (rv) {
+        if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
+            post_recv(r);
+        return;
+    }
+    r->msg = nng_aio_get_msg(r->aio);
+    if (request_peer(r) != 0) {
+        nng_msg_free(r->msg);
+        r->msg = NULL;
+        post_recv(r);
+        return;
+    }
+    r->state = ST_HANDLER;
+    r->srv->handler(r->srv->arg, r);
+}
+
+const void *spes_net_request_data(const spes_net_request *r, size_t *len)
+{
+    *len = r->msg ? nng_msg_len(r->msg) : 0;
+    return r->msg ? nng_msg_body(r->msg) : NULL;
+}
+
+const spes_pki_identity *spes_net_request_peer(const spes_net_request *r)
+{
+    return &r->peer;
+}
+
+int spes_net_reply(spes_net_request *r, const void *data, size_t len)
+{
+    nng_msg *m = NULL;
+    int rv = nng_msg_alloc(&m, len);
+    if (rv) {
+        spes_net_request_drop(r);
+        return spes__nng_err(rv, "reply", r->srv->url);
+    }
+    if (len)
+        memcpy(nng_msg_body(m), data, len);
+    nng_msg_free(r->msg);
+    r->msg = NULL;
+    r->state = ST_SEND;
+    nng_aio_set_msg(r->aio, m);
+    nng_ctx_send(r->ctx, r->aio);
+    return 0;
+}
+
+void spes_net_request_drop(spes_net_request *r)
+{
+    nng_msg_free(r->msg);
+    r->msg = NULL;
+    post_recv(r);
+}
+
+static int server_listen(spes_net_server *s, const spes_net_server_opts *o)
+{
+    int rv = nng_listener_create(&s->l, s->sock, o->url);
+    if (rv)
+        return spes__nng_err(rv, "cannot create listener", o->url);
+    if (!o->plain) {
+        nng_tls_config *cfg = NULL;
+        int rc = spes__tls_config_alloc(&cfg, o->tls, 1, s->peer_roles, NULL);
+        if (rc)
+            return rc;
+        rv = nng_listener_set_ptr(s->l, NNG_OPT_TLS_CONFIG, cfg);
+        nng_tls_config_free(cfg); /* the listener holds it */
+        if (rv)
+            return spes__nng_err(rv, "cannot set TLS config", o->url);
+    }
+    size_t max = o->max_msg ? o->max_msg : SPES_NET_MAX_MSG_DEFAULT;
+    if ((rv = nng_listener_set_size(s->l, NNG_OPT_RECVMAXSZ, max)) != 0 ||
+        (rv = nng_listener_start(s->l, 0)) != 0)
+        return spes__nng_err(rv, "cannot listen", o->url);
+    if ((rv = nng_listener_get_int(s->l, NNG_OPT_TCP_BOUND_PORT, &s->port)) != 0)
+        return spes__nng_err(rv, "cannot read bound port", o->url);
+    return 0;
+}
+
+int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
+{
+    int rc = check_url(o->url, o->plain, o->tls);
+    if (rc)
+        return rc;
+    if (!o->handler)
+        return spes_errf(SPES_EINVAL, "%s: a server needs a request handler", o->url);
+    if (!o->plain && (rc = spes_net_init()) != 0)
+        return rc;
+    spes_net_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return SPES_ENOMEM;
+    snprintf(s->url, sizeof s->url, "%s", o->url);
+    s->plain = o->plain;
+    s->peer_roles =
+        o->peer_roles ? o->peer_roles : SPES_ROLE_MASK(SPES_ROLE_NODE) | SPES_ROLE_MASK(SPES_ROLE_OPERATOR);
+    s->handler = o->handler;
+    s->arg = o->arg;
+    s->nreq = o->contexts > 0 ? o->contexts : 8;
+    pthread_mutex_init(&s->reg.mu, NULL);
+    pthread_cond_init(&s->reg.cv, NULL);
+    int rv = nng_rep0_open(&s->sock);
+    if (rv) {
+        pthread_mutex_destroy(&s->reg.mu);
+        pthread_cond_destroy(&s->reg.cv);
+        pthread_cond_destroy(&s->reg.cv);
+        free(s);
+        return spes__nng_err(rv, "cannot open rep socket", o->url);
+    }
+    if (!o->plain) {
+        spes__tls_hold(o->tls);
+        s->tls = o->tls;
+        if ((rc = reg_watch(&s->reg, s->sock, o->url)) != 0)
+            goto fail;
+    }
+    if (!(s->reqs = calloc((size_t)s->nreq, sizeof *s->reqs))) {
+        rc = SPES_ENOMEM;
+        goto fail;
+    }
+    for (int i = 0; i < s->nreq; i++) {
+        spes_net_request *r = &s->reqs[i];
+        r->srv = s;
+        if ((rv = nng_aio_alloc(&r->aio, server_cb, r)) != 0 || (rv = nng_ctx_open(&r->ctx, s->sock)) != 0) {
+            rc = spes__nng_err(rv, "cannot make request contexts", o->url);
+            goto fail;
+        }
+    }
+    if ((rc = server_listen(s, o)) != 0)
+        goto fail;
+    for (int i = 0; i < s->nreq; i++)
+        post_recv(&s->reqs[i]);
+    *out = s;
+    return 0;
+fail:
+    spes_net_server_close(s);
+    return rc;
+}
+
+int spes_net_server_port(const spes_net_server *s)
+{
+    return s->port;
+}
+
+void spes_net_server_close(spes_net_server *s)
+{
+    if (!s)
+        return;
+    nng_close(s->sock);
+    for (int i = 0; s->reqs && i < s->nreq; i++) {
+        spes_net_request *r = &s->reqs[i];
+        if (r->aio) {
+            nng_aio_stop(r->aio);
+            nng_aio_free(r->aio);
+        }
+        nng_msg_free(r->msg);
+    }
+    free(s->reqs);
+    free(s->reg.v);
+    pthread_mutex_destroy(&s->reg.mu);
+    pthread_cond_destroy(&s->reg.cv);
+    spes_net_tls_free(s->tls);
+    free(s);
+}
+
+int spes_net_server_drop_revoked(spes_net_server *s)
+{
+    return reg_drop_revoked(&s->reg, s->tls, s->url);
+}
+
+/* ---- client ---- */
+
+/* wait_first waits for the first connection, a TLS refusal, or connect_timeout_ms. */
+static int wait_first(spes_net_client *c, const spes_net_client_opts *o)
+{
+    spes_net_stats st0 = {0}, st = {0};
+    if (c->tls)
+        spes_net_tls_stats(c->tls, &st0);
+    int limit = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000;
+    for (int waited = 0;; waited += 10) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&c->reg.mu);
+        if (!c->reg.added)
+            pthread_cond_timedwait(&c->reg.cv, &c->reg.mu, &ts);
+        int up = c->reg.added > 0;
+        pthread_mutex_unlock(&c->reg.mu);
+        if (up)
+            return 0;
+        if (c->tls)
+            spes_net_tls_stats(c->tls, &st);
+        if (st.refused > st0.refused)
+            return spes_errf(SPES_EAUTH, "%s: cannot connect: %s", o->url, st.last_refusal);
+        if (waited >= limit)
+            return spes_errf(SPES_ETIMEDOUT, "%s: no connection within %d ms%s%s", o->url, limit,
+                             st.refused ? "; last TLS refusal: " : "", st.refused ? st.last_refusal : "");
+    }
+}
+
+static int client_dial(spes_net_client *c, const spes_net_client_opts *o)
+{
+    int rv = nng_dialer_create(&c->d, c->sock, o->url);
+    if (rv)
+        return spes__nng_err(rv, "cannot create dialer", o->url);
+    if (!o->plain) {
+        nng_tls_config *cfg = NULL;
+        unsigned roles = o->peer_roles ? o->peer_roles : SPES_ROLE_MASK(SPES_ROLE_NODE);
+        int rc = spes__tls_config_alloc(&cfg, o->tls, 0, roles, o->peer_name);
+        if (rc)
+            return rc;
+        rv = nng_dialer_set_ptr(c->d, NNG_OPT_TLS_CONFIG, cfg);
+        nng_tls_config_free(cfg);
+        if (rv)
+            return spes__nng_err(rv, "cannot set TLS config", o->url);
+    }
+    int lo = o->reconnect_min_ms > 0 ? o->reconnect_min_ms : 100;
+    int hi = o->reconnect_max_ms > 0 ? o->reconnect_max_ms : 10000;
+    size_t max = o->max_msg ? o->max_msg : SPES_NET_MAX_MSG_DEFAULT;
+    if ((rv = nng_dialer_set_ms(c->d, NNG_OPT_RECONNMINT, lo)) != 0 ||
+        (rv = nng_dialer_set_ms(c->d, NNG_OPT_RECONNMAXT, hi < lo ? lo : hi)) != 0 ||
+        (rv = nng_dialer_set_size(c->d, NNG_OPT_RECVMAXSZ, max)) != 0)
+        return spes__nng_err(rv, "cannot configure dialer", o->url);
+    /* Always start in the background: nng 1.5.2's blocking first dial could hang when
+     * the TLS peer refused us; wait_connect waits for our own connection event instead. */
+    if ((rv = nng_dialer_start(c->d, NNG_FLAG_NONBLOCK)) != 0)
+        return spes__nng_err(rv, "cannot dial", o->url);
+    return o->wait_connect ? wait_first(c, o) : 0;
+}
+
+int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
+{
+    int rc = check_url(o->url, o->plain, o->tls);
+    if (rc)
+        return rc;
+    if (!o->plain && (rc = spes_net_init()) != 0)
+        return rc;
+    spes_net_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return SPES_ENOMEM;
+    snprintf(c->url, sizeof c->url, "%s", o->url);
+    pthread_mutex_init(&c->reg.mu, NULL);
+    pthread_cond_init(&c->reg.cv, NULL);
+    int rv = nng_req0_open(&c->sock);
+    if (rv) {
+        pthread_mutex_destroy(&c->reg.mu);
+        pthread_cond_destroy(&c->reg.cv);
+        pthread_cond_destroy(&c->reg.cv);
+        free(c);
+        return spes__nng_err(rv, "cannot open req socket", o->url);
+    }
+    if (!o->plain) {
+        spes__tls_hold(o->tls);
+        c->tls = o->tls;
+    }
+    if ((rc = reg_watch(&c->reg, c->sock, o->url)) != 0)
+        goto fail;
+    /* A request whose connection breaks is re-sent on the next connection (so RPCs must
+     * be idempotent); the timer itself is an hour, i.e. no timed re-sends. Not infinite:
+     * nng 1.5.2's "no resend" path (ECONNRESET) can leave nng_close() hanging. */
+    if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, 3600 * 1000)) != 0) {
+        rc = spes__nng_err(rv, "cannot configure req socket", o->url);
+        goto fail;
+    }
+    if ((rc = client_dial(c, o)) != 0)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    spes_net_client_close(c);
+    return rc;
+}
+
+void spes_net_client_close(spes_net_client *c)
+{
+    if (!c)
+        return;
+    nng_close(c->sock);
+    free(c->reg.v);
+    pthread_mutex_destroy(&c->reg.mu);
+    pthread_cond_destroy(&c->reg.cv);
+    spes_net_tls_free(c->tls);
+    free(c);
+}
+
+int spes_net_client_drop_revoked(spes_net_client *c)
+{
+    return reg_drop_revoked(&c->reg, c->tls, c->url);
+}
+
+static int make_msg(nng_msg **m, const void *data, size_t len)
+{
+    int rv = nng_msg_alloc(m, len);
+    if (rv == 0 && len)
+        memcpy(nng_msg_body(*m), data, len);
+    return rv;
+}
+
+int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_ms, void **rep,
+                  size_t *rep_len)
+{
+    nng_ctx ctx;
+    nng_aio *aio = NULL;
+    nng_msg *m = NULL;
+    int rv = nng_ctx_open(&ctx, c->sock);
+    if (rv)
+        return spes__nng_err(rv, "cannot open request context", c->url);
+    if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = make_msg(&m, req, len)) != 0)
+        goto done;
+    nng_time deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
+    nng_aio_set_timeout(aio, timeout_ms);
+    nng_aio_set_msg(aio, m);
+    nng_ctx_send(ctx, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) != 0) {
+        nng_msg_free(nng_aio_get_msg(aio));
+        goto done;
+    }
+    nng_time now = nng_clock();
+    nng_aio_set_timeout(aio, now >= deadline ? 1 : (nng_duration)(deadline - now));
+    nng_ctx_recv(ctx, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio)) != 0)
+        goto done;
+    m = nng_aio_get_msg(aio);
+    *rep_len = nng_msg_len(m);
+    *rep = malloc(*rep_len ? *rep_len : 1);
+    if (!*rep)
+        rv = NNG_ENOMEM;
+    else
+        memcpy(*rep, nng_msg_body(m), *rep_len);
+    nng_msg_free(m);
+done:
+    nng_aio_free(aio);
+    nng_ctx_close(ctx);
+    return rv ? spes__nng_err(rv, "request failed", c->url) : 0;
+}
+
+typedef struct acall {
+    nng_ctx ctx;
+    nng_aio *aio;
+    int sending;
+    nng_time deadline;
+    spes_net_reply_cb cb;
+    void *arg;
+} acall;
+
+static void acall_cb(void *arg)
+{
+    acall *a = arg;
+    int rv = nng_aio_result(a->aio);
+    if (a->sending && rv == 0) {
+        nng_time now = nng_clock();
+        a->sending = 0;
+        nng_aio_set_timeout(a->aio, now >= a->deadline ? 1 : (nng_duration)(a->deadline - now));
+        nng_ctx_recv(a->ctx, a->aio);
+        return;
+    }
+    if (rv) {
+        if (a->sending)
+            nng_msg_free(nng_aio_get_msg(a->aio));
+        a->cb(a->arg, spes__nng_err(rv, "request failed", NULL), NULL, 0);
+    } else {
+        nng_msg *m = nng_aio_get_msg(a->aio);
+        a->cb(a->arg, 0, nng_msg_body(m), nng_msg_len(m));
+        nng_msg_free(m);
+    }
+    nng_ctx_close(a->ctx);
+    nng_aio_reap(a->aio); /* we are inside its callback: free it from nng's reaper */
+    free(a);
+}
+
+int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int timeout_ms, spes_net_reply_cb cb,
+                        void *arg)
+{
+    acall *a = calloc(1, sizeof *a);
+    nng_msg *m = NULL;
+    if (!a)
+        return SPES_ENOMEM;
+    int rv = nng_ctx_open(&a->ctx, c->sock);
+    if (rv) {
+        free(a);
+        return spes__nng_err(rv, "cannot open request context", c->url);
+    }
+    if ((rv = nng_aio_alloc(&a->aio, acall_cb, a)) != 0 || (rv = make_msg(&m, req, len)) != 0) {
+        nng_aio_free(a->aio);
+        nng_ctx_close(a->ctx);
+        free(a);
+        return spes__nng_err(rv, "cannot start request", c->url);
+    }
+    a->cb = cb;
+    a->arg = arg;
+    a->sending = 1;
+    a->deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
+    nng_aio_set_timeout(a->aio, timeout_ms);
+    nng_aio_set_msg(a->aio, m);
+    nng_ctx_send(a->ctx, a->aio);
+    return 0;
+}

@@ -1,0 +1,46 @@
+/* net_internal.h: what the spes_net files share (not part of the public API). */
+#ifndef SPES_NET_INTERNAL_H
+#define SPES_NET_INTERNAL_H
+
+#include "net/net.h"
+
+#include <nng/supplemental/tls/tls.h>
+#include <openssl/ssl.h>
+
+/* spes__tls_bind is one endpoint's policy: whose TLS material, which peers it accepts. */
+typedef struct spes__tls_bind {
+    spes_net_tls *tls;
+    unsigned peer_roles;
+    char peer_name[SPES_PKI_NAME_MAX + 1]; /* "" = any */
+    int server;
+    int refs; /* atomic */
+} spes__tls_bind;
+
+/* spes__tls_config_alloc makes an nng TLS config bound to t with the endpoint's policy. */
+int spes__tls_config_alloc(nng_tls_config **out, spes_net_tls *t, int server, unsigned peer_roles,
+                           const char *peer_name);
+
+/* spes__tls_bind_release drops a reference to a binding. */
+void spes__tls_bind_release(spes__tls_bind *b);
+
+/* spes__tls_ctx returns t's current SSL_CTX with a reference the caller frees. */
+SSL_CTX *spes__tls_ctx(spes_net_tls *t);
+
+/* spes__tls_is_revoked returns 1 if the list in force revokes that serial (hex). */
+int spes__tls_is_revoked(spes_net_tls *t, const char *serial_hex);
+
+/* spes__tls_hold takes a reference on t. */
+void spes__tls_hold(spes_net_tls *t);
+
+/* spes__tls_count records a handshake outcome; reason NULL means accepted. */
+void spes__tls_count(spes_net_tls *t, int server, const char *peer, const char *reason);
+
+/* spes__tls_peer_tl is the thread-local side channel filled by the engine's verified()
+ * hook during nng_pipe_get_bool(NNG_OPT_TLS_VERIFIED) (see spes_net_pipe_peer). */
+extern _Thread_local spes_pki_identity spes__tls_peer_tl;
+extern _Thread_local int spes__tls_peer_tl_set;
+
+/* spes__nng_err maps an nng error to a SPES_E* code with a message naming what failed. */
+int spes__nng_err(int rv, const char *what, const char *url);
+
+#endif
