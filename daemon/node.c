@@ -371,7 +371,7 @@ static void on_join_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg,
     free(accept_cols);
     accept_cols = malloc(sizeof *accept_cols * (a->n_columns ? a->n_columns : 1));
     accept_ncols = accept_cols ? a->n_columns : 0;
-    if (accept_cols)
+    if (accept_cols && a->n_columns)
         memcpy(accept_cols, a->columns, sizeof *accept_cols * a->n_columns);
     n->phase = P_PREPARE;
     submit(n, j);

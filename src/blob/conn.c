@@ -1,0 +1,177 @@
+/* conn.c: the fetching side's connection to one peer: an nng req0 socket over
+ * mutual TLS (spes_net's TLS configuration and engine) with a fixed set of
+ * request slots, each an nng context and aio that live as long as the
+ * connection. Why not spes_net_call_async: it opens and closes a context per
+ * call from inside nng callbacks, and nng 1.5.2 can then deadlock in
+ * nng_close (seen here at the end of large fetches; cf. nng issues #1219,
+ * #1543). Here every context is stopped and closed by the closing thread
+ * before the socket, the order nng expects. This file never interprets reply
+ * bytes (the callback does) and never lets a slot run two requests at once. */
+#include "blob/blob_internal.h"
+
+#include "core/error.h"
+#include "net/net_internal.h"
+
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/util/platform.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct slot {
+    spes__blob_conn *c;
+    int idx;
+    nng_ctx ctx;
+    nng_aio *aio;
+    int ctx_open;
+    int sending;
+    nng_time deadline;
+} slot;
+
+struct spes__blob_conn {
+    nng_socket sock;
+    int sock_open;
+    nng_dialer d;
+    char url[256];
+    int nslots;
+    slot *slots;
+    spes__blob_conn_cb cb;
+    void *arg;
+};
+
+static void slot_cb(void *arg)
+{
+    slot *s = arg;
+    spes__blob_conn *c = s->c;
+    int rv = nng_aio_result(s->aio);
+    if (s->sending && rv == 0) {
+        nng_time now = nng_clock();
+        s->sending = 0;
+        nng_aio_set_timeout(s->aio, now >= s->deadline ? 1 : (nng_duration)(s->deadline - now));
+        nng_ctx_recv(s->ctx, s->aio);
+        return;
+    }
+    nng_msg *m = nng_aio_get_msg(s->aio);
+    nng_aio_set_msg(s->aio, NULL);
+    if (rv) {
+        if (s->sending)
+            nng_msg_free(m);
+        c->cb(c->arg, s->idx, spes__nng_err(rv, "request failed", c->url), NULL, 0);
+        return;
+    }
+    c->cb(c->arg, s->idx, 0, nng_msg_body(m), nng_msg_len(m));
+    nng_msg_free(m); /* a local: the slot may already carry its next request */
+}
+
+static int conn_dial(spes__blob_conn *c, const char *name, spes_net_tls *tls, int plain, size_t max_msg)
+{
+    int rv = nng_dialer_create(&c->d, c->sock, c->url);
+    if (rv)
+        return spes__nng_err(rv, "cannot create dialer", c->url);
+    if (!plain) {
+        nng_tls_config *cfg = NULL;
+        int rc = spes__tls_config_alloc(&cfg, tls, 0, SPES_ROLE_MASK(SPES_ROLE_NODE), name);
+        if (rc)
+            return rc;
+        rv = nng_dialer_set_ptr(c->d, NNG_OPT_TLS_CONFIG, cfg);
+        nng_tls_config_free(cfg); /* the dialer holds it */
+        if (rv)
+            return spes__nng_err(rv, "cannot set TLS config", c->url);
+    }
+    if ((rv = nng_dialer_set_ms(c->d, NNG_OPT_RECONNMINT, 100)) != 0 ||
+        (rv = nng_dialer_set_ms(c->d, NNG_OPT_RECONNMAXT, 5000)) != 0 ||
+        (rv = nng_dialer_set_size(c->d, NNG_OPT_RECVMAXSZ, max_msg)) != 0 ||
+        (rv = nng_dialer_start(c->d, NNG_FLAG_NONBLOCK)) != 0)
+        return spes__nng_err(rv, "cannot dial", c->url);
+    return 0;
+}
+
+static int check_url(const char *url, int plain, const spes_net_tls *tls)
+{
+    if (strncmp(url, "tls+tcp://", 10) == 0)
+        return tls ? 0 : spes_errf(SPES_EINVAL, "%s: a tls+tcp peer needs TLS material", url);
+    if (strncmp(url, "tcp://", 6) == 0 && plain)
+        return 0;
+    return spes_errf(SPES_EINVAL, "%s: peer URL must be tls+tcp://HOST:PORT (tcp:// only when plain)", url);
+}
+
+int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *name, spes_net_tls *tls,
+                         int plain, int nslots, size_t max_msg, spes__blob_conn_cb cb, void *arg)
+{
+    int rc = check_url(url, plain, tls);
+    if (rc)
+        return rc;
+    if (!plain && (rc = spes_net_init()) != 0)
+        return rc;
+    spes__blob_conn *c = calloc(1, sizeof *c);
+    if (!c || !(c->slots = calloc((size_t)nslots, sizeof *c->slots))) {
+        free(c);
+        return SPES_ENOMEM;
+    }
+    snprintf(c->url, sizeof c->url, "%s", url);
+    c->nslots = nslots;
+    c->cb = cb;
+    c->arg = arg;
+    int rv = nng_req0_open(&c->sock);
+    if (rv) {
+        rc = spes__nng_err(rv, "cannot open req socket", url);
+        goto fail;
+    }
+    c->sock_open = 1;
+    /* re-sent only when its connection breaks, not on a timer (an hour, not infinite:
+     * see spes_net_client_open on nng 1.5.2) */
+    if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, 3600 * 1000)) != 0) {
+        rc = spes__nng_err(rv, "cannot configure req socket", url);
+        goto fail;
+    }
+    for (int i = 0; i < nslots; i++) {
+        slot *s = &c->slots[i];
+        *s = (slot){.c = c, .idx = i};
+        if ((rv = nng_aio_alloc(&s->aio, slot_cb, s)) != 0 || (rv = nng_ctx_open(&s->ctx, c->sock)) != 0) {
+            rc = spes__nng_err(rv, "cannot make request contexts", url);
+            goto fail;
+        }
+        s->ctx_open = 1;
+    }
+    if ((rc = conn_dial(c, name, tls, plain, max_msg)) != 0)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    spes__blob_conn_close(c);
+    return rc;
+}
+
+int spes__blob_conn_send(spes__blob_conn *c, int idx, const void *req, size_t len, int timeout_ms)
+{
+    slot *s = &c->slots[idx];
+    nng_msg *m = NULL;
+    int rv = nng_msg_alloc(&m, len);
+    if (rv)
+        return spes__nng_err(rv, "cannot make request", c->url);
+    memcpy(nng_msg_body(m), req, len);
+    s->sending = 1;
+    s->deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
+    nng_aio_set_timeout(s->aio, timeout_ms);
+    nng_aio_set_msg(s->aio, m);
+    nng_ctx_send(s->ctx, s->aio);
+    return 0;
+}
+
+void spes__blob_conn_close(spes__blob_conn *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; c->slots && i < c->nslots; i++)
+        if (c->slots[i].aio)
+            nng_aio_stop(c->slots[i].aio); /* aborts a request in flight, waits for its callback */
+    for (int i = 0; c->slots && i < c->nslots; i++)
+        if (c->slots[i].ctx_open)
+            nng_ctx_close(c->slots[i].ctx);
+    if (c->sock_open)
+        nng_close(c->sock);
+    for (int i = 0; c->slots && i < c->nslots; i++)
+        nng_aio_free(c->slots[i].aio);
+    free(c->slots);
+    free(c);
+}

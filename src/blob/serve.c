@@ -1,0 +1,216 @@
+/* serve.c: answers BlobWant and ChunkRequest envelopes from a blob store, and
+ * a ready-made spes_net server doing so. A chunk reply is its 96-byte header
+ * followed by the bytes read from disk for that one chunk; this file never
+ * reads a whole blob, never answers for a blob it does not hold, and never
+ * trusts a request's fields before the codec and the manifest have checked them. */
+#include "blob/blob_internal.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "proto/proto.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* refuse sets *rep to an Error envelope for err (the current error message). */
+static int refuse(spes_blob_store *s, int err, int in_reply_to, uint8_t **rep, size_t *rep_len)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", spes_errmsg());
+    s->refused++;
+    *rep = NULL;
+    *rep_len = 0;
+    if (spes_proto_encode_error(err, msg, in_reply_to, rep, rep_len) != 0) {
+        *rep = NULL;
+        *rep_len = 0;
+    }
+    spes_errf(err, "%s", msg);
+    return err;
+}
+
+static int hash_field(const ProtobufCBinaryData *b, const char *what)
+{
+    if (b->len != 32)
+        return spes_errf(SPES_EFORMAT, "%s.blob_hash: %zu bytes, expected 32", what, b->len);
+    return 0;
+}
+
+static int answer_manifest(spes_blob_store *s, const uint8_t hash[32], uint8_t **rep, size_t *rep_len)
+{
+    spes__blob_mref *r;
+    int rc = spes__blob_mref_get(s, hash, &r);
+    if (rc)
+        return rc;
+    rc = spes_manifest_encode(&r->m, rep, rep_len);
+    spes__blob_mref_put(s, r);
+    if (!rc)
+        s->manifests_served++;
+    return rc;
+}
+
+static int answer_have(spes_blob_store *s, const uint8_t hash[32], uint8_t **rep, size_t *rep_len)
+{
+    spes__blob_mref *r;
+    uint8_t mh[32];
+    int rc = spes__blob_mref_get(s, hash, &r);
+    if (rc)
+        return rc;
+    Spes__Wire__BlobInfo info = SPES__WIRE__BLOB_INFO__INIT;
+    Spes__Wire__BlobInfo *infos[1] = {&info};
+    Spes__Wire__BlobHave have = SPES__WIRE__BLOB_HAVE__INIT;
+    info.blob_hash.data = (uint8_t *)hash;
+    info.blob_hash.len = 32;
+    info.size = r->m.total_size;
+    rc = spes_manifest_hash(&r->m, mh);
+    spes__blob_mref_put(s, r);
+    if (rc)
+        return rc;
+    info.manifest_hash.data = mh;
+    info.manifest_hash.len = 32;
+    have.n_blobs = 1;
+    have.blobs = infos;
+    return spes_proto_encode(SPES_MSG_BLOB_HAVE, &have.base, rep, rep_len);
+}
+
+static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t index, uint8_t **rep,
+                        size_t *rep_len)
+{
+    spes__blob_mref *r;
+    spes_chunk_header h;
+    char hex[65], path[4096];
+    uint8_t *buf = NULL;
+    int fd = -1;
+    int rc = spes__blob_mref_get(s, hash, &r);
+    if (rc)
+        return rc;
+    if (index >= r->m.chunk_count) {
+        rc = spes_errf(SPES_ERANGE, "blob %s: chunk %u does not exist (%u chunks)", spes__blob_hex(hash, hex),
+                       index, r->m.chunk_count);
+        goto done;
+    }
+    if ((rc = spes_chunk_header_for(&r->m, index, &h)) != 0)
+        goto done;
+    if (!(buf = malloc(SPES_CHUNK_HEADER_LEN + (size_t)h.length))) {
+        rc = SPES_ENOMEM;
+        goto done;
+    }
+    if ((rc = spes_chunk_header_encode(&h, buf)) != 0 || (rc = spes_blob_open(s, hash, &fd)) != 0 ||
+        (rc = spes_blob_path(s, hash, path, sizeof path)) != 0)
+        goto done;
+    if ((rc = spes__blob_pread_full(fd, buf + SPES_CHUNK_HEADER_LEN, h.length, h.offset, path)) != 0)
+        goto done;
+    *rep = buf;
+    *rep_len = SPES_CHUNK_HEADER_LEN + (size_t)h.length;
+    buf = NULL;
+    s->chunks_served++;
+    s->bytes_served += h.length;
+done:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    spes__blob_mref_put(s, r);
+    return rc;
+}
+
+static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, uint8_t **rep, size_t *rep_len)
+{
+    if (type == SPES_MSG_BLOB_WANT) {
+        const Spes__Wire__BlobWant *w = (const Spes__Wire__BlobWant *)msg;
+        int rc = hash_field(&w->blob_hash, "BlobWant");
+        if (rc)
+            return rc;
+        return w->want_manifest ? answer_manifest(s, w->blob_hash.data, rep, rep_len)
+                                : answer_have(s, w->blob_hash.data, rep, rep_len);
+    }
+    if (type == SPES_MSG_CHUNK_REQUEST) {
+        const Spes__Wire__ChunkRequest *c = (const Spes__Wire__ChunkRequest *)msg;
+        int rc = hash_field(&c->blob_hash, "ChunkRequest");
+        if (rc)
+            return rc;
+        if (c->chunk_count != 1)
+            return spes_errf(SPES_ERANGE,
+                             "ChunkRequest.chunk_count: %u, this server sends one chunk per request",
+                             c->chunk_count);
+        return answer_chunk(s, c->blob_hash.data, c->first_chunk, rep, rep_len);
+    }
+    const char *name = spes_proto_type_name(type);
+    return spes_errf(SPES_EFORMAT, "%s: not a blob request (BlobWant or ChunkRequest)", name ? name : "?");
+}
+
+int spes_blob_handle(spes_blob_store *s, const void *req, size_t len, uint8_t **rep, size_t *rep_len)
+{
+    int type = 0;
+    ProtobufCMessage *msg = NULL;
+    *rep = NULL;
+    *rep_len = 0;
+    int rc = spes_proto_decode(req, len, &type, &msg);
+    if (rc)
+        return refuse(s, rc, type, rep, rep_len);
+    rc = dispatch(s, type, msg, rep, rep_len);
+    spes_proto_free(msg);
+    if (rc)
+        return refuse(s, rc, type, rep, rep_len);
+    return 0;
+}
+
+/* ---- server ---- */
+
+struct spes_blob_server {
+    spes_net_server *srv;
+    spes_blob_store *store;
+};
+
+static void server_handler(void *arg, spes_net_request *req)
+{
+    spes_blob_server *b = arg;
+    size_t len = 0, rep_len = 0;
+    uint8_t *rep = NULL;
+    const void *data = spes_net_request_data(req, &len);
+    if (spes_blob_handle(b->store, data, len, &rep, &rep_len) != 0)
+        log_debug("blob request from '%s' refused: %s", spes_net_request_peer(req)->name, spes_errmsg());
+    if (!rep) {
+        spes_net_request_drop(req);
+        return;
+    }
+    if (spes_net_reply(req, rep, rep_len) != 0)
+        log_warnx("blob reply to '%s' failed: %s", spes_net_request_peer(req)->name, spes_errmsg());
+    free(rep);
+}
+
+int spes_blob_server_open(spes_blob_server **out, spes_blob_store *s, const spes_net_server_opts *o)
+{
+    spes_blob_server *b = calloc(1, sizeof *b);
+    if (!b)
+        return SPES_ENOMEM;
+    spes_net_server_opts so = *o;
+    so.handler = server_handler;
+    so.arg = b;
+    if (so.contexts <= 0)
+        so.contexts = 16;
+    if (!so.max_msg)
+        so.max_msg = 64u << 10; /* requests are small envelopes */
+    b->store = s;
+    int rc = spes_net_server_open(&b->srv, &so);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+int spes_blob_server_port(const spes_blob_server *b)
+{
+    return spes_net_server_port(b->srv);
+}
+
+void spes_blob_server_close(spes_blob_server *b)
+{
+    if (!b)
+        return;
+    spes_net_server_close(b->srv);
+    free(b);
+}

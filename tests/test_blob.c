@@ -1,0 +1,809 @@
+/* test_blob.c: the blob store, its request handler, and fetches over mutual
+ * TLS on loopback with fresh ports: a round trip, a large blob from three
+ * peers while one is killed halfway and another serves corrupted chunks
+ * (byte-identical result, bounded peak RSS), a resumed fetch that asks only
+ * for the missing chunks, and peers that lie about the manifest.
+ * SPES_BLOB_TEST_MB sets the large blob's size (default 256, at least 32). */
+#include "blob/blob.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "pki/pki.h"
+#include "proto/proto.h"
+
+#include <check.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
+static char tmp[256], ca[300], certs[300];
+static int plain; /* SPES_BLOB_TEST_PLAIN=1: tcp:// without TLS, to tell transport from TLS problems */
+
+static void setup_pki(void)
+{
+    snprintf(tmp, sizeof tmp, "/tmp/spes-test-blob-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmp));
+    snprintf(ca, sizeof ca, "%s/ca", tmp);
+    snprintf(certs, sizeof certs, "%s/certs", tmp);
+    ck_assert_msg(spes_pki_ca_init(ca, "run-blob", NULL) == 0, "%s", spes_errmsg());
+    const char *names[] = {"node-a", "node-b", "node-c", "node-f"};
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(spes_pki_cert_issue(ca, names[i], SPES_ROLE_NODE, NULL, certs) == 0, "%s",
+                      spes_errmsg());
+    spes_log_set_level(getenv("SPES_DEBUG") ? SPES_LOG_DEBUG : SPES_LOG_ERROR);
+    plain = getenv("SPES_BLOB_TEST_PLAIN") && atoi(getenv("SPES_BLOB_TEST_PLAIN"));
+}
+
+static void teardown_pki(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static spes_net_tls *tls_for(const char *name)
+{
+    char cap[400], crt[400], key[400];
+    snprintf(cap, sizeof cap, "%s/ca.crt", ca);
+    snprintf(crt, sizeof crt, "%s/%s.crt", certs, name);
+    snprintf(key, sizeof key, "%s/%s.key", certs, name);
+    spes_net_tls_files f = {cap, crt, key, NULL};
+    spes_net_tls *t = NULL;
+    ck_assert_msg(spes_net_tls_alloc(&t, &f) == 0, "tls %s: %s", name, spes_errmsg());
+    return t;
+}
+
+static spes_blob_store *store_at(const char *name, uint32_t chunk_size)
+{
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/%s", tmp, name);
+    spes_blob_store_opts o = {.chunk_size = chunk_size};
+    spes_blob_store *s = NULL;
+    ck_assert_msg(spes_blob_store_open(&s, dir, &o) == 0, "%s", spes_errmsg());
+    return s;
+}
+
+/* fill writes n pseudo-random bytes (xorshift64*, seeded) into buf. */
+static void fill(uint8_t *buf, size_t n, uint64_t *x)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        *x ^= *x >> 12;
+        *x ^= *x << 25;
+        *x ^= *x >> 27;
+        uint64_t v = *x * 2685821657736338717ull;
+        memcpy(buf + i, &v, n - i < 8 ? n - i : 8);
+    }
+}
+
+static void gen_file(const char *path, uint64_t size, uint64_t seed)
+{
+    uint8_t *buf = malloc(1u << 20);
+    FILE *fp = fopen(path, "wb");
+    ck_assert(buf && fp);
+    uint64_t x = seed | 1;
+    for (uint64_t off = 0; off < size;) {
+        size_t n = size - off < (1u << 20) ? (size_t)(size - off) : (1u << 20);
+        fill(buf, n, &x);
+        ck_assert_uint_eq(fwrite(buf, 1, n, fp), n);
+        off += n;
+    }
+    ck_assert_int_eq(fclose(fp), 0);
+    free(buf);
+}
+
+/* same_file compares two files byte by byte, streaming. */
+static int same_file(const char *a, const char *b)
+{
+    FILE *x = fopen(a, "rb"), *y = fopen(b, "rb");
+    static uint8_t p[1 << 16], q[1 << 16];
+    int same = x && y;
+    while (same) {
+        size_t n = fread(p, 1, sizeof p, x), m = fread(q, 1, sizeof q, y);
+        if (n != m || memcmp(p, q, n) != 0)
+            same = 0;
+        if (n == 0)
+            break;
+    }
+    if (x)
+        fclose(x);
+    if (y)
+        fclose(y);
+    return same;
+}
+
+static void blob_file(spes_blob_store *s, const uint8_t h[32], char *out, size_t n)
+{
+    ck_assert(spes_blob_path(s, h, out, n) == 0);
+}
+
+/* ---- store ---- */
+
+START_TEST(test_store_put_read_delete)
+{
+    setup_pki();
+    spes_blob_store *s = store_at("s1", 4096);
+    size_t len = 4096 * 3 + 1000;
+    uint8_t *data = malloc(len), *buf = malloc(4096);
+    uint64_t x = 7;
+    fill(data, len, &x);
+    uint8_t h[32], h2[32], want[32];
+    spes_sha256(data, len, want);
+    ck_assert_int_eq(spes_blob_has(s, want), 0);
+    ck_assert_msg(spes_blob_put(s, data, len, h) == 0, "%s", spes_errmsg());
+    ck_assert_mem_eq(h, want, 32);
+    ck_assert_int_eq(spes_blob_has(s, h), 1);
+    ck_assert_int_eq(spes_blob_put(s, data, len, h2), 0); /* idempotent */
+    spes_manifest m;
+    ck_assert(spes_blob_manifest_get(s, h, &m) == 0);
+    ck_assert_uint_eq(m.chunk_count, 4);
+    ck_assert_uint_eq(m.total_size, len);
+    spes_chunk_header ch;
+    ck_assert(spes_blob_chunk_read(s, h, 3, buf, 4096, &ch) == 0);
+    ck_assert_uint_eq(ch.length, 1000);
+    ck_assert_mem_eq(buf, data + 3 * 4096, 1000);
+    ck_assert_mem_eq(ch.chunk_hash, m.chunk_hashes[3], 32);
+    ck_assert_int_eq(spes_blob_chunk_read(s, h, 4, buf, 4096, &ch), SPES_ERANGE);
+    spes_manifest_fini(&m);
+    /* put_file of the same bytes names the same blob; a file that differs does not */
+    char path[400], held[4096];
+    snprintf(path, sizeof path, "%s/in.bin", tmp);
+    FILE *fp = fopen(path, "wb");
+    fwrite(data, 1, len, fp);
+    fclose(fp);
+    ck_assert(spes_blob_put_file(s, path, h2) == 0);
+    ck_assert_mem_eq(h2, h, 32);
+    blob_file(s, h, held, sizeof held);
+    ck_assert(same_file(path, held));
+    ck_assert(spes_blob_delete(s, h) == 0);
+    ck_assert_int_eq(spes_blob_has(s, h), 0);
+    ck_assert_int_eq(access(held, F_OK), -1);
+    ck_assert_int_eq(spes_blob_delete(s, h), SPES_ENOENT);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "not held"));
+    ck_assert_int_eq(spes_blob_put_file(s, "/nonexistent/x", h2), SPES_ENOENT);
+    free(data);
+    free(buf);
+    spes_blob_store_close(s);
+    teardown_pki();
+}
+END_TEST
+
+static int keep_first(void *arg, const uint8_t hash[32])
+{
+    return memcmp(hash, arg, 32) == 0;
+}
+
+START_TEST(test_store_gc)
+{
+    setup_pki();
+    uint8_t h[4][32];
+    spes_blob_store *s = store_at("gc", 4096);
+    for (int i = 0; i < 4; i++) {
+        uint8_t data[10000];
+        uint64_t x = (uint64_t)i + 100;
+        fill(data, sizeof data, &x);
+        ck_assert(spes_blob_put(s, data, sizeof data, h[i]) == 0);
+        char p[4096];
+        blob_file(s, h[i], p, sizeof p);
+        struct timespec ts[2] = {{1000000 + i * 10, 0}, {1000000 + i * 10, 0}};
+        ck_assert(utimensat(AT_FDCWD, p, ts, 0) == 0); /* blob i is older than i+1 */
+    }
+    uint64_t bytes;
+    uint32_t n;
+    ck_assert(spes_blob_store_usage(s, &bytes, &n) == 0);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_uint_ge(bytes, 40000);
+    spes_blob_store_close(s);
+    /* blob 0 is kept by the hook, so blobs 1 and 2 (the next oldest) go */
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/gc", tmp);
+    spes_blob_store_opts o = {.chunk_size = 4096, .keep = keep_first, .keep_arg = h[0]};
+    ck_assert(spes_blob_store_open(&s, dir, &o) == 0);
+    int deleted = 0;
+    ck_assert_msg(spes_blob_gc(s, 25000, NULL, &deleted) == 0, "%s", spes_errmsg());
+    ck_assert_int_eq(deleted, 2);
+    ck_assert(spes_blob_has(s, h[0]) && !spes_blob_has(s, h[1]) && !spes_blob_has(s, h[2]) &&
+              spes_blob_has(s, h[3]));
+    ck_assert_int_eq(spes_blob_gc(s, 1000, h[3], &deleted), SPES_ERANGE);
+    ck_assert_int_eq(deleted, 0);
+    spes_blob_store_close(s);
+    teardown_pki();
+}
+END_TEST
+
+/* ---- handler ---- */
+
+static uint8_t *want_req(const uint8_t h[32], int manifest, size_t *len)
+{
+    Spes__Wire__BlobWant w = SPES__WIRE__BLOB_WANT__INIT;
+    uint8_t *out = NULL;
+    w.blob_hash.data = (uint8_t *)h;
+    w.blob_hash.len = 32;
+    w.want_manifest = manifest;
+    ck_assert(spes_proto_encode(SPES_MSG_BLOB_WANT, &w.base, &out, len) == 0);
+    return out;
+}
+
+static uint8_t *chunk_req(const uint8_t h[32], uint32_t first, uint32_t count, size_t *len)
+{
+    Spes__Wire__ChunkRequest c = SPES__WIRE__CHUNK_REQUEST__INIT;
+    uint8_t *out = NULL;
+    c.blob_hash.data = (uint8_t *)h;
+    c.blob_hash.len = 32;
+    c.first_chunk = first;
+    c.chunk_count = count;
+    ck_assert(spes_proto_encode(SPES_MSG_CHUNK_REQUEST, &c.base, &out, len) == 0);
+    return out;
+}
+
+/* expect_refusal runs one request and checks it is refused with code and a message containing text. */
+static void expect_refusal(spes_blob_store *s, const uint8_t *req, size_t len, Spes__Wire__ErrorCode code,
+                           const char *text)
+{
+    uint8_t *rep = NULL;
+    size_t rl = 0;
+    int type = 0;
+    ProtobufCMessage *msg = NULL;
+    ck_assert_int_ne(spes_blob_handle(s, req, len, &rep, &rl), 0);
+    ck_assert_msg(spes_proto_decode(rep, rl, &type, &msg) == 0, "%s", spes_errmsg());
+    ck_assert_int_eq(type, SPES_MSG_ERROR);
+    Spes__Wire__Error *e = (Spes__Wire__Error *)msg;
+    ck_assert_int_eq(e->code, code);
+    ck_assert_msg(strstr(e->message, text) != NULL, "'%s' lacks '%s'", e->message, text);
+    spes_proto_free(msg);
+    free(rep);
+}
+
+START_TEST(test_handle)
+{
+    setup_pki();
+    spes_blob_store *s = store_at("h", 4096);
+    uint8_t data[9000], h[32], other[32] = {1}, *rep = NULL, *req;
+    uint64_t x = 3;
+    size_t len, rl;
+    fill(data, sizeof data, &x);
+    ck_assert(spes_blob_put(s, data, sizeof data, h) == 0);
+    /* manifest */
+    req = want_req(h, 1, &len);
+    ck_assert(spes_blob_handle(s, req, len, &rep, &rl) == 0);
+    spes_manifest m, ref;
+    ck_assert(spes_manifest_decode(rep, rl, &m) == 0);
+    ck_assert(spes_manifest_build(data, sizeof data, 4096, &ref) == 0);
+    ck_assert_mem_eq(m.blob_hash, h, 32);
+    ck_assert_mem_eq(m.chunk_hashes, ref.chunk_hashes, 32 * 3);
+    free(rep);
+    free(req);
+    /* chunk 2 (the short last one) */
+    req = chunk_req(h, 2, 1, &len);
+    ck_assert(spes_blob_handle(s, req, len, &rep, &rl) == 0);
+    spes_chunk_header ch;
+    const uint8_t *cd;
+    ck_assert(spes_chunk_decode(rep, rl, &ch, &cd) == 0);
+    ck_assert(spes_chunk_matches_manifest(&ch, &m) == 0);
+    ck_assert_uint_eq(ch.length, 9000 - 8192);
+    ck_assert_mem_eq(cd, data + 8192, ch.length);
+    free(rep);
+    free(req);
+    /* BlobWant without manifest: BlobHave with size and manifest hash */
+    req = want_req(h, 0, &len);
+    ck_assert(spes_blob_handle(s, req, len, &rep, &rl) == 0);
+    int type;
+    ProtobufCMessage *msg;
+    ck_assert(spes_proto_decode(rep, rl, &type, &msg) == 0);
+    ck_assert_int_eq(type, SPES_MSG_BLOB_HAVE);
+    Spes__Wire__BlobHave *have = (Spes__Wire__BlobHave *)msg;
+    uint8_t mh[32];
+    spes_manifest_hash(&m, mh);
+    ck_assert_uint_eq(have->n_blobs, 1);
+    ck_assert_uint_eq(have->blobs[0]->size, sizeof data);
+    ck_assert_mem_eq(have->blobs[0]->manifest_hash.data, mh, 32);
+    spes_proto_free(msg);
+    free(rep);
+    free(req);
+    /* refusals */
+    req = want_req(other, 1, &len);
+    expect_refusal(s, req, len, SPES__WIRE__ERROR_CODE__ERROR_NOT_FOUND, "not held here");
+    free(req);
+    req = chunk_req(h, 3, 1, &len);
+    expect_refusal(s, req, len, SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE, "chunk 3 does not exist");
+    free(req);
+    req = chunk_req(h, 0, 2, &len);
+    expect_refusal(s, req, len, SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE, "one chunk per request");
+    free(req);
+    const uint8_t junk[] = "GET / HTTP/1.0\r\n\r\n";
+    expect_refusal(s, junk, sizeof junk, SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE, "");
+    Spes__Wire__Heartbeat hb = SPES__WIRE__HEARTBEAT__INIT;
+    ck_assert(spes_proto_encode(SPES_MSG_HEARTBEAT, &hb.base, &req, &len) == 0);
+    expect_refusal(s, req, len, SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE, "not a blob request");
+    free(req);
+    spes_blob_serve_stats st;
+    spes_blob_store_stats(s, &st);
+    ck_assert_uint_eq(st.manifests_served, 1);
+    ck_assert_uint_eq(st.chunks_served, 1);
+    ck_assert_uint_eq(st.refused, 5);
+    spes_manifest_fini(&m);
+    spes_manifest_fini(&ref);
+    spes_blob_store_close(s);
+    teardown_pki();
+}
+END_TEST
+
+/* ---- network ---- */
+
+enum { F_CORRUPT = 1, F_LIE = 2 };
+
+/* faulty is a real blob server that misbehaves on purpose: F_CORRUPT sends
+ * its first chunk intact and flips a byte in every later one; F_LIE answers for blob `claim` with the
+ * manifest and chunks of the blob it really holds (`real`), renamed. */
+typedef struct faulty {
+    spes_net_server *srv;
+    spes_blob_store *store;
+    int mode;
+    atomic_int served;
+    uint8_t claim[32], real[32];
+} faulty;
+
+static uint8_t *rename_req(faulty *fz, const void *data, size_t len, size_t *out_len)
+{
+    int type = 0;
+    ProtobufCMessage *msg = NULL;
+    uint8_t *out = NULL;
+    if (spes_proto_decode(data, len, &type, &msg) != 0)
+        return NULL;
+    if (type == SPES_MSG_BLOB_WANT)
+        out = want_req(fz->real, ((Spes__Wire__BlobWant *)msg)->want_manifest, out_len);
+    else if (type == SPES_MSG_CHUNK_REQUEST)
+        out = chunk_req(fz->real, ((Spes__Wire__ChunkRequest *)msg)->first_chunk, 1, out_len);
+    spes_proto_free(msg);
+    return out;
+}
+
+static void faulty_handler(void *arg, spes_net_request *req)
+{
+    faulty *fz = arg;
+    size_t len = 0, rl = 0, ml = 0;
+    uint8_t *rep = NULL, *renamed = NULL;
+    const void *data = spes_net_request_data(req, &len);
+    if (fz->mode == F_LIE && (renamed = rename_req(fz, data, len, &ml)) != NULL) {
+        data = renamed;
+        len = ml;
+    }
+    spes_blob_handle(fz->store, data, len, &rep, &rl);
+    if (rep && rl > SPES_CHUNK_HEADER_LEN && memcmp(rep, "SPCK", 4) == 0) {
+        uint32_t index = (uint32_t)rep[40] << 24 | (uint32_t)rep[41] << 16 | (uint32_t)rep[42] << 8 | rep[43];
+        if (fz->mode == F_CORRUPT && atomic_fetch_add(&fz->served, 1) > 0)
+            rep[SPES_CHUNK_HEADER_LEN + index % 97] ^= 0x40;
+        if (fz->mode == F_LIE)
+            memcpy(rep + 8, fz->claim, 32);
+    } else if (rep && fz->mode == F_LIE && rl > 40 && memcmp(rep, "SPMF", 4) == 0) {
+        memcpy(rep + 8, fz->claim, 32);
+    }
+    spes_net_reply(req, rep, rl);
+    free(rep);
+    free(renamed);
+}
+
+static void faulty_open(faulty *fz, spes_net_tls *t)
+{
+    spes_net_server_opts so = {.url = plain ? "tcp://127.0.0.1:0" : "tls+tcp://127.0.0.1:0",
+                               .tls = t,
+                               .plain = plain,
+                               .contexts = 16,
+                               .handler = faulty_handler,
+                               .arg = fz};
+    ck_assert_msg(spes_net_server_open(&fz->srv, &so) == 0, "%s", spes_errmsg());
+}
+
+static spes_blob_server *serve(spes_blob_store *s, spes_net_tls *t)
+{
+    spes_net_server_opts so = {
+        .url = plain ? "tcp://127.0.0.1:0" : "tls+tcp://127.0.0.1:0", .tls = t, .plain = plain};
+    spes_blob_server *b = NULL;
+    ck_assert_msg(spes_blob_server_open(&b, s, &so) == 0, "%s", spes_errmsg());
+    return b;
+}
+
+static void url_of(int port, char *out, size_t n)
+{
+    snprintf(out, n, "%s://127.0.0.1:%d", plain ? "tcp" : "tls+tcp", port);
+}
+
+/* link_blob makes store `to` hold the blob `from` holds, without copying. */
+static void link_blob(spes_blob_store *from, spes_blob_store *to, const uint8_t h[32])
+{
+    char a[4096], b[4096], am[4200], bm[4200];
+    blob_file(from, h, a, sizeof a);
+    blob_file(to, h, b, sizeof b);
+    snprintf(am, sizeof am, "%s.manifest", a);
+    snprintf(bm, sizeof bm, "%s.manifest", b);
+    ck_assert(link(am, bm) == 0 && link(a, b) == 0);
+    ck_assert(spes_blob_has(to, h));
+}
+
+static uint64_t proc_kb(const char *field)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    uint64_t v = 0;
+    size_t n = strlen(field);
+    while (fp && fgets(line, sizeof line, fp))
+        if (strncmp(line, field, n) == 0)
+            v = strtoull(line + n + 1, NULL, 10);
+    if (fp)
+        fclose(fp);
+    return v;
+}
+
+/* reset_hwm restarts VmHWM from the current RSS (Linux clear_refs "5"). */
+static int reset_hwm(void)
+{
+    FILE *fp = fopen("/proc/self/clear_refs", "w");
+    if (!fp)
+        return 0;
+    int ok = fputs("5", fp) >= 0;
+    return fclose(fp) == 0 && ok;
+}
+
+START_TEST(test_fetch_roundtrip)
+{
+    setup_pki();
+    spes_net_tls *ta = tls_for("node-a"), *tf = tls_for("node-f");
+    spes_blob_store *a = store_at("a", 4096), *f = store_at("f", 4096);
+    uint8_t data[4096 * 5 + 17], h[32], nohash[32] = {9};
+    uint64_t x = 11;
+    fill(data, sizeof data, &x);
+    ck_assert(spes_blob_put(a, data, sizeof data, h) == 0);
+    spes_blob_server *sa = serve(a, ta);
+    char url[64];
+    url_of(spes_blob_server_port(sa), url, sizeof url);
+    spes_blob_peer peer = {url, "node-a"};
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000};
+    spes_blob_fetch_stats st;
+    /* an unknown blob: refused by the only peer, with its reason */
+    ck_assert_int_eq(spes_blob_fetch(f, nohash, &peer, 1, &o, &st), SPES_ENOENT);
+    ck_assert_msg(strstr(spes_errmsg(), "no peer offered it") && strstr(spes_errmsg(), "not held here"), "%s",
+                  spes_errmsg());
+    /* a manifest hash that does not match what the peer offers */
+    uint8_t wrong_mh[32] = {1};
+    o.manifest_hash = wrong_mh;
+    ck_assert_int_eq(spes_blob_fetch(f, h, &peer, 1, &o, &st), SPES_ENOENT);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "not the announced one"));
+    ck_assert_int_eq(spes_blob_has(f, h), 0);
+    /* the right one */
+    spes_manifest m;
+    uint8_t mh[32];
+    ck_assert(spes_blob_manifest_get(a, h, &m) == 0 && spes_manifest_hash(&m, mh) == 0);
+    spes_manifest_fini(&m);
+    o.manifest_hash = mh;
+    ck_assert_msg(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0, "%s", spes_errmsg());
+    ck_assert_uint_eq(st.chunks_fetched, 6);
+    ck_assert_uint_eq(st.chunk_requests, 6);
+    ck_assert_int_eq(st.peers_used, 1);
+    char pa[4096], pf[4096], part[4200];
+    blob_file(a, h, pa, sizeof pa);
+    blob_file(f, h, pf, sizeof pf);
+    ck_assert(same_file(pa, pf));
+    snprintf(part, sizeof part, "%s.part", pf);
+    ck_assert_int_eq(access(part, F_OK), -1);
+    /* held already: nothing is asked */
+    ck_assert(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0);
+    ck_assert_uint_eq(st.chunk_requests, 0);
+    /* an empty blob travels too */
+    uint8_t eh[32];
+    ck_assert(spes_blob_put(a, "", 0, eh) == 0);
+    ck_assert_msg(spes_blob_fetch(f, eh, &peer, 1, &(spes_blob_fetch_opts){.tls = tf, .plain = plain}, &st) ==
+                      0,
+                  "%s", spes_errmsg());
+    ck_assert_int_eq(spes_blob_has(f, eh), 1);
+    ck_assert_uint_eq(st.chunk_requests, 0);
+    /* a peer whose certificate name is not the expected one is refused (TLS only) */
+    spes_blob_delete(f, h);
+    if (!plain) {
+        spes_blob_peer imposter = {url, "node-b"};
+        o.timeout_ms = 1000;
+        ck_assert_int_ne(spes_blob_fetch(f, h, &imposter, 1, &o, &st), 0);
+        ck_assert_int_eq(spes_blob_has(f, h), 0);
+    }
+    spes_blob_server_close(sa);
+    spes_blob_store_close(a);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+START_TEST(test_fetch_lying_manifest)
+{
+    setup_pki();
+    spes_net_tls *tb = tls_for("node-b"), *tf = tls_for("node-f");
+    spes_blob_store *b = store_at("b", 4096), *f = store_at("f", 4096);
+    uint8_t wanted[20000], other[20000];
+    uint64_t x = 5, y = 6;
+    fill(wanted, sizeof wanted, &x);
+    fill(other, sizeof other, &y);
+    faulty fz = {.store = b, .mode = F_LIE};
+    spes_sha256(wanted, sizeof wanted, fz.claim);
+    ck_assert(spes_blob_put(b, other, sizeof other, fz.real) == 0);
+    faulty_open(&fz, tb);
+    char url[64];
+    url_of(spes_net_server_port(fz.srv), url, sizeof url);
+    spes_blob_peer peer = {url, NULL};
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000};
+    spes_blob_fetch_stats st;
+    /* every chunk matches the lying manifest; only the whole-blob hash catches it */
+    ck_assert_int_eq(spes_blob_fetch(f, fz.claim, &peer, 1, &o, &st), SPES_EFORMAT);
+    ck_assert_msg(strstr(spes_errmsg(), "manifest was false"), "%s", spes_errmsg());
+    ck_assert_uint_eq(st.bad_chunks, 0);
+    ck_assert_int_eq(spes_blob_has(f, fz.claim), 0);
+    char pf[4096], part[4200];
+    blob_file(f, fz.claim, pf, sizeof pf);
+    snprintf(part, sizeof part, "%s.part", pf);
+    ck_assert_int_eq(access(part, F_OK), -1);
+    spes_net_server_close(fz.srv);
+    spes_blob_store_close(b);
+    spes_blob_store_close(f);
+    spes_net_tls_free(tb);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+typedef struct killer {
+    pid_t victim;
+    uint32_t at;
+    int killed;
+    atomic_int *cancel;
+} killer;
+
+static void on_progress(void *arg, const spes_blob_progress *p)
+{
+    killer *k = arg;
+    if (!k->killed && p->chunks_done >= k->at) {
+        k->killed = 1;
+        if (k->victim > 0) {
+            kill(k->victim, SIGKILL);
+            waitpid(k->victim, NULL, 0);
+        }
+        if (k->cancel)
+            atomic_store(k->cancel, 1);
+    }
+}
+
+/* spawn_server serves store `name` as `cert` from a child process (so that it
+ * can be killed like a crashed peer) and returns its pid and port. It forks
+ * before this process has used nng. */
+static pid_t spawn_server(const char *name, const char *cert, int *port)
+{
+    int p[2];
+    ck_assert(pipe(p) == 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        spes_net_tls *t = tls_for(cert);
+        spes_blob_store *s = store_at(name, 0);
+        spes_blob_server *b = serve(s, t);
+        int port_ = spes_blob_server_port(b);
+        if (write(p[1], &port_, sizeof port_) != sizeof port_)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    ck_assert_int_eq(read(p[0], port, sizeof *port), sizeof *port);
+    close(p[0]);
+    return pid;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+START_TEST(test_fetch_three_peers_kill_corrupt)
+{
+    const char *fork_mode = getenv("CK_FORK");
+    if (fork_mode && strcmp(fork_mode, "no") == 0) {
+        /* peer B runs in a forked child, which needs a process where nng has not started */
+        printf("test_fetch_three_peers_kill_corrupt: skipped under CK_FORK=no\n");
+        return;
+    }
+    setup_pki();
+    const char *env = getenv("SPES_BLOB_TEST_MB");
+    uint64_t mb = env ? strtoull(env, NULL, 10) : 256;
+    if (mb < 32)
+        mb = 32; /* so that the killed peer still has chunks to serve when it dies */
+    uint64_t size = mb << 20;
+    spes_blob_store *a = store_at("a", 0), *b = store_at("b", 0), *c = store_at("c", 0),
+                    *f = store_at("f", 0);
+    char src[400];
+    uint8_t h[32];
+    snprintf(src, sizeof src, "%s/big.bin", tmp);
+    gen_file(src, size + 12345, 42);
+    ck_assert_msg(spes_blob_put_file(a, src, h) == 0, "%s", spes_errmsg());
+    link_blob(a, b, h);
+    link_blob(a, c, h);
+    int port_b = 0;
+    pid_t pid_b = spawn_server("b", "node-b", &port_b); /* before this process starts nng */
+    spes_net_tls *ta = tls_for("node-a"), *tc = tls_for("node-c"), *tf = tls_for("node-f");
+    spes_blob_server *sa = serve(a, ta);
+    faulty fc = {.store = c, .mode = F_CORRUPT};
+    faulty_open(&fc, tc);
+    char ua[64], ub[64], uc[64];
+    url_of(spes_blob_server_port(sa), ua, sizeof ua);
+    url_of(port_b, ub, sizeof ub);
+    url_of(spes_net_server_port(fc.srv), uc, sizeof uc);
+    spes_blob_peer peers[3] = {{ua, "node-a"}, {ub, "node-b"}, {uc, "node-c"}};
+    uint32_t count = (uint32_t)((size + 12345 + SPES_CHUNK_SIZE_DEFAULT - 1) / SPES_CHUNK_SIZE_DEFAULT);
+    killer k = {.victim = pid_b, .at = count / 2};
+    spes_blob_fetch_opts o = {.tls = tf,
+                              .plain = plain,
+                              .window = 4,
+                              .timeout_ms = 3000,
+                              .max_peer_errors = 1,
+                              .progress = on_progress,
+                              .progress_arg = &k};
+    spes_blob_fetch_stats st;
+    uint64_t rss0 = proc_kb("VmRSS:"), hwm0 = proc_kb("VmHWM:");
+    int reset = reset_hwm();
+    double t0 = now_s();
+    int rc = spes_blob_fetch(f, h, peers, 3, &o, &st);
+    double dt = now_s() - t0;
+    uint64_t hwm1 = proc_kb("VmHWM:");
+    ck_assert_msg(rc == 0, "%s", spes_errmsg());
+    uint64_t growth_kb = hwm1 - (reset ? rss0 : hwm0 > rss0 ? hwm0 : rss0);
+    if (hwm1 < rss0)
+        growth_kb = 0;
+    printf("blob fetch: %llu MiB from 3 peers in %.2f s; peak RSS growth %llu KiB (RSS before %llu KiB); "
+           "%u chunks fetched, %u bad, %u transport errors, %d peers dropped\n",
+           (unsigned long long)mb, dt, (unsigned long long)growth_kb, (unsigned long long)rss0,
+           st.chunks_fetched, st.bad_chunks, st.transport_errors, st.peers_dropped);
+    ck_assert(k.killed);
+    ck_assert_int_eq(st.peers_used, 3);
+    ck_assert_int_eq(st.peers_dropped, 2);
+    ck_assert_uint_ge(st.bad_chunks, 1);
+    ck_assert_uint_ge(st.transport_errors, 1);
+    ck_assert_uint_eq(st.chunks_fetched, count);
+    char pf[4096];
+    blob_file(f, h, pf, sizeof pf);
+    ck_assert_msg(same_file(src, pf), "fetched blob differs from the source");
+    /* bound: 3 peers x window 4 x 1 MiB in flight on each side, plus TLS buffers;
+     * never anything near the blob's size */
+    if (!UNDER_ASAN)
+        ck_assert_msg(growth_kb < 64 * 1024, "peak RSS grew by %llu KiB during a %llu MiB fetch",
+                      (unsigned long long)growth_kb, (unsigned long long)mb);
+    spes_blob_server_close(sa);
+    spes_net_server_close(fc.srv);
+    spes_blob_store_close(a);
+    spes_blob_store_close(b);
+    spes_blob_store_close(c);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tc);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+START_TEST(test_fetch_resume)
+{
+    setup_pki();
+    spes_net_tls *ta = tls_for("node-a"), *tf = tls_for("node-f");
+    spes_blob_store *a = store_at("a", 65536), *f = store_at("f", 65536);
+    char src[400];
+    uint8_t h[32];
+    snprintf(src, sizeof src, "%s/mid.bin", tmp);
+    gen_file(src, 64 * 65536 + 123, 9);
+    ck_assert(spes_blob_put_file(a, src, h) == 0);
+    spes_blob_server *sa = serve(a, ta);
+    char url[64];
+    url_of(spes_blob_server_port(sa), url, sizeof url);
+    spes_blob_peer peer = {url, "node-a"};
+    atomic_int cancel = 0;
+    killer k = {.at = 20, .cancel = &cancel};
+    spes_blob_fetch_opts o = {.tls = tf,
+                              .plain = plain,
+                              .window = 2,
+                              .timeout_ms = 5000,
+                              .cancel = &cancel,
+                              .progress = on_progress,
+                              .progress_arg = &k};
+    spes_blob_fetch_stats st1, st2;
+    ck_assert_int_eq(spes_blob_fetch(f, h, &peer, 1, &o, &st1), SPES_EINTR);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "cancelled"));
+    ck_assert_int_eq(spes_blob_has(f, h), 0);
+    ck_assert_uint_ge(st1.chunks_fetched, 20);
+    ck_assert_uint_lt(st1.chunks_fetched, 65);
+    /* damage one chunk the bitmap says is written: it must be re-fetched, not trusted */
+    char pf[4096], part[4200], map[4200];
+    blob_file(f, h, pf, sizeof pf);
+    snprintf(part, sizeof part, "%s.part", pf);
+    snprintf(map, sizeof map, "%s.part.map", pf);
+    ck_assert_int_eq(access(map, F_OK), 0);
+    FILE *fp = fopen(map, "rb");
+    int first = fgetc(fp);
+    fclose(fp);
+    ck_assert_int_ne(first, EOF);
+    int damaged = -1;
+    for (int i = 0; i < 8 && damaged < 0; i++)
+        if (first & (1 << i))
+            damaged = i;
+    ck_assert_int_ge(damaged, 0);
+    int fd = open(part, O_RDWR);
+    uint8_t byte = 0x5a;
+    ck_assert(pwrite(fd, &byte, 1, (off_t)damaged * 65536 + 100) == 1);
+    close(fd);
+    spes_blob_serve_stats before, after;
+    spes_blob_store_stats(a, &before);
+    cancel = 0;
+    o.progress = NULL;
+    ck_assert_msg(spes_blob_fetch(f, h, &peer, 1, &o, &st2) == 0, "%s", spes_errmsg());
+    spes_blob_store_stats(a, &after);
+    /* only the missing chunks were asked for, and the server saw exactly those */
+    ck_assert_uint_eq(st2.chunks_resumed, st1.chunks_fetched - 1);
+    ck_assert_uint_eq(st2.chunks_resumed + st2.chunks_fetched, 65);
+    ck_assert_uint_eq(st2.chunk_requests, st2.chunks_fetched);
+    ck_assert_uint_eq(after.chunks_served - before.chunks_served, st2.chunk_requests);
+    ck_assert_uint_eq(after.manifests_served - before.manifests_served, 1);
+    ck_assert(same_file(src, pf));
+    ck_assert_int_eq(access(part, F_OK), -1);
+    ck_assert_int_eq(access(map, F_OK), -1);
+    spes_blob_server_close(sa);
+    spes_blob_store_close(a);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+static Suite *blob_suite(void)
+{
+    Suite *s = suite_create("blob");
+    TCase *tc = tcase_create("store");
+    tcase_add_test(tc, test_store_put_read_delete);
+    tcase_add_test(tc, test_store_gc);
+    tcase_add_test(tc, test_handle);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("fetch");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_fetch_roundtrip);
+    tcase_add_test(tc, test_fetch_lying_manifest);
+    tcase_add_test(tc, test_fetch_resume);
+    suite_add_tcase(s, tc);
+    /* its own case: ctest runs it over plain tcp until the nng_close hang after a
+     * TLS peer dies mid-transfer is understood (see README, "Not done yet") */
+    tc = tcase_create("peers");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_fetch_three_peers_kill_corrupt);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(blob_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
