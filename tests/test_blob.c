@@ -793,6 +793,7 @@ static Suite *blob_suite(void)
     /* its own case: ctest runs it over plain tcp until the nng_close hang after a
      * TLS peer dies mid-transfer is understood (see README, "Not done yet") */
     tc = tcase_create("peers");
+    tcase_set_tags(tc, "peers");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_fetch_three_peers_kill_corrupt);
     suite_add_tcase(s, tc);
