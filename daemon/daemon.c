@@ -235,6 +235,14 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     spes_daemon *d = s->data;
     if (signum == SIGHUP) {
+        spes_dconfig fresh;
+        if (d->config_path[0] && spes_dconfig_load(&fresh, d->config_path) == 0 &&
+            spes_log_parse_level(fresh.log_level) >= 0) {
+            spes_log_set_level(spes_log_parse_level(fresh.log_level));
+            log_info("log level %s (reloaded from %s)", fresh.log_level, d->config_path);
+        } else if (d->config_path[0]) {
+            log_error("SIGHUP: %s not reloaded: %s", d->config_path, spes_errmsg());
+        }
         if (d->tls && d->cfg.crl[0]) {
             if (spes_net_tls_reload_crl(d->tls, d->cfg.crl) == 0) {
                 log_info("revocation list %s reloaded", d->cfg.crl);
@@ -360,6 +368,8 @@ int cmd_run(int argc, char **argv)
     memset(&d, 0, sizeof d);
     d.lock_fd = -1;
     int rc = path ? spes_dconfig_load(&d.cfg, path) : spes_errf(SPES_EINVAL, "--config FILE is required");
+    if (path)
+        snprintf(d.config_path, sizeof d.config_path, "%s", path);
     if (!rc)
         rc = spes_dconfig_validate(&d.cfg);
     if (!rc && check) {

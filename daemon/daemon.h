@@ -42,6 +42,7 @@ typedef void (*spes_reply_fn)(void *ctx, const uint8_t *data, size_t len);
 /* spes_daemon is the whole daemon's state. */
 typedef struct spes_daemon {
     spes_dconfig cfg;
+    char config_path[512];  /* re-read on SIGHUP for what can change (log level) */
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t tick;
