@@ -17,6 +17,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "core/error.h"
 #include "proto/spes.pb-c.h"
 
 #define SPES_PROTO_MAGIC "SPES"
