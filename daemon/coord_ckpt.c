@@ -51,9 +51,63 @@ static coord_ckpt *find(spes_coord *c, const char *id)
     return NULL;
 }
 
+/* save_final checkpoints a completed run (no round will commit any more): the
+ * coordinator's own node holds the final agreed state with its optimizer state. */
+static void save_final(spes_coord *c, spes_reply_fn reply, void *ctx)
+{
+    char src[700], dst[800], id[32];
+    snprintf(id, sizeof id, "ckpt-%06llu", (unsigned long long)c->round);
+    snprintf(src, sizeof src, "%.600s/node/state", c->d->cfg.state_dir);
+    snprintf(dst, sizeof dst, "%.600s/node/checkpoints/%s", c->d->cfg.state_dir, id);
+    spes_ckpt ck;
+    int rc = spes_ckpt_load(src, &ck);
+    if (!rc && (uint64_t)ck.round != c->round)
+        rc = spes_errf(SPES_ESTATE, "this node holds round %lld, the run ended at round %llu", (long long)ck.round,
+                       (unsigned long long)c->round);
+    if (!rc)
+        rc = spes_ckpt_save(dst, &ck);
+    if (rc == 0 || rc == SPES_ESTATE)
+        spes_ckpt_fini(&ck);
+    if (rc) {
+        spes_daemon_reply_error(reply, ctx, rc, SPES_MSG_CHECKPOINT_REQUEST, "%s", spes_errmsg());
+        return;
+    }
+    coord_ckpt *k = NULL;
+    for (int i = 0; i < c->nckpt; i++)
+        if (!strcmp(c->ckpts[i].id, id))
+            k = &c->ckpts[i];
+    if (!k) {
+        if (c->nckpt == COORD_MAX_CKPTS) {
+            memmove(&c->ckpts[0], &c->ckpts[1], sizeof c->ckpts[0] * (COORD_MAX_CKPTS - 1));
+            c->nckpt--;
+        }
+        k = &c->ckpts[c->nckpt++];
+    }
+    memset(k, 0, sizeof *k);
+    snprintf(k->id, sizeof k->id, "%s", id);
+    k->round = c->round;
+    k->step = c->step;
+    memcpy(k->hash, c->state_hash, 32);
+    k->hash_known = c->state_hash_known;
+    k->created_ms = spes_now_ms();
+    coord_member *own = coord_find(c, c->d->cfg.name);
+    if (own)
+        k->holders[k->nholders++] = own->id;
+    k->complete = 1;
+    coord_save(c);
+    log_info("checkpoint %s of the completed run saved (round %llu)", id, (unsigned long long)c->round);
+    char msg[96];
+    snprintf(msg, sizeof msg, "checkpoint %s of the completed run saved", id);
+    reply_list(c, reply, ctx, msg, 0);
+}
+
 static void save(spes_coord *c, int wait, spes_reply_fn reply, void *ctx)
 {
     char msg[160];
+    if (c->step >= (uint64_t)c->run.train.max_steps) {
+        save_final(c, reply, ctx);
+        return;
+    }
     if (!c->pending_ckpt[0]) {
         if (c->nckpt == COORD_MAX_CKPTS) {
             memmove(&c->ckpts[0], &c->ckpts[1], sizeof c->ckpts[0] * (COORD_MAX_CKPTS - 1));
