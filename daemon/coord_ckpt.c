@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/coord_state.h"
+#include "daemon/node.h"
 #include "model/model.h"
 #include "proto/proto.h"
 
@@ -167,6 +168,23 @@ static void restore(spes_coord *c, coord_ckpt *k, spes_reply_fn reply, void *ctx
     if (!k->complete) {
         spes_daemon_reply_error(reply, ctx, SPES_ESTATE, SPES_MSG_CHECKPOINT_REQUEST,
                                 "checkpoint %s is not complete yet", k->id);
+        return;
+    }
+    /* republish the checkpoint's state as a blob: peers without their own copy fetch it */
+    char dir[800];
+    snprintf(dir, sizeof dir, "%.600s/node/checkpoints/%.64s", c->d->cfg.state_dir, k->id);
+    spes_ckpt ck;
+    uint8_t h[32];
+    int rc = spes_ckpt_load(dir, &ck);
+    if (!rc) {
+        rc = spes_node_put_state(c->d->node, ck.params, ck.nparams, k->round, h);
+        if (!rc && memcmp(h, k->hash, 32))
+            rc = spes_errf(SPES_ESTATE, "%s: its state does not match the recorded digest", dir);
+        spes_ckpt_fini(&ck);
+    }
+    if (rc) {
+        spes_daemon_reply_error(reply, ctx, rc, SPES_MSG_CHECKPOINT_REQUEST, "cannot restore %s: %s", k->id,
+                                spes_errmsg());
         return;
     }
     c->round = k->round;

@@ -46,6 +46,7 @@ static const dfield dfields[] = {
     INT(min_nodes, 1, 4096, 1),
     INT(data_parts, 1, 65536, 1),
     {"plain", D_BOOL, offsetof(spes_dconfig, plain), sizeof(int), 0, 1, "0"},
+    {"keep_blobs", D_BOOL, offsetof(spes_dconfig, keep_blobs), sizeof(int), 0, 1, "0"},
 };
 #define NDFIELDS (sizeof dfields / sizeof dfields[0])
 

@@ -28,6 +28,7 @@ typedef struct spes_dconfig {
     int data_parts; /* the data is split into this many parts; a node reads part (id mod data_parts) */
     int min_nodes; /* coordinator: round 0 opens once this many nodes have joined */
     int plain; /* tests only: tcp:// without TLS */
+    int keep_blobs; /* keep every round's blobs (audits, tests); default: the last 3 rounds */
 } spes_dconfig;
 
 /* spes_dconfig_load reads defaults then FILE; errors name the file and the field. */

@@ -393,6 +393,27 @@ static void send_join(spes_node *n)
     }
 }
 
+/* ---- blob housekeeping ---- */
+
+/* keep_round records the blobs of an applied round (its contributions and the
+ * new state) and deletes those of three rounds before: nodes that lag behind
+ * or join need only the current state and the last commit's blobs. */
+static void keep_round(spes_node *n, const node_job *j)
+{
+    int slot = (int)(j->round % 3);
+    if (!n->d->cfg.keep_blobs && n->kept[slot].n > 0 && n->kept[slot].round < j->round) { /* round - 3 */
+        int deleted = 0;
+        for (int i = 0; i < n->kept[slot].n; i++)
+            deleted += spes_blob_delete(n->blobs, n->kept[slot].hash[i]) == 0;
+        log_debug("round %llu: %d old blob(s) deleted", (unsigned long long)n->kept[slot].round, deleted);
+    }
+    n->kept[slot].round = j->round;
+    n->kept[slot].n = 0;
+    for (int k = 0; k < j->ncontrib && n->kept[slot].n < NODE_MAX_PEERS; k++)
+        memcpy(n->kept[slot].hash[n->kept[slot].n++], j->contrib_hash[k], 32);
+    memcpy(n->kept[slot].hash[n->kept[slot].n++], j->out_hash, 32); /* S_{round+1} */
+}
+
 /* ---- worker results ---- */
 
 static void worker_done(void *arg)
@@ -461,6 +482,7 @@ static void worker_done(void *arg)
         n->round = j->round + 1;
         n->step = j->next_step;
         memcpy(n->hash, j->out_hash, 32);
+        keep_round(n, j);
         snprintf(n->saved_ckpt, sizeof n->saved_ckpt, "%s", j->ckpt_id);
         {
             char hex[65];

@@ -42,6 +42,10 @@ void spes_node_forward_status(spes_node *n, const uint8_t *data, size_t len, spe
 int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32], const char **urls,
                        const char **names);
 
+/* spes_node_put_state stores a state (total floats of round) as a blob named by its
+ * digest, so that peers can fetch it (a restored checkpoint's state). */
+int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32]);
+
 /* spes_node_status fills loss, tokens/s, round and step of this node. */
 void spes_node_status(spes_node *n, double *loss, double *tps, uint64_t *round, uint64_t *step);
 

@@ -84,7 +84,13 @@ struct spes_node {
     uint64_t train_round;
     char saved_ckpt[64];
     uint64_t bytes_in_total;
-    double t_train0, t_train1; /* seconds (monotonic) when the last training began and ended */  /* blob bytes fetched from peers since start */   /* checkpoint saved with the last applied state, reported with the digest */
+    double t_train0, t_train1;
+    /* blobs of the last rounds (contributions and states), deleted two rounds on */
+    struct {
+        uint64_t round;
+        int n;
+        uint8_t hash[NODE_MAX_PEERS + 2][32];
+    } kept[3]; /* seconds (monotonic) when the last training began and ended */  /* blob bytes fetched from peers since start */   /* checkpoint saved with the last applied state, reported with the digest */
 };
 
 /* node_run_job performs a job on the worker thread. */

@@ -240,7 +240,11 @@ static int job_prepare(spes_node *n, node_job *j)
 
 static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t out[32])
 {
-    size_t total = n->tr.model->layout.total_numel;
+    return spes_node_put_state(n, params, n->tr.model->layout.total_numel, round, out);
+}
+
+int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
+{
     uint8_t *buf = malloc(STATE_HDR + total * 4);
     if (!buf)
         return SPES_ENOMEM;

@@ -128,7 +128,7 @@ def states_and_contribs(cl, k=0):
 
 def scenario_agree_and_reference():
     cfg = run_config(merge_alpha=0.2, merge_interval=10)
-    cl = Cluster(BUILD, 3, cfg, tokens())
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
     try:
         cl.start_all()
         cl.wait_round(8)
@@ -159,7 +159,7 @@ def scenario_agree_and_reference():
 
 def scenario_kill_node():
     cfg = run_config(sync=40)
-    cl = Cluster(BUILD, 3, cfg, tokens())
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
     try:
         cl.start_all()
         st = cl.wait_round(2)
@@ -249,6 +249,20 @@ def scenario_bad_contributions():
         check(re.search(r"contribution of node-2 refused", log0) is not None, "a contribution with a wrong hash is refused")
         check("node-1" in refused and "node-2" in refused, "both refusals are shown in status: " + refused[:200])
         check(st["round"] >= 3, "the run goes on (round %d)" % st["round"])
+    finally:
+        cl.cleanup()
+
+
+def scenario_blob_housekeeping():
+    cfg = run_config()
+    cl = Cluster(BUILD, 2, cfg, tokens())
+    try:
+        cl.start_all()
+        cl.wait_round(9)
+        cl.stop_all()
+        states, contribs = states_and_contribs(cl)
+        check(len(states) <= 4 and max(states) >= 8,
+              "old rounds' blobs are deleted: the store keeps the last rounds only (states %s)" % sorted(states))
     finally:
         cl.cleanup()
 
@@ -353,7 +367,7 @@ def scenario_checkpoints_and_roles():
 
 SCENARIOS = [scenario_agree_and_reference, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
-             scenario_checkpoints_and_roles]
+             scenario_checkpoints_and_roles, scenario_blob_housekeeping]
 
 
 def main():
