@@ -1,0 +1,31 @@
+/* fuzz_sync_contrib.c: a peer's contribution blob through spes_contrib_decode
+ * (the bytes every node decodes before aggregating). A small fixed layout:
+ * shared 10 floats, 4 experts of 6 floats each. An accepted input must
+ * re-encode (fp32) to values that decode back identically. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sync/sync.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    enum { S = 10, C = 6, E = 4 };
+    static float base[S + E * C];
+    spes_layout lo = {.shared_numel = S, .column_numel = C, .total_numel = S + E * C};
+    spes_contrib c, d;
+    if (spes_contrib_decode(&c, data, size, &lo, E, base, 1e6f, "fuzz") != 0)
+        return 0;
+    uint8_t *buf;
+    size_t len;
+    if (spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len) == 0) {
+        if (spes_contrib_decode(&d, buf, len, &lo, E, base, 1e6f, "fuzz") != 0)
+            abort();
+        if (d.ncols != c.ncols || memcmp(d.val, c.val, (S + (size_t)c.ncols * C) * sizeof(float)))
+            abort();
+        spes_contrib_fini(&d);
+        free(buf);
+    }
+    spes_contrib_fini(&c);
+    return 0;
+}
