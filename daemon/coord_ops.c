@@ -95,7 +95,8 @@ static void handle_join(spes_coord *c, const Spes__Wire__Join *j, const spes_pki
                                                                                                 : NS(PENDING);
         log_info("%s joins as node %u%s", m->name, m->id, m->state == NS(PENDING) ? ", awaiting approval" : "");
     } else if (m->state == NS(EVICTED) || m->state == NS(DRAINING)) {
-        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 60000,
+        /* NOT_MEMBER with no retry: the node stops instead of knocking forever */
+        reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 0,
                      m->state == NS(EVICTED) ? "this node was evicted from the run" : "this node was drained from the run");
         return;
     } else if (m->state != NS(PENDING)) {

@@ -335,6 +335,13 @@ static void on_join_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg,
 {
     (void)raw;
     (void)len;
+    if (!rc && type == SPES_MSG_REJECT &&
+        ((Spes__Wire__Reject *)msg)->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
+        log_error("coordinator: %s; stopping this daemon", ((Spes__Wire__Reject *)msg)->reason);
+        n->joined = 0; /* nothing to leave */
+        spes_node_stop(n);
+        return;
+    }
     if (rc || type != SPES_MSG_ACCEPT) {
         uint32_t retry = type == SPES_MSG_REJECT ? ((Spes__Wire__Reject *)msg)->retry_after_ms : 0;
         log_warnx("join: %s", rc ? spes_errmsg() : error_text(type, msg));

@@ -361,6 +361,13 @@ def scenario_checkpoints_and_roles():
         st = cl.status()
         m2 = [m for m in st["members"] if m["id"] == "node-2"][0]
         check(m2["state"] == "evicted", "node-2 shows as evicted")
+        p2 = cl.procs[2]
+        try:
+            code = p2.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        check(code == 0 and "evicted from the run; stopping" in cl.log(2),
+              "the evicted node's daemon stops by itself (exit %s)" % code)
     finally:
         cl.cleanup()
 
