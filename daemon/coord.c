@@ -105,6 +105,12 @@ int spes_coord_alloc(spes_coord **out, spes_daemon *d)
     if (rc)
         goto fail;
     c->E = c->run.model.num_experts;
+    spes_layout lo;
+    if ((rc = spes_layout_build(&lo, &c->run.model)) != 0)
+        goto fail;
+    c->shared_numel = lo.shared_numel;
+    c->column_numel = lo.column_numel;
+    spes_layout_fini(&lo);
     for (int i = 0; i < COORD_MAX_MEMBERS; i++) {
         c->mem[i].cols = calloc((size_t)c->E, 1);
         c->mem[i].cur = calloc((size_t)c->E, 1);

@@ -19,20 +19,22 @@ static int val_idx[COORD_MAX_MEMBERS], nval;
 
 static void start_validation(spes_coord *c)
 {
-    static uint8_t hashes[COORD_MAX_MEMBERS][32];
+    static uint8_t hashes[COORD_MAX_MEMBERS][32], manifests[COORD_MAX_MEMBERS][32];
     const char *urls[COORD_MAX_MEMBERS], *names[COORD_MAX_MEMBERS];
     nval = 0;
     for (int i = 0; i < c->nmem; i++) /* members are stored in id order */
         if (c->mem[i].participant && c->mem[i].announced) {
             val_idx[nval] = i;
             memcpy(hashes[nval], c->mem[i].blob, 32);
+            memcpy(manifests[nval], c->mem[i].manifest, 32);
             urls[nval] = c->mem[i].url;
             names[nval] = c->mem[i].name;
             nval++;
         }
     c->validating = 1;
     log_info("round %llu: checking %d contribution(s)", (unsigned long long)c->round, nval);
-    if (spes_node_validate(c->d->node, c->round, nval, (const uint8_t(*)[32])hashes, urls, names) != 0) {
+    if (spes_node_validate(c->d->node, c->round, nval, (const uint8_t(*)[32])hashes,
+                           (const uint8_t(*)[32])manifests, urls, names) != 0) {
         log_error("round %llu: cannot start validation: %s", (unsigned long long)c->round, spes_errmsg());
         c->validating = 0;
     }
@@ -172,6 +174,14 @@ void coord_announce(spes_coord *c, const Spes__Wire__Announce *a, const spes_pki
                                 "round %llu is not open for %s (open round %llu%s)", (unsigned long long)a->round,
                                 m->name, (unsigned long long)c->round,
                                 !m->participant ? ", not a participant" : c->validating ? ", closing" : "");
+        return;
+    }
+    /* a contribution is at most a header, E column ids and every value in fp32 */
+    uint64_t max = 64 + 4 * (uint64_t)c->E + 4 * (c->shared_numel + (uint64_t)c->E * c->column_numel);
+    if (a->size > max) {
+        spes_daemon_reply_error(reply, ctx, SPES_ERANGE, SPES_MSG_ANNOUNCE,
+                                "a contribution of %llu bytes exceeds the %llu bytes this model allows",
+                                (unsigned long long)a->size, (unsigned long long)max);
         return;
     }
     memcpy(m->blob, a->blob_hash.data, 32);

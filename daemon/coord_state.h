@@ -60,6 +60,7 @@ struct spes_coord {
     char *run_json;
     char run_id[40];
     int E;
+    uint64_t shared_numel, column_numel; /* the model's layout sizes */
     int nmem;
     coord_member mem[COORD_MAX_MEMBERS];
     uint32_t next_id;

@@ -204,6 +204,7 @@ static void start_apply(spes_node *n, const Spes__Wire__Commit *cm)
     for (size_t i = 0; i < cm->n_contributions && i < NODE_MAX_PEERS; i++) {
         j->contrib_node[i] = cm->contributions[i]->node_id;
         memcpy(j->contrib_hash[i], cm->contributions[i]->blob_hash.data, 32);
+        memcpy(j->contrib_manifest[i], cm->contributions[i]->manifest_hash.data, 32);
         j->ncontrib++;
     }
     n->phase = P_APPLY;
@@ -519,8 +520,8 @@ static void worker_done(void *arg)
     free(j);
 }
 
-int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32], const char **urls,
-                       const char **names)
+int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32],
+                       const uint8_t (*manifests)[32], const char **urls, const char **names)
 {
     node_job *j = new_job(n, JOB_VALIDATE);
     if (!j)
@@ -529,6 +530,7 @@ int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*
     j->npeers = 0;
     for (int k = 0; k < count && k < NODE_MAX_PEERS; k++) {
         memcpy(j->contrib_hash[k], hashes[k], 32);
+        memcpy(j->contrib_manifest[k], manifests[k], 32);
         snprintf(j->urls[k], sizeof j->urls[k], "%s", urls[k]);
         snprintf(j->names[k], sizeof j->names[k], "%s", names[k]);
         j->ncontrib++;

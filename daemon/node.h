@@ -38,9 +38,10 @@ spes_blob_store *spes_node_blobs(spes_node *n);
 void spes_node_forward_status(spes_node *n, const uint8_t *data, size_t len, spes_reply_fn reply, void *ctx);
 
 /* spes_node_validate asks the worker to fetch and check the given announced
- * contributions (coordinator's own node); the result goes to spes_coord_validated. */
-int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32], const char **urls,
-                       const char **names);
+ * contributions, each pinned to its announced manifest (coordinator's own
+ * node); the result goes to spes_coord_validated. */
+int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32],
+                       const uint8_t (*manifests)[32], const char **urls, const char **names);
 
 /* spes_node_put_state stores a state (total floats of round) as a blob named by its
  * digest, so that peers can fetch it (a restored checkpoint's state). */

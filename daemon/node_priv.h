@@ -30,6 +30,7 @@ typedef struct node_job {
     int ncontrib;              /* APPLY/VALIDATE */
     uint32_t contrib_node[NODE_MAX_PEERS];
     uint8_t contrib_hash[NODE_MAX_PEERS][32];
+    uint8_t contrib_manifest[NODE_MAX_PEERS][32]; /* pins each blob's manifest (and so its size) */
     int merge;                 /* APPLY */
     char ckpt_id[64];          /* APPLY: keep the new state under this checkpoint id */
     uint64_t next_step;
