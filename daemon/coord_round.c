@@ -14,26 +14,23 @@
 
 #define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
 
-/* The announced members being validated, in node-id order. */
-static int val_idx[COORD_MAX_MEMBERS], nval;
-
 static void start_validation(spes_coord *c)
 {
     static uint8_t hashes[COORD_MAX_MEMBERS][32], manifests[COORD_MAX_MEMBERS][32];
     const char *urls[COORD_MAX_MEMBERS], *names[COORD_MAX_MEMBERS];
-    nval = 0;
+    c->nval = 0;
     for (int i = 0; i < c->nmem; i++) /* members are stored in id order */
         if (c->mem[i].participant && c->mem[i].announced) {
-            val_idx[nval] = i;
-            memcpy(hashes[nval], c->mem[i].blob, 32);
-            memcpy(manifests[nval], c->mem[i].manifest, 32);
-            urls[nval] = c->mem[i].url;
-            names[nval] = c->mem[i].name;
-            nval++;
+            c->val_idx[c->nval] = i;
+            memcpy(hashes[c->nval], c->mem[i].blob, 32);
+            memcpy(manifests[c->nval], c->mem[i].manifest, 32);
+            urls[c->nval] = c->mem[i].url;
+            names[c->nval] = c->mem[i].name;
+            c->nval++;
         }
     c->validating = 1;
-    log_info("round %llu: checking %d contribution(s)", (unsigned long long)c->round, nval);
-    if (spes_node_validate(c->d->node, c->round, nval, (const uint8_t(*)[32])hashes,
+    log_info("round %llu: checking %d contribution(s)", (unsigned long long)c->round, c->nval);
+    if (spes_node_validate(c->d->node, c->round, c->nval, (const uint8_t(*)[32])hashes,
                            (const uint8_t(*)[32])manifests, urls, names) != 0) {
         log_error("round %llu: cannot start validation: %s", (unsigned long long)c->round, spes_errmsg());
         c->validating = 0;
@@ -69,8 +66,8 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
     cm.round = c->round;
     cm.base_hash = (ProtobufCBinaryData){32, c->state_hash};
     c->nlast_refused = 0;
-    for (int k = 0; k < nval; k++) {
-        coord_member *m = &c->mem[val_idx[k]];
+    for (int k = 0; k < c->nval; k++) {
+        coord_member *m = &c->mem[c->val_idx[k]];
         if (ok[k]) {
             spes__wire__contribution__init(&cv[cm.n_contributions]);
             cv[cm.n_contributions].node_id = m->id;
@@ -137,7 +134,7 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
 
 void spes_coord_validated(spes_coord *c, uint64_t round, int n, const int *ok, char (*reasons)[256])
 {
-    if (round != c->round || !c->validating || n != nval)
+    if (round != c->round || !c->validating || n != c->nval)
         return;
     uint64_t step_end = c->step + (uint64_t)c->run.spes.sync_interval;
     build_commit(c, ok, reasons, step_end);

@@ -72,6 +72,8 @@ struct spes_coord {
     int prev_known;
     uint64_t round_open_ms;
     int validating;
+    int val_idx[COORD_MAX_MEMBERS]; /* members whose contributions are being validated, id order */
+    int nval;
     uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
     size_t last_commit_len;
     /* last round, for status */

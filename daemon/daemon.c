@@ -129,13 +129,20 @@ static void net_reply(void *ctx, const uint8_t *data, size_t len)
         spes_net_request_drop(req);
 }
 
-static void drain_inbox(uv_async_t *h)
+/* take_inbox empties the inbox and returns what it held, oldest first. */
+static spes_event *take_inbox(spes_daemon *d)
 {
-    spes_daemon *d = h->data;
     pthread_mutex_lock(&d->mu);
     spes_event *ev = d->head;
     d->head = d->tail = NULL;
     pthread_mutex_unlock(&d->mu);
+    return ev;
+}
+
+static void drain_inbox(uv_async_t *h)
+{
+    spes_daemon *d = h->data;
+    spes_event *ev = take_inbox(d);
     while (ev) {
         spes_event *next = ev->next;
         if (ev->kind == SPES_EV_REQUEST) {
@@ -204,10 +211,7 @@ static void close_all(spes_daemon *d)
         spes_net_server_close(d->server);
         d->server = NULL;
     }
-    pthread_mutex_lock(&d->mu);
-    spes_event *ev = d->head;
-    d->head = d->tail = NULL;
-    pthread_mutex_unlock(&d->mu);
+    spes_event *ev = take_inbox(d);
     while (ev) {
         spes_event *next = ev->next;
         if (ev->kind == SPES_EV_CALLBACK)

@@ -271,9 +271,6 @@ static void send_announce(spes_node *n)
         retry_later(n, 500);
 }
 
-static uint8_t *pending_commit;
-static size_t pending_commit_len;
-
 static void on_heartbeat_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg, const uint8_t *raw,
                                size_t len)
 {
@@ -289,11 +286,11 @@ static void on_heartbeat_reply(spes_node *n, int rc, int type, ProtobufCMessage 
             start_apply(n, cm); /* a late announce reply finds the phase moved on */
         } else if (n->phase == P_TRAIN) {
             /* the round closed without us: abandon, then apply */
-            free(pending_commit);
-            pending_commit = malloc(len);
-            if (pending_commit) {
-                memcpy(pending_commit, raw, len);
-                pending_commit_len = len;
+            free(n->pending_commit);
+            n->pending_commit = malloc(len);
+            if (n->pending_commit) {
+                memcpy(n->pending_commit, raw, len);
+                n->pending_commit_len = len;
             }
             atomic_store(&n->cancel, 1);
         }
@@ -328,9 +325,6 @@ static void send_heartbeat(spes_node *n)
     n->last_hb_ms = spes_now_ms();
     call(n, SPES_MSG_HEARTBEAT, &h.base, on_heartbeat_reply);
 }
-
-static uint32_t *accept_cols;
-static size_t accept_ncols;
 
 static void on_join_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg, const uint8_t *raw, size_t len)
 {
@@ -376,11 +370,11 @@ static void on_join_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg,
     j->round = a->round;
     j->step = a->step;
     memcpy(j->hash, a->state_hash.data, 32);
-    free(accept_cols);
-    accept_cols = malloc(sizeof *accept_cols * (a->n_columns ? a->n_columns : 1));
-    accept_ncols = accept_cols ? a->n_columns : 0;
-    if (accept_cols && a->n_columns)
-        memcpy(accept_cols, a->columns, sizeof *accept_cols * a->n_columns);
+    free(n->accept_cols);
+    n->accept_cols = malloc(sizeof *n->accept_cols * (a->n_columns ? a->n_columns : 1));
+    n->accept_ncols = n->accept_cols ? a->n_columns : 0;
+    if (n->accept_cols && a->n_columns)
+        memcpy(n->accept_cols, a->columns, sizeof *n->accept_cols * a->n_columns);
     n->phase = P_PREPARE;
     submit(n, j);
 }
@@ -448,24 +442,27 @@ static void worker_done(void *arg)
         memcpy(n->hash, j->hash, 32);
         n->have_state = 1;
         n->phase = P_IDLE;
-        if (accept_ncols)
-            start_train(n, accept_cols, accept_ncols);
+        if (n->accept_ncols)
+            start_train(n, n->accept_cols, n->accept_ncols);
         break;
     case JOB_TRAIN:
-        if (j->rc) {
-            if (j->rc != SPES_EINTR)
+        atomic_store(&n->cancel, 0);
+        if (j->rc || n->pending_commit) {
+            /* failed, abandoned, or the round committed without us while we trained
+             * (even if training just finished): apply that commit, nothing to announce */
+            if (j->rc && j->rc != SPES_EINTR)
                 log_error("round %llu: training failed: %s", (unsigned long long)j->round, j->err);
-            n->train_round = UINT64_MAX; /* nothing to announce */
+            n->train_round = UINT64_MAX;
             n->phase = P_WAIT;
-            atomic_store(&n->cancel, 0);
-            if (pending_commit) {
+            if (n->pending_commit) {
                 int type;
                 ProtobufCMessage *m = NULL;
-                if (spes_proto_decode(pending_commit, pending_commit_len, &type, &m) == 0 && type == SPES_MSG_COMMIT)
+                if (spes_proto_decode(n->pending_commit, n->pending_commit_len, &type, &m) == 0 &&
+                    type == SPES_MSG_COMMIT && ((const Spes__Wire__Commit *)m)->round == n->round)
                     start_apply(n, (const Spes__Wire__Commit *)m);
                 spes_proto_free(m);
-                free(pending_commit);
-                pending_commit = NULL;
+                free(n->pending_commit);
+                n->pending_commit = NULL;
             }
             break;
         }
@@ -668,8 +665,8 @@ void spes_node_free(spes_node *n)
         spes_config_fini(&n->run);
     free(n->cols);
     free(n->base);
-    free(pending_commit);
-    free(accept_cols);
+    free(n->pending_commit);
+    free(n->accept_cols);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);
     free(n);

@@ -86,6 +86,10 @@ struct spes_node {
     char saved_ckpt[64];
     uint64_t bytes_in_total;
     double t_train0, t_train1;
+    uint8_t *pending_commit;   /* a commit that arrived while we were training (round closed without us) */
+    size_t pending_commit_len;
+    uint32_t *accept_cols;     /* columns of the Accept being prepared for */
+    size_t accept_ncols;
     /* blobs of the last rounds (contributions and states), deleted two rounds on */
     struct {
         uint64_t round;
