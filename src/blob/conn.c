@@ -5,8 +5,10 @@
  * call from inside nng callbacks, and nng 1.5.2 can then deadlock in
  * nng_close (seen here at the end of large fetches; cf. nng issues #1219,
  * #1543). Here every context is stopped and closed by the closing thread
- * before the socket, the order nng expects. This file never interprets reply
- * bytes (the callback does) and never lets a slot run two requests at once. */
+ * before the socket, the order nng expects, and the socket is closed with
+ * spes__nng_close_bounded (net/close.c: nng 1.5.2 can strand a TLS pipe whose
+ * peer died). This file never interprets reply bytes (the callback does) and
+ * never lets a slot run two requests at once. */
 #include "blob/blob_internal.h"
 
 #include "core/error.h"
@@ -168,8 +170,9 @@ void spes__blob_conn_close(spes__blob_conn *c)
     for (int i = 0; c->slots && i < c->nslots; i++)
         if (c->slots[i].ctx_open)
             nng_ctx_close(c->slots[i].ctx);
+    /* every slot is stopped and every context closed: nng holds none of ours */
     if (c->sock_open)
-        nng_close(c->sock);
+        (void)spes__nng_close_bounded(c->sock, c->url);
     for (int i = 0; c->slots && i < c->nslots; i++)
         nng_aio_free(c->slots[i].aio);
     free(c->slots);

@@ -363,7 +363,8 @@ void spes_net_server_close(spes_net_server *s)
 {
     if (!s)
         return;
-    nng_close(s->sock);
+    if (spes__nng_close_bounded(s->sock, s->url))
+        return; /* still closing inside nng: its request aios and pipe callbacks stay valid */
     for (int i = 0; s->reqs && i < s->nreq; i++) {
         spes_net_request *r = &s->reqs[i];
         if (r->aio) {
@@ -496,7 +497,8 @@ void spes_net_client_close(spes_net_client *c)
 {
     if (!c)
         return;
-    nng_close(c->sock);
+    if (spes__nng_close_bounded(c->sock, c->url))
+        return; /* still closing inside nng: its pipe callbacks use c->reg */
     free(c->reg.v);
     pthread_mutex_destroy(&c->reg.mu);
     pthread_cond_destroy(&c->reg.cv);

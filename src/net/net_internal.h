@@ -40,6 +40,19 @@ void spes__tls_count(spes_net_tls *t, int server, const char *peer, const char *
 extern _Thread_local spes_pki_identity spes__tls_peer_tl;
 extern _Thread_local int spes__tls_peer_tl_set;
 
+/* SPES_NNG_CLOSE_MS bounds how long spes__nng_close_bounded waits for nng_close. */
+#define SPES_NNG_CLOSE_MS 5000
+
+/* spes__run_bounded runs fn(arg) on a detached thread and waits up to
+ * timeout_ms for it: 0 when it returned, 1 when it is still running (it goes
+ * on; arg must stay valid for it). close.c says why. */
+int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms);
+
+/* spes__nng_close_bounded is nng_close(s) that returns after SPES_NNG_CLOSE_MS
+ * at the latest: 0 closed, 1 the close is still blocked inside nng (logged
+ * with what; the caller must then leak anything nng may still call into). */
+int spes__nng_close_bounded(nng_socket s, const char *what);
+
 /* spes__nng_err maps an nng error to a SPES_E* code with a message naming what failed. */
 int spes__nng_err(int rv, const char *what, const char *url);
 

@@ -50,6 +50,7 @@ struct nng_tls_engine_conn {
     int verified;
     int failed;
     int got_data;
+    int closed; /* conn_close ran: every later call fails (see conn_close) */
     spes_pki_identity peer;
     char reason[200];
 };
@@ -260,10 +261,15 @@ static void conn_fini(nng_tls_engine_conn *c)
 }
 
 /* conn_close sends no close_notify: SP messages are length-framed, so truncation cannot
- * go unseen, and writing while nng tears the TCP stream down only adds races. */
+ * go unseen, and writing while nng tears the TCP stream down only adds races.
+ * After it every call fails with NNG_ECLOSED. nng 1.5.2's TLS layer never sets
+ * its own "closed" flag, and once its TCP aios are closed a new TCP read or
+ * write silently never starts: an engine that answered NNG_EAGAIN would leave
+ * the caller's aio queued forever, and the pipe's teardown (which waits for
+ * that aio) would hang nng_close. Failing here completes the aio instead. */
 static void conn_close(nng_tls_engine_conn *c)
 {
-    (void)c;
+    c->closed = 1;
     ERR_clear_error();
 }
 
@@ -301,6 +307,8 @@ static int handshake_done(nng_tls_engine_conn *c)
 
 static int conn_handshake(nng_tls_engine_conn *c)
 {
+    if (c->closed)
+        return NNG_ECLOSED;
     if (c->verified)
         return 0;
     if (c->failed)
@@ -341,6 +349,8 @@ static int read_failed(nng_tls_engine_conn *c)
  * handshake through send/recv, as mbedtls does implicitly) get the same checks. */
 static int ensure_handshake(nng_tls_engine_conn *c)
 {
+    if (c->closed)
+        return NNG_ECLOSED;
     return c->verified ? 0 : conn_handshake(c);
 }
 
