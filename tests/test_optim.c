@@ -3,6 +3,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "optim/adamw.h"
 
@@ -37,7 +38,7 @@ START_TEST(test_adamw_matches_reference)
         double lr = spes_lr_at(&t, step - 1);
         for (int i = 0; i < N; i++)
             g[i] = (float)cos(i * 1.3 + step);
-        spes_adamw_step(&o, p, g, seg, 2, lr, pool);
+        spes_adamw_step(&o, p, g, seg, 2, lr, 1.0f, pool);
         double bc1 = 1 - pow(t.beta1, step), bc2 = 1 - pow(t.beta2, step);
         for (int i = 0; i < N; i++) {
             rp[i] *= 1 - lr * t.weight_decay;
@@ -94,6 +95,54 @@ START_TEST(test_clip)
 }
 END_TEST
 
+/* The fused path (grad_scale inside the update) equals clipping in place and
+ * stepping, bit for bit, on a range long enough to exercise the vector loop
+ * and its tail, with two threads; and the norm matches a double sum. */
+START_TEST(test_fused_clip_step_bit_identical)
+{
+    spes_train_config t = tc();
+    enum { N = 10007 };
+    float *p1 = malloc(N * sizeof(float)), *p2 = malloc(N * sizeof(float)), *g = malloc(N * sizeof(float)),
+          *gc = malloc(N * sizeof(float));
+    double ref = 0;
+    for (int i = 0; i < N; i++) {
+        p1[i] = p2[i] = (float)sin(i * 0.37);
+        g[i] = gc[i] = (float)(3.0 * cos(i * 0.11));
+        ref += (double)g[i] * g[i];
+    }
+    spes_pool *pool;
+    ck_assert_int_eq(spes_pool_alloc(&pool, 2), 0);
+    double norm = spes_grad_norm(g, N, pool);
+    ck_assert_double_le(fabs(norm - sqrt(ref)), 1e-9 * sqrt(ref));
+    float coef = spes_clip_coef(norm, 1.0);
+    ck_assert_float_lt(coef, 1.0f);
+    ck_assert_float_eq(spes_clip_coef(norm, 0.0), 1.0f);
+    ck_assert_float_eq(spes_clip_coef(0.5, 1.0), 1.0f);
+    spes_segment seg[1] = {{0, 0, N}};
+    spes_adamw a, b;
+    ck_assert_int_eq(spes_adamw_init(&a, N, &t), 0);
+    ck_assert_int_eq(spes_adamw_init(&b, N, &t), 0);
+    for (int step = 0; step < 3; step++) {
+        spes_adamw_step(&a, p1, g, seg, 1, 1e-2, coef, pool);
+        double n2 = spes_clip_grads(gc, N, 1.0, pool);
+        ck_assert_double_eq(n2, norm);
+        spes_adamw_step(&b, p2, gc, seg, 1, 1e-2, 1.0f, pool);
+        for (int i = 0; i < N; i++)
+            gc[i] = g[i];
+    }
+    ck_assert_int_eq(memcmp(p1, p2, N * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(a.m, b.m, N * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(a.v, b.v, N * sizeof(float)), 0);
+    spes_adamw_fini(&a);
+    spes_adamw_fini(&b);
+    spes_pool_free(pool);
+    free(p1);
+    free(p2);
+    free(g);
+    free(gc);
+}
+END_TEST
+
 Suite *optim_suite(void)
 {
     Suite *s = suite_create("optim");
@@ -102,6 +151,7 @@ Suite *optim_suite(void)
     tcase_add_test(tc1, test_lr_schedule);
     tcase_add_test(tc1, test_lb_factor);
     tcase_add_test(tc1, test_clip);
+    tcase_add_test(tc1, test_fused_clip_step_bit_identical);
     suite_add_tcase(s, tc1);
     return s;
 }

@@ -12,11 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
-#define SPES_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SPES_CLONES
-#endif
+#include "core/simd.h"
 
 static inline float spes__expf(float x)
 {

@@ -2,6 +2,7 @@
  * torch.optim.AdamW's single-tensor path so that results match it in fp32. */
 #include "optim/adamw.h"
 #include "core/error.h"
+#include "core/simd.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -37,8 +38,28 @@ typedef struct {
     const float *grads;
     const spes_segment *seg;
     int nseg;
-    float decay, b1, b2, omb1, omb2, step_size, bc2_sqrt, eps;
+    float decay, b1, b2, omb1, omb2, step_size, bc2_sqrt, eps, gscale;
 } step_ctx;
+
+/* step_run updates n elements; the arithmetic is torch's, element by element
+ * (g scaled first, as clip_grad_norm_ does in place), so vectorising it
+ * changes no bits. */
+SPES_CLONES static void step_run(float *restrict p, float *restrict m, float *restrict v,
+                                 const float *restrict grad, size_t n, const step_ctx *c)
+{
+    const float decay = c->decay, b1 = c->b1, b2 = c->b2, omb1 = c->omb1, omb2 = c->omb2,
+                step_size = c->step_size, bc2_sqrt = c->bc2_sqrt, eps = c->eps, gs = c->gscale;
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * gs;
+        float pi = p[i] * decay;
+        float mi = m[i] * b1 + g * omb1;
+        float vi = v[i] * b2 + g * g * omb2;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi + -step_size * (mi / denom);
+    }
+}
 
 /* Items are global gradient indices; map each chunk back onto segments. */
 static void step_range(void *arg, size_t b, size_t e, int tid)
@@ -52,21 +73,12 @@ static void step_range(void *arg, size_t b, size_t e, int tid)
         if (lo >= hi)
             continue;
         float *p = c->params + sg->param_off - sg->grad_off;
-        for (size_t i = lo; i < hi; i++) {
-            float g = c->grads[i];
-            p[i] *= c->decay;
-            float m = c->o->m[i] * c->b1 + g * c->omb1;
-            float v = c->o->v[i] * c->b2 + g * g * c->omb2;
-            c->o->m[i] = m;
-            c->o->v[i] = v;
-            float denom = sqrtf(v) / c->bc2_sqrt + c->eps;
-            p[i] += -c->step_size * (m / denom);
-        }
+        step_run(p + lo, c->o->m + lo, c->o->v + lo, c->grads + lo, hi - lo, c);
     }
 }
 
 void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spes_segment *seg,
-                     int nseg, double lr, spes_pool *pool)
+                     int nseg, double lr, float grad_scale, spes_pool *pool)
 {
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
@@ -77,6 +89,7 @@ void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spe
         .b1 = (float)o->beta1, .b2 = (float)o->beta2,
         .omb1 = (float)(1.0 - o->beta1), .omb2 = (float)(1.0 - o->beta2),
         .step_size = (float)(lr / bc1), .bc2_sqrt = (float)sqrt(bc2), .eps = (float)o->eps,
+        .gscale = grad_scale,
     };
     spes_parallel_for(pool, o->n, step_range, &c);
 }
@@ -106,19 +119,34 @@ double spes_lb_factor_at(const spes_spes_config *sc, int max_steps, int64_t s)
 }
 
 #define NORM_MAXT 64
+#define NORM_LANES 8
 
 typedef struct {
     const float *g;
     double part[NORM_MAXT];
 } norm_ctx;
 
+/* sumsq_run: NORM_LANES double accumulators, lane k takes elements i = k mod
+ * NORM_LANES of the range, summed in lane order: fixed order, vectorisable. */
+SPES_CLONES static double sumsq_run(const float *restrict g, size_t n)
+{
+    double acc[NORM_LANES] = {0};
+    size_t i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int k = 0; k < NORM_LANES; k++)
+            acc[k] += (double)g[i + k] * (double)g[i + k];
+    for (int k = 0; i + (size_t)k < n; k++)
+        acc[k] += (double)g[i + k] * (double)g[i + k];
+    double s = 0;
+    for (int k = 0; k < NORM_LANES; k++)
+        s += acc[k];
+    return s;
+}
+
 static void norm_range(void *arg, size_t b, size_t e, int tid)
 {
     norm_ctx *c = arg;
-    double s = 0;
-    for (size_t i = b; i < e; i++)
-        s += (double)c->g[i] * c->g[i];
-    c->part[tid] = s;
+    c->part[tid] = sumsq_run(c->g + b, e - b);
 }
 
 double spes_grad_norm(const float *g, size_t n, spes_pool *pool)
@@ -131,6 +159,13 @@ double spes_grad_norm(const float *g, size_t n, spes_pool *pool)
     for (int t = 0; t < NORM_MAXT; t++)
         s += c.part[t];
     return sqrt(s);
+}
+
+float spes_clip_coef(double norm, double clip)
+{
+    /* torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1 */
+    double coef = clip > 0 ? clip / (norm + 1e-6) : 1.0;
+    return coef < 1.0 ? (float)coef : 1.0f;
 }
 
 typedef struct {
@@ -149,13 +184,10 @@ static void scale_range(void *arg, size_t b, size_t e, int tid)
 double spes_clip_grads(float *g, size_t n, double clip, spes_pool *pool)
 {
     double norm = spes_grad_norm(g, n, pool);
-    if (clip > 0) {
-        /* torch: clip_coef = max_norm / (total_norm + 1e-6), applied when < 1 */
-        double coef = clip / (norm + 1e-6);
-        if (coef < 1.0) {
-            scale_ctx c = {g, (float)coef};
-            spes_parallel_for(pool, n, scale_range, &c);
-        }
+    float coef = spes_clip_coef(norm, clip);
+    if (coef < 1.0f) {
+        scale_ctx c = {g, coef};
+        spes_parallel_for(pool, n, scale_range, &c);
     }
     return norm;
 }

@@ -145,9 +145,10 @@ int spes_trainer_step(spes_trainer *t, spes_step_stats *st)
         return rc;
     spes_model_zero_grad(t->model);
     spes_model_backward(t->model);
-    double norm = spes_clip_grads(t->model->grads, t->model->grads_numel, t->cfg.train.grad_clip, t->pool);
+    double norm = spes_grad_norm(t->model->grads, t->model->grads_numel, t->pool);
     double lr = spes_lr_at(&t->cfg.train, t->step);
-    spes_adamw_step(&t->opt, t->model->params, t->model->grads, t->seg, t->nseg, lr, t->pool);
+    spes_adamw_step(&t->opt, t->model->params, t->model->grads, t->seg, t->nseg, lr,
+                    spes_clip_coef(norm, t->cfg.train.grad_clip), t->pool);
     if (st) {
         st->step = t->step;
         st->loss = t->model->ce_loss;
