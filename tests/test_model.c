@@ -277,6 +277,63 @@ START_TEST(test_determinism)
 }
 END_TEST
 
+/* grads_with_chunk runs forward+backward with experts processed rows rows at a time. */
+static float grads_with_chunk(int rows, float *grads_out, size_t n)
+{
+    spes_model_config c = tiny(2, 0, 0);
+    c.hidden_size = 32;
+    spes_pool *pool;
+    ck_assert_int_eq(spes_pool_alloc(&pool, 2), 0);
+    spes_model *m;
+    ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 4, 70, 1, pool), 0);
+    ck_assert_uint_eq(m->grads_numel, n);
+    if (rows)
+        spes__model_set_moe_chunk(m, rows);
+    spes_model_init_weights(m, 21);
+    int32_t tok[4 * 70], tgt[4 * 70];
+    make_batch(tok, tgt, 4 * 70, c.vocab_size, 22);
+    spes_model_zero_grad(m);
+    ck_assert_int_eq(spes_model_forward(m, tok, tgt, 4, 70, &OPTS), 0);
+    spes_model_backward(m);
+    float loss = m->loss;
+    memcpy(grads_out, m->grads, n * sizeof(float));
+    spes_model_free(m);
+    spes_pool_free(pool);
+    return loss;
+}
+
+/* Experts run in chunks of rows: 280 tokens x top-2 over 4 experts in one chunk
+ * each (the default) or in chunks of 7 and of 1 (many chunks and a remainder)
+ * give the same loss and gradients up to summation order. */
+START_TEST(test_moe_chunking)
+{
+    spes_model_config c = tiny(2, 0, 0);
+    c.hidden_size = 32;
+    spes_layout lo;
+    ck_assert_int_eq(spes_layout_build(&lo, &c), 0);
+    size_t n = lo.total_numel;
+    spes_layout_fini(&lo);
+    float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float));
+    float l0 = grads_with_chunk(0, g0, n);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(g0[i]));
+    ck_assert(gmax > 0);
+    int rows[] = {7, 1};
+    for (int k = 0; k < 2; k++) {
+        float l1 = grads_with_chunk(rows[k], g1, n);
+        ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g with chunks of %d", l1, l0, rows[k]);
+        double d = 0;
+        for (size_t i = 0; i < n; i++)
+            d = fmax(d, fabs(g1[i] - g0[i]));
+        ck_assert_msg(d <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g) with chunks of %d", d, gmax,
+                      rows[k]);
+    }
+    free(g0);
+    free(g1);
+}
+END_TEST
+
 START_TEST(test_refusals_and_inference)
 {
     spes_model_config c = tiny(2, 0, 1);
@@ -401,6 +458,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_fd_frozen_mqa);
     tcase_add_test(tc, test_frozen_columns);
     tcase_add_test(tc, test_determinism);
+    tcase_add_test(tc, test_moe_chunking);
     tcase_add_test(tc, test_refusals_and_inference);
     tcase_add_test(tc, test_smaller_batch);
     suite_add_tcase(s, tc);

@@ -95,8 +95,8 @@ static void moe_backward(spes_model *m, int l)
     memset(dn2, 0, sizeof(float) * N * H);
     spes__model_build_lists(m, l, N);
     for (int e = 0; e < E; e++)
-        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += SPES_MOE_CHUNK) {
-            int nr = p->eoff[e + 1] - c0 < SPES_MOE_CHUNK ? p->eoff[e + 1] - c0 : SPES_MOE_CHUNK;
+        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += p->moe_chunk) {
+            int nr = p->eoff[e + 1] - c0 < p->moe_chunk ? p->eoff[e + 1] - c0 : p->moe_chunk;
             expert_chunk_backward(m, l, e, p->elist + c0, nr, dn2);
         }
     double scale = (double)E / ((double)L * N * K) / N;

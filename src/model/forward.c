@@ -1,7 +1,7 @@
 /* forward.c: the model's forward pass and losses. Allocates nothing: every
  * buffer was carved in spes_model_alloc. Attention runs on our pool over
  * (batch, head); all big products are sgemm; MoE tokens are gathered per
- * expert in chunks of SPES_MOE_CHUNK and scattered back in expert order. */
+ * expert in chunks of p->moe_chunk rows and scattered back in expert order. */
 #include "model/model_priv.h"
 
 #include "core/error.h"
@@ -150,8 +150,8 @@ static void moe_forward(spes_model *m, int l, int s, float *x, int N)
     const float *topw = p->topw + (size_t)s * N * K;
     for (int e = 0; e < E; e++) {
         const spes_expert_w *w = &p->ep[l * E + e];
-        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += SPES_MOE_CHUNK) {
-            int nr = p->eoff[e + 1] - c0 < SPES_MOE_CHUNK ? p->eoff[e + 1] - c0 : SPES_MOE_CHUNK;
+        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += p->moe_chunk) {
+            int nr = p->eoff[e + 1] - c0 < p->moe_chunk ? p->eoff[e + 1] - c0 : p->moe_chunk;
             const int32_t *list = p->elist + c0;
             spes__model_gather(m, p->cx, p->norm, list, nr);
             MM(p->cg, I, p->cx, H, 0, w->wg, H, 1, nr, I, H, 1.0f, 0.0f);

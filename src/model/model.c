@@ -224,6 +224,7 @@ static void carve(spes_model *m, carver *c)
     p->rlog = take(c, N * E);
     p->elist = (int32_t *)take(c, N * K);
     p->eoff = (int32_t *)take(c, E + 1);
+    p->moe_chunk = (int)CH;
     p->cx = take(c, CH * H);
     p->cy = take(c, CH * H);
     p->cg = take(c, CH * I);
@@ -348,6 +349,12 @@ void spes_model_init_weights(spes_model *m, uint64_t seed)
                 w[j] = (float)(0.02 * spes_rng_normal(&r));
         }
     }
+}
+
+void spes__model_set_moe_chunk(spes_model *m, int rows)
+{
+    int cap = SPES_MOE_CHUNK < m->priv->N ? SPES_MOE_CHUNK : m->priv->N;
+    m->priv->moe_chunk = rows < 1 ? 1 : rows > cap ? cap : rows;
 }
 
 void spes_model_zero_grad(spes_model *m)
