@@ -68,6 +68,28 @@ void spes_matmul_pool(spes_pool *pool, float *c, int ldc, const float *a, int ld
     spes_parallel_for(pool, (size_t)nt, mm_range, &x);
 }
 
+typedef struct {
+    float *dst;
+    const float *src;
+} copy_ctx;
+
+static void copy_range(void *vctx, size_t b, size_t e, int tid)
+{
+    copy_ctx *x = vctx;
+    (void)tid;
+    if (x->src)
+        memcpy(x->dst + b, x->src + b, (e - b) * sizeof(float));
+    else
+        memset(x->dst + b, 0, (e - b) * sizeof(float));
+}
+
+void spes_copy_pool(spes_pool *pool, float *dst, const float *src, size_t n)
+{
+    copy_ctx x = {dst, src};
+    /* below 64 Ki floats a second thread costs more than it saves */
+    spes_parallel_for(n < 65536 ? NULL : pool, n, copy_range, &x);
+}
+
 int spes_blas_threads_push(void)
 {
     int saved = openblas_get_num_threads();

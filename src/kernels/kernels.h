@@ -43,6 +43,9 @@ int spes_blas_reexec_if_generic(char **argv);
 /* spes_blas_corename returns OpenBLAS's kernel family name (for logs and benches). */
 const char *spes_blas_corename(void);
 
+/* spes_copy_pool copies n floats (src NULL: zeroes them) in one block per thread. */
+void spes_copy_pool(spes_pool *pool, float *dst, const float *src, size_t n);
+
 /* spes_embedding_forward copies rows: out (N,C) = wte[tokens[i]] (V,C). */
 void spes_embedding_forward(float *out, const int32_t *tokens, const float *wte, int N, int C,
                             spes_pool *pool);

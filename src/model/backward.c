@@ -92,7 +92,7 @@ static void moe_backward(spes_model *m, int l)
         N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
     float *xmid = p->slot[5], *dn2 = p->slot[6];
-    memset(dn2, 0, sizeof(float) * N * H);
+    spes_copy_pool(p->pool, dn2, NULL, (size_t)N * H);
     spes__model_build_lists(m, l, N);
     for (int e = 0; e < E; e++)
         for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += p->moe_chunk) {
@@ -230,7 +230,7 @@ static void recompute_layer(spes_model *m, int l)
     bctx f = {.m = m, .l = l, .T = T};
     spes_parallel_for(p->pool, (size_t)B * NH, attn_recompute_range, &f);
     float *xmid = p->slot[5];
-    memcpy(xmid, x, sizeof(float) * N * H);
+    spes_copy_pool(p->pool, xmid, x, (size_t)N * H);
     MM(xmid, H, p->att, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
     spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);
 }

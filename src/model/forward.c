@@ -221,7 +221,7 @@ static int forward_run(spes_model *m, const int32_t *tokens, const int32_t *targ
         spes_rmsnorm_forward(p->norm, p->rstd1 + (size_t)s * N, x, w->ln1, N, H, eps, p->pool);
         spes__model_attn_forward(m, l, s, B, T);
         if (xn != x)
-            memcpy(xn, x, sizeof(float) * N * H);
+            spes_copy_pool(p->pool, xn, x, (size_t)N * H);
         MM(xn, H, p->att, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
         spes_rmsnorm_forward(p->norm, p->rstd2 + (size_t)s * N, xn, w->ln2, N, H, eps, p->pool);
         MM(p->rlog, E, p->norm, H, 0, w->wr, H, 1, N, E, H, 1.0f, 0.0f);

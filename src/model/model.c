@@ -360,7 +360,7 @@ void spes__model_set_moe_chunk(spes_model *m, int rows)
 void spes_model_zero_grad(spes_model *m)
 {
     if (m->grads)
-        memset(m->grads, 0, m->grads_numel * sizeof(float));
+        spes_copy_pool(m->priv->pool, m->grads, NULL, m->grads_numel);
 }
 
 const float *spes_model_logits(const spes_model *m)
