@@ -234,7 +234,9 @@ START_TEST(test_frozen_columns)
 }
 END_TEST
 
-static void run_once(int threads, float *grads_out, size_t n, float *loss)
+/* run_once: two forward+backward passes (gradients accumulate) on 4 x 70 tokens with
+ * threads threads and experts in chunks of chunk rows (0: the default). */
+static void run_once(int threads, float *grads_out, size_t n, float *loss, int chunk)
 {
     spes_model_config c = tiny(2, 1, 0);
     c.hidden_size = 32;
@@ -243,6 +245,8 @@ static void run_once(int threads, float *grads_out, size_t n, float *loss)
     spes_model *m;
     ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 4, 70, 1, pool), 0);
     ck_assert_uint_eq(m->grads_numel, n);
+    if (chunk)
+        spes__model_set_moe_chunk(m, chunk);
     spes_model_init_weights(m, 11);
     int32_t tok[4 * 70], tgt[4 * 70];
     make_batch(tok, tgt, 4 * 70, c.vocab_size, 12);
@@ -267,8 +271,8 @@ START_TEST(test_determinism)
     spes_layout_fini(&lo);
     float *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float)), l1, l2;
     for (int th = 1; th <= 2; th++) {
-        run_once(th, g1, n, &l1);
-        run_once(th, g2, n, &l2);
+        run_once(th, g1, n, &l1, 0);
+        run_once(th, g2, n, &l2, 0);
         ck_assert_mem_eq(&l1, &l2, sizeof l1);
         ck_assert_mem_eq(g1, g2, n * sizeof(float));
     }
@@ -277,51 +281,27 @@ START_TEST(test_determinism)
 }
 END_TEST
 
-/* grads_with_chunk runs forward+backward with experts processed rows rows at a time. */
-static float grads_with_chunk(int rows, float *grads_out, size_t n)
-{
-    spes_model_config c = tiny(2, 0, 0);
-    c.hidden_size = 32;
-    spes_pool *pool;
-    ck_assert_int_eq(spes_pool_alloc(&pool, 2), 0);
-    spes_model *m;
-    ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 4, 70, 1, pool), 0);
-    ck_assert_uint_eq(m->grads_numel, n);
-    if (rows)
-        spes__model_set_moe_chunk(m, rows);
-    spes_model_init_weights(m, 21);
-    int32_t tok[4 * 70], tgt[4 * 70];
-    make_batch(tok, tgt, 4 * 70, c.vocab_size, 22);
-    spes_model_zero_grad(m);
-    ck_assert_int_eq(spes_model_forward(m, tok, tgt, 4, 70, &OPTS), 0);
-    spes_model_backward(m);
-    float loss = m->loss;
-    memcpy(grads_out, m->grads, n * sizeof(float));
-    spes_model_free(m);
-    spes_pool_free(pool);
-    return loss;
-}
-
 /* Experts run in chunks of rows: 280 tokens x top-2 over 4 experts in one chunk
  * each (the default) or in chunks of 7 and of 1 (many chunks and a remainder)
  * give the same loss and gradients up to summation order. */
 START_TEST(test_moe_chunking)
 {
-    spes_model_config c = tiny(2, 0, 0);
+    spes_model_config c = tiny(2, 1, 0);
     c.hidden_size = 32;
     spes_layout lo;
     ck_assert_int_eq(spes_layout_build(&lo, &c), 0);
     size_t n = lo.total_numel;
     spes_layout_fini(&lo);
     float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float));
-    float l0 = grads_with_chunk(0, g0, n);
+    float l0, l1;
+    run_once(2, g0, n, &l0, 0);
     double gmax = 0;
     for (size_t i = 0; i < n; i++)
         gmax = fmax(gmax, fabs(g0[i]));
     ck_assert(gmax > 0);
     int rows[] = {7, 1};
     for (int k = 0; k < 2; k++) {
-        float l1 = grads_with_chunk(rows[k], g1, n);
+        run_once(2, g1, n, &l1, rows[k]);
         ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g with chunks of %d", l1, l0, rows[k]);
         double d = 0;
         for (size_t i = 0; i < n; i++)

@@ -55,23 +55,28 @@ static long now_ns(void)
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* spin_until_changed spins while *gen == seen (and not stopping), up to SPIN_NS;
+/* spin_spent is called on every spin iteration i: it pauses, and says (1) when
+ * SPIN_NS have passed since *t0 was first set (the clock is read every 64). */
+static int spin_spent(unsigned i, long *t0)
+{
+    CPU_RELAX();
+    if ((i & 63) != 63)
+        return 0;
+    long t = now_ns();
+    if (!*t0)
+        *t0 = t;
+    return t - *t0 > SPIN_NS;
+}
+
+/* spin_until_changed spins while gen == seen (and not stopping), up to SPIN_NS;
  * returns 1 when it saw a change. */
 static int spin_until_changed(spes_pool *p, unsigned long seen)
 {
     long t0 = 0;
-    for (unsigned i = 0;; i++) {
+    for (unsigned i = 0; !spin_spent(i, &t0); i++)
         if (atomic_load_explicit(&p->gen, memory_order_acquire) != seen || atomic_load(&p->stop))
             return 1;
-        CPU_RELAX();
-        if ((i & 63) == 63) {
-            long t = now_ns();
-            if (!t0)
-                t0 = t;
-            else if (t - t0 > SPIN_NS)
-                return 0;
-        }
-    }
+    return 0;
 }
 
 static void *worker(void *arg)
@@ -187,16 +192,9 @@ void spes_parallel_for(spes_pool *p, size_t n, spes_range_fn fn, void *ctx)
     if (b < e)
         fn(ctx, b, e, 0);
     long t0 = 0;
-    for (unsigned i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++) {
-        CPU_RELAX();
-        if ((i & 63) == 63) {
-            long t = now_ns();
-            if (!t0)
-                t0 = t;
-            else if (t - t0 > SPIN_NS)
-                break;
-        }
-    }
+    for (unsigned i = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; i++)
+        if (spin_spent(i, &t0))
+            break;
     if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
         pthread_mutex_lock(&p->mu);
         p->caller_waiting = 1;

@@ -73,11 +73,7 @@ int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms)
     b->fn = fn;
     b->arg = arg;
     pthread_t th;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rv = pthread_create(&th, &attr, bounded_main, b);
-    pthread_attr_destroy(&attr);
+    int rv = pthread_create(&th, NULL, bounded_main, b);
     if (rv != 0) {
         b->refs = 1;
         bounded_unref(b);
@@ -99,6 +95,12 @@ int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms)
     int done = b->done;
     pthread_mutex_unlock(&b->mu);
     bounded_unref(b);
+    /* joined when it finished, so that its thread-exit work (OpenSSL frees the thread's
+     * error queue then) is done before we go on; otherwise it is left to run alone */
+    if (done)
+        pthread_join(th, NULL);
+    else
+        pthread_detach(th);
     return done ? 0 : 1;
 }
 

@@ -43,9 +43,10 @@ extern _Thread_local int spes__tls_peer_tl_set;
 /* SPES_NNG_CLOSE_MS bounds how long spes__nng_close_bounded waits for nng_close. */
 #define SPES_NNG_CLOSE_MS 5000
 
-/* spes__run_bounded runs fn(arg) on a detached thread and waits up to
- * timeout_ms for it: 0 when it returned, 1 when it is still running (it goes
- * on; arg must stay valid for it). close.c says why. */
+/* spes__run_bounded runs fn(arg) on a helper thread and waits up to
+ * timeout_ms for it: 0 when it returned (the thread is joined), 1 when it is
+ * still running (it goes on, detached; arg must stay valid for it). close.c
+ * says why. */
 int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms);
 
 /* spes__nng_close_bounded is nng_close(s) that returns after SPES_NNG_CLOSE_MS
