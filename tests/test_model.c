@@ -261,7 +261,8 @@ static void run_once(int threads, float *grads_out, size_t n, float *loss, int c
     spes_pool_free(pool);
 }
 
-START_TEST(test_determinism)
+/* run_numel is the parameter count of run_once's model. */
+static size_t run_numel(void)
 {
     spes_model_config c = tiny(2, 1, 0);
     c.hidden_size = 32;
@@ -269,6 +270,12 @@ START_TEST(test_determinism)
     ck_assert_int_eq(spes_layout_build(&lo, &c), 0);
     size_t n = lo.total_numel;
     spes_layout_fini(&lo);
+    return n;
+}
+
+START_TEST(test_determinism)
+{
+    size_t n = run_numel();
     float *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float)), l1, l2;
     for (int th = 1; th <= 2; th++) {
         run_once(th, g1, n, &l1, 0);
@@ -286,12 +293,7 @@ END_TEST
  * give the same loss and gradients up to summation order. */
 START_TEST(test_moe_chunking)
 {
-    spes_model_config c = tiny(2, 1, 0);
-    c.hidden_size = 32;
-    spes_layout lo;
-    ck_assert_int_eq(spes_layout_build(&lo, &c), 0);
-    size_t n = lo.total_numel;
-    spes_layout_fini(&lo);
+    size_t n = run_numel();
     float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float));
     float l0, l1;
     run_once(2, g0, n, &l0, 0);
