@@ -250,7 +250,8 @@ static int conn_init(nng_tls_engine_conn *c, void *tls, nng_tls_engine_config *c
     return 0;
 }
 
-static void conn_fini(nng_tls_engine_conn *c)
+/* conn_release frees what the engine holds for a connection (idempotent). */
+static void conn_release(nng_tls_engine_conn *c)
 {
     SSL_free(c->ssl); /* frees both BIOs */
     free(c->out);
@@ -260,17 +261,27 @@ static void conn_fini(nng_tls_engine_conn *c)
     c->bind = NULL;
 }
 
+static void conn_fini(nng_tls_engine_conn *c)
+{
+    conn_release(c);
+}
+
 /* conn_close sends no close_notify: SP messages are length-framed, so truncation cannot
  * go unseen, and writing while nng tears the TCP stream down only adds races.
  * After it every call fails with NNG_ECLOSED. nng 1.5.2's TLS layer never sets
  * its own "closed" flag, and once its TCP aios are closed a new TCP read or
  * write silently never starts: an engine that answered NNG_EAGAIN would leave
  * the caller's aio queued forever, and the pipe's teardown (which waits for
- * that aio) would hang nng_close. Failing here completes the aio instead. */
+ * that aio) would hang nng_close. Failing here completes the aio instead.
+ * The OpenSSL state (about 100 KiB with our output buffer) is freed here, not
+ * only in conn_fini: nng 1.5.2 sometimes never finalises a connection whose
+ * handshake was refused (LeakSanitizer sees it in test_net), and a daemon that
+ * a refused peer keeps redialling must not lose that much each time. */
 static void conn_close(nng_tls_engine_conn *c)
 {
     c->closed = 1;
     ERR_clear_error();
+    conn_release(c);
 }
 
 static int handshake_failed(nng_tls_engine_conn *c)
