@@ -273,7 +273,7 @@ static void conn_fini(nng_tls_engine_conn *c)
  * write silently never starts: an engine that answered NNG_EAGAIN would leave
  * the caller's aio queued forever, and the pipe's teardown (which waits for
  * that aio) would hang nng_close. Failing here completes the aio instead.
- * The OpenSSL state (about 100 KiB with our output buffer) is freed here, not
+ * The OpenSSL state (about 110 KiB with our output buffer) is freed here, not
  * only in conn_fini: nng 1.5.2 sometimes never finalises a connection whose
  * handshake was refused (LeakSanitizer sees it in test_net), and a daemon that
  * a refused peer keeps redialling must not lose that much each time. */
