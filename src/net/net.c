@@ -321,7 +321,6 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
     if (rv) {
         pthread_mutex_destroy(&s->reg.mu);
         pthread_cond_destroy(&s->reg.cv);
-        pthread_cond_destroy(&s->reg.cv);
         free(s);
         return spes__nng_err(rv, "cannot open rep socket", o->url);
     }
@@ -466,7 +465,6 @@ int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
     int rv = nng_req0_open(&c->sock);
     if (rv) {
         pthread_mutex_destroy(&c->reg.mu);
-        pthread_cond_destroy(&c->reg.cv);
         pthread_cond_destroy(&c->reg.cv);
         free(c);
         return spes__nng_err(rv, "cannot open req socket", o->url);

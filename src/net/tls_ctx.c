@@ -2,13 +2,12 @@
  * as an OpenSSL SSL_CTX that can be swapped atomically when the CRL is reloaded.
  * Trust comes only from the run CA file: system roots are never loaded. */
 #include "net/net_internal.h"
+#include "pki/pki_internal.h" /* shared PEM reading and OpenSSL error text */
 
 #include "core/error.h"
-#include "core/fileio.h"
 #include "core/log.h"
 
 #include <openssl/bn.h>
-#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -31,18 +30,6 @@ struct spes_net_tls {
     uint64_t quiet;
 };
 
-static const char *sslerr(void)
-{
-    static _Thread_local char buf[256];
-    unsigned long e = ERR_get_error();
-    if (e)
-        ERR_error_string_n(e, buf, sizeof buf);
-    else
-        snprintf(buf, sizeof buf, "unknown OpenSSL error");
-    ERR_clear_error();
-    return buf;
-}
-
 /* load_crl reads and checks a CRL file (signed by the run CA) into an X509_CRL. */
 static int load_crl(const char *crl_path, const char *ca_path, X509_CRL **out)
 {
@@ -54,27 +41,19 @@ static int load_crl(const char *crl_path, const char *ca_path, X509_CRL **out)
     *out = b ? PEM_read_bio_X509_CRL(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
     free(pem);
-    return *out ? 0 : spes_errf(SPES_EFORMAT, "%s: cannot use CRL: %s", crl_path, sslerr());
+    return *out ? 0 : spes_errf(SPES_EFORMAT, "%s: cannot use CRL: %s", crl_path, spes__pki_sslerr());
 }
 
 static int load_ca(SSL_CTX *ctx, const char *ca_path)
 {
     X509 *ca = NULL;
-    char *pem = NULL;
-    size_t len = 0;
-    int rc = spes_read_file(ca_path, 1u << 20, &pem, &len);
+    int rc = spes__pki_read_cert(ca_path, &ca);
     if (rc)
         return rc;
-    BIO *b = BIO_new_mem_buf(pem, (int)len);
-    ca = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-    BIO_free(b);
-    free(pem);
-    if (!ca)
-        return spes_errf(SPES_EFORMAT, "%s: not a PEM certificate: %s", ca_path, sslerr());
     if (X509_check_ca(ca) < 1)
         rc = spes_errf(SPES_EFORMAT, "%s: not a CA certificate", ca_path);
     else if (X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca) != 1 || SSL_CTX_add_client_CA(ctx, ca) != 1)
-        rc = spes_errf(SPES_EIO, "%s: cannot use as trust anchor: %s", ca_path, sslerr());
+        rc = spes_errf(SPES_EIO, "%s: cannot use as trust anchor: %s", ca_path, spes__pki_sslerr());
     X509_free(ca);
     return rc;
 }
@@ -85,7 +64,7 @@ static int build_ctx(const spes_net_tls *t, X509_CRL *crl, SSL_CTX **out)
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     int rc = 0;
     if (!ctx)
-        return spes_errf(SPES_ENOMEM, "cannot create a TLS context: %s", sslerr());
+        return spes_errf(SPES_ENOMEM, "cannot create a TLS context: %s", spes__pki_sslerr());
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* every connection fully verified */
@@ -93,19 +72,19 @@ static int build_ctx(const spes_net_tls *t, X509_CRL *crl, SSL_CTX **out)
     SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN); /* send only our leaf: peers hold the run CA */
     SSL_CTX_set_verify_depth(ctx, 2);
     if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1)
-        rc = spes_errf(SPES_EIO, "cannot set TLS 1.2 ciphers: %s", sslerr());
+        rc = spes_errf(SPES_EIO, "cannot set TLS 1.2 ciphers: %s", spes__pki_sslerr());
     if (!rc)
         rc = load_ca(ctx, t->ca_path);
     if (!rc && SSL_CTX_use_certificate_chain_file(ctx, t->cert_path) != 1)
-        rc = spes_errf(SPES_EFORMAT, "%s: cannot use certificate: %s", t->cert_path, sslerr());
+        rc = spes_errf(SPES_EFORMAT, "%s: cannot use certificate: %s", t->cert_path, spes__pki_sslerr());
     if (!rc && SSL_CTX_use_PrivateKey_file(ctx, t->key_path, SSL_FILETYPE_PEM) != 1)
-        rc = spes_errf(SPES_EFORMAT, "%s: cannot use key: %s", t->key_path, sslerr());
+        rc = spes_errf(SPES_EFORMAT, "%s: cannot use key: %s", t->key_path, spes__pki_sslerr());
     if (!rc && SSL_CTX_check_private_key(ctx) != 1)
         rc = spes_errf(SPES_EFORMAT, "%s does not match %s", t->key_path, t->cert_path);
     if (!rc && crl) {
         X509_STORE *st = SSL_CTX_get_cert_store(ctx);
         if (X509_STORE_add_crl(st, crl) != 1)
-            rc = spes_errf(SPES_EFORMAT, "%s: cannot use CRL: %s", t->crl_path, sslerr());
+            rc = spes_errf(SPES_EFORMAT, "%s: cannot use CRL: %s", t->crl_path, spes__pki_sslerr());
         X509_STORE_set_flags(st, X509_V_FLAG_CRL_CHECK);
     }
     if (rc) {

@@ -262,17 +262,11 @@ done:
 
 static int read_csr(const char *path, X509_REQ **out, char *name, size_t cap)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = spes_read_file(path, 1u << 20, &buf, &len);
+    void *p = NULL;
+    int rc = spes__pki_read_pem(path, SPES__PKI_PEM_CSR, &p);
     if (rc)
         return rc;
-    BIO *b = BIO_new_mem_buf(buf, (int)len);
-    X509_REQ *req = b ? PEM_read_bio_X509_REQ(b, NULL, NULL, NULL) : NULL;
-    BIO_free(b);
-    free(buf);
-    if (!req)
-        return spes_errf(SPES_EFORMAT, "%s: not a PEM certificate request: %s", path, spes__pki_sslerr());
+    X509_REQ *req = p;
     EVP_PKEY *pub = X509_REQ_get0_pubkey(req);
     if (!pub || X509_REQ_verify(req, pub) != 1) {
         X509_REQ_free(req);

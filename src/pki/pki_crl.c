@@ -13,6 +13,7 @@
 #include <openssl/x509v3.h>
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,6 +190,11 @@ static int next_crl_number(const char *dir, long *out)
     free(buf);
     if (n < 0)
         n = 0;
+    if (n == LONG_MAX) { /* would overflow: refuse rather than restart the numbering */
+        int rc = spes_errf(SPES_EFORMAT, "%s: CRL number is out of range", path);
+        free(path);
+        return rc;
+    }
     n++;
     char txt[32];
     int l = snprintf(txt, sizeof txt, "%ld\n", n);

@@ -23,6 +23,13 @@ int spes__pki_write_key(const char *path, EVP_PKEY *key);
 /* spes__pki_write_cert writes a certificate as PEM, mode 0644. */
 int spes__pki_write_cert(const char *path, X509 *cert);
 
+/* spes__pki_pem says which object spes__pki_read_pem decodes. */
+typedef enum { SPES__PKI_PEM_CERT, SPES__PKI_PEM_KEY, SPES__PKI_PEM_CSR } spes__pki_pem;
+
+/* spes__pki_read_pem reads the first object of a PEM file of at most 1 MiB into *out
+ * (X509 *, EVP_PKEY * or X509_REQ *, as kind says); the file's bytes are wiped after. */
+int spes__pki_read_pem(const char *path, spes__pki_pem kind, void **out);
+
 /* spes__pki_read_cert reads the first certificate of a PEM file. */
 int spes__pki_read_cert(const char *path, X509 **out);
 

@@ -135,37 +135,45 @@ int spes__pki_write_cert(const char *path, X509 *cert)
     return rc;
 }
 
-int spes__pki_read_cert(const char *path, X509 **out)
+int spes__pki_read_pem(const char *path, spes__pki_pem kind, void **out)
 {
+    static const char *const what[] = {"certificate", "private key", "certificate request"};
     char *buf = NULL;
     size_t len = 0;
+    *out = NULL;
     int rc = spes_read_file(path, 1u << 20, &buf, &len);
     if (rc)
         return rc;
     BIO *b = BIO_new_mem_buf(buf, (int)len);
-    *out = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
-    BIO_free(b);
-    free(buf);
-    if (!*out)
-        return spes_errf(SPES_EFORMAT, "%s: not a PEM certificate: %s", path, spes__pki_sslerr());
-    return 0;
-}
-
-int spes__pki_read_key(const char *path, EVP_PKEY **out)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = spes_read_file(path, 1u << 20, &buf, &len);
-    if (rc)
-        return rc;
-    BIO *b = BIO_new_mem_buf(buf, (int)len);
-    *out = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    if (b) {
+        switch (kind) {
+        case SPES__PKI_PEM_CERT: *out = PEM_read_bio_X509(b, NULL, NULL, NULL); break;
+        case SPES__PKI_PEM_KEY: *out = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL); break;
+        case SPES__PKI_PEM_CSR: *out = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL); break;
+        }
+    }
     BIO_free(b);
     OPENSSL_cleanse(buf, len);
     free(buf);
     if (!*out)
-        return spes_errf(SPES_EFORMAT, "%s: not a PEM private key: %s", path, spes__pki_sslerr());
+        return spes_errf(SPES_EFORMAT, "%s: not a PEM %s: %s", path, what[kind], spes__pki_sslerr());
     return 0;
+}
+
+int spes__pki_read_cert(const char *path, X509 **out)
+{
+    void *p = NULL;
+    int rc = spes__pki_read_pem(path, SPES__PKI_PEM_CERT, &p);
+    *out = p;
+    return rc;
+}
+
+int spes__pki_read_key(const char *path, EVP_PKEY **out)
+{
+    void *p = NULL;
+    int rc = spes__pki_read_pem(path, SPES__PKI_PEM_KEY, &p);
+    *out = p;
+    return rc;
 }
 
 int spes__pki_new_key(EVP_PKEY **out)
