@@ -218,14 +218,25 @@ void coord_open_round(spes_coord *c)
     c->validating = 0;
 }
 
+size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out)
+{
+    size_t n = 0;
+    for (int e = 0; e < E; e++)
+        if (cols[e])
+            out[n++] = (uint32_t)e;
+    return n;
+}
+
 uint32_t *coord_cols_list(const uint8_t *cols, int E, size_t *n)
 {
     uint32_t *out = malloc(sizeof *out * (size_t)(E ? E : 1));
-    *n = 0;
-    for (int e = 0; out && e < E; e++)
-        if (cols[e])
-            out[(*n)++] = (uint32_t)e;
+    *n = out ? coord_cols_fill(cols, E, out) : 0;
     return out;
+}
+
+int coord_peer_is_operator(const spes_pki_identity *peer)
+{
+    return peer->role == SPES_ROLE_OPERATOR || (peer->role == SPES_ROLE_NONE && !peer->name[0]);
 }
 
 int coord_any_announced(const spes_coord *c)

@@ -52,6 +52,19 @@ static coord_ckpt *find(spes_coord *c, const char *id)
     return NULL;
 }
 
+/* add_ckpt appends a cleared record with this id, dropping the oldest when full. */
+static coord_ckpt *add_ckpt(spes_coord *c, const char *id)
+{
+    if (c->nckpt == COORD_MAX_CKPTS) {
+        memmove(&c->ckpts[0], &c->ckpts[1], sizeof c->ckpts[0] * (COORD_MAX_CKPTS - 1));
+        c->nckpt--;
+    }
+    coord_ckpt *k = &c->ckpts[c->nckpt++];
+    memset(k, 0, sizeof *k);
+    snprintf(k->id, sizeof k->id, "%s", id);
+    return k;
+}
+
 /* save_final checkpoints a completed run (no round will commit any more): the
  * coordinator's own node holds the final agreed state with its optimizer state. */
 static void save_final(spes_coord *c, spes_reply_fn reply, void *ctx)
@@ -73,19 +86,13 @@ static void save_final(spes_coord *c, spes_reply_fn reply, void *ctx)
         spes_daemon_reply_error(reply, ctx, rc, SPES_MSG_CHECKPOINT_REQUEST, "%s", spes_errmsg());
         return;
     }
-    coord_ckpt *k = NULL;
-    for (int i = 0; i < c->nckpt; i++)
-        if (!strcmp(c->ckpts[i].id, id))
-            k = &c->ckpts[i];
-    if (!k) {
-        if (c->nckpt == COORD_MAX_CKPTS) {
-            memmove(&c->ckpts[0], &c->ckpts[1], sizeof c->ckpts[0] * (COORD_MAX_CKPTS - 1));
-            c->nckpt--;
-        }
-        k = &c->ckpts[c->nckpt++];
+    coord_ckpt *k = find(c, id);
+    if (k) {
+        memset(k, 0, sizeof *k);
+        snprintf(k->id, sizeof k->id, "%s", id);
+    } else {
+        k = add_ckpt(c, id);
     }
-    memset(k, 0, sizeof *k);
-    snprintf(k->id, sizeof k->id, "%s", id);
     k->round = c->round;
     k->step = c->step;
     memcpy(k->hash, c->state_hash, 32);
@@ -110,13 +117,9 @@ static void save(spes_coord *c, int wait, spes_reply_fn reply, void *ctx)
         return;
     }
     if (!c->pending_ckpt[0]) {
-        if (c->nckpt == COORD_MAX_CKPTS) {
-            memmove(&c->ckpts[0], &c->ckpts[1], sizeof c->ckpts[0] * (COORD_MAX_CKPTS - 1));
-            c->nckpt--;
-        }
-        coord_ckpt *k = &c->ckpts[c->nckpt++];
-        memset(k, 0, sizeof *k);
-        snprintf(k->id, sizeof k->id, "ckpt-%06llu", (unsigned long long)(c->round + 1));
+        char id[32];
+        snprintf(id, sizeof id, "ckpt-%06llu", (unsigned long long)(c->round + 1));
+        coord_ckpt *k = add_ckpt(c, id);
         k->round = c->round + 1;
         k->step = c->step + (uint64_t)c->run.spes.sync_interval;
         k->created_ms = spes_now_ms();
@@ -196,6 +199,10 @@ static void restore(spes_coord *c, coord_ckpt *k, spes_reply_fn reply, void *ctx
     c->last_commit = NULL;
     c->last_commit_len = 0;
     c->validating = 0;
+    for (int i = 0; i < c->nwaiters; i++) /* their checkpoint will not be taken now */
+        spes_daemon_reply_error(c->waiters[i].reply, c->waiters[i].ctx, SPES_ESTATE, SPES_MSG_CHECKPOINT_REQUEST,
+                                "checkpoint %s dropped: the run was restored to %s", c->waiters[i].id, k->id);
+    c->nwaiters = 0;
     c->pending_ckpt[0] = '\0';
     for (int i = 0; i < c->nmem; i++) {
         c->mem[i].participant = 0;
@@ -243,7 +250,7 @@ static void export_hf(spes_coord *c, coord_ckpt *k, const char *out, spes_reply_
 void coord_checkpoint(spes_coord *c, const Spes__Wire__CheckpointRequest *r, const spes_pki_identity *peer,
                       spes_reply_fn reply, void *ctx)
 {
-    if (r->action != CA(LIST) && peer->role != SPES_ROLE_OPERATOR && (peer->role != SPES_ROLE_NONE || peer->name[0])) {
+    if (r->action != CA(LIST) && !coord_peer_is_operator(peer)) {
         spes_daemon_reply_error(reply, ctx, SPES_EAUTH, SPES_MSG_CHECKPOINT_REQUEST,
                                 "checkpoints need an operator certificate (%s is a %s)", peer->name,
                                 spes_pki_role_name(peer->role));

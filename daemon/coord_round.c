@@ -104,12 +104,8 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
         Spes__Wire__ColumnAssignment *a = &av[cm.n_assignment];
         spes__wire__column_assignment__init(a);
         a->node_id = m->id;
-        size_t n = 0;
-        for (int e = 0; e < c->E && e < 1024; e++)
-            if (m->cols[e])
-                colbuf[i][n++] = (uint32_t)e;
         a->columns = colbuf[i];
-        a->n_columns = n;
+        a->n_columns = coord_cols_fill(m->cols, c->E < 1024 ? c->E : 1024, colbuf[i]);
         ap[cm.n_assignment++] = a;
     }
     cm.assignment = ap;

@@ -121,6 +121,13 @@ void coord_rebalance(spes_coord *c);
 /* coord_open_round fixes the participants and columns of round c->round. */
 void coord_open_round(spes_coord *c);
 
+/* coord_cols_fill writes the set columns' indices to out (room for E) and returns their count. */
+size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out);
+
+/* coord_peer_is_operator says whether peer may change the run: an operator
+ * certificate, or the local control socket (no certificate, no name). */
+int coord_peer_is_operator(const spes_pki_identity *peer);
+
 /* coord_cols_list returns the set columns as a malloc'd list of *n entries. */
 uint32_t *coord_cols_list(const uint8_t *cols, int E, size_t *n);
 

@@ -18,12 +18,8 @@ void coord_fill_member(const spes_coord *c, const coord_member *m, Spes__Wire__M
     mi->node_id = m->id;
     mi->name = (char *)m->name;
     mi->state = m->state;
-    size_t n = 0;
-    for (int e = 0; e < c->E; e++)
-        if (m->cols[e])
-            cols[n++] = (uint32_t)e;
     mi->columns = cols;
-    mi->n_columns = n;
+    mi->n_columns = coord_cols_fill(m->cols, c->E, cols);
     mi->round = m->round;
     mi->digest = (ProtobufCBinaryData){m->digest_round ? 32 : 0, (uint8_t *)m->digest};
     mi->last_seen_unix_ms = m->last_seen_ms;
@@ -101,7 +97,7 @@ void coord_members(spes_coord *c, const Spes__Wire__MembersRequest *r, const spe
     char msg[256] = "";
     int list = r->action == SPES__WIRE__MEMBERS_ACTION__MEMBERS_LIST;
     if (!list) {
-        if (peer->role != SPES_ROLE_OPERATOR && (peer->role != SPES_ROLE_NONE || peer->name[0])) {
+        if (!coord_peer_is_operator(peer)) {
             spes_daemon_reply_error(reply, ctx, SPES_EAUTH, SPES_MSG_MEMBERS_REQUEST,
                                     "changing membership needs an operator certificate (%s is a %s)", peer->name,
                                     spes_pki_role_name(peer->role));

@@ -88,6 +88,10 @@ static int load_member(spes_coord *c, json_t *mo)
         m->cols[e] = 1;
     }
     m->id = (uint32_t)json_integer_value(id);
+    if (coord_find_id(c, m->id))
+        return spes_errf(SPES_EFORMAT, "%s: member id %u appears twice", c->state_path, m->id);
+    if (m->id >= c->next_id)
+        c->next_id = m->id + 1; /* a new member must never reuse an id */
     snprintf(m->name, sizeof m->name, "%s", json_string_value(name));
     snprintf(m->url, sizeof m->url, "%s", json_string_value(url));
     m->state = (int)json_integer_value(st);

@@ -197,7 +197,12 @@ static void start_apply(spes_node *n, const Spes__Wire__Commit *cm)
     if (!j)
         return;
     j->merge = cm->merge_applied;
-    snprintf(j->ckpt_id, sizeof j->ckpt_id, "%s", cm->checkpoint_id ? cm->checkpoint_id : "");
+    const char *ck = cm->checkpoint_id ? cm->checkpoint_id : "";
+    if (ck[0] == '.' || strchr(ck, '/')) { /* it names a directory under checkpoints/ */
+        log_warnx("round %llu: checkpoint id \"%.64s\" refused", (unsigned long long)cm->round, ck);
+        ck = "";
+    }
+    snprintf(j->ckpt_id, sizeof j->ckpt_id, "%s", ck);
     j->next_step = cm->next_step;
     for (size_t i = 0; i < cm->n_peers; i++)
         add_peer(j, cm->peers[i]->node_id, cm->peers[i]->listen_url, cm->peers[i]->name);
@@ -347,17 +352,15 @@ static void on_join_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg,
     if (!n->have_run) {
         spes_config_defaults(&n->run);
         if (spes_config_parse_json(&n->run, a->run_config_json, "run config from the coordinator") ||
-            spes_config_validate(&n->run)) {
+            spes_config_validate(&n->run) ||
+            (n->d->cfg.data[0] && spes_config_set_data(&n->run, n->d->cfg.data) != 0) ||
+            !(n->cols = calloc((size_t)n->run.model.num_experts + 1, 1))) {
             log_error("%s", spes_errmsg());
+            spes_config_fini(&n->run);
             retry_later(n, 5000);
             return;
         }
-        if (n->d->cfg.data[0] && spes_config_set_data(&n->run, n->d->cfg.data) != 0) {
-            log_error("%s", spes_errmsg());
-            return;
-        }
         n->E = n->run.model.num_experts;
-        n->cols = calloc((size_t)n->E, 1);
         n->have_run = 1;
     }
     n->id = a->node_id;
