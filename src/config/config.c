@@ -109,6 +109,13 @@ static const field *find_field(const char *section, const char *name)
     return NULL;
 }
 
+/* is_whole tells whether d is an integer value; the range test comes first because
+ * converting a double outside long long's range (or NaN) is undefined behaviour. */
+static int is_whole(double d)
+{
+    return d >= -9.0e18 && d <= 9.0e18 && d == (double)(long long)d;
+}
+
 static int set_number(spes_run_config *c, const field *f, double v, int is_int, const char *origin)
 {
     if (f->type != F_DBL && !is_int)
@@ -138,7 +145,7 @@ static int set_json(spes_run_config *c, const field *f, json_t *v, const char *o
         return set_number(c, f, (double)json_integer_value(v), 1, origin);
     if (json_is_real(v)) {
         double d = json_real_value(v);
-        return set_number(c, f, d, d == (double)(long long)d && f->type != F_DBL ? 1 : 0, origin);
+        return set_number(c, f, d, is_whole(d) && f->type != F_DBL, origin);
     }
     return spes_errf(SPES_EINVAL, "%s: %s.%s must be a number", origin, f->section, f->name);
 }
@@ -335,7 +342,7 @@ int spes_config_set(spes_run_config *c, const char *assignment)
     double v = strtod(val, &end);
     if (end == val || *end || errno)
         return spes_errf(SPES_EINVAL, "override: %s.%s: \"%s\" is not a number", sec, name, val);
-    return set_number(c, f, v, v == (double)(long long)v, "override");
+    return set_number(c, f, v, is_whole(v), "override");
 }
 
 int spes_config_set_data(spes_run_config *c, const char *path)

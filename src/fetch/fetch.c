@@ -297,11 +297,7 @@ static int on_xfer(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_
     job *j = arg;
     if (spes__fetch_cancelled(j->o))
         return 1;
-    double now = spes__fetch_now();
-    if (dn != j->last_dn || j->last_move == 0.0) {
-        j->last_dn = dn;
-        j->last_move = now;
-    } else if (now - j->last_move > (double)j->o->low_speed_secs) {
+    if (spes__fetch_stalled(dn, &j->last_dn, &j->last_move, j->o->low_speed_secs)) {
         j->stalled = 1;
         return 1;
     }

@@ -130,6 +130,17 @@ int spes__fetch_curl_permanent(CURLcode c)
     }
 }
 
+int spes__fetch_stalled(curl_off_t moved, curl_off_t *last, double *last_move, long secs)
+{
+    double now = spes__fetch_now();
+    if (moved != *last || *last_move == 0.0) {
+        *last = moved;
+        *last_move = now;
+        return 0;
+    }
+    return now - *last_move > (double)secs;
+}
+
 int spes__fetch_cancelled(const spes_fetch_opts *o)
 {
     return o->cancel && *o->cancel;

@@ -40,6 +40,10 @@ int spes__fetch_http_permanent(long code);
 /* spes__fetch_curl_permanent tells whether a curl error is not worth retrying. */
 int spes__fetch_curl_permanent(CURLcode c);
 
+/* spes__fetch_stalled tracks the byte count `moved` of a transfer and tells whether it has not
+ * changed for more than secs seconds (*last, *last_move: its state, zero at the start). */
+int spes__fetch_stalled(curl_off_t moved, curl_off_t *last, double *last_move, long secs);
+
 /* spes__fetch_cancelled reads the cancel flag of o. */
 int spes__fetch_cancelled(const spes_fetch_opts *o);
 

@@ -79,11 +79,7 @@ static int on_xfer(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_
     put *p = arg;
     if (spes__fetch_cancelled(p->o))
         return 1;
-    double now = spes__fetch_now();
-    if (un + dn != p->last_moved || p->last_move == 0.0) {
-        p->last_moved = un + dn;
-        p->last_move = now;
-    } else if (now - p->last_move > (double)p->o->low_speed_secs) {
+    if (spes__fetch_stalled(un + dn, &p->last_moved, &p->last_move, p->o->low_speed_secs)) {
         p->stalled = 1; /* curl's low-speed check averages over seconds; see fetch.c */
         return 1;
     }
