@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "proto/bytes.h"
 
 typedef struct proto_type_info {
     const char *name;
@@ -66,27 +67,12 @@ uint32_t spes_proto_type_limit(int type)
     return ti ? ti->limit : 0;
 }
 
-static uint16_t get_be16(const uint8_t *p)
-{
-    return (uint16_t)((uint16_t)p[0] << 8 | p[1]);
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 void spes_proto_header_write(uint8_t out[SPES_PROTO_HEADER_LEN], int type, uint32_t length)
 {
     memcpy(out, SPES_PROTO_MAGIC, 4);
-    out[4] = (uint8_t)(SPES_PROTO_VERSION >> 8);
-    out[5] = (uint8_t)SPES_PROTO_VERSION;
-    out[6] = (uint8_t)((unsigned)type >> 8);
-    out[7] = (uint8_t)type;
-    out[8] = (uint8_t)(length >> 24);
-    out[9] = (uint8_t)(length >> 16);
-    out[10] = (uint8_t)(length >> 8);
-    out[11] = (uint8_t)length;
+    spes__put16(out + 4, SPES_PROTO_VERSION);
+    spes__put16(out + 6, (uint16_t)type);
+    spes__put32(out + 8, length);
 }
 
 int spes_proto_header_decode(const uint8_t *buf, size_t len, spes_proto_header *h)
@@ -97,9 +83,9 @@ int spes_proto_header_decode(const uint8_t *buf, size_t len, spes_proto_header *
     if (memcmp(buf, SPES_PROTO_MAGIC, 4) != 0)
         return spes_errf(SPES_EFORMAT, "envelope: bad magic 0x%02x%02x%02x%02x (expected \"SPES\")", buf[0],
                          buf[1], buf[2], buf[3]);
-    h->version = get_be16(buf + 4);
-    h->type = get_be16(buf + 6);
-    h->length = get_be32(buf + 8);
+    h->version = spes__be16(buf + 4);
+    h->type = spes__be16(buf + 6);
+    h->length = spes__be32(buf + 8);
     if (h->version != SPES_PROTO_VERSION)
         return spes_errf(SPES_PROTO_EVERSION,
                          "envelope: protocol version %u not supported (this node speaks %d)", h->version,

@@ -39,6 +39,13 @@ int spes__blob_mref_get(spes_blob_store *s, const uint8_t hash[32], spes__blob_m
 /* spes__blob_mref_put releases a reference from spes__blob_mref_get. */
 void spes__blob_mref_put(spes_blob_store *s, spes__blob_mref *r);
 
+/* spes__blob_chunk_header fills h for chunk index of the blob r describes
+ * (SPES_ERANGE naming the blob if it has no such chunk). */
+int spes__blob_chunk_header(const spes__blob_mref *r, uint32_t index, spes_chunk_header *h);
+
+/* spes__blob_chunk_pread reads the h->length bytes of chunk h of a held blob into buf. */
+int spes__blob_chunk_pread(spes_blob_store *s, const spes_chunk_header *h, void *buf);
+
 /* spes__blob_install makes a verified file the blob m describes: writes
  * H.manifest, renames tmp_path to H, fsyncs the directory, then runs the GC. */
 int spes__blob_install(spes_blob_store *s, const char *tmp_path, const spes_manifest *m);

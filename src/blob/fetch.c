@@ -278,29 +278,45 @@ static void map_set(fetch *f, uint32_t i, int on)
         log_warnx("%s", spes_errmsg()); /* only costs a re-fetch after a crash */
 }
 
+/* whole_start allocates the read-back buffer and starts the whole-blob hash. */
+static int whole_start(fetch *f)
+{
+    if (f->whole_on)
+        return 0;
+    if ((!f->hbuf && !(f->hbuf = malloc(f->m.chunk_size ? f->m.chunk_size : 1))) ||
+        spes_sha256_init(&f->whole) != 0)
+        return SPES_ENOMEM;
+    f->whole_on = 1;
+    return 0;
+}
+
 /* resume_verify re-hashes the chunks the bitmap says are written: the bitmap
- * is written without fsync, so it is a hint that a crash may have made wrong. */
+ * is written without fsync, so it is a hint that a crash may have made wrong.
+ * The verified prefix also goes into the whole-blob hash, so it is read once. */
 static int resume_verify(fetch *f)
 {
-    uint8_t *buf = NULL;
+    int rc = whole_start(f);
+    if (rc)
+        return rc;
     for (uint32_t i = 0; i < f->m.chunk_count; i++) {
         if (!(f->map[i / 8] & (1u << (i % 8))))
             continue;
         spes_chunk_header h;
         uint8_t d[32];
-        if (!buf && !(buf = malloc(f->m.chunk_size)))
-            return SPES_ENOMEM;
         if (spes_chunk_header_for(&f->m, i, &h) != 0 ||
-            spes__blob_pread_full(f->fd, buf, h.length, h.offset, f->part) != 0 ||
-            spes_sha256(buf, h.length, d) != 0 || memcmp(d, h.chunk_hash, 32) != 0) {
+            spes__blob_pread_full(f->fd, f->hbuf, h.length, h.offset, f->part) != 0 ||
+            spes_sha256(f->hbuf, h.length, d) != 0 || memcmp(d, h.chunk_hash, 32) != 0) {
             map_set(f, i, 0);
             continue;
+        }
+        if (i == f->hashed) {
+            spes_sha256_update(&f->whole, f->hbuf, h.length);
+            f->hashed++;
         }
         f->cstate[i] = C_DONE;
         f->ndone++;
         f->bytes_done += h.length;
     }
-    free(buf);
     f->st.chunks_resumed = f->ndone;
     return 0;
 }
@@ -563,14 +579,12 @@ static int run(fetch *f)
  * file runs while later chunks are still in flight instead of after them. */
 static int hash_ahead(fetch *f, uint32_t max)
 {
-    if (!f->whole_on) {
-        if (!(f->hbuf = malloc(f->m.chunk_size ? f->m.chunk_size : 1)) || spes_sha256_init(&f->whole) != 0)
-            return SPES_ENOMEM;
-        f->whole_on = 1;
-    }
+    int rc = whole_start(f);
+    if (rc)
+        return rc;
     for (uint32_t k = 0; k < max && f->hashed < f->m.chunk_count && f->cstate[f->hashed] == C_DONE; k++) {
         spes_chunk_header h;
-        int rc = spes_chunk_header_for(&f->m, f->hashed, &h);
+        rc = spes_chunk_header_for(&f->m, f->hashed, &h);
         if (!rc)
             rc = spes__blob_pread_full(f->fd, f->hbuf, h.length, h.offset, f->part);
         if (rc)

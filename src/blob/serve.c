@@ -9,11 +9,9 @@
 #include "core/log.h"
 #include "proto/proto.h"
 
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* refuse sets *rep to an Error envelope for err (the current error message). */
 static int refuse(spes_blob_store *s, int err, int in_reply_to, uint8_t **rep, size_t *rep_len)
@@ -80,39 +78,26 @@ static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t ind
 {
     spes__blob_mref *r;
     spes_chunk_header h;
-    char hex[65], path[4096];
-    uint8_t *buf = NULL;
-    int fd = -1;
+    uint8_t *buf;
     int rc = spes__blob_mref_get(s, hash, &r);
     if (rc)
         return rc;
-    if (index >= r->m.chunk_count) {
-        rc = spes_errf(SPES_ERANGE, "blob %s: chunk %u does not exist (%u chunks)", spes__blob_hex(hash, hex),
-                       index, r->m.chunk_count);
-        goto done;
+    rc = spes__blob_chunk_header(r, index, &h);
+    spes__blob_mref_put(s, r);
+    if (rc)
+        return rc;
+    if (!(buf = malloc(SPES_CHUNK_HEADER_LEN + (size_t)h.length)))
+        return SPES_ENOMEM;
+    if ((rc = spes_chunk_header_encode(&h, buf)) != 0 ||
+        (rc = spes__blob_chunk_pread(s, &h, buf + SPES_CHUNK_HEADER_LEN)) != 0) {
+        free(buf);
+        return rc;
     }
-    if ((rc = spes_chunk_header_for(&r->m, index, &h)) != 0)
-        goto done;
-    if (!(buf = malloc(SPES_CHUNK_HEADER_LEN + (size_t)h.length))) {
-        rc = SPES_ENOMEM;
-        goto done;
-    }
-    if ((rc = spes_chunk_header_encode(&h, buf)) != 0 || (rc = spes_blob_open(s, hash, &fd)) != 0 ||
-        (rc = spes_blob_path(s, hash, path, sizeof path)) != 0)
-        goto done;
-    if ((rc = spes__blob_pread_full(fd, buf + SPES_CHUNK_HEADER_LEN, h.length, h.offset, path)) != 0)
-        goto done;
     *rep = buf;
     *rep_len = SPES_CHUNK_HEADER_LEN + (size_t)h.length;
-    buf = NULL;
     s->chunks_served++;
     s->bytes_served += h.length;
-done:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    spes__blob_mref_put(s, r);
-    return rc;
+    return 0;
 }
 
 static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, uint8_t **rep, size_t *rep_len)

@@ -399,12 +399,9 @@ int spes_blob_put_file(spes_blob_store *s, const char *path, uint8_t hash_out[32
 
 /* ---- read ---- */
 
-int spes_blob_open(spes_blob_store *s, const uint8_t hash[32], int *fd)
+/* open_blob opens path, the file of blob hash, for reading. */
+static int open_blob(const char *path, const uint8_t hash[32], int *fd)
 {
-    char path[4096];
-    int rc = spes__blob_file(s, hash, NULL, path, sizeof path);
-    if (rc)
-        return rc;
     if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
         char hex[65];
         if (errno == ENOENT)
@@ -414,36 +411,52 @@ int spes_blob_open(spes_blob_store *s, const uint8_t hash[32], int *fd)
     return 0;
 }
 
+int spes_blob_open(spes_blob_store *s, const uint8_t hash[32], int *fd)
+{
+    char path[4096];
+    int rc = spes__blob_file(s, hash, NULL, path, sizeof path);
+    return rc ? rc : open_blob(path, hash, fd);
+}
+
+int spes__blob_chunk_header(const spes__blob_mref *r, uint32_t index, spes_chunk_header *h)
+{
+    if (index >= r->m.chunk_count) {
+        char hex[65];
+        return spes_errf(SPES_ERANGE, "blob %s: chunk %u does not exist (%u chunks)",
+                         spes__blob_hex(r->hash, hex), index, r->m.chunk_count);
+    }
+    return spes_chunk_header_for(&r->m, index, h);
+}
+
+int spes__blob_chunk_pread(spes_blob_store *s, const spes_chunk_header *h, void *buf)
+{
+    char path[4096];
+    int fd;
+    int rc = spes__blob_file(s, h->blob_hash, NULL, path, sizeof path);
+    if (rc || (rc = open_blob(path, h->blob_hash, &fd)) != 0)
+        return rc;
+    rc = spes__blob_pread_full(fd, buf, h->length, h->offset, path);
+    close(fd);
+    return rc;
+}
+
 int spes_blob_chunk_read(spes_blob_store *s, const uint8_t hash[32], uint32_t index, void *buf, size_t cap,
                          spes_chunk_header *h)
 {
     spes__blob_mref *r;
-    char hex[65];
-    int fd = -1;
     int rc = spes__blob_mref_get(s, hash, &r);
     if (rc)
         return rc;
-    if (index >= r->m.chunk_count) {
-        rc = spes_errf(SPES_ERANGE, "blob %s: chunk %u does not exist (%u chunks)", spes__blob_hex(hash, hex),
-                       index, r->m.chunk_count);
-        goto done;
-    }
-    if ((rc = spes_chunk_header_for(&r->m, index, h)) != 0)
-        goto done;
-    if (cap < h->length) {
-        rc = spes_errf(SPES_EINVAL, "blob %s: chunk %u needs %u bytes, buffer has %zu",
-                       spes__blob_hex(hash, hex), index, h->length, cap);
-        goto done;
-    }
-    char path[4096];
-    if ((rc = spes_blob_open(s, hash, &fd)) != 0 || (rc = spes_blob_path(s, hash, path, sizeof path)) != 0)
-        goto done;
-    rc = spes__blob_pread_full(fd, buf, h->length, h->offset, path);
-done:
-    if (fd >= 0)
-        close(fd);
+    rc = spes__blob_chunk_header(r, index, h);
     spes__blob_mref_put(s, r);
-    return rc;
+    if (rc)
+        return rc;
+    if (cap < h->length) {
+        char hex[65];
+        return spes_errf(SPES_EINVAL, "blob %s: chunk %u needs %u bytes, buffer has %zu",
+                         spes__blob_hex(hash, hex), index, h->length, cap);
+    }
+    return spes__blob_chunk_pread(s, h, buf);
 }
 
 /* ---- delete, usage, GC ---- */

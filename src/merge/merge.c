@@ -71,9 +71,12 @@ int spes_merge_apply(float *params, const spes_layout *lo, const spes_model_conf
     for (int l = 0; l < mc->num_hidden_layers; l++) {
         for (int e = 0; e < E; e++)
             memcpy(old + (size_t)e * 3 * per, params + expert_off(lo, mc, l, e, 0), 3 * per * sizeof(float));
-        for (int i = 0; i < E; i++)
-            for (int j = 0; j < E; j++)
-                sim[(size_t)i * E + j] = i == j ? 1.0 : cosine(old + (size_t)i * 3 * per, old + (size_t)j * 3 * per, per);
+        for (int i = 0; i < E; i++) { /* symmetric: cosine(a, b) and cosine(b, a) are the same bits */
+            sim[(size_t)i * E + i] = 1.0;
+            for (int j = i + 1; j < E; j++)
+                sim[(size_t)i * E + j] = sim[(size_t)j * E + i] =
+                    cosine(old + (size_t)i * 3 * per, old + (size_t)j * 3 * per, per);
+        }
         for (int i = 0; i < E; i++)
             pick_donors(sim, E, i, topk, donors + (size_t)i * topk);
         for (int i = 0; i < E; i++) {

@@ -77,13 +77,12 @@ static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
-/* base_of returns the agreed value matching value i of a contribution. */
-static float base_of(const spes_contrib *c, const float *base, size_t i)
+/* seg_base returns the agreed values matching segment s of a contribution's
+ * values (-1: the shared block, else its column cols[s]) and their count in *n. */
+static const float *seg_base(const spes_contrib *c, const float *base, int s, size_t *n)
 {
-    if (i < c->shared_numel)
-        return base[i];
-    size_t j = i - c->shared_numel, col = j / c->column_numel;
-    return base[c->shared_numel + (size_t)c->cols[col] * c->column_numel + j % c->column_numel];
+    *n = s < 0 ? c->shared_numel : c->column_numel;
+    return s < 0 ? base : base + c->shared_numel + (size_t)c->cols[s] * c->column_numel;
 }
 
 int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len)
@@ -113,9 +112,13 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
     if (codec == SPES_CODEC_FP32) {
         memcpy(p, c->val, nvals * 4);
     } else {
-        for (size_t i = 0; i < nvals; i++) {
-            uint16_t h = spes_bf16_from_f32(c->val[i] - base_of(c, base, i));
-            memcpy(p + 2 * i, &h, 2);
+        size_t i = 0, n;
+        for (int s = -1; s < c->ncols; s++) {
+            const float *b = seg_base(c, base, s, &n);
+            for (size_t k = 0; k < n; k++, i++) {
+                uint16_t h = spes_bf16_from_f32(c->val[i] - b[k]);
+                memcpy(p + 2 * i, &h, 2);
+            }
         }
     }
     *out = b;
@@ -136,26 +139,30 @@ static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *orig
     return 0;
 }
 
-static int decode_values(spes_contrib *c, const uint8_t *p, size_t nvals, uint32_t codec, const float *base,
-                         float max_delta, const char *origin)
+static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, const float *base, float max_delta,
+                         const char *origin)
 {
-    for (size_t i = 0; i < nvals; i++) {
-        float v, b = base_of(c, base, i), d;
-        if (codec == SPES_CODEC_FP32) {
-            memcpy(&v, p + 4 * i, 4);
-            d = v - b;
-        } else {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            d = spes_f32_from_bf16(h);
-            v = b + d;
+    size_t i = 0, n;
+    for (int s = -1; s < c->ncols; s++) {
+        const float *bs = seg_base(c, base, s, &n);
+        for (size_t k = 0; k < n; k++, i++) {
+            float v, b = bs[k], d;
+            if (codec == SPES_CODEC_FP32) {
+                memcpy(&v, p + 4 * i, 4);
+                d = v - b;
+            } else {
+                uint16_t h;
+                memcpy(&h, p + 2 * i, 2);
+                d = spes_f32_from_bf16(h);
+                v = b + d;
+            }
+            if (!isfinite(v) || !isfinite(d))
+                return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) || isnan(d) ? "NaN" : "infinite");
+            if (fabsf(d) > max_delta)
+                return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin, i,
+                                 (double)d, (double)max_delta);
+            c->val[i] = v;
         }
-        if (!isfinite(v) || !isfinite(d))
-            return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) || isnan(d) ? "NaN" : "infinite");
-        if (fabsf(d) > max_delta)
-            return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin, i,
-                             (double)d, (double)max_delta);
-        c->val[i] = v;
     }
     return 0;
 }
@@ -195,7 +202,7 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     if (!rc)
         rc = check_cols(c, buf + CTB_HEADER, E, origin);
     if (!rc)
-        rc = decode_values(c, buf + CTB_HEADER + (size_t)ncols * 4, nvals, codec, base, max_delta, origin);
+        rc = decode_values(c, buf + CTB_HEADER + (size_t)ncols * 4, codec, base, max_delta, origin);
     if (rc)
         spes_contrib_fini(c);
     return rc;
