@@ -30,8 +30,7 @@ static int bad(loader *L, const char *what)
     return spes_errf(SPES_EFORMAT, "%s: %s", L->name, what);
 }
 
-/* only the listed keys may appear in obj */
-static int check_keys(loader *L, json_t *obj, const char *where, const char *const *keys)
+int spes__tok_check_keys(const char *name, json_t *obj, const char *where, const char *const *keys)
 {
     const char *k;
     json_t *v;
@@ -41,9 +40,14 @@ static int check_keys(loader *L, json_t *obj, const char *where, const char *con
         for (size_t i = 0; keys[i]; i++)
             ok |= strcmp(k, keys[i]) == 0;
         if (!ok)
-            return spes_errf(SPES_EFORMAT, "%s: %s field '%s' is not supported", L->name, where, k);
+            return spes_errf(SPES_EFORMAT, "%s: %s field '%s' is not supported", name, where, k);
     }
     return 0;
+}
+
+static int check_keys(loader *L, json_t *obj, const char *where, const char *const *keys)
+{
+    return spes__tok_check_keys(L->name, obj, where, keys);
 }
 
 static const char *type_of(json_t *obj)

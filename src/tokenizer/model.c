@@ -24,17 +24,10 @@ static int check_options(spes_tokenizer *t, const char *name, json_t *m)
                                        "vocab",
                                        "merges",
                                        NULL};
-    const char *k;
-    json_t *v;
-    json_object_foreach(m, k, v)
-    {
-        int ok = 0;
-        for (size_t i = 0; keys[i]; i++)
-            ok |= strcmp(k, keys[i]) == 0;
-        if (!ok)
-            return spes_errf(SPES_EFORMAT, "%s: model field '%s' is not supported", name, k);
-    }
-    v = json_object_get(m, "type");
+    int r = spes__tok_check_keys(name, m, "model", keys);
+    if (r)
+        return r;
+    json_t *v = json_object_get(m, "type");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "BPE") != 0))
         return spes_errf(SPES_EFORMAT, "%s: model type '%s' is not supported", name,
                          json_is_string(v) ? json_string_value(v) : "?");

@@ -108,8 +108,11 @@ static inline const struct tok_mergeent *tok_merge_get(const tok_mergemap *m, ui
     }
 }
 
-/* spes__tok_load_model reads model (BPE vocab, merges) and added_tokens into t. */
 struct json_t;
+/* spes__tok_check_keys refuses a key of obj not in the NULL-ended keys, naming
+ * the file (name), the object (where) and the key. */
+int spes__tok_check_keys(const char *name, struct json_t *obj, const char *where, const char *const *keys);
+/* spes__tok_load_model reads model (BPE vocab, merges) and added_tokens into t. */
 int spes__tok_load_model(spes_tokenizer *t, const char *name, struct json_t *model, struct json_t *added);
 
 /* spes__tok_bpe appends the ids of one pre-token (raw bytes) to out. */
