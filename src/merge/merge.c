@@ -35,10 +35,13 @@ static double cosine(const float *a, const float *b, size_t n)
     return d > 0 ? ab / d : 0.0;
 }
 
+/* MERGE_MAX_E bounds the experts pick_donors handles (the config's own limit). */
+#define MERGE_MAX_E 1024
+
 /* pick_donors writes the topk most similar j != i into donors (ties: lower index). */
 static void pick_donors(const double *sim, int E, int i, int topk, int *donors)
 {
-    uint8_t used[1024] = {0};
+    uint8_t used[MERGE_MAX_E] = {0};
     used[i] = 1;
     for (int k = 0; k < topk; k++) {
         int best = -1;
@@ -56,6 +59,8 @@ int spes_merge_apply(float *params, const spes_layout *lo, const spes_model_conf
     int E = mc->num_experts;
     if (alpha <= 0 || E < 2)
         return 0;
+    if (E > MERGE_MAX_E) /* the config refuses more; a config from a peer is validated too */
+        return spes_errf(SPES_EINVAL, "merge: %d experts, at most %d supported", E, MERGE_MAX_E);
     if (topk > E - 1)
         topk = E - 1;
     size_t per = (size_t)mc->intermediate_size * mc->hidden_size;
