@@ -1,7 +1,11 @@
 /* control.c: the local control socket (a unix stream socket, mode 0660): one
  * request envelope in, one reply envelope out, then the connection closes.
  * The socket's file permissions are the access control: a local client is
- * treated as the operator. Lengths are checked before anything is buffered. */
+ * treated as the operator. Lengths are checked before anything is buffered.
+ * A client has CONTROL_IDLE_MS to send its whole request; connections still
+ * waiting for one are closed when the daemon stops (answered ones close after
+ * their reply). A client that leaves before its reply costs a failed write
+ * (EPIPE: spesd ignores SIGPIPE), nothing more. */
 #include "core/error.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
@@ -13,20 +17,46 @@
 #include <unistd.h>
 
 #define CONTROL_MAX (1u << 20)
+#define CONTROL_IDLE_MS 10000
 
-typedef struct conn {
+typedef struct spes_control_conn {
     uv_pipe_t pipe;
+    uv_timer_t idle;
     spes_daemon *d;
     uint8_t *buf;
     size_t len, cap, want;
-    int replied;
+    int dispatched; /* the request went to spes_daemon_handle: its reply closes us */
+    int open_handles;
+    struct spes_control_conn **prev, *next; /* the daemon's list of connections */
 } conn;
 
 static void on_closed(uv_handle_t *h)
 {
     conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
     free(c->buf);
     free(c);
+}
+
+/* conn_close unlinks c and closes its handles; c is freed once both are closed. */
+static void conn_close(conn *c)
+{
+    if (c->prev) {
+        *c->prev = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        c->prev = NULL;
+    }
+    uv_close((uv_handle_t *)&c->idle, on_closed);
+    uv_close((uv_handle_t *)&c->pipe, on_closed);
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    conn *c = t->data;
+    log_warnx("control socket: a client sent no whole request within %d ms: closed", CONTROL_IDLE_MS);
+    conn_close(c);
 }
 
 static void on_written(uv_write_t *w, int status)
@@ -34,20 +64,19 @@ static void on_written(uv_write_t *w, int status)
     (void)status;
     conn *c = w->data;
     free(w);
-    uv_close((uv_handle_t *)&c->pipe, on_closed);
+    conn_close(c);
 }
 
 static void control_reply(void *ctx, const uint8_t *data, size_t len)
 {
     conn *c = ctx;
-    c->replied = 1;
     if (!data || !len) {
-        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        conn_close(c);
         return;
     }
     uv_write_t *w = malloc(sizeof *w + len);
     if (!w) {
-        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        conn_close(c);
         return;
     }
     uint8_t *copy = (uint8_t *)(w + 1);
@@ -56,7 +85,7 @@ static void control_reply(void *ctx, const uint8_t *data, size_t len)
     uv_buf_t b = uv_buf_init((char *)copy, (unsigned)len);
     if (uv_write(w, (uv_stream_t *)&c->pipe, &b, 1, on_written) != 0) {
         free(w);
-        uv_close((uv_handle_t *)&c->pipe, on_closed);
+        conn_close(c);
     }
 }
 
@@ -80,8 +109,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     (void)b;
     conn *c = s->data;
     if (nread < 0) {
-        if (!c->replied)
-            uv_close((uv_handle_t *)s, on_closed);
+        if (!c->dispatched)
+            conn_close(c);
+        else
+            uv_read_stop(s); /* the reply, when it comes, fails to write and closes us */
         return;
     }
     c->len += (size_t)nread;
@@ -89,6 +120,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         uint32_t plen = (uint32_t)c->buf[8] << 24 | (uint32_t)c->buf[9] << 16 | (uint32_t)c->buf[10] << 8 | c->buf[11];
         if (plen > CONTROL_MAX) {
             uv_read_stop(s);
+            uv_timer_stop(&c->idle);
+            c->dispatched = 1;
             spes_daemon_reply_error(control_reply, c, SPES_ERANGE, 0, "request of %u bytes is too large", plen);
             return;
         }
@@ -96,6 +129,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (c->want && c->len >= c->want) {
         uv_read_stop(s);
+        uv_timer_stop(&c->idle);
+        c->dispatched = 1;
         spes_pki_identity local;
         memset(&local, 0, sizeof local);
         spes_daemon_handle(c->d, c->buf, c->want, &local, control_reply, c);
@@ -112,9 +147,17 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     c->d = d;
     uv_pipe_init(&d->loop, &c->pipe, 0);
-    c->pipe.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0 || uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read)) {
-        uv_close((uv_handle_t *)&c->pipe, on_closed);
+    uv_timer_init(&d->loop, &c->idle);
+    c->pipe.data = c->idle.data = c;
+    c->open_handles = 2;
+    c->next = d->control_conns;
+    if (c->next)
+        c->next->prev = &c->next;
+    c->prev = &d->control_conns;
+    d->control_conns = c;
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0 || uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) ||
+        uv_timer_start(&c->idle, on_idle, CONTROL_IDLE_MS, 0)) {
+        conn_close(c);
         return;
     }
 }
@@ -145,4 +188,10 @@ void spes_control_close(spes_daemon *d)
     uv_close((uv_handle_t *)&d->control, NULL);
     unlink(d->cfg.control_socket);
     d->control_open = 0;
+    /* connections still sending a request go now; answered ones close after their reply */
+    for (conn *c = d->control_conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->dispatched)
+            conn_close(c);
+    }
 }

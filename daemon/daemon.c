@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,6 +298,9 @@ static int lock_state_dir(spes_daemon *d)
 static int start(spes_daemon *d)
 {
     int rc;
+    /* a peer or local client that goes away mid-reply must cost a failed write
+     * (EPIPE), not the daemon: libuv writes with plain write(2) */
+    signal(SIGPIPE, SIG_IGN);
     if ((rc = lock_state_dir(d)) != 0)
         return rc;
     if (!d->cfg.plain) {

@@ -49,6 +49,7 @@ typedef struct spes_daemon {
     uv_async_t wake;
     uv_pipe_t control;
     int control_open;
+    struct spes_control_conn *control_conns; /* control.c's open connections */
     pthread_mutex_t mu;
     spes_event *head, *tail; /* inbox, guarded by mu */
     spes_net_tls *tls;

@@ -15,6 +15,7 @@
 
 #define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
 #define CALL_TIMEOUT_MS 10000
+#define LEAVE_TIMEOUT_MS 3000 /* a stopping node says goodbye once; a dead coordinator must not hold it */
 
 typedef void (*reply_handler)(spes_node *n, int rc, int type, ProtobufCMessage *msg, const uint8_t *raw, size_t len);
 
@@ -68,6 +69,9 @@ static void submit(spes_node *n, node_job *j)
 
 /* ---- async calls to the coordinator ---- */
 
+static void on_leave_reply(spes_node *n, int rc, int type, ProtobufCMessage *msg, const uint8_t *raw, size_t len);
+static void try_leave(spes_node *n);
+
 static void call_back_on_loop(void *arg)
 {
     call_ctx *cc = arg;
@@ -78,8 +82,12 @@ static void call_back_on_loop(void *arg)
     int rc = cc->rc;
     if (!rc)
         rc = spes_proto_decode(cc->data, cc->len, &type, &msg);
-    if (n->phase != P_DONE)
+    if (n->phase == P_STOP && cc->h != on_leave_reply) {
+        /* stopping: what this call was for no longer matters; the goodbye waited for it */
+        try_leave(n);
+    } else if (n->phase != P_DONE) {
         cc->h(n, rc, type, msg, cc->data, cc->len);
+    }
     spes_proto_free(msg);
     free(cc->data);
     free(cc);
@@ -98,7 +106,7 @@ static void call_back(void *arg, int err, const void *rep, size_t len)
     spes_daemon_call_on_loop(cc->n->d, call_back_on_loop, cc);
 }
 
-static int call(spes_node *n, int type, const ProtobufCMessage *m, reply_handler h)
+static int call_within(spes_node *n, int type, const ProtobufCMessage *m, reply_handler h, int timeout_ms)
 {
     uint8_t *buf;
     size_t len;
@@ -115,13 +123,18 @@ static int call(spes_node *n, int type, const ProtobufCMessage *m, reply_handler
     cc->n = n;
     cc->h = h;
     n->call_inflight++;
-    rc = spes_net_call_async(n->cc, buf, len, CALL_TIMEOUT_MS, call_back, cc);
+    rc = spes_net_call_async(n->cc, buf, len, timeout_ms, call_back, cc);
     free(buf);
     if (rc) {
         n->call_inflight--;
         free(cc);
     }
     return rc;
+}
+
+static int call(spes_node *n, int type, const ProtobufCMessage *m, reply_handler h)
+{
+    return call_within(n, type, m, h, CALL_TIMEOUT_MS);
 }
 
 static void retry_later(spes_node *n, uint64_t ms)
@@ -139,7 +152,6 @@ static const char *error_text(int type, ProtobufCMessage *msg)
 }
 
 static void send_join(spes_node *n);
-static void try_leave(spes_node *n);
 
 static void add_peer(node_job *j, uint32_t id, const char *url, const char *name)
 {
@@ -630,7 +642,7 @@ static void try_leave(spes_node *n)
     Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
     l.node_id = n->id;
     l.reason = "shutting down";
-    if (call(n, SPES_MSG_LEAVE, &l.base, on_leave_reply) != 0)
+    if (call_within(n, SPES_MSG_LEAVE, &l.base, on_leave_reply, LEAVE_TIMEOUT_MS) != 0)
         on_leave_reply(n, 0, 0, NULL, NULL, 0);
 }
 
