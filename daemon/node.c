@@ -159,12 +159,18 @@ static void add_peer(node_job *j, uint32_t id, const char *url, const char *name
         return; /* never ask ourselves */
     for (int i = 0; i < j->npeers; i++)
         if (!strcmp(j->urls[i], url)) {
-            j->peer_ids[i] = id;
-            snprintf(j->names[i], sizeof j->names[i], "%s", name);
+            /* the coordinator's URL is often a training node's too: keep both marks */
+            if (id == UINT32_MAX) {
+                j->is_coord[i] = 1;
+            } else {
+                j->peer_ids[i] = id;
+                snprintf(j->names[i], sizeof j->names[i], "%s", name);
+            }
             return;
         }
     snprintf(j->urls[j->npeers], sizeof j->urls[0], "%s", url);
     snprintf(j->names[j->npeers], sizeof j->names[0], "%s", name);
+    j->is_coord[j->npeers] = id == UINT32_MAX;
     j->peer_ids[j->npeers++] = id;
 }
 
@@ -545,6 +551,8 @@ int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*
         memcpy(j->contrib_manifest[k], manifests[k], 32);
         snprintf(j->urls[k], sizeof j->urls[k], "%s", urls[k]);
         snprintf(j->names[k], sizeof j->names[k], "%s", names[k]);
+        j->peer_ids[k] = 0; /* ids do not matter here: contribution k's author is peer k */
+        j->is_coord[k] = 0;
         j->ncontrib++;
         j->npeers++;
     }

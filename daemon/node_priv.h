@@ -27,6 +27,7 @@ typedef struct node_job {
     int npeers;
     char urls[NODE_MAX_PEERS][512], names[NODE_MAX_PEERS][64];
     uint32_t peer_ids[NODE_MAX_PEERS];
+    uint8_t is_coord[NODE_MAX_PEERS]; /* this URL is the coordinator's (it holds every committed blob) */
     int ncontrib;              /* APPLY/VALIDATE */
     uint32_t contrib_node[NODE_MAX_PEERS];
     uint8_t contrib_hash[NODE_MAX_PEERS][32];

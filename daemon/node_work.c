@@ -185,7 +185,7 @@ static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int 
     if (first >= 0) {
         npeers = 1;
         for (int i = 0; i < j->npeers; i++)
-            if (j->peer_ids[i] == UINT32_MAX && i != first)
+            if (j->is_coord[i] && i != first)
                 peers[npeers++] = (spes_blob_peer){.url = j->urls[i], .name = NULL};
     }
     spes_blob_fetch_opts o;

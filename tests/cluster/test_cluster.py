@@ -159,6 +159,7 @@ def scenario_agree_and_reference():
 
 def scenario_kill_node():
     cfg = run_config(sync=40)
+    cfg["train"]["max_steps"] = 4000  # the run must outlast the kill, the restart and the catch-up
     cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
     try:
         cl.start_all()
@@ -172,6 +173,10 @@ def scenario_kill_node():
         got = cl.wait("a round committed without node-2",
                       lambda: re.search(r"round (\d+) committed: 2 contribution", cl.log(0)), 60)
         check(int(got.group(1)) >= killed_at, "after kill -9 the round commits without the node (round %s)" % got.group(1))
+        # a contribution of node-2's committed just before the kill is still fetched by node-1:
+        # the coordinator validated it, so it holds it too
+        check("cannot apply the commit" not in cl.log(1),
+              "the surviving nodes apply every commit (the coordinator serves the dead node's blob)")
         cl.wait_round(int(got.group(1)) + 2)
         states, contribs = states_and_contribs(cl)
         shared, column, _ = layout_sizes(cfg)
