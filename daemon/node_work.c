@@ -161,15 +161,19 @@ static void peers_of(const node_job *j, spes_blob_peer *p, int first)
             p[k++] = (spes_blob_peer){.url = j->urls[i], .name = j->names[i][0] ? j->names[i] : NULL};
 }
 
-static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest);
+static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+                      uint64_t max_size);
 
 /* fetch gets a blob: from its author (index first) and the coordinator only
- * when first >= 0 (nobody else holds a fresh contribution), else from every peer. */
-static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, const uint8_t *manifest)
+ * when first >= 0 (nobody else holds a fresh contribution), else from every peer.
+ * manifest pins the blob's manifest (and so its size); without one, max_size
+ * bounds what a peer may claim (0: no bound). */
+static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+                 uint64_t max_size)
 {
     if (spes_blob_has(n->blobs, hash))
         return 0;
-    int rc = fetch_from(n, j, hash, first, manifest);
+    int rc = fetch_from(n, j, hash, first, manifest, max_size);
     char path[1024];
     struct stat st;
     if (!rc && spes_blob_path(n->blobs, hash, path, sizeof path) == 0 && stat(path, &st) == 0)
@@ -177,7 +181,8 @@ static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, cons
     return rc;
 }
 
-static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest)
+static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+                      uint64_t max_size)
 {
     static spes_blob_peer peers[NODE_MAX_PEERS];
     peers_of(j, peers, first);
@@ -194,6 +199,7 @@ static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int 
     o.plain = n->d->cfg.plain;
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
+    o.max_size = max_size;
     return spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
 }
 
@@ -221,7 +227,8 @@ static int job_prepare(spes_node *n, node_job *j)
         spes_model_init_weights(n->tr.model, (uint64_t)n->run.train.seed);
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)j->round, j->npeers);
-        if ((rc = fetch(n, j, j->hash, -1, NULL)) != 0 || (rc = load_blob(n, j->hash, j->round)) != 0) {
+        uint64_t state_size = STATE_HDR + (uint64_t)n->tr.model->layout.total_numel * 4;
+        if ((rc = fetch(n, j, j->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, j->hash, j->round)) != 0) {
             free(all);
             return fail(j, rc);
         }
@@ -342,7 +349,7 @@ static int job_validate(spes_node *n, node_job *j)
 {
     for (int k = 0; k < j->ncontrib; k++) {
         spes_contrib c;
-        int rc = fetch(n, j, j->contrib_hash[k], k, j->contrib_manifest[k]);
+        int rc = fetch(n, j, j->contrib_hash[k], k, j->contrib_manifest[k], 0);
         if (!rc)
             rc = decode_blob(n, j->contrib_hash[k], j->names[k], &c);
         j->ok[k] = rc == 0;
@@ -365,7 +372,8 @@ static int job_apply(spes_node *n, node_job *j)
     for (k = 0; !rc && k < j->ncontrib; k++) {
         char origin[96];
         snprintf(origin, sizeof origin, "contribution of node %u", j->contrib_node[k]);
-        if ((rc = fetch(n, j, j->contrib_hash[k], author_index(j, j->contrib_node[k]), j->contrib_manifest[k])) == 0 &&
+        int first = author_index(j, j->contrib_node[k]);
+        if ((rc = fetch(n, j, j->contrib_hash[k], first, j->contrib_manifest[k], 0)) == 0 &&
             (rc = decode_blob(n, j->contrib_hash[k], origin, &cs[k])) == 0)
             cp[k] = &cs[k];
     }

@@ -485,6 +485,13 @@ START_TEST(test_fetch_roundtrip)
     ck_assert_int_eq(spes_blob_fetch(f, h, &peer, 1, &o, &st), SPES_ENOENT);
     ck_assert_ptr_nonnull(strstr(spes_errmsg(), "not the announced one"));
     ck_assert_int_eq(spes_blob_has(f, h), 0);
+    /* without a manifest hash, a size limit still bounds what a peer may claim */
+    o.manifest_hash = NULL;
+    o.max_size = sizeof data - 1;
+    ck_assert_int_eq(spes_blob_fetch(f, h, &peer, 1, &o, &st), SPES_ENOENT);
+    ck_assert_msg(strstr(spes_errmsg(), "more than the 20496 expected"), "%s", spes_errmsg());
+    ck_assert_int_eq(spes_blob_has(f, h), 0);
+    o.max_size = sizeof data;
     /* the right one */
     spes_manifest m;
     uint8_t mh[32];

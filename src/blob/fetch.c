@@ -373,6 +373,11 @@ static int manifest_acceptable(fetch *f, const spes_manifest *m, char *why, size
         snprintf(why, n, "offered the manifest of another blob");
         return 0;
     }
+    if (f->o->max_size && m->total_size > f->o->max_size) {
+        snprintf(why, n, "offered a manifest of %llu bytes, more than the %llu expected",
+                 (unsigned long long)m->total_size, (unsigned long long)f->o->max_size);
+        return 0;
+    }
     if (spes_manifest_hash(m, mh) != 0 || (f->o->manifest_hash && memcmp(mh, f->o->manifest_hash, 32) != 0)) {
         snprintf(why, n, "offered a manifest whose hash is not the announced one");
         return 0;
