@@ -145,10 +145,16 @@ typedef struct spes_blob_progress {
 typedef void (*spes_blob_progress_fn)(void *arg, const spes_blob_progress *p);
 
 /* spes_blob_fetch_opts configures spes_blob_fetch. */
+/* SPES_BLOB_WINDOW_TOTAL is the default number of chunk requests in flight
+ * over all peers of a fetch: one peer far away needs a deep window (bandwidth
+ * x round trip), many peers need only a few each. */
+#define SPES_BLOB_WINDOW_TOTAL 16
+
 typedef struct spes_blob_fetch_opts {
     spes_net_tls *tls;            /* required unless plain */
     int plain;                    /* tcp:// without TLS (tests only) */
-    int window;                   /* requests in flight per peer (default 4) */
+    int window;                   /* requests in flight per peer (default: SPES_BLOB_WINDOW_TOTAL
+                                   * shared among the peers, at least 2 each) */
     int timeout_ms;               /* per request (default 30000) */
     int max_peer_errors;          /* transport failures in a row before a peer is dropped (default 2) */
     const uint8_t *manifest_hash; /* optional: the manifest must hash to this */

@@ -580,8 +580,9 @@ static int run(fetch *f)
 /* ---- finish ---- */
 
 /* hash_ahead feeds up to max more chunks of the finished prefix of H.part,
- * read back from the file, into the whole-blob hash: the check of the whole
- * file runs while later chunks are still in flight instead of after them. */
+ * read back from the file, into the whole-blob hash, and starts their
+ * writeback: the check of the whole file and most of the final fsync run
+ * while later chunks are still in flight instead of after them. */
 static int hash_ahead(fetch *f, uint32_t max)
 {
     int rc = whole_start(f);
@@ -596,6 +597,9 @@ static int hash_ahead(fetch *f, uint32_t max)
             return rc;
         spes_sha256_update(&f->whole, f->hbuf, h.length);
         f->hashed++;
+        /* start writing it back now: the fsync before the rename then finds
+         * little left to write (it took ~12 % of a 256 MiB fetch) */
+        (void)sync_file_range(f->fd, (off_t)h.offset, (off_t)h.length, SYNC_FILE_RANGE_WRITE);
     }
     return 0;
 }
@@ -648,7 +652,12 @@ static int fetch_init(fetch *f, spes_blob_store *s, const uint8_t hash[32], cons
     f->fd = f->mapfd = -1;
     memcpy(f->hash, hash, 32);
     spes__blob_hex(hash, f->hex);
-    f->window = o->window > 0 ? o->window : 4;
+    if (o->window > 0) {
+        f->window = o->window;
+    } else { /* 16 requests in flight in all, at least 2 per peer */
+        f->window = npeers > 0 ? SPES_BLOB_WINDOW_TOTAL / npeers : SPES_BLOB_WINDOW_TOTAL;
+        f->window = f->window < 2 ? 2 : f->window;
+    }
     f->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
     f->max_errors = o->max_peer_errors > 0 ? o->max_peer_errors : 2;
     pthread_mutex_init(&f->mu, NULL);
