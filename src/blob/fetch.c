@@ -3,7 +3,8 @@
  * the expected manifest hash) becomes the reference, and every peer offering
  * the same manifest serves chunks, `window` requests in flight each. Chunks
  * are verified and written at their offsets into H.part on the nng thread that
- * received them (so nothing is buffered beyond the replies in flight); the
+ * received them (so nothing is buffered beyond the replies in flight), which
+ * also feeds a chunk that comes in order straight into the whole-blob hash; the
  * fetching thread does all bookkeeping: which chunk is where, the bitmap file
  * H.part.map, dropping a peer that served a bad chunk or kept failing, and
  * giving its chunks to others. The finished file is hashed as a whole before
@@ -85,9 +86,11 @@ struct fetch {
     int qcap, qhead, qn;
     int io_err;
     int closing;           /* tearing down: late manifests are ignored */
-    spes_sha256_ctx whole; /* over chunks [0, hashed) as read back from H.part */
+    pthread_mutex_t wmu;   /* guards whole, whole_on, hashed (nng threads feed in-order chunks) */
+    spes_sha256_ctx whole; /* over chunks [0, hashed): fed as they arrive, or read back from H.part */
     int whole_on;
     uint32_t hashed;
+    uint32_t read_back; /* chunks hashed from H.part, not on arrival */
     uint8_t *hbuf; /* (chunk_size) read-back buffer */
     spes_blob_fetch_stats st;
 };
@@ -135,6 +138,18 @@ static int chunk_accept(fetch *f, uint32_t index, const uint8_t *rep, size_t len
     if (spes__blob_pwrite_full(f->fd, data, h.length, h.offset, f->part) != 0) {
         snprintf(why, n, "%s", spes_errmsg());
         return RES_IO;
+    }
+    /* start its writeback now: the fsync before the rename then finds little
+     * left to write (it took ~12 % of a 256 MiB fetch) */
+    (void)sync_file_range(f->fd, (off_t)h.offset, (off_t)h.length, SYNC_FILE_RANGE_WRITE);
+    /* the next chunk of the whole-blob hash: hash it from memory instead of
+     * reading it back later (never wait: the fetching thread may be hashing) */
+    if (pthread_mutex_trylock(&f->wmu) == 0) {
+        if (f->whole_on && f->hashed == index) {
+            spes_sha256_update(&f->whole, data, h.length);
+            f->hashed++;
+        }
+        pthread_mutex_unlock(&f->wmu);
     }
     return RES_OK;
 }
@@ -579,29 +594,28 @@ static int run(fetch *f)
 
 /* ---- finish ---- */
 
-/* hash_ahead feeds up to max more chunks of the finished prefix of H.part,
- * read back from the file, into the whole-blob hash, and starts their
- * writeback: the check of the whole file and most of the final fsync run
+/* hash_ahead feeds up to max more chunks of the finished prefix of H.part
+ * that no nng thread hashed on arrival (they came out of order), read back
+ * from the file, into the whole-blob hash: the check of the whole file runs
  * while later chunks are still in flight instead of after them. */
 static int hash_ahead(fetch *f, uint32_t max)
 {
-    int rc = whole_start(f);
-    if (rc)
-        return rc;
-    for (uint32_t k = 0; k < max && f->hashed < f->m.chunk_count && f->cstate[f->hashed] == C_DONE; k++) {
+    int rc = 0;
+    pthread_mutex_lock(&f->wmu);
+    rc = whole_start(f);
+    for (uint32_t k = 0; !rc && k < max && f->hashed < f->m.chunk_count && f->cstate[f->hashed] == C_DONE; k++) {
         spes_chunk_header h;
         rc = spes_chunk_header_for(&f->m, f->hashed, &h);
         if (!rc)
             rc = spes__blob_pread_full(f->fd, f->hbuf, h.length, h.offset, f->part);
         if (rc)
-            return rc;
+            break;
         spes_sha256_update(&f->whole, f->hbuf, h.length);
         f->hashed++;
-        /* start writing it back now: the fsync before the rename then finds
-         * little left to write (it took ~12 % of a 256 MiB fetch) */
-        (void)sync_file_range(f->fd, (off_t)h.offset, (off_t)h.length, SYNC_FILE_RANGE_WRITE);
+        f->read_back++;
     }
-    return 0;
+    pthread_mutex_unlock(&f->wmu);
+    return rc;
 }
 
 static double mono_s(void)
@@ -620,10 +634,13 @@ static int finish(fetch *f)
     double t1 = mono_s();
     int rc = hash_ahead(f, UINT32_MAX);
     if (!rc) {
+        pthread_mutex_lock(&f->wmu);
         spes_sha256_final(&f->whole, whole);
         f->whole_on = 0;
+        pthread_mutex_unlock(&f->wmu);
     }
-    log_debug("blob %.16s: fsync %.3f s, rest of the whole-blob hash %.3f s", f->hex, t1 - t0, mono_s() - t1);
+    log_debug("blob %.16s: fsync %.3f s, rest of the whole-blob hash %.3f s, %u of %u chunks read back to hash",
+              f->hex, t1 - t0, mono_s() - t1, f->read_back, f->m.chunk_count);
     if (rc)
         return rc;
     if (memcmp(whole, f->hash, 32) != 0) {
@@ -661,6 +678,7 @@ static int fetch_init(fetch *f, spes_blob_store *s, const uint8_t hash[32], cons
     f->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
     f->max_errors = o->max_peer_errors > 0 ? o->max_peer_errors : 2;
     pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->wmu, NULL);
     pthread_cond_init(&f->cv, NULL);
     int rc;
     if ((rc = spes__blob_file(s, hash, ".part", f->part, sizeof f->part)) != 0 ||
@@ -742,6 +760,7 @@ static void fetch_fini(fetch *f)
     free(f->q);
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
+    pthread_mutex_destroy(&f->wmu);
 }
 
 int spes_blob_fetch(spes_blob_store *s, const uint8_t hash[32], const spes_blob_peer *peers, int npeers,
