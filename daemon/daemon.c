@@ -167,14 +167,7 @@ static void on_request(void *arg, spes_net_request *req)
     spes_proto_header h;
     if (spes_proto_header_decode(data, len, &h) == 0 &&
         (h.type == SPES_MSG_BLOB_WANT || h.type == SPES_MSG_CHUNK_REQUEST)) {
-        uint8_t *rep = NULL;
-        size_t rep_len = 0;
-        spes_blob_handle(spes_node_blobs(d->node), data, len, &rep, &rep_len);
-        if (rep)
-            spes_net_reply(req, rep, rep_len);
-        else
-            spes_net_request_drop(req);
-        free(rep);
+        spes_blob_serve_request(spes_node_blobs(d->node), req);
         return;
     }
     spes_event *ev = calloc(1, sizeof *ev);

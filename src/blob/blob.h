@@ -111,6 +111,11 @@ void spes_blob_store_stats(spes_blob_store *s, spes_blob_serve_stats *out);
  * Reads one chunk from disk per request, never a whole blob. */
 int spes_blob_handle(spes_blob_store *s, const void *req, size_t len, uint8_t **rep, size_t *rep_len);
 
+/* spes_blob_serve_request answers a blob request that arrived on a spes_net
+ * server, as spes_blob_handle does, and replies (or drops it): chunk bytes are
+ * read from disk straight into the reply message. Callable on nng threads. */
+void spes_blob_serve_request(spes_blob_store *s, spes_net_request *req);
+
 typedef struct spes_blob_server spes_blob_server;
 
 /* spes_blob_server_open serves a store on a spes_net server (o->handler and

@@ -73,7 +73,15 @@ static int answer_have(spes_blob_store *s, const uint8_t hash[32], uint8_t **rep
     return spes_proto_encode(SPES_MSG_BLOB_HAVE, &have.base, rep, rep_len);
 }
 
-static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t index, uint8_t **rep,
+/* reply_to says where a chunk reply goes: a malloc'd *rep, or in place into a
+ * buffer of the transport's (alloc), which saves copying the chunk once more. */
+typedef struct reply_to {
+    void *(*alloc)(void *arg, size_t len); /* NULL: malloc; else NULL means out of memory */
+    void *arg;
+    int in_place; /* set when the reply went into alloc's buffer */
+} reply_to;
+
+static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t index, reply_to *to, uint8_t **rep,
                         size_t *rep_len)
 {
     spes__blob_mref *r;
@@ -86,21 +94,29 @@ static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t ind
     spes__blob_mref_put(s, r);
     if (rc)
         return rc;
-    if (!(buf = malloc(SPES_CHUNK_HEADER_LEN + (size_t)h.length)))
-        return SPES_ENOMEM;
+    size_t n = SPES_CHUNK_HEADER_LEN + (size_t)h.length;
+    buf = to->alloc ? to->alloc(to->arg, n) : malloc(n);
+    if (!buf)
+        return spes_errf(SPES_ENOMEM, "no memory for a chunk reply of %zu bytes", n);
     if ((rc = spes_chunk_header_encode(&h, buf)) != 0 ||
         (rc = spes__blob_chunk_pread(s, &h, buf + SPES_CHUNK_HEADER_LEN)) != 0) {
-        free(buf);
+        if (!to->alloc)
+            free(buf);
         return rc;
     }
-    *rep = buf;
-    *rep_len = SPES_CHUNK_HEADER_LEN + (size_t)h.length;
+    if (to->alloc) {
+        to->in_place = 1;
+    } else {
+        *rep = buf;
+    }
+    *rep_len = n;
     s->chunks_served++;
     s->bytes_served += h.length;
     return 0;
 }
 
-static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, uint8_t **rep, size_t *rep_len)
+static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, reply_to *to, uint8_t **rep,
+                    size_t *rep_len)
 {
     if (type == SPES_MSG_BLOB_WANT) {
         const Spes__Wire__BlobWant *w = (const Spes__Wire__BlobWant *)msg;
@@ -119,13 +135,13 @@ static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, u
             return spes_errf(SPES_ERANGE,
                              "ChunkRequest.chunk_count: %u, this server sends one chunk per request",
                              c->chunk_count);
-        return answer_chunk(s, c->blob_hash.data, c->first_chunk, rep, rep_len);
+        return answer_chunk(s, c->blob_hash.data, c->first_chunk, to, rep, rep_len);
     }
     const char *name = spes_proto_type_name(type);
     return spes_errf(SPES_EFORMAT, "%s: not a blob request (BlobWant or ChunkRequest)", name ? name : "?");
 }
 
-int spes_blob_handle(spes_blob_store *s, const void *req, size_t len, uint8_t **rep, size_t *rep_len)
+static int handle(spes_blob_store *s, const void *req, size_t len, reply_to *to, uint8_t **rep, size_t *rep_len)
 {
     int type = 0;
     ProtobufCMessage *msg = NULL;
@@ -134,11 +150,42 @@ int spes_blob_handle(spes_blob_store *s, const void *req, size_t len, uint8_t **
     int rc = spes_proto_decode(req, len, &type, &msg);
     if (rc)
         return refuse(s, rc, type, rep, rep_len);
-    rc = dispatch(s, type, msg, rep, rep_len);
+    rc = dispatch(s, type, msg, to, rep, rep_len);
     spes_proto_free(msg);
     if (rc)
         return refuse(s, rc, type, rep, rep_len);
     return 0;
+}
+
+int spes_blob_handle(spes_blob_store *s, const void *req, size_t len, uint8_t **rep, size_t *rep_len)
+{
+    reply_to to = {0};
+    return handle(s, req, len, &to, rep, rep_len);
+}
+
+static void *net_alloc(void *arg, size_t len)
+{
+    return spes_net_reply_alloc(arg, len);
+}
+
+void spes_blob_serve_request(spes_blob_store *s, spes_net_request *req)
+{
+    size_t len = 0, rep_len = 0;
+    uint8_t *rep = NULL;
+    reply_to to = {.alloc = net_alloc, .arg = req};
+    const void *data = spes_net_request_data(req, &len);
+    if (handle(s, data, len, &to, &rep, &rep_len) != 0)
+        log_debug("blob request from '%s' refused: %s", spes_net_request_peer(req)->name, spes_errmsg());
+    int rc = 0;
+    if (to.in_place)
+        rc = spes_net_reply_send(req);
+    else if (rep)
+        rc = spes_net_reply(req, rep, rep_len);
+    else
+        spes_net_request_drop(req);
+    if (rc)
+        log_warnx("blob reply to '%s' failed: %s", spes_net_request_peer(req)->name, spes_errmsg());
+    free(rep);
 }
 
 /* ---- server ---- */
@@ -151,18 +198,7 @@ struct spes_blob_server {
 static void server_handler(void *arg, spes_net_request *req)
 {
     spes_blob_server *b = arg;
-    size_t len = 0, rep_len = 0;
-    uint8_t *rep = NULL;
-    const void *data = spes_net_request_data(req, &len);
-    if (spes_blob_handle(b->store, data, len, &rep, &rep_len) != 0)
-        log_debug("blob request from '%s' refused: %s", spes_net_request_peer(req)->name, spes_errmsg());
-    if (!rep) {
-        spes_net_request_drop(req);
-        return;
-    }
-    if (spes_net_reply(req, rep, rep_len) != 0)
-        log_warnx("blob reply to '%s' failed: %s", spes_net_request_peer(req)->name, spes_errmsg());
-    free(rep);
+    spes_blob_serve_request(b->store, req);
 }
 
 int spes_blob_server_open(spes_blob_server **out, spes_blob_store *s, const spes_net_server_opts *o)

@@ -39,6 +39,7 @@ struct spes_net_request {
     nng_ctx ctx;
     nng_aio *aio;
     nng_msg *msg;
+    nng_msg *rep; /* spes_net_reply_alloc's reply, not sent yet */
     spes_pki_identity peer;
     int state;
 };
@@ -247,9 +248,38 @@ const spes_pki_identity *spes_net_request_peer(const spes_net_request *r)
     return &r->peer;
 }
 
+void *spes_net_reply_alloc(spes_net_request *r, size_t len)
+{
+    nng_msg_free(r->rep);
+    r->rep = NULL;
+    if (nng_msg_alloc(&r->rep, len) != 0) {
+        r->rep = NULL;
+        return NULL;
+    }
+    return nng_msg_body(r->rep);
+}
+
+int spes_net_reply_send(spes_net_request *r)
+{
+    nng_msg *m = r->rep;
+    if (!m) {
+        spes_net_request_drop(r);
+        return spes_errf(SPES_EINVAL, "%s: no reply to send", r->srv->url);
+    }
+    r->rep = NULL;
+    nng_msg_free(r->msg);
+    r->msg = NULL;
+    r->state = ST_SEND;
+    nng_aio_set_msg(r->aio, m);
+    nng_ctx_send(r->ctx, r->aio);
+    return 0;
+}
+
 int spes_net_reply(spes_net_request *r, const void *data, size_t len)
 {
     nng_msg *m = NULL;
+    nng_msg_free(r->rep);
+    r->rep = NULL;
     int rv = nng_msg_alloc(&m, len);
     if (rv) {
         spes_net_request_drop(r);
@@ -269,6 +299,8 @@ void spes_net_request_drop(spes_net_request *r)
 {
     nng_msg_free(r->msg);
     r->msg = NULL;
+    nng_msg_free(r->rep);
+    r->rep = NULL;
     post_recv(r);
 }
 

@@ -129,6 +129,15 @@ const spes_pki_identity *spes_net_request_peer(const spes_net_request *r);
 /* spes_net_reply sends the answer and releases the request (any thread). */
 int spes_net_reply(spes_net_request *r, const void *data, size_t len);
 
+/* spes_net_reply_alloc returns a reply body of len bytes to fill in place (a
+ * large reply then costs no copy), or NULL if out of memory; send it with
+ * spes_net_reply_send. The request's bytes stay valid until then. A later
+ * spes_net_reply or spes_net_request_drop discards the buffer. */
+void *spes_net_reply_alloc(spes_net_request *r, size_t len);
+
+/* spes_net_reply_send sends the buffer of spes_net_reply_alloc and releases the request. */
+int spes_net_reply_send(spes_net_request *r);
+
 /* spes_net_request_drop releases the request without an answer (the caller times out). */
 void spes_net_request_drop(spes_net_request *r);
 
