@@ -87,6 +87,8 @@ static void echo_handler(void *arg, spes_net_request *req)
     size_t len = 0;
     const void *data = spes_net_request_data(req, &len);
     const spes_pki_identity *p = spes_net_request_peer(req);
+    if (len >= 4 && memcmp(data, "slow", 4) == 0)
+        usleep(100 * 1000); /* a reply that takes a while */
     char head[128];
     int n = snprintf(head, sizeof head, "%s/%s:", p->name[0] ? p->name : "-", spes_pki_role_name(p->role));
     char *out = malloc((size_t)n + len);
@@ -532,6 +534,10 @@ START_TEST(test_plain_tcp_only_on_request)
     ck_assert(spes_net_call(c, "x", 1, 5000, &r, &rl) == 0);
     ck_assert_uint_eq(rl, strlen("-/none:x"));
     ck_assert(memcmp(r, "-/none:x", rl) == 0);
+    free(r);
+    /* a timeout of 0 means the default, not "give up at once" */
+    ck_assert_msg(spes_net_call(c, "slow", 4, 0, &r, &rl) == 0, "%s", spes_errmsg());
+    ck_assert(rl == strlen("-/none:slow") && memcmp(r, "-/none:slow", rl) == 0);
     free(r);
     spes_net_client_close(c);
     spes_net_server_close(srv);

@@ -549,9 +549,16 @@ static int make_msg(nng_msg **m, const void *data, size_t len)
     return rv;
 }
 
+/* call_timeout: a timeout <= 0 means the default, never "wait for ever" or "fail at once". */
+static int call_timeout(int timeout_ms)
+{
+    return timeout_ms > 0 ? timeout_ms : SPES_NET_CALL_TIMEOUT_MS;
+}
+
 int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_ms, void **rep,
                   size_t *rep_len)
 {
+    timeout_ms = call_timeout(timeout_ms);
     nng_ctx ctx;
     nng_aio *aio = NULL;
     nng_msg *m = NULL;
@@ -560,7 +567,7 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
         return spes__nng_err(rv, "cannot open request context", c->url);
     if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = make_msg(&m, req, len)) != 0)
         goto done;
-    nng_time deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
+    nng_time deadline = nng_clock() + (nng_time)timeout_ms;
     nng_aio_set_timeout(aio, timeout_ms);
     nng_aio_set_msg(aio, m);
     nng_ctx_send(ctx, aio);
@@ -644,7 +651,8 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     a->cb = cb;
     a->arg = arg;
     a->sending = 1;
-    a->deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
+    timeout_ms = call_timeout(timeout_ms);
+    a->deadline = nng_clock() + (nng_time)timeout_ms;
     nng_aio_set_timeout(a->aio, timeout_ms);
     nng_aio_set_msg(a->aio, m);
     nng_ctx_send(a->ctx, a->aio);

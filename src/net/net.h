@@ -162,9 +162,13 @@ typedef struct spes_net_client_opts {
 /* spes_net_client_open creates the socket and starts dialing. */
 int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o);
 
-/* spes_net_call sends a request and waits up to timeout_ms for the reply, which is
- * returned in a malloc'd buffer (*rep, caller frees). Blocks: not for the loop thread.
- * SPES_ETIMEDOUT if no reply came (including when the peer refused our certificate). */
+/* SPES_NET_CALL_TIMEOUT_MS is the timeout of a call given timeout_ms <= 0. */
+#define SPES_NET_CALL_TIMEOUT_MS 30000
+
+/* spes_net_call sends a request and waits up to timeout_ms (<= 0: the default) for
+ * the reply, which is returned in a malloc'd buffer (*rep, caller frees). Blocks: not
+ * for the loop thread. SPES_ETIMEDOUT if no reply came (including when the peer
+ * refused our certificate). */
 int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_ms, void **rep,
                   size_t *rep_len);
 
@@ -172,7 +176,8 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
  * rep is valid only during the call. */
 typedef void (*spes_net_reply_cb)(void *arg, int err, const void *rep, size_t len);
 
-/* spes_net_call_async sends a request; cb runs exactly once, on an nng thread. */
+/* spes_net_call_async sends a request (timeout_ms <= 0: the default); cb runs exactly
+ * once, on an nng thread. */
 int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int timeout_ms, spes_net_reply_cb cb,
                         void *arg);
 
