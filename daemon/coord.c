@@ -162,6 +162,7 @@ void spes_coord_free(spes_coord *c)
     }
     free(c->run_json);
     free(c->last_commit);
+    free(c->saved);
     spes_config_fini(&c->run);
     free(c);
 }

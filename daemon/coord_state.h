@@ -85,6 +85,7 @@ struct spes_coord {
     int nmismatch;
     uint64_t last_commit_ms;
     char state_path[600];
+    char *saved; /* what coord_save last wrote there (an unchanged state is not rewritten) */
     coord_ckpt ckpts[COORD_MAX_CKPTS];
     int nckpt;
     char pending_ckpt[32];   /* goes into the next commit */

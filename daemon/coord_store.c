@@ -64,8 +64,17 @@ int coord_save(spes_coord *c)
     json_decref(o);
     if (!text)
         return SPES_ENOMEM;
+    if (c->saved && !strcmp(c->saved, text)) {
+        free(text); /* a join retry or a repeated status change: nothing new to make durable */
+        return 0;
+    }
     int rc = spes_write_file_atomic(c->state_path, text, strlen(text));
-    free(text);
+    if (!rc) {
+        free(c->saved);
+        c->saved = text;
+    } else {
+        free(text);
+    }
     return rc;
 }
 
