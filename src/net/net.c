@@ -277,22 +277,14 @@ int spes_net_reply_send(spes_net_request *r)
 
 int spes_net_reply(spes_net_request *r, const void *data, size_t len)
 {
-    nng_msg *m = NULL;
-    nng_msg_free(r->rep);
-    r->rep = NULL;
-    int rv = nng_msg_alloc(&m, len);
-    if (rv) {
+    void *body = spes_net_reply_alloc(r, len);
+    if (!body) {
         spes_net_request_drop(r);
-        return spes__nng_err(rv, "reply", r->srv->url);
+        return spes__nng_err(NNG_ENOMEM, "reply", r->srv->url);
     }
     if (len)
-        memcpy(nng_msg_body(m), data, len);
-    nng_msg_free(r->msg);
-    r->msg = NULL;
-    r->state = ST_SEND;
-    nng_aio_set_msg(r->aio, m);
-    nng_ctx_send(r->ctx, r->aio);
-    return 0;
+        memcpy(body, data, len);
+    return spes_net_reply_send(r);
 }
 
 void spes_net_request_drop(spes_net_request *r)
