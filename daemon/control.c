@@ -2,10 +2,12 @@
  * request envelope in, one reply envelope out, then the connection closes.
  * The socket's file permissions are the access control: a local client is
  * treated as the operator. Lengths are checked before anything is buffered.
- * A client has CONTROL_IDLE_MS to send its whole request; connections still
- * waiting for one are closed when the daemon stops (answered ones close after
- * their reply). A client that leaves before its reply costs a failed write
- * (EPIPE: spesd ignores SIGPIPE), nothing more. */
+ * A client has CONTROL_IDLE_MS to send its whole request. When the daemon
+ * stops, every connection is closed, even one whose answer is still on its way
+ * (a status forwarded to an unreachable coordinator): its record then waits for
+ * that answer, which it drops, so that a late reply never touches freed memory.
+ * A client that leaves before its reply costs a failed write (EPIPE: spesd
+ * ignores SIGPIPE), nothing more. */
 #include "core/error.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
@@ -25,23 +27,35 @@ typedef struct spes_control_conn {
     spes_daemon *d;
     uint8_t *buf;
     size_t len, cap, want;
-    int dispatched; /* the request went to spes_daemon_handle: its reply closes us */
+    int dispatched; /* the request went to spes_daemon_handle: its reply comes once */
+    int replied;    /* ...and came */
+    int closing;    /* conn_close was called */
     int open_handles;
     struct spes_control_conn **prev, *next; /* the daemon's list of connections */
 } conn;
 
-static void on_closed(uv_handle_t *h)
+/* conn_free frees c once its handles are closed and no reply is owed to it. */
+static void conn_free(conn *c)
 {
-    conn *c = h->data;
-    if (--c->open_handles > 0)
+    if (c->open_handles > 0 || (c->dispatched && !c->replied))
         return;
     free(c->buf);
     free(c);
 }
 
-/* conn_close unlinks c and closes its handles; c is freed once both are closed. */
+static void on_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    c->open_handles--;
+    conn_free(c);
+}
+
+/* conn_close unlinks c and closes its handles (once). */
 static void conn_close(conn *c)
 {
+    if (c->closing)
+        return;
+    c->closing = 1;
     if (c->prev) {
         *c->prev = c->next;
         if (c->next)
@@ -70,6 +84,11 @@ static void on_written(uv_write_t *w, int status)
 static void control_reply(void *ctx, const uint8_t *data, size_t len)
 {
     conn *c = ctx;
+    c->replied = 1;
+    if (c->closing) { /* the daemon is stopping and closed us already */
+        conn_free(c);
+        return;
+    }
     if (!data || !len) {
         conn_close(c);
         return;
@@ -188,10 +207,9 @@ void spes_control_close(spes_daemon *d)
     uv_close((uv_handle_t *)&d->control, NULL);
     unlink(d->cfg.control_socket);
     d->control_open = 0;
-    /* connections still sending a request go now; answered ones close after their reply */
+    /* every connection goes now: one still owed a reply keeps its record until then */
     for (conn *c = d->control_conns, *next; c; c = next) {
         next = c->next;
-        if (!c->dispatched)
-            conn_close(c);
+        conn_close(c);
     }
 }

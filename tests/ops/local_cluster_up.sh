@@ -76,11 +76,16 @@ new=$(cat "$d/node-1.pid")
 grep -q "signal 15" "$d/node-1.log" || fail "node-1 was not stopped with SIGTERM"
 [ "$(SPES_SOCKET=$d/node-0/control.sock active)" = "node-0 node-1" ] || fail "after restart-node"
 
-# the coordinator dies; node-1 still leaves on SIGTERM in bounded time (no SIGKILL)
+# the coordinator dies; node-1 still leaves on SIGTERM in bounded time (no SIGKILL), even
+# with a status request of a local operator still being forwarded to the dead coordinator
 pids="$(cat "$d"/node-*.pid)"
 kill -9 "$(cat "$d/node-0.pid")"
 sleep 1
+SPES_SOCKET=$d/node-1/control.sock "$SPESCTL" status >/dev/null 2>&1 &
+pending=$!
+sleep 0.5
 out=$("$lc" down --dir "$d" --timeout 30 2>&1) || fail "down failed: $out"
+wait "$pending" || true
 echo "$out" | grep -q SIGKILL && fail "node-1 needed SIGKILL with its coordinator gone: $out"
 grep -q "node-1 info: stopped" "$d/node-1.log" || fail "node-1 did not log its stop"
 ls "$d"/node-*.pid >/dev/null 2>&1 && fail "pid files left after down"
