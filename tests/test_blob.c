@@ -572,6 +572,41 @@ START_TEST(test_fetch_lying_manifest)
 }
 END_TEST
 
+/* A lone peer is fetched from over two connections: when it corrupts chunks,
+ * both are dropped, the fetch fails naming it once, and the stats count one peer. */
+START_TEST(test_fetch_lone_corrupt_peer)
+{
+    setup_pki();
+    spes_net_tls *tc = tls_for("node-c"), *tf = tls_for("node-f");
+    spes_blob_store *c = store_at("c", 4096), *f = store_at("f", 4096);
+    uint8_t data[4096 * 12], h[32];
+    uint64_t x = 9;
+    fill(data, sizeof data, &x);
+    ck_assert(spes_blob_put(c, data, sizeof data, h) == 0);
+    faulty fz = {.store = c, .mode = F_CORRUPT};
+    faulty_open(&fz, tc);
+    char url[64];
+    url_of(spes_net_server_port(fz.srv), url, sizeof url);
+    spes_blob_peer peer = {url, "node-c"};
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000};
+    spes_blob_fetch_stats st;
+    ck_assert_int_eq(spes_blob_fetch(f, h, &peer, 1, &o, &st), SPES_ENET);
+    const char *msg = spes_errmsg();
+    ck_assert_msg(strstr(msg, "no peer left") && strstr(msg, url), "%s", msg);
+    ck_assert_msg(strstr(strstr(msg, url) + strlen(url), url) == NULL, "the peer is named twice: %s", msg);
+    ck_assert_int_eq(st.peers_used, 1);
+    ck_assert_int_eq(st.peers_dropped, 1);
+    ck_assert_uint_ge(st.bad_chunks, 2);
+    ck_assert_int_eq(spes_blob_has(f, h), 0);
+    spes_net_server_close(fz.srv);
+    spes_blob_store_close(c);
+    spes_blob_store_close(f);
+    spes_net_tls_free(tc);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
 typedef struct killer {
     pid_t victim;
     uint32_t at;
@@ -795,6 +830,7 @@ static Suite *blob_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_fetch_roundtrip);
     tcase_add_test(tc, test_fetch_lying_manifest);
+    tcase_add_test(tc, test_fetch_lone_corrupt_peer);
     tcase_add_test(tc, test_fetch_resume);
     suite_add_tcase(s, tc);
     /* its own case: ctest runs it over plain tcp until the nng_close hang after a

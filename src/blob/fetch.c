@@ -557,8 +557,8 @@ static int no_peer_error(fetch *f)
     char why[600] = "";
     size_t o = 0;
     for (int i = 0; i < f->npeers && o < sizeof why; i++) {
-        if (i && !strcmp(f->peers[i].url, f->peers[i - 1].url) && !strcmp(f->peers[i].why, f->peers[i - 1].why))
-            continue; /* the second connection to the same peer, failed alike */
+        if (i && !strcmp(f->peers[i].url, f->peers[i - 1].url))
+            continue; /* the second connection to the same peer: its first reason says it */
         o += (size_t)snprintf(why + o, sizeof why - o, "%s%s: %s", o ? "; " : "", f->peers[i].url,
                               f->peers[i].why);
     }
