@@ -64,7 +64,8 @@ static void build_commit(spes_coord *c, const int *ok, char (*reasons)[256], uin
     static Spes__Wire__Peer *pp[COORD_MAX_MEMBERS];
     Spes__Wire__Commit cm = SPES__WIRE__COMMIT__INIT;
     cm.round = c->round;
-    cm.base_hash = (ProtobufCBinaryData){32, c->state_hash};
+    if (c->state_hash_known) /* nodes whose S_round differs must not apply this to theirs */
+        cm.base_hash = (ProtobufCBinaryData){32, c->state_hash};
     c->nlast_refused = 0;
     for (int k = 0; k < c->nval; k++) {
         coord_member *m = &c->mem[c->val_idx[k]];
@@ -193,6 +194,21 @@ void coord_announce(spes_coord *c, const Spes__Wire__Announce *a, const spes_pki
         start_validation(c);
 }
 
+/* check_digest records m as mismatched if its digest of the open round is not the agreed one. */
+static void check_digest(spes_coord *c, coord_member *m)
+{
+    if (!memcmp(m->digest, c->state_hash, 32))
+        return;
+    char hex[65];
+    spes_hex_encode(m->digest, 32, hex);
+    log_error("DIGEST MISMATCH: %s reports %.16s for round %llu", m->name, hex, (unsigned long long)c->round);
+    for (int i = 0; i < c->nmismatch; i++)
+        if (c->mismatch[i] == m->id)
+            return;
+    if (c->nmismatch < COORD_MAX_MEMBERS)
+        c->mismatch[c->nmismatch++] = m->id;
+}
+
 void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_identity *peer, spes_reply_fn reply,
                   void *ctx)
 {
@@ -217,10 +233,15 @@ void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_ide
     if (g->checkpoint_id[0])
         coord_checkpoint_saved(c, m, g->checkpoint_id, m->digest);
     coord_reply_ack(reply, ctx, "digest recorded");
-    if (c->state_hash_known && g->round == c->round && memcmp(m->digest, c->state_hash, 32)) {
-        log_error("DIGEST MISMATCH: %s reports %.16s for round %llu", m->name, hex, (unsigned long long)g->round);
-        if (c->nmismatch < COORD_MAX_MEMBERS)
-            c->mismatch[c->nmismatch++] = m->id;
+    if (!c->state_hash_known || g->round != c->round)
+        return;
+    if (!strcmp(m->name, c->d->cfg.name)) {
+        /* the agreed digest is known only now: judge those that reported before it */
+        for (int i = 0; i < c->nmem; i++)
+            if (&c->mem[i] != m && c->round > 0 && c->mem[i].digest_round == c->round) /* 0: none */
+                check_digest(c, &c->mem[i]);
+    } else {
+        check_digest(c, m);
     }
 }
 

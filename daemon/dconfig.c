@@ -150,8 +150,8 @@ int spes_dconfig_validate(const spes_dconfig *c)
         return spes_errf(SPES_EINVAL, "daemon config: admission \"%s\" is not auto or approve", c->admission);
     if (strcmp(c->codec, "fp32") && strcmp(c->codec, "bf16"))
         return spes_errf(SPES_EINVAL, "daemon config: codec \"%s\" is not fp32 or bf16", c->codec);
-    if (c->fault[0] && strcmp(c->fault, "nan") && strcmp(c->fault, "wrong-hash"))
-        return spes_errf(SPES_EINVAL, "daemon config: fault \"%s\" is not nan or wrong-hash", c->fault);
+    if (c->fault[0] && strcmp(c->fault, "nan") && strcmp(c->fault, "wrong-hash") && strcmp(c->fault, "diverge"))
+        return spes_errf(SPES_EINVAL, "daemon config: fault \"%s\" is not nan, wrong-hash or diverge", c->fault);
     if (spes_log_parse_level(c->log_level) < 0)
         return spes_errf(SPES_EINVAL, "daemon config: log_level \"%s\" is not error, warn, info or debug", c->log_level);
     if (c->failure_timeout_ms <= c->heartbeat_ms)

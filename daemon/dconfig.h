@@ -20,7 +20,8 @@ typedef struct spes_dconfig {
     char admission[16];                    /* "auto" or "approve" (coordinator) */
     char codec[8];                         /* "fp32" or "bf16" (coordinator: the run's contribution codec) */
     char log_level[8];
-    char fault[16];                        /* tests only: "nan" or "wrong-hash" poisons this node's contributions */
+    char fault[16];                        /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
+                                            * "diverge" changes its state of round 3 once */
     int threads;
     int heartbeat_ms;
     int failure_timeout_ms;

@@ -209,8 +209,28 @@ static void start_train(spes_node *n, const uint32_t *cols, size_t ncols)
     submit(n, j);
 }
 
+/* diverged says whether the run's agreed state of our round (hash, 32 bytes
+ * when known) differs from ours: then we must not train on ours or apply a
+ * commit to it. We join again, which fetches the agreed state (our own copy of
+ * the round no longer matches it, so it is not reused). */
+static int diverged(spes_node *n, const ProtobufCBinaryData *hash)
+{
+    if (hash->len != 32 || !n->have_state || !memcmp(hash->data, n->hash, 32))
+        return 0;
+    char mine[65], agreed[65];
+    spes_hex_encode(n->hash, 32, mine);
+    spes_hex_encode(hash->data, 32, agreed);
+    log_error("round %llu: this node's state (digest %.16s) is not the run's agreed one (%.16s): joining "
+              "again to fetch it",
+              (unsigned long long)n->round, mine, agreed);
+    n->phase = P_JOIN;
+    return 1;
+}
+
 static void start_apply(spes_node *n, const Spes__Wire__Commit *cm)
 {
+    if (diverged(n, &cm->base_hash))
+        return;
     node_job *j = new_job(n, JOB_APPLY);
     if (!j)
         return;
@@ -320,7 +340,8 @@ static void on_heartbeat_reply(spes_node *n, int rc, int type, ProtobufCMessage 
     } else if (type == SPES_MSG_ACCEPT) {
         const Spes__Wire__Accept *a = (const Spes__Wire__Accept *)msg;
         if (n->phase == P_IDLE && a->round == n->round && a->n_columns > 0 && n->have_state) {
-            start_train(n, a->columns, a->n_columns);
+            if (!diverged(n, &a->state_hash))
+                start_train(n, a->columns, a->n_columns);
         } else if (n->phase == P_WAIT && a->round == n->round && n->train_round == n->round) {
             n->phase = P_ANNOUNCE; /* the coordinator lost our announcement (it restarted) */
             n->next_try_ms = 0;

@@ -258,6 +258,26 @@ def scenario_bad_contributions():
         cl.cleanup()
 
 
+def scenario_diverged_node_heals():
+    cfg = run_config()
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={2: {"fault": "diverge"}})  # node-2 changes its S_3 once
+    try:
+        cl.start_all()
+        late = cl.wait_applied([0, 1, 2], 5, timeout=120)
+        cl.stop_all()
+        a0, a2 = cl.applied(0), cl.applied(2)
+        # "round 2 applied: state digest X" reports S_3
+        check(2 in a2 and a2[2] != a0.get(2), "node-2's state of round 3 differs (%s vs %s)" % (a2.get(2), a0.get(2)))
+        check(re.search(r"DIGEST MISMATCH: node-2 reports \w+ for round 3", cl.log(0)) is not None,
+              "the coordinator sees node-2's digest mismatch")
+        check(re.search(r"round 3: this node's state .* is not the run's agreed one", cl.log(2)) is not None,
+              "node-2 notices it before training on it, and joins again")
+        check(late and all(a0[x] == a2[x] for x in late),
+              "node-2 fetched the agreed state and agrees again (rounds %s)" % late)
+    finally:
+        cl.cleanup()
+
+
 def scenario_blob_housekeeping():
     cfg = run_config()
     cl = Cluster(BUILD, 2, cfg, tokens())
@@ -379,7 +399,7 @@ def scenario_checkpoints_and_roles():
 
 SCENARIOS = [scenario_agree_and_reference, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
-             scenario_checkpoints_and_roles, scenario_blob_housekeeping]
+             scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping]
 
 
 def main():
