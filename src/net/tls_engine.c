@@ -261,11 +261,6 @@ static void conn_release(nng_tls_engine_conn *c)
     c->bind = NULL;
 }
 
-static void conn_fini(nng_tls_engine_conn *c)
-{
-    conn_release(c);
-}
-
 /* conn_close sends no close_notify: SP messages are length-framed, so truncation cannot
  * go unseen, and writing while nng tears the TCP stream down only adds races.
  * After it every call fails with NNG_ECLOSED. nng 1.5.2's TLS layer never sets
@@ -274,7 +269,7 @@ static void conn_fini(nng_tls_engine_conn *c)
  * the caller's aio queued forever, and the pipe's teardown (which waits for
  * that aio) would hang nng_close. Failing here completes the aio instead.
  * The OpenSSL state (about 110 KiB with our output buffer) is freed here, not
- * only in conn_fini: nng 1.5.2 sometimes never finalises a connection whose
+ * only at finalisation: nng 1.5.2 sometimes never finalises a connection whose
  * handshake was refused (LeakSanitizer sees it in test_net), and a daemon that
  * a refused peer keeps redialling must not lose that much each time. */
 static void conn_close(nng_tls_engine_conn *c)
@@ -446,7 +441,7 @@ static nng_tls_engine_config_ops config_ops = {
 static nng_tls_engine_conn_ops conn_ops = {
     .size = sizeof(nng_tls_engine_conn),
     .init = conn_init,
-    .fini = conn_fini,
+    .fini = conn_release,
     .close = conn_close,
     .handshake = conn_handshake,
     .recv = conn_recv,
