@@ -150,49 +150,30 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     return 0;
 }
 
-/* peers_of lists the job's peers, the blob's author first (first = -1: none). */
-static void peers_of(const node_job *j, spes_blob_peer *p, int first)
+/* peers_of lists whom to ask for a blob, into p (returns the count): with an
+ * author (first >= 0), the author, then the coordinator (nobody else holds a
+ * fresh contribution); without one, every peer of the job. */
+static int peers_of(const node_job *j, spes_blob_peer *p, int first)
 {
     int k = 0;
     if (first >= 0)
         p[k++] = (spes_blob_peer){.url = j->urls[first], .name = j->names[first][0] ? j->names[first] : NULL};
     for (int i = 0; i < j->npeers; i++)
-        if (i != first)
+        if (i != first && (first < 0 || j->is_coord[i]))
             p[k++] = (spes_blob_peer){.url = j->urls[i], .name = j->names[i][0] ? j->names[i] : NULL};
+    return k;
 }
 
-static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
-                      uint64_t max_size);
-
-/* fetch gets a blob: from its author (index first) and the coordinator only
- * when first >= 0 (nobody else holds a fresh contribution), else from every peer.
- * manifest pins the blob's manifest (and so its size); without one, max_size
- * bounds what a peer may claim (0: no bound). */
+/* fetch gets a blob from peers_of's peers. manifest pins the blob's manifest
+ * (and so its size); without one, max_size bounds what a peer may claim (0: no
+ * bound). Received bytes are counted in j->bytes_in. */
 static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
                  uint64_t max_size)
 {
     if (spes_blob_has(n->blobs, hash))
         return 0;
-    int rc = fetch_from(n, j, hash, first, manifest, max_size);
-    char path[1024];
-    struct stat st;
-    if (!rc && spes_blob_path(n->blobs, hash, path, sizeof path) == 0 && stat(path, &st) == 0)
-        j->bytes_in += (uint64_t)st.st_size;
-    return rc;
-}
-
-static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
-                      uint64_t max_size)
-{
-    static spes_blob_peer peers[NODE_MAX_PEERS];
-    peers_of(j, peers, first);
-    int npeers = j->npeers;
-    if (first >= 0) {
-        npeers = 1;
-        for (int i = 0; i < j->npeers; i++)
-            if (j->is_coord[i] && i != first)
-                peers[npeers++] = (spes_blob_peer){.url = j->urls[i], .name = NULL};
-    }
+    spes_blob_peer peers[NODE_MAX_PEERS];
+    int npeers = peers_of(j, peers, first);
     spes_blob_fetch_opts o;
     memset(&o, 0, sizeof o);
     o.tls = n->d->tls;
@@ -200,7 +181,12 @@ static int fetch_from(spes_node *n, const node_job *j, const uint8_t *hash, int 
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
     o.max_size = max_size;
-    return spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
+    int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
+    char path[1024];
+    struct stat st;
+    if (!rc && spes_blob_path(n->blobs, hash, path, sizeof path) == 0 && stat(path, &st) == 0)
+        j->bytes_in += (uint64_t)st.st_size;
+    return rc;
 }
 
 static int job_prepare(spes_node *n, node_job *j)
