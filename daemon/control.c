@@ -123,6 +123,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init((char *)c->buf + c->len, c->cap > c->len ? (unsigned)(c->cap - c->len) : 0);
 }
 
+/* dispatching: no more reading, no idle limit; the reply (exactly one) closes c */
+static void begin_dispatch(conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    uv_timer_stop(&c->idle);
+    c->dispatched = 1;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     (void)b;
@@ -138,18 +146,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (!c->want && c->len >= SPES_PROTO_HEADER_LEN) {
         uint32_t plen = (uint32_t)c->buf[8] << 24 | (uint32_t)c->buf[9] << 16 | (uint32_t)c->buf[10] << 8 | c->buf[11];
         if (plen > CONTROL_MAX) {
-            uv_read_stop(s);
-            uv_timer_stop(&c->idle);
-            c->dispatched = 1;
+            begin_dispatch(c);
             spes_daemon_reply_error(control_reply, c, SPES_ERANGE, 0, "request of %u bytes is too large", plen);
             return;
         }
         c->want = SPES_PROTO_HEADER_LEN + plen;
     }
     if (c->want && c->len >= c->want) {
-        uv_read_stop(s);
-        uv_timer_stop(&c->idle);
-        c->dispatched = 1;
+        begin_dispatch(c);
         spes_pki_identity local;
         memset(&local, 0, sizeof local);
         spes_daemon_handle(c->d, c->buf, c->want, &local, control_reply, c);
