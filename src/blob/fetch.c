@@ -805,9 +805,9 @@ int spes_blob_fetch(spes_blob_store *s, const uint8_t hash[32], const spes_blob_
     if (rc && !f.st.peers_used && f.other_manifest)
         discard_partial(&f); /* the stored manifest is one no peer serves: start over next time */
     fetch_fini(&f);
-    if (nlanes > 1) { /* the stats count peers, not connections */
+    if (nlanes > 1) { /* the stats count peers, not connections: dropped means every lane was */
         f.st.peers_used = f.st.peers_used > 0;
-        f.st.peers_dropped = f.st.peers_dropped > 0;
+        f.st.peers_dropped = f.st.peers_dropped == nlanes;
     }
     if (st)
         *st = f.st;
