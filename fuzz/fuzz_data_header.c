@@ -1,7 +1,7 @@
 /* fuzz_data_header.c: token file headers (llm.c, .npy, raw) from arbitrary bytes.
  * The bytes go to the pure header parser under every format (with and without a
- * .npy name) and, as a real file (memfd), through spes_tokfile_open, which maps it
- * and reads every token. Invariant checked: an accepted header's token region lies
+ * .npy name) and, as a real file (memfd), through spes_tokfile_open,
+ * and every token is read. Invariant checked: an accepted header's token region lies
  * exactly inside the file. */
 #include "core/error.h"
 #include "data/tokfile.h"

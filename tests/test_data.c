@@ -476,6 +476,76 @@ START_TEST(parallel_scan_finds_first_bad)
 }
 END_TEST
 
+static long status_kb(const char *field)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    while (fp && fgets(line, sizeof line, fp))
+        if (strncmp(line, field, strlen(field)) == 0)
+            v = strtol(line + strlen(field) + 1, NULL, 10);
+    if (fp)
+        fclose(fp);
+    return v;
+}
+
+/* A corpus read once (the vocabulary scan, then batches) must not stay counted in the
+ * process's memory: 48 MiB of tokens may raise the peak resident set by the read
+ * buffers and batches only (a whole-file mapping raised it by ~48 MiB, and by ~20 MiB
+ * even when the pages read were dropped from the mapping after each read). */
+START_TEST(corpus_not_kept_resident)
+{
+    const char *p = tpath("corpus.bin");
+    size_t n = 24u << 20, chunk = 1u << 19;
+    static uint16_t t[1u << 19]; /* written a MiB at a time: the test's own peak stays small */
+    FILE *fp = fopen(p, "wb");
+    ck_assert_ptr_nonnull(fp);
+    for (size_t at = 0; at < n; at += chunk) {
+        for (size_t i = 0; i < chunk; i++)
+            t[i] = (uint16_t)((at + i) * 7919u % 50000u);
+        ck_assert_uint_eq(fwrite(t, 2, chunk, fp), chunk);
+    }
+    ck_assert_int_eq(fclose(fp), 0);
+    spes_pool *pool;
+    ck_assert_int_eq(spes_pool_alloc(&pool, 2), 0);
+    const char *paths[1] = {p};
+    long hwm0 = status_kb("VmHWM:");
+    spes_dataset ds;
+    ck_assert_int_eq(spes_dataset_open(&ds, paths, 1, SPES_TOK_U16, SPES_TOK_RAW, 50000, pool), 0);
+    static int32_t in[64 * 1024], tg[64 * 1024];
+    uint64_t sum = 0;
+    for (int b = 0; b < 300; b++) { /* 300 batches of 64 Ki tokens: 37.5 MiB of the file */
+        ck_assert_int_eq(spes_dataset_next(&ds, 64, 1024, in, tg), 0);
+        sum += (uint64_t)in[b] + (uint64_t)tg[b];
+    }
+    ck_assert_uint_gt(sum, 0);
+    long grew = status_kb("VmHWM:") - hwm0;
+    ck_assert_msg(grew >= 0 && grew < 4 * 1024, "peak resident set grew by %ld KiB reading a 48 MiB corpus",
+                  grew);
+    spes_dataset_close(&ds);
+    spes_pool_free(pool);
+}
+END_TEST
+
+/* A file cut short after it was opened is an error naming it (a mapping made it SIGBUS). */
+START_TEST(file_shrunk_after_open_is_an_error)
+{
+    const char *p = tpath("shrinks.bin");
+    static uint16_t t[100000];
+    for (size_t i = 0; i < 100000; i++)
+        t[i] = (uint16_t)(i % 1000);
+    put_file(p, t, sizeof t);
+    const char *paths[1] = {p};
+    spes_dataset ds;
+    ck_assert_int_eq(spes_dataset_open(&ds, paths, 1, SPES_TOK_U16, SPES_TOK_RAW, 1000, NULL), 0);
+    ck_assert_int_eq(truncate(p, 1000), 0);
+    static int32_t in[64 * 256], tg[64 * 256];
+    ck_assert_int_eq(spes_dataset_next(&ds, 64, 256, in, tg), SPES_EIO);
+    ck_assert_msg(strstr(spes_errmsg(), p) && strstr(spes_errmsg(), "shrank"), "message: %s", spes_errmsg());
+    spes_dataset_close(&ds);
+}
+END_TEST
+
 /* --write DIR: files for tests/data_numpy.py; ids[i] = (i * 7919 + 3) % mod. */
 static int cli_write(const char *dir)
 {
@@ -540,6 +610,8 @@ static Suite *data_suite(void)
     tcase_add_test(tc, cursor_save_restore);
     tcase_add_test(tc, vocab_scan_names_file_and_index);
     tcase_add_test(tc, parallel_scan_finds_first_bad);
+    tcase_add_test(tc, corpus_not_kept_resident);
+    tcase_add_test(tc, file_shrunk_after_open_is_an_error);
     suite_add_tcase(s, tc);
     return s;
 }

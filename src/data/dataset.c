@@ -8,34 +8,43 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { SCAN_BLOCK = 1 << 20 }; /* tokens per parallel work item */
-
-typedef uint16_t u16_unaligned __attribute__((aligned(1), may_alias));
-typedef uint32_t u32_unaligned __attribute__((aligned(1), may_alias));
+enum {
+    SCAN_BLOCK = 1 << 20, /* tokens per parallel work item */
+    SCAN_READ = 1 << 16   /* tokens per read of the scan */
+};
 
 typedef struct scan_ctx {
     const spes_tokfile *f;
     uint32_t limit;      /* first invalid unsigned value */
-    uint64_t *first_bad; /* (threads) first bad token index per worker, UINT64_MAX if none */
+    uint64_t *first_bad; /* (threads) first bad (or unreadable) token index per worker, UINT64_MAX if none */
+    int nomem;           /* a worker could not allocate its read buffer */
 } scan_ctx;
 
-static uint64_t scan_range(const spes_tokfile *f, uint32_t limit, uint64_t lo, uint64_t hi)
+/* scan_range returns the first token in [lo, hi) at or above limit (or that cannot
+ * be read), else UINT64_MAX; it reads through buf (SCAN_READ tokens of 4 bytes). */
+static uint64_t scan_range(const spes_tokfile *f, uint32_t limit, uint64_t lo, uint64_t hi, void *buf)
 {
-    uint32_t mx = 0;
-    if (f->hdr.dtype == SPES_TOK_U16) {
-        const u16_unaligned *p = (const u16_unaligned *)f->tokens;
-        for (uint64_t i = lo; i < hi; i++)
-            mx = p[i] > mx ? p[i] : mx;
-    } else {
-        const u32_unaligned *p = (const u32_unaligned *)f->tokens;
-        for (uint64_t i = lo; i < hi; i++)
-            mx = p[i] > mx ? p[i] : mx;
+    for (uint64_t at = lo; at < hi; at += SCAN_READ) {
+        uint64_t n = hi - at < SCAN_READ ? hi - at : SCAN_READ;
+        if (spes_tokfile_read(f, at, n, buf) != 0)
+            return at;
+        uint32_t mx = 0;
+        if (f->hdr.dtype == SPES_TOK_U16) {
+            const uint16_t *p = buf;
+            for (uint64_t i = 0; i < n; i++)
+                mx = p[i] > mx ? p[i] : mx;
+        } else {
+            const uint32_t *p = buf;
+            for (uint64_t i = 0; i < n; i++)
+                mx = p[i] > mx ? p[i] : mx;
+        }
+        if (mx < limit)
+            continue;
+        for (uint64_t i = 0; i < n; i++)
+            if ((f->hdr.dtype == SPES_TOK_U16 ? ((const uint16_t *)buf)[i] : ((const uint32_t *)buf)[i]) >=
+                limit)
+                return at + i;
     }
-    if (mx < limit)
-        return UINT64_MAX;
-    for (uint64_t i = lo; i < hi; i++)
-        if (spes_tokfile_get(f, i) >= limit)
-            return i;
     return UINT64_MAX;
 }
 
@@ -43,14 +52,20 @@ static void scan_fn(void *arg, size_t begin, size_t end, int tid)
 {
     scan_ctx *c = arg;
     uint64_t n = c->f->hdr.ntokens;
+    void *buf = malloc(SCAN_READ * 4);
     for (size_t b = begin; b < end; b++) {
         uint64_t lo = (uint64_t)b * SCAN_BLOCK, hi = lo + SCAN_BLOCK < n ? lo + SCAN_BLOCK : n;
-        uint64_t bad = scan_range(c->f, c->limit, lo, hi);
+        if (!buf) {
+            c->nomem = 1;
+            return;
+        }
+        uint64_t bad = scan_range(c->f, c->limit, lo, hi, buf);
         if (bad != UINT64_MAX) {
             c->first_bad[tid] = bad;
-            return; /* blocks of a worker are contiguous and ascending: this is its first */
+            break; /* blocks of a worker are contiguous and ascending: this is its first */
         }
     }
+    free(buf);
 }
 
 static int scan_file(const spes_tokfile *f, uint32_t vocab, spes_pool *pool)
@@ -69,15 +84,23 @@ static int scan_file(const spes_tokfile *f, uint32_t vocab, spes_pool *pool)
         nt = 1; /* more workers than slots: scan on the caller */
     for (int i = 0; i < nt; i++)
         first_bad[i] = UINT64_MAX;
-    scan_ctx c = {f, limit, first_bad};
+    scan_ctx c = {f, limit, first_bad, 0};
     size_t nblocks = (size_t)((f->hdr.ntokens + SCAN_BLOCK - 1) / SCAN_BLOCK);
     spes_parallel_for(nt > 1 ? pool : NULL, nblocks, scan_fn, &c);
+    if (c.nomem)
+        return SPES_ENOMEM;
     uint64_t bad = UINT64_MAX;
     for (int i = 0; i < nt; i++)
         bad = first_bad[i] < bad ? first_bad[i] : bad;
     if (bad == UINT64_MAX)
         return 0;
-    uint32_t v = spes_tokfile_get(f, bad);
+    uint8_t raw[4] = {0};
+    int rc = spes_tokfile_read(f, bad, 1, raw); /* unreadable: the message names the file */
+    if (rc)
+        return rc;
+    uint32_t v = f->hdr.dtype == SPES_TOK_U16 ? (uint32_t)raw[0] | (uint32_t)raw[1] << 8
+                                              : (uint32_t)raw[0] | (uint32_t)raw[1] << 8 |
+                                                    (uint32_t)raw[2] << 16 | (uint32_t)raw[3] << 24;
     if (f->hdr.is_signed && v >= sign_bit)
         return spes_errf(SPES_ERANGE, "%s: token %" PRIu64 " is negative (%" PRId64 ")", f->path, bad,
                          (int64_t)v - (int64_t)sign_bit * 2);
@@ -187,17 +210,18 @@ static int file_of(const spes_dataset *ds, uint64_t idx)
     return lo;
 }
 
-static void copy_tokens(int32_t *out, const spes_tokfile *f, uint64_t from, uint64_t n)
+/* copy_tokens reads n tokens into out as int32 (they are below vocab_size <= INT32_MAX:
+ * checked at open). uint16 tokens are read into out's second half and widened in
+ * place, front to back: out[i] is written after the token it overwrites was read. */
+static int copy_tokens(int32_t *out, const spes_tokfile *f, uint64_t from, uint64_t n)
 {
-    if (f->hdr.dtype == SPES_TOK_U16) {
-        const u16_unaligned *p = (const u16_unaligned *)f->tokens + from;
-        for (uint64_t i = 0; i < n; i++)
-            out[i] = p[i];
-    } else {
-        const u32_unaligned *p = (const u32_unaligned *)f->tokens + from;
-        for (uint64_t i = 0; i < n; i++)
-            out[i] = (int32_t)p[i]; /* below vocab_size <= INT32_MAX: checked at open */
-    }
+    if (f->hdr.dtype != SPES_TOK_U16)
+        return spes_tokfile_read(f, from, n, out);
+    uint16_t *half = (uint16_t *)out + n;
+    int rc = spes_tokfile_read(f, from, n, half);
+    for (uint64_t i = 0; !rc && i < n; i++)
+        out[i] = half[i];
+    return rc;
 }
 
 int spes_dataset_read(const spes_dataset *ds, uint64_t pos, size_t n, int32_t *out)
@@ -213,7 +237,9 @@ int spes_dataset_read(const spes_dataset *ds, uint64_t pos, size_t n, int32_t *o
         uint64_t left_in_part = ds->part_len - pos; /* before wrapping */
         k = k < left_in_part ? k : left_in_part;
         k = k < n ? k : n;
-        copy_tokens(out, f, idx - ds->starts[fi], k);
+        int rc = copy_tokens(out, f, idx - ds->starts[fi], k);
+        if (rc)
+            return rc;
         out += k;
         n -= (size_t)k;
         pos = (pos + k) % ds->part_len;

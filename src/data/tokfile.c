@@ -9,7 +9,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -408,8 +408,8 @@ int spes_tok_header_build(uint8_t *out, size_t cap, size_t *len, spes_tok_format
 
 void spes_tokfile_close(spes_tokfile *f)
 {
-    if (f->map)
-        munmap(f->map, f->map_len);
+    if (f->has_fd)
+        close(f->fd);
     free(f->path);
     memset(f, 0, sizeof *f);
 }
@@ -427,6 +427,44 @@ static int read_head(int fd, const char *path, uint8_t *head, size_t want)
         got += (size_t)r;
     }
     return 0;
+}
+
+int spes_tokfile_read(const spes_tokfile *f, uint64_t from, uint64_t n, void *buf)
+{
+    size_t dt = f->hdr.dtype == SPES_TOK_U16 ? 2 : 4, want = (size_t)n * dt, got = 0;
+    uint64_t off = f->hdr.offset + from * dt;
+    if (!f->has_fd || from > f->hdr.ntokens || n > f->hdr.ntokens - from)
+        return spes_errf(SPES_ERANGE, "%s: tokens %" PRIu64 "..%" PRIu64 " are outside the file's %" PRIu64,
+                         f->path ? f->path : "token file", from, from + n, f->hdr.ntokens);
+    while (got < want) {
+        ssize_t r = pread(f->fd, (uint8_t *)buf + got, want - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? spes_errf_errno(SPES_EIO, "%s: reading token %" PRIu64 " failed", f->path,
+                                           from + got / dt)
+                         : spes_errf(SPES_EIO,
+                                     "%s: file ends at token %" PRIu64 ", not %" PRIu64
+                                     " (it shrank after it was opened)",
+                                     f->path, from + got / dt, f->hdr.ntokens);
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+uint32_t spes_tokfile_get(const spes_tokfile *f, uint64_t i)
+{
+    uint8_t b[4];
+    if (spes_tokfile_read(f, i, 1, b) != 0)
+        return UINT32_MAX;
+    if (f->hdr.dtype == SPES_TOK_U16) {
+        uint16_t v;
+        memcpy(&v, b, 2);
+        return v;
+    }
+    uint32_t v;
+    memcpy(&v, b, 4);
+    return v;
 }
 
 int spes_tokfile_open(spes_tokfile *f, const char *path, spes_tok_format format, spes_tok_dtype raw_dtype)
@@ -451,23 +489,10 @@ int spes_tokfile_open(spes_tokfile *f, const char *path, spes_tok_format format,
     if ((rc = read_head(fd, path, head, hl)) != 0 ||
         (rc = spes_tok_header_parse(&f->hdr, path, head, hl, size, format, raw_dtype)) != 0)
         goto fail;
-    if (f->hdr.ntokens > 0) {
-        if (size > SIZE_MAX) {
-            rc = spes_errf(SPES_ERANGE, "%s: too large to map", path);
-            goto fail;
-        }
-        void *m = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
-        if (m == MAP_FAILED) {
-            rc = spes_errf_errno(SPES_EIO, "%s: mmap failed", path);
-            goto fail;
-        }
-        f->map = m;
-        f->map_len = (size_t)size;
-        f->tokens = (const uint8_t *)m + f->hdr.offset;
-        madvise(m, (size_t)size, MADV_WILLNEED);
-    }
     free(head);
-    close(fd);
+    f->fd = fd;
+    f->has_fd = 1;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* batches and the scan read forward */
     return 0;
 fail:
     free(head);

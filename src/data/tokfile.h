@@ -8,7 +8,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "spes token files are read on little-endian hosts only"
@@ -74,33 +73,30 @@ int spes_tok_header_parse(spes_tok_header *h, const char *name, const uint8_t *h
 int spes_tok_header_build(uint8_t *out, size_t cap, size_t *len, spes_tok_format format, spes_tok_dtype dtype,
                           uint64_t ntokens);
 
-/* spes_tokfile is one opened, validated, read-only mapped token file. */
+/* spes_tokfile is one opened, validated token file, read with pread: a mapping would
+ * leave every page read (the vocabulary scan reads them all) counted in the process's
+ * resident memory, and a file cut short under us would be SIGBUS instead of an error. */
 typedef struct spes_tokfile {
     char *path;
     spes_tok_header hdr;
-    const uint8_t *tokens; /* (ntokens * dtype bytes), NULL when the file holds no tokens */
-    void *map;             /* whole-file mapping */
-    size_t map_len;
+    int fd; /* read-only descriptor when has_fd */
+    int has_fd;
 } spes_tokfile;
 
-/* spes_tokfile_open opens path, detects or checks its format, validates the header against
- * the file size and maps the file read-only; raw_dtype is needed for raw files. */
+/* spes_tokfile_open opens path, detects or checks its format and validates the header
+ * against the file size; raw_dtype is needed for raw files. */
 int spes_tokfile_open(spes_tokfile *f, const char *path, spes_tok_format format, spes_tok_dtype raw_dtype);
 
-/* spes_tokfile_close unmaps the file and frees the path (safe on a zeroed struct). */
+/* spes_tokfile_close closes the file and frees the path (safe on a zeroed struct). */
 void spes_tokfile_close(spes_tokfile *f);
 
-/* spes_tokfile_get returns token i (i < hdr.ntokens, unchecked) as an unsigned value. */
-static inline uint32_t spes_tokfile_get(const spes_tokfile *f, uint64_t i)
-{
-    if (f->hdr.dtype == SPES_TOK_U16) {
-        uint16_t v;
-        memcpy(&v, f->tokens + i * 2, 2);
-        return v;
-    }
-    uint32_t v;
-    memcpy(&v, f->tokens + i * 4, 4);
-    return v;
-}
+/* spes_tokfile_read copies the raw bytes of tokens [from, from + n) (n * dtype size;
+ * from + n <= hdr.ntokens) to buf; SPES_EIO naming the file if they cannot be read
+ * (the file shrank or failed after it was opened). */
+int spes_tokfile_read(const spes_tokfile *f, uint64_t from, uint64_t n, void *buf);
+
+/* spes_tokfile_get returns token i (i < hdr.ntokens) as an unsigned value, UINT32_MAX if
+ * it cannot be read. One pread per call: for tests and messages, not for bulk reads. */
+uint32_t spes_tokfile_get(const spes_tokfile *f, uint64_t i);
 
 #endif
