@@ -91,7 +91,7 @@ static void moe_backward(spes_model *m, int l)
     int H = CFG->hidden_size, E = CFG->num_experts, K = CFG->num_experts_per_tok, L = CFG->num_hidden_layers,
         N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
-    float *xmid = p->slot[5], *dn2 = p->slot[6];
+    float *xmid = p->slot[4], *dn2 = p->slot[5];
     spes_copy_pool(p->pool, dn2, NULL, (size_t)N * H);
     spes__model_build_lists(m, l, N);
     for (int e = 0; e < E; e++)
@@ -131,8 +131,8 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
     float *scr = p->tscr + (size_t)tid * p->tscr_numel;
     float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D,
           *dKh = Kh + (size_t)T * D;
-    float *dq = p->slot[7], *dk = p->slot[5], *dv = p->slot[0];
-    const float *datt = p->slot[6];
+    float *dq = p->slot[6], *dk = p->slot[4], *dv = p->slot[0];
+    const float *datt = p->slot[5], *att = p->att + (size_t)l * N * H;
     const spes_layer_w *w = &p->lp[l];
     for (size_t task = b; task < e; task++) {
         int bi = (int)(task / (size_t)NKV), kh = (int)(task % (size_t)NKV);
@@ -151,7 +151,7 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
             float *dqs = dq + r0 * H + (size_t)h * D;
             const float *lse = p->lse + (size_t)l * N * NH + ((size_t)bi * NH + h) * T;
             spes_attn_head_backward(dqs, H, dKh, D, dvs, KVD, datt + r0 * H + (size_t)h * D, H, Qh, D, Kh, D,
-                                    p->v + r0 * KVD + (size_t)kh * D, KVD, p->att + r0 * H + (size_t)h * D, H,
+                                    p->v + r0 * KVD + (size_t)kh * D, KVD, att + r0 * H + (size_t)h * D, H,
                                     lse, T, D, scr);
             spes_rope_backward(dqs, H, p->rope_cos, p->rope_sin, T, D);
         }
@@ -161,8 +161,8 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
     }
 }
 
-/* attn_backward: slots on entry: 1-3 raw q, k, v, 4 att; 5 xmid and 0 normed2
- * are dead. dq -> 7, dk -> 5, dv -> 0, datt -> 6, then normed1 -> 6, dnormed1 -> 1. */
+/* attn_backward: slots on entry: 1-3 raw q, k, v; 4 xmid and 0 normed2 are
+ * dead. dq -> 6, dk -> 4, dv -> 0, datt -> 5, then normed1 -> 5, dnormed1 -> 1. */
 static void attn_backward(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
@@ -170,9 +170,9 @@ static void attn_backward(spes_model *m, int l)
     int D = H / NH, KVD = NKV * D, B = p->B, T = p->T, N = B * T;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
     const float *x = p->xres + (size_t)l * N * H;
-    float *dq = p->slot[7], *dk = p->slot[5], *dv = p->slot[0], *b1 = p->slot[6], *dn1 = p->slot[1];
+    float *dq = p->slot[6], *dk = p->slot[4], *dv = p->slot[0], *b1 = p->slot[5], *dn1 = p->slot[1];
     MM(b1, H, p->dresid, H, 0, w->wo, H, 0, N, H, H, 1.0f, 0.0f);
-    MM(gw->wo, H, p->dresid, H, 1, p->att, H, 0, H, H, N, 1.0f, 1.0f);
+    MM(gw->wo, H, p->dresid, H, 1, p->att + (size_t)l * N * H, H, 0, H, H, N, 1.0f, 1.0f);
     bctx f = {.m = m, .l = l, .T = T};
     spes_parallel_for(p->pool, (size_t)B * NKV, attn_bwd_range, &f);
     spes_rmsnorm_backward(dq, gw->qn, dq, p->q, w->qn, p->qrstd + (size_t)l * N, N, H, p->partial, p->pool);
@@ -188,34 +188,9 @@ static void attn_backward(spes_model *m, int l)
                           p->pool);
 }
 
-static void attn_recompute_range(void *vctx, size_t b, size_t e, int tid)
-{
-    bctx *f = vctx;
-    spes_model *m = f->m;
-    struct spes_model_priv *p = m->priv;
-    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, T = f->T, N = p->B * T, l = f->l;
-    float *scr = p->tscr + (size_t)tid * p->tscr_numel;
-    float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D;
-    const spes_layer_w *w = &p->lp[l];
-    for (size_t task = b; task < e; task++) {
-        int bi = (int)(task / (size_t)NH), h = (int)(task % (size_t)NH), kh = h / (NH / NKV);
-        size_t r0 = (size_t)bi * T;
-        normed_rows(Kh, p->k + r0 * KVD + (size_t)kh * D, KVD, p->krstd + (size_t)l * N + r0,
-                    w->kn + (size_t)kh * D, T, D);
-        spes_rope_forward(Kh, D, p->rope_cos, p->rope_sin, T, D);
-        normed_rows(Qh, p->q + r0 * H + (size_t)h * D, H, p->qrstd + (size_t)l * N + r0,
-                    w->qn + (size_t)h * D, T, D);
-        spes_rope_forward(Qh, D, p->rope_cos, p->rope_sin, T, D);
-        float *lse = p->lse + (size_t)l * N * NH + ((size_t)bi * NH + h) * T;
-        spes_attn_head_forward(p->att + r0 * H + (size_t)h * D, H, lse, Qh, D, Kh, D,
-                               p->v + r0 * KVD + (size_t)kh * D, KVD, T, D, scr);
-    }
-}
-
-/* recompute_layer rebuilds layer l's forward state from the kept residual
- * and statistics (same operations, same bits): slots 1-3 raw q, k, v,
- * 4 attention output, 5 mid-layer residual, 0 normed2. */
+/* recompute_layer rebuilds layer l's forward state from the kept residual,
+ * attention output and statistics (same operations, same bits): slots 1-3
+ * raw q, k, v, 4 mid-layer residual, 0 normed2. */
 static void recompute_layer(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
@@ -227,11 +202,9 @@ static void recompute_layer(spes_model *m, int l)
     MM(p->q, H, p->norm, H, 0, w->wq, H, 1, N, H, H, 1.0f, 0.0f);
     MM(p->k, KVD, p->norm, H, 0, w->wk, H, 1, N, KVD, H, 1.0f, 0.0f);
     MM(p->v, KVD, p->norm, H, 0, w->wv, H, 1, N, KVD, H, 1.0f, 0.0f);
-    bctx f = {.m = m, .l = l, .T = T};
-    spes_parallel_for(p->pool, (size_t)B * NH, attn_recompute_range, &f);
-    float *xmid = p->slot[5];
+    float *xmid = p->slot[4];
     spes_copy_pool(p->pool, xmid, x, (size_t)N * H);
-    MM(xmid, H, p->att, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
+    MM(xmid, H, p->att + (size_t)l * N * H, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
     spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);
 }
 

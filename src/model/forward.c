@@ -48,7 +48,7 @@ static void attn_range(void *vctx, size_t b, size_t e, int tid)
     for (size_t task = b; task < e; task++) {
         int bi = (int)(task / (size_t)NH), h = (int)(task % (size_t)NH), kh = h / (NH / NKV);
         size_t r0 = (size_t)bi * T;
-        float *out = p->att + r0 * H + (size_t)h * D;
+        float *out = p->att + (size_t)f->s * N * H + r0 * H + (size_t)h * D;
         float *lse = p->lse + (size_t)f->s * N * NH + ((size_t)bi * NH + h) * T;
         spes_attn_head_forward(out, H, lse, p->q + r0 * H + (size_t)h * D, H,
                                p->k + r0 * KVD + (size_t)kh * D, KVD, p->v + r0 * KVD + (size_t)kh * D, KVD,
@@ -222,7 +222,7 @@ static int forward_run(spes_model *m, const int32_t *tokens, const int32_t *targ
         spes__model_attn_forward(m, l, s, B, T);
         if (xn != x)
             spes_copy_pool(p->pool, xn, x, (size_t)N * H);
-        MM(xn, H, p->att, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
+        MM(xn, H, p->att + (size_t)s * N * H, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
         spes_rmsnorm_forward(p->norm, p->rstd2 + (size_t)s * N, xn, w->ln2, N, H, eps, p->pool);
         MM(p->rlog, E, p->norm, H, 0, w->wr, H, 1, N, E, H, 1.0f, 0.0f);
         spes_router_forward(p->probs + (size_t)s * N * E, p->rlse + (size_t)s * N,

@@ -205,8 +205,9 @@ static void carve(spes_model *m, carver *c)
     p->topw = take(c, nk * N * K);
     p->counts = take(c, nk * E);
     p->rstdf = take(c, N);
-    int nslots = p->training ? 8 : 5;
-    int alias = p->training && V <= 4 * H;
+    p->att = take(c, nk * N * H);
+    int nslots = p->training ? 7 : 4;
+    int alias = p->training && V <= 3 * H;
     p->logits = alias ? NULL : take(c, N * V);
     p->losses = take(c, N);
     p->tokens = (int32_t *)take(c, N);
@@ -218,9 +219,8 @@ static void carve(spes_model *m, carver *c)
     p->q = p->slot[1];
     p->k = p->slot[2];
     p->v = p->slot[3];
-    p->att = p->slot[4];
     if (alias)
-        p->logits = p->slot[4]; /* slots 4-7 are contiguous */
+        p->logits = p->slot[4]; /* slots 4-6 are contiguous */
     p->rlog = take(c, N * E);
     p->elist = (int32_t *)take(c, N * K);
     p->eoff = (int32_t *)take(c, E + 1);

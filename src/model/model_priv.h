@@ -58,14 +58,17 @@ struct spes_model_priv {
     float *topw;                          /* (nkeep, N, K) */
     float *counts;                        /* (nkeep, E) tokens routed to each expert */
     float *rstdf;                         /* (N) */
-    float *logits;                        /* (N, V); training: on slots 4-7 when it fits (dlogits in place) */
+    float *logits;                        /* (N, V); training: on slots 4-6 when it fits (dlogits in place) */
     float *losses;                        /* (N) */
     int32_t *tokens, *targets;            /* (N) of the last forward */
-    /* scratch: slots of (N, H) floats; forward uses slots 0-4, backward all 8 */
-    float *slot[8];
+    /* attention output before o_proj, (nkeep, N, H): kept per layer when training,
+     * because recomputing it in the backward (QK^T, softmax, PV per head) cost ~3.5 %
+     * of a step on the bench config, against 6 MiB more on every node alike */
+    float *att;
+    /* scratch: slots of (N, H) floats; forward uses slots 0-3, backward all 7 */
+    float *slot[7];
     float *norm;                        /* slot 0 (N, H) */
     float *q, *k, *v;                   /* slots 1-3: (N, H), (N, NKV*D), (N, NKV*D) */
-    float *att;                         /* slot 4 (N, H) attention output before o_proj (one layer) */
     float *rlog;                        /* (N, E) router logits / their gradient */
     int32_t *elist;                     /* (N*K) token*K+slot, grouped by expert */
     int32_t *eoff;                      /* (E+1) */
