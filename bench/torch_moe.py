@@ -8,9 +8,13 @@ causal attention, AdamW from torch.optim. Prints one JSON line with tokens/s of
 forward + backward + clip + AdamW step.
 
 usage: torch_moe.py CONFIG.json TOKENS.bin THREADS STEPS
+THREADS is PyTorch's own (intra-op) thread count; the matrix products run in
+OpenBLAS, whose thread count is OPENBLAS_NUM_THREADS (all CPUs when unset):
+bench/run sets both, and the JSON line records both.
 """
 import json
 import math
+import os
 import sys
 import time
 
@@ -134,7 +138,7 @@ def main():
     B, T = tr["batch_size"], tr["seq_len"]
     model = Model(m)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    warm, elapsed, loss = 2, 0.0, None
+    warm, times, loss = 2, [], None
     for s in range(steps + warm):
         chunk = torch.from_numpy(data[s * B * T:(s * B * T) + B * T + 1])
         tok, tgt = chunk[:-1].view(B, T), chunk[1:].view(B, T)
@@ -145,10 +149,13 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if s >= warm:
-            elapsed += time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
         loss = ce.item()
-    print(json.dumps({"threads": threads, "steps": steps, "tokens_per_s": steps * B * T / elapsed,
-                      "last_loss": loss}))
+    # the statistic bench/run takes for spesd too: the median step over the second half
+    half = sorted(B * T / t for t in times[len(times) // 2:])
+    blas = int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
+    print(json.dumps({"threads": threads, "blas_threads": blas, "steps": steps, "tokens_per_s": half[(len(half) - 1) // 2],
+                      "mean_tokens_per_s": steps * B * T / sum(times), "last_loss": loss}))
 
 
 if __name__ == "__main__":
