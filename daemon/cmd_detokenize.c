@@ -73,11 +73,8 @@ static int decode_all(const spes_tokenizer *tok, const spes_tokfile *f, FILE *fp
     int rc = ids ? 0 : spes_errf(SPES_ENOMEM, "out of memory");
     for (uint64_t i = 0; !rc && i < f->hdr.ntokens; i += CHUNK) {
         size_t n = f->hdr.ntokens - i < CHUNK ? (size_t)(f->hdr.ntokens - i) : CHUNK;
-        if ((rc = spes_tokfile_read(f, i, n, ids)) != 0)
+        if ((rc = spes_tokfile_read_ids(f, i, n, ids)) != 0)
             break;
-        if (f->hdr.dtype == SPES_TOK_U16) /* widen in place, back to front */
-            for (size_t k = n; k-- > 0;)
-                ids[k] = ((const uint16_t *)ids)[k];
         len = 0;
         rc = spes_tokenizer_decode(tok, ids, n, &buf, &len, &cap);
         if (rc) {

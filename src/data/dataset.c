@@ -21,28 +21,18 @@ typedef struct scan_ctx {
 } scan_ctx;
 
 /* scan_range returns the first token in [lo, hi) at or above limit (or that cannot
- * be read), else UINT64_MAX; it reads through buf (SCAN_READ tokens of 4 bytes). */
-static uint64_t scan_range(const spes_tokfile *f, uint32_t limit, uint64_t lo, uint64_t hi, void *buf)
+ * be read), else UINT64_MAX; it reads through buf (SCAN_READ tokens). */
+static uint64_t scan_range(const spes_tokfile *f, uint32_t limit, uint64_t lo, uint64_t hi, uint32_t *buf)
 {
     for (uint64_t at = lo; at < hi; at += SCAN_READ) {
         uint64_t n = hi - at < SCAN_READ ? hi - at : SCAN_READ;
-        if (spes_tokfile_read(f, at, n, buf) != 0)
+        if (spes_tokfile_read_ids(f, at, n, buf) != 0)
             return at;
         uint32_t mx = 0;
-        if (f->hdr.dtype == SPES_TOK_U16) {
-            const uint16_t *p = buf;
-            for (uint64_t i = 0; i < n; i++)
-                mx = p[i] > mx ? p[i] : mx;
-        } else {
-            const uint32_t *p = buf;
-            for (uint64_t i = 0; i < n; i++)
-                mx = p[i] > mx ? p[i] : mx;
-        }
-        if (mx < limit)
-            continue;
         for (uint64_t i = 0; i < n; i++)
-            if ((f->hdr.dtype == SPES_TOK_U16 ? ((const uint16_t *)buf)[i] : ((const uint32_t *)buf)[i]) >=
-                limit)
+            mx = buf[i] > mx ? buf[i] : mx;
+        for (uint64_t i = 0; mx >= limit && i < n; i++)
+            if (buf[i] >= limit)
                 return at + i;
     }
     return UINT64_MAX;
@@ -52,13 +42,13 @@ static void scan_fn(void *arg, size_t begin, size_t end, int tid)
 {
     scan_ctx *c = arg;
     uint64_t n = c->f->hdr.ntokens;
-    void *buf = malloc(SCAN_READ * 4);
+    uint32_t *buf = malloc(SCAN_READ * sizeof *buf);
+    if (!buf) {
+        c->nomem = 1;
+        return;
+    }
     for (size_t b = begin; b < end; b++) {
         uint64_t lo = (uint64_t)b * SCAN_BLOCK, hi = lo + SCAN_BLOCK < n ? lo + SCAN_BLOCK : n;
-        if (!buf) {
-            c->nomem = 1;
-            return;
-        }
         uint64_t bad = scan_range(c->f, c->limit, lo, hi, buf);
         if (bad != UINT64_MAX) {
             c->first_bad[tid] = bad;
@@ -94,13 +84,10 @@ static int scan_file(const spes_tokfile *f, uint32_t vocab, spes_pool *pool)
         bad = first_bad[i] < bad ? first_bad[i] : bad;
     if (bad == UINT64_MAX)
         return 0;
-    uint8_t raw[4] = {0};
-    int rc = spes_tokfile_read(f, bad, 1, raw); /* unreadable: the message names the file */
+    uint32_t v;
+    int rc = spes_tokfile_read_ids(f, bad, 1, &v); /* unreadable: the message names the file */
     if (rc)
         return rc;
-    uint32_t v = f->hdr.dtype == SPES_TOK_U16 ? (uint32_t)raw[0] | (uint32_t)raw[1] << 8
-                                              : (uint32_t)raw[0] | (uint32_t)raw[1] << 8 |
-                                                    (uint32_t)raw[2] << 16 | (uint32_t)raw[3] << 24;
     if (f->hdr.is_signed && v >= sign_bit)
         return spes_errf(SPES_ERANGE, "%s: token %" PRIu64 " is negative (%" PRId64 ")", f->path, bad,
                          (int64_t)v - (int64_t)sign_bit * 2);
@@ -210,20 +197,6 @@ static int file_of(const spes_dataset *ds, uint64_t idx)
     return lo;
 }
 
-/* copy_tokens reads n tokens into out as int32 (they are below vocab_size <= INT32_MAX:
- * checked at open). uint16 tokens are read into out's second half and widened in
- * place, front to back: out[i] is written after the token it overwrites was read. */
-static int copy_tokens(int32_t *out, const spes_tokfile *f, uint64_t from, uint64_t n)
-{
-    if (f->hdr.dtype != SPES_TOK_U16)
-        return spes_tokfile_read(f, from, n, out);
-    uint16_t *half = (uint16_t *)out + n;
-    int rc = spes_tokfile_read(f, from, n, half);
-    for (uint64_t i = 0; !rc && i < n; i++)
-        out[i] = half[i];
-    return rc;
-}
-
 int spes_dataset_read(const spes_dataset *ds, uint64_t pos, size_t n, int32_t *out)
 {
     if (ds->part_len == 0)
@@ -237,7 +210,8 @@ int spes_dataset_read(const spes_dataset *ds, uint64_t pos, size_t n, int32_t *o
         uint64_t left_in_part = ds->part_len - pos; /* before wrapping */
         k = k < left_in_part ? k : left_in_part;
         k = k < n ? k : n;
-        int rc = copy_tokens(out, f, idx - ds->starts[fi], k);
+        /* ids are below vocab_size <= INT32_MAX (checked at open): uint32 reads as int32 */
+        int rc = spes_tokfile_read_ids(f, idx - ds->starts[fi], k, (uint32_t *)out);
         if (rc)
             return rc;
         out += k;

@@ -452,19 +452,22 @@ int spes_tokfile_read(const spes_tokfile *f, uint64_t from, uint64_t n, void *bu
     return 0;
 }
 
+/* uint16 tokens are read into the front of ids and widened in place, back to
+ * front: ids[k] (bytes 4k..4k+3) is written after token k (bytes 2k, 2k+1) and
+ * every later one were read. */
+int spes_tokfile_read_ids(const spes_tokfile *f, uint64_t from, uint64_t n, uint32_t *ids)
+{
+    int rc = spes_tokfile_read(f, from, n, ids);
+    if (!rc && f->hdr.dtype == SPES_TOK_U16)
+        for (uint64_t k = n; k-- > 0;)
+            ids[k] = ((const uint16_t *)ids)[k];
+    return rc;
+}
+
 uint32_t spes_tokfile_get(const spes_tokfile *f, uint64_t i)
 {
-    uint8_t b[4];
-    if (spes_tokfile_read(f, i, 1, b) != 0)
-        return UINT32_MAX;
-    if (f->hdr.dtype == SPES_TOK_U16) {
-        uint16_t v;
-        memcpy(&v, b, 2);
-        return v;
-    }
     uint32_t v;
-    memcpy(&v, b, 4);
-    return v;
+    return spes_tokfile_read_ids(f, i, 1, &v) ? UINT32_MAX : v;
 }
 
 int spes_tokfile_open(spes_tokfile *f, const char *path, spes_tok_format format, spes_tok_dtype raw_dtype)

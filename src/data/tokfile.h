@@ -95,6 +95,10 @@ void spes_tokfile_close(spes_tokfile *f);
  * (the file shrank or failed after it was opened). */
 int spes_tokfile_read(const spes_tokfile *f, uint64_t from, uint64_t n, void *buf);
 
+/* spes_tokfile_read_ids reads tokens [from, from + n) into ids as uint32 values,
+ * whatever the file's dtype (as spes_tokfile_read for errors). */
+int spes_tokfile_read_ids(const spes_tokfile *f, uint64_t from, uint64_t n, uint32_t *ids);
+
 /* spes_tokfile_get returns token i (i < hdr.ntokens) as an unsigned value, UINT32_MAX if
  * it cannot be read. One pread per call: for tests and messages, not for bulk reads. */
 uint32_t spes_tokfile_get(const spes_tokfile *f, uint64_t i);
