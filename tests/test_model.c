@@ -304,13 +304,88 @@ START_TEST(test_moe_chunking)
     int rows[] = {7, 1};
     for (int k = 0; k < 2; k++) {
         run_once(2, g1, n, &l1, rows[k]);
-        ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g with chunks of %d", l1, l0, rows[k]);
+        ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g with chunks of %d", l1, l0,
+                      rows[k]);
         double d = 0;
         for (size_t i = 0; i < n; i++)
             d = fmax(d, fabs(g1[i] - g0[i]));
         ck_assert_msg(d <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g) with chunks of %d", d, gmax,
                       rows[k]);
     }
+    free(g0);
+    free(g1);
+}
+END_TEST
+
+/* lanes_run: like run_once with trained columns (NULL: all) on a B x T batch;
+ * returns the model's gradient count. */
+static size_t lanes_run(int threads, const uint8_t *trained, int chunk, int b, int t, float *grads,
+                        float *loss)
+{
+    spes_model_config c = tiny(2, 1, 0);
+    c.hidden_size = 32;
+    spes_pool *pool;
+    ck_assert_int_eq(spes_pool_alloc(&pool, threads), 0);
+    spes_model *m;
+    ck_assert_int_eq(spes_model_alloc(&m, &c, trained, 4, 70, 1, pool), 0);
+    if (chunk)
+        spes__model_set_moe_chunk(m, chunk);
+    spes_model_init_weights(m, 11);
+    int32_t tok[4 * 70], tgt[4 * 70];
+    make_batch(tok, tgt, 4 * 70, c.vocab_size, 12);
+    spes_model_zero_grad(m);
+    for (int it = 0; it < 2; it++) {
+        ck_assert_int_eq(spes_model_forward(m, tok, tgt, b, t, &OPTS), 0);
+        spes_model_backward(m);
+    }
+    *loss = m->loss;
+    size_t n = m->grads_numel;
+    memcpy(grads, m->grads, n * sizeof(float));
+    spes_model_free(m);
+    spes_pool_free(pool);
+    return n;
+}
+
+/* The expert block cuts the expert-sorted rows into one lane per thread, so
+ * with 3 and 7 threads experts are cut between lanes (with 7, some lane lies
+ * inside one expert; with a 2-token batch most lanes are empty) and their
+ * weight gradients are summed lane after lane. Every thread count and chunk
+ * size gives the one-thread loss and gradients up to summation order, frozen
+ * columns or not, and the same bits when run again. */
+START_TEST(test_lanes_agree)
+{
+    size_t n = run_numel();
+    float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float)), l0, l1;
+    static const uint8_t half[4] = {1, 0, 1, 0};
+    const uint8_t *masks[2] = {NULL, half};
+    int shapes[2][2] = {{4, 70}, {1, 2}};
+    for (int mi = 0; mi < 2; mi++)
+        for (int si = 0; si < 2; si++) {
+            int b = shapes[si][0], t = shapes[si][1];
+            size_t ng = lanes_run(1, masks[mi], 0, b, t, g0, &l0);
+            double gmax = 0;
+            for (size_t i = 0; i < ng; i++)
+                gmax = fmax(gmax, fabs(g0[i]));
+            ck_assert(gmax > 0);
+            int threads[3] = {2, 3, 7}, chunks[2] = {0, 7};
+            for (int ti = 0; ti < 3; ti++)
+                for (int ci = 0; ci < 2; ci++) {
+                    lanes_run(threads[ti], masks[mi], chunks[ci], b, t, g1, &l1);
+                    ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g (%d threads, mask %d)",
+                                  l1, l0, threads[ti], mi);
+                    double d = 0;
+                    for (size_t i = 0; i < ng; i++)
+                        d = fmax(d, fabs(g1[i] - g0[i]));
+                    ck_assert_msg(d <= 1e-5 * gmax,
+                                  "gradients differ by %.3g (max %.3g): %d threads, chunk %d, "
+                                  "mask %d, batch %dx%d",
+                                  d, gmax, threads[ti], chunks[ci], mi, b, t);
+                }
+            lanes_run(7, masks[mi], 7, b, t, g0, &l0);
+            lanes_run(7, masks[mi], 7, b, t, g1, &l1);
+            ck_assert_mem_eq(&l0, &l1, sizeof l0);
+            ck_assert_mem_eq(g0, g1, ng * sizeof(float));
+        }
     free(g0);
     free(g1);
 }
@@ -441,6 +516,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_frozen_columns);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_moe_chunking);
+    tcase_add_test(tc, test_lanes_agree);
     tcase_add_test(tc, test_refusals_and_inference);
     tcase_add_test(tc, test_smaller_batch);
     suite_add_tcase(s, tc);

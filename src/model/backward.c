@@ -1,9 +1,10 @@
 /* backward.c: the model's backward pass. Memory-lean by design: it recomputes
  * from the kept residual stream, rstd values and attention outputs the norm
  * outputs, the mid-layer residual (same sgemm, same bits), q/k/v, the
- * attention probabilities (row blocks, from the kept log-sum-exp) and the
- * experts' gate/up projections, instead of storing them. Allocates nothing.
- * Frozen columns pass input gradients through but get no weight gradients. */
+ * attention probabilities (row blocks, from the kept log-sum-exp) and (in
+ * moe.c) the experts' gate/up projections, instead of storing them. Allocates
+ * nothing. Frozen columns pass input gradients through but get no weight
+ * gradients. */
 #include "model/model_priv.h"
 
 #include "kernels/fastmath.h"
@@ -15,75 +16,8 @@
 
 typedef struct {
     spes_model *m;
-    float *a, *b, *c;
-    const float *w;
-    const int32_t *list;
-    int l, n, T;
+    int l, T;
 } bctx;
-
-/* weight_range: per routed row, d(loss)/d(weight) = <dh_unweighted, h>, then
- * scales h (for down_proj's gradient) and dh by the routing weight. */
-static void weight_range(void *vctx, size_t b, size_t e, int tid)
-{
-    bctx *f = vctx;
-    struct spes_model_priv *p = f->m->priv;
-    (void)tid;
-    for (size_t r = b; r < e; r++) {
-        float *h = p->ch + r * f->n, *d = p->cd + r * f->n;
-        float wt = f->w[f->list[r]];
-        p->dtopw[f->list[r]] = spes__dot(d, h, f->n);
-        for (int i = 0; i < f->n; i++) {
-            h[i] *= wt;
-            d[i] *= wt;
-        }
-    }
-}
-
-static void swiglu_bwd_range(void *vctx, size_t b, size_t e, int tid)
-{
-    bctx *f = vctx;
-    (void)tid;
-    size_t n = (size_t)f->n;
-    spes_swiglu_backward(f->a + b * n, f->b + b * n, f->c + b * n, (e - b) * n);
-}
-
-static void swiglu_fwd_range(void *vctx, size_t b, size_t e, int tid)
-{
-    bctx *f = vctx;
-    (void)tid;
-    size_t n = (size_t)f->n;
-    spes_swiglu_forward(f->c + b * n, f->a + b * n, f->b + b * n, (e - b) * n);
-}
-
-/* expert_chunk_backward handles nr routed rows of expert e in layer l. */
-static void expert_chunk_backward(spes_model *m, int l, int e, const int32_t *list, int nr, float *dn2)
-{
-    struct spes_model_priv *p = m->priv;
-    int H = CFG->hidden_size, I = CFG->intermediate_size, E = CFG->num_experts, K = CFG->num_experts_per_tok,
-        N = p->B * p->T;
-    const spes_expert_w *w = &p->ep[l * E + e], *g = &p->eg[l * E + e];
-    const float *topw = p->topw + (size_t)l * N * K;
-    spes__model_gather(m, p->cx, p->norm, list, nr);
-    spes__model_gather(m, p->cy, p->dresid, list, nr);
-    MM(p->cg, I, p->cx, H, 0, w->wg, H, 1, nr, I, H, 1.0f, 0.0f);
-    MM(p->cu, I, p->cx, H, 0, w->wu, H, 1, nr, I, H, 1.0f, 0.0f);
-    bctx f = {.a = p->cg, .b = p->cu, .c = p->ch, .n = I};
-    spes_parallel_for(p->pool, (size_t)nr, swiglu_fwd_range, &f);
-    MM(p->cd, I, p->cy, H, 0, w->wd, I, 0, nr, I, H, 1.0f, 0.0f);
-    bctx fr = {.m = m, .w = topw, .list = list, .n = I};
-    spes_parallel_for(p->pool, (size_t)nr, weight_range, &fr);
-    if (g->wd)
-        MM(g->wd, I, p->cy, H, 1, p->ch, I, 0, H, I, nr, 1.0f, 1.0f);
-    bctx fb = {.a = p->cg, .b = p->cu, .c = p->cd, .n = I};
-    spes_parallel_for(p->pool, (size_t)nr, swiglu_bwd_range, &fb);
-    if (g->wg) {
-        MM(g->wg, H, p->cg, I, 1, p->cx, H, 0, I, H, nr, 1.0f, 1.0f);
-        MM(g->wu, H, p->cu, I, 1, p->cx, H, 0, I, H, nr, 1.0f, 1.0f);
-    }
-    MM(p->cy, H, p->cg, I, 0, w->wg, H, 0, nr, H, I, 1.0f, 0.0f);
-    MM(p->cy, H, p->cu, I, 0, w->wu, H, 0, nr, H, I, 1.0f, 1.0f);
-    spes__model_scatter(m, dn2, p->cy, NULL, list, nr);
-}
 
 static void moe_backward(spes_model *m, int l)
 {
@@ -92,13 +26,7 @@ static void moe_backward(spes_model *m, int l)
         N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
     float *xmid = p->slot[4], *dn2 = p->slot[5];
-    spes_copy_pool(p->pool, dn2, NULL, (size_t)N * H);
-    spes__model_build_lists(m, l, N);
-    for (int e = 0; e < E; e++)
-        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += p->moe_chunk) {
-            int nr = p->eoff[e + 1] - c0 < p->moe_chunk ? p->eoff[e + 1] - c0 : p->moe_chunk;
-            expert_chunk_backward(m, l, e, p->elist + c0, nr, dn2);
-        }
+    spes__model_moe_backward(m, l, dn2);
     double scale = (double)E / ((double)L * N * K) / N;
     for (int e = 0; e < E; e++) {
         double f = m->trained[e] ? p->opts.lb_factor : 1.0;
@@ -188,24 +116,33 @@ static void attn_backward(spes_model *m, int l)
                           p->pool);
 }
 
-/* recompute_layer rebuilds layer l's forward state from the kept residual,
- * attention output and statistics (same operations, same bits): slots 1-3
- * raw q, k, v, 4 mid-layer residual, 0 normed2. */
-static void recompute_layer(spes_model *m, int l)
+/* recompute_mid rebuilds layer l's mid-layer residual (slot 4) and normed2
+ * (slot 0) from the kept residual and attention output (same operations,
+ * same bits); recompute_qkv, after the expert block (which uses the span that
+ * holds slots 1-3), rebuilds normed1 (slot 0) and the raw q, k, v (slots 1-3). */
+static void recompute_mid(spes_model *m, int l)
+{
+    struct spes_model_priv *p = m->priv;
+    int H = CFG->hidden_size, N = p->B * p->T;
+    const spes_layer_w *w = &p->lp[l];
+    const float *x = p->xres + (size_t)l * N * H;
+    float *xmid = p->slot[4];
+    spes_copy_pool(p->pool, xmid, x, (size_t)N * H);
+    MM(xmid, H, p->att + (size_t)l * N * H, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
+    spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);
+}
+
+static void recompute_qkv(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, B = p->B, T = p->T, N = B * T;
+    int KVD = NKV * (H / NH), N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l];
     const float *x = p->xres + (size_t)l * N * H;
     spes_rmsnorm_apply(p->norm, x, p->rstd1 + (size_t)l * N, w->ln1, N, H, p->pool);
     MM(p->q, H, p->norm, H, 0, w->wq, H, 1, N, H, H, 1.0f, 0.0f);
     MM(p->k, KVD, p->norm, H, 0, w->wk, H, 1, N, KVD, H, 1.0f, 0.0f);
     MM(p->v, KVD, p->norm, H, 0, w->wv, H, 1, N, KVD, H, 1.0f, 0.0f);
-    float *xmid = p->slot[4];
-    spes_copy_pool(p->pool, xmid, x, (size_t)N * H);
-    MM(xmid, H, p->att + (size_t)l * N * H, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
-    spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);
 }
 
 static void backward_run(spes_model *m)
@@ -220,8 +157,9 @@ static void backward_run(spes_model *m)
     MM(p->dresid, H, dlog, V, 0, p->lm, H, 0, N, H, V, 1.0f, 0.0f);
     spes_rmsnorm_backward(p->dresid, p->gnormf, p->dresid, xf, p->normf, p->rstdf, N, H, p->partial, p->pool);
     for (int l = L - 1; l >= 0; l--) {
-        recompute_layer(m, l);
+        recompute_mid(m, l);
         moe_backward(m, l);
+        recompute_qkv(m, l);
         attn_backward(m, l);
     }
     spes_embedding_backward(p->gembed, p->dresid, p->tokens, N, H, p->pool);

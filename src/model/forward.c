@@ -1,7 +1,6 @@
 /* forward.c: the model's forward pass and losses. Allocates nothing: every
  * buffer was carved in spes_model_alloc. Attention runs on our pool over
- * (batch, head); all big products are sgemm; MoE tokens are gathered per
- * expert in chunks of p->moe_chunk rows and scattered back in expert order. */
+ * (batch, head); all big products are sgemm; the expert block is in moe.c. */
 #include "model/model_priv.h"
 
 #include "core/error.h"
@@ -73,97 +72,6 @@ void spes__model_attn_forward(spes_model *m, int l, int s, int B, int T)
     spes_parallel_for(p->pool, (size_t)B * NH, attn_range, &f);
 }
 
-void spes__model_build_lists(spes_model *m, int s, int N)
-{
-    struct spes_model_priv *p = m->priv;
-    int E = CFG->num_experts, K = CFG->num_experts_per_tok;
-    const int32_t *ti = p->topi + (size_t)s * N * K;
-    int32_t *off = p->eoff;
-    memset(off, 0, sizeof(int32_t) * (E + 1));
-    for (int i = 0; i < N * K; i++)
-        off[ti[i] + 1]++;
-    for (int e = 0; e < E; e++) {
-        p->counts[(size_t)s * E + e] = (float)off[e + 1];
-        off[e + 1] += off[e];
-    }
-    int32_t pos[SPES_KERNEL_MAX_E];
-    memcpy(pos, off, sizeof(int32_t) * E);
-    for (int i = 0; i < N * K; i++)
-        p->elist[pos[ti[i]]++] = i;
-}
-
-static void swiglu_range(void *vctx, size_t b, size_t e, int tid)
-{
-    fctx *f = vctx;
-    (void)tid;
-    size_t n = (size_t)f->n;
-    spes_swiglu_forward(f->a + b * n, f->a + b * n, f->b + b * n, (e - b) * n);
-}
-
-typedef struct {
-    float *dst;
-    const float *src, *w;
-    const int32_t *list;
-    int K, C;
-} rows_ctx;
-
-static void gather_range(void *vctx, size_t b, size_t e, int tid)
-{
-    rows_ctx *x = vctx;
-    (void)tid;
-    for (size_t r = b; r < e; r++)
-        memcpy(x->dst + r * x->C, x->src + (size_t)(x->list[r] / x->K) * x->C, sizeof(float) * x->C);
-}
-
-/* Rows of one chunk are distinct tokens (an expert is picked once per
- * token), so scattering rows in parallel is race-free and deterministic. */
-static void scatter_range(void *vctx, size_t b, size_t e, int tid)
-{
-    rows_ctx *x = vctx;
-    (void)tid;
-    for (size_t r = b; r < e; r++) {
-        float wt = x->w ? x->w[x->list[r]] : 1.0f;
-        float *dst = x->dst + (size_t)(x->list[r] / x->K) * x->C;
-        const float *y = x->src + r * x->C;
-        for (int c = 0; c < x->C; c++)
-            dst[c] += wt * y[c];
-    }
-}
-
-void spes__model_gather(spes_model *m, float *dst, const float *src, const int32_t *list, int nr)
-{
-    rows_ctx x = {dst, src, NULL, list, CFG->num_experts_per_tok, CFG->hidden_size};
-    spes_parallel_for(m->priv->pool, (size_t)nr, gather_range, &x);
-}
-
-void spes__model_scatter(spes_model *m, float *dst, const float *src, const float *w, const int32_t *list,
-                         int nr)
-{
-    rows_ctx x = {dst, src, w, list, CFG->num_experts_per_tok, CFG->hidden_size};
-    spes_parallel_for(m->priv->pool, (size_t)nr, scatter_range, &x);
-}
-
-static void moe_forward(spes_model *m, int l, int s, float *x, int N)
-{
-    struct spes_model_priv *p = m->priv;
-    int H = CFG->hidden_size, I = CFG->intermediate_size, E = CFG->num_experts, K = CFG->num_experts_per_tok;
-    const float *topw = p->topw + (size_t)s * N * K;
-    for (int e = 0; e < E; e++) {
-        const spes_expert_w *w = &p->ep[l * E + e];
-        for (int c0 = p->eoff[e]; c0 < p->eoff[e + 1]; c0 += p->moe_chunk) {
-            int nr = p->eoff[e + 1] - c0 < p->moe_chunk ? p->eoff[e + 1] - c0 : p->moe_chunk;
-            const int32_t *list = p->elist + c0;
-            spes__model_gather(m, p->cx, p->norm, list, nr);
-            MM(p->cg, I, p->cx, H, 0, w->wg, H, 1, nr, I, H, 1.0f, 0.0f);
-            MM(p->cu, I, p->cx, H, 0, w->wu, H, 1, nr, I, H, 1.0f, 0.0f);
-            fctx f = {.a = p->cg, .b = p->cu, .n = I};
-            spes_parallel_for(p->pool, (size_t)nr, swiglu_range, &f);
-            MM(p->cy, H, p->cg, I, 0, w->wd, I, 1, nr, H, I, 1.0f, 0.0f);
-            spes__model_scatter(m, x, p->cy, topw, list, nr);
-        }
-    }
-}
-
 /* router_losses adds layer s's load-balance and z-loss terms (unweighted). */
 static void router_losses(spes_model *m, int s, int N, double *lb, double *z)
 {
@@ -228,8 +136,7 @@ static int forward_run(spes_model *m, const int32_t *tokens, const int32_t *targ
         spes_router_forward(p->probs + (size_t)s * N * E, p->rlse + (size_t)s * N,
                             p->topi + (size_t)s * N * K, p->topw + (size_t)s * N * K, p->rlog, N, E, K,
                             CFG->norm_topk_prob, p->pool);
-        spes__model_build_lists(m, s, N);
-        moe_forward(m, l, s, xn, N);
+        spes__model_moe_forward(m, l, s, xn, N);
         if (targets)
             router_losses(m, s, N, &lb, &z);
     }

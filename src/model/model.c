@@ -206,36 +206,51 @@ static void carve(spes_model *m, carver *c)
     p->counts = take(c, nk * E);
     p->rstdf = take(c, N);
     p->att = take(c, nk * N * H);
-    int nslots = p->training ? 7 : 4;
-    int alias = p->training && V <= 3 * H;
-    p->logits = alias ? NULL : take(c, N * V);
     p->losses = take(c, N);
     p->tokens = (int32_t *)take(c, N);
     p->targets = (int32_t *)take(c, N);
-    for (int i = 0; i < nslots; i++)
-        p->slot[i] = take(c, N * H);
+    /* slots 0, 4, 5 on their own; 1-3 and (training) 6 open the span, which the
+     * expert block needs whole: every routed row's output, then one scratch per
+     * lane (training: x, dy rows (CH, H) and [gate | up], h, dh (CH, 2I + 2I);
+     * inference: x rows and [gate | up]); the logits use it too when training */
+    size_t NH_ = N * H, M = N * K, sp = p->training ? 4 : 3;
+    size_t lane = CH * (p->training ? 2 * H + 4 * I : H + 2 * I);
+    p->lane_numel = (lane + 15) & ~(size_t)15;
+    p->nlanes = (int)nt;
+    size_t moe = ((M * H + 15) & ~(size_t)15) + nt * p->lane_numel, span = sp * NH_;
+    if (span < moe)
+        span = moe;
+    if (p->training && span < N * V)
+        span = N * V;
+    p->slot[0] = take(c, NH_);
+    if (p->training) {
+        p->slot[4] = take(c, NH_);
+        p->slot[5] = take(c, NH_);
+    }
+    p->span = take(c, span);
+    p->slot[1] = p->span;
+    p->slot[2] = p->span ? p->span + NH_ : NULL;
+    p->slot[3] = p->span ? p->span + 2 * NH_ : NULL;
+    p->slot[6] = p->training && p->span ? p->span + 3 * NH_ : NULL;
+    p->moe_y = p->span;
+    p->moe_scr = p->span ? p->span + ((M * H + 15) & ~(size_t)15) : NULL;
+    p->logits = p->training ? p->span : take(c, N * V);
     (void)KVD;
     p->norm = p->slot[0];
     p->q = p->slot[1];
     p->k = p->slot[2];
     p->v = p->slot[3];
-    if (alias)
-        p->logits = p->slot[4]; /* slots 4-6 are contiguous */
     p->rlog = take(c, N * E);
     p->elist = (int32_t *)take(c, N * K);
+    p->epos = (int32_t *)take(c, N * K);
     p->eoff = (int32_t *)take(c, E + 1);
+    p->lane_cut = (int32_t *)take(c, nt + 1);
     p->moe_chunk = (int)CH;
-    p->cx = take(c, CH * H);
-    p->cy = take(c, CH * H);
-    p->cg = take(c, CH * I);
-    p->cu = take(c, CH * I);
     p->tscr_numel = p->training ? 2 * SPES_ATTN_RB * T + SPES_ATTN_RB + 3 * T * D : SPES_ATTN_RB * T;
     p->tscr_numel = (p->tscr_numel + 15) & ~(size_t)15;
     p->tscr = take(c, nt * p->tscr_numel);
     p->partial = take(c, 2 * nt * H);
     if (p->training) {
-        p->ch = take(c, CH * I);
-        p->cd = take(c, CH * I);
         p->dresid = take(c, N * H);
         p->dtopw = take(c, N * K);
         p->lbc = take(c, E);
@@ -254,6 +269,7 @@ void spes_model_free(spes_model *m)
         free(m->priv->rope_cos);
         free(m->priv->rope_sin);
         free(m->priv->acts);
+        free(m->priv->lane_flag);
         free(m->priv);
     }
     free(m->params);
@@ -308,7 +324,8 @@ int spes_model_alloc(spes_model **out, const spes_model_config *c, const uint8_t
     p->eg = calloc((size_t)L * E, sizeof *p->eg);
     p->rope_cos = malloc(sizeof(float) * (size_t)T * (D / 2));
     p->rope_sin = malloc(sizeof(float) * (size_t)T * (D / 2));
-    if (!p->lp || !p->lg || !p->ep || !p->eg || !p->rope_cos || !p->rope_sin)
+    p->lane_flag = calloc((size_t)p->nthreads, sizeof *p->lane_flag);
+    if (!p->lp || !p->lg || !p->ep || !p->eg || !p->rope_cos || !p->rope_sin || !p->lane_flag)
         goto nomem;
     carver cv = {NULL, 0};
     carve(m, &cv);

@@ -5,10 +5,12 @@
 
 #include "model/model.h"
 
-/* SPES_MOE_CHUNK is the most tokens one expert sgemm handles at a time (bounds scratch:
- * 2 x (CH, H) + 4 x (CH, I) floats, 5 MiB on the bench config). 512 rather than 256:
- * each of two threads then multiplies 256 rows against a packed weight, which runs
- * sgemm nearer its peak; the scratch costs 2.6 MiB more on every node alike. */
+#include <stdatomic.h>
+
+/* SPES_MOE_CHUNK is the most rows one lane's expert products handle at a time:
+ * each lane's scratch is 2 x (CH, H) + 4 x (CH, I) floats (5 MiB on the bench
+ * config). An expert holds 512 rows on average there (2048 tokens x top-2 over 8),
+ * so most experts' weights are packed once per pass. */
 #define SPES_MOE_CHUNK 512
 
 /* MM is a matrix product on the model's pool (p in scope); the model sets
@@ -58,23 +60,34 @@ struct spes_model_priv {
     float *topw;                          /* (nkeep, N, K) */
     float *counts;                        /* (nkeep, E) tokens routed to each expert */
     float *rstdf;                         /* (N) */
-    float *logits;                        /* (N, V); training: on slots 4-6 when it fits (dlogits in place) */
+    float *logits;                        /* (N, V); training: on the span (dlogits in place) */
     float *losses;                        /* (N) */
     int32_t *tokens, *targets;            /* (N) of the last forward */
     /* attention output before o_proj, (nkeep, N, H): kept per layer when training,
      * because recomputing it in the backward (QK^T, softmax, PV per head) cost ~3.5 %
      * of a step on the bench config, against 6 MiB more on every node alike */
     float *att;
-    /* scratch: slots of (N, H) floats; forward uses slots 0-3, backward all 7 */
+    /* scratch: slots of (N, H) floats; forward uses slots 0-3, backward all 7.
+     * Slots 1-3 and 6 open the span, which the expert block uses whole while
+     * they are dead (forward: after attention; backward: q/k/v are recomputed
+     * after it) and the logits use between forward and backward. */
     float *slot[7];
-    float *norm;                        /* slot 0 (N, H) */
-    float *q, *k, *v;                   /* slots 1-3: (N, H), (N, NKV*D), (N, NKV*D) */
-    float *rlog;                        /* (N, E) router logits / their gradient */
-    int32_t *elist;                     /* (N*K) token*K+slot, grouped by expert */
-    int32_t *eoff;                      /* (E+1) */
-    int moe_chunk;                      /* rows per expert chunk: min(SPES_MOE_CHUNK, N) (tests: fewer) */
-    float *cx, *cy, *cg, *cu, *ch, *cd; /* MoE chunk: (CH,H) x2, (CH,I) x4 */
-    float *tscr;                        /* (nthreads, per-thread attention scratch) */
+    float *norm;      /* slot 0 (N, H) */
+    float *q, *k, *v; /* slots 1-3: (N, H), (N, NKV*D), (N, NKV*D) */
+    float *span;      /* slots 1-3 (and 6), then the rest of the expert block's scratch */
+    float *rlog;      /* (N, E) router logits / their gradient */
+    int32_t *elist;   /* (N*K) token*K+slot, grouped by expert */
+    int32_t *epos;    /* (N*K) position of token*K+slot in elist */
+    int32_t *eoff;    /* (E+1) */
+    int moe_chunk;    /* rows per lane chunk: min(SPES_MOE_CHUNK, N) (tests: fewer) */
+    float *moe_y;     /* span: (N*K, H) each routed row's output, elist order */
+    float *moe_scr;   /* span: nlanes x lane_numel, one scratch per lane */
+    size_t lane_numel;
+    int nlanes;             /* = nthreads */
+    int32_t *lane_cut;      /* (nlanes+1) row ranges of the lanes */
+    atomic_uint *lane_flag; /* (nlanes) see moe.c */
+    unsigned lane_epoch;
+    float *tscr; /* (nthreads, per-thread attention scratch) */
     size_t tscr_numel;
     float *partial; /* (nthreads, H) */
     float *dresid;  /* (N, H) */
@@ -88,13 +101,14 @@ struct spes_model_priv {
 /* spes__model_set_moe_chunk sets the rows per expert chunk (clamped to [1, capacity]);
  * tests use it to run the multi-chunk paths on tiny batches. */
 void spes__model_set_moe_chunk(spes_model *m, int rows);
-/* spes__model_build_lists groups layer slot's routed (token, slot) pairs by expert, tokens ascending. */
+/* spes__model_build_lists groups layer slot's routed (token, slot) pairs by expert, tokens ascending
+ * (elist, eoff, epos, counts). */
 void spes__model_build_lists(spes_model *m, int slot, int N);
-/* spes__model_gather copies rows src[token of list[r]] (H wide) to dst[r], r < nr. */
-void spes__model_gather(spes_model *m, float *dst, const float *src, const int32_t *list, int nr);
-/* spes__model_scatter adds w[list[r]] * src[r] (w NULL: 1) to dst[token of list[r]]. */
-void spes__model_scatter(spes_model *m, float *dst, const float *src, const float *w, const int32_t *list,
-                         int nr);
+/* spes__model_moe_forward adds layer l's (slot s) expert outputs of p->norm to x. */
+void spes__model_moe_forward(spes_model *m, int l, int s, float *x, int N);
+/* spes__model_moe_backward writes d(loss)/d(norm2) of layer l's experts to dn2, routing
+ * weights' gradients to p->dtopw and the trained experts' weight gradients. */
+void spes__model_moe_backward(spes_model *m, int l, float *dn2);
 /* spes__model_attn_forward runs the attention block of layer l (slot s) on p->norm. */
 void spes__model_attn_forward(spes_model *m, int l, int s, int B, int T);
 
