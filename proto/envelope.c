@@ -183,7 +183,7 @@ int spes_proto_encode(int type, const ProtobufCMessage *msg, uint8_t **out, size
 
 int spes_proto_decode(const uint8_t *buf, size_t len, int *type, ProtobufCMessage **msg)
 {
-    spes_proto_header h;
+    spes_proto_header h = {0};
     *type = 0;
     *msg = NULL;
     int rc = spes_proto_header_decode(buf, len, &h);

@@ -136,7 +136,7 @@ static int split_level(loader *L, json_t *p)
     static const char *const keys[] = {"type", "pattern", "behavior", "invert", NULL};
     static const char *const behaviors[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
                                             "Contiguous"};
-    int r = check_keys(L, p, "Split pre_tokenizer", keys), invert, beh = -1, literal;
+    int r = check_keys(L, p, "Split pre_tokenizer", keys), invert = 0, beh = -1, literal;
     if (r || (r = get_bool(L, p, "invert", 0, &invert, "Split")))
         return r;
     json_t *b = json_object_get(p, "behavior"), *pat = json_object_get(p, "pattern"), *s;
@@ -163,7 +163,7 @@ static int split_level(loader *L, json_t *p)
 static int bytelevel_level(loader *L, json_t *p, const char *where)
 {
     static const char *const keys[] = {"type", "add_prefix_space", "trim_offsets", "use_regex", NULL};
-    int r = check_keys(L, p, where, keys), prefix, trim, regex;
+    int r = check_keys(L, p, where, keys), prefix = 0, trim = 0, regex = 0;
     if (r || (r = get_bool(L, p, "add_prefix_space", 1, &prefix, where)) ||
         (r = get_bool(L, p, "trim_offsets", 1, &trim, where)) ||
         (r = get_bool(L, p, "use_regex", 1, &regex, where)))

@@ -90,7 +90,7 @@ static int measure(spes_tokenizer *t, const char *name, json_t *vocab, json_t *a
     const char *k;
     json_t *v;
     size_t i;
-    uint32_t id, maxid = 0;
+    uint32_t id = 0, maxid = 0;
     int r;
     *bytes = 0;
     json_object_foreach(vocab, k, v)
