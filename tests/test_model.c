@@ -234,17 +234,19 @@ START_TEST(test_frozen_columns)
 }
 END_TEST
 
-/* run_once: two forward+backward passes (gradients accumulate) on 4 x 70 tokens with
- * threads threads and experts in chunks of chunk rows (0: the default). */
-static void run_once(int threads, float *grads_out, size_t n, float *loss, int chunk)
+/* train_twice: two forward+backward passes (gradients accumulate) of a model with
+ * trained columns (NULL: all), capacity 4 x 70, on a b x t batch, with threads
+ * threads and experts in chunks of chunk rows (0: the default); returns the
+ * model's gradient count. */
+static size_t train_twice(int threads, const uint8_t *trained, int chunk, int b, int t, float *grads,
+                          float *loss)
 {
     spes_model_config c = tiny(2, 1, 0);
     c.hidden_size = 32;
     spes_pool *pool;
     ck_assert_int_eq(spes_pool_alloc(&pool, threads), 0);
     spes_model *m;
-    ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 4, 70, 1, pool), 0);
-    ck_assert_uint_eq(m->grads_numel, n);
+    ck_assert_int_eq(spes_model_alloc(&m, &c, trained, 4, 70, 1, pool), 0);
     if (chunk)
         spes__model_set_moe_chunk(m, chunk);
     spes_model_init_weights(m, 11);
@@ -252,13 +254,21 @@ static void run_once(int threads, float *grads_out, size_t n, float *loss, int c
     make_batch(tok, tgt, 4 * 70, c.vocab_size, 12);
     spes_model_zero_grad(m);
     for (int it = 0; it < 2; it++) {
-        ck_assert_int_eq(spes_model_forward(m, tok, tgt, 4, 70, &OPTS), 0);
+        ck_assert_int_eq(spes_model_forward(m, tok, tgt, b, t, &OPTS), 0);
         spes_model_backward(m);
     }
     *loss = m->loss;
-    memcpy(grads_out, m->grads, n * sizeof(float));
+    size_t n = m->grads_numel;
+    memcpy(grads, m->grads, n * sizeof(float));
     spes_model_free(m);
     spes_pool_free(pool);
+    return n;
+}
+
+/* run_once: train_twice on all columns and the whole 4 x 70 batch. */
+static void run_once(int threads, float *grads_out, size_t n, float *loss, int chunk)
+{
+    ck_assert_uint_eq(train_twice(threads, NULL, chunk, 4, 70, grads_out, loss), n);
 }
 
 /* run_numel is the parameter count of run_once's model. */
@@ -317,35 +327,6 @@ START_TEST(test_moe_chunking)
 }
 END_TEST
 
-/* lanes_run: like run_once with trained columns (NULL: all) on a B x T batch;
- * returns the model's gradient count. */
-static size_t lanes_run(int threads, const uint8_t *trained, int chunk, int b, int t, float *grads,
-                        float *loss)
-{
-    spes_model_config c = tiny(2, 1, 0);
-    c.hidden_size = 32;
-    spes_pool *pool;
-    ck_assert_int_eq(spes_pool_alloc(&pool, threads), 0);
-    spes_model *m;
-    ck_assert_int_eq(spes_model_alloc(&m, &c, trained, 4, 70, 1, pool), 0);
-    if (chunk)
-        spes__model_set_moe_chunk(m, chunk);
-    spes_model_init_weights(m, 11);
-    int32_t tok[4 * 70], tgt[4 * 70];
-    make_batch(tok, tgt, 4 * 70, c.vocab_size, 12);
-    spes_model_zero_grad(m);
-    for (int it = 0; it < 2; it++) {
-        ck_assert_int_eq(spes_model_forward(m, tok, tgt, b, t, &OPTS), 0);
-        spes_model_backward(m);
-    }
-    *loss = m->loss;
-    size_t n = m->grads_numel;
-    memcpy(grads, m->grads, n * sizeof(float));
-    spes_model_free(m);
-    spes_pool_free(pool);
-    return n;
-}
-
 /* The expert block cuts the expert-sorted rows into one lane per thread, so
  * with 3 and 7 threads experts are cut between lanes (with 7, some lane lies
  * inside one expert; with a 2-token batch most lanes are empty) and their
@@ -362,7 +343,7 @@ START_TEST(test_lanes_agree)
     for (int mi = 0; mi < 2; mi++)
         for (int si = 0; si < 2; si++) {
             int b = shapes[si][0], t = shapes[si][1];
-            size_t ng = lanes_run(1, masks[mi], 0, b, t, g0, &l0);
+            size_t ng = train_twice(1, masks[mi], 0, b, t, g0, &l0);
             double gmax = 0;
             for (size_t i = 0; i < ng; i++)
                 gmax = fmax(gmax, fabs(g0[i]));
@@ -370,7 +351,7 @@ START_TEST(test_lanes_agree)
             int threads[3] = {2, 3, 7}, chunks[2] = {0, 7};
             for (int ti = 0; ti < 3; ti++)
                 for (int ci = 0; ci < 2; ci++) {
-                    lanes_run(threads[ti], masks[mi], chunks[ci], b, t, g1, &l1);
+                    train_twice(threads[ti], masks[mi], chunks[ci], b, t, g1, &l1);
                     ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g (%d threads, mask %d)",
                                   l1, l0, threads[ti], mi);
                     double d = 0;
@@ -381,8 +362,8 @@ START_TEST(test_lanes_agree)
                                   "mask %d, batch %dx%d",
                                   d, gmax, threads[ti], chunks[ci], mi, b, t);
                 }
-            lanes_run(7, masks[mi], 7, b, t, g0, &l0);
-            lanes_run(7, masks[mi], 7, b, t, g1, &l1);
+            train_twice(7, masks[mi], 7, b, t, g0, &l0);
+            train_twice(7, masks[mi], 7, b, t, g1, &l1);
             ck_assert_mem_eq(&l0, &l1, sizeof l0);
             ck_assert_mem_eq(g0, g1, ng * sizeof(float));
         }
