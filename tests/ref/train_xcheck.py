@@ -8,7 +8,15 @@ initial weights for the config's seed from `xcheck_dump --init-only`, and then
    Tolerance: relative 1e-4 at the first step growing linearly to 1e-3 at step 20. torch float32
    vs float64 differ by 1e-7 .. 2e-6 on these runs; AdamW amplifies fp32 noise in elements whose
    gradient is near eps (one such element moves by ~lr*0.1), so C drift up to ~1e-4 is expected,
-   while every semantic slip we tried (schedule off by one, lb factor ignored) is >= 1e-3;
+   while every semantic slip we tried (schedule off by one, lb factor ignored) is >= 1e-3.
+   Some runs are chaotic: a near tie in top-k routing or an element at AdamW's eps turns a 1e-7
+   rounding difference into a 1e-4 .. 1e-3 change a few steps later (tiny/cols02: `spesd train`
+   with 1 and 2 threads, both correct fp32, part at step 4 or step 10 depending on the build,
+   while torch fp32 happens not to). So spesd runs again with one thread more, and a step's
+   tolerance (loss and printed grad norm) is also 3x the largest gap between the two C runs so far
+   (once forked, two runs stay on different branches even where they cross): a semantic slip moves
+   both runs alike and still shows, while a fork of fp32 rounding no longer fails the suite. The
+   suites that do not fork keep the tight tolerance;
 2. runs `spesd train --steps 1`, `spesd export`: model.safetensors must equal the reference after
    one AdamW step within 1e-5 (norm-relative per tensor). At step 1 AdamW moves each element by
    lr*g/(|g|+eps) ~ lr*sign(g); where |g| is near eps or near the C gradient's own error
@@ -135,10 +143,12 @@ def trained_of(su, columns):
     return [True] * su.cfg.E if columns is None else [e in columns for e in range(su.cfg.E)]
 
 
-def spesd_train(args, tmp, su, columns, tag, steps, tokfile):
-    out = os.path.join(tmp, su.name, "ckpt_%s_%d" % (tag, steps))
+def spesd_train(args, tmp, su, columns, tag, steps, tokfile, threads=None):
+    threads = threads or su.threads
+    out = os.path.join(tmp, su.name, "ckpt_%s_%d%s" % (tag, steps, "" if threads == su.threads else
+                                                       "_t%d" % threads))
     cmd = [args.spesd, "train", "--config", su.cfgfile, "--data", tokfile, "--steps", str(steps),
-           "--threads", str(su.threads), "--out", out]
+           "--threads", str(threads), "--out", out]
     if columns is not None:
         cmd += ["--columns", ",".join(map(str, columns))]
     return run(cmd, "spesd train (%s)" % tag), out
@@ -149,6 +159,8 @@ def train_curve(args, tmp, su, columns, tag, steps=None, data=None, tokfile=None
     data = su.data if data is None else data
     text, _ = spesd_train(args, tmp, su, columns, tag, steps, tokfile or su.tokfile)
     got, idx = parse_steps(text)
+    alt_text, _ = spesd_train(args, tmp, su, columns, tag, steps, tokfile or su.tokfile, su.threads + 1)
+    alt, _ = parse_steps(alt_text)
     trained = trained_of(su, columns)
     P = R.make_params(su.init, su.cfg, torch.float64, trained)
     ref, norms = R.train(P, su.cfg, su.tr, SPES, data, steps, trained)
@@ -158,21 +170,30 @@ def train_curve(args, tmp, su, columns, tag, steps=None, data=None, tokfile=None
                  (tag, len(got), idx[:3] + ["..."] if len(idx) > 3 else idx, steps)):
         print(text[-3000:])
         return
-    print("   %-4s %12s %12s %10s %10s %10s %6s" % ("step", "spesd", "reference", "rel", "torch-fp32", "tol", "clip?"))
+    if not check(len(alt) == steps, "%s: spesd with %d threads printed %d step lines, expected %d" %
+                 (tag, su.threads + 1, len(alt), steps)):
+        return
+    print("   %-4s %12s %12s %10s %10s %10s %10s %6s" % ("step", "spesd", "reference", "rel", "torch-fp32",
+                                                     "C-threads", "tol", "clip?"))
     worst, bad, extra = 0.0, [], []
+    fork = fork_norm = 0.0  # the largest gap so far between the two C runs (loss: relative)
     for s, ((c, lr, nm), r) in enumerate(zip(got, ref)):
+        fork = max(fork, abs(alt[s][0] - c) / abs(r))
+        if nm is not None and alt[s][2] is not None:
+            fork_norm = max(fork_norm, abs(alt[s][2] - nm))
         want_lr = R.lr_at(s, su.tr)
         if lr is not None and abs(lr - want_lr) > 1e-3 * want_lr:
             extra.append("step %d: lr %g, DESIGN's schedule gives %g" % (s, lr, want_lr))
         # a printed norm may be the pre-clip or the post-clip one; %.3f leaves 5e-4, and ~1e-4 of C noise
-        if nm is not None and min(abs(nm - norms[s]), abs(nm - min(norms[s], su.tr["grad_clip"]))) > 2e-3:
+        if nm is not None and min(abs(nm - norms[s]), abs(nm - min(norms[s], su.tr["grad_clip"]))) > max(
+                2e-3, 3 * fork_norm):
             extra.append("step %d: grad norm %g, reference %g (pre-clip)" % (s, nm, norms[s]))
         # the same computation in torch float32 measures how much fp32 rounding alone moves this run
         noise = abs(ref32[s] - r) / abs(r)
-        tol = max(1e-4 + (1e-3 - 1e-4) * s / max(1, args.steps - 1), 10 * noise)
+        tol = max(1e-4 + (1e-3 - 1e-4) * s / max(1, args.steps - 1), 10 * noise, 3 * fork)
         rel = abs(c - r) / abs(r)
         worst = max(worst, rel)
-        print("   %-4d %12.6f %12.6f %10.2e %10.2e %10.1e %6s%s" % (idx[s], c, r, rel, noise, tol,
+        print("   %-4d %12.6f %12.6f %10.2e %10.2e %10.2e %10.1e %6s%s" % (idx[s], c, r, rel, noise, fork, tol,
               "yes" if norms[s] > su.tr["grad_clip"] else "no", "" if rel <= tol else "  <-- MISMATCH"))
         if rel > tol:
             bad.append(s)
