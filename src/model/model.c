@@ -82,6 +82,7 @@ int spes_layout_build(spes_layout *lo, const spes_model_config *c)
     if (!c->tie_word_embeddings)
         push(lo, cap, &off, "lm_head.weight", V, H, -1, -1);
     lo->shared_numel = off;
+    /* gate_proj then up_proj, adjacent: moe.c multiplies by [gate | up] as one (2I, H) matrix */
     static const char *en[3] = {"gate_proj", "up_proj", "down_proj"};
     for (int e = 0; e < E; e++)
         for (int l = 0; l < L; l++)
@@ -189,7 +190,7 @@ static void carve(spes_model *m, carver *c)
     const spes_model_config *cf = &m->cfg;
     size_t N = (size_t)p->N, H = cf->hidden_size, I = cf->intermediate_size, E = cf->num_experts,
            K = cf->num_experts_per_tok, V = cf->vocab_size, NH = cf->num_attention_heads;
-    size_t D = H / NH, KVD = D * cf->num_key_value_heads, T = m->T, CH = SPES_MOE_CHUNK;
+    size_t D = H / NH, T = m->T, CH = SPES_MOE_CHUNK;
     size_t nk = (size_t)p->nkeep, nt = (size_t)p->nthreads;
     if (CH > N)
         CH = N;
@@ -216,7 +217,6 @@ static void carve(spes_model *m, carver *c)
     size_t NH_ = N * H, M = N * K, sp = p->training ? 4 : 3;
     size_t lane = CH * (p->training ? 2 * H + 4 * I : H + 2 * I);
     p->lane_numel = (lane + 15) & ~(size_t)15;
-    p->nlanes = (int)nt;
     size_t moe = ((M * H + 15) & ~(size_t)15) + nt * p->lane_numel, span = sp * NH_;
     if (span < moe)
         span = moe;
@@ -235,7 +235,6 @@ static void carve(spes_model *m, carver *c)
     p->moe_y = p->span;
     p->moe_scr = p->span ? p->span + ((M * H + 15) & ~(size_t)15) : NULL;
     p->logits = p->training ? p->span : take(c, N * V);
-    (void)KVD;
     p->norm = p->slot[0];
     p->q = p->slot[1];
     p->k = p->slot[2];

@@ -81,11 +81,10 @@ struct spes_model_priv {
     int32_t *eoff;    /* (E+1) */
     int moe_chunk;    /* rows per lane chunk: min(SPES_MOE_CHUNK, N) (tests: fewer) */
     float *moe_y;     /* span: (N*K, H) each routed row's output, elist order */
-    float *moe_scr;   /* span: nlanes x lane_numel, one scratch per lane */
+    float *moe_scr;   /* span: nthreads x lane_numel, one scratch per lane (one lane per thread) */
     size_t lane_numel;
-    int nlanes;             /* = nthreads */
-    int32_t *lane_cut;      /* (nlanes+1) row ranges of the lanes */
-    atomic_uint *lane_flag; /* (nlanes) see moe.c */
+    int32_t *lane_cut;      /* (nthreads+1) row ranges of the lanes */
+    atomic_uint *lane_flag; /* (nthreads) see moe.c */
     unsigned lane_epoch;
     float *tscr; /* (nthreads, per-thread attention scratch) */
     size_t tscr_numel;
@@ -101,9 +100,6 @@ struct spes_model_priv {
 /* spes__model_set_moe_chunk sets the rows per expert chunk (clamped to [1, capacity]);
  * tests use it to run the multi-chunk paths on tiny batches. */
 void spes__model_set_moe_chunk(spes_model *m, int rows);
-/* spes__model_build_lists groups layer slot's routed (token, slot) pairs by expert, tokens ascending
- * (elist, eoff, epos, counts). */
-void spes__model_build_lists(spes_model *m, int slot, int N);
 /* spes__model_moe_forward adds layer l's (slot s) expert outputs of p->norm to x. */
 void spes__model_moe_forward(spes_model *m, int l, int s, float *x, int N);
 /* spes__model_moe_backward writes d(loss)/d(norm2) of layer l's experts to dn2, routing

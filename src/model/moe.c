@@ -38,7 +38,9 @@
 #define COST_FROZEN 5
 #define COST_TRAINED 8
 
-void spes__model_build_lists(spes_model *m, int s, int N)
+/* build_lists groups layer slot s's routed (token, slot) pairs by expert, tokens
+ * ascending: elist, eoff, epos and the layer's counts. */
+static void build_lists(spes_model *m, int s, int N)
 {
     struct spes_model_priv *p = m->priv;
     int E = CFG->num_experts, K = CFG->num_experts_per_tok;
@@ -59,12 +61,12 @@ void spes__model_build_lists(spes_model *m, int s, int N)
     }
 }
 
-/* lane_cuts splits rows [0, eoff[E]) into p->nlanes ranges of about equal work
+/* lane_cuts splits rows [0, eoff[E]) into one range per thread of about equal work
  * (rows of trained experts weigh wt, of frozen ones wf). */
 static void lane_cuts(spes_model *m, int wt, int wf)
 {
     struct spes_model_priv *p = m->priv;
-    int E = CFG->num_experts, nl = p->nlanes;
+    int E = CFG->num_experts, nl = p->nthreads;
     const int32_t *off = p->eoff;
     int64_t total = 0;
     for (int e = 0; e < E; e++)
@@ -151,8 +153,9 @@ static void fwd_lane(void *vctx, size_t b, size_t e_, int tid)
     }
 }
 
-/* combine_range: for tokens [b, e), dst[t] += w * Y[r] over the token's rows r
- * in ascending order (= expert order), w = topw of the row or 1. */
+/* combine_range: for tokens [b, e), over the token's rows r in ascending order
+ * (= expert order): forward dst[t] += topw * Y[r]; backward (no topw) dst[t] =
+ * the sum of its Y[r] (dst is not read, so it needs no zeroing first). */
 static void combine_range(void *vctx, size_t b, size_t e, int tid)
 {
     moe_ctx *c = vctx;
@@ -170,10 +173,17 @@ static void combine_range(void *vctx, size_t b, size_t e, int tid)
         }
         float *dst = c->dst + t * H;
         for (int k = 0; k < K; k++) {
-            float wt = c->topw ? c->topw[p->elist[rows[k]]] : 1.0f;
             const float *y = p->moe_y + (size_t)rows[k] * H;
-            for (int i = 0; i < H; i++)
-                dst[i] += wt * y[i];
+            if (!c->topw && k == 0)
+                memcpy(dst, y, sizeof(float) * H);
+            else if (!c->topw)
+                for (int i = 0; i < H; i++)
+                    dst[i] += y[i];
+            else {
+                float wt = c->topw[p->elist[rows[k]]];
+                for (int i = 0; i < H; i++)
+                    dst[i] += wt * y[i];
+            }
         }
     }
 }
@@ -182,10 +192,10 @@ void spes__model_moe_forward(spes_model *m, int l, int s, float *x, int N)
 {
     struct spes_model_priv *p = m->priv;
     int K = CFG->num_experts_per_tok;
-    spes__model_build_lists(m, s, N);
+    build_lists(m, s, N);
     lane_cuts(m, COST_FWD, COST_FWD);
     moe_ctx c = {.m = m, .l = l, .N = N, .dst = x, .topw = p->topw + (size_t)s * N * K};
-    spes_parallel_for(p->pool, (size_t)p->nlanes, fwd_lane, &c);
+    spes_parallel_for(p->pool, (size_t)p->nthreads, fwd_lane, &c);
     spes_parallel_for(p->pool, (size_t)N, combine_range, &c);
 }
 
@@ -288,13 +298,12 @@ static void bwd_lane(void *vctx, size_t b, size_t e_, int tid)
 void spes__model_moe_backward(spes_model *m, int l, float *dn2)
 {
     struct spes_model_priv *p = m->priv;
-    int H = CFG->hidden_size, N = p->B * p->T;
-    spes__model_build_lists(m, l, N);
+    int N = p->B * p->T;
+    build_lists(m, l, N);
     lane_cuts(m, COST_TRAINED, COST_FROZEN);
     if (++p->lane_epoch == 0)
         p->lane_epoch = 1;
     moe_ctx c = {.m = m, .l = l, .N = N, .dst = dn2, .topw = NULL, .epoch = p->lane_epoch};
-    spes_parallel_for(p->pool, (size_t)p->nlanes, bwd_lane, &c);
-    spes_copy_pool(p->pool, dn2, NULL, (size_t)N * H);
+    spes_parallel_for(p->pool, (size_t)p->nthreads, bwd_lane, &c);
     spes_parallel_for(p->pool, (size_t)N, combine_range, &c);
 }
