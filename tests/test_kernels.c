@@ -95,6 +95,41 @@ static void rms_case(int threads)
     spes_rmsnorm_backward(d2, NULL, d2, t.x, t.w, t.rstd, RN, RC, partial, pool);
     for (int i = 0; i < RN * RC; i++)
         ck_assert_float_eq(d2[i], dx[i]);
+    /* the _ld forms on the same rows inside wider rows (ld = RC + 7, a sentinel
+     * around them) give the same bits in place and touch nothing else */
+    enum { LD = RC + 7, OFF = 3 };
+    rms_loss(&t); /* out and rstd of the unperturbed x again */
+    float wide[RN * LD], rs2[RN], dw2[RC];
+    for (int i = 0; i < RN * LD; i++)
+        wide[i] = -99.0f;
+    for (int i = 0; i < RN; i++)
+        memcpy(wide + i * LD + OFF, t.x + i * RC, sizeof(float) * RC);
+    spes_rmsnorm_forward_ld(wide + OFF, rs2, wide + OFF, LD, t.w, RN, RC, 1e-5f, pool);
+    for (int i = 0; i < RN; i++) {
+        ck_assert_float_eq(rs2[i], t.rstd[i]);
+        for (int c = 0; c < LD; c++)
+            if (c >= OFF && c < OFF + RC)
+                ck_assert_float_eq(wide[i * LD + c], t.out[i * RC + c - OFF]);
+            else
+                ck_assert_float_eq(wide[i * LD + c], -99.0f);
+    }
+    float xw[RN * LD], dwide[RN * LD];
+    for (int i = 0; i < RN * LD; i++)
+        xw[i] = dwide[i] = -99.0f;
+    for (int i = 0; i < RN; i++) {
+        memcpy(xw + i * LD + OFF, t.x + i * RC, sizeof(float) * RC);
+        memcpy(dwide + i * LD + OFF, t.R + i * RC, sizeof(float) * RC);
+    }
+    memset(dw2, 0, sizeof dw2);
+    spes_rmsnorm_backward_ld(dwide + OFF, dw2, dwide + OFF, xw + OFF, LD, t.w, t.rstd, RN, RC, partial, pool);
+    for (int c = 0; c < RC; c++)
+        ck_assert_float_eq(dw2[c], dw[c]);
+    for (int i = 0; i < RN; i++)
+        for (int c = 0; c < LD; c++)
+            if (c >= OFF && c < OFF + RC)
+                ck_assert_float_eq(dwide[i * LD + c], dx[i * RC + c - OFF]);
+            else
+                ck_assert_float_eq(dwide[i * LD + c], -99.0f);
     spes_pool_free(pool);
 }
 

@@ -65,6 +65,12 @@ void spes_rmsnorm_apply(float *out, const float *x, const float *rstd, const flo
  * scratch of 2*nthreads*C floats. */
 void spes_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                            const float *rstd, int N, int C, float *partial, spes_pool *pool);
+/* The _ld forms take rows ld floats apart (ld >= C) in every (N, C) operand: the
+ * model normalises q and k in place inside rows of [q | k | v]. */
+void spes_rmsnorm_forward_ld(float *out, float *rstd, const float *x, int ld, const float *w, int N, int C,
+                             float eps, spes_pool *pool);
+void spes_rmsnorm_backward_ld(float *dx, float *dw, const float *dout, const float *x, int ld, const float *w,
+                              const float *rstd, int N, int C, float *partial, spes_pool *pool);
 
 /* spes_rope_table fills cos/sin (T, D/2) for positions 0..T-1, inv_freq = theta^(-2j/D). */
 void spes_rope_table(float *cosv, float *sinv, int T, int D, double theta);

@@ -10,7 +10,7 @@
 typedef struct {
     float *out, *rstd, *dw, *partial;
     const float *x, *w, *dout, *rstd_in;
-    int C, nt;
+    int C, ld, nt;
     float eps;
 } rms_ctx;
 
@@ -20,8 +20,8 @@ static void rms_fwd_range(void *vctx, size_t b, size_t e, int tid)
     (void)tid;
     int C = r->C;
     for (size_t i = b; i < e; i++) {
-        const float *x = r->x + i * C;
-        float *o = r->out + i * C;
+        const float *x = r->x + i * r->ld;
+        float *o = r->out + i * r->ld;
         float ss = spes__dot(x, x, C);
         float rs = 1.0f / sqrtf(ss / (float)C + r->eps);
         r->rstd[i] = rs;
@@ -30,11 +30,17 @@ static void rms_fwd_range(void *vctx, size_t b, size_t e, int tid)
     }
 }
 
+void spes_rmsnorm_forward_ld(float *out, float *rstd, const float *x, int ld, const float *w, int N, int C,
+                             float eps, spes_pool *pool)
+{
+    rms_ctx r = {.out = out, .rstd = rstd, .x = x, .w = w, .C = C, .ld = ld, .eps = eps};
+    spes_parallel_for(pool, (size_t)N, rms_fwd_range, &r);
+}
+
 void spes_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C, float eps,
                           spes_pool *pool)
 {
-    rms_ctx r = {.out = out, .rstd = rstd, .x = x, .w = w, .C = C, .eps = eps};
-    spes_parallel_for(pool, (size_t)N, rms_fwd_range, &r);
+    spes_rmsnorm_forward_ld(out, rstd, x, C, w, N, C, eps, pool);
 }
 
 static void rms_apply_range(void *vctx, size_t b, size_t e, int tid)
@@ -64,9 +70,9 @@ static void rms_bwd_range(void *vctx, size_t b, size_t e, int tid)
     int C = r->C;
     float *pw = r->dw ? r->partial + (size_t)tid * C : NULL;
     for (size_t i = b; i < e; i++) {
-        const float *x = r->x + i * C;
-        const float *dy = r->dout + i * C;
-        float *dx = r->out + i * C;
+        const float *x = r->x + i * r->ld;
+        const float *dy = r->dout + i * r->ld;
+        float *dx = r->out + i * r->ld;
         float rs = r->rstd_in[i];
         float *tmp = r->partial + (size_t)(r->nt + tid) * C;
         for (int c = 0; c < C; c++)
@@ -87,6 +93,12 @@ static void rms_bwd_range(void *vctx, size_t b, size_t e, int tid)
 void spes_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                            const float *rstd, int N, int C, float *partial, spes_pool *pool)
 {
+    spes_rmsnorm_backward_ld(dx, dw, dout, x, C, w, rstd, N, C, partial, pool);
+}
+
+void spes_rmsnorm_backward_ld(float *dx, float *dw, const float *dout, const float *x, int ld, const float *w,
+                              const float *rstd, int N, int C, float *partial, spes_pool *pool)
+{
     int nt = spes_pool_threads(pool);
     if (dw)
         memset(partial, 0, sizeof(float) * (size_t)nt * C);
@@ -98,6 +110,7 @@ void spes_rmsnorm_backward(float *dx, float *dw, const float *dout, const float 
                  .dout = dout,
                  .rstd_in = rstd,
                  .C = C,
+                 .ld = ld,
                  .nt = nt};
     spes_parallel_for(pool, (size_t)N, rms_bwd_range, &r);
     if (dw)

@@ -55,63 +55,64 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
     spes_model *m = f->m;
     struct spes_model_priv *p = m->priv;
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, T = f->T, N = p->B * T, G = NH / NKV, l = f->l;
+    int D = H / NH, KVD = NKV * D, T = f->T, N = p->B * T, G = NH / NKV, l = f->l, ld = p->ldqkv;
     float *scr = p->tscr + (size_t)tid * p->tscr_numel;
     float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D,
           *dKh = Kh + (size_t)T * D;
-    float *dq = p->slot[6], *dk = p->slot[4], *dv = p->slot[0];
+    float *dq = p->dqkv, *dk = p->dqkv + H, *dv = p->dqkv + H + KVD;
     const float *datt = p->slot[5], *att = p->att + (size_t)l * N * H;
     const spes_layer_w *w = &p->lp[l];
     for (size_t task = b; task < e; task++) {
         int bi = (int)(task / (size_t)NKV), kh = (int)(task % (size_t)NKV);
         size_t r0 = (size_t)bi * T;
-        normed_rows(Kh, p->k + r0 * KVD + (size_t)kh * D, KVD, p->krstd + (size_t)l * N + r0,
+        normed_rows(Kh, p->k + r0 * ld + (size_t)kh * D, ld, p->krstd + (size_t)l * N + r0,
                     w->kn + (size_t)kh * D, T, D);
         spes_rope_forward(Kh, D, p->rope_cos, p->rope_sin, T, D);
         memset(dKh, 0, sizeof(float) * T * D);
-        float *dvs = dv + r0 * KVD + (size_t)kh * D;
+        float *dvs = dv + r0 * ld + (size_t)kh * D;
         for (int t = 0; t < T; t++)
-            memset(dvs + (size_t)t * KVD, 0, sizeof(float) * D);
+            memset(dvs + (size_t)t * ld, 0, sizeof(float) * D);
         for (int h = kh * G; h < kh * G + G; h++) {
-            normed_rows(Qh, p->q + r0 * H + (size_t)h * D, H, p->qrstd + (size_t)l * N + r0,
+            normed_rows(Qh, p->q + r0 * ld + (size_t)h * D, ld, p->qrstd + (size_t)l * N + r0,
                         w->qn + (size_t)h * D, T, D);
             spes_rope_forward(Qh, D, p->rope_cos, p->rope_sin, T, D);
-            float *dqs = dq + r0 * H + (size_t)h * D;
+            float *dqs = dq + r0 * ld + (size_t)h * D;
             const float *lse = p->lse + (size_t)l * N * NH + ((size_t)bi * NH + h) * T;
-            spes_attn_head_backward(dqs, H, dKh, D, dvs, KVD, datt + r0 * H + (size_t)h * D, H, Qh, D, Kh, D,
-                                    p->v + r0 * KVD + (size_t)kh * D, KVD, att + r0 * H + (size_t)h * D, H,
-                                    lse, T, D, scr);
-            spes_rope_backward(dqs, H, p->rope_cos, p->rope_sin, T, D);
+            spes_attn_head_backward(dqs, ld, dKh, D, dvs, ld, datt + r0 * H + (size_t)h * D, H, Qh, D, Kh, D,
+                                    p->v + r0 * ld + (size_t)kh * D, ld, att + r0 * H + (size_t)h * D, H, lse,
+                                    T, D, scr);
+            spes_rope_backward(dqs, ld, p->rope_cos, p->rope_sin, T, D);
         }
         spes_rope_backward(dKh, D, p->rope_cos, p->rope_sin, T, D);
         for (int t = 0; t < T; t++)
-            memcpy(dk + (r0 + t) * KVD + (size_t)kh * D, dKh + (size_t)t * D, sizeof(float) * D);
+            memcpy(dk + (r0 + t) * ld + (size_t)kh * D, dKh + (size_t)t * D, sizeof(float) * D);
     }
 }
 
-/* attn_backward: slots on entry: 1-3 raw q, k, v; 4 xmid and 0 normed2 are
- * dead. dq -> 6, dk -> 4, dv -> 0, datt -> 5, then normed1 -> 5, dnormed1 -> 1. */
+/* attn_backward: on entry the span holds the raw [q | k | v] rows; slots 4
+ * (xmid) and 0 (normed1, normed2) are dead. [dq | dk | dv] rows go to p->dqkv
+ * (after [q | k | v], on into slots 0 and 4), datt to slot 5 (then normed1),
+ * dnormed1 to the span's start once the raw rows are dead. */
 static void attn_backward(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, B = p->B, T = p->T, N = B * T;
+    int KVD = NKV * (H / NH), B = p->B, T = p->T, N = B * T, ld = p->ldqkv;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
     const float *x = p->xres + (size_t)l * N * H;
-    float *dq = p->slot[6], *dk = p->slot[4], *dv = p->slot[0], *b1 = p->slot[5], *dn1 = p->slot[1];
+    float *dqkv = p->dqkv, *b1 = p->slot[5], *dn1 = p->span;
     MM(b1, H, p->dresid, H, 0, w->wo, H, 0, N, H, H, 1.0f, 0.0f);
     MM(gw->wo, H, p->dresid, H, 1, p->att + (size_t)l * N * H, H, 0, H, H, N, 1.0f, 1.0f);
     bctx f = {.m = m, .l = l, .T = T};
     spes_parallel_for(p->pool, (size_t)B * NKV, attn_bwd_range, &f);
-    spes_rmsnorm_backward(dq, gw->qn, dq, p->q, w->qn, p->qrstd + (size_t)l * N, N, H, p->partial, p->pool);
-    spes_rmsnorm_backward(dk, gw->kn, dk, p->k, w->kn, p->krstd + (size_t)l * N, N, KVD, p->partial, p->pool);
+    spes_rmsnorm_backward_ld(dqkv, gw->qn, dqkv, p->q, ld, w->qn, p->qrstd + (size_t)l * N, N, H, p->partial,
+                             p->pool);
+    spes_rmsnorm_backward_ld(dqkv + H, gw->kn, dqkv + H, p->k, ld, w->kn, p->krstd + (size_t)l * N, N, KVD,
+                             p->partial, p->pool);
     spes_rmsnorm_apply(b1, x, p->rstd1 + (size_t)l * N, w->ln1, N, H, p->pool);
-    MM(gw->wq, H, dq, H, 1, b1, H, 0, H, H, N, 1.0f, 1.0f);
-    MM(gw->wk, H, dk, KVD, 1, b1, H, 0, KVD, H, N, 1.0f, 1.0f);
-    MM(gw->wv, H, dv, KVD, 1, b1, H, 0, KVD, H, N, 1.0f, 1.0f);
-    MM(dn1, H, dq, H, 0, w->wq, H, 0, N, H, H, 1.0f, 0.0f);
-    MM(dn1, H, dk, KVD, 0, w->wk, H, 0, N, H, KVD, 1.0f, 1.0f);
-    MM(dn1, H, dv, KVD, 0, w->wv, H, 0, N, H, KVD, 1.0f, 1.0f);
+    /* [q | k | v] weights and their gradients are adjacent: one product each way */
+    MM(gw->wq, H, dqkv, ld, 1, b1, H, 0, ld, H, N, 1.0f, 1.0f);
+    MM(dn1, H, dqkv, ld, 0, w->wq, H, 0, N, H, ld, 1.0f, 0.0f);
     spes_rmsnorm_backward(p->dresid, gw->ln1, dn1, x, w->ln1, p->rstd1 + (size_t)l * N, N, H, p->partial,
                           p->pool);
 }
@@ -119,7 +120,7 @@ static void attn_backward(spes_model *m, int l)
 /* recompute_mid rebuilds layer l's mid-layer residual (slot 4) and normed2
  * (slot 0) from the kept residual and attention output (same operations,
  * same bits); recompute_qkv, after the expert block (which uses the span that
- * holds slots 1-3), rebuilds normed1 (slot 0) and the raw q, k, v (slots 1-3). */
+ * holds them), rebuilds normed1 (slot 0) and the raw [q | k | v] rows. */
 static void recompute_mid(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
@@ -135,14 +136,11 @@ static void recompute_mid(spes_model *m, int l)
 static void recompute_qkv(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
-    int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int KVD = NKV * (H / NH), N = p->B * p->T;
+    int H = CFG->hidden_size, N = p->B * p->T, ld = p->ldqkv;
     const spes_layer_w *w = &p->lp[l];
     const float *x = p->xres + (size_t)l * N * H;
     spes_rmsnorm_apply(p->norm, x, p->rstd1 + (size_t)l * N, w->ln1, N, H, p->pool);
-    MM(p->q, H, p->norm, H, 0, w->wq, H, 1, N, H, H, 1.0f, 0.0f);
-    MM(p->k, KVD, p->norm, H, 0, w->wk, H, 1, N, KVD, H, 1.0f, 0.0f);
-    MM(p->v, KVD, p->norm, H, 0, w->wv, H, 1, N, KVD, H, 1.0f, 0.0f);
+    MM(p->q, ld, p->norm, H, 0, w->wq, H, 1, N, ld, H, 1.0f, 0.0f);
 }
 
 static void backward_run(spes_model *m)

@@ -25,14 +25,14 @@ static void rope_range(void *vctx, size_t b, size_t e, int tid)
     struct spes_model_priv *p = m->priv;
     (void)tid;
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, h2 = D / 2;
+    int D = H / NH, h2 = D / 2, ld = p->ldqkv;
     for (size_t i = b; i < e; i++) {
         int t = (int)(i % (size_t)f->T);
         const float *cs = p->rope_cos + (size_t)t * h2, *sn = p->rope_sin + (size_t)t * h2;
         for (int h = 0; h < NH; h++)
-            spes_rope_forward(p->q + i * H + (size_t)h * D, D, cs, sn, 1, D);
+            spes_rope_forward(p->q + i * ld + (size_t)h * D, D, cs, sn, 1, D);
         for (int h = 0; h < NKV; h++)
-            spes_rope_forward(p->k + i * (size_t)(NKV * D) + (size_t)h * D, D, cs, sn, 1, D);
+            spes_rope_forward(p->k + i * ld + (size_t)h * D, D, cs, sn, 1, D);
     }
 }
 
@@ -42,16 +42,16 @@ static void attn_range(void *vctx, size_t b, size_t e, int tid)
     spes_model *m = f->m;
     struct spes_model_priv *p = m->priv;
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, T = f->T, N = f->B * T;
+    int D = H / NH, T = f->T, N = f->B * T, ld = p->ldqkv;
     float *scr = p->tscr + (size_t)tid * p->tscr_numel;
     for (size_t task = b; task < e; task++) {
         int bi = (int)(task / (size_t)NH), h = (int)(task % (size_t)NH), kh = h / (NH / NKV);
         size_t r0 = (size_t)bi * T;
         float *out = p->att + (size_t)f->s * N * H + r0 * H + (size_t)h * D;
         float *lse = p->lse + (size_t)f->s * N * NH + ((size_t)bi * NH + h) * T;
-        spes_attn_head_forward(out, H, lse, p->q + r0 * H + (size_t)h * D, H,
-                               p->k + r0 * KVD + (size_t)kh * D, KVD, p->v + r0 * KVD + (size_t)kh * D, KVD,
-                               T, D, scr);
+        spes_attn_head_forward(out, H, lse, p->q + r0 * ld + (size_t)h * D, ld,
+                               p->k + r0 * ld + (size_t)kh * D, ld, p->v + r0 * ld + (size_t)kh * D, ld, T, D,
+                               scr);
     }
 }
 
@@ -60,13 +60,12 @@ void spes__model_attn_forward(spes_model *m, int l, int s, int B, int T)
     struct spes_model_priv *p = m->priv;
     const spes_layer_w *w = &p->lp[l];
     int H = CFG->hidden_size, NH = CFG->num_attention_heads, NKV = CFG->num_key_value_heads;
-    int D = H / NH, KVD = NKV * D, N = B * T;
-    MM(p->q, H, p->norm, H, 0, w->wq, H, 1, N, H, H, 1.0f, 0.0f);
-    MM(p->k, KVD, p->norm, H, 0, w->wk, H, 1, N, KVD, H, 1.0f, 0.0f);
-    MM(p->v, KVD, p->norm, H, 0, w->wv, H, 1, N, KVD, H, 1.0f, 0.0f);
+    int D = H / NH, KVD = NKV * D, N = B * T, ld = p->ldqkv;
+    /* q_proj, k_proj, v_proj are adjacent in the layout: one (QD + 2 KVD, H) product */
+    MM(p->q, ld, p->norm, H, 0, w->wq, H, 1, N, ld, H, 1.0f, 0.0f);
     float eps = (float)CFG->rms_norm_eps;
-    spes_rmsnorm_forward(p->q, p->qrstd + (size_t)s * N, p->q, w->qn, N, H, eps, p->pool);
-    spes_rmsnorm_forward(p->k, p->krstd + (size_t)s * N, p->k, w->kn, N, KVD, eps, p->pool);
+    spes_rmsnorm_forward_ld(p->q, p->qrstd + (size_t)s * N, p->q, ld, w->qn, N, H, eps, p->pool);
+    spes_rmsnorm_forward_ld(p->k, p->krstd + (size_t)s * N, p->k, ld, w->kn, N, KVD, eps, p->pool);
     fctx f = {.m = m, .s = s, .B = B, .T = T};
     spes_parallel_for(p->pool, (size_t)N, rope_range, &f);
     spes_parallel_for(p->pool, (size_t)B * NH, attn_range, &f);

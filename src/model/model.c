@@ -67,6 +67,8 @@ int spes_layout_build(spes_layout *lo, const spes_model_config *c)
     size_t off = 0;
     char n[SPES_TENSOR_NAME_MAX];
     push(lo, cap, &off, "model.embed_tokens.weight", V, H, -1, -1);
+    /* q_proj, k_proj, v_proj adjacent: forward.c and backward.c multiply by
+     * [q | k | v] as one (QD + 2 KVD, H) matrix */
     static const char *an[9] = {"input_layernorm",  "self_attn.q_proj",         "self_attn.k_proj",
                                 "self_attn.v_proj", "self_attn.o_proj",         "self_attn.q_norm",
                                 "self_attn.k_norm", "post_attention_layernorm", "mlp.gate"};
@@ -190,7 +192,7 @@ static void carve(spes_model *m, carver *c)
     const spes_model_config *cf = &m->cfg;
     size_t N = (size_t)p->N, H = cf->hidden_size, I = cf->intermediate_size, E = cf->num_experts,
            K = cf->num_experts_per_tok, V = cf->vocab_size, NH = cf->num_attention_heads;
-    size_t D = H / NH, T = m->T, CH = SPES_MOE_CHUNK;
+    size_t D = H / NH, KVD = cf->num_key_value_heads * D, T = m->T, CH = SPES_MOE_CHUNK;
     size_t nk = (size_t)p->nkeep, nt = (size_t)p->nthreads;
     if (CH > N)
         CH = N;
@@ -210,35 +212,37 @@ static void carve(spes_model *m, carver *c)
     p->losses = take(c, N);
     p->tokens = (int32_t *)take(c, N);
     p->targets = (int32_t *)take(c, N);
-    /* slots 0, 4, 5 on their own; 1-3 and (training) 6 open the span, which the
-     * expert block needs whole: every routed row's output, then one scratch per
-     * lane (training: x, dy rows (CH, H) and [gate | up], h, dh (CH, 2I + 2I);
-     * inference: x rows and [gate | up]); the logits use it too when training */
-    size_t NH_ = N * H, M = N * K, sp = p->training ? 4 : 3;
+    /* the span holds by turns the raw [q | k | v] rows (N, QD + 2 KVD); the expert
+     * block (every routed row's output, then one scratch per lane: training x, dy
+     * rows (CH, H) and [gate | up], h, dh (CH, 2I + 2I), inference x rows and
+     * [gate | up]); the logits between forward and backward (training). Training
+     * lays out [slot 5][span][slot 0][slot 4] so that [dq | dk | dv], right after
+     * [q | k | v], may run on into slots 0 and 4 (see model_priv.h). */
+    size_t NH_ = (N * H + 15) & ~(size_t)15, M = N * K, QKV = H + 2 * KVD;
+    size_t qkv = (N * QKV + 15) & ~(size_t)15;
     size_t lane = CH * (p->training ? 2 * H + 4 * I : H + 2 * I);
     p->lane_numel = (lane + 15) & ~(size_t)15;
-    size_t moe = ((M * H + 15) & ~(size_t)15) + nt * p->lane_numel, span = sp * NH_;
+    size_t moe = ((M * H + 15) & ~(size_t)15) + nt * p->lane_numel;
+    size_t span = p->training && 2 * qkv > 2 * NH_ + qkv ? 2 * qkv - 2 * NH_ : qkv;
     if (span < moe)
         span = moe;
     if (p->training && span < N * V)
         span = N * V;
-    p->slot[0] = take(c, NH_);
-    if (p->training) {
-        p->slot[4] = take(c, NH_);
+    if (p->training)
         p->slot[5] = take(c, NH_);
-    }
     p->span = take(c, span);
-    p->slot[1] = p->span;
-    p->slot[2] = p->span ? p->span + NH_ : NULL;
-    p->slot[3] = p->span ? p->span + 2 * NH_ : NULL;
-    p->slot[6] = p->training && p->span ? p->span + 3 * NH_ : NULL;
+    p->slot[0] = take(c, NH_);
+    if (p->training)
+        p->slot[4] = take(c, NH_);
+    p->ldqkv = (int)QKV;
+    p->q = p->span;
+    p->k = p->span ? p->span + H : NULL;
+    p->v = p->span ? p->span + H + KVD : NULL;
+    p->dqkv = p->training && p->span ? p->span + qkv : NULL;
     p->moe_y = p->span;
     p->moe_scr = p->span ? p->span + ((M * H + 15) & ~(size_t)15) : NULL;
     p->logits = p->training ? p->span : take(c, N * V);
     p->norm = p->slot[0];
-    p->q = p->slot[1];
-    p->k = p->slot[2];
-    p->v = p->slot[3];
     p->rlog = take(c, N * E);
     p->elist = (int32_t *)take(c, N * K);
     p->epos = (int32_t *)take(c, N * K);

@@ -69,14 +69,18 @@ struct spes_model_priv {
      * because recomputing it in the backward (QK^T, softmax, PV per head) cost ~3.5 %
      * of a step on the bench config, against 6 MiB more on every node alike */
     float *att;
-    /* scratch: slots of (N, H) floats; forward uses slots 0-3, backward all 7.
-     * Slots 1-3 and 6 open the span, which the expert block uses whole while
-     * they are dead (forward: after attention; backward: q/k/v are recomputed
-     * after it) and the logits use between forward and backward. */
-    float *slot[7];
-    float *norm;      /* slot 0 (N, H) */
-    float *q, *k, *v; /* slots 1-3: (N, H), (N, NKV*D), (N, NKV*D) */
-    float *span;      /* slots 1-3 (and 6), then the rest of the expert block's scratch */
+    /* scratch: slots 0, 4, 5 of (N, H) floats, and the span, which holds by turns
+     * the raw [q | k | v] rows, the expert block's scratch (forward: after
+     * attention; backward: q/k/v are recomputed after it) and the logits between
+     * forward and backward. Training lays out [slot 5][span][slot 0][slot 4]:
+     * [dq | dk | dv] (p->dqkv) starts right after [q | k | v] and runs on over
+     * the span's end into slots 0 and 4, both dead while attention's backward runs. */
+    float *slot[6];
+    float *norm; /* slot 0 (N, H) */
+    float *span;
+    float *q, *k, *v; /* span: (N, ldqkv) rows [q (QD) | k (KVD) | v (KVD)] */
+    float *dqkv;      /* (N, ldqkv) [dq | dk | dv] (training), see above */
+    int ldqkv;        /* QD + 2 KVD */
     float *rlog;      /* (N, E) router logits / their gradient */
     int32_t *elist;   /* (N*K) token*K+slot, grouped by expert */
     int32_t *epos;    /* (N*K) position of token*K+slot in elist */
