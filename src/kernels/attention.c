@@ -6,6 +6,17 @@
 #include "kernels/fastmath.h"
 
 #include <math.h>
+#include <string.h>
+
+/* vec_len rounds a row's n causal entries up to whole 16-float vectors (at
+ * most nk, the row's width): exp over the few masked scores past the diagonal
+ * (finite, clamped, overwritten with zeros afterwards) costs less than the
+ * scalar tail loop would. */
+static int vec_len(int n, int nk)
+{
+    int r = (n + 15) & ~15;
+    return r < nk ? r : nk;
+}
 
 void spes_attn_head_forward(float *out, int ldo, float *lse, const float *q, int ldq, const float *k, int ldk,
                             const float *v, int ldv, int T, int D, float *scratch)
@@ -19,16 +30,11 @@ void spes_attn_head_forward(float *out, int ldo, float *lse, const float *q, int
         for (int ii = 0; ii < nr; ii++) {
             int i = r0 + ii;
             float *s = S + (size_t)ii * nk;
-            float mx = -INFINITY;
-            for (int j = 0; j <= i; j++)
-                mx = s[j] > mx ? s[j] : mx;
-            spes__exp_shift(s, s, mx, i + 1);
+            float mx = spes__max(s, i + 1);
+            spes__exp_shift(s, s, mx, vec_len(i + 1, nk));
             float sum = spes__sum(s, i + 1);
-            float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++)
-                s[j] *= inv;
-            for (int j = i + 1; j < nk; j++)
-                s[j] = 0.0f;
+            spes__scale(s, 1.0f / sum, i + 1);
+            memset(s + i + 1, 0, sizeof(float) * (size_t)(nk - i - 1));
             lse[i] = mx + logf(sum);
         }
         spes_matmul(out + (size_t)r0 * ldo, ldo, S, nk, 0, v, ldv, 0, nr, D, nk, 1.0f, 0.0f);
@@ -56,11 +62,10 @@ void spes_attn_head_backward(float *dq, int lddq, float *dk, int lddk, float *dv
                 d += o[c] * g[c];
             Di[ii] = d;
             float *p = P + (size_t)ii * nk, *dp = dP + (size_t)ii * nk;
-            spes__exp_shift(p, p, lse[i], i + 1);
-            for (int j = 0; j <= i; j++)
-                dp[j] = p[j] * (dp[j] - d);
-            for (int j = i + 1; j < nk; j++)
-                p[j] = dp[j] = 0.0f;
+            spes__exp_shift(p, p, lse[i], vec_len(i + 1, nk));
+            spes__softmax_grad(dp, p, d, i + 1);
+            memset(p + i + 1, 0, sizeof(float) * (size_t)(nk - i - 1));
+            memset(dp + i + 1, 0, sizeof(float) * (size_t)(nk - i - 1));
         }
         spes_matmul(dq + (size_t)r0 * lddq, lddq, dP, nk, 0, k, ldk, 0, nr, D, nk, scale, 0.0f);
         spes_matmul(dk, lddk, dP, nk, 1, qb, ldq, 0, nk, D, nr, scale, 1.0f);

@@ -46,4 +46,10 @@ float spes__sum(const float *x, int n);
 float spes__dot(const float *a, const float *b, int n);
 /* spes__sum_exp is the fixed-lane sum of exp(x[i] - shift) (n). */
 float spes__sum_exp(const float *x, float shift, int n);
+/* spes__max is the largest of x[0..n), n >= 1 (exact in any order). */
+float spes__max(const float *x, int n);
+/* spes__scale multiplies x[0..n) by a. */
+void spes__scale(float *x, float a, int n);
+/* spes__softmax_grad writes dp[i] = p[i] * (dp[i] - d) for i < n. */
+void spes__softmax_grad(float *restrict dp, const float *restrict p, float d, int n);
 #endif

@@ -75,3 +75,32 @@ SPES_CLONES float spes__sum_exp(const float *x, float shift, int n)
         s += spes__expf(x[i] - shift);
     return s;
 }
+
+SPES_CLONES float spes__max(const float *x, int n)
+{
+    float lane[16];
+    for (int j = 0; j < 16; j++)
+        lane[j] = x[0];
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float m = lane[0];
+    for (int j = 1; j < 16; j++)
+        m = lane[j] > m ? lane[j] : m;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+SPES_CLONES void spes__scale(float *x, float a, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] *= a;
+}
+
+SPES_CLONES void spes__softmax_grad(float *restrict dp, const float *restrict p, float d, int n)
+{
+    for (int i = 0; i < n; i++)
+        dp[i] = p[i] * (dp[i] - d);
+}
