@@ -10,6 +10,7 @@
 
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "kernels/fastmath.h"
 #include "kernels/kernels.h"
 
 static spes_rng rng;
@@ -214,6 +215,36 @@ START_TEST(test_attention)
 }
 END_TEST
 
+/* the vectorised helpers attention's softmax rows use, against plain loops at
+ * every length across the 16-float lanes and tails; all-negative rows too,
+ * since a wrong max would hide inside softmax's shift invariance */
+START_TEST(test_vec_helpers)
+{
+    float x[70], y[70], p[70];
+    for (int n = 1; n <= 70; n++) {
+        for (int rep = 0; rep < 3; rep++) {
+            fill(x, (size_t)n, 3.0);
+            fill(p, (size_t)n, 1.0);
+            if (rep == 1)
+                for (int i = 0; i < n; i++)
+                    x[i] = -fabsf(x[i]) - 1.0f;
+            float mx = x[0];
+            for (int i = 1; i < n; i++)
+                mx = x[i] > mx ? x[i] : mx;
+            ck_assert_float_eq(spes__max(x, n), mx);
+            memcpy(y, x, sizeof(float) * (size_t)n);
+            spes__scale(y, 0.37f, n);
+            for (int i = 0; i < n; i++)
+                ck_assert_float_eq(y[i], x[i] * 0.37f);
+            memcpy(y, x, sizeof(float) * (size_t)n);
+            spes__softmax_grad(y, p, 0.25f, n);
+            for (int i = 0; i < n; i++)
+                ck_assert_float_eq(y[i], p[i] * (x[i] - 0.25f));
+        }
+    }
+}
+END_TEST
+
 /* ---- swiglu ---- */
 enum { SN = 40 };
 typedef struct {
@@ -411,6 +442,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_vec_helpers);
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_crossentropy);
     tcase_add_test(tc, test_router);
