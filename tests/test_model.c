@@ -372,6 +372,62 @@ START_TEST(test_lanes_agree)
 }
 END_TEST
 
+/* big_batch: two forward+backward passes of tiny MHA on a 16 x 64 batch with
+ * threads threads; says whether [dq | dk | dv] ran on past the span into slot 0. */
+static int big_batch(int threads, float *grads, size_t n, float *loss)
+{
+    enum { BB = 16, BT = 64 };
+    spes_model_config c = tiny(4, 1, 0);
+    spes_pool *pool;
+    ck_assert_int_eq(spes_pool_alloc(&pool, threads), 0);
+    spes_model *m;
+    ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, BB, BT, 1, pool), 0);
+    ck_assert_uint_eq(m->grads_numel, n);
+    struct spes_model_priv *p = m->priv;
+    int spills = p->dqkv + (size_t)BB * BT * p->ldqkv > p->slot[0];
+    spes_model_init_weights(m, 21);
+    static int32_t tok[BB * BT], tgt[BB * BT];
+    make_batch(tok, tgt, BB * BT, c.vocab_size, 22);
+    spes_model_zero_grad(m);
+    for (int it = 0; it < 2; it++) {
+        ck_assert_int_eq(spes_model_forward(m, tok, tgt, BB, BT, &OPTS), 0);
+        spes_model_backward(m);
+    }
+    *loss = m->loss;
+    memcpy(grads, m->grads, n * sizeof(float));
+    spes_model_free(m);
+    spes_pool_free(pool);
+    return spills;
+}
+
+/* With 1024 tokens and one thread the span holds just [q | k | v] and the
+ * start of [dq | dk | dv], which runs on into slots 0 and 4 (the tight layout
+ * of the bench config); with 7 threads the lanes' scratch makes the span big
+ * enough to hold it all. Both give the same loss and gradients up to
+ * summation order. */
+START_TEST(test_tight_span)
+{
+    spes_layout lo;
+    spes_model_config c = tiny(4, 1, 0);
+    ck_assert_int_eq(spes_layout_build(&lo, &c), 0);
+    size_t n = lo.total_numel;
+    spes_layout_fini(&lo);
+    float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float)), l0, l1;
+    ck_assert_int_eq(big_batch(1, g0, n, &l0), 1);
+    ck_assert_int_eq(big_batch(7, g1, n, &l1), 0);
+    ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g", l1, l0);
+    double gmax = 0, d = 0;
+    for (size_t i = 0; i < n; i++) {
+        gmax = fmax(gmax, fabs(g0[i]));
+        d = fmax(d, fabs(g1[i] - g0[i]));
+    }
+    ck_assert(gmax > 0);
+    ck_assert_msg(d <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g)", d, gmax);
+    free(g0);
+    free(g1);
+}
+END_TEST
+
 START_TEST(test_refusals_and_inference)
 {
     spes_model_config c = tiny(2, 0, 1);
@@ -498,6 +554,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_moe_chunking);
     tcase_add_test(tc, test_lanes_agree);
+    tcase_add_test(tc, test_tight_span);
     tcase_add_test(tc, test_refusals_and_inference);
     tcase_add_test(tc, test_smaller_batch);
     suite_add_tcase(s, tc);

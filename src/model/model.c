@@ -7,6 +7,7 @@
 #include "core/rng.h"
 #include "kernels/kernels.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +240,9 @@ static void carve(spes_model *m, carver *c)
     p->k = p->span ? p->span + H : NULL;
     p->v = p->span ? p->span + H + KVD : NULL;
     p->dqkv = p->training && p->span ? p->span + qkv : NULL;
+    /* [dq | dk | dv] must end inside slot 4: the span, slot 0 and slot 4 are adjacent */
+    assert(!p->dqkv || (p->slot[0] == p->span + ((span + 15) & ~(size_t)15) && p->slot[4] == p->slot[0] + NH_ &&
+                        p->dqkv + N * QKV <= p->slot[4] + NH_));
     p->moe_y = p->span;
     p->moe_scr = p->span ? p->span + ((M * H + 15) & ~(size_t)15) : NULL;
     p->logits = p->training ? p->span : take(c, N * V);
