@@ -384,7 +384,7 @@ static int big_batch(int threads, float *grads, size_t n, float *loss)
     ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, BB, BT, 1, pool), 0);
     ck_assert_uint_eq(m->grads_numel, n);
     struct spes_model_priv *p = m->priv;
-    int spills = p->dqkv + (size_t)BB * BT * p->ldqkv > p->slot[0];
+    int spills = p->dqkv + (size_t)BB * BT * p->ldqkv > p->norm;
     spes_model_init_weights(m, 21);
     static int32_t tok[BB * BT], tgt[BB * BT];
     make_batch(tok, tgt, BB * BT, c.vocab_size, 22);

@@ -25,7 +25,7 @@ static void moe_backward(spes_model *m, int l)
     int H = CFG->hidden_size, E = CFG->num_experts, K = CFG->num_experts_per_tok, L = CFG->num_hidden_layers,
         N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
-    float *xmid = p->slot[4], *dn2 = p->slot[5];
+    float *xmid = p->xmid, *dn2 = p->dbuf;
     spes__model_moe_backward(m, l, dn2);
     double scale = (double)E / ((double)L * N * K) / N;
     for (int e = 0; e < E; e++) {
@@ -60,7 +60,7 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
     float *Qh = scr + 2 * SPES_ATTN_RB * T + SPES_ATTN_RB, *Kh = Qh + (size_t)T * D,
           *dKh = Kh + (size_t)T * D;
     float *dq = p->dqkv, *dk = p->dqkv + H, *dv = p->dqkv + H + KVD;
-    const float *datt = p->slot[5], *att = p->att + (size_t)l * N * H;
+    const float *datt = p->dbuf, *att = p->att + (size_t)l * N * H;
     const spes_layer_w *w = &p->lp[l];
     for (size_t task = b; task < e; task++) {
         int bi = (int)(task / (size_t)NKV), kh = (int)(task % (size_t)NKV);
@@ -89,10 +89,10 @@ static void attn_bwd_range(void *vctx, size_t b, size_t e, int tid)
     }
 }
 
-/* attn_backward: on entry the span holds the raw [q | k | v] rows; slots 4
- * (xmid) and 0 (normed1, normed2) are dead. [dq | dk | dv] rows go to p->dqkv
- * (after [q | k | v], on into slots 0 and 4), datt to slot 5 (then normed1),
- * dnormed1 to the span's start once the raw rows are dead. */
+/* attn_backward: on entry the span holds the raw [q | k | v] rows; xmid and
+ * norm are dead. [dq | dk | dv] rows go to p->dqkv (after [q | k | v], on into
+ * norm and xmid), datt to dbuf (then normed1), dnormed1 to the span's start
+ * once the raw rows are dead. */
 static void attn_backward(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
@@ -100,7 +100,7 @@ static void attn_backward(spes_model *m, int l)
     int KVD = NKV * (H / NH), B = p->B, T = p->T, N = B * T, ld = p->ldqkv;
     const spes_layer_w *w = &p->lp[l], *gw = &p->lg[l];
     const float *x = p->xres + (size_t)l * N * H;
-    float *dqkv = p->dqkv, *b1 = p->slot[5], *dn1 = p->span;
+    float *dqkv = p->dqkv, *b1 = p->dbuf, *dn1 = p->span;
     MM(b1, H, p->dresid, H, 0, w->wo, H, 0, N, H, H, 1.0f, 0.0f);
     MM(gw->wo, H, p->dresid, H, 1, p->att + (size_t)l * N * H, H, 0, H, H, N, 1.0f, 1.0f);
     bctx f = {.m = m, .l = l, .T = T};
@@ -117,17 +117,17 @@ static void attn_backward(spes_model *m, int l)
                           p->pool);
 }
 
-/* recompute_mid rebuilds layer l's mid-layer residual (slot 4) and normed2
- * (slot 0) from the kept residual and attention output (same operations,
- * same bits); recompute_qkv, after the expert block (which uses the span that
- * holds them), rebuilds normed1 (slot 0) and the raw [q | k | v] rows. */
+/* recompute_mid rebuilds layer l's mid-layer residual (xmid) and normed2
+ * (norm) from the kept residual and attention output (same operations, same
+ * bits); recompute_qkv, after the expert block (which uses the span that holds
+ * them), rebuilds normed1 (norm) and the raw [q | k | v] rows. */
 static void recompute_mid(spes_model *m, int l)
 {
     struct spes_model_priv *p = m->priv;
     int H = CFG->hidden_size, N = p->B * p->T;
     const spes_layer_w *w = &p->lp[l];
     const float *x = p->xres + (size_t)l * N * H;
-    float *xmid = p->slot[4];
+    float *xmid = p->xmid;
     spes_copy_pool(p->pool, xmid, x, (size_t)N * H);
     MM(xmid, H, p->att + (size_t)l * N * H, H, 0, w->wo, H, 1, N, H, H, 1.0f, 1.0f);
     spes_rmsnorm_apply(p->norm, xmid, p->rstd2 + (size_t)l * N, w->ln2, N, H, p->pool);

@@ -179,11 +179,17 @@ typedef struct {
     size_t used;
 } carver;
 
+/* round16 rounds a float count up to 64 bytes */
+static size_t round16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
 /* take reserves n floats (64-byte aligned); with base NULL it only counts. */
 static float *take(carver *c, size_t n)
 {
     float *r = c->base ? c->base + c->used : NULL;
-    c->used += (n + 15) & ~(size_t)15;
+    c->used += round16(n);
     return r;
 }
 
@@ -217,36 +223,34 @@ static void carve(spes_model *m, carver *c)
      * block (every routed row's output, then one scratch per lane: training x, dy
      * rows (CH, H) and [gate | up], h, dh (CH, 2I + 2I), inference x rows and
      * [gate | up]); the logits between forward and backward (training). Training
-     * lays out [slot 5][span][slot 0][slot 4] so that [dq | dk | dv], right after
-     * [q | k | v], may run on into slots 0 and 4 (see model_priv.h). */
-    size_t NH_ = (N * H + 15) & ~(size_t)15, M = N * K, QKV = H + 2 * KVD;
-    size_t qkv = (N * QKV + 15) & ~(size_t)15;
-    size_t lane = CH * (p->training ? 2 * H + 4 * I : H + 2 * I);
-    p->lane_numel = (lane + 15) & ~(size_t)15;
-    size_t moe = ((M * H + 15) & ~(size_t)15) + nt * p->lane_numel;
-    size_t span = p->training && 2 * qkv > 2 * NH_ + qkv ? 2 * qkv - 2 * NH_ : qkv;
-    if (span < moe)
-        span = moe;
+     * lays out [dbuf][span][norm][xmid] so that [dq | dk | dv], right after
+     * [q | k | v], may run on into norm and xmid (see model_priv.h). */
+    size_t NH_ = round16(N * H), M = N * K, QKV = H + 2 * KVD, qkv = round16(N * QKV);
+    p->lane_numel = round16(CH * (p->training ? 2 * H + 4 * I : H + 2 * I));
+    size_t ys = round16(M * H), span = qkv;
+    if (p->training && qkv > 2 * NH_) /* [dq | dk | dv] needs more than norm and xmid give */
+        span = 2 * qkv - 2 * NH_;
+    if (span < ys + nt * p->lane_numel)
+        span = ys + nt * p->lane_numel;
     if (p->training && span < N * V)
         span = N * V;
     if (p->training)
-        p->slot[5] = take(c, NH_);
+        p->dbuf = take(c, NH_);
     p->span = take(c, span);
-    p->slot[0] = take(c, NH_);
+    p->norm = take(c, NH_);
     if (p->training)
-        p->slot[4] = take(c, NH_);
+        p->xmid = take(c, NH_);
     p->ldqkv = (int)QKV;
     p->q = p->span;
     p->k = p->span ? p->span + H : NULL;
     p->v = p->span ? p->span + H + KVD : NULL;
     p->dqkv = p->training && p->span ? p->span + qkv : NULL;
-    /* [dq | dk | dv] must end inside slot 4: the span, slot 0 and slot 4 are adjacent */
-    assert(!p->dqkv || (p->slot[0] == p->span + ((span + 15) & ~(size_t)15) && p->slot[4] == p->slot[0] + NH_ &&
-                        p->dqkv + N * QKV <= p->slot[4] + NH_));
+    /* [dq | dk | dv] must end inside xmid: the span, norm and xmid are adjacent */
+    assert(!p->dqkv || (p->norm == p->span + round16(span) && p->xmid == p->norm + NH_ &&
+                        p->dqkv + N * QKV <= p->xmid + NH_));
     p->moe_y = p->span;
-    p->moe_scr = p->span ? p->span + ((M * H + 15) & ~(size_t)15) : NULL;
+    p->moe_scr = p->span ? p->span + ys : NULL;
     p->logits = p->training ? p->span : take(c, N * V);
-    p->norm = p->slot[0];
     p->rlog = take(c, N * E);
     p->elist = (int32_t *)take(c, N * K);
     p->epos = (int32_t *)take(c, N * K);
@@ -254,7 +258,7 @@ static void carve(spes_model *m, carver *c)
     p->lane_cut = (int32_t *)take(c, nt + 1);
     p->moe_chunk = (int)CH;
     p->tscr_numel = p->training ? 2 * SPES_ATTN_RB * T + SPES_ATTN_RB + 3 * T * D : SPES_ATTN_RB * T;
-    p->tscr_numel = (p->tscr_numel + 15) & ~(size_t)15;
+    p->tscr_numel = round16(p->tscr_numel);
     p->tscr = take(c, nt * p->tscr_numel);
     p->partial = take(c, 2 * nt * H);
     if (p->training) {

@@ -69,14 +69,15 @@ struct spes_model_priv {
      * because recomputing it in the backward (QK^T, softmax, PV per head) cost ~3.5 %
      * of a step on the bench config, against 6 MiB more on every node alike */
     float *att;
-    /* scratch: slots 0, 4, 5 of (N, H) floats, and the span, which holds by turns
-     * the raw [q | k | v] rows, the expert block's scratch (forward: after
-     * attention; backward: q/k/v are recomputed after it) and the logits between
-     * forward and backward. Training lays out [slot 5][span][slot 0][slot 4]:
-     * [dq | dk | dv] (p->dqkv) starts right after [q | k | v] and runs on over
-     * the span's end into slots 0 and 4, both dead while attention's backward runs. */
-    float *slot[6];
-    float *norm; /* slot 0 (N, H) */
+    /* scratch: three (N, H) buffers, and the span, which holds by turns the raw
+     * [q | k | v] rows, the expert block's scratch (forward: after attention;
+     * backward: q/k/v are recomputed after it) and the logits between forward and
+     * backward. Training lays out [dbuf][span][norm][xmid]: [dq | dk | dv]
+     * (p->dqkv) starts right after [q | k | v] and runs on over the span's end into
+     * norm and xmid, both dead while attention's backward runs. */
+    float *norm; /* (N, H) every RMSNorm output a product reads */
+    float *xmid; /* (N, H) backward: the recomputed mid-layer residual */
+    float *dbuf; /* (N, H) backward: d(normed2), then d(attention output), then normed1 */
     float *span;
     float *q, *k, *v; /* span: (N, ldqkv) rows [q (QD) | k (KVD) | v (KVD)] */
     float *dqkv;      /* (N, ldqkv) [dq | dk | dv] (training), see above */
