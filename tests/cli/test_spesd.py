@@ -120,8 +120,11 @@ def main():
             break
         out += line
     proc.send_signal(signal.SIGTERM)
-    o, e = proc.communicate(timeout=120)
-    out += o
+    # read the rest through proc.stdout itself: communicate() reads the pipe's fd and
+    # would skip lines readline() had already buffered (seen on a loaded machine)
+    out += proc.stdout.read()
+    proc.stderr.read()
+    proc.wait(timeout=120)
     done = len(losses(out))
     check(proc.returncode == 0 and os.path.exists("term/spes.ckpt"), "SIGTERM writes the checkpoint and exits 0")
     res = run(*base, "--steps", str(done + 2), "--resume", "term", "--out", "term")
