@@ -238,6 +238,8 @@ END_TEST
  * trained columns (NULL: all), capacity 4 x 70, on a b x t batch, with threads
  * threads and experts in chunks of chunk rows (0: the default); returns the
  * model's gradient count. */
+static int gu_rows = -1; /* train_twice: rows per layer of the [gate | up] cache (-1: default) */
+
 static size_t train_twice(int threads, const uint8_t *trained, int chunk, int b, int t, float *grads,
                           float *loss)
 {
@@ -249,6 +251,8 @@ static size_t train_twice(int threads, const uint8_t *trained, int chunk, int b,
     ck_assert_int_eq(spes_model_alloc(&m, &c, trained, 4, 70, 1, pool), 0);
     if (chunk)
         spes__model_set_moe_chunk(m, chunk);
+    if (gu_rows >= 0)
+        spes__model_set_gu_cache(m, gu_rows);
     spes_model_init_weights(m, 11);
     int32_t tok[4 * 70], tgt[4 * 70];
     make_batch(tok, tgt, 4 * 70, c.vocab_size, 12);
@@ -367,6 +371,48 @@ START_TEST(test_lanes_agree)
             ck_assert_mem_eq(&l0, &l1, sizeof l0);
             ck_assert_mem_eq(g0, g1, ng * sizeof(float));
         }
+    free(g0);
+    free(g1);
+}
+END_TEST
+
+/* The forward keeps [gate | up] of trained experts' rows for the backward, up to
+ * a number of rows per layer (default: their expected share of the routed
+ * rows): all kept, none kept (all recomputed) and 37 kept (the cache ends
+ * inside an expert and inside a chunk, which the forward copies in part and
+ * the backward recomputes whole) give the same loss and gradients, frozen
+ * columns or not, on 1 and 3 threads (the backward's chunks then differ from
+ * the forward's), in chunks of 7 rows and whole. */
+START_TEST(test_gu_cache)
+{
+    size_t n = run_numel();
+    float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float)), l0, l1;
+    static const uint8_t half[4] = {1, 0, 1, 0};
+    const uint8_t *masks[2] = {NULL, half};
+    int threads[2] = {1, 3}, chunks[2] = {0, 7}, rows[2] = {-1, 37};
+    for (int mi = 0; mi < 2; mi++)
+        for (int ti = 0; ti < 2; ti++)
+            for (int ci = 0; ci < 2; ci++) {
+                gu_rows = 0;
+                size_t ng = train_twice(threads[ti], masks[mi], chunks[ci], 4, 70, g0, &l0);
+                double gmax = 0;
+                for (size_t i = 0; i < ng; i++)
+                    gmax = fmax(gmax, fabs(g0[i]));
+                ck_assert(gmax > 0);
+                for (int ri = 0; ri < 2; ri++) {
+                    gu_rows = rows[ri];
+                    train_twice(threads[ti], masks[mi], chunks[ci], 4, 70, g1, &l1);
+                    ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g", l1, l0);
+                    double d = 0;
+                    for (size_t i = 0; i < ng; i++)
+                        d = fmax(d, fabs(g1[i] - g0[i]));
+                    ck_assert_msg(d <= 1e-5 * gmax,
+                                  "gradients differ by %.3g (max %.3g): cache %d rows, %d threads, chunk %d, "
+                                  "mask %d",
+                                  d, gmax, rows[ri], threads[ti], chunks[ci], mi);
+                }
+            }
+    gu_rows = -1;
     free(g0);
     free(g1);
 }
@@ -553,6 +599,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_frozen_columns);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_moe_chunking);
+    tcase_add_test(tc, test_gu_cache);
     tcase_add_test(tc, test_lanes_agree);
     tcase_add_test(tc, test_tight_span);
     tcase_add_test(tc, test_refusals_and_inference);

@@ -2,7 +2,8 @@
  * from the kept residual stream, rstd values and attention outputs the norm
  * outputs, the mid-layer residual (same sgemm, same bits), q/k/v, the
  * attention probabilities (row blocks, from the kept log-sum-exp) and (in
- * moe.c) the experts' gate/up projections, instead of storing them. Allocates
+ * moe.c) the frozen experts' gate/up projections, instead of storing them
+ * (trained experts' ones are kept, see moe.c). Allocates
  * nothing. Frozen columns pass input gradients through but get no weight
  * gradients. */
 #include "model/model_priv.h"

@@ -193,6 +193,14 @@ static float *take(carver *c, size_t n)
     return r;
 }
 
+/* gu_capacity: the [gate | up] cache's rows per layer, the trained experts'
+ * expected share of the N K routed rows, rounded up. */
+static int gu_capacity(const spes_model *m)
+{
+    size_t M = (size_t)m->priv->N * m->cfg.num_experts_per_tok, E = m->cfg.num_experts;
+    return (int)((M * (size_t)m->ntrained + E - 1) / E);
+}
+
 static void carve(spes_model *m, carver *c)
 {
     struct spes_model_priv *p = m->priv;
@@ -255,6 +263,12 @@ static void carve(spes_model *m, carver *c)
     p->elist = (int32_t *)take(c, N * K);
     p->epos = (int32_t *)take(c, N * K);
     p->eoff = (int32_t *)take(c, E + 1);
+    p->gu_first = (int32_t *)take(c, E);
+    p->gu_rows = (int32_t *)take(c, E);
+    if (p->training) {
+        p->gucap = gu_capacity(m);
+        p->guc = take(c, nk * (size_t)p->gucap * 2 * I);
+    }
     p->lane_cut = (int32_t *)take(c, nt + 1);
     p->moe_chunk = (int)CH;
     p->tscr_numel = p->training ? 2 * SPES_ATTN_RB * T + SPES_ATTN_RB + 3 * T * D : SPES_ATTN_RB * T;
@@ -383,6 +397,14 @@ void spes__model_set_moe_chunk(spes_model *m, int rows)
 {
     int cap = SPES_MOE_CHUNK < m->priv->N ? SPES_MOE_CHUNK : m->priv->N;
     m->priv->moe_chunk = rows < 1 ? 1 : rows > cap ? cap : rows;
+}
+
+void spes__model_set_gu_cache(spes_model *m, int rows)
+{
+    struct spes_model_priv *p = m->priv;
+    int cap = gu_capacity(m);
+    if (p->guc)
+        p->gucap = rows < 0 ? 0 : rows > cap ? cap : rows;
 }
 
 void spes_model_zero_grad(spes_model *m)

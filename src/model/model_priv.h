@@ -90,8 +90,15 @@ struct spes_model_priv {
     float *moe_y;     /* span: (N*K, H) each routed row's output, elist order */
     float *moe_scr;   /* span: nthreads x lane_numel, one scratch per lane (one lane per thread) */
     size_t lane_numel;
-    int32_t *lane_cut;      /* (nthreads+1) row ranges of the lanes */
-    atomic_uint *lane_flag; /* (nthreads) see moe.c */
+    /* the forward's [gate | up] rows of routed rows that go to trained experts,
+     * (L, gucap, 2I) in elist order of those experts, up to gucap rows per layer
+     * (their expected share, N K ntrained / E): the backward reads them instead of
+     * recomputing them, and rows past gucap are recomputed (see moe.c) */
+    float *guc;
+    int gucap;
+    int32_t *gu_first, *gu_rows; /* (E) of the layer in hand: cache row of expert e's first row, rows kept */
+    int32_t *lane_cut;           /* (nthreads+1) row ranges of the lanes */
+    atomic_uint *lane_flag;      /* (nthreads) see moe.c */
     unsigned lane_epoch;
     float *tscr; /* (nthreads, per-thread attention scratch) */
     size_t tscr_numel;
@@ -107,6 +114,9 @@ struct spes_model_priv {
 /* spes__model_set_moe_chunk sets the rows per expert chunk (clamped to [1, capacity]);
  * tests use it to run the multi-chunk paths on tiny batches. */
 void spes__model_set_moe_chunk(spes_model *m, int rows);
+/* spes__model_set_gu_cache sets how many rows per layer the [gate | up] cache keeps
+ * (clamped to [0, what was allocated]); tests use it to run the recompute paths. */
+void spes__model_set_gu_cache(spes_model *m, int rows);
 /* spes__model_moe_forward adds layer l's (slot s) expert outputs of p->norm to x. */
 void spes__model_moe_forward(spes_model *m, int l, int s, float *x, int N);
 /* spes__model_moe_backward writes d(loss)/d(norm2) of layer l's experts to dn2, routing
