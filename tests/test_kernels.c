@@ -245,6 +245,35 @@ START_TEST(test_vec_helpers)
 }
 END_TEST
 
+/* The fused row pass of the expert backward gives the bits of the separate
+ * passes it replaced: swiglu forward, the fixed-lane dot, scaling by the
+ * routing weight, swiglu backward; lengths 1..70 cover the 16-lane body and
+ * the tail. */
+START_TEST(test_swiglu_row_backward)
+{
+    float g[70], u[70], dh[70], h[70], g2[70], u2[70], h2[70], d2[70];
+    for (int n = 1; n <= 70; n++) {
+        fill(g, (size_t)n, 3.0);
+        fill(u, (size_t)n, 1.0);
+        fill(dh, (size_t)n, 1.0);
+        memcpy(g2, g, sizeof(float) * (size_t)n);
+        memcpy(u2, u, sizeof(float) * (size_t)n);
+        memcpy(d2, dh, sizeof(float) * (size_t)n);
+        float wt = 0.3f + 0.01f * (float)n;
+        spes_swiglu_forward(h2, g2, u2, (size_t)n);
+        float dot2 = spes__dot(d2, h2, n);
+        spes__scale(h2, wt, n);
+        spes__scale(d2, wt, n);
+        spes_swiglu_backward(g2, u2, d2, (size_t)n);
+        float dot1 = spes__swiglu_row_backward(h, g, u, dh, wt, n);
+        ck_assert_mem_eq(&dot1, &dot2, sizeof dot1);
+        ck_assert_mem_eq(h, h2, sizeof(float) * (size_t)n);
+        ck_assert_mem_eq(g, g2, sizeof(float) * (size_t)n);
+        ck_assert_mem_eq(u, u2, sizeof(float) * (size_t)n);
+    }
+}
+END_TEST
+
 /* ---- swiglu ---- */
 enum { SN = 40 };
 typedef struct {
@@ -444,6 +473,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_vec_helpers);
     tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_swiglu_row_backward);
     tcase_add_test(tc, test_crossentropy);
     tcase_add_test(tc, test_router);
     tcase_add_test(tc, test_embedding_matmul);

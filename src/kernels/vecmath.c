@@ -25,6 +25,36 @@ SPES_CLONES void spes_swiglu_backward(float *restrict g, float *restrict u, cons
     }
 }
 
+SPES_CLONES float spes__swiglu_row_backward(float *restrict h, float *restrict g, float *restrict u,
+                                            const float *restrict dh, float wt, int n)
+{
+    float lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) {
+            float gv = g[i + j], uv = u[i + j], d = dh[i + j];
+            float e1 = 1.0f + spes__expf(-gv), sig = 1.0f / e1;
+            float hv = gv / e1 * uv, s = gv * sig, dw = d * wt;
+            lane[j] += d * hv;
+            h[i + j] = hv * wt;
+            g[i + j] = dw * uv * (sig * (1.0f + gv * (1.0f - sig)));
+            u[i + j] = dw * s;
+        }
+    float dot = 0.0f;
+    for (int j = 0; j < 16; j++)
+        dot += lane[j];
+    for (; i < n; i++) {
+        float gv = g[i], uv = u[i], d = dh[i];
+        float e1 = 1.0f + spes__expf(-gv), sig = 1.0f / e1;
+        float hv = gv / e1 * uv, s = gv * sig, dw = d * wt;
+        dot += d * hv;
+        h[i] = hv * wt;
+        g[i] = dw * uv * (sig * (1.0f + gv * (1.0f - sig)));
+        u[i] = dw * s;
+    }
+    return dot;
+}
+
 SPES_CLONES void spes__exp_shift(float *out, const float *x, float shift, int n)
 {
     for (int i = 0; i < n; i++)

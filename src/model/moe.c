@@ -278,28 +278,19 @@ static void bwd_chunk(moe_ctx *c, int ln, int e, int r, int nr, float *scr, int 
         gu = kept;
     else
         spes_matmul(gu, 2 * I, xs, H, 0, w->wg, H, 1, nr, 2 * I, H, 1.0f, 0.0f);
-    for (int i = 0; i < nr; i++)
-        spes_swiglu_forward(hb + (size_t)i * I, gu + (size_t)i * 2 * I, gu + (size_t)i * 2 * I + I,
-                            (size_t)I);
     spes_matmul(dh, I, dys, H, 0, w->wd, I, 0, nr, I, H, 1.0f, 0.0f);
-    /* d(loss)/d(routing weight) = <dh_unweighted, h>; then h (for down_proj's
-     * gradient) and dh are scaled by the routing weight */
+    /* one pass a row: d(loss)/d(routing weight) = <dh_unweighted, h>; h scaled by
+     * the routing weight (for down_proj's gradient); [gate | up] becomes its
+     * gradient through swiglu, of the weighted dh */
     for (int i = 0; i < nr; i++) {
-        float *h = hb + (size_t)i * I, *d = dh + (size_t)i * I;
-        float wt = topw[list[i]];
-        p->dtopw[list[i]] = spes__dot(d, h, I);
-        for (int j = 0; j < I; j++) {
-            h[j] *= wt;
-            d[j] *= wt;
-        }
+        float *gi = gu + (size_t)i * 2 * I;
+        p->dtopw[list[i]] =
+            spes__swiglu_row_backward(hb + (size_t)i * I, gi, gi + I, dh + (size_t)i * I, topw[list[i]], I);
     }
     if (g->wd && wait)
         lane_wait(p, ln - 1, c->epoch);
     if (g->wd)
         spes_matmul(g->wd, I, dys, H, 1, hb, I, 0, H, I, nr, 1.0f, 1.0f);
-    for (int i = 0; i < nr; i++)
-        spes_swiglu_backward(gu + (size_t)i * 2 * I, gu + (size_t)i * 2 * I + I, dh + (size_t)i * I,
-                             (size_t)I);
     if (g->wg) /* [gate | up] gradient: (2I, H) += [dg | du]^T x */
         spes_matmul(g->wg, H, gu, 2 * I, 1, xs, H, 0, 2 * I, H, nr, 1.0f, 1.0f);
     spes_matmul(p->moe_y + (size_t)r * H, H, gu, 2 * I, 0, w->wg, H, 0, nr, H, 2 * I, 1.0f, 0.0f);
