@@ -269,6 +269,15 @@ static size_t train_twice(int threads, const uint8_t *trained, int chunk, int b,
     return n;
 }
 
+/* max_diff is max |a[i] - b[i]| over n floats; with b NULL, max |a[i]|. */
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++)
+        d = fmax(d, fabs(a[i] - (b ? b[i] : 0.0f)));
+    return d;
+}
+
 /* run_once: train_twice on all columns and the whole 4 x 70 batch. */
 static void run_once(int threads, float *grads_out, size_t n, float *loss, int chunk)
 {
@@ -311,18 +320,14 @@ START_TEST(test_moe_chunking)
     float *g0 = malloc(n * sizeof(float)), *g1 = malloc(n * sizeof(float));
     float l0, l1;
     run_once(2, g0, n, &l0, 0);
-    double gmax = 0;
-    for (size_t i = 0; i < n; i++)
-        gmax = fmax(gmax, fabs(g0[i]));
+    double gmax = max_diff(g0, NULL, n);
     ck_assert(gmax > 0);
     int rows[] = {7, 1};
     for (int k = 0; k < 2; k++) {
         run_once(2, g1, n, &l1, rows[k]);
         ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g with chunks of %d", l1, l0,
                       rows[k]);
-        double d = 0;
-        for (size_t i = 0; i < n; i++)
-            d = fmax(d, fabs(g1[i] - g0[i]));
+        double d = max_diff(g1, g0, n);
         ck_assert_msg(d <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g) with chunks of %d", d, gmax,
                       rows[k]);
     }
@@ -348,9 +353,7 @@ START_TEST(test_lanes_agree)
         for (int si = 0; si < 2; si++) {
             int b = shapes[si][0], t = shapes[si][1];
             size_t ng = train_twice(1, masks[mi], 0, b, t, g0, &l0);
-            double gmax = 0;
-            for (size_t i = 0; i < ng; i++)
-                gmax = fmax(gmax, fabs(g0[i]));
+            double gmax = max_diff(g0, NULL, ng);
             ck_assert(gmax > 0);
             int threads[3] = {2, 3, 7}, chunks[2] = {0, 7};
             for (int ti = 0; ti < 3; ti++)
@@ -358,9 +361,7 @@ START_TEST(test_lanes_agree)
                     train_twice(threads[ti], masks[mi], chunks[ci], b, t, g1, &l1);
                     ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g (%d threads, mask %d)",
                                   l1, l0, threads[ti], mi);
-                    double d = 0;
-                    for (size_t i = 0; i < ng; i++)
-                        d = fmax(d, fabs(g1[i] - g0[i]));
+                    double d = max_diff(g1, g0, ng);
                     ck_assert_msg(d <= 1e-5 * gmax,
                                   "gradients differ by %.3g (max %.3g): %d threads, chunk %d, "
                                   "mask %d, batch %dx%d",
@@ -395,17 +396,13 @@ START_TEST(test_gu_cache)
             for (int ci = 0; ci < 2; ci++) {
                 gu_rows = 0;
                 size_t ng = train_twice(threads[ti], masks[mi], chunks[ci], 4, 70, g0, &l0);
-                double gmax = 0;
-                for (size_t i = 0; i < ng; i++)
-                    gmax = fmax(gmax, fabs(g0[i]));
+                double gmax = max_diff(g0, NULL, ng);
                 ck_assert(gmax > 0);
                 for (int ri = 0; ri < 2; ri++) {
                     gu_rows = rows[ri];
                     train_twice(threads[ti], masks[mi], chunks[ci], 4, 70, g1, &l1);
                     ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g", l1, l0);
-                    double d = 0;
-                    for (size_t i = 0; i < ng; i++)
-                        d = fmax(d, fabs(g1[i] - g0[i]));
+                    double d = max_diff(g1, g0, ng);
                     ck_assert_msg(d <= 1e-5 * gmax,
                                   "gradients differ by %.3g (max %.3g): cache %d rows, %d threads, chunk %d, "
                                   "mask %d",
@@ -462,11 +459,7 @@ START_TEST(test_tight_span)
     ck_assert_int_eq(big_batch(1, g0, n, &l0), 1);
     ck_assert_int_eq(big_batch(7, g1, n, &l1), 0);
     ck_assert_msg(fabs(l1 - l0) <= 1e-6 * fabs(l0), "loss %.9g vs %.9g", l1, l0);
-    double gmax = 0, d = 0;
-    for (size_t i = 0; i < n; i++) {
-        gmax = fmax(gmax, fabs(g0[i]));
-        d = fmax(d, fabs(g1[i] - g0[i]));
-    }
+    double gmax = max_diff(g0, NULL, n), d = max_diff(g1, g0, n);
     ck_assert(gmax > 0);
     ck_assert_msg(d <= 1e-5 * gmax, "gradients differ by %.3g (max %.3g)", d, gmax);
     free(g0);
