@@ -245,10 +245,24 @@ START_TEST(test_vec_helpers)
 }
 END_TEST
 
-/* The fused row pass of the expert backward gives the bits of the separate
- * passes it replaced: swiglu forward, the fixed-lane dot, scaling by the
- * routing weight, swiglu backward; lengths 1..70 cover the 16-lane body and
- * the tail. */
+/* ---- swiglu ---- */
+/* ref_swiglu_backward is the plain loop the fused backward replaced (in place,
+ * from an already weighted dh). */
+static void ref_swiglu_backward(float *g, float *u, const float *dh, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float sig = 1.0f / (1.0f + spes__expf(-g[i]));
+        float s = g[i] * sig;
+        float dsilu = sig * (1.0f + g[i] * (1.0f - sig));
+        float du = dh[i] * s;
+        g[i] = dh[i] * u[i] * dsilu;
+        u[i] = du;
+    }
+}
+
+/* The one-pass backward gives the bits of the separate passes it replaced:
+ * swiglu forward, the fixed-lane dot, scaling by the routing weight, the plain
+ * backward loop; lengths 1..70 cover the 16-lane body and the tail. */
 START_TEST(test_swiglu_row_backward)
 {
     float g[70], u[70], dh[70], h[70], g2[70], u2[70], h2[70], d2[70];
@@ -264,8 +278,8 @@ START_TEST(test_swiglu_row_backward)
         float dot2 = spes__dot(d2, h2, n);
         spes__scale(h2, wt, n);
         spes__scale(d2, wt, n);
-        spes_swiglu_backward(g2, u2, d2, (size_t)n);
-        float dot1 = spes__swiglu_row_backward(h, g, u, dh, wt, n);
+        ref_swiglu_backward(g2, u2, d2, n);
+        float dot1 = spes_swiglu_backward(h, g, u, dh, wt, (size_t)n);
         ck_assert_mem_eq(&dot1, &dot2, sizeof dot1);
         ck_assert_mem_eq(h, h2, sizeof(float) * (size_t)n);
         ck_assert_mem_eq(g, g2, sizeof(float) * (size_t)n);
@@ -274,17 +288,17 @@ START_TEST(test_swiglu_row_backward)
 }
 END_TEST
 
-/* ---- swiglu ---- */
 enum { SN = 40 };
 typedef struct {
-    float g[SN], u[SN], h[SN], R[SN];
+    float g[SN], u[SN], h[SN], R[SN], wt[1];
 } sw_t;
 
+/* sw_loss = wt * <silu(g) * u, R> */
 static double sw_loss(void *v)
 {
     sw_t *t = v;
     spes_swiglu_forward(t->h, t->g, t->u, SN);
-    return dot(t->h, t->R, SN);
+    return t->wt[0] * dot(t->h, t->R, SN);
 }
 
 START_TEST(test_swiglu)
@@ -293,15 +307,19 @@ START_TEST(test_swiglu)
     fill(t.g, SN, 2.0);
     fill(t.u, SN, 1.0);
     fill(t.R, SN, 1.0);
+    t.wt[0] = 0.7f;
     sw_loss(&t);
     for (int i = 0; i < SN; i++)
         ck_assert_double_eq_tol(t.h[i], t.g[i] / (1.0 + exp(-(double)t.g[i])) * t.u[i], 1e-5);
-    float dg[SN], du[SN];
+    float dg[SN], du[SN], h[SN], dwt[1];
     memcpy(dg, t.g, sizeof dg);
     memcpy(du, t.u, sizeof du);
-    spes_swiglu_backward(dg, du, t.R, SN);
+    dwt[0] = spes_swiglu_backward(h, dg, du, t.R, t.wt[0], SN);
+    for (int i = 0; i < SN; i++)
+        ck_assert_double_eq_tol(h[i], t.wt[0] * t.h[i], 1e-6);
     fd_check("swiglu dg", sw_loss, &t, t.g, dg, SN, 1e-2f);
     fd_check("swiglu du", sw_loss, &t, t.u, du, SN, 1e-2f);
+    fd_check("swiglu d(routing weight)", sw_loss, &t, t.wt, dwt, 1, 1e-2f);
 }
 END_TEST
 

@@ -38,14 +38,6 @@ static inline float spes__expf(float x)
     return p * scale.f;
 }
 
-/* spes__swiglu_row_backward is one routed row of the expert backward in one
- * pass. In: g, u (the row's gate and up), dh = d(loss)/d(h) before the routing
- * weight wt. Out: h = wt * silu(g) * u, g and u overwritten with d(gate) and
- * d(up) of the weighted row (dh * wt), and the return value <dh, silu(g) * u>,
- * the routing weight's gradient. The same bits as spes_swiglu_forward, spes__dot
- * (fixed lanes), the scaling by wt and spes_swiglu_backward run one by one. */
-float spes__swiglu_row_backward(float *restrict h, float *restrict g, float *restrict u,
-                                const float *restrict dh, float wt, int n);
 /* spes__exp_shift writes out[i] = exp(x[i] - shift) for i < n (out may be x). */
 void spes__exp_shift(float *out, const float *x, float shift, int n);
 /* spes__sum adds x[0..n) in 16 fixed lanes, then the lanes in order (deterministic). */

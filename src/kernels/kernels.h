@@ -100,8 +100,13 @@ void spes_attn_head_backward(float *dq, int lddq, float *dk, int lddk, float *dv
 
 /* spes_swiglu_forward: h (n) = silu(g) * u. */
 void spes_swiglu_forward(float *h, const float *g, const float *u, size_t n);
-/* spes_swiglu_backward: from dh, OVERWRITES g with dg and u with du (in place). */
-void spes_swiglu_backward(float *g, float *u, const float *dh, size_t n);
+/* spes_swiglu_backward is the backward of y = wt * (silu(g) * u) . W for one
+ * routed row, in one pass. In: g, u (n), dh = d(loss)/d(h) before the routing
+ * weight wt. Out: h = wt * silu(g) * u (for W's gradient), g and u OVERWRITTEN
+ * with d(loss)/dg and d(loss)/du (of the weighted row, dh * wt), and the return
+ * value <dh, silu(g) * u> = d(loss)/d(wt), summed in spes__dot's fixed lanes.
+ * h is bit for bit wt times spes_swiglu_forward's. */
+float spes_swiglu_backward(float *h, float *g, float *u, const float *dh, float wt, size_t n);
 
 /* spes_softmax_row: p (n) = softmax(x), returns logsumexp(x) (double internally). */
 float spes_softmax_row(float *p, const float *x, int n);

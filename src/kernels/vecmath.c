@@ -12,46 +12,31 @@ SPES_CLONES void spes_swiglu_forward(float *h, const float *g, const float *rest
     }
 }
 
-SPES_CLONES void spes_swiglu_backward(float *restrict g, float *restrict u, const float *restrict dh,
-                                      size_t n)
+/* swiglu_back_elem is one element of spes_swiglu_backward; returns dh * h. */
+static inline float swiglu_back_elem(float *h, float *g, float *u, float d, float wt)
 {
-    for (size_t i = 0; i < n; i++) {
-        float sig = 1.0f / (1.0f + spes__expf(-g[i]));
-        float s = g[i] * sig;
-        float dsilu = sig * (1.0f + g[i] * (1.0f - sig));
-        float du = dh[i] * s;
-        g[i] = dh[i] * u[i] * dsilu;
-        u[i] = du;
-    }
+    float gv = *g, uv = *u;
+    float e1 = 1.0f + spes__expf(-gv), sig = 1.0f / e1;
+    float hv = gv / e1 * uv, s = gv * sig, dw = d * wt;
+    *h = hv * wt;
+    *g = dw * uv * (sig * (1.0f + gv * (1.0f - sig)));
+    *u = dw * s;
+    return d * hv;
 }
 
-SPES_CLONES float spes__swiglu_row_backward(float *restrict h, float *restrict g, float *restrict u,
-                                            const float *restrict dh, float wt, int n)
+SPES_CLONES float spes_swiglu_backward(float *restrict h, float *restrict g, float *restrict u,
+                                       const float *restrict dh, float wt, size_t n)
 {
     float lane[16] = {0};
-    int i = 0;
+    size_t i = 0;
     for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) {
-            float gv = g[i + j], uv = u[i + j], d = dh[i + j];
-            float e1 = 1.0f + spes__expf(-gv), sig = 1.0f / e1;
-            float hv = gv / e1 * uv, s = gv * sig, dw = d * wt;
-            lane[j] += d * hv;
-            h[i + j] = hv * wt;
-            g[i + j] = dw * uv * (sig * (1.0f + gv * (1.0f - sig)));
-            u[i + j] = dw * s;
-        }
+        for (int j = 0; j < 16; j++)
+            lane[j] += swiglu_back_elem(h + i + j, g + i + j, u + i + j, dh[i + j], wt);
     float dot = 0.0f;
     for (int j = 0; j < 16; j++)
         dot += lane[j];
-    for (; i < n; i++) {
-        float gv = g[i], uv = u[i], d = dh[i];
-        float e1 = 1.0f + spes__expf(-gv), sig = 1.0f / e1;
-        float hv = gv / e1 * uv, s = gv * sig, dw = d * wt;
-        dot += d * hv;
-        h[i] = hv * wt;
-        g[i] = dw * uv * (sig * (1.0f + gv * (1.0f - sig)));
-        u[i] = dw * s;
-    }
+    for (; i < n; i++)
+        dot += swiglu_back_elem(h + i, g + i, u + i, dh[i], wt);
     return dot;
 }
 

@@ -284,8 +284,8 @@ static void bwd_chunk(moe_ctx *c, int ln, int e, int r, int nr, float *scr, int 
      * gradient through swiglu, of the weighted dh */
     for (int i = 0; i < nr; i++) {
         float *gi = gu + (size_t)i * 2 * I;
-        p->dtopw[list[i]] =
-            spes__swiglu_row_backward(hb + (size_t)i * I, gi, gi + I, dh + (size_t)i * I, topw[list[i]], I);
+        p->dtopw[list[i]] = spes_swiglu_backward(hb + (size_t)i * I, gi, gi + I, dh + (size_t)i * I,
+                                                 topw[list[i]], (size_t)I);
     }
     if (g->wd && wait)
         lane_wait(p, ln - 1, c->epoch);
