@@ -537,6 +537,10 @@ START_TEST(test_layout_init)
     /* init: norms 1, weights N(0, 0.02), reproducible */
     spes_model *m;
     c = tiny(2, 0, 0);
+    c.num_experts = c.num_experts_per_tok = 8; /* 2^28 tokens x top-8 routed rows overflow int32 */
+    ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 1 << 14, 1 << 14, 1, NULL), SPES_EINVAL);
+    ck_assert_ptr_null(m);
+    c = tiny(2, 0, 0);
     ck_assert_int_eq(spes_model_alloc(&m, &c, NULL, 1, 4, 0, NULL), 0);
     spes_model_init_weights(m, 42);
     const spes_tensor *qn = spes_layout_find(&m->layout, "model.layers.1.self_attn.q_norm.weight");

@@ -319,6 +319,11 @@ int spes_model_alloc(spes_model **out, const spes_model_config *c, const uint8_t
         free(m);
         return rc;
     }
+    if ((int64_t)B * T * c->num_experts_per_tok > INT32_MAX) { /* routed rows are indexed by int32 */
+        spes_model_free(m);
+        return spes_errf(SPES_EINVAL, "model: %d x %d tokens x top-%d routed rows exceed 2^31", B, T,
+                         c->num_experts_per_tok);
+    }
     int L = c->num_hidden_layers, E = c->num_experts, D = c->hidden_size / c->num_attention_heads;
     m->B = B;
     m->T = T;
