@@ -144,7 +144,7 @@ int spes_coord_alloc(spes_coord **out, spes_daemon *d)
     }
     if (rc)
         goto fail;
-    c->round_open_ms = c->started_ms = spes_now_ms();
+    c->round_open_ms = c->started_ms = spes_mono_ms();
     *out = c;
     return 0;
 fail:
@@ -165,6 +165,12 @@ void spes_coord_free(spes_coord *c)
     free(c->saved);
     spes_config_fini(&c->run);
     free(c);
+}
+
+void coord_member_seen(coord_member *m)
+{
+    m->last_seen_ms = spes_now_ms();
+    m->seen_mono_ms = spes_mono_ms();
 }
 
 int coord_member_active(const coord_member *m)
@@ -215,7 +221,7 @@ void coord_open_round(spes_coord *c)
             memset(m->cur, 0, (size_t)c->E);
         m->announced = 0;
     }
-    c->round_open_ms = spes_now_ms();
+    c->round_open_ms = spes_mono_ms();
     c->validating = 0;
 }
 

@@ -213,7 +213,7 @@ static void restore(spes_coord *c, coord_ckpt *k, spes_reply_fn reply, void *ctx
     c->restored_active = 0;
     for (int i = 0; i < c->nmem; i++)
         c->restored_active += c->mem[i].state == NS(JOINING);
-    c->started_ms = spes_now_ms();
+    c->started_ms = spes_mono_ms();
     coord_save(c);
     log_info("run restored to checkpoint %s: round %llu, step %llu", k->id, (unsigned long long)k->round,
              (unsigned long long)k->step);

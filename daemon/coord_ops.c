@@ -104,7 +104,7 @@ static void handle_join(spes_coord *c, const Spes__Wire__Join *j, const spes_pki
         m->participant = 0;
     }
     snprintf(m->url, sizeof m->url, "%s", j->listen_url);
-    m->last_seen_ms = spes_now_ms();
+    coord_member_seen(m);
     if (m->state == NS(PENDING)) {
         coord_save(c);
         reply_reject(reply, ctx, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 2000, "awaiting operator approval");
@@ -133,7 +133,7 @@ static void handle_heartbeat(spes_coord *c, const Spes__Wire__Heartbeat *h, cons
     }
     if (m->state == NS(JOINING) && !round_open(c) && h->round == c->round)
         m->state = NS(ACTIVE); /* known from before our restart, holding the agreed state */
-    m->last_seen_ms = spes_now_ms();
+    coord_member_seen(m);
     m->round = h->round;
     m->step = h->step;
     m->loss = h->loss;

@@ -184,7 +184,7 @@ void coord_announce(spes_coord *c, const Spes__Wire__Announce *a, const spes_pki
     m->tokens = a->tokens_trained;
     m->blob_loss = a->loss ? a->loss->mean : 0;
     m->announced = 1;
-    m->last_seen_ms = spes_now_ms();
+    coord_member_seen(m);
     coord_reply_ack(reply, ctx, "announced");
     int all = 1;
     for (int i = 0; i < c->nmem; i++)
@@ -220,7 +220,7 @@ void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_ide
     }
     memcpy(m->digest, g->state_hash.data, 32);
     m->digest_round = g->round;
-    m->last_seen_ms = spes_now_ms();
+    coord_member_seen(m);
     char hex[65];
     spes_hex_encode(m->digest, 32, hex);
     if (!strcmp(m->name, c->d->cfg.name) && g->round == c->round && !c->state_hash_known) {
@@ -245,15 +245,42 @@ void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_ide
     }
 }
 
+/* forgive_stall moves every deadline on by the time this daemon itself did
+ * not run (the tick is periodic, so a longer gap means the loop was blocked:
+ * a slow fsync, an overloaded or suspended machine). Heartbeats that arrived
+ * meanwhile wait in the inbox, which runs after the timers; without this the
+ * coordinator would blame every member, itself included, for its own stall.
+ * (Cassandra's failure detector skips its local pauses the same way.) */
+static void forgive_stall(spes_coord *c, uint64_t now)
+{
+    uint64_t period = spes_daemon_tick_ms(c->d->cfg.heartbeat_ms);
+    uint64_t last = c->last_tick_ms;
+    c->last_tick_ms = now;
+    if (!last || now - last <= period)
+        return;
+    uint64_t stall = now - last - period;
+    if (stall >= 1000)
+        log_warnx("coordinator: this daemon did not run for %llu ms (a slow disk or an overloaded machine); "
+                  "heartbeat and round deadlines are moved on by that",
+                  (unsigned long long)stall);
+    for (int i = 0; i < c->nmem; i++)
+        if (c->mem[i].seen_mono_ms)
+            c->mem[i].seen_mono_ms += stall;
+    c->round_open_ms += stall;
+    c->started_ms += stall;
+}
+
 void spes_coord_tick(spes_coord *c)
 {
-    uint64_t now = spes_now_ms();
+    uint64_t now = spes_mono_ms();
+    forgive_stall(c, now);
     int nact = 0, nparticipants = 0;
     for (int i = 0; i < c->nmem; i++) {
         coord_member *m = &c->mem[i];
-        if (coord_member_active(m) && m->last_seen_ms && now - m->last_seen_ms > (uint64_t)c->d->cfg.failure_timeout_ms) {
+        if (coord_member_active(m) && m->seen_mono_ms && now > m->seen_mono_ms &&
+            now - m->seen_mono_ms > (uint64_t)c->d->cfg.failure_timeout_ms) {
             log_warnx("%s missed its heartbeats for %llu ms: marked failed", m->name,
-                      (unsigned long long)(now - m->last_seen_ms));
+                      (unsigned long long)(now - m->seen_mono_ms));
             m->state = NS(FAILED);
             coord_save(c);
         }
@@ -268,7 +295,7 @@ void spes_coord_tick(spes_coord *c)
         /* a fresh run waits for min_nodes; a restarted coordinator for the
          * members it had, or for failure_timeout_ms, whichever comes first */
         int target = c->round == 0 ? c->d->cfg.min_nodes : c->restored_active;
-        if (now - c->started_ms > (uint64_t)c->d->cfg.failure_timeout_ms)
+        if (now > c->started_ms && now - c->started_ms > (uint64_t)c->d->cfg.failure_timeout_ms)
             target = 1;
         if (nact >= (target > 0 ? target : 1) && c->state_hash_known)
             coord_open_round(c);
@@ -280,7 +307,7 @@ void spes_coord_tick(spes_coord *c)
             all = 0;
     if (all && coord_any_announced(c)) {
         start_validation(c);
-    } else if (now - c->round_open_ms > (uint64_t)c->d->cfg.round_deadline_ms) {
+    } else if (now > c->round_open_ms && now - c->round_open_ms > (uint64_t)c->d->cfg.round_deadline_ms) {
         if (coord_any_announced(c)) {
             log_warnx("round %llu: deadline passed; committing without the missing nodes", (unsigned long long)c->round);
             start_validation(c);

@@ -21,7 +21,8 @@ typedef struct coord_member {
     uint8_t *cur;           /* (E) columns in the round now open (0 if not participating) */
     int participant;        /* expected to contribute to the open round */
     uint64_t round, step;   /* last reported */
-    uint64_t last_seen_ms;
+    uint64_t last_seen_ms;  /* wall clock, for status */
+    uint64_t seen_mono_ms;  /* the same on the monotonic clock, for failure detection (0: not seen yet) */
     double loss, tps;
     uint8_t digest[32];
     uint64_t digest_round;  /* round the digest is for (S_{digest_round}); 0 = none */
@@ -70,7 +71,7 @@ struct spes_coord {
     int state_hash_known;
     uint8_t prev_hash[32];   /* digest of S_{round-1}, for nodes that must apply the last commit */
     int prev_known;
-    uint64_t round_open_ms;
+    uint64_t round_open_ms;  /* monotonic, like started_ms and last_tick_ms */
     int validating;
     int val_idx[COORD_MAX_MEMBERS]; /* members whose contributions are being validated, id order */
     int nval;
@@ -93,6 +94,7 @@ struct spes_coord {
     int nwaiters;
     int restored_active;     /* members active before a coordinator restart */
     uint64_t started_ms;
+    uint64_t last_tick_ms;   /* when spes_coord_tick last ran: a longer gap is a stall of this daemon */
 };
 
 /* coord_save writes the coordinator's state durably (state_dir/coordinator.json). */
@@ -112,6 +114,9 @@ void coord_reply_msg(spes_reply_fn reply, void *ctx, int type, const ProtobufCMe
 
 /* coord_reply_ack replies with an Ack carrying text. */
 void coord_reply_ack(spes_reply_fn reply, void *ctx, const char *text);
+
+/* coord_member_seen records that m was heard from now. */
+void coord_member_seen(coord_member *m);
 
 /* coord_member_active says whether m takes part in the run (active or joining). */
 int coord_member_active(const coord_member *m);

@@ -34,11 +34,9 @@ static int sd_notify(int unset, const char *state)
 }
 #endif
 
-uint64_t spes_now_ms(void)
+uint64_t spes_daemon_tick_ms(int heartbeat_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return heartbeat_ms / 2 > 50 ? (uint64_t)(heartbeat_ms / 2) : 50;
 }
 
 void spes_daemon_post(spes_daemon *d, spes_event *ev)
@@ -328,7 +326,7 @@ static int start(spes_daemon *d)
     uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
     uv_timer_init(&d->loop, &d->tick);
     d->tick.data = d;
-    uv_timer_start(&d->tick, on_tick, 50, (uint64_t)(d->cfg.heartbeat_ms / 2 > 50 ? d->cfg.heartbeat_ms / 2 : 50));
+    uv_timer_start(&d->tick, on_tick, 50, spes_daemon_tick_ms(d->cfg.heartbeat_ms));
     return spes_node_start(d->node);
 }
 

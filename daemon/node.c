@@ -23,6 +23,7 @@ typedef struct call_ctx {
     spes_node *n;
     reply_handler h;
     int rc;
+    char err[256]; /* the failure's message: it was recorded on nng's thread, not the loop's */
     uint8_t *data;
     size_t len;
 } call_ctx;
@@ -80,7 +81,9 @@ static void call_back_on_loop(void *arg)
     int type = 0;
     ProtobufCMessage *msg = NULL;
     int rc = cc->rc;
-    if (!rc)
+    if (rc)
+        spes_errf(rc, "%s", cc->err[0] ? cc->err : spes_strerror(rc));
+    else
         rc = spes_proto_decode(cc->data, cc->len, &type, &msg);
     if (n->phase == P_STOP && cc->h != on_leave_reply) {
         /* stopping: what this call was for no longer matters; the goodbye waited for it */
@@ -97,6 +100,8 @@ static void call_back(void *arg, int err, const void *rep, size_t len)
 {
     call_ctx *cc = arg;
     cc->rc = err;
+    if (err)
+        snprintf(cc->err, sizeof cc->err, "%s", spes_errmsg());
     if (!err && (cc->data = malloc(len ? len : 1)) != NULL) {
         memcpy(cc->data, rep, len);
         cc->len = len;
@@ -139,7 +144,7 @@ static int call(spes_node *n, int type, const ProtobufCMessage *m, reply_handler
 
 static void retry_later(spes_node *n, uint64_t ms)
 {
-    n->next_try_ms = spes_now_ms() + ms;
+    n->next_try_ms = spes_mono_ms() + ms;
 }
 
 static const char *error_text(int type, ProtobufCMessage *msg)
@@ -366,7 +371,7 @@ static void send_heartbeat(spes_node *n)
     h.tokens_per_s = n->tps;
     /* JOINING = idle or waiting for the commit: the coordinator may hand us work */
     h.state = n->phase == P_IDLE || n->phase == P_WAIT ? NS(JOINING) : NS(ACTIVE);
-    n->last_hb_ms = spes_now_ms();
+    n->last_hb_ms = spes_mono_ms();
     call(n, SPES_MSG_HEARTBEAT, &h.base, on_heartbeat_reply);
 }
 
@@ -626,7 +631,7 @@ int spes_node_start(spes_node *n)
 
 void spes_node_tick(spes_node *n)
 {
-    uint64_t now = spes_now_ms();
+    uint64_t now = spes_mono_ms();
     if (n->call_inflight > 0 || now < n->next_try_ms)
         return;
     switch (n->phase) {

@@ -14,6 +14,7 @@
  * the fetching thread. */
 #include "blob/blob_internal.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
@@ -507,10 +508,7 @@ static int drain(fetch *f, int wait_ms)
     pthread_mutex_lock(&f->mu);
     if (f->qn == 0 && wait_ms > 0) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)wait_ms * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        spes_mono_deadline(&ts, wait_ms);
         pthread_cond_timedwait(&f->cv, &f->mu, &ts);
     }
     while (f->qn > 0 && n < 64) {
@@ -683,7 +681,7 @@ static int fetch_init(fetch *f, spes_blob_store *s, const uint8_t hash[32], cons
     f->max_errors = o->max_peer_errors > 0 ? o->max_peer_errors : 2;
     pthread_mutex_init(&f->mu, NULL);
     pthread_mutex_init(&f->wmu, NULL);
-    pthread_cond_init(&f->cv, NULL);
+    spes_cond_init_mono(&f->cv);
     int rc;
     if ((rc = spes__blob_file(s, hash, ".part", f->part, sizeof f->part)) != 0 ||
         (rc = spes__blob_file(s, hash, ".part.map", f->map_path, sizeof f->map_path)) != 0 ||

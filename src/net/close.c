@@ -15,6 +15,7 @@
  * callbacks may still touch) to the helper. Nothing is freed under nng. */
 #include "net/net_internal.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -64,11 +65,7 @@ int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms)
         return 0;
     }
     pthread_mutex_init(&b->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    spes_cond_init_mono(&b->cv);
     b->refs = 2;
     b->fn = fn;
     b->arg = arg;
@@ -81,13 +78,7 @@ int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms)
         return 0;
     }
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    spes_mono_deadline(&until, timeout_ms);
     pthread_mutex_lock(&b->mu);
     while (!b->done)
         if (pthread_cond_timedwait(&b->cv, &b->mu, &until) == ETIMEDOUT)

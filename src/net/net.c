@@ -5,6 +5,7 @@
  * identity, and never accepts a message larger than the endpoint's limit. */
 #include "net/net_internal.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -340,7 +341,7 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
     s->arg = o->arg;
     s->nreq = o->contexts > 0 ? o->contexts : 8;
     pthread_mutex_init(&s->reg.mu, NULL);
-    pthread_cond_init(&s->reg.cv, NULL);
+    spes_cond_init_mono(&s->reg.cv);
     int rv = nng_rep0_open(&s->sock);
     if (rv) {
         pthread_mutex_destroy(&s->reg.mu);
@@ -420,12 +421,7 @@ static int wait_first(spes_net_client *c, const spes_net_client_opts *o)
     int limit = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000;
     for (int waited = 0;; waited += 10) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        spes_mono_deadline(&ts, 10);
         pthread_mutex_lock(&c->reg.mu);
         if (!c->reg.added)
             pthread_cond_timedwait(&c->reg.cv, &c->reg.mu, &ts);
@@ -485,7 +481,7 @@ int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
         return SPES_ENOMEM;
     snprintf(c->url, sizeof c->url, "%s", o->url);
     pthread_mutex_init(&c->reg.mu, NULL);
-    pthread_cond_init(&c->reg.cv, NULL);
+    spes_cond_init_mono(&c->reg.cv);
     int rv = nng_req0_open(&c->sock);
     if (rv) {
         pthread_mutex_destroy(&c->reg.mu);
@@ -595,6 +591,7 @@ typedef struct acall {
     nng_time deadline;
     spes_net_reply_cb cb;
     void *arg;
+    char url[256]; /* whom we asked, for the failure's message */
 } acall;
 
 static void acall_cb(void *arg)
@@ -611,7 +608,7 @@ static void acall_cb(void *arg)
     if (rv) {
         if (a->sending)
             nng_msg_free(nng_aio_get_msg(a->aio));
-        a->cb(a->arg, spes__nng_err(rv, "request failed", NULL), NULL, 0);
+        a->cb(a->arg, spes__nng_err(rv, "request failed", a->url), NULL, 0);
     } else {
         nng_msg *m = nng_aio_get_msg(a->aio);
         a->cb(a->arg, 0, nng_msg_body(m), nng_msg_len(m));
@@ -642,6 +639,7 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     }
     a->cb = cb;
     a->arg = arg;
+    snprintf(a->url, sizeof a->url, "%s", c->url);
     a->sending = 1;
     timeout_ms = call_timeout(timeout_ms);
     a->deadline = nng_clock() + (nng_time)timeout_ms;

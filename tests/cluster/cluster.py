@@ -20,6 +20,9 @@ import time
 import numpy as np
 
 
+LAST_WARNINGS = []  # what the last cleaned-up cluster's daemons warned about
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -29,8 +32,9 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None):
+    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None, env=None):
         self.build = build
+        self.env = env or {}  # node -> extra environment variables for its daemon
         self.spesd = os.path.join(build, "daemon", "spesd")
         self.spesctl = os.path.join(build, "client", "spesctl")
         self.dir = tempfile.mkdtemp(prefix=prefix)
@@ -67,8 +71,9 @@ class Cluster:
     def start(self, k):
         out = open(self.path("node-%d.out" % k), "a")
         err = open(self.path("node-%d.log" % k), "a")
+        env = dict(os.environ, **self.env[k]) if k in self.env else None
         self.procs[k] = subprocess.Popen([self.spesd, "run", "--config", self.path("node-%d.json" % k)],
-                                         stdout=out, stderr=err)
+                                         stdout=out, stderr=err, env=env)
 
     def start_all(self):
         for k in range(self.n):
@@ -86,13 +91,26 @@ class Cluster:
         return None
 
     def stop_all(self, sig=signal.SIGTERM):
-        codes = {k: self.kill(k, sig) for k in list(self.procs)}
+        # the coordinator (node 0) last: a node whose coordinator is gone waits out its calls in flight
+        codes = {k: self.kill(k, sig) for k in sorted(self.procs, reverse=True)}
         return codes
 
     def cleanup(self, keep=False):
         self.stop_all(signal.SIGKILL)
+        global LAST_WARNINGS
+        LAST_WARNINGS = self.warnings()
         if not keep and not os.environ.get("SPES_KEEP_CLUSTER"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def warnings(self, limit=40):
+        """The warn and error lines of every node's log (the story of a failed scenario)."""
+        lines = []
+        for k in range(self.n):
+            try:
+                lines += [l for l in self.log(k).splitlines() if " warn: " in l or " error: " in l]
+            except OSError:
+                pass
+        return lines[:limit] + (["... %d more" % (len(lines) - limit)] if len(lines) > limit else [])
 
     def log(self, k):
         with open(self.path("node-%d.log" % k), errors="replace") as f:

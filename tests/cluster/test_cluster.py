@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster as cluster_mod  # noqa: E402
 from cluster import Cluster, read_contribution, read_state_blob  # noqa: E402
 
 BUILD = sys.argv[1]
@@ -153,6 +154,77 @@ def scenario_agree_and_reference():
               "aggregated state equals an independent numpy computation from the contributions, bit for bit "
               "(%d rounds, %d with merge warm-up)" % (len(rounds), merged))
         check(merged >= 2, "merge warm-up rounds were among them")
+    finally:
+        cl.cleanup()
+
+
+def faults_env(**variables):
+    """The environment that preloads tests/cluster/faults.c into a daemon."""
+    lib = os.path.join(BUILD, "tests", "faults.so")
+    if not os.path.exists(lib):
+        raise RuntimeError("the fault library %s is not built" % lib)
+    return dict(variables, LD_PRELOAD=lib,
+                ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0")
+
+
+def finish_undisturbed(cl, cause, min_rounds):
+    """Lets the three nodes apply one more round, stops them, and checks that
+    cause disturbed nobody: no member marked failed, none joining again, every
+    node applying every round with equal digests. Returns the logs."""
+    late = cl.wait_applied([0, 1, 2], cl.status()["round"], timeout=90)
+    logs = [cl.log(k) for k in range(3)]  # before the stop: a draining node stops heartbeating
+    cl.stop_all()
+    check("marked failed" not in logs[0] and not any("joining again" in l for l in logs),
+          "no member is marked failed for %s, and none has to join again" % cause)
+    applied = [cl.applied(k) for k in range(3)]
+    top = max(late) if late else -1
+    check(top >= min_rounds and all(all(r in a for a in applied) and applied[0][r] == applied[1][r] == applied[2][r]
+                                    for r in range(top + 1)),
+          "every node applied every round 0..%d and all agree" % top)
+    return logs
+
+
+def scenario_coordinator_stall():
+    """The coordinator's loop blocks in a slow fsync for longer than the failure
+    timeout: it must not blame its members (or itself) for its own stall."""
+    cfg = run_config()
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"failure_timeout_ms": 4000} for k in range(3)})
+    trigger = cl.path("stall-trigger")
+    cl.env[0] = faults_env(SPES_TEST_STALL_FILE=trigger, SPES_TEST_STALL_MATCH="last_commit.bin")
+    try:
+        cl.start_all()
+        cl.wait_round(2)
+        stalls = 2
+        for _ in range(stalls):  # the fsync of the commit, on the coordinator's loop, takes 5.5 s (timeout 4 s)
+            with open(trigger, "w") as f:
+                f.write("5500")
+            cl.wait("the stalled fsync", lambda: not os.path.exists(trigger), 60)
+            cl.wait_round(cl.status()["round"] + 1)
+        logs = finish_undisturbed(cl, "the coordinator's stall", 4)
+        found = re.findall(r"did not run for (\d+) ms", logs[0])
+        check(len(found) >= stalls and all(int(ms) >= 5000 for ms in found),
+              "the coordinator notices its own stalls (%s ms)" % ", ".join(found))
+    finally:
+        cl.cleanup()
+
+
+def scenario_wall_clock_steps():
+    """The wall clock of the coordinator and of a node steps an hour back, then
+    an hour forward (NTP, an operator): timeouts run on the monotonic clock."""
+    cfg = run_config()
+    cl = Cluster(BUILD, 3, cfg, tokens())
+    clock = cl.path("clock-offset")
+    for k in (0, 1):
+        cl.env[k] = faults_env(SPES_TEST_CLOCK_FILE=clock)
+    try:
+        cl.start_all()
+        cl.wait_round(2)
+        for offset in ("-3600", "3600"):
+            with open(clock + ".tmp", "w") as f:
+                f.write(offset)
+            os.rename(clock + ".tmp", clock)
+            cl.wait_round(cl.status()["round"] + 2)
+        finish_undisturbed(cl, "the wall clock's steps", 6)
     finally:
         cl.cleanup()
 
@@ -397,7 +469,8 @@ def scenario_checkpoints_and_roles():
         cl.cleanup()
 
 
-SCENARIOS = [scenario_agree_and_reference, scenario_kill_node, scenario_join_mid_run,
+SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
+             scenario_wall_clock_steps, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping]
 
@@ -408,10 +481,13 @@ def main():
             continue
         print("== " + s.__name__, flush=True)
         t0 = time.time()
+        failed = len(failures)
         try:
             s()
         except Exception as e:  # a scenario that cannot finish is a failure, not a crash of the suite
             check(False, "%s raised %s: %s" % (s.__name__, type(e).__name__, e))
+        if len(failures) > failed and cluster_mod.LAST_WARNINGS:
+            print("   what the daemons warned about:\n" + "\n".join("   | " + l for l in cluster_mod.LAST_WARNINGS))
         print("   (%.1f s)" % (time.time() - t0), flush=True)
     print("%d passed, %d failed" % (passed, len(failures)))
     sys.exit(1 if failures else 0)
