@@ -684,6 +684,8 @@ void spes_node_stop(spes_node *n)
 {
     atomic_store(&n->cancel, 1);
     n->phase = P_STOP;
+    if (n->call_inflight && n->cc)
+        spes_net_client_abort_calls(n->cc); /* a gone coordinator must not hold us for a call's timeout */
     try_leave(n);
 }
 

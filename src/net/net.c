@@ -60,12 +60,17 @@ struct spes_net_server {
     char url[256];
 };
 
+struct acall;
+
 struct spes_net_client {
     nng_socket sock;
     nng_dialer d;
     spes_net_tls *tls;
     pipe_reg reg;
     char url[256];
+    pthread_mutex_t calls_mu; /* guards calls and abort_gen */
+    struct acall *calls;      /* async calls in flight */
+    unsigned abort_gen;       /* calls started before the last abort have an older one */
 };
 
 int spes__nng_err(int rv, const char *what, const char *url)
@@ -481,10 +486,12 @@ int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
         return SPES_ENOMEM;
     snprintf(c->url, sizeof c->url, "%s", o->url);
     pthread_mutex_init(&c->reg.mu, NULL);
+    pthread_mutex_init(&c->calls_mu, NULL);
     spes_cond_init_mono(&c->reg.cv);
     int rv = nng_req0_open(&c->sock);
     if (rv) {
         pthread_mutex_destroy(&c->reg.mu);
+        pthread_mutex_destroy(&c->calls_mu);
         pthread_cond_destroy(&c->reg.cv);
         free(c);
         return spes__nng_err(rv, "cannot open req socket", o->url);
@@ -519,6 +526,7 @@ void spes_net_client_close(spes_net_client *c)
         return; /* still closing inside nng: its pipe callbacks use c->reg */
     free(c->reg.v);
     pthread_mutex_destroy(&c->reg.mu);
+    pthread_mutex_destroy(&c->calls_mu);
     pthread_cond_destroy(&c->reg.cv);
     spes_net_tls_free(c->tls);
     free(c);
@@ -584,7 +592,13 @@ done:
     return rv ? spes__nng_err(rv, "request failed", c->url) : 0;
 }
 
+/* An async call. Its aio is started and cancelled under the client's
+ * calls_mu (nng finishes aios on its own threads, never inside those calls,
+ * so the callback cannot need the lock we hold). */
 typedef struct acall {
+    struct acall *prev, *next; /* in the client's calls */
+    spes_net_client *c;
+    unsigned gen;
     nng_ctx ctx;
     nng_aio *aio;
     int sending;
@@ -597,14 +611,27 @@ typedef struct acall {
 static void acall_cb(void *arg)
 {
     acall *a = arg;
+    spes_net_client *c = a->c;
     int rv = nng_aio_result(a->aio);
+    pthread_mutex_lock(&c->calls_mu);
     if (a->sending && rv == 0) {
-        nng_time now = nng_clock();
-        a->sending = 0;
-        nng_aio_set_timeout(a->aio, now >= a->deadline ? 1 : (nng_duration)(a->deadline - now));
-        nng_ctx_recv(a->ctx, a->aio);
-        return;
+        a->sending = 0; /* the request is out: wait for the reply, unless aborted meanwhile */
+        if (a->gen == c->abort_gen) {
+            nng_time now = nng_clock();
+            nng_aio_set_timeout(a->aio, now >= a->deadline ? 1 : (nng_duration)(a->deadline - now));
+            nng_ctx_recv(a->ctx, a->aio);
+            pthread_mutex_unlock(&c->calls_mu);
+            return;
+        }
+        rv = NNG_ECANCELED;
     }
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        c->calls = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    pthread_mutex_unlock(&c->calls_mu);
     if (rv) {
         if (a->sending)
             nng_msg_free(nng_aio_get_msg(a->aio));
@@ -639,12 +666,29 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     }
     a->cb = cb;
     a->arg = arg;
+    a->c = c;
     snprintf(a->url, sizeof a->url, "%s", c->url);
     a->sending = 1;
     timeout_ms = call_timeout(timeout_ms);
     a->deadline = nng_clock() + (nng_time)timeout_ms;
     nng_aio_set_timeout(a->aio, timeout_ms);
     nng_aio_set_msg(a->aio, m);
+    pthread_mutex_lock(&c->calls_mu);
+    a->gen = c->abort_gen;
+    a->next = c->calls;
+    if (c->calls)
+        c->calls->prev = a;
+    c->calls = a;
     nng_ctx_send(a->ctx, a->aio);
+    pthread_mutex_unlock(&c->calls_mu);
     return 0;
+}
+
+void spes_net_client_abort_calls(spes_net_client *c)
+{
+    pthread_mutex_lock(&c->calls_mu);
+    c->abort_gen++;
+    for (acall *a = c->calls; a; a = a->next)
+        nng_aio_cancel(a->aio);
+    pthread_mutex_unlock(&c->calls_mu);
 }

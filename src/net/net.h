@@ -181,6 +181,12 @@ typedef void (*spes_net_reply_cb)(void *arg, int err, const void *rep, size_t le
 int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int timeout_ms, spes_net_reply_cb cb,
                         void *arg);
 
+/* spes_net_client_abort_calls makes every async call in flight complete now
+ * with an error (its callback still runs once, on an nng thread); calls
+ * started afterwards are not affected. For a shutdown that must not wait out
+ * the timeouts of calls to a peer that is gone. */
+void spes_net_client_abort_calls(spes_net_client *c);
+
 /* spes_net_client_drop_revoked is spes_net_server_drop_revoked for a client's connection. */
 int spes_net_client_drop_revoked(spes_net_client *c);
 

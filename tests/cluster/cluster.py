@@ -91,7 +91,7 @@ class Cluster:
         return None
 
     def stop_all(self, sig=signal.SIGTERM):
-        # the coordinator (node 0) last: a node whose coordinator is gone waits out its calls in flight
+        # the coordinator (node 0) last: a node whose coordinator is gone waits 3 s for its goodbye
         codes = {k: self.kill(k, sig) for k in sorted(self.procs, reverse=True)}
         return codes
 

@@ -229,6 +229,25 @@ def scenario_wall_clock_steps():
         cl.cleanup()
 
 
+def scenario_node_stops_without_coordinator():
+    """SIGTERM to a node whose coordinator was killed: its heartbeat to the dead
+    coordinator is in flight (10 s timeout); the node must not wait it out."""
+    cl = Cluster(BUILD, 2, run_config(), tokens())
+    try:
+        cl.start_all()
+        cl.wait_round(2)
+        cl.kill(0)
+        time.sleep(1.0)  # heartbeats go every 200 ms: one is now waiting on the dead coordinator
+        t0 = time.time()
+        code = cl.kill(1, signal.SIGTERM)
+        took = time.time() - t0
+        check(code == 0 and took < 8 and "stopped" in cl.log(1),
+              "a node whose coordinator is gone stops on SIGTERM in %.1f s (exit %s; the goodbye waits 3 s, "
+              "calls in flight are cut short)" % (took, code))
+    finally:
+        cl.cleanup()
+
+
 def scenario_kill_node():
     cfg = run_config(sync=40)
     cfg["train"]["max_steps"] = 4000  # the run must outlast the kill, the restart and the catch-up
@@ -470,7 +489,7 @@ def scenario_checkpoints_and_roles():
 
 
 SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
-             scenario_wall_clock_steps, scenario_kill_node, scenario_join_mid_run,
+             scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping]
 
