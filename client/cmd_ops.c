@@ -6,6 +6,7 @@
  * prints a reply it has not type-checked; never exits the process itself. */
 #include "client/ops.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "proto/proto.h"
 
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_TIMEOUT_S 30
@@ -72,13 +72,6 @@ static int parse_args(int argc, char **argv, const char *cmd, const char *posnam
     return 0;
 }
 
-static unsigned long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000ull;
-}
-
 /* put_clean prints a daemon's text on one line (newlines and controls become spaces). */
 static void put_clean(FILE *f, const char *s)
 {
@@ -110,7 +103,7 @@ static int exchange(const char *cmd, const ops_args *a, int type, const Protobuf
                        "certificate to follow it)"
                      : "");
         rc = SPESCTL_FAIL;
-    } else if (spesctl_ops_print(rt, rep, a->json != NULL, now_ms()) != 0) {
+    } else if (spesctl_ops_print(rt, rep, a->json != NULL, spes_now_ms()) != 0) {
         fprintf(stderr, "spesctl %s: out of memory printing the reply\n", cmd);
         rc = SPESCTL_FAIL;
     }

@@ -6,6 +6,7 @@
  * at most one "not the coordinator" redirect. */
 #include "client/ops.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "net/net.h"
@@ -18,7 +19,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 /* last_error copies spes_errmsg(): spes_errf must not read its own buffer. */
@@ -50,18 +50,11 @@ void spesctl_conn_resolve(spesctl_conn *c)
         c->socket = SPESCTL_DEFAULT_SOCKET;
 }
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* io_wait waits until fd is ready for events or the deadline passes. */
 static int io_wait(int fd, short events, long long deadline, const char *path)
 {
     for (;;) {
-        long long left = deadline - mono_ms();
+        long long left = deadline - (long long)spes_mono_ms();
         if (left <= 0)
             return spes_errf(SPES_ETIMEDOUT, "%s: no reply from the daemon in time", path);
         struct pollfd p = {.fd = fd, .events = events};
@@ -143,7 +136,7 @@ static int unix_call(const char *path, const uint8_t *req, size_t len, int timeo
     int fd = -1, rc = unix_connect(path, &fd);
     if (rc)
         return rc;
-    long long deadline = mono_ms() + timeout_ms;
+    long long deadline = (long long)spes_mono_ms() + timeout_ms;
     uint8_t head[SPES_PROTO_HEADER_LEN];
     uint8_t *buf = NULL;
     spes_proto_header h;

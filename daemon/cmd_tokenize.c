@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "daemon/cli.h"
@@ -65,16 +65,9 @@ typedef struct tok_run {
     size_t block_bytes; /* read size when streaming one large document */
 } tok_run;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void report(tok_run *r, int last)
 {
-    double t = now_s(), dt = t - r->t0;
+    double t = spes_mono_s(), dt = t - r->t0;
     if (!last && (t - r->last_report < 2.0 || !r->progress))
         return;
     r->last_report = t;
@@ -475,7 +468,7 @@ int cmd_tokenize(int argc, char **argv)
     r.batch_bytes = (size_t)a.batch_bytes;
     r.block_bytes = (size_t)a.batch_bytes / 2;
     r.progress = !a.quiet;
-    r.t0 = r.last_report = now_s();
+    r.t0 = r.last_report = spes_mono_s();
     for (int i = optind; !rc && i < argc; i++)
         rc = has_suffix(argv[i], ".jsonl") ? do_jsonl(&r, argv[i]) : do_plain(&r, argv[i]);
     if (!rc && r.ndocs)

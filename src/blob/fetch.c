@@ -620,20 +620,13 @@ static int hash_ahead(fetch *f, uint32_t max)
     return rc;
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int finish(fetch *f)
 {
     uint8_t whole[32];
-    double t0 = mono_s();
+    double t0 = spes_mono_s();
     if (fdatasync(f->fd) != 0)
         return spes_errf_errno(SPES_EIO, "%s: fsync failed", f->part);
-    double t1 = mono_s();
+    double t1 = spes_mono_s();
     int rc = hash_ahead(f, UINT32_MAX);
     if (!rc) {
         pthread_mutex_lock(&f->wmu);
@@ -642,7 +635,7 @@ static int finish(fetch *f)
         pthread_mutex_unlock(&f->wmu);
     }
     log_debug("blob %.16s: fsync %.3f s, rest of the whole-blob hash %.3f s, %u of %u chunks read back to hash",
-              f->hex, t1 - t0, mono_s() - t1, f->read_back, f->m.chunk_count);
+              f->hex, t1 - t0, spes_mono_s() - t1, f->read_back, f->m.chunk_count);
     if (rc)
         return rc;
     if (memcmp(whole, f->hash, 32) != 0) {
@@ -791,10 +784,10 @@ int spes_blob_fetch(spes_blob_store *s, const uint8_t hash[32], const spes_blob_
     if (!rc)
         rc = load_stored(&f);
     if (!rc) {
-        double t0 = mono_s();
+        double t0 = spes_mono_s();
         open_peers(&f, peers);
         rc = run(&f);
-        log_debug("blob %.16s: %u chunks moved in %.3f s", f.hex, f.st.chunks_fetched, mono_s() - t0);
+        log_debug("blob %.16s: %u chunks moved in %.3f s", f.hex, f.st.chunks_fetched, spes_mono_s() - t0);
     }
     if (!rc)
         rc = finish(&f);

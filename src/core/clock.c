@@ -18,6 +18,13 @@ uint64_t spes_mono_ms(void)
     return ms_of(CLOCK_MONOTONIC);
 }
 
+double spes_mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int spes_cond_init_mono(pthread_cond_t *cv)
 {
     pthread_condattr_t ca;

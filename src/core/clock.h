@@ -14,6 +14,9 @@ uint64_t spes_now_ms(void);
 /* spes_mono_ms returns milliseconds on the monotonic clock. */
 uint64_t spes_mono_ms(void);
 
+/* spes_mono_s returns seconds on the monotonic clock (for measuring durations). */
+double spes_mono_s(void);
+
 /* spes_cond_init_mono initialises a condition variable whose timed waits
  * take monotonic deadlines (see spes_mono_deadline). */
 int spes_cond_init_mono(pthread_cond_t *cv);

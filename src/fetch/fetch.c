@@ -122,7 +122,7 @@ static void retry_later(run *r, job *j, int err)
     }
     int k = j->fails > j->bad ? j->fails : j->bad;
     long ms = spes__fetch_backoff_ms(r->o, k > 0 ? k : 1, &r->rng);
-    j->retry_at = spes__fetch_now() + (double)ms / 1000.0;
+    j->retry_at = spes_mono_s() + (double)ms / 1000.0;
     j->state = J_WAIT;
     j->err = err;
     log_warnx("%s: %s; retrying in %.2f s", j->it->url, j->why, (double)ms / 1000.0);
@@ -535,7 +535,7 @@ static void report(run *r, job *only, int force)
 /* step starts due attempts, drives curl once and handles finished transfers; returns work left. */
 static int step(run *r, double *next_due)
 {
-    double now = spes__fetch_now();
+    double now = spes_mono_s();
     int left = 0;
     *next_due = now + 0.2;
     for (size_t i = 0; i < r->n; i++) {
@@ -590,7 +590,7 @@ static int loop(run *r)
         double due;
         if (step(r, &due) == 0)
             return 0;
-        double now = spes__fetch_now();
+        double now = spes_mono_s();
         if (now - last_tick >= 0.2) {
             report(r, NULL, 1);
             last_tick = now;

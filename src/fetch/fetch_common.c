@@ -56,13 +56,6 @@ int spes__fetch_opts(const spes_fetch_opts *opts, spes_fetch_opts *tmp, const sp
     return 0;
 }
 
-double spes__fetch_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int spes__fetch_check_url(const char *url)
 {
     if (!url || !*url)
@@ -132,7 +125,7 @@ int spes__fetch_curl_permanent(CURLcode c)
 
 int spes__fetch_stalled(curl_off_t moved, curl_off_t *last, double *last_move, long secs)
 {
-    double now = spes__fetch_now();
+    double now = spes_mono_s();
     if (moved != *last || *last_move == 0.0) {
         *last = moved;
         *last_move = now;
@@ -174,7 +167,7 @@ static void default_log(spes__fetch_meter *m, const spes_fetch_progress *p, doub
 void spes__fetch_report(const spes_fetch_opts *o, spes__fetch_meter *m, const spes_fetch_progress *p,
                         int force)
 {
-    double now = spes__fetch_now();
+    double now = spes_mono_s();
     if (!o->progress) {
         default_log(m, p, now);
         return;

@@ -2,6 +2,7 @@
 #ifndef SPES_FETCH_INT_H
 #define SPES_FETCH_INT_H
 
+#include "core/clock.h"
 #include "core/rng.h"
 #include "fetch/fetch.h"
 
@@ -16,8 +17,6 @@ typedef struct spes__fetch_meter {
     double last_call;    /* time of the last progress call, for the 200 ms rate limit */
 } spes__fetch_meter;
 
-/* spes__fetch_now returns monotonic time in seconds. */
-double spes__fetch_now(void);
 
 /* spes__fetch_check_url refuses URLs whose scheme is not http or https. */
 int spes__fetch_check_url(const char *url);

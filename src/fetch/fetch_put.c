@@ -159,8 +159,8 @@ static int attempt(put *p, int *retry)
 /* nap sleeps ms milliseconds in short slices so that a cancel is noticed. */
 static int nap(const spes_fetch_opts *o, long ms)
 {
-    double end = spes__fetch_now() + (double)ms / 1000.0;
-    while (spes__fetch_now() < end) {
+    double end = spes_mono_s() + (double)ms / 1000.0;
+    while (spes_mono_s() < end) {
         if (spes__fetch_cancelled(o))
             return 1;
         struct timespec ts = {0, 20 * 1000 * 1000};

@@ -1,18 +1,11 @@
 /* trainer.c: the training step, shared by standalone training and SPES nodes. */
 #include "train/trainer.h"
+#include "core/clock.h"
 #include "core/error.h"
 
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int spes_parse_columns(const char *list, int E, uint8_t *mask)
 {
@@ -131,7 +124,7 @@ int spes_trainer_step(spes_trainer *t, spes_step_stats *st)
 {
     if (!t->have_data)
         return spes_errf(SPES_ESTATE, "trainer has no data");
-    double t0 = now_seconds();
+    double t0 = spes_mono_s();
     int B = t->cfg.train.batch_size, T = t->cfg.train.seq_len;
     int rc = spes_dataset_batch_at(&t->data, (uint64_t)t->step, B, T, t->inputs, t->targets);
     if (rc)
@@ -157,7 +150,7 @@ int spes_trainer_step(spes_trainer *t, spes_step_stats *st)
         st->z = t->model->z_loss;
         st->lr = lr;
         st->grad_norm = norm;
-        st->seconds = now_seconds() - t0;
+        st->seconds = spes_mono_s() - t0;
     }
     t->step++;
     return 0;
