@@ -597,7 +597,7 @@ done:
  * so the callback cannot need the lock we hold). */
 typedef struct acall {
     struct acall *prev, *next; /* in the client's calls */
-    spes_net_client *c;
+    spes_net_client *c;        /* outlives its calls: closing it ends them first */
     unsigned gen;
     nng_ctx ctx;
     nng_aio *aio;
@@ -605,7 +605,6 @@ typedef struct acall {
     nng_time deadline;
     spes_net_reply_cb cb;
     void *arg;
-    char url[256]; /* whom we asked, for the failure's message */
 } acall;
 
 static void acall_cb(void *arg)
@@ -635,7 +634,7 @@ static void acall_cb(void *arg)
     if (rv) {
         if (a->sending)
             nng_msg_free(nng_aio_get_msg(a->aio));
-        a->cb(a->arg, spes__nng_err(rv, "request failed", a->url), NULL, 0);
+        a->cb(a->arg, spes__nng_err(rv, "request failed", c->url), NULL, 0);
     } else {
         nng_msg *m = nng_aio_get_msg(a->aio);
         a->cb(a->arg, 0, nng_msg_body(m), nng_msg_len(m));
@@ -667,7 +666,6 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     a->cb = cb;
     a->arg = arg;
     a->c = c;
-    snprintf(a->url, sizeof a->url, "%s", c->url);
     a->sending = 1;
     timeout_ms = call_timeout(timeout_ms);
     a->deadline = nng_clock() + (nng_time)timeout_ms;
