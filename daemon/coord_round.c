@@ -245,6 +245,12 @@ void coord_digest(spes_coord *c, const Spes__Wire__Digest *g, const spes_pki_ide
     }
 }
 
+/* later_by is t moved on by stall, but never past now. */
+static uint64_t later_by(uint64_t t, uint64_t stall, uint64_t now)
+{
+    return t + stall < now ? t + stall : now; /* a heartbeat handled after the stall is at now */
+}
+
 /* forgive_stall moves every deadline on by the time this daemon itself did
  * not run (the tick is periodic, so a longer gap means the loop was blocked:
  * a slow fsync, an overloaded or suspended machine). Heartbeats that arrived
@@ -265,9 +271,9 @@ static void forgive_stall(spes_coord *c, uint64_t now)
                   (unsigned long long)stall);
     for (int i = 0; i < c->nmem; i++)
         if (c->mem[i].seen_mono_ms)
-            c->mem[i].seen_mono_ms += stall;
-    c->round_open_ms += stall;
-    c->started_ms += stall;
+            c->mem[i].seen_mono_ms = later_by(c->mem[i].seen_mono_ms, stall, now);
+    c->round_open_ms = later_by(c->round_open_ms, stall, now);
+    c->started_ms = later_by(c->started_ms, stall, now);
 }
 
 void spes_coord_tick(spes_coord *c)
@@ -277,8 +283,7 @@ void spes_coord_tick(spes_coord *c)
     int nact = 0, nparticipants = 0;
     for (int i = 0; i < c->nmem; i++) {
         coord_member *m = &c->mem[i];
-        if (coord_member_active(m) && m->seen_mono_ms && now > m->seen_mono_ms &&
-            now - m->seen_mono_ms > (uint64_t)c->d->cfg.failure_timeout_ms) {
+        if (coord_member_active(m) && m->seen_mono_ms && now - m->seen_mono_ms > (uint64_t)c->d->cfg.failure_timeout_ms) {
             log_warnx("%s missed its heartbeats for %llu ms: marked failed", m->name,
                       (unsigned long long)(now - m->seen_mono_ms));
             m->state = NS(FAILED);
@@ -295,7 +300,7 @@ void spes_coord_tick(spes_coord *c)
         /* a fresh run waits for min_nodes; a restarted coordinator for the
          * members it had, or for failure_timeout_ms, whichever comes first */
         int target = c->round == 0 ? c->d->cfg.min_nodes : c->restored_active;
-        if (now > c->started_ms && now - c->started_ms > (uint64_t)c->d->cfg.failure_timeout_ms)
+        if (now - c->started_ms > (uint64_t)c->d->cfg.failure_timeout_ms)
             target = 1;
         if (nact >= (target > 0 ? target : 1) && c->state_hash_known)
             coord_open_round(c);
@@ -307,7 +312,7 @@ void spes_coord_tick(spes_coord *c)
             all = 0;
     if (all && coord_any_announced(c)) {
         start_validation(c);
-    } else if (now > c->round_open_ms && now - c->round_open_ms > (uint64_t)c->d->cfg.round_deadline_ms) {
+    } else if (now - c->round_open_ms > (uint64_t)c->d->cfg.round_deadline_ms) {
         if (coord_any_announced(c)) {
             log_warnx("round %llu: deadline passed; committing without the missing nodes", (unsigned long long)c->round);
             start_validation(c);
