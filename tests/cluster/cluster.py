@@ -32,9 +32,9 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None, env=None):
+    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None):
         self.build = build
-        self.env = env or {}  # node -> extra environment variables for its daemon
+        self.env = {}  # node -> extra environment variables for its daemon (set before start)
         self.spesd = os.path.join(build, "daemon", "spesd")
         self.spesctl = os.path.join(build, "client", "spesctl")
         self.dir = tempfile.mkdtemp(prefix=prefix)
