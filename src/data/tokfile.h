@@ -1,7 +1,7 @@
 /* tokfile.h: token file formats (raw, .npy, llm.c shards), their header codec,
- * and a read-only memory-mapped token file.
+ * and a read-only token file (read with pread, never mapped).
  * Header parsing works on bytes only and must never trust them: every length
- * and count is checked against the file size before anything is mapped or read.
+ * and count is checked against the file size before anything is read.
  * Tokens are little-endian; spes supports little-endian hosts only. */
 #ifndef SPES_DATA_TOKFILE_H
 #define SPES_DATA_TOKFILE_H
