@@ -1,7 +1,12 @@
 /* counters.c: the daemon's round clock and contributed rounds, and the
  * snapshot that adds the byte counters of spes_net (counters.h). Intervals
- * are measured on the monotonic clock; an interval still open when a
- * snapshot is taken counts up to that moment, so every counter only grows. */
+ * are measured on the monotonic clock. The wait for a round runs from the end
+ * of training until the node holds the next agreed state, and then on until
+ * it trains again (the digest report and the next round's assignment belong
+ * to the round too); that last stretch is added only once training does
+ * start, so a node idle after the run's last round stops waiting at the
+ * state it holds. A training job or a wait still open when a snapshot is
+ * taken counts up to that moment: every counter only grows. */
 #include "daemon/counters.h"
 
 #include "core/clock.h"
@@ -13,6 +18,7 @@ static struct {
     double train_s, wait_s; /* closed intervals */
     double train_since;     /* start of the training job in progress, 0 if none */
     double wait_since;      /* start of the wait in progress, 0 if none */
+    double held_since;      /* a wait ended at a new state: when, until training resumes (0: none) */
     uint64_t rounds;
     uint64_t last_round;    /* the latest round counted, plus one (0: none yet) */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -24,6 +30,10 @@ void spes_counters_train_begin(void)
     if (g.wait_since > 0) { /* training again without a new state: the wait is over */
         g.wait_s += now - g.wait_since;
         g.wait_since = 0;
+    }
+    if (g.held_since > 0) { /* from the new state to this training: the round's end */
+        g.wait_s += now - g.held_since;
+        g.held_since = 0;
     }
     g.train_since = now;
     pthread_mutex_unlock(&g.mu);
@@ -48,6 +58,7 @@ void spes_counters_state_held(void)
     if (g.wait_since > 0) {
         g.wait_s += now - g.wait_since;
         g.wait_since = 0;
+        g.held_since = now;
     }
     pthread_mutex_unlock(&g.mu);
 }
