@@ -446,6 +446,8 @@ def scenario_round_costs():
         check(abs(ts - tr) <= 0.01 * ts, "the cluster's bytes sent (%d) equal its bytes received (%d) within "
               "the heartbeats in flight" % (ts, tr))
         text = cl.ctl("status").stdout
+        cost = text[text.find("compute utilisation"):text.find("last round")].rstrip()
+        print("\n".join("   | " + l for l in cost.splitlines()))
         check(re.search(r"compute utilisation \d+\.\d %", text) and "per node per round:" in text,
               "spesctl status shows the run's compute utilisation and MB per round per node")
         cl.stop_all()
