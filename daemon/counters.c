@@ -10,6 +10,8 @@
 #include "daemon/counters.h"
 
 #include "core/clock.h"
+#include "core/log.h"
+#include "proto/proto.h"
 
 #include <pthread.h>
 
@@ -21,6 +23,7 @@ static struct {
     double held_since;      /* a wait ended at a new state: when, until training resumes (0: none) */
     uint64_t rounds;
     uint64_t last_round;    /* the latest round counted, plus one (0: none yet) */
+    int unreported;         /* the coordinator refused heartbeats with counters */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void spes_counters_train_begin(void)
@@ -108,4 +111,31 @@ void spes_counters_wire_now(Spes__Wire__NodeCounters *w)
     spes_daemon_counters c;
     spes_daemon_counters_get(&c);
     spes_counters_to_wire(&c, w);
+}
+
+void spes_counters_heartbeat(Spes__Wire__Heartbeat *h, Spes__Wire__NodeCounters *w)
+{
+    pthread_mutex_lock(&g.mu);
+    int skip = g.unreported;
+    pthread_mutex_unlock(&g.mu);
+    h->counters = NULL;
+    if (skip)
+        return;
+    spes_counters_wire_now(w);
+    h->counters = w;
+}
+
+void spes_counters_heartbeat_reply(int type, const ProtobufCMessage *msg)
+{
+    if (type != SPES_MSG_ERROR || !msg ||
+        ((const Spes__Wire__Error *)msg)->code != SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE)
+        return;
+    pthread_mutex_lock(&g.mu);
+    int first = !g.unreported;
+    g.unreported = 1;
+    pthread_mutex_unlock(&g.mu);
+    if (first)
+        log_warnx("the coordinator refused a heartbeat with counters (%s): an older spesd? Heartbeats go "
+                  "without them from now on",
+                  ((const Spes__Wire__Error *)msg)->message);
 }
