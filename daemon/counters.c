@@ -28,8 +28,8 @@ static struct {
 
 void spes_counters_train_begin(void)
 {
-    double now = spes_mono_s();
     pthread_mutex_lock(&g.mu);
+    double now = spes_mono_s(); /* read under the lock: intervals never end before they begin */
     if (g.wait_since > 0) { /* training again without a new state: the wait is over */
         g.wait_s += now - g.wait_since;
         g.wait_since = 0;
@@ -44,8 +44,8 @@ void spes_counters_train_begin(void)
 
 void spes_counters_train_end(void)
 {
-    double now = spes_mono_s();
     pthread_mutex_lock(&g.mu);
+    double now = spes_mono_s();
     if (g.train_since > 0) {
         g.train_s += now - g.train_since;
         g.train_since = 0;
@@ -56,8 +56,8 @@ void spes_counters_train_end(void)
 
 void spes_counters_state_held(void)
 {
-    double now = spes_mono_s();
     pthread_mutex_lock(&g.mu);
+    double now = spes_mono_s();
     if (g.wait_since > 0) {
         g.wait_s += now - g.wait_since;
         g.wait_since = 0;
@@ -82,8 +82,8 @@ void spes_counters_commit_seen(const Spes__Wire__Commit *cm, uint32_t self)
 void spes_daemon_counters_get(spes_daemon_counters *out)
 {
     spes_net_counters_get(&out->net);
-    double now = spes_mono_s();
     pthread_mutex_lock(&g.mu);
+    double now = spes_mono_s();
     out->train_s = g.train_s + (g.train_since > 0 ? now - g.train_since : 0);
     out->wait_s = g.wait_s + (g.wait_since > 0 ? now - g.wait_since : 0);
     out->rounds = g.rounds;
