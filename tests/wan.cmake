@@ -3,3 +3,11 @@
 add_executable(spes-wanrelay wan/wanrelay.c wan/wanprofile.c)
 target_link_libraries(spes-wanrelay PRIVATE spes_core PkgConfig::JANSSON)
 set_target_properties(spes-wanrelay PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/wan)
+# The relay measured in namespaces of its own (root, /dev/net/tun, ip netns; else skipped).
+add_test(NAME wan_relay COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/wan/test_wanrelay.py
+                                $<TARGET_FILE:spes-wanrelay>)
+set_tests_properties(wan_relay PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 LABELS "wan;slow" RUN_SERIAL TRUE)
+# The shipped profiles load; a profile's mistakes are refused by name (file and field).
+add_test(NAME wan_profiles COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/wan/profiles.sh ${CMAKE_SOURCE_DIR}
+                                   $<TARGET_FILE:spes-wanrelay>)
+set_tests_properties(wan_profiles PROPERTIES TIMEOUT 60 LABELS wan)
