@@ -11,3 +11,10 @@ set_tests_properties(wan_relay PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 LABELS
 add_test(NAME wan_profiles COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/wan/profiles.sh ${CMAKE_SOURCE_DIR}
                                    $<TARGET_FILE:spes-wanrelay>)
 set_tests_properties(wan_profiles PROPERTIES TIMEOUT 60 LABELS wan)
+# SPES runs in the lab: 4 nodes on home and on lossy (a node killed), and `down` after a killed `up`.
+if(TARGET spesd AND TARGET spesctl)
+  add_test(NAME wan_cluster COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/wan/cluster_wan.sh ${CMAKE_SOURCE_DIR}
+                                    $<TARGET_FILE:spesd> $<TARGET_FILE:spesctl> $<TARGET_FILE:spes-wanrelay>)
+  set_tests_properties(wan_cluster PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77 LABELS "wan;integration;slow"
+                       RUN_SERIAL TRUE)
+endif()
