@@ -106,7 +106,7 @@ class Lab:
             json.dump(profile, f)
         self.stats = os.path.join(self.dir, "stats.json")
         self.relay = subprocess.Popen([RELAY, "--profile", path, "--netns", ",".join(self.ns), "--net", str(NET),
-                                       "--stats", self.stats, "--seed", "7"],
+                                       "--stats", self.stats, "--seed", "7", "--rt", "10"],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.relay.stdout.readline()
         if not line.startswith("ready"):

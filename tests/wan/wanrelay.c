@@ -557,10 +557,11 @@ static int loop(relay *r)
 static void usage(void)
 {
     fprintf(stderr, "usage: spes-wanrelay --profile FILE --netns NS0,NS1,... [--net A] [--cc NAME] [--stats FILE]"
-                    " [--seed S]\n"
+                    " [--seed S] [--rt PRIO]\n"
                     "       spes-wanrelay --profile FILE --nodes N --check\n"
                     "Node K gets 10.A.K.2/16 (A = --net, default 77) on device " TUN_NAME
                     " in namespace NS_K.\n"
+                    "--rt PRIO runs the relay SCHED_FIFO at PRIO, so busy CPUs do not slow the links.\n"
                     "SIGUSR1 prints the counters (and writes --stats); SIGTERM or SIGINT ends the relay.\n");
     exit(2);
 }
@@ -570,7 +571,7 @@ int main(int argc, char **argv)
     static relay r;
     const char *profile = NULL;
     char *netns = NULL, *names[WAN_MAX_NODES];
-    int check = 0, nodes = 0, rc = 0;
+    int check = 0, nodes = 0, rc = 0, rt = 0;
     r.net = 77;
     r.rng = 0x9E3779B97F4A7C15ULL;
     for (int i = 1; i < argc; i++) {
@@ -594,6 +595,8 @@ int main(int argc, char **argv)
             r.cc = v;
         else if (!strcmp(a, "--stats"))
             r.stats_path = v;
+        else if (!strcmp(a, "--rt"))
+            rt = atoi(v);
         else if (!strcmp(a, "--seed"))
             r.rng = strtoull(v, NULL, 0) | 1;
         else
@@ -628,6 +631,14 @@ int main(int argc, char **argv)
         return 2;
     }
     prctl(PR_SET_TIMERSLACK, 1UL);
+    if (rt > 0) {
+        /* links do not slow down when the machine's CPUs are busy: the relay runs
+         * before the daemons it carries (it sleeps in epoll between packets) */
+        struct sched_param sp = {.sched_priority = rt};
+        if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0)
+            fprintf(stderr, "spes-wanrelay: no real-time priority %d (%s): timings suffer when the CPUs are busy\n",
+                    rt, strerror(errno));
+    }
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
