@@ -61,7 +61,7 @@ typedef struct dir_stats {
 
 typedef struct node {
     int fd;
-    char ns[64], addr[16];
+    char ns[64], addr[32];
     int64_t up_ns_per_kbyte, down_ns_per_kbyte; /* serialisation time of 1000 bytes */
     int64_t buffer_ns;
     int64_t up_busy, down_busy; /* when the link finishes what it holds */
