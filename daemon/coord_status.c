@@ -41,7 +41,7 @@ void coord_status(spes_coord *c, spes_reply_fn reply, void *ctx)
     s.run_id = c->run_id;
     s.round = c->round;
     s.step = c->step;
-    s.coordinator = c->d->cfg.listen;
+    s.coordinator = c->d->cfg.advertise;
     double loss = 0, tps = 0;
     int nloss = 0;
     for (int i = 0; i < c->nmem; i++) {

@@ -26,6 +26,7 @@ typedef struct dfield {
 static const dfield dfields[] = {
     STR(name, ""),
     STR(listen, ""),
+    STR(advertise, ""),
     STR(coordinator, ""),
     STR(ca, ""),
     STR(cert, ""),
@@ -112,6 +113,8 @@ int spes_dconfig_load(spes_dconfig *c, const char *path)
     json_decref(root);
     if (!rc && !c->control_socket[0])
         snprintf(c->control_socket, sizeof c->control_socket, "%.400s/control.sock", c->state_dir);
+    if (!rc && !c->advertise[0])
+        memcpy(c->advertise, c->listen, sizeof c->advertise);
     return rc;
 }
 
@@ -143,6 +146,8 @@ int spes_dconfig_validate(const spes_dconfig *c)
             return rc;
         if (strncmp(c->listen, "tls+tcp://", 10) != 0)
             return spes_errf(SPES_EINVAL, "daemon config: listen %s must be a tls+tcp:// URL", c->listen);
+        if (strncmp(c->advertise, "tls+tcp://", 10) != 0)
+            return spes_errf(SPES_EINVAL, "daemon config: advertise %s must be a tls+tcp:// URL", c->advertise);
     }
     if (spes_dconfig_is_coordinator(c) && (rc = need_file("run_config", c->run_config)))
         return rc;

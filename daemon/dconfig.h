@@ -11,6 +11,7 @@
 typedef struct spes_dconfig {
     char name[64];                         /* node identity; must equal the certificate's name */
     char listen[SPES_DCONFIG_STR];         /* tls+tcp://HOST:PORT this node serves on */
+    char advertise[SPES_DCONFIG_STR];      /* the URL others reach this node at; default: listen */
     char coordinator[SPES_DCONFIG_STR];    /* the coordinator's URL; empty: this node is the coordinator */
     char ca[SPES_DCONFIG_STR], cert[SPES_DCONFIG_STR], key[SPES_DCONFIG_STR], crl[SPES_DCONFIG_STR];
     char run_config[SPES_DCONFIG_STR];     /* coordinator only: the run config JSON */

@@ -161,7 +161,7 @@ static void send_join(spes_node *n);
 
 static void add_peer(node_job *j, uint32_t id, const char *url, const char *name)
 {
-    if (j->npeers >= NODE_MAX_PEERS || !strcmp(url, j->d_node->d->cfg.listen))
+    if (j->npeers >= NODE_MAX_PEERS || !strcmp(url, j->d_node->d->cfg.advertise))
         return; /* never ask ourselves */
     for (int i = 0; i < j->npeers; i++)
         if (!strcmp(j->urls[i], url)) {
@@ -436,7 +436,7 @@ static void send_join(spes_node *n)
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
     Spes__Wire__Capabilities cap = SPES__WIRE__CAPABILITIES__INIT;
     j.node_name = n->d->cfg.name;
-    j.listen_url = n->d->cfg.listen;
+    j.listen_url = n->d->cfg.advertise; /* what the others dial */
     j.software_version = "spes 0.1";
     j.protocol_version = SPES_PROTO_VERSION;
     cap.threads = (uint32_t)n->d->cfg.threads;
