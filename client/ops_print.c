@@ -1,8 +1,9 @@
 /* ops_print.c: spesctl's rendering of daemon replies: human tables (status,
  * members, checkpoints) and the --json documents that scripts and tests read.
  * The JSON keys are a contract (`round`, `step`, `members[].id`, `.state`,
- * `.columns`, `.round`, `.digest`): add keys, never rename them. Reads only
- * messages that the codec has already checked; never does I/O but stdout. */
+ * `.columns`, `.round`, `.digest`, `.net`, `.time`, `.rounds`): add keys, never
+ * rename them. Reads only messages that the codec has already checked;
+ * never does I/O but stdout. */
 #include "client/ops.h"
 
 #include "proto/proto.h"
@@ -105,6 +106,64 @@ static void print_members(Spes__Wire__MemberInfo *const *m, size_t n, unsigned l
         printf("(no members)\n");
 }
 
+/* counter_bytes returns a member's payload bytes sent (sent = 1) or received, all classes. */
+static uint64_t counter_bytes(const Spes__Wire__NodeCounters *c, int sent)
+{
+    if (!c)
+        return 0;
+    return sent ? c->control_sent_bytes + c->blob_sent_bytes : c->control_received_bytes + c->blob_received_bytes;
+}
+
+/* print_costs shows what rounds cost, from the counters each member reports
+ * (docs/counters.md): the run's compute utilisation, sum of train seconds over
+ * sum of train and wait seconds, and per member the MB (10^6 bytes) sent and
+ * received per round contributed. */
+static void print_costs(Spes__Wire__MemberInfo *const *m, size_t n)
+{
+    double train = 0, wait = 0, up = 0, down = 0;
+    int reported = 0, with_rounds = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Spes__Wire__NodeCounters *c = m[i]->counters;
+        if (!c)
+            continue;
+        reported++;
+        train += c->train_s;
+        wait += c->wait_s;
+        if (c->rounds) {
+            with_rounds++;
+            up += (double)counter_bytes(c, 1) / 1e6 / (double)c->rounds;
+            down += (double)counter_bytes(c, 0) / 1e6 / (double)c->rounds;
+        }
+    }
+    if (!reported)
+        return;
+    printf("\ncompute utilisation ");
+    if (train + wait > 0)
+        printf("%.1f %%", 100.0 * train / (train + wait));
+    else
+        printf("-");
+    printf(" (train %.1f s, wait %.1f s, %d member%s reporting)\n", train, wait, reported, reported == 1 ? "" : "s");
+    if (with_rounds)
+        printf("per node per round: %.3f MB sent, %.3f MB received (mean of %d node%s)\n", up / with_rounds,
+               down / with_rounds, with_rounds, with_rounds == 1 ? "" : "s");
+    printf("%-4s %-20s %6s %9s %9s %6s %11s %11s\n", "ID", "NAME", "ROUNDS", "TRAIN S", "WAIT S", "UTIL",
+           "MB/ROUND UP", "MB/ROUND DN");
+    for (size_t i = 0; i < n; i++) {
+        const Spes__Wire__NodeCounters *c = m[i]->counters;
+        if (!c)
+            continue;
+        char util[16] = "-", mbu[24] = "-", mbd[24] = "-";
+        if (c->train_s + c->wait_s > 0)
+            snprintf(util, sizeof util, "%.1f%%", 100.0 * c->train_s / (c->train_s + c->wait_s));
+        if (c->rounds) {
+            snprintf(mbu, sizeof mbu, "%.3f", (double)counter_bytes(c, 1) / 1e6 / (double)c->rounds);
+            snprintf(mbd, sizeof mbd, "%.3f", (double)counter_bytes(c, 0) / 1e6 / (double)c->rounds);
+        }
+        printf("%-4u %-20s %6llu %9.1f %9.1f %6s %11s %11s\n", m[i]->node_id, m[i]->name,
+               (unsigned long long)c->rounds, c->train_s, c->wait_s, util, mbu, mbd);
+    }
+}
+
 static void print_last_round(const Spes__Wire__LastRound *lr, Spes__Wire__MemberInfo *const *m, size_t nm)
 {
     if (!lr) {
@@ -138,6 +197,7 @@ static void print_status(const Spes__Wire__StatusReply *s, unsigned long long no
            (unsigned long long)s->round, (unsigned long long)s->step, s->loss, s->tokens_per_s);
     printf("coordinator %s\n\n", s->coordinator[0] ? s->coordinator : "-");
     print_members(s->members, s->n_members, now_ms);
+    print_costs(s->members, s->n_members);
     printf("\n");
     print_last_round(s->last_round, s->members, s->n_members);
 }
@@ -183,6 +243,25 @@ static json_t *json_u32s(const uint32_t *v, size_t n)
     return a;
 }
 
+/* json_counters adds a member's counters (zeros if it never reported them):
+ * net {sent_bytes, received_bytes, control {...}, blob {...}, messages},
+ * time {train_s, wait_s}, rounds, counters_reported. */
+static void json_counters(json_t *o, const Spes__Wire__NodeCounters *c)
+{
+    static const Spes__Wire__NodeCounters zero = SPES__WIRE__NODE_COUNTERS__INIT;
+    const Spes__Wire__NodeCounters *k = c ? c : &zero;
+    json_t *net = json_pack(
+        "{s:I,s:I,s:{s:I,s:I},s:{s:I,s:I},s:I,s:I}", "sent_bytes", (json_int_t)counter_bytes(k, 1),
+        "received_bytes", (json_int_t)counter_bytes(k, 0), "control", "sent_bytes",
+        (json_int_t)k->control_sent_bytes, "received_bytes", (json_int_t)k->control_received_bytes, "blob",
+        "sent_bytes", (json_int_t)k->blob_sent_bytes, "received_bytes", (json_int_t)k->blob_received_bytes,
+        "sent_messages", (json_int_t)k->sent_messages, "received_messages", (json_int_t)k->received_messages);
+    json_object_set_new(o, "net", net);
+    json_object_set_new(o, "time", json_pack("{s:f,s:f}", "train_s", k->train_s, "wait_s", k->wait_s));
+    json_object_set_new(o, "rounds", json_integer((json_int_t)k->rounds));
+    json_object_set_new(o, "counters_reported", json_boolean(c != NULL));
+}
+
 static json_t *json_member(const Spes__Wire__MemberInfo *m, unsigned long long now_ms)
 {
     json_t *o = json_object();
@@ -203,6 +282,7 @@ static json_t *json_member(const Spes__Wire__MemberInfo *m, unsigned long long n
                             : json_real(now_ms > m->last_seen_unix_ms
                                             ? (double)(now_ms - m->last_seen_unix_ms) / 1000.0
                                             : 0.0));
+    json_counters(o, m->counters);
     return o;
 }
 

@@ -138,6 +138,12 @@ static void handle_heartbeat(spes_coord *c, const Spes__Wire__Heartbeat *h, cons
     m->step = h->step;
     m->loss = h->loss;
     m->tps = h->tokens_per_s;
+    if (h->counters) { /* counters: kept per member for status */
+        m->counters = *h->counters;
+        m->counters.base.n_unknown_fields = 0;
+        m->counters.base.unknown_fields = NULL;
+        m->have_counters = 1;
+    }
     if (h->round + 1 == c->round && c->last_commit) {
         reply(ctx, c->last_commit, c->last_commit_len); /* the node waits for this commit */
     } else if (h->round != c->round) {

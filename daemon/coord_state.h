@@ -30,6 +30,8 @@ typedef struct coord_member {
     uint8_t blob[32], manifest[32];
     uint64_t blob_size, tokens;
     double blob_loss;
+    Spes__Wire__NodeCounters counters; /* last reported in a heartbeat (docs/counters.md) */
+    int have_counters;
 } coord_member;
 
 #define COORD_MAX_CKPTS 64

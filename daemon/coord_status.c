@@ -26,6 +26,7 @@ void coord_fill_member(const spes_coord *c, const coord_member *m, Spes__Wire__M
     mi->tokens_per_s = m->tps;
     mi->listen_url = (char *)m->url;
     mi->loss = m->loss;
+    mi->counters = m->have_counters ? (Spes__Wire__NodeCounters *)&m->counters : NULL; /* counters */
 }
 
 void coord_status(spes_coord *c, spes_reply_fn reply, void *ctx)

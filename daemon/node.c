@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/coord.h"
+#include "daemon/counters.h"
 #include "daemon/dmetrics.h" /* metrics hooks */
 #include "daemon/node_priv.h"
 #include "proto/proto.h"
@@ -235,6 +236,7 @@ static int diverged(spes_node *n, const ProtobufCBinaryData *hash)
 
 static void start_apply(spes_node *n, const Spes__Wire__Commit *cm)
 {
+    spes_counters_commit_seen(cm, n->id); /* counters: rounds contributed */
     if (diverged(n, &cm->base_hash))
         return;
     node_job *j = new_job(n, JOB_APPLY);
@@ -372,6 +374,9 @@ static void send_heartbeat(spes_node *n)
     h.tokens_per_s = n->tps;
     /* JOINING = idle or waiting for the commit: the coordinator may hand us work */
     h.state = n->phase == P_IDLE || n->phase == P_WAIT ? NS(JOINING) : NS(ACTIVE);
+    Spes__Wire__NodeCounters nc; /* counters: reported with every heartbeat */
+    spes_counters_wire_now(&nc);
+    h.counters = &nc;
     n->last_hb_ms = spes_mono_ms();
     call(n, SPES_MSG_HEARTBEAT, &h.base, on_heartbeat_reply);
 }

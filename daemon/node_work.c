@@ -7,6 +7,7 @@
 #include "core/fileio.h"
 #include "core/log.h"
 #include "core/sha256.h"
+#include "daemon/counters.h"
 #include "daemon/dmetrics.h" /* metrics hooks */
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
@@ -429,8 +430,15 @@ void node_run_job(spes_node *n, node_job *j)
     j->rc = 0;
     j->err[0] = 0;
     switch (j->kind) {
-    case JOB_PREPARE: job_prepare(n, j); break;
-    case JOB_TRAIN: job_train(n, j); break;
+    case JOB_PREPARE:
+        if (job_prepare(n, j) == 0)
+            spes_counters_state_held(); /* counters: the wait for the round ends */
+        break;
+    case JOB_TRAIN:
+        spes_counters_train_begin(); /* counters: training time */
+        job_train(n, j);
+        spes_counters_train_end();
+        break;
     case JOB_APPLY:
         if (job_apply(n, j) == 0 && node_persist(n) != 0)
             log_error("node state not persisted: %s", spes_errmsg());
@@ -438,6 +446,8 @@ void node_run_job(spes_node *n, node_job *j)
             log_error("checkpoint %s not saved: %s", j->ckpt_id, spes_errmsg());
             j->ckpt_id[0] = '\0';
         }
+        if (j->rc == 0)
+            spes_counters_state_held(); /* counters: S_{r+1} is held, the wait ends */
         break;
     case JOB_VALIDATE: job_validate(n, j); break;
     }

@@ -185,6 +185,16 @@ static int check_field(const char *path, const ProtobufCMessage *m, const Protob
     return 0;
 }
 
+/* check_counters refuses seconds that are negative, not finite or absurd (a
+ * NodeCounters wherever it is nested). */
+static int check_counters(const char *path, const Spes__Wire__NodeCounters *c)
+{
+    if (!(c->train_s >= 0 && c->train_s <= 1e12) || !(c->wait_s >= 0 && c->wait_s <= 1e12))
+        return spes_errf(SPES_ERANGE, "%s: seconds out of range (train %g, wait %g)", path, c->train_s,
+                         c->wait_s);
+    return 0;
+}
+
 static int check_msg(const char *path, const ProtobufCMessage *m)
 {
     const ProtobufCMessageDescriptor *d = m->descriptor;
@@ -197,6 +207,8 @@ static int check_msg(const char *path, const ProtobufCMessage *m)
         if (rc < 0)
             return rc;
     }
+    if (d == &spes__wire__node_counters__descriptor)
+        return check_counters(path, (const Spes__Wire__NodeCounters *)m);
     return 0;
 }
 

@@ -8,7 +8,8 @@
  * before the socket, the order nng expects, and the socket is closed with
  * spes__nng_close_bounded (net/close.c: nng 1.5.2 can strand a TLS pipe whose
  * peer died). This file never interprets reply bytes (the callback does) and
- * never lets a slot run two requests at once. */
+ * never lets a slot run two requests at once. It counts the bytes of its
+ * requests and replies as blob traffic (net.h, spes_net_counters). */
 #include "blob/blob_internal.h"
 
 #include "core/error.h"
@@ -27,6 +28,7 @@ typedef struct slot {
     nng_aio *aio;
     int ctx_open;
     int sending;
+    size_t len; /* of the request, counted once it is out */
     nng_time deadline;
 } slot;
 
@@ -49,6 +51,7 @@ static void slot_cb(void *arg)
     if (s->sending && rv == 0) {
         nng_time now = nng_clock();
         s->sending = 0;
+        spes__net_count(SPES_NET_BLOB, SPES__NET_SENT, s->len);
         nng_aio_set_timeout(s->aio, now >= s->deadline ? 1 : (nng_duration)(s->deadline - now));
         nng_ctx_recv(s->ctx, s->aio);
         return;
@@ -61,6 +64,7 @@ static void slot_cb(void *arg)
         c->cb(c->arg, s->idx, spes__nng_err(rv, "request failed", c->url), NULL, 0);
         return;
     }
+    spes__net_count(SPES_NET_BLOB, SPES__NET_RECEIVED, nng_msg_len(m));
     c->cb(c->arg, s->idx, 0, nng_msg_body(m), nng_msg_len(m));
     nng_msg_free(m); /* a local: the slot may already carry its next request */
 }
@@ -153,6 +157,7 @@ int spes__blob_conn_send(spes__blob_conn *c, int idx, const void *req, size_t le
         return spes__nng_err(rv, "cannot make request", c->url);
     memcpy(nng_msg_body(m), req, len);
     s->sending = 1;
+    s->len = len;
     s->deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
     nng_aio_set_timeout(s->aio, timeout_ms);
     nng_aio_set_msg(s->aio, m);

@@ -173,6 +173,7 @@ void spes_blob_serve_request(spes_blob_store *s, spes_net_request *req)
     size_t len = 0, rep_len = 0;
     uint8_t *rep = NULL;
     reply_to to = {.alloc = net_alloc, .arg = req};
+    spes_net_request_set_class(req, SPES_NET_BLOB);
     const void *data = spes_net_request_data(req, &len);
     if (handle(s, data, len, &to, &rep, &rep_len) != 0)
         log_debug("blob request from '%s' refused: %s", spes_net_request_peer(req)->name, spes_errmsg());

@@ -43,6 +43,8 @@ struct spes_net_request {
     nng_msg *rep; /* spes_net_reply_alloc's reply, not sent yet */
     spes_pki_identity peer;
     int state;
+    spes_net_class cls; /* for the byte counters */
+    size_t rep_len;     /* the reply being sent, counted once it is out */
 };
 
 struct spes_net_server {
@@ -194,6 +196,7 @@ static int check_url(const char *url, int plain, const spes_net_tls *tls)
 static void post_recv(spes_net_request *r)
 {
     r->state = ST_RECV;
+    r->cls = SPES_NET_CONTROL;
     nng_ctx_recv(r->ctx, r->aio);
 }
 
@@ -222,6 +225,8 @@ static void server_cb(void *arg)
     if (r->state == ST_SEND) {
         if (rv)
             nng_msg_free(nng_aio_get_msg(r->aio));
+        else
+            spes__net_count(r->cls, SPES__NET_SENT, r->rep_len);
         if (rv == NNG_ECLOSED)
             return;
         post_recv(r);
@@ -234,6 +239,7 @@ static void server_cb(void *arg)
     }
     r->msg = nng_aio_get_msg(r->aio);
     if (request_peer(r) != 0) {
+        spes__net_count(SPES_NET_CONTROL, SPES__NET_RECEIVED, nng_msg_len(r->msg));
         nng_msg_free(r->msg);
         r->msg = NULL;
         post_recv(r);
@@ -252,6 +258,21 @@ const void *spes_net_request_data(const spes_net_request *r, size_t *len)
 const spes_pki_identity *spes_net_request_peer(const spes_net_request *r)
 {
     return &r->peer;
+}
+
+void spes_net_request_set_class(spes_net_request *r, spes_net_class cls)
+{
+    r->cls = cls;
+}
+
+/* request_release counts the request's bytes as received, in the class its
+ * handler gave it (so here and not on arrival), and frees them. */
+static void request_release(spes_net_request *r)
+{
+    if (r->msg)
+        spes__net_count(r->cls, SPES__NET_RECEIVED, nng_msg_len(r->msg));
+    nng_msg_free(r->msg);
+    r->msg = NULL;
 }
 
 void *spes_net_reply_alloc(spes_net_request *r, size_t len)
@@ -273,8 +294,8 @@ int spes_net_reply_send(spes_net_request *r)
         return spes_errf(SPES_EINVAL, "%s: no reply to send", r->srv->url);
     }
     r->rep = NULL;
-    nng_msg_free(r->msg);
-    r->msg = NULL;
+    request_release(r);
+    r->rep_len = nng_msg_len(m);
     r->state = ST_SEND;
     nng_aio_set_msg(r->aio, m);
     nng_ctx_send(r->ctx, r->aio);
@@ -295,8 +316,7 @@ int spes_net_reply(spes_net_request *r, const void *data, size_t len)
 
 void spes_net_request_drop(spes_net_request *r)
 {
-    nng_msg_free(r->msg);
-    r->msg = NULL;
+    request_release(r);
     nng_msg_free(r->rep);
     r->rep = NULL;
     post_recv(r);
@@ -572,6 +592,7 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
         nng_msg_free(nng_aio_get_msg(aio));
         goto done;
     }
+    spes__net_count(SPES_NET_CONTROL, SPES__NET_SENT, len);
     nng_time now = nng_clock();
     nng_aio_set_timeout(aio, now >= deadline ? 1 : (nng_duration)(deadline - now));
     nng_ctx_recv(ctx, aio);
@@ -580,6 +601,7 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
         goto done;
     m = nng_aio_get_msg(aio);
     *rep_len = nng_msg_len(m);
+    spes__net_count(SPES_NET_CONTROL, SPES__NET_RECEIVED, *rep_len);
     *rep = malloc(*rep_len ? *rep_len : 1);
     if (!*rep)
         rv = NNG_ENOMEM;
@@ -602,6 +624,7 @@ typedef struct acall {
     nng_ctx ctx;
     nng_aio *aio;
     int sending;
+    size_t len; /* of the request, counted once it is out */
     nng_time deadline;
     spes_net_reply_cb cb;
     void *arg;
@@ -615,6 +638,7 @@ static void acall_cb(void *arg)
     pthread_mutex_lock(&c->calls_mu);
     if (a->sending && rv == 0) {
         a->sending = 0; /* the request is out: wait for the reply, unless aborted meanwhile */
+        spes__net_count(SPES_NET_CONTROL, SPES__NET_SENT, a->len);
         if (a->gen == c->abort_gen) {
             nng_time now = nng_clock();
             nng_aio_set_timeout(a->aio, now >= a->deadline ? 1 : (nng_duration)(a->deadline - now));
@@ -637,6 +661,7 @@ static void acall_cb(void *arg)
         a->cb(a->arg, spes__nng_err(rv, "request failed", c->url), NULL, 0);
     } else {
         nng_msg *m = nng_aio_get_msg(a->aio);
+        spes__net_count(SPES_NET_CONTROL, SPES__NET_RECEIVED, nng_msg_len(m));
         a->cb(a->arg, 0, nng_msg_body(m), nng_msg_len(m));
         nng_msg_free(m);
     }
@@ -667,6 +692,7 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     a->arg = arg;
     a->c = c;
     a->sending = 1;
+    a->len = len;
     timeout_ms = call_timeout(timeout_ms);
     a->deadline = nng_clock() + (nng_time)timeout_ms;
     nng_aio_set_timeout(a->aio, timeout_ms);

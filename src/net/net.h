@@ -83,6 +83,36 @@ void spes_net_tls_free(spes_net_tls *t);
  * spes_net (SPES_ENOENT for a plain-tcp pipe). */
 int spes_net_pipe_peer(nng_pipe p, spes_pki_identity *out);
 
+/* ---- byte counters ---- */
+
+/* spes_net_class says what a message carries, for the byte counters. */
+typedef enum spes_net_class {
+    SPES_NET_CONTROL = 0, /* control plane: join, heartbeat, announce, status, ... */
+    SPES_NET_BLOB,        /* blob manifests and chunks, and the requests for them */
+    SPES_NET_NCLASS
+} spes_net_class;
+
+/* spes_net_counters is what this process has exchanged with peers since it
+ * started, per class: payload bytes (nng message bodies: spes envelopes and
+ * bulk replies, without nng's 12 bytes of framing per message or TLS's
+ * records) and messages, counted once nng has sent or delivered a message,
+ * on every endpoint of spes_net and spes_blob. docs/counters.md has the exact rules. */
+typedef struct spes_net_counters {
+    uint64_t sent_bytes[SPES_NET_NCLASS];
+    uint64_t received_bytes[SPES_NET_NCLASS];
+    uint64_t sent_msgs[SPES_NET_NCLASS];
+    uint64_t received_msgs[SPES_NET_NCLASS];
+} spes_net_counters;
+
+/* spes_net_counters_get copies this process's counters (thread-safe, any thread). */
+void spes_net_counters_get(spes_net_counters *out);
+
+/* spes_net_counters_sent returns the payload bytes sent, all classes together. */
+uint64_t spes_net_counters_sent(const spes_net_counters *c);
+
+/* spes_net_counters_received returns the payload bytes received, all classes together. */
+uint64_t spes_net_counters_received(const spes_net_counters *c);
+
 /* ---- server: a rep0 socket answering requests with a pool of contexts ---- */
 
 typedef struct spes_net_server spes_net_server;
@@ -125,6 +155,10 @@ const void *spes_net_request_data(const spes_net_request *r, size_t *len);
 
 /* spes_net_request_peer returns the sender's verified identity (role NONE on plain tcp). */
 const spes_pki_identity *spes_net_request_peer(const spes_net_request *r);
+
+/* spes_net_request_set_class says what a request carries (SPES_NET_CONTROL
+ * until set): its bytes and its reply's are counted in that class. */
+void spes_net_request_set_class(spes_net_request *r, spes_net_class cls);
 
 /* spes_net_reply sends the answer and releases the request (any thread). */
 int spes_net_reply(spes_net_request *r, const void *data, size_t len);

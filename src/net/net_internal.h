@@ -40,6 +40,13 @@ void spes__tls_count(spes_net_tls *t, int server, const char *peer, const char *
 extern _Thread_local spes_pki_identity spes__tls_peer_tl;
 extern _Thread_local int spes__tls_peer_tl_set;
 
+/* spes__net_dir is the direction of a counted message. */
+enum spes__net_dir { SPES__NET_SENT = 0, SPES__NET_RECEIVED = 1 };
+
+/* spes__net_count records one message of `bytes` payload bytes that nng has
+ * sent or delivered (counters.c); the only place the byte counters move. */
+void spes__net_count(spes_net_class cls, int dir, size_t bytes);
+
 /* SPES_NNG_CLOSE_MS bounds how long spes__nng_close_bounded waits for nng_close. */
 #define SPES_NNG_CLOSE_MS 5000
 

@@ -388,6 +388,73 @@ def scenario_blob_housekeeping():
         cl.cleanup()
 
 
+def scenario_round_costs():
+    """The counters each daemon reports (docs/counters.md), read back through
+    spesctl status once a short run is complete and nothing moves but heartbeats."""
+    cfg = run_config()
+    R = 4
+    cfg["train"]["max_steps"] = R * cfg["spes"]["sync_interval"]
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
+    try:
+        t0 = time.time()
+        cl.start_all()
+        cl.wait("the run to complete", lambda: "the run is complete" in cl.log(0), timeout=120)
+        cl.wait_applied([0, 1, 2], R - 2)
+
+        def settled():  # every member reported after its last round (its blob bytes and rounds stay put)
+            a = cl.status()
+            time.sleep(0.6)
+            b = cl.status()
+            key = lambda st: [(m["rounds"], m["net"]["blob"], m["time"]["train_s"]) for m in st["members"]]
+            return b if a and b and key(a) == key(b) and all(m["counters_reported"] for m in b["members"]) else None
+        st = cl.wait("the counters to settle", settled, timeout=30)
+        ms = sorted(st["members"], key=lambda m: m["node_id"])
+        check(all({"sent_bytes", "received_bytes"} <= set(m["net"]) and {"train_s", "wait_s"} <= set(m["time"])
+                  and isinstance(m["rounds"], int) for m in ms),
+              "status --json shows net {sent_bytes, received_bytes}, time {train_s, wait_s} and rounds per member")
+        # the ground truth: every contribution blob kept by the coordinator, and the committed rounds in its log
+        committed = [int(r) for r in re.findall(r"round (\d+) committed", cl.log(0))]
+        authored = {}
+        for p in cl.blobs(0):
+            c = read_contribution(p) if "." not in os.path.basename(p) else None
+            if c and c["round"] in committed:
+                authored.setdefault(c["node"], set()).add(c["round"])
+        check("refused" not in cl.log(0) and len(committed) == R and
+              [m["rounds"] for m in ms] == [len(authored.get(m["node_id"], ())) for m in ms],
+              "rounds equals the committed rounds each node contributed to (%s of %d)"
+              % ([m["rounds"] for m in ms], len(committed)))
+        for m in ms:
+            k = int(m["name"].split("-")[1])
+            fetched = 0
+            for p in cl.blobs(k):
+                c = read_contribution(p) if "." not in os.path.basename(p) else None
+                if c and c["node"] != m["node_id"]:
+                    fetched += os.path.getsize(p)
+            got = m["net"]["blob"]["received_bytes"]
+            check(fetched > 0 and fetched <= got <= fetched * 1.02 + 4096,
+                  "%s received %d blob bytes: the %d bytes of the contributions it fetched plus framing"
+                  % (m["name"], got, fetched))
+            check(m["time"]["train_s"] > 0 and m["time"]["wait_s"] > 0 and
+                  m["time"]["train_s"] + m["time"]["wait_s"] < time.time() - t0,
+                  "%s: train %.2f s, wait %.2f s, both counted, within the run's wall time"
+                  % (m["name"], m["time"]["train_s"], m["time"]["wait_s"]))
+        bs = sum(m["net"]["blob"]["sent_bytes"] for m in ms)
+        br = sum(m["net"]["blob"]["received_bytes"] for m in ms)
+        check(bs == br, "the cluster's blob bytes sent (%d) equal its blob bytes received (%d)" % (bs, br))
+        ts = sum(m["net"]["sent_bytes"] for m in ms)
+        tr = sum(m["net"]["received_bytes"] for m in ms)
+        check(abs(ts - tr) <= 0.01 * ts, "the cluster's bytes sent (%d) equal its bytes received (%d) within "
+              "the heartbeats in flight" % (ts, tr))
+        text = cl.ctl("status").stdout
+        cost = text[text.find("compute utilisation"):text.find("last round")].rstrip()
+        print("\n".join("   | " + l for l in cost.splitlines()))
+        check(re.search(r"compute utilisation \d+\.\d %", text) and "per node per round:" in text,
+              "spesctl status shows the run's compute utilisation and MB per round per node")
+        cl.stop_all()
+    finally:
+        cl.cleanup()
+
+
 def scenario_one_node_is_standalone():
     cfg = run_config(sync=4)
     cl = Cluster(BUILD, 1, cfg, tokens())
@@ -496,7 +563,8 @@ def scenario_checkpoints_and_roles():
 SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
-             scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping]
+             scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
+             scenario_round_costs]
 
 
 def main():
