@@ -8,6 +8,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "daemon/counters.h"
 #include "daemon/node.h"
 #include "metrics/metrics.h"
 #include "proto/proto.h"
@@ -27,11 +28,15 @@
 struct spes_dmetrics {
     spes_daemon *d;
     spes_metrics_snapshot *s; /* [loop] */
-    uint64_t blob_in;         /* [loop] blob bytes received, from the last applied round */
     uint64_t blob_scan_ms;
     uint64_t status_round;    /* the coordinator's round at the last tick */
     uint64_t refused_round, mm_round;
-    int refused_counted, mm_seen;
+    int mm_seen;
+    struct {
+        uint32_t id;
+        double train_s, wait_s;
+    } prev[SPES_METRICS_MAX_MEMBERS]; /* members' counters at the last commit, for the timeline */
+    int nprev;
     /* the worker's notes, guarded by wmu */
     pthread_mutex_t wmu;
     int L, E;
@@ -142,13 +147,12 @@ void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, co
 
 /* ---- the loop's side ---- */
 
-void spes_dmetrics_round_applied(spes_dmetrics *m, uint64_t r, double train_s, double wait_s, uint64_t blob_in)
+void spes_dmetrics_round_applied(spes_dmetrics *m, uint64_t r, double train_s, double wait_s)
 {
     if (!m)
         return;
     spes_metrics_snapshot *s = m->s;
     s->rounds_applied++;
-    m->blob_in = blob_in;
     if (train_s >= 0 && wait_s >= 0) {
         spes_metrics_hist_observe(&s->train_s, train_s);
         spes_metrics_hist_observe(&s->wait_s, wait_s);
@@ -174,9 +178,9 @@ void spes_dmetrics_round_applied(spes_dmetrics *m, uint64_t r, double train_s, d
     spes_metrics_round *e = spes_metrics_round_at(s, r);
     if (!e)
         return;
-    if (train_s >= 0)
-        spes_metrics_round_node(e, s->name, train_s, wait_s);
-    if (!s->coordinator) {
+    if (!s->coordinator) { /* the coordinator times every member from their counters instead */
+        if (train_s >= 0)
+            spes_metrics_round_node(e, s->name, train_s, wait_s);
         e->loss = loss;
         e->tps = tps;
         e->step = step;
@@ -203,6 +207,32 @@ static const char *member_name(const Spes__Wire__StatusReply *st, uint32_t id)
         if (st->members[i]->node_id == id)
             return st->members[i]->name;
     return "?";
+}
+
+/* time_members gives round entry e each member's seconds training and waiting
+ * since the previous commit, from the counters in their heartbeats. */
+static void time_members(spes_dmetrics *m, spes_metrics_round *e)
+{
+    const spes_metrics_snapshot *s = m->s;
+    for (int i = 0; i < s->nmembers; i++) {
+        const spes_metrics_member *mm = &s->members[i];
+        if (!mm->have_counters)
+            continue;
+        int k = 0;
+        while (k < m->nprev && m->prev[k].id != mm->id)
+            k++;
+        if (k == m->nprev) {
+            if (k == SPES_METRICS_MAX_MEMBERS)
+                continue;
+            m->nprev++;
+        } else if (mm->train_s >= m->prev[k].train_s && mm->wait_s >= m->prev[k].wait_s &&
+                   (mm->train_s > m->prev[k].train_s || mm->wait_s > m->prev[k].wait_s)) {
+            spes_metrics_round_node(e, mm->name, mm->train_s - m->prev[k].train_s, mm->wait_s - m->prev[k].wait_s);
+        }
+        m->prev[k].id = mm->id;
+        m->prev[k].train_s = mm->train_s;
+        m->prev[k].wait_s = mm->wait_s;
+    }
 }
 
 /* coordinator_view reads the run's status from the coordinator on this loop. */
@@ -239,6 +269,15 @@ static void coordinator_view(spes_dmetrics *m)
         mm->loss = mi->loss > 0 ? mi->loss : NAN;
         mm->tps = mi->tokens_per_s;
         mm->last_seen_ms = mi->last_seen_unix_ms;
+        if (mi->counters) {
+            const Spes__Wire__NodeCounters *nc = mi->counters;
+            mm->have_counters = 1;
+            mm->train_s = nc->train_s;
+            mm->wait_s = nc->wait_s;
+            mm->sent_bytes = nc->control_sent_bytes + nc->blob_sent_bytes;
+            mm->received_bytes = nc->control_received_bytes + nc->blob_received_bytes;
+            mm->rounds = nc->rounds;
+        }
         for (size_t k = 0; k < mi->n_columns; k++)
             if (mi->columns[k] < SPES_METRICS_MAX_E) {
                 mm->cols[mi->columns[k]] = 1;
@@ -275,6 +314,8 @@ static void coordinator_view(spes_dmetrics *m)
         m->mm_seen = n;
         if (st->round > m->status_round) {
             spes_metrics_round *e = spes_metrics_round_at(s, lr->round);
+            if (e)
+                time_members(m, e);
             if (e) {
                 e->loss = s->run_loss;
                 e->tps = s->run_tps;
@@ -299,11 +340,21 @@ void spes_dmetrics_tick(spes_dmetrics *m)
     s->tps = tps > 0 ? tps : NAN;
     s->round = round;
     s->step = step;
+    spes_daemon_counters dc;
+    spes_daemon_counters_get(&dc);
+    for (int c = 0; c < SPES_METRICS_NCLASS; c++) {
+        spes_net_class nc = c == SPES_METRICS_CONTROL ? SPES_NET_CONTROL : SPES_NET_BLOB;
+        s->sent[c] = dc.net.sent_bytes[nc];
+        s->received[c] = dc.net.received_bytes[nc];
+        s->sent_msgs[c] = dc.net.sent_msgs[nc];
+        s->received_msgs[c] = dc.net.received_msgs[nc];
+    }
+    s->have_control_bytes = 1;
+    s->train_total_s = dc.train_s;
+    s->wait_total_s = dc.wait_s;
+    s->rounds_contributed = dc.rounds;
     spes_blob_store *b = spes_node_blobs(m->d->node);
     if (b) {
-        spes_blob_serve_stats ss;
-        spes_blob_store_stats(b, &ss);
-        s->sent[SPES_METRICS_BLOB] = ss.bytes_served;
         uint64_t now = spes_mono_ms();
         if (now - m->blob_scan_ms >= BLOB_SCAN_MS || !m->blob_scan_ms) {
             m->blob_scan_ms = now;
@@ -315,7 +366,6 @@ void spes_dmetrics_tick(spes_dmetrics *m)
             }
         }
     }
-    s->received[SPES_METRICS_BLOB] = m->blob_in;
     pthread_mutex_lock(&m->wmu);
     if (m->have_norm) {
         if (s->E < m->have_norm)

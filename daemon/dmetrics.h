@@ -30,9 +30,8 @@ void spes_dmetrics_tick(spes_dmetrics *m);
 
 /* spes_dmetrics_round_applied records that this daemon applied round r's
  * commit (loop): train_s and wait_s are its seconds training and waiting for
- * that round (negative: it did not train in it), blob_in its blob bytes
- * received from peers since it started. */
-void spes_dmetrics_round_applied(spes_dmetrics *m, uint64_t r, double train_s, double wait_s, uint64_t blob_in);
+ * that round (negative: it did not train in it). */
+void spes_dmetrics_round_applied(spes_dmetrics *m, uint64_t r, double train_s, double wait_s);
 
 /* spes_dmetrics_note_routing adds the last training step's routed rows per
  * (layer, expert) (worker thread; reads the model only). */

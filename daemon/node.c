@@ -556,7 +556,7 @@ static void worker_done(void *arg)
                      (unsigned long long)ss.bytes_served, trained ? n->t_train1 - n->t_train0 : 0.0,
                      trained ? now - n->t_train1 : 0.0);
             spes_dmetrics_round_applied(n->d->metrics, j->round, trained ? n->t_train1 - n->t_train0 : -1.0,
-                                        trained ? now - n->t_train1 : -1.0, n->bytes_in_total); /* metrics hook */
+                                        trained ? now - n->t_train1 : -1.0); /* metrics hook */
         }
         n->phase = P_DIGEST;
         n->next_try_ms = 0;

@@ -152,6 +152,24 @@ START_TEST(test_coordinator_families)
     ck_assert_ptr_nonnull(strstr(t, "spes_rounds_committed_total 7\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_build_info{version=\"0.1.0\",protocol=\"1\"} 1\n"));
     ck_assert_ptr_null(strstr(t, "class=\"control\""));
+    ck_assert_ptr_null(strstr(t, "spes_train_seconds_total "));
+    ck_assert_ptr_null(strstr(t, "spes_member_train_seconds_total{"));
+    free(t);
+    /* with the daemon's counters: control bytes, messages, seconds; members' reported counters */
+    s->have_control_bytes = 1;
+    s->sent[SPES_METRICS_CONTROL] = 1234;
+    s->received_msgs[SPES_METRICS_BLOB] = 9;
+    s->train_total_s = 12.5;
+    s->members[0].have_counters = 1;
+    s->members[0].train_s = 2.5;
+    s->members[0].received_bytes = 77;
+    t = prom(s);
+    ck_assert_ptr_nonnull(strstr(t, "spes_payload_sent_bytes_total{class=\"control\"} 1234\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_payload_received_messages_total{class=\"blob\"} 9\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_train_seconds_total 12.5\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_member_train_seconds_total{node=\"coord\"} 2.5\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_member_payload_received_bytes_total{node=\"coord\"} 77\n"));
+    ck_assert_ptr_null(strstr(t, "spes_member_train_seconds_total{node=\"<b>")); /* never reported */
     free(t);
     /* a plain node exposes no coordinator family */
     s->coordinator = 0;

@@ -196,6 +196,25 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
             snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
             sample(f, "spes_payload_received_bytes_total", lab, (double)s->received[c]);
         }
+    if (s->have_control_bytes) {
+        head(f, "spes_payload_sent_messages_total", "counter", "Messages this daemon sent, by class of traffic.");
+        for (int c = 0; c < SPES_METRICS_NCLASS; c++) {
+            snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
+            sample(f, "spes_payload_sent_messages_total", lab, (double)s->sent_msgs[c]);
+        }
+        head(f, "spes_payload_received_messages_total", "counter", "Messages this daemon received, by class of traffic.");
+        for (int c = 0; c < SPES_METRICS_NCLASS; c++) {
+            snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
+            sample(f, "spes_payload_received_messages_total", lab, (double)s->received_msgs[c]);
+        }
+        head(f, "spes_train_seconds_total", "counter", "Seconds this daemon spent training since it started.");
+        sample(f, "spes_train_seconds_total", NULL, s->train_total_s);
+        head(f, "spes_wait_seconds_total", "counter",
+             "Seconds this daemon spent between the end of training and holding the next state.");
+        sample(f, "spes_wait_seconds_total", NULL, s->wait_total_s);
+        head(f, "spes_rounds_contributed_total", "counter", "Rounds committed with this daemon among the contributors.");
+        sample(f, "spes_rounds_contributed_total", NULL, (double)s->rounds_contributed);
+    }
     head(f, "spes_blob_store_bytes", "gauge", "Bytes held in the blob store (blobs, manifests, partial fetches).");
     sample(f, "spes_blob_store_bytes", NULL, (double)s->blob_store_bytes);
     head(f, "spes_blob_store_blobs", "gauge", "Blobs held in the blob store.");
@@ -252,6 +271,28 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
         spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
         snprintf(lab, sizeof lab, "node=\"%s\"", esc);
         sample(f, "spes_member_last_seen_timestamp_seconds", lab, (double)s->members[i].last_seen_ms / 1000.0);
+    }
+    static const struct {
+        const char *name, *help;
+    } per[] = {
+        {"spes_member_train_seconds_total", "Seconds each member spent training, as it last reported."},
+        {"spes_member_wait_seconds_total", "Seconds each member spent waiting for rounds, as it last reported."},
+        {"spes_member_payload_sent_bytes_total", "Payload bytes each member sent, as it last reported."},
+        {"spes_member_payload_received_bytes_total", "Payload bytes each member received, as it last reported."},
+        {"spes_member_rounds_contributed_total", "Rounds committed with each member among the contributors."},
+    };
+    for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
+        head(f, per[k].name, "counter", per[k].help);
+        for (int i = 0; i < s->nmembers; i++) {
+            const spes_metrics_member *mm = &s->members[i];
+            if (!mm->have_counters)
+                continue;
+            double v = k == 0 ? mm->train_s : k == 1 ? mm->wait_s : k == 2 ? (double)mm->sent_bytes
+                     : k == 3 ? (double)mm->received_bytes : (double)mm->rounds;
+            spes_metrics_escape_label(esc, sizeof esc, mm->name);
+            snprintf(lab, sizeof lab, "node=\"%s\"", esc);
+            sample(f, per[k].name, lab, v);
+        }
     }
     if (s->E > 0) {
         head(f, "spes_expert_owners", "gauge", "Members that own each expert column.");

@@ -47,6 +47,10 @@ typedef struct spes_metrics_member {
     double loss, tps;
     uint64_t last_seen_ms;    /* wall clock; 0: never */
     uint8_t cols[SPES_METRICS_MAX_E]; /* 1 where the member owns the column */
+    int have_counters;        /* the member reported its counters (below) */
+    double train_s, wait_s;   /* its seconds training and waiting since it started */
+    uint64_t sent_bytes, received_bytes; /* its payload bytes, all classes */
+    uint64_t rounds;          /* rounds committed with it among the contributors */
 } spes_metrics_member;
 
 /* spes_metrics_round is one committed round, for the dashboard's plot and timeline. */
@@ -74,7 +78,10 @@ typedef struct spes_metrics_snapshot {
     double run_loss, run_tps; /* coordinator: the run's mean loss and summed tokens/s */
     spes_metrics_hist train_s, wait_s;
     uint64_t sent[SPES_METRICS_NCLASS], received[SPES_METRICS_NCLASS];
-    int have_control_bytes;   /* 0: control bytes are not counted by this build */
+    uint64_t sent_msgs[SPES_METRICS_NCLASS], received_msgs[SPES_METRICS_NCLASS];
+    int have_control_bytes;   /* 0: only blob bytes are known (no message counts either) */
+    double train_total_s, wait_total_s; /* seconds training and waiting since start */
+    uint64_t rounds_contributed;
     uint64_t blob_store_bytes;
     uint32_t blob_store_blobs;
     uint64_t refusals[SPES_METRICS_NREASONS];

@@ -47,6 +47,13 @@ static json_t *members_json(const spes_metrics_snapshot *s)
         json_object_set_new(o, "loss", real(m->loss));
         json_object_set_new(o, "tokens_per_s", real(m->tps));
         json_object_set_new(o, "last_seen_unix_ms", u64(m->last_seen_ms));
+        if (m->have_counters) {
+            json_object_set_new(o, "train_s", real(m->train_s));
+            json_object_set_new(o, "wait_s", real(m->wait_s));
+            json_object_set_new(o, "sent_bytes", u64(m->sent_bytes));
+            json_object_set_new(o, "received_bytes", u64(m->received_bytes));
+            json_object_set_new(o, "rounds_contributed", u64(m->rounds));
+        }
         json_array_append_new(a, o);
     }
     return a;
@@ -130,6 +137,9 @@ int spes_metrics_render_json(const spes_metrics_snapshot *s, uint64_t now_ms, ch
         }
     json_object_set_new(o, "sent_bytes", sent);
     json_object_set_new(o, "received_bytes", recv);
+    json_object_set_new(o, "train_seconds_total", real(s->train_total_s));
+    json_object_set_new(o, "wait_seconds_total", real(s->wait_total_s));
+    json_object_set_new(o, "rounds_contributed", u64(s->rounds_contributed));
     json_object_set_new(o, "blob_store_bytes", u64(s->blob_store_bytes));
     json_object_set_new(o, "blob_store_blobs", u64(s->blob_store_blobs));
     json_t *ref = json_object();

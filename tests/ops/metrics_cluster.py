@@ -108,6 +108,9 @@ def consistent_view(cl, mports):
             lbl = '{node="%s"}' % a["id"]
             ok &= same(ms[0].get("spes_member_tokens_per_second" + lbl), a["tokens_per_s"], b["tokens_per_s"])
             ok &= same(ms[0].get("spes_member_loss" + lbl), a["loss"], b["loss"])
+            ok &= same(ms[0].get("spes_member_train_seconds_total" + lbl), a["time"]["train_s"], b["time"]["train_s"])
+            ok &= same(ms[0].get("spes_member_payload_sent_bytes_total" + lbl), a["net"]["sent_bytes"],
+                       b["net"]["sent_bytes"])
         if ok:
             return s1, s0, ms
     print("last try:", json.dumps(s0), json.dumps(s1), {k: v for k, v in ms[0].items() if "member" in k})
@@ -159,6 +162,12 @@ def main():
                   "%s tokens/s %s = status %s" % (mem["id"], m0["spes_member_tokens_per_second" + lbl],
                                                   mem["tokens_per_s"]))
             check(same(m0["spes_member_loss" + lbl], mem["loss"], mem0["loss"]), "%s loss = status" % mem["id"])
+            for met, val in (("spes_member_train_seconds_total", lambda x: x["time"]["train_s"]),
+                             ("spes_member_wait_seconds_total", lambda x: x["time"]["wait_s"]),
+                             ("spes_member_payload_sent_bytes_total", lambda x: x["net"]["sent_bytes"]),
+                             ("spes_member_payload_received_bytes_total", lambda x: x["net"]["received_bytes"]),
+                             ("spes_member_rounds_contributed_total", lambda x: x["rounds"])):
+                check(same(m0[met + lbl], val(mem), val(mem0)), "%s %s %s = status %s" % (mem["id"], met, m0[met + lbl], val(mem)))
             check(ms[k]["spes_rounds_committed_total"] >= mem["round"] and
                   ms[k]["spes_rounds_committed_total"] <= st["round"],
                   "%s holds round %s, status says it reported %s (run at %s)" %
@@ -175,6 +184,11 @@ def main():
             check(m["spes_round_train_seconds_count"] >= 1 and m["spes_round_wait_seconds_count"] ==
                   m["spes_round_train_seconds_count"], "node-%d round time histograms observed" % k)
             check(m['spes_payload_received_bytes_total{class="blob"}'] > 0, "node-%d received blob bytes" % k)
+            check(m['spes_payload_sent_bytes_total{class="control"}'] > 0 and
+                  m['spes_payload_received_messages_total{class="control"}'] > 0, "node-%d control traffic counted" % k)
+            check(m["spes_train_seconds_total"] > 0 and m["spes_rounds_contributed_total"] >= 1,
+                  "node-%d trained %.2f s in %d rounds" % (k, m["spes_train_seconds_total"],
+                                                          m["spes_rounds_contributed_total"]))
             check(m["spes_blob_store_bytes"] > 0, "node-%d blob store bytes" % k)
         # ---- JSON
         code, ctype, js = get(mports[0], "/api/status")
@@ -182,6 +196,9 @@ def main():
         check(ctype == "application/json" and sorted(x["name"] for x in doc["members"]) ==
               ["node-0", "node-1", "node-2"], "/api/status lists the members")
         check(len(doc["history"]) >= 2, "/api/status has %d rounds of history" % len(doc["history"]))
+        timed = [r for r in doc["history"] if len(r["nodes"]) == 3]
+        check(len(timed) >= 1 and all(n["train_s"] > 0 for n in timed[-1]["nodes"]),
+              "timeline: %d rounds time all 3 nodes" % len(timed))
         try:
             get(mports[0], "/nope")
             check(False, "unknown path is 404")
@@ -201,7 +218,8 @@ def main():
         loss_plot = re.search(r'id="plot-loss".*?</svg>', dom, re.S)
         npts = len(re.findall(r'<circle class="pt"', loss_plot.group(0))) if loss_plot else 0
         check(npts >= 2, "dashboard loss plot has %d points" % npts)
-        check(dom.count('class="bar-train"') >= 2, "dashboard timeline has training bars")
+        check(all(dom.count("node-%d</text>" % k) for k in range(3)) and dom.count('class="bar-train"') >= 3,
+              "dashboard timeline has training bars of every node")
         check("heat" in dom and dom.count("<td title=\"layer ") == L * E, "dashboard heat map has L x E cells")
         os.makedirs(os.path.dirname(os.path.abspath(SHOT)), exist_ok=True)
         if os.path.exists(SHOT):
