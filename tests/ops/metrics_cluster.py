@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "cluster"))
 from cluster import Cluster, free_port  # noqa: E402
 import numpy as np  # noqa: E402
 
-BUILD = sys.argv[1]
+BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
 SHOT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(BUILD, "tests", "dashboard.png")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROMTOOL = shutil.which("promtool")
@@ -190,6 +190,10 @@ def main():
                   "node-%d trained %.2f s in %d rounds" % (k, m["spes_train_seconds_total"],
                                                           m["spes_rounds_contributed_total"]))
             check(m["spes_blob_store_bytes"] > 0, "node-%d blob store bytes" % k)
+        # ---- spesctl top, one frame
+        top = cl.ctl("top", "--once").stdout
+        check(all(re.search(r"\n%d +node-%d +active " % (k, k), top) for k in range(3)) and
+              "EXPERTS" in top and all("%d:node-" % e in top for e in range(E)), "spesctl top --once:\n" + top)
         # ---- JSON
         code, ctype, js = get(mports[0], "/api/status")
         doc = json.loads(js)
