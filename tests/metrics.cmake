@@ -9,3 +9,11 @@ if(TARGET spesd AND TARGET spesctl)
                    ${CMAKE_BINARY_DIR}/tests/dashboard.png)
   set_tests_properties(ops_metrics_cluster PROPERTIES TIMEOUT 600 LABELS "integration;slow" SKIP_RETURN_CODE 77)
 endif()
+# The Debian package: cpack, dpkg -i, /usr/bin/spesd --version, dpkg -r/--purge
+# (tests/ops/deb_package.sh). Installs on this machine: root only, skipped (77)
+# otherwise or when spesd is installed already.
+if(TARGET spesd AND TARGET spesctl)
+  add_test(NAME ops_deb_package COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/ops/deb_package.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(ops_deb_package PROPERTIES TIMEOUT 600 LABELS "integration;slow" SKIP_RETURN_CODE 77
+                       RUN_SERIAL TRUE)
+endif()

@@ -190,10 +190,19 @@ def main():
                   "node-%d trained %.2f s in %d rounds" % (k, m["spes_train_seconds_total"],
                                                           m["spes_rounds_contributed_total"]))
             check(m["spes_blob_store_bytes"] > 0, "node-%d blob store bytes" % k)
+        # ---- every metric the sample Grafana dashboard queries exists
+        dash = json.load(open(os.path.join(HERE, "..", "..", "deploy", "grafana-dashboard.json")))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        fams = {re.sub(r"\{.*", "", k) for m in ms for k in m}
+        used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"spes_[a-z_]+", e)}
+        missing = sorted(n for n in used if n not in fams and n + "_count" not in fams)
+        check(not missing and len(used) >= 15, "Grafana dashboard queries %d metrics, all exposed (missing: %s)" %
+              (len(used), missing))
         # ---- spesctl top, one frame
         top = cl.ctl("top", "--once").stdout
-        check(all(re.search(r"\n%d +node-%d +active " % (k, k), top) for k in range(3)) and
-              "EXPERTS" in top and all("%d:node-" % e in top for e in range(E)), "spesctl top --once:\n" + top)
+        ok = all(re.search(r"\n%d +node-%d +active " % (k, k), top) for k in range(3)) and \
+            "EXPERTS" in top and all("%d:node-" % e in top for e in range(E))
+        check(ok, "spesctl top --once lists every member and every expert's owner" + ("" if ok else ":\n" + top))
         # ---- JSON
         code, ctype, js = get(mports[0], "/api/status")
         doc = json.loads(js)
