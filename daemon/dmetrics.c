@@ -1,8 +1,11 @@
 /* dmetrics.c: the metrics snapshot's upkeep. The loop owns the snapshot and
  * refreshes it on every tick; the worker's notes (routing counts, column
- * deltas) go through wmu; the rendered texts go to the HTTP thread through
- * pmu. The coordinator's part is read through the same StatusRequest that
- * `spesctl status` sends, answered on the loop. */
+ * deltas) go through wmu. Each tick the loop copies the snapshot into pub
+ * (under pmu: a memcpy, no rendering on the loop); a request copies pub into
+ * the HTTP thread's own snapshot and renders that, so a scrape costs the loop
+ * nothing (bench/bench_metrics.c measures the rendering). The coordinator's
+ * part is read through the same StatusRequest that `spesctl status` sends,
+ * answered on the loop. */
 #include "daemon/dmetrics.h"
 #include "blob/blob.h"
 #include "core/clock.h"
@@ -43,10 +46,10 @@ struct spes_dmetrics {
     double *acc;              /* (L, E) rows routed since the last applied round */
     double norm[SPES_METRICS_MAX_E];
     int have_norm;
-    /* the served texts, guarded by pmu */
+    /* the published copy, guarded by pmu; the HTTP thread's own copy */
     pthread_mutex_t pmu;
-    char *prom, *json;
-    size_t prom_len, json_len;
+    spes_metrics_snapshot *pub;
+    spes_metrics_snapshot *mine; /* [HTTP thread] (libmicrohttpd runs one: requests come one at a time) */
     void *http;
     int port;
 };
@@ -57,7 +60,12 @@ int spes_dmetrics_open(spes_dmetrics **out, spes_daemon *d)
     if (!d->cfg.metrics[0])
         return 0;
     spes_dmetrics *m = calloc(1, sizeof *m);
-    if (!m || !(m->s = malloc(sizeof *m->s))) {
+    if (!m || !(m->s = malloc(sizeof *m->s)) || !(m->pub = malloc(sizeof *m->pub)) ||
+        !(m->mine = malloc(sizeof *m->mine))) {
+        if (m) {
+            free(m->s);
+            free(m->pub);
+        }
         free(m);
         return spes_errf(SPES_ENOMEM, "metrics: out of memory");
     }
@@ -90,8 +98,8 @@ void spes_dmetrics_close(spes_dmetrics *m)
     pthread_mutex_destroy(&m->wmu);
     pthread_mutex_destroy(&m->pmu);
     free(m->acc);
-    free(m->prom);
-    free(m->json);
+    free(m->pub);
+    free(m->mine);
     free(m->s);
     free(m);
 }
@@ -379,22 +387,9 @@ void spes_dmetrics_tick(spes_dmetrics *m)
     pthread_mutex_unlock(&m->wmu);
     if (m->d->coord)
         coordinator_view(m);
-    char *prom = NULL, *json = NULL;
-    size_t pl = 0, jl = 0;
-    if (spes_metrics_render_prom(s, &prom, &pl) != 0 || spes_metrics_render_json(s, spes_now_ms(), &json, &jl) != 0) {
-        free(prom);
-        log_warnx("metrics: %s", spes_errmsg());
-        return;
-    }
     pthread_mutex_lock(&m->pmu);
-    char *op = m->prom, *oj = m->json;
-    m->prom = prom;
-    m->prom_len = pl;
-    m->json = json;
-    m->json_len = jl;
+    memcpy(m->pub, s, sizeof *s);
     pthread_mutex_unlock(&m->pmu);
-    free(op);
-    free(oj);
 }
 
 int spes_dmetrics_get(spes_dmetrics *m, const char *path, char **out, size_t *len)
@@ -403,17 +398,8 @@ int spes_dmetrics_get(spes_dmetrics *m, const char *path, char **out, size_t *le
     if (!which)
         return SPES_ENOENT;
     pthread_mutex_lock(&m->pmu);
-    const char *src = which == 1 ? m->prom : m->json;
-    size_t n = which == 1 ? m->prom_len : m->json_len;
-    char *copy = src ? malloc(n + 1) : NULL;
-    if (copy) {
-        memcpy(copy, src, n);
-        copy[n] = '\0';
-    }
+    memcpy(m->mine, m->pub, sizeof *m->mine);
     pthread_mutex_unlock(&m->pmu);
-    if (!copy)
-        return SPES_ENOMEM;
-    *out = copy;
-    *len = n;
-    return 0;
+    return which == 1 ? spes_metrics_render_prom(m->mine, out, len)
+                      : spes_metrics_render_json(m->mine, spes_now_ms(), out, len);
 }

@@ -1,9 +1,10 @@
 /* dmetrics.h: the daemon's side of the operator's view: a metrics snapshot
- * that the loop refreshes on every tick (from the node, the blob store, the
- * coordinator's status and what the worker noted), rendered on the loop into
- * the texts that the HTTP listener (dmetrics_http.c, its own thread) serves:
- * /metrics, /api/status and the dashboard. Exists only when the daemon config
- * sets "metrics"; every hook accepts NULL and then does nothing. */
+ * that the loop refreshes on every tick (from the node, the counters, the
+ * blob store, the coordinator's status and what the worker noted) and
+ * publishes as a copy; the HTTP listener (dmetrics_http.c, its own thread)
+ * renders that copy on request: /metrics, /api/status, and the dashboard.
+ * Exists only when the daemon config sets "metrics"; every hook accepts NULL
+ * and then does nothing. */
 #ifndef SPES_DAEMON_DMETRICS_H
 #define SPES_DAEMON_DMETRICS_H
 
@@ -25,7 +26,7 @@ void spes_dmetrics_close(spes_dmetrics *m);
 /* spes_dmetrics_port returns the port the listener is bound to. */
 int spes_dmetrics_port(const spes_dmetrics *m);
 
-/* spes_dmetrics_tick refreshes the snapshot and the served texts (loop). */
+/* spes_dmetrics_tick refreshes the snapshot and publishes a copy of it (loop). */
 void spes_dmetrics_tick(spes_dmetrics *m);
 
 /* spes_dmetrics_round_applied records that this daemon applied round r's
@@ -41,8 +42,9 @@ void spes_dmetrics_note_routing(spes_dmetrics *m, const spes_model *model);
  * prev to next, the states before and after a commit (worker thread). */
 void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, const float *next, const float *prev);
 
-/* spes_dmetrics_get copies the served text for path ("/metrics" or
- * "/api/status") into *out (malloc'd); SPES_ENOENT for another path. Any thread. */
+/* spes_dmetrics_get renders the published snapshot for path ("/metrics" or
+ * "/api/status") into *out (malloc'd); SPES_ENOENT for another path. The
+ * HTTP thread only (it renders into a copy it owns). */
 int spes_dmetrics_get(spes_dmetrics *m, const char *path, char **out, size_t *len);
 
 /* spes_dmetrics_http_start / _stop run the HTTP listener (dmetrics_http.c). */

@@ -200,7 +200,7 @@ def main():
               (len(used), missing))
         # ---- spesctl top, one frame
         top = cl.ctl("top", "--once").stdout
-        ok = all(re.search(r"\n%d +node-%d +active " % (k, k), top) for k in range(3)) and \
+        ok = all(re.search(r"\n\d+ +node-%d +active " % k, top) for k in range(3)) and \
             "EXPERTS" in top and all("%d:node-" % e in top for e in range(E))
         check(ok, "spesctl top --once lists every member and every expert's owner" + ("" if ok else ":\n" + top))
         # ---- JSON
