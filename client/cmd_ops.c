@@ -261,6 +261,11 @@ static int leading(const char *flag, int argc, char **argv)
     return SPESCTL_USAGE;
 }
 
+static int cmd_top(int argc, char **argv) /* top: cmd_top.c */
+{
+    return spesctl_top(argc, argv, &lead);
+}
+
 static int lead_socket(int argc, char **argv)
 {
     return leading("socket", argc, argv);
@@ -292,6 +297,7 @@ const spesctl_cmd spesctl_ops_cmds[] = {
     {"checkpoint", "list", cmd_ckpt_list, CONN_USAGE},
     {"checkpoint", "restore", cmd_ckpt_restore, "ID " CONN_USAGE},
     {"checkpoint", "export", cmd_ckpt_export, "ID --out DIR " CONN_USAGE},
+    {"top", NULL, cmd_top, "[CONN] [--once] [--interval S] [--no-color] [--timeout S]"},
     {"--socket", NULL, lead_socket, "PATH COMMAND ...   CONN = --socket PATH, or --url tls+tcp://H:P"},
     {"--url", NULL, lead_url, "tls+tcp://H:P --ca F --cert F --key F COMMAND ...   (operator certificate)"},
     {"--ca", NULL, lead_ca, "F ...   CONN flags go before or after the command; env: SPES_SOCKET SPES_URL"},

@@ -6,6 +6,11 @@
 #include "client/ops.h"
 
 #include "core/error.h"
+#include "proto/proto.h"
+
+#ifndef SPES_VERSION
+#define SPES_VERSION "0.0.0"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +24,7 @@ static const spesctl_cmd *const groups[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: spesctl COMMAND [ARGS]\ncommands:\n");
+    fprintf(f, "usage: spesctl COMMAND [ARGS]\n       spesctl --version\ncommands:\n");
     for (int g = 0; groups[g]; g++)
         for (const spesctl_cmd *c = groups[g]; c->verb; c++)
             fprintf(f, "  spesctl %s%s%s %s\n", c->verb, c->sub ? " " : "", c->sub ? c->sub : "", c->usage);
@@ -92,6 +97,10 @@ int main(int argc, char **argv)
         strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? SPESCTL_USAGE : SPESCTL_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("spesctl %s (protocol %d)\n", SPES_VERSION, SPES_PROTO_VERSION);
+        return SPESCTL_OK;
     }
     int verb_known = 0;
     for (int g = 0; groups[g]; g++) {

@@ -46,6 +46,9 @@ int spesctl_ops_call(const spesctl_conn *c, int req_type, const ProtobufCMessage
  * now_ms is the clock used for "3s ago". Returns 0, or -1 if out of memory. */
 int spesctl_ops_print(int type, const ProtobufCMessage *msg, int json, unsigned long long now_ms);
 
+/* spesctl_top runs `spesctl top` (cmd_top.c) with the leading connection flags lead. */
+int spesctl_top(int argc, char **argv, const spesctl_conn *lead);
+
 /* spesctl_ops_state_name returns "active" etc. for a NodeState value. */
 const char *spesctl_ops_state_name(int state);
 

@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "daemon/commands.h"
 #include "daemon/coord.h"
+#include "daemon/dmetrics.h"
 #include "daemon/node.h"
 #include "proto/proto.h"
 #include "proto/spes.pb-c.h"
@@ -192,6 +193,7 @@ static void on_tick(uv_timer_t *t)
         spes_coord_tick(d->coord);
     if (d->node)
         spes_node_tick(d->node);
+    spes_dmetrics_tick(d->metrics); /* metrics hook */
     sd_notify(0, "WATCHDOG=1");
 }
 
@@ -317,6 +319,8 @@ static int start(spes_daemon *d)
         return rc;
     if ((rc = spes_control_open(d)) != 0)
         return rc;
+    if ((rc = spes_dmetrics_open(&d->metrics, d)) != 0) /* metrics hook */
+        return rc;
     uv_signal_init(&d->loop, &d->sig_term);
     uv_signal_init(&d->loop, &d->sig_int);
     uv_signal_init(&d->loop, &d->sig_hup);
@@ -336,6 +340,7 @@ static void finish(spes_daemon *d)
         spes_net_server_close(d->server);
     spes_node_free(d->node);
     spes_coord_free(d->coord);
+    spes_dmetrics_close(d->metrics); /* metrics hook: after the worker has stopped */
     if (d->tls)
         spes_net_tls_free(d->tls);
     if (d->lock_fd >= 0)

@@ -61,6 +61,7 @@ typedef struct spes_daemon {
     uint64_t started_ms;
     struct spes_coord *coord; /* NULL unless this daemon coordinates */
     struct spes_node *node;
+    struct spes_dmetrics *metrics; /* NULL unless the config sets "metrics" (dmetrics.h) */
 } spes_daemon;
 
 /* spes_daemon_post hands an event to the loop; callable from any thread. */

@@ -40,6 +40,7 @@ static const dfield dfields[] = {
     STR(codec, "fp32"),
     STR(log_level, "info"),
     STR(fault, ""),
+    STR(metrics, ""),
     INT(threads, 1, 256, 2),
     INT(heartbeat_ms, 50, 600000, 1000),
     INT(failure_timeout_ms, 200, 3600000, 15000),

@@ -21,6 +21,7 @@ typedef struct spes_dconfig {
     char admission[16];                    /* "auto" or "approve" (coordinator) */
     char codec[8];                         /* "fp32" or "bf16" (coordinator: the run's contribution codec) */
     char log_level[8];
+    char metrics[128];                     /* HOST:PORT of the metrics/dashboard listener; empty: none */
     char fault[16];                        /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
                                             * "diverge" changes its state of round 3 once */
     int threads;

@@ -5,6 +5,11 @@
 #include "core/error.h"
 #include "daemon/commands.h"
 #include "kernels/kernels.h"
+#include "proto/proto.h"
+
+#ifndef SPES_VERSION
+#define SPES_VERSION "0.0.0"
+#endif
 
 typedef struct command {
     const char *name;
@@ -27,7 +32,8 @@ static void usage(FILE *fp)
     fprintf(fp, "usage: spesd COMMAND [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(fp, "  %-11s %s\n", commands[i].name, commands[i].summary);
-    fprintf(fp, "\n`spesd COMMAND --help` describes a command's options.\n");
+    fprintf(fp, "\n`spesd COMMAND --help` describes a command's options; `spesd --version` prints the\n"
+                "version and the wire protocol version.\n");
 }
 
 int main(int argc, char **argv)
@@ -39,6 +45,10 @@ int main(int argc, char **argv)
     if (argc < 2) {
         usage(stderr);
         return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("spesd %s (protocol %d)\n", SPES_VERSION, SPES_PROTO_VERSION);
+        return 0;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);

@@ -7,6 +7,7 @@
 #include "core/sha256.h"
 #include "daemon/coord.h"
 #include "daemon/counters.h"
+#include "daemon/dmetrics.h" /* metrics hooks */
 #include "daemon/node_priv.h"
 #include "proto/proto.h"
 #include "proto/spes.pb-c.h"
@@ -554,6 +555,8 @@ static void worker_done(void *arg)
                      (unsigned long long)j->round, hex, (unsigned long long)n->bytes_in_total,
                      (unsigned long long)ss.bytes_served, trained ? n->t_train1 - n->t_train0 : 0.0,
                      trained ? now - n->t_train1 : 0.0);
+            spes_dmetrics_round_applied(n->d->metrics, j->round, trained ? n->t_train1 - n->t_train0 : -1.0,
+                                        trained ? now - n->t_train1 : -1.0); /* metrics hook */
         }
         n->phase = P_DIGEST;
         n->next_try_ms = 0;

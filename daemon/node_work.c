@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/counters.h"
+#include "daemon/dmetrics.h" /* metrics hooks */
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
 #include "sync/sync.h"
@@ -270,6 +271,7 @@ static int job_train(spes_node *n, node_job *j)
         spes_step_stats st;
         if ((rc = spes_trainer_step(&n->tr, &st)) != 0)
             return fail(j, rc);
+        spes_dmetrics_note_routing(n->d->metrics, n->tr.model); /* metrics hook */
         sum += st.loss;
         n->loss = st.loss;
         n->tps = (double)n->run.train.batch_size * n->run.train.seq_len / st.seconds;
@@ -379,6 +381,7 @@ static int job_apply(spes_node *n, node_job *j)
     free(cs);
     free(cp);
     if (!rc && (rc = spes_state_digest(p, total, (int64_t)j->round + 1, j->out_hash)) == 0) {
+        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->E, p, n->base); /* metrics hook */
         memcpy(n->base, p, total * sizeof(float));
         n->tr.step = (int64_t)j->next_step;
         n->tr.round = (int64_t)j->round + 1;

@@ -112,6 +112,12 @@ const spes_tensor *spes_layout_find(const spes_layout *lo, const char *name)
     return NULL;
 }
 
+const float *spes_model_route_counts(const spes_model *m, int *layers)
+{
+    *layers = m->priv->nkeep;
+    return m->priv->counts;
+}
+
 float *spes_model_grad_column(spes_model *m, int e)
 {
     if (!m->grads || e < 0 || e >= m->cfg.num_experts || !m->trained[e])

@@ -129,6 +129,11 @@ float *spes_model_grad_of(spes_model *m, const spes_tensor *t);
 /* spes_model_grad_column returns column e's gradient block (column_numel), or NULL if frozen. */
 float *spes_model_grad_column(spes_model *m, int e);
 
+/* spes_model_route_counts returns the rows routed to each expert by the last
+ * forward, (*layers, E) floats, read-only; *layers is L for a training model
+ * and 1 (the last layer) otherwise. */
+const float *spes_model_route_counts(const spes_model *m, int *layers);
+
 /* spes_model_flops_per_token returns forward+backward FLOPs per trained token
  * (matmuls and attention), for model-FLOPs-utilisation reports. Per layer,
  * forward: 2*H*(2*NH*D + 2*NKV*D) (q,k,v,o) + 2*H*E (router)
