@@ -1211,6 +1211,18 @@ START_TEST(test_persistence_round_trip_and_restart)
     ck_assert_uint_eq(l->n_checkpoints, 1);
     ck_assert_str_eq(l->checkpoints[0]->id, "ckpt-000002");
     spes_proto_free(&l->base);
+    /* a node one round behind gets the last commit, as read back from last_commit.bin */
+    spes_coord_action *pc = last(&f, SPES_COORD_PERSIST_COMMIT);
+    ck_assert_int_eq(spes_coord_sm_set_last_commit(g.c, pc->data, pc->len), 0);
+    int tag = ++g.tag;
+    Spes__Wire__Heartbeat hb = SPES__WIRE__HEARTBEAT__INIT;
+    hb.node_id = 1;
+    spes_coord_sm_request(g.c, g.now, SPES_MSG_HEARTBEAT, &hb.base, &local,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    fx_collect(&g);
+    spes_coord_action *rc = reply_to(&g, tag);
+    ck_assert_uint_eq(rc->len, pc->len);
+    ck_assert_int_eq(memcmp(rc->data, pc->data, pc->len), 0);
     /* it waits for both restored members, not for min_nodes, then goes on with their columns */
     heartbeat_ack(&g, 0, 1);
     fx_tick(&g);

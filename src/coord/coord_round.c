@@ -91,7 +91,7 @@ static void commit_record(spes_coord_sm *c, Spes__Wire__Commit *cm, const int *o
 }
 
 /* encode_commit encodes the Commit of the open round (contributions, refusals, the next
- * round's columns as dealt now, peers, checkpoint) into c->last_commit and queues its persist. */
+ * round's columns as dealt now, peers, checkpoint) into c->last_commit. */
 static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], uint64_t step_end)
 {
     size_t nm = (size_t)(c->nmem ? c->nmem : 1), E = (size_t)(c->E ? c->E : 1);
@@ -135,11 +135,6 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
     c->last_commit = NULL;
     c->last_commit_len = 0;
     rc = spes_proto_encode(SPES_MSG_COMMIT, &cm.base, &c->last_commit, &c->last_commit_len);
-    spes_coord_action act = {.kind = SPES_COORD_PERSIST_COMMIT, .round = c->round, .len = c->last_commit_len};
-    if (!rc && (act.data = malloc(c->last_commit_len)) != NULL) {
-        memcpy(act.data, c->last_commit, c->last_commit_len);
-        coord_push(c, &act);
-    }
     c->last_contributors = (uint32_t)cm.n_contributions;
     c->last_merge = cm.merge_applied;
     c->pending_ckpt[0] = '\0'; /* it is in this commit now */
@@ -159,6 +154,17 @@ out:
     return rc;
 }
 
+/* persist_commit queues the durable write of the last commit (nodes that wait for it get it
+ * after a coordinator restart too). */
+static void persist_commit(spes_coord_sm *c)
+{
+    spes_coord_action a = {.kind = SPES_COORD_PERSIST_COMMIT, .round = c->round, .len = c->last_commit_len};
+    if (!c->last_commit || !(a.data = malloc(c->last_commit_len)))
+        return;
+    memcpy(a.data, c->last_commit, c->last_commit_len);
+    coord_push(c, &a);
+}
+
 void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t round, int n, const int *ok,
                              char (*reasons)[256])
 {
@@ -166,7 +172,8 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
         return;
     uint64_t step_end = c->step + (uint64_t)c->run.spes.sync_interval;
     coord_deal_columns(c); /* the commit tells every node the next round's columns */
-    encode_commit(c, ok, reasons, step_end);
+    if (encode_commit(c, ok, reasons, step_end) == 0)
+        persist_commit(c);
     coord_log(c, SPES_LOG_INFO, "round %llu committed: %u contribution(s)%s", (unsigned long long)c->round,
               c->last_contributors, c->last_merge ? ", merge warm-up applied" : "");
     c->last_commit_ms = now.wall_ms;
