@@ -1386,7 +1386,31 @@ START_TEST(test_queue_grows_and_frees)
     ck_assert_int_eq(spes_coord_sm_next_action(f.c, &a), 1);
     ck_assert_ptr_eq(a.to.ctx, (void *)(intptr_t)1000);
     spes_coord_action_fini(&a);
-    fx_fini(&f); /* the other 99 are freed with the coordinator */
+    for (int i = 100; i < 150; i++) /* more than the room left behind the taken one: first in, first out still */
+        spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &local,
+                              (spes_coord_to){never_called, (void *)(intptr_t)(1000 + i)});
+    for (int i = 1; i < 120; i++) {
+        ck_assert_int_eq(spes_coord_sm_next_action(f.c, &a), 1);
+        ck_assert_ptr_eq(a.to.ctx, (void *)(intptr_t)(1000 + i));
+        spes_coord_action_fini(&a);
+    }
+    fx_fini(&f); /* the other 30 are freed with the coordinator */
+}
+END_TEST
+
+START_TEST(test_reply_that_cannot_be_encoded)
+{
+    fx f;
+    fx_init(&f, 1, 0, 100);
+    Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.node_name = "bad\001name"; /* the daemon's decoder refuses such a name; the library never sends it either */
+    j.listen_url = "tcp://x:1";
+    spes_proto_free(send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT));
+    Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
+    Spes__Wire__Error *e = (Spes__Wire__Error *)send(&f, SPES_MSG_STATUS_REQUEST, &s.base, &local, SPES_MSG_ERROR);
+    ck_assert_ptr_nonnull(strstr(e->message, "cannot encode the reply: StatusReply.members[0].name"));
+    spes_proto_free(&e->base);
+    fx_fini(&f);
 }
 END_TEST
 
@@ -1421,6 +1445,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_validation_failure_retries);
     tcase_add_test(tc, test_unchanged_state_not_rewritten);
     tcase_add_test(tc, test_queue_grows_and_frees);
+    tcase_add_test(tc, test_reply_that_cannot_be_encoded);
     suite_add_tcase(s, tc);
     return s;
 }
