@@ -116,8 +116,9 @@ int spes_coord_sm_set_last_commit(spes_coord_sm *c, const uint8_t *data, size_t 
 /* spes_coord_sm_start starts the clocks: waiting for members and the round deadline count from now. */
 void spes_coord_sm_start(spes_coord_sm *c, spes_coord_now now);
 
-/* spes_coord_sm_request handles one decoded request of the given type from peer; its reply
- * (now or later) is a REPLY action to `to`. */
+/* spes_coord_sm_request handles one request of the given type from peer, as spes_proto_decode
+ * returns it (checked: hashes are 32 bytes, strings bounded UTF-8); its reply (now or later)
+ * is a REPLY action to `to`. */
 void spes_coord_sm_request(spes_coord_sm *c, spes_coord_now now, int type, const ProtobufCMessage *msg,
                            const spes_pki_identity *peer, spes_coord_to to);
 
