@@ -1,6 +1,7 @@
-/* coord.h: the coordinator role: the membership table (persisted), column
- * dealing, rounds (open, deadline, commit), digest comparison, checkpoints
- * records and the operator's requests. Runs on the daemon's loop only. */
+/* coord.h: the coordinator role of the daemon: glue (daemon/coord_glue.c)
+ * around the state machine of src/coord, which decides everything; this part
+ * reads the clocks and the files and carries out the decisions. Runs on the
+ * daemon's loop only. */
 #ifndef SPES_DAEMON_COORD_H
 #define SPES_DAEMON_COORD_H
 

@@ -1,5 +1,6 @@
 /* dconfig.c: the daemon config table and its JSON reader. */
 #include "daemon/dconfig.h"
+#include "coord/coord.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -45,7 +46,7 @@ static const dfield dfields[] = {
     INT(heartbeat_ms, 50, 600000, 1000),
     INT(failure_timeout_ms, 200, 3600000, 15000),
     INT(round_deadline_ms, 200, 86400000, 120000),
-    INT(min_nodes, 1, 4096, 1),
+    INT(min_nodes, 1, SPES_COORD_MAX_MEMBERS, 1), /* no more members than the table holds */
     INT(data_parts, 1, 65536, 1),
     {"plain", D_BOOL, offsetof(spes_dconfig, plain), sizeof(int), 0, 1, "0"},
     {"keep_blobs", D_BOOL, offsetof(spes_dconfig, keep_blobs), sizeof(int), 0, 1, "0"},

@@ -82,7 +82,8 @@ static int is_hash_field(const char *field)
 static int hash_may_be_empty(const ProtobufCMessageDescriptor *d, const char *field)
 {
     return (d == &spes__wire__member_info__descriptor && strcmp(field, "digest") == 0) ||
-           (d == &spes__wire__last_round__descriptor && strcmp(field, "digest") == 0);
+           (d == &spes__wire__last_round__descriptor && strcmp(field, "digest") == 0) ||
+           (d == &spes__wire__checkpoint_info__descriptor && strcmp(field, "state_hash") == 0);
 }
 
 static int check_string(const char *path, const ProtobufCFieldDescriptor *f, const char *s)

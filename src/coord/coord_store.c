@@ -1,30 +1,15 @@
-/* coord_store.c: the coordinator's persisted state, one JSON file written
- * atomically on every change that matters (membership, round, digest), so a
- * coordinator restart loses nothing. */
+/* coord_store.c: the coordinator's persisted state as JSON text (the caller
+ * writes it to state_dir/coordinator.json atomically on every change that
+ * matters: membership, round, digest, checkpoints), and reading it back, so
+ * a coordinator restart loses nothing. The format is in docs/protocol.md. */
+#include "coord/coord_priv.h"
 #include "core/error.h"
-#include "core/fileio.h"
 #include "core/sha256.h"
-#include "daemon/coord_state.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-coord_member *coord_find(spes_coord *c, const char *name)
-{
-    for (int i = 0; i < c->nmem; i++)
-        if (!strcmp(c->mem[i].name, name))
-            return &c->mem[i];
-    return NULL;
-}
-
-coord_member *coord_find_id(spes_coord *c, uint32_t id)
-{
-    for (int i = 0; i < c->nmem; i++)
-        if (c->mem[i].id == id)
-            return &c->mem[i];
-    return NULL;
-}
 
 static json_t *cols_json(const uint8_t *cols, int E)
 {
@@ -35,7 +20,7 @@ static json_t *cols_json(const uint8_t *cols, int E)
     return a;
 }
 
-int coord_save(spes_coord *c)
+char *coord_state_json(const spes_coord_sm *c)
 {
     char hex[65];
     json_t *o = json_object(), *mem = json_array();
@@ -62,70 +47,54 @@ int coord_save(spes_coord *c)
     json_object_set_new(o, "pending_checkpoint", json_string(c->pending_ckpt));
     char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     json_decref(o);
-    if (!text)
-        return SPES_ENOMEM;
-    if (c->saved && !strcmp(c->saved, text)) {
-        free(text); /* a join retry or a repeated status change: nothing new to make durable */
-        return 0;
-    }
-    int rc = spes_write_file_atomic(c->state_path, text, strlen(text));
-    if (!rc) {
-        free(c->saved);
-        c->saved = text;
-    } else {
-        free(text);
-    }
-    return rc;
+    return text;
 }
 
-static int load_member(spes_coord *c, json_t *mo)
+static int load_member(spes_coord_sm *c, json_t *mo, const char *origin)
 {
-    if (c->nmem >= COORD_MAX_MEMBERS)
-        return spes_errf(SPES_ERANGE, "%s: too many members", c->state_path);
-    coord_member *m = &c->mem[c->nmem];
     json_t *id = json_object_get(mo, "id"), *name = json_object_get(mo, "name"), *url = json_object_get(mo, "url"),
            *st = json_object_get(mo, "state"), *cols = json_object_get(mo, "columns");
     if (!json_is_integer(id) || !json_is_string(name) || !json_is_string(url) || !json_is_integer(st) ||
         !json_is_array(cols))
-        return spes_errf(SPES_EFORMAT, "%s: a member entry lacks id, name, url, state or columns", c->state_path);
-    memset(m->cols, 0, (size_t)c->E);
+        return spes_errf(SPES_EFORMAT, "%s: a member entry lacks id, name, url, state or columns", origin);
     for (size_t i = 0; i < json_array_size(cols); i++) {
         json_int_t e = json_integer_value(json_array_get(cols, i));
         if (e < 0 || e >= c->E)
-            return spes_errf(SPES_EFORMAT, "%s: member %s has column %lld outside 0..%d", c->state_path,
+            return spes_errf(SPES_EFORMAT, "%s: member %s has column %lld outside 0..%d", origin,
                              json_string_value(name), (long long)e, c->E - 1);
-        m->cols[e] = 1;
     }
-    m->id = (uint32_t)json_integer_value(id);
-    if (coord_find_id(c, m->id))
-        return spes_errf(SPES_EFORMAT, "%s: member id %u appears twice", c->state_path, m->id);
+    uint32_t mid = (uint32_t)json_integer_value(id);
+    if (coord_find_id(c, mid))
+        return spes_errf(SPES_EFORMAT, "%s: member id %u appears twice", origin, mid);
+    if (c->nmem >= SPES_COORD_MAX_MEMBERS)
+        return spes_errf(SPES_ERANGE, "%s: too many members", origin);
+    coord_member *m = coord_add_member(c);
+    if (!m)
+        return SPES_ENOMEM;
+    for (size_t i = 0; i < json_array_size(cols); i++)
+        m->cols[json_integer_value(json_array_get(cols, i))] = 1;
+    m->id = mid;
     if (m->id >= c->next_id)
         c->next_id = m->id + 1; /* a new member must never reuse an id */
     snprintf(m->name, sizeof m->name, "%s", json_string_value(name));
     snprintf(m->url, sizeof m->url, "%s", json_string_value(url));
     m->state = (int)json_integer_value(st);
-    c->nmem++;
     return 0;
 }
 
-int coord_load(spes_coord *c)
+int coord_state_load(spes_coord_sm *c, const char *json, const char *origin)
 {
     json_error_t jerr;
-    json_t *o = json_load_file(c->state_path, 0, &jerr);
-    if (!o) {
-        FILE *fp = fopen(c->state_path, "r");
-        if (!fp)
-            return SPES_ENOENT;
-        fclose(fp);
-        return spes_errf(SPES_EFORMAT, "%s:%d: %s", c->state_path, jerr.line, jerr.text);
-    }
+    json_t *o = json_loads(json, 0, &jerr);
+    if (!o)
+        return spes_errf(SPES_EFORMAT, "%s:%d: %s", origin, jerr.line, jerr.text);
     int rc = 0;
     json_t *rid = json_object_get(o, "run_id"), *round = json_object_get(o, "round"),
            *step = json_object_get(o, "step"), *nid = json_object_get(o, "next_id"),
            *hash = json_object_get(o, "state_hash"), *mem = json_object_get(o, "members");
     if (!json_is_string(rid) || !json_is_integer(round) || !json_is_integer(step) || !json_is_integer(nid) ||
         !json_is_array(mem)) {
-        rc = spes_errf(SPES_EFORMAT, "%s: missing run_id, round, step, next_id or members", c->state_path);
+        rc = spes_errf(SPES_EFORMAT, "%s: missing run_id, round, step, next_id or members", origin);
         goto out;
     }
     snprintf(c->run_id, sizeof c->run_id, "%s", json_string_value(rid));
@@ -139,12 +108,12 @@ int coord_load(spes_coord *c)
         c->state_hash_known = 1;
     }
     json_t *prev = json_object_get(o, "prev_state_hash");
-    if (!rc && json_is_string(prev) && (rc = spes_hex_decode(json_string_value(prev), c->prev_hash, 32)) == 0)
+    if (json_is_string(prev) && (rc = spes_hex_decode(json_string_value(prev), c->prev_hash, 32)) == 0)
         c->prev_known = 1;
     for (size_t i = 0; i < json_array_size(mem) && !rc; i++)
-        rc = load_member(c, json_array_get(mem, i));
+        rc = load_member(c, json_array_get(mem, i), origin);
     if (!rc)
-        rc = coord_ckpt_load(c, json_object_get(o, "checkpoints"));
+        rc = coord_ckpt_load(c, json_object_get(o, "checkpoints"), origin);
     json_t *pc = json_object_get(o, "pending_checkpoint");
     if (!rc && json_is_string(pc))
         snprintf(c->pending_ckpt, sizeof c->pending_ckpt, "%s", json_string_value(pc));

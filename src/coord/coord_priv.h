@@ -1,0 +1,194 @@
+/* coord_priv.h: the coordinator's tables and the helpers its files share
+ * (internal to src/coord). Nothing here does I/O: replies, persists and log
+ * lines are queued as actions (coord.c). */
+#ifndef SPES_COORD_COORD_PRIV_H
+#define SPES_COORD_COORD_PRIV_H
+
+#include <stdint.h>
+
+#include "coord/coord.h"
+#include "proto/spes.pb-c.h"
+
+#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+
+/* coord_member is one row of the membership table. */
+typedef struct coord_member {
+    uint32_t id;
+    char name[64];
+    char url[512];
+    int state;              /* Spes__Wire__NodeState */
+    uint8_t *cols;          /* (E) columns from the next round on */
+    uint8_t *cur;           /* (E) columns in the round now open (0 if not participating) */
+    int participant;        /* expected to contribute to the open round */
+    uint64_t round, step;   /* last reported */
+    uint64_t last_seen_ms;  /* wall clock, for status */
+    uint64_t seen_mono_ms;  /* the same on the monotonic clock, for failure detection (0: not seen yet) */
+    double loss, tps;
+    uint8_t digest[32];
+    uint64_t digest_round;  /* round the digest is for (S_{digest_round}); 0 = none */
+    int announced;          /* for the open round */
+    uint8_t blob[32], manifest[32];
+    uint64_t blob_size, tokens;
+    double blob_loss;
+    Spes__Wire__NodeCounters counters; /* last reported in a heartbeat (docs/counters.md) */
+    int have_counters;
+} coord_member;
+
+/* coord_ckpt records one checkpoint of the run. */
+typedef struct coord_ckpt {
+    char id[SPES_COORD_ID_LEN];
+    uint64_t round, step;   /* the checkpoint holds S_round, after `step` steps */
+    uint8_t hash[32];
+    int hash_known;
+    uint64_t created_ms;
+    uint32_t *holders;      /* (nholders) node ids that saved their state with it */
+    int nholders;
+    int complete;           /* the coordinator's own node holds it: restorable */
+} coord_ckpt;
+
+/* coord_waiter is an operator waiting for a checkpoint (`save --wait`). */
+typedef struct coord_waiter {
+    spes_coord_to to;
+    char id[SPES_COORD_ID_LEN];
+} coord_waiter;
+
+/* spes_coord_sm is the coordinator (see coord.h). */
+struct spes_coord_sm {
+    spes_coord_settings set;
+    spes_run_config run;
+    char *run_json;
+    char run_id[40];
+    int E;
+    uint64_t shared_numel, column_numel; /* the model's layout sizes */
+    int nmem, cap;
+    coord_member *mem;       /* (cap) the table, in id order */
+    int *val_idx;            /* (cap) members whose contributions are being validated, id order */
+    int nval;
+    uint32_t *mismatch;      /* (cap) ids whose digest of the last round differs */
+    int nmismatch;
+    uint32_t next_id;
+    uint64_t round;          /* the open round r: contributions make S_{r+1} */
+    uint64_t step;           /* steps done at the start of round r */
+    uint8_t state_hash[32];  /* digest of S_r */
+    int state_hash_known;
+    uint8_t prev_hash[32];   /* digest of S_{round-1}, for nodes that must apply the last commit */
+    int prev_known;
+    uint64_t round_open_ms;  /* monotonic, like started_ms and last_tick_ms */
+    int validating;
+    uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
+    size_t last_commit_len;
+    /* last round, for status */
+    uint32_t last_contributors;
+    int last_merge;
+    char last_refused[SPES_COORD_MAX_REFUSED][256];
+    int nlast_refused;
+    uint64_t last_commit_ms;
+    char *saved;             /* the state text last persisted (an unchanged state is not rewritten) */
+    coord_ckpt ckpts[SPES_COORD_MAX_CKPTS];
+    int nckpt;
+    char pending_ckpt[SPES_COORD_ID_LEN]; /* goes into the next commit */
+    coord_waiter waiters[SPES_COORD_MAX_WAITERS];
+    int nwaiters;
+    int restored_active;     /* members active before a coordinator restart */
+    uint64_t started_ms;
+    uint64_t last_tick_ms;   /* when the tick last ran: a longer gap is a stall of the caller */
+    spes_coord_action *q;    /* (qcap) queued actions, qhead..qhead+qlen */
+    size_t qhead, qlen, qcap;
+};
+
+/* coord_push queues a copy of a (its owned pointers move into the queue); on failure a is finished. */
+int coord_push(spes_coord_sm *c, spes_coord_action *a);
+
+/* coord_log queues a log line. */
+void coord_log(spes_coord_sm *c, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* coord_reply_raw queues a reply of these bytes (copied; NULL: drop the request). */
+void coord_reply_raw(spes_coord_sm *c, spes_coord_to to, const uint8_t *data, size_t len);
+
+/* coord_reply_msg encodes m as an envelope of the given type and queues it as the reply. */
+void coord_reply_msg(spes_coord_sm *c, spes_coord_to to, int type, const ProtobufCMessage *m);
+
+/* coord_reply_ack replies with an Ack carrying text. */
+void coord_reply_ack(spes_coord_sm *c, spes_coord_to to, const char *text);
+
+/* coord_reply_error replies with an Error envelope (code err, in reply to a message type). */
+void coord_reply_error(spes_coord_sm *c, spes_coord_to to, int err, int in_reply_to, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* coord_save queues the persisted state if it changed since the last one. */
+void coord_save(spes_coord_sm *c);
+
+/* coord_state_json returns the persisted state as malloc'd JSON text (coord_store.c). */
+char *coord_state_json(const spes_coord_sm *c);
+
+/* coord_state_load reads the persisted state from JSON text into an empty coordinator (coord_store.c). */
+int coord_state_load(spes_coord_sm *c, const char *json, const char *origin);
+
+/* coord_add_member appends a cleared member row (columns allocated), growing the table; NULL when full. */
+coord_member *coord_add_member(spes_coord_sm *c);
+
+/* coord_find returns the member with this name, or NULL. */
+coord_member *coord_find(spes_coord_sm *c, const char *name);
+
+/* coord_find_id returns the member with this id, or NULL. */
+coord_member *coord_find_id(spes_coord_sm *c, uint32_t id);
+
+/* coord_member_seen records that m was heard from now. */
+void coord_member_seen(coord_member *m, spes_coord_now now);
+
+/* coord_member_active says whether m takes part in the run (active or joining). */
+int coord_member_active(const coord_member *m);
+
+/* coord_deal_columns deals the next round's columns over the active members. */
+void coord_deal_columns(spes_coord_sm *c);
+
+/* coord_open_round deals the columns and fixes the participants of round c->round. */
+void coord_open_round(spes_coord_sm *c, spes_coord_now now);
+
+/* coord_cols_fill writes the set columns' indices to out (room for E) and returns their count. */
+size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out);
+
+/* coord_peer_is_operator says whether peer may change the run: an operator
+ * certificate, or the local control socket (no certificate, no name). */
+int coord_peer_is_operator(const spes_pki_identity *peer);
+
+/* coord_any_announced says whether a participant announced in the open round. */
+int coord_any_announced(const spes_coord_sm *c);
+
+/* coord_fill_member fills a MemberInfo from a member (cols: room for E). */
+void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire__MemberInfo *mi, uint32_t *cols);
+
+/* coord_announce handles an Announce (coord_round.c). */
+void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Announce *a,
+                    const spes_pki_identity *peer, spes_coord_to to);
+
+/* coord_digest handles a Digest (coord_round.c). */
+void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest *g, const spes_pki_identity *peer,
+                  spes_coord_to to);
+
+/* coord_status answers a StatusRequest (coord_ops.c). */
+void coord_status(spes_coord_sm *c, spes_coord_to to);
+
+/* coord_members answers a MembersRequest; changes need the operator role (coord_ops.c). */
+void coord_members(spes_coord_sm *c, const Spes__Wire__MembersRequest *r, const spes_pki_identity *peer,
+                   spes_coord_to to);
+
+/* coord_checkpoint answers a CheckpointRequest: save, list, restore, export (coord_ckpt.c). */
+void coord_checkpoint(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__CheckpointRequest *r,
+                      const spes_pki_identity *peer, spes_coord_to to);
+
+/* coord_checkpoint_saved records that node m saved checkpoint id with state digest hash (coord_ckpt.c). */
+void coord_checkpoint_saved(spes_coord_sm *c, coord_member *m, const char *id, const uint8_t *hash);
+
+/* coord_ckpt_clear frees a checkpoint record's holders and clears it. */
+void coord_ckpt_clear(coord_ckpt *k);
+
+/* coord_ckpt_add_holder adds node id to k's holders (once). */
+int coord_ckpt_add_holder(coord_ckpt *k, uint32_t id);
+
+/* coord_ckpt_json / coord_ckpt_load persist the checkpoint records (coord_ckpt.c). */
+struct json_t;
+struct json_t *coord_ckpt_json(const spes_coord_sm *c);
+int coord_ckpt_load(spes_coord_sm *c, struct json_t *arr, const char *origin);
+
+#endif
