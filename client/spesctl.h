@@ -26,6 +26,9 @@ typedef struct spesctl_opt {
     const char **val; /* where the value (or "1" for a flag) is stored */
 } spesctl_opt;
 
+/* SPESCTL_MAX_OPTS is the most options one command's table may hold. */
+#define SPESCTL_MAX_OPTS 32
+
 /* spesctl_parse parses argv into opts and positional arguments (at most max_pos, stored in pos);
  * returns the number of positionals, or -1 after printing a usage error. */
 int spesctl_parse(int argc, char **argv, const spesctl_opt *opts, const char **pos, int max_pos,

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 
 void coord_reply_msg(spes_reply_fn reply, void *ctx, int type, const ProtobufCMessage *m)
 {

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 #define CA(x) SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_##x
 
 static void reply_list(spes_coord *c, spes_reply_fn reply, void *ctx, const char *msg, int pending)

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 
 /* Declared in coord_round.c. */
 void coord_announce(spes_coord *c, const Spes__Wire__Announce *a, const spes_pki_identity *peer,

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 
 static void start_validation(spes_coord *c)
 {

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 
 void coord_fill_member(const spes_coord *c, const coord_member *m, Spes__Wire__MemberInfo *mi, uint32_t *cols)
 {

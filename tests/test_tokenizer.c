@@ -11,7 +11,7 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
-#include "daemon/commands.h"
+#include "tools/commands.h"
 #include "data/tokfile.h"
 #include "tokenizer/tokenizer.h"
 
