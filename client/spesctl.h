@@ -1,5 +1,5 @@
 /* spesctl.h: the operator client's command table and shared helpers.
- * Each verb group lives in its own file (cmd_pki.c, later cmd_status.c, ...) and
+ * Each verb group lives in its own file (cmd_pki.c, cmd_ops.c) and
  * exports one table terminated by an entry with verb == NULL; main.c lists the
  * tables. A command returns an exit status: 0 ok, 1 failure (reason printed on
  * stderr by the command), 2 usage error. Commands never call exit() themselves. */

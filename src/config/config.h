@@ -1,4 +1,4 @@
-/* config.h: the run configuration (one JSON file, DESIGN.md "Run config").
+/* config.h: the run configuration (one JSON file, docs/design.md "Run config").
  * Every field lives in one table (name, type, bounds, default); parsing,
  * flag overrides (`section.field=value`), validation and serialisation all
  * walk that table, so a new field is one line there. */
