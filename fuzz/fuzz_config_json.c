@@ -26,9 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         char *js = spes_config_to_json(&c);
         spes_config_defaults(&d);
-        if (!js || spes_config_parse_json(&d, js, "round-trip") != 0 || memcmp(&c.model, &d.model, sizeof c.model) ||
-            memcmp(&c.spes, &d.spes, sizeof c.spes) || c.data.nfiles != d.data.nfiles ||
-            strcmp(c.data.dtype, d.data.dtype) || strcmp(c.data.format, d.data.format))
+        if (!js || spes_config_parse_json(&d, js, "round-trip") != 0 ||
+            memcmp(&c.model, &d.model, sizeof c.model) || memcmp(&c.spes, &d.spes, sizeof c.spes) ||
+            c.data.nfiles != d.data.nfiles || strcmp(c.data.dtype, d.data.dtype) ||
+            strcmp(c.data.format, d.data.format))
             abort();
         free(js);
         spes_config_fini(&d);

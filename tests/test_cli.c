@@ -44,8 +44,8 @@ START_TEST(values_and_positionals)
     args a;
     const char *pos[3];
     int n = 0;
-    const char *argv[] = {"demo", "in1", "--out", "d", "--steps=12", "-n",    "--set", "a.b=1",
-                          "in2",  "--set", "c.d=2", "--top-p", "0.5", "--", "--quiet", NULL};
+    const char *argv[] = {"demo", "in1",   "--out", "d",       "--steps=12", "-n", "--set",   "a.b=1",
+                          "in2",  "--set", "c.d=2", "--top-p", "0.5",        "--", "--quiet", NULL};
     ck_assert_int_eq(parse(&a, pos, &n, argv), 0);
     ck_assert_str_eq(a.out, "d");
     ck_assert_int_eq(a.steps, 12);
@@ -78,12 +78,16 @@ static void refused(const char *const *argv, const char *msg)
 
 START_TEST(errors_name_option_and_value)
 {
-    refused((const char *[]){"demo", "x", "--steps", "x", NULL}, "--steps: expected a positive integer, got 'x'");
-    refused((const char *[]){"demo", "x", "--steps", "0", NULL}, "--steps: expected a positive integer, got '0'");
+    refused((const char *[]){"demo", "x", "--steps", "x", NULL},
+            "--steps: expected a positive integer, got 'x'");
+    refused((const char *[]){"demo", "x", "--steps", "0", NULL},
+            "--steps: expected a positive integer, got '0'");
     refused((const char *[]){"demo", "x", "--steps", "12abc", NULL},
             "--steps: expected a positive integer, got '12abc'");
-    refused((const char *[]){"demo", "x", "--top-p", "2", NULL}, "--top-p: expected a number in 0..1, got '2'");
-    refused((const char *[]){"demo", "x", "--top-p", "nan", NULL}, "--top-p: expected a number in 0..1, got 'nan'");
+    refused((const char *[]){"demo", "x", "--top-p", "2", NULL},
+            "--top-p: expected a number in 0..1, got '2'");
+    refused((const char *[]){"demo", "x", "--top-p", "nan", NULL},
+            "--top-p: expected a number in 0..1, got 'nan'");
     refused((const char *[]){"demo", "x", "--bogus", NULL}, "unknown option '--bogus'");
     refused((const char *[]){"demo", "x", "-q", NULL}, "unknown option '-q'");
     refused((const char *[]){"demo", "x", "--out", NULL}, "--out: needs a value");

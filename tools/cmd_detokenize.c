@@ -25,12 +25,14 @@ static int parse_args(int argc, char **argv, detok_args *a, int *help)
     const spes_opt opts[] = {
         {"tokenizer", 0, SPES_OPT_STR, &a->tokenizer, 0, 0, "FILE", "a Hugging Face tokenizer.json"},
         {"bytes", 0, SPES_OPT_FLAG, &a->bytes, 0, 0, NULL, "the byte vocabulary instead of a tokenizer"},
-        {"format", 0, SPES_OPT_STR, &a->format, 0, 0, "auto|raw|npy|llmc", "the token file's format (default auto)"},
+        {"format", 0, SPES_OPT_STR, &a->format, 0, 0, "auto|raw|npy|llmc",
+         "the token file's format (default auto)"},
         {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32", "token width, for raw token files only"},
         {"out", 0, SPES_OPT_STR, &a->out, 0, 0, "FILE", "write the text here (default standard output)"},
         {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
-    const spes_opt_cmd cmd = {"spesd detokenize", "(--tokenizer FILE | --bytes) [options] TOKENS", opts, 1, 1, NULL};
+    const spes_opt_cmd cmd = {
+        "spesd detokenize", "(--tokenizer FILE | --bytes) [options] TOKENS", opts, 1, 1, NULL};
     *a = (detok_args){0};
     int rc = spes_opts_parse(&cmd, argc, argv, &a->in, NULL);
     if (rc == SPES_OPTS_HELP) {

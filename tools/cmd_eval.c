@@ -25,12 +25,17 @@ static int parse(int argc, char **argv, eval_args *a, int *help)
         {"data", 0, SPES_OPT_STR, &a->data, 0, 0, "PATH", "the token file"},
         {"batch", 0, SPES_OPT_LONG, &a->B, 1, 1 << 16, "B", "sequences per batch"},
         {"seq", 0, SPES_OPT_LONG, &a->T, 1, 1 << 20, "T", "tokens per sequence"},
-        {"batches", 0, SPES_OPT_LONG, &a->K, 1, 1L << 40, "K", "batches to average (default: every whole one)"},
+        {"batches", 0, SPES_OPT_LONG, &a->K, 1, 1L << 40, "K",
+         "batches to average (default: every whole one)"},
         {"threads", 0, SPES_OPT_LONG, &a->threads, 1, 256, "N", "worker threads (default 2)"},
         {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32", "token width of a raw token file"},
         {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
-    const spes_opt_cmd cmd = {"spesd eval", "--checkpoint DIR --data PATH --batch B --seq T [options]", opts, 0, 0,
+    const spes_opt_cmd cmd = {"spesd eval",
+                              "--checkpoint DIR --data PATH --batch B --seq T [options]",
+                              opts,
+                              0,
+                              0,
                               "prints `loss X`, the mean cross-entropy over the first K batches\n"};
     *a = (eval_args){.K = -1, .threads = 2, .dtype = "uint16"};
     int rc = spes_opts_parse(&cmd, argc, argv, NULL, NULL);
@@ -75,8 +80,8 @@ static int run(const eval_args *a, double *loss)
     uint64_t avail = (spes_dataset_total(&ds) - 1) / per;
     uint64_t K = a->K > 0 ? (uint64_t)a->K : avail;
     if (K > avail) {
-        rc = spes_errf(SPES_ERANGE, "%s holds %llu whole batches of %ld x %ld, fewer than --batches %ld", a->data,
-                       (unsigned long long)avail, a->B, a->T, a->K);
+        rc = spes_errf(SPES_ERANGE, "%s holds %llu whole batches of %ld x %ld, fewer than --batches %ld",
+                       a->data, (unsigned long long)avail, a->B, a->T, a->K);
         goto out;
     }
     in = malloc(per * sizeof *in);

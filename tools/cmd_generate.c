@@ -37,8 +37,12 @@ static int parse(int argc, char **argv, gen_args *a, int *help)
         {"threads", 0, SPES_OPT_LONG, &a->threads, 1, 256, "N", "worker threads (default 2)"},
         {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
-    const spes_opt_cmd cmd = {"spesd generate", "--checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes) [options]",
-                              opts, 0, 0, NULL};
+    const spes_opt_cmd cmd = {"spesd generate",
+                              "--checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes) [options]",
+                              opts,
+                              0,
+                              0,
+                              NULL};
     *a = (gen_args){.max_new = 64, .seed = 1, .threads = 2, .temperature = 0, .top_p = 1.0};
     int rc = spes_opts_parse(&cmd, argc, argv, NULL, NULL);
     if (rc == SPES_OPTS_HELP) {
@@ -51,7 +55,9 @@ static int parse(int argc, char **argv, gen_args *a, int *help)
     if (a->top_p <= 0)
         return spes_errf(SPES_EINVAL, "--top-p: expected a number in (0, 1], got %g", a->top_p);
     if (!a->ckpt || !a->prompt || (!a->bytes == !a->tokenizer))
-        return spes_errf(SPES_EINVAL, "--checkpoint DIR, --prompt TEXT and one of --tokenizer FILE or --bytes are required");
+        return spes_errf(
+            SPES_EINVAL,
+            "--checkpoint DIR, --prompt TEXT and one of --tokenizer FILE or --bytes are required");
     return 0;
 }
 
@@ -119,7 +125,8 @@ static int run(const gen_args *a)
         W = m->cfg.max_position_embeddings;
     int V = m->cfg.vocab_size;
     if (spes_tokenizer_vocab_size(tok) > (uint32_t)V) {
-        rc = spes_errf(SPES_EINVAL, "the tokenizer has %u ids, the model only %d", spes_tokenizer_vocab_size(tok), V);
+        rc = spes_errf(SPES_EINVAL, "the tokenizer has %u ids, the model only %d",
+                       spes_tokenizer_vocab_size(tok), V);
         goto out;
     }
     if (ids.n == 0) {

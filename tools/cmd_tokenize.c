@@ -22,10 +22,14 @@ static int parse_args(int argc, char **argv, tok_args *a, const char **inputs, i
     const spes_opt opts[] = {
         {"tokenizer", 0, SPES_OPT_STR, &a->tokenizer, 0, 0, "FILE", "a Hugging Face tokenizer.json"},
         {"bytes", 0, SPES_OPT_FLAG, &a->bytes, 0, 0, NULL, "the byte vocabulary instead of a tokenizer"},
-        {"eos", 0, SPES_OPT_STR, &a->eos, 0, 0, "TOKEN", "append after every document: an id or a token's text"},
-        {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32", "default: uint16 if the vocabulary fits"},
-        {"format", 0, SPES_OPT_STR, &a->format, 0, 0, "raw|npy|llmc", "default: npy for a .npy name, else raw"},
-        {"text-field", 0, SPES_OPT_STR, &a->field, 0, 0, "F", "the jsonl field holding the text (default text)"},
+        {"eos", 0, SPES_OPT_STR, &a->eos, 0, 0, "TOKEN",
+         "append after every document: an id or a token's text"},
+        {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32",
+         "default: uint16 if the vocabulary fits"},
+        {"format", 0, SPES_OPT_STR, &a->format, 0, 0, "raw|npy|llmc",
+         "default: npy for a .npy name, else raw"},
+        {"text-field", 0, SPES_OPT_STR, &a->field, 0, 0, "F",
+         "the jsonl field holding the text (default text)"},
         {"threads", 0, SPES_OPT_LONG, &a->threads, 1, SPES_CORPUS_MAX_THREADS, "N",
          "worker threads (default: the number of CPUs)"},
         {"batch-bytes", 0, SPES_OPT_LONG, &a->batch_bytes, 2, 1L << 32, "N",
@@ -34,9 +38,13 @@ static int parse_args(int argc, char **argv, tok_args *a, const char **inputs, i
         {"out", 0, SPES_OPT_STR, &a->out, 0, 0, "FILE", "the token file to write (required)"},
         {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
-    const spes_opt_cmd cmd = {
-        "spesd tokenize", "(--tokenizer FILE | --bytes) [options] --out FILE INPUT...", opts, 0, 4096,
-        "INPUT is a text file (one document), a .jsonl file (one document per line) or - for standard input\n"};
+    const spes_opt_cmd cmd = {"spesd tokenize",
+                              "(--tokenizer FILE | --bytes) [options] --out FILE INPUT...",
+                              opts,
+                              0,
+                              4096,
+                              "INPUT is a text file (one document), a .jsonl file (one document per line) or "
+                              "- for standard input\n"};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     *a = (tok_args){.field = "text",
                     .batch_bytes = SPES_CORPUS_BATCH_BYTES,
@@ -84,8 +92,8 @@ static int resolve_eos(const spes_tokenizer *tok, const char *s, uint32_t *id)
 static void progress(void *ctx, const spes_corpus_stats *st, int done)
 {
     (void)ctx;
-    fprintf(stderr, "spesd tokenize: %.1f MB in, %llu tokens, %llu documents, %.2f MB/s%s\n", st->in_bytes / 1e6,
-            (unsigned long long)st->tokens, (unsigned long long)st->documents,
+    fprintf(stderr, "spesd tokenize: %.1f MB in, %llu tokens, %llu documents, %.2f MB/s%s\n",
+            st->in_bytes / 1e6, (unsigned long long)st->tokens, (unsigned long long)st->documents,
             st->seconds > 0 ? st->in_bytes / 1e6 / st->seconds : 0.0, done ? " (done)" : "");
 }
 

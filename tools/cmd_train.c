@@ -59,10 +59,14 @@ static const spes_opt_cmd *train_cmd(train_args *a)
         {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
     static const spes_opt_cmd cmd = {
-        "spesd train", "--config RUN.json [options] --out DIR", opts, 0, 0,
+        "spesd train",
+        "--config RUN.json [options] --out DIR",
+        opts,
+        0,
+        0,
         "the learning-rate schedule always follows train.max_steps, whatever --steps says;\n"
         "the checkpoint is written at the end (and on SIGINT/SIGTERM) unless --save-every asks for more\n"};
-    void *dst[] = {&a->config, &a->data,    &a->steps,     &a->threads, &a->columns,
+    void *dst[] = {&a->config, &a->data,       &a->steps,     &a->threads, &a->columns,
                    &a->resume, &a->save_every, &a->log_every, &a->sets,    &a->out};
     for (size_t i = 0; i < sizeof dst / sizeof dst[0]; i++)
         opts[i].dst = dst[i];

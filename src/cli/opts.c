@@ -122,8 +122,8 @@ int spes_opts_parse(const spes_opt_cmd *cmd, int argc, char **argv, const char *
     }
     if (n < cmd->min_pos)
         return spes_errf(SPES_EINVAL, "expected %s%d argument%s after the options (%s)",
-                         cmd->min_pos == cmd->max_pos ? "" : "at least ", cmd->min_pos, cmd->min_pos == 1 ? "" : "s",
-                         cmd->synopsis ? cmd->synopsis : "see --help");
+                         cmd->min_pos == cmd->max_pos ? "" : "at least ", cmd->min_pos,
+                         cmd->min_pos == 1 ? "" : "s", cmd->synopsis ? cmd->synopsis : "see --help");
     if (npos)
         *npos = n;
     return 0;

@@ -92,8 +92,8 @@ static int set_number(const spes_cfg_field *f, void *obj, double v, int is_int, 
         fmt_num(sv, sizeof sv, v, integer);
         fmt_num(slo, sizeof slo, f->lo, integer);
         fmt_num(shi, sizeof shi, f->hi, integer);
-        return spes_errf(SPES_ERANGE, "%s: %s = %s is outside [%s, %s]", origin, field_name(f, name, sizeof name),
-                         sv, slo, shi);
+        return spes_errf(SPES_ERANGE, "%s: %s = %s is outside [%s, %s]", origin,
+                         field_name(f, name, sizeof name), sv, slo, shi);
     }
     void *p = fptr(obj, f);
     switch (f->type) {
@@ -116,11 +116,12 @@ static int set_string(const spes_cfg_field *f, void *obj, const char *s, const c
         for (int i = 0; f->choices[i]; i++) {
             ok |= !strcmp(s, f->choices[i]);
             size_t k = strlen(list);
-            snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", f->choices[i][0] ? f->choices[i] : "\"\"");
+            snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "",
+                     f->choices[i][0] ? f->choices[i] : "\"\"");
         }
         if (!ok)
-            return spes_errf(SPES_EINVAL, "%s: %s \"%s\" is not one of %s", origin, field_name(f, name, sizeof name),
-                             s, list);
+            return spes_errf(SPES_EINVAL, "%s: %s \"%s\" is not one of %s", origin,
+                             field_name(f, name, sizeof name), s, list);
     }
     snprintf(fptr(obj, f), f->size, "%s", s);
     return run_check(f, obj, origin);
@@ -133,12 +134,14 @@ int spes_cfg_read_json(const spes_cfg_field *f, void *obj, json_t *v, const char
     case SPES_CFG_CUSTOM: return f->read(obj, v, origin);
     case SPES_CFG_BOOL:
         if (!json_is_boolean(v))
-            return spes_errf(SPES_EINVAL, "%s: %s must be true or false", origin, field_name(f, name, sizeof name));
+            return spes_errf(SPES_EINVAL, "%s: %s must be true or false", origin,
+                             field_name(f, name, sizeof name));
         *(int *)fptr(obj, f) = json_is_true(v);
         return run_check(f, obj, origin);
     case SPES_CFG_STR:
         if (!json_is_string(v))
-            return spes_errf(SPES_EINVAL, "%s: %s must be a string", origin, field_name(f, name, sizeof name));
+            return spes_errf(SPES_EINVAL, "%s: %s must be a string", origin,
+                             field_name(f, name, sizeof name));
         return set_string(f, obj, json_string_value(v), origin);
     default:
         if (json_is_integer(v))
@@ -154,7 +157,8 @@ static int read_object(const spes_cfg_table *t, void *obj, const char *section, 
 {
     const char *key;
     json_t *v;
-    json_object_foreach(o, key, v) {
+    json_object_foreach(o, key, v)
+    {
         const spes_cfg_field *f = spes_cfg_find(t, section, key);
         if (!f)
             return section ? spes_errf(SPES_EINVAL, "%s: unknown field %s.%s", origin, section, key)
@@ -184,7 +188,8 @@ int spes_cfg_parse(const spes_cfg_table *t, void *obj, const char *text, const c
     json_error_t jerr;
     json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column, jerr.text);
+        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column,
+                         jerr.text);
     int rc = 0, sectioned = t->nfields && t->fields[0].section;
     if (!json_is_object(root)) {
         rc = spes_errf(SPES_EFORMAT, "%s: the top level must be a JSON object", origin);
@@ -196,7 +201,8 @@ int spes_cfg_parse(const spes_cfg_table *t, void *obj, const char *text, const c
     }
     const char *sec;
     json_t *so;
-    json_object_foreach(root, sec, so) {
+    json_object_foreach(root, sec, so)
+    {
         int known = 0;
         for (size_t i = 0; i < t->nfields && !known; i++)
             known = !strcmp(t->fields[i].section, sec);

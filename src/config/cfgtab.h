@@ -22,8 +22,8 @@ typedef enum spes_cfg_type {
 
 /* spes_cfg_field is one row of a table. */
 typedef struct spes_cfg_field {
-    const char *section;        /* "model"; NULL in a table without sections */
-    const char *name;           /* "hidden_size" */
+    const char *section; /* "model"; NULL in a table without sections */
+    const char *name;    /* "hidden_size" */
     spes_cfg_type type;
     size_t off;                 /* offset of the value in the struct */
     size_t size;                /* STR: the size of the char array */
@@ -40,7 +40,7 @@ typedef struct spes_cfg_field {
     json_t *(*write)(const void *obj);
 } spes_cfg_field;
 
-/* spes_cfg_table is a whole table: the rows and how errors call the file. */
+/* spes_cfg_table is a whole table: its rows, with each section's rows next to each other. */
 typedef struct spes_cfg_table {
     const spes_cfg_field *fields;
     size_t nfields;

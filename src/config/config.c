@@ -15,7 +15,10 @@
 #define TR(f) offsetof(spes_run_config, train.f)
 #define S(f) offsetof(spes_run_config, spes.f)
 #define D(f) offsetof(spes_run_config, data.f)
-#define NUM(sec, name, type, off, lo, hi, def) {sec, name, SPES_CFG_##type, off, 0, lo, hi, def, NULL, NULL, NULL, NULL, NULL}
+#define NUM(sec, name, type, off, lo, hi, def)                                                               \
+    {                                                                                                        \
+        sec, name, SPES_CFG_##type, off, 0, lo, hi, def, NULL, NULL, NULL, NULL, NULL                        \
+    }
 
 static int read_files(void *obj, json_t *v, const char *origin);
 static json_t *write_files(const void *obj);
@@ -60,10 +63,10 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "lb_factor_start", DBL, S(lb_factor_start), 0, 1, 0.7),
     NUM("spes", "lb_factor_ramp", DBL, S(lb_factor_ramp), 0, 1, 0.2),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
-    {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16", dtypes,
-     NULL, NULL, NULL},
-    {"data", "format", SPES_CFG_STR, D(format), sizeof(((spes_data_config *)0)->format), 0, 0, 0, "auto", formats,
-     NULL, NULL, NULL},
+    {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
+     dtypes, NULL, NULL, NULL},
+    {"data", "format", SPES_CFG_STR, D(format), sizeof(((spes_data_config *)0)->format), 0, 0, 0, "auto",
+     formats, NULL, NULL, NULL},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
@@ -120,7 +123,8 @@ static int parse_data_entry(spes_data_config *d, json_t *e, size_t i, const char
         return spes_errf(SPES_EINVAL, "%s: data.files[%zu].size must be a non-negative integer", origin, i);
     const char *key;
     json_t *val;
-    json_object_foreach(e, key, val) {
+    json_object_foreach(e, key, val)
+    {
         if (strcmp(key, "url") && strcmp(key, "path") && strcmp(key, "sha256") && strcmp(key, "size"))
             return spes_errf(SPES_EINVAL, "%s: data.files[%zu]: unknown key \"%s\"", origin, i, key);
     }
@@ -194,7 +198,8 @@ int spes_config_validate(const spes_run_config *c)
         return spes_errf(SPES_EINVAL, "model: head dimension %d must be even for RoPE",
                          m->hidden_size / m->num_attention_heads);
     if (m->num_attention_heads % m->num_key_value_heads)
-        return spes_errf(SPES_EINVAL, "model.num_attention_heads %d is not divisible by num_key_value_heads %d",
+        return spes_errf(SPES_EINVAL,
+                         "model.num_attention_heads %d is not divisible by num_key_value_heads %d",
                          m->num_attention_heads, m->num_key_value_heads);
     if (m->num_experts_per_tok > m->num_experts)
         return spes_errf(SPES_EINVAL, "model.num_experts_per_tok %d exceeds num_experts %d",
@@ -249,7 +254,8 @@ int spes_config_from_hf_json(spes_model_config *m, const char *text, const char 
     json_error_t jerr;
     json_t *root = json_loads(text, 0, &jerr);
     if (!root)
-        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column, jerr.text);
+        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column,
+                         jerr.text);
     spes_run_config tmp;
     spes_config_defaults(&tmp);
     int rc = 0;

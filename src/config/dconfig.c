@@ -10,10 +10,28 @@
 #include <string.h>
 #include <unistd.h>
 
-#define STR(f, d, ch, chk)                                                                                         \
-    {NULL, #f, SPES_CFG_STR, offsetof(spes_dconfig, f), sizeof(((spes_dconfig *)0)->f), 0, 0, 0, d, ch, chk, NULL, NULL}
-#define INT(f, lo, hi, d) {NULL, #f, SPES_CFG_INT, offsetof(spes_dconfig, f), 0, lo, hi, d, NULL, NULL, NULL, NULL, NULL}
-#define BOOL(f) {NULL, #f, SPES_CFG_BOOL, offsetof(spes_dconfig, f), 0, 0, 1, 0, NULL, NULL, NULL, NULL, NULL}
+#define OFF(f) offsetof(spes_dconfig, f)
+#define SIZE(f) sizeof(((spes_dconfig *)0)->f)
+#define STR(f, d)                                                                                            \
+    {                                                                                                        \
+        .name = #f, .type = SPES_CFG_STR, .off = OFF(f), .size = SIZE(f), .sdef = d                          \
+    }
+#define CHOICE(f, d, ch)                                                                                     \
+    {                                                                                                        \
+        .name = #f, .type = SPES_CFG_STR, .off = OFF(f), .size = SIZE(f), .sdef = d, .choices = ch           \
+    }
+#define CHECKED(f, chk)                                                                                      \
+    {                                                                                                        \
+        .name = #f, .type = SPES_CFG_STR, .off = OFF(f), .size = SIZE(f), .sdef = "", .check = chk           \
+    }
+#define INT(f, l, h, d)                                                                                      \
+    {                                                                                                        \
+        .name = #f, .type = SPES_CFG_INT, .off = OFF(f), .lo = l, .hi = h, .def = d                          \
+    }
+#define BOOL(f)                                                                                              \
+    {                                                                                                        \
+        .name = #f, .type = SPES_CFG_BOOL, .off = OFF(f), .lo = 0, .hi = 1, .def = 0                         \
+    }
 
 static const char *const admissions[] = {"auto", "approve", NULL};
 static const char *const codecs[] = {"fp32", "bf16", NULL};
@@ -43,23 +61,23 @@ static int check_host_port(const void *value, char *why, size_t n)
 }
 
 static const spes_cfg_field dfields[] = {
-    STR(name, "", NULL, NULL),
-    STR(listen, "", NULL, NULL),
-    STR(advertise, "", NULL, check_url),
-    STR(coordinator, "", NULL, NULL),
-    STR(ca, "", NULL, NULL),
-    STR(cert, "", NULL, NULL),
-    STR(key, "", NULL, NULL),
-    STR(crl, "", NULL, NULL),
-    STR(run_config, "", NULL, NULL),
-    STR(data, "", NULL, NULL),
-    STR(state_dir, "/var/lib/spes", NULL, NULL),
-    STR(control_socket, "", NULL, NULL),
-    STR(metrics, "", NULL, check_host_port),
-    STR(admission, "auto", admissions, NULL),
-    STR(codec, "fp32", codecs, NULL),
-    STR(log_level, "info", log_levels, NULL),
-    STR(fault, "", faults, NULL),
+    STR(name, ""),
+    STR(listen, ""),
+    CHECKED(advertise, check_url),
+    STR(coordinator, ""),
+    STR(ca, ""),
+    STR(cert, ""),
+    STR(key, ""),
+    STR(crl, ""),
+    STR(run_config, ""),
+    STR(data, ""),
+    STR(state_dir, "/var/lib/spes"),
+    STR(control_socket, ""),
+    CHECKED(metrics, check_host_port),
+    CHOICE(admission, "auto", admissions),
+    CHOICE(codec, "fp32", codecs),
+    CHOICE(log_level, "info", log_levels),
+    CHOICE(fault, "", faults),
     INT(threads, 1, 256, 2),
     INT(heartbeat_ms, 50, 600000, 1000),
     INT(failure_timeout_ms, 200, 3600000, 15000),
@@ -112,7 +130,8 @@ int spes_dconfig_validate(const spes_dconfig *c)
     if (!c->listen[0])
         return spes_errf(SPES_EINVAL, "daemon config: \"listen\" is required (e.g. tls+tcp://0.0.0.0:7600)");
     if (!c->plain) {
-        if ((rc = need_file("ca", c->ca)) || (rc = need_file("cert", c->cert)) || (rc = need_file("key", c->key)))
+        if ((rc = need_file("ca", c->ca)) || (rc = need_file("cert", c->cert)) ||
+            (rc = need_file("key", c->key)))
             return rc;
         if (c->crl[0] && (rc = need_file("crl", c->crl)))
             return rc;

@@ -310,7 +310,6 @@ static int has_suffix(const char *s, const char *suf)
     return n >= k && strcmp(s + n - k, suf) == 0;
 }
 
-
 static int setup(tok_run *r, const spes_corpus_opts *o)
 {
     int rc;

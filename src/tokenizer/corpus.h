@@ -35,8 +35,8 @@ typedef struct spes_corpus_opts {
     const char *text_field;    /* the jsonl field holding the text; NULL: "text" */
     int has_eos;               /* append eos after every document */
     uint32_t eos;
-    int threads;               /* 1..SPES_CORPUS_MAX_THREADS; 0: 1 */
-    size_t batch_bytes;        /* input gathered per parallel batch (>= 2); 0: SPES_CORPUS_BATCH_BYTES */
+    int threads;        /* 1..SPES_CORPUS_MAX_THREADS; 0: 1 */
+    size_t batch_bytes; /* input gathered per parallel batch (>= 2); 0: SPES_CORPUS_BATCH_BYTES */
     /* progress, when set, is called about every 2 s and once at the end (done = 1) */
     void (*progress)(void *ctx, const spes_corpus_stats *st, int done);
     void *progress_ctx;
