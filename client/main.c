@@ -5,6 +5,7 @@
 #include "client/spesctl.h"
 #include "client/ops.h"
 
+#include "cli/opts.h"
 #include "core/error.h"
 #include "proto/proto.h"
 
@@ -38,56 +39,53 @@ int spesctl_fail(const char *what)
 
 int spesctl_parse_int(const char *s, int lo, int hi, const char *flag, int *out)
 {
-    char *end = NULL;
-    long v = s ? strtol(s, &end, 10) : 0;
-    if (!s || !*s || *end || v < lo || v > hi) {
-        fprintf(stderr, "spesctl: %s must be an integer in %d..%d, not '%s'\n", flag, lo, hi, s ? s : "");
+    long v;
+    if (spes_opts_long(flag, s ? s : "", lo, hi, &v) != 0) {
+        fprintf(stderr, "spesctl: %s\n", spes_errmsg());
         return -1;
     }
     *out = (int)v;
     return 0;
 }
 
-static const spesctl_opt *find_opt(const spesctl_opt *opts, const char *name, size_t len)
-{
-    for (const spesctl_opt *o = opts; o && o->name; o++)
-        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
-            return o;
-    return NULL;
-}
-
+/* spesctl_parse reads the command's options through the shared parser (cli/opts.h):
+ * a flag stores "1" in its slot, a value option the argument itself. */
 int spesctl_parse(int argc, char **argv, const spesctl_opt *opts, const char **pos, int max_pos,
                   const char *cmdname)
 {
-    int npos = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            if (npos >= max_pos) {
-                fprintf(stderr, "spesctl %s: unexpected argument '%s'\n", cmdname, a);
-                return -1;
-            }
-            pos[npos++] = a;
-            continue;
-        }
-        const char *eq = strchr(a + 2, '=');
-        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        const spesctl_opt *o = find_opt(opts, a + 2, len);
-        if (!o) {
-            fprintf(stderr, "spesctl %s: unknown option '%s'\n", cmdname, a);
+    spes_opt table[SPESCTL_MAX_OPTS + 1];
+    int flags[SPESCTL_MAX_OPTS] = {0}, n = 0, npos = 0;
+    for (const spesctl_opt *o = opts; o && o->name; o++) {
+        if (n == SPESCTL_MAX_OPTS) {
+            fprintf(stderr, "spesctl %s: more than %d options in its table\n", cmdname, SPESCTL_MAX_OPTS);
             return -1;
         }
-        if (!o->has_arg) {
-            *o->val = "1";
-        } else if (eq) {
-            *o->val = eq + 1;
-        } else if (i + 1 < argc) {
-            *o->val = argv[++i];
-        } else {
-            fprintf(stderr, "spesctl %s: option '%s' needs a value\n", cmdname, a);
-            return -1;
-        }
+        table[n] = (spes_opt){o->name, 0, o->has_arg ? SPES_OPT_STR : SPES_OPT_FLAG,
+                              o->has_arg ? (void *)o->val : (void *)&flags[n], 0, 0, "VALUE", NULL};
+        n++;
     }
+    table[n] = (spes_opt){0};
+    char name[96];
+    snprintf(name, sizeof name, "spesctl %s", cmdname);
+    const spes_opt_cmd cmd = {name, NULL, table, 0, max_pos, NULL};
+    /* the shared parser skips argv[0]; spesctl hands over the words after the command */
+    char *args[argc + 2];
+    args[0] = name;
+    for (int i = 0; i < argc; i++)
+        args[i + 1] = argv[i];
+    args[argc + 1] = NULL;
+    int rc = spes_opts_parse(&cmd, argc + 1, args, pos, &npos);
+    if (rc == SPES_OPTS_HELP) {
+        spes_opts_usage(&cmd, stdout);
+        return -1;
+    }
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", name, spes_errmsg());
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (flags[i])
+            *opts[i].val = "1";
     return npos;
 }
 

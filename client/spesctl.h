@@ -1,6 +1,5 @@
 /* spesctl.h: the operator client's command table and shared helpers.
- * Each verb group lives in its own file (cmd_pki.c for the PKI, cmd_ops.c for the
- * daemon's verbs) and
+ * Each verb group lives in its own file (cmd_pki.c, cmd_ops.c, cmd_top.c) and
  * exports one table terminated by an entry with verb == NULL; main.c lists the
  * tables. A command returns an exit status: 0 ok, 1 failure (reason printed on
  * stderr by the command), 2 usage error. Commands never call exit() themselves. */
@@ -26,6 +25,9 @@ typedef struct spesctl_opt {
     int has_arg;      /* 1 if it takes a value */
     const char **val; /* where the value (or "1" for a flag) is stored */
 } spesctl_opt;
+
+/* SPESCTL_MAX_OPTS is the most options one command's table may hold. */
+#define SPESCTL_MAX_OPTS 32
 
 /* spesctl_parse parses argv into opts and positional arguments (at most max_pos, stored in pos);
  * returns the number of positionals, or -1 after printing a usage error. */

@@ -6,7 +6,8 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
-#include "daemon/commands.h"
+#include "cli/opts.h"
+#include "tools/commands.h"
 #include "daemon/coord.h"
 #include "daemon/dmetrics.h"
 #include "daemon/node.h"
@@ -15,7 +16,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -349,24 +349,22 @@ static void finish(spes_daemon *d)
 
 int cmd_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'}, {"check", no_argument, 0, 'n'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *path = NULL;
-    int check = 0, c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "n", opts, NULL)) != -1) {
-        if (c == 'c')
-            path = optarg;
-        else if (c == 'n')
-            check = 1;
-        else if (c == 'h') {
-            printf("usage: spesd run --config DAEMON.json [-n]\n  -n  check the configuration, print it, exit\n");
-            return 0;
-        } else {
-            fprintf(stderr, "spesd run: unknown option \"%s\"\n", argv[optind - 1]);
-            return 2;
-        }
+    int check = 0;
+    const spes_opt opts[] = {
+        {"config", 0, SPES_OPT_STR, &path, 0, 0, "DAEMON.json", "the daemon configuration (required)"},
+        {"check", 'n', SPES_OPT_FLAG, &check, 0, 0, NULL, "check the configuration, print it, exit"},
+        {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
+    };
+    const spes_opt_cmd cmd = {"spesd run", "--config DAEMON.json [-n]", opts, 0, 0, NULL};
+    int prc = spes_opts_parse(&cmd, argc, argv, NULL, NULL);
+    if (prc == SPES_OPTS_HELP) {
+        spes_opts_usage(&cmd, stdout);
+        return 0;
+    }
+    if (prc) {
+        fprintf(stderr, "spesd run: %s\n", spes_errmsg());
+        return 2;
     }
     static spes_daemon d;
     memset(&d, 0, sizeof d);

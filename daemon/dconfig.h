@@ -1,49 +1,7 @@
-/* dconfig.h: the daemon's own configuration file (`spesd run --config FILE`),
- * distinct from the run config that the coordinator hands to every node.
- * One table of fields (name, type, bounds, default); `spesd run -n` loads,
- * validates and prints it. */
+/* dconfig.h: the daemon config, kept here for the daemon's includes; it lives in config/dconfig.h. */
 #ifndef SPES_DAEMON_DCONFIG_H
 #define SPES_DAEMON_DCONFIG_H
 
-#define SPES_DCONFIG_STR 512
-
-/* spes_dconfig is a daemon's settings. */
-typedef struct spes_dconfig {
-    char name[64];                         /* node identity; must equal the certificate's name */
-    char listen[SPES_DCONFIG_STR];         /* tls+tcp://HOST:PORT this node serves on */
-    char advertise[SPES_DCONFIG_STR];      /* the URL others reach this node at; default: listen */
-    char coordinator[SPES_DCONFIG_STR];    /* the coordinator's URL; empty: this node is the coordinator */
-    char ca[SPES_DCONFIG_STR], cert[SPES_DCONFIG_STR], key[SPES_DCONFIG_STR], crl[SPES_DCONFIG_STR];
-    char run_config[SPES_DCONFIG_STR];     /* coordinator only: the run config JSON */
-    char data[SPES_DCONFIG_STR];           /* this node's token file(s), comma-separated; overrides the run's */
-    char state_dir[SPES_DCONFIG_STR];      /* persistent state; one daemon per directory */
-    char control_socket[SPES_DCONFIG_STR]; /* unix socket for spesctl; default STATE_DIR/control.sock */
-    char admission[16];                    /* "auto" or "approve" (coordinator) */
-    char codec[8];                         /* "fp32" or "bf16" (coordinator: the run's contribution codec) */
-    char log_level[8];
-    char metrics[128];                     /* HOST:PORT of the metrics/dashboard listener; empty: none */
-    char fault[16];                        /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
-                                            * "diverge" changes its state of round 3 once */
-    int threads;
-    int heartbeat_ms;
-    int failure_timeout_ms;
-    int round_deadline_ms;
-    int data_parts; /* the data is split into this many parts; a node reads part (id mod data_parts) */
-    int min_nodes; /* coordinator: round 0 opens once this many nodes have joined */
-    int plain; /* tests only: tcp:// without TLS */
-    int keep_blobs; /* keep every round's blobs (audits, tests); default: the last 3 rounds */
-} spes_dconfig;
-
-/* spes_dconfig_load reads defaults then FILE; errors name the file and the field. */
-int spes_dconfig_load(spes_dconfig *c, const char *path);
-
-/* spes_dconfig_validate checks cross-field rules and that the files exist. */
-int spes_dconfig_validate(const spes_dconfig *c);
-
-/* spes_dconfig_print writes the effective configuration as JSON to stdout. */
-void spes_dconfig_print(const spes_dconfig *c);
-
-/* spes_dconfig_is_coordinator says whether this daemon coordinates the run. */
-int spes_dconfig_is_coordinator(const spes_dconfig *c);
+#include "config/dconfig.h"
 
 #endif

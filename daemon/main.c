@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "core/error.h"
-#include "daemon/commands.h"
+#include "tools/commands.h"
 #include "kernels/kernels.h"
 #include "proto/proto.h"
 

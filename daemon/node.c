@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 #define CALL_TIMEOUT_MS 10000
 #define LEAVE_TIMEOUT_MS 3000 /* a stopping node says goodbye once; a dead coordinator must not hold it */
 

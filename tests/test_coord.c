@@ -13,7 +13,7 @@
 #include "proto/proto.h"
 #include "proto/spes.pb-c.h"
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 #define EC(x) SPES__WIRE__ERROR_CODE__ERROR_##x
 #define E_COLS 4
 #define SYNC 5

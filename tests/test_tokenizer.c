@@ -11,8 +11,9 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
-#include "daemon/commands.h"
+#include "tools/commands.h"
 #include "data/tokfile.h"
+#include "tokenizer/corpus.h"
 #include "tokenizer/tokenizer.h"
 
 /* byte_char: GPT-2's bytes_to_unicode, written out independently of the library */
@@ -543,6 +544,94 @@ START_TEST(cmd_ids_too_large_for_uint16)
 }
 END_TEST
 
+/* the corpus pipeline as a library call: plain and jsonl inputs, EOS, several batches and a
+ * streamed document, all giving the same ids whatever the batch size; errors leave no file */
+static void count_progress(void *ctx, const spes_corpus_stats *st, int done)
+{
+    int *calls = ctx;
+    (void)st;
+    calls[done ? 1 : 0]++;
+}
+
+static void read_ids(const char *path, uint32_t *ids, uint64_t *n)
+{
+    spes_tokfile f = {0};
+    ck_assert_int_eq(spes_tokfile_open(&f, path, SPES_TOK_AUTO, SPES_TOK_DTYPE_NONE), 0);
+    *n = f.hdr.ntokens;
+    for (uint64_t i = 0; i < f.hdr.ntokens; i++)
+        ids[i] = spes_tokfile_get(&f, i);
+    spes_tokfile_close(&f);
+}
+
+START_TEST(corpus_library_call)
+{
+    char big[200];
+    for (int i = 0; i < 200; i++)
+        big[i] = (char)('a' + i % 26);
+    ck_assert_int_eq(spes_write_file_atomic(tpath("big.txt"), big, 200), 0);
+    const char *jl = "{\"body\":\"hi\",\"text\":\"no\"}\n\n{\"body\":\"yo!\"}\n{\"body\":\"\"}";
+    ck_assert_int_eq(spes_write_file_atomic(tpath("d.jsonl"), jl, strlen(jl)), 0);
+    ck_assert_int_eq(spes_write_file_atomic(tpath("s.txt"), "xy", 2), 0);
+    spes_tokenizer *tok;
+    ck_assert_int_eq(spes_tokenizer_alloc_bytes(&tok), 0);
+    /* expected: big + EOS, "hi" + EOS, "yo!" + EOS, "" + EOS, "xy" + EOS */
+    uint32_t want[220];
+    size_t nw = 0;
+    for (int i = 0; i < 200; i++)
+        want[nw++] = (uint8_t)big[i];
+    want[nw++] = 0;
+    const char *rest[] = {"hi", "yo!", "", "xy"};
+    for (int k = 0; k < 4; k++) {
+        for (const char *p = rest[k]; *p; p++)
+            want[nw++] = (uint8_t)*p;
+        want[nw++] = 0;
+    }
+    char in0[256], in1[256], in2[256], out[256]; /* tpath's buffers are reused */
+    snprintf(in0, sizeof in0, "%s", tpath("big.txt"));
+    snprintf(in1, sizeof in1, "%s", tpath("d.jsonl"));
+    snprintf(in2, sizeof in2, "%s", tpath("s.txt"));
+    snprintf(out, sizeof out, "%s", tpath("c.npy"));
+    const char *inputs[] = {in0, in1, in2};
+    const size_t batches[] = {0, 64, 7, 2};
+    for (int b = 0; b < 4; b++) {
+        int calls[2] = {0, 0};
+        spes_corpus_opts o = {.tok = tok,
+                              .out = out,
+                              .text_field = "body",
+                              .has_eos = 1,
+                              .eos = 0,
+                              .threads = 1 + b % 3,
+                              .batch_bytes = batches[b],
+                              .progress = count_progress,
+                              .progress_ctx = calls};
+        spes_corpus_stats st;
+        ck_assert_int_eq(spes_tokenize_corpus(&o, inputs, 3, &st), 0);
+        ck_assert_uint_eq(st.documents, 5);
+        ck_assert_uint_eq(st.tokens, nw);
+        ck_assert_uint_eq(st.in_bytes, 200 + strlen(jl) + 2);
+        ck_assert_int_eq(calls[1], 1);
+        uint32_t got[256];
+        uint64_t n;
+        read_ids(out, got, &n);
+        ck_assert_uint_eq(n, nw);
+        for (size_t i = 0; i < nw; i++)
+            ck_assert_msg(got[i] == want[i], "batch %zu: id %zu is %u, want %u", batches[b], i, got[i], want[i]);
+    }
+    /* a line without the field: the message names file and line; nothing is written */
+    const char *bad = "{\"body\":\"a\"}\n{\"text\":\"b\"}\n";
+    ck_assert_int_eq(spes_write_file_atomic(tpath("bad.jsonl"), bad, strlen(bad)), 0);
+    const char *bin[] = {tpath("bad.jsonl")};
+    spes_corpus_opts o = {.tok = tok, .out = tpath("bad.bin"), .text_field = "body"};
+    ck_assert_int_eq(spes_tokenize_corpus(&o, bin, 1, NULL), SPES_EFORMAT);
+    ck_assert_msg(strstr(spes_errmsg(), "bad.jsonl:2: no string field \"body\""), "%s", spes_errmsg());
+    ck_assert_int_ne(access(tpath("bad.bin"), F_OK), 0);
+    o.threads = 17;
+    ck_assert_int_eq(spes_tokenize_corpus(&o, inputs, 1, NULL), SPES_EINVAL);
+    ck_assert_int_ne(access(tpath("bad.bin"), F_OK), 0);
+    spes_tokenizer_free(tok);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -560,6 +649,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_checked_fixture(cmd, setup_tmp, teardown_tmp);
     tcase_add_test(cmd, cmd_bytes_exact);
     tcase_add_test(cmd, cmd_ids_too_large_for_uint16);
+    tcase_add_test(cmd, corpus_library_call);
     suite_add_tcase(s, cmd);
     return s;
 }

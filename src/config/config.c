@@ -1,153 +1,81 @@
-/* config.c: the run-config table and its JSON reader/writer (jansson).
- * Every scalar field is one row of `fields`; the data section is handled
- * separately because it holds a list. Never exits: errors name the origin
- * (file or flag) and the field. */
+/* config.c: the run-config table, read and written by the table engine (cfgtab.h).
+ * Every field is one row of `fields`; data.files, a list, is the one custom row.
+ * Never exits: errors name the origin (file or flag) and the field. */
 #include "config/config.h"
+#include "config/cfgtab.h"
 #include "core/error.h"
-#include "core/fileio.h"
 
-#include <errno.h>
-#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum ftype { F_INT, F_I64, F_DBL, F_BOOL };
-
-typedef struct field {
-    const char *section, *name;
-    enum ftype type;
-    size_t off;
-    double lo, hi;
-    double def;
-} field;
-
 #define M(f) offsetof(spes_run_config, model.f)
 #define TR(f) offsetof(spes_run_config, train.f)
 #define S(f) offsetof(spes_run_config, spes.f)
+#define D(f) offsetof(spes_run_config, data.f)
+#define NUM(sec, name, type, off, lo, hi, def)                                                               \
+    {                                                                                                        \
+        sec, name, SPES_CFG_##type, off, 0, lo, hi, def, NULL, NULL, NULL, NULL, NULL                        \
+    }
+
+static int read_files(void *obj, json_t *v, const char *origin);
+static json_t *write_files(const void *obj);
+static const char *const dtypes[] = {"uint16", "uint32", NULL};
+static const char *const formats[] = {"auto", "raw", "npy", "llmc", NULL};
 
 /* Defaults: a small byte-level model that trains on the fortunes corpus in
- * minutes; optimisation defaults follow the SPES configs (DESIGN.md). */
-static const field fields[] = {
-    {"model", "vocab_size", F_INT, M(vocab_size), 2, 1 << 24, 256},
-    {"model", "hidden_size", F_INT, M(hidden_size), 1, 1 << 16, 128},
-    {"model", "intermediate_size", F_INT, M(intermediate_size), 1, 1 << 18, 256},
-    {"model", "num_hidden_layers", F_INT, M(num_hidden_layers), 1, 1024, 2},
-    {"model", "num_attention_heads", F_INT, M(num_attention_heads), 1, 1024, 4},
-    {"model", "num_key_value_heads", F_INT, M(num_key_value_heads), 1, 1024, 4},
-    {"model", "num_experts", F_INT, M(num_experts), 1, 1024, 8},
-    {"model", "num_experts_per_tok", F_INT, M(num_experts_per_tok), 1, 1024, 2},
-    {"model", "rms_norm_eps", F_DBL, M(rms_norm_eps), 1e-12, 1.0, 1e-5},
-    {"model", "rope_theta", F_DBL, M(rope_theta), 1.0, 1e12, 10000.0},
-    {"model", "norm_topk_prob", F_BOOL, M(norm_topk_prob), 0, 1, 0},
-    {"model", "tie_word_embeddings", F_BOOL, M(tie_word_embeddings), 0, 1, 0},
-    {"model", "max_position_embeddings", F_INT, M(max_position_embeddings), 1, 1 << 24, 4096},
-    {"train", "seq_len", F_INT, TR(seq_len), 1, 1 << 20, 128},
-    {"train", "batch_size", F_INT, TR(batch_size), 1, 1 << 16, 8},
-    {"train", "lr", F_DBL, TR(lr), 0, 10, 3e-3},
-    {"train", "min_lr_ratio", F_DBL, TR(min_lr_ratio), 0, 1, 0.1},
-    {"train", "warmup_steps", F_INT, TR(warmup_steps), 0, INT_MAX, 20},
-    {"train", "max_steps", F_INT, TR(max_steps), 1, INT_MAX, 500},
-    {"train", "weight_decay", F_DBL, TR(weight_decay), 0, 10, 0.1},
-    {"train", "beta1", F_DBL, TR(beta1), 0, 0.999999, 0.9},
-    {"train", "beta2", F_DBL, TR(beta2), 0, 0.999999, 0.95},
-    {"train", "eps", F_DBL, TR(eps), 0, 1, 1e-8},
-    {"train", "grad_clip", F_DBL, TR(grad_clip), 0, 1e9, 1.0},
-    {"train", "lb_loss_weight", F_DBL, TR(lb_loss_weight), 0, 1e3, 0.01},
-    {"train", "z_loss_weight", F_DBL, TR(z_loss_weight), 0, 1e3, 0.001},
-    {"train", "seed", F_I64, TR(seed), 0, 9.0e15, 1337},
-    {"spes", "sync_interval", F_INT, S(sync_interval), 1, INT_MAX, 50},
-    {"spes", "merge_interval", F_INT, S(merge_interval), 1, INT_MAX, 50},
-    {"spes", "merge_alpha", F_DBL, S(merge_alpha), 0, 1, 0.1},
-    {"spes", "merge_decay_steps", F_INT, S(merge_decay_steps), 1, INT_MAX, 200},
-    {"spes", "merge_topk", F_INT, S(merge_topk), 1, 1024, 1},
-    {"spes", "lb_factor_start", F_DBL, S(lb_factor_start), 0, 1, 0.7},
-    {"spes", "lb_factor_ramp", F_DBL, S(lb_factor_ramp), 0, 1, 0.2},
+ * minutes; optimisation defaults follow the SPES configs (docs/design.md). */
+static const spes_cfg_field fields[] = {
+    NUM("model", "vocab_size", INT, M(vocab_size), 2, 1 << 24, 256),
+    NUM("model", "hidden_size", INT, M(hidden_size), 1, 1 << 16, 128),
+    NUM("model", "intermediate_size", INT, M(intermediate_size), 1, 1 << 18, 256),
+    NUM("model", "num_hidden_layers", INT, M(num_hidden_layers), 1, 1024, 2),
+    NUM("model", "num_attention_heads", INT, M(num_attention_heads), 1, 1024, 4),
+    NUM("model", "num_key_value_heads", INT, M(num_key_value_heads), 1, 1024, 4),
+    NUM("model", "num_experts", INT, M(num_experts), 1, 1024, 8),
+    NUM("model", "num_experts_per_tok", INT, M(num_experts_per_tok), 1, 1024, 2),
+    NUM("model", "rms_norm_eps", DBL, M(rms_norm_eps), 1e-12, 1.0, 1e-5),
+    NUM("model", "rope_theta", DBL, M(rope_theta), 1.0, 1e12, 10000.0),
+    NUM("model", "norm_topk_prob", BOOL, M(norm_topk_prob), 0, 1, 0),
+    NUM("model", "tie_word_embeddings", BOOL, M(tie_word_embeddings), 0, 1, 0),
+    NUM("model", "max_position_embeddings", INT, M(max_position_embeddings), 1, 1 << 24, 4096),
+    NUM("train", "seq_len", INT, TR(seq_len), 1, 1 << 20, 128),
+    NUM("train", "batch_size", INT, TR(batch_size), 1, 1 << 16, 8),
+    NUM("train", "lr", DBL, TR(lr), 0, 10, 3e-3),
+    NUM("train", "min_lr_ratio", DBL, TR(min_lr_ratio), 0, 1, 0.1),
+    NUM("train", "warmup_steps", INT, TR(warmup_steps), 0, INT_MAX, 20),
+    NUM("train", "max_steps", INT, TR(max_steps), 1, INT_MAX, 500),
+    NUM("train", "weight_decay", DBL, TR(weight_decay), 0, 10, 0.1),
+    NUM("train", "beta1", DBL, TR(beta1), 0, 0.999999, 0.9),
+    NUM("train", "beta2", DBL, TR(beta2), 0, 0.999999, 0.95),
+    NUM("train", "eps", DBL, TR(eps), 0, 1, 1e-8),
+    NUM("train", "grad_clip", DBL, TR(grad_clip), 0, 1e9, 1.0),
+    NUM("train", "lb_loss_weight", DBL, TR(lb_loss_weight), 0, 1e3, 0.01),
+    NUM("train", "z_loss_weight", DBL, TR(z_loss_weight), 0, 1e3, 0.001),
+    NUM("train", "seed", I64, TR(seed), 0, 9.0e15, 1337),
+    NUM("spes", "sync_interval", INT, S(sync_interval), 1, INT_MAX, 50),
+    NUM("spes", "merge_interval", INT, S(merge_interval), 1, INT_MAX, 50),
+    NUM("spes", "merge_alpha", DBL, S(merge_alpha), 0, 1, 0.1),
+    NUM("spes", "merge_decay_steps", INT, S(merge_decay_steps), 1, INT_MAX, 200),
+    NUM("spes", "merge_topk", INT, S(merge_topk), 1, 1024, 1),
+    NUM("spes", "lb_factor_start", DBL, S(lb_factor_start), 0, 1, 0.7),
+    NUM("spes", "lb_factor_ramp", DBL, S(lb_factor_ramp), 0, 1, 0.2),
+    {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
+    {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
+     dtypes, NULL, NULL, NULL},
+    {"data", "format", SPES_CFG_STR, D(format), sizeof(((spes_data_config *)0)->format), 0, 0, 0, "auto",
+     formats, NULL, NULL, NULL},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
-static void *fptr(spes_run_config *c, const field *f)
-{
-    return (char *)c + f->off;
-}
-
-static double fget(const spes_run_config *c, const field *f)
-{
-    const void *p = (const char *)c + f->off;
-    switch (f->type) {
-    case F_INT:
-    case F_BOOL: return *(const int *)p;
-    case F_I64: return (double)*(const int64_t *)p;
-    default: return *(const double *)p;
-    }
-}
+static const spes_cfg_table table = {fields, NFIELDS};
 
 void spes_config_defaults(spes_run_config *c)
 {
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < NFIELDS; i++) {
-        const field *f = &fields[i];
-        void *p = fptr(c, f);
-        switch (f->type) {
-        case F_INT:
-        case F_BOOL: *(int *)p = (int)f->def; break;
-        case F_I64: *(int64_t *)p = (int64_t)f->def; break;
-        case F_DBL: *(double *)p = f->def; break;
-        }
-    }
-    strcpy(c->data.dtype, "uint16");
-    strcpy(c->data.format, "auto");
-}
-
-static const field *find_field(const char *section, const char *name)
-{
-    for (size_t i = 0; i < NFIELDS; i++)
-        if (!strcmp(fields[i].section, section) && !strcmp(fields[i].name, name))
-            return &fields[i];
-    return NULL;
-}
-
-/* is_whole tells whether d is an integer value; the range test comes first because
- * converting a double outside long long's range (or NaN) is undefined behaviour. */
-static int is_whole(double d)
-{
-    return d >= -9.0e18 && d <= 9.0e18 && d == (double)(long long)d;
-}
-
-static int set_number(spes_run_config *c, const field *f, double v, int is_int, const char *origin)
-{
-    if (f->type != F_DBL && !is_int)
-        return spes_errf(SPES_EINVAL, "%s: %s.%s must be an integer", origin, f->section, f->name);
-    if (!(v >= f->lo && v <= f->hi))
-        return spes_errf(SPES_ERANGE, "%s: %s.%s = %g is outside [%g, %g]", origin, f->section,
-                         f->name, v, f->lo, f->hi);
-    void *p = fptr(c, f);
-    switch (f->type) {
-    case F_INT:
-    case F_BOOL: *(int *)p = (int)v; break;
-    case F_I64: *(int64_t *)p = (int64_t)v; break;
-    case F_DBL: *(double *)p = v; break;
-    }
-    return 0;
-}
-
-static int set_json(spes_run_config *c, const field *f, json_t *v, const char *origin)
-{
-    if (f->type == F_BOOL) {
-        if (!json_is_boolean(v))
-            return spes_errf(SPES_EINVAL, "%s: %s.%s must be true or false", origin, f->section, f->name);
-        *(int *)fptr(c, f) = json_is_true(v);
-        return 0;
-    }
-    if (json_is_integer(v))
-        return set_number(c, f, (double)json_integer_value(v), 1, origin);
-    if (json_is_real(v)) {
-        double d = json_real_value(v);
-        return set_number(c, f, d, is_whole(d) && f->type != F_DBL, origin);
-    }
-    return spes_errf(SPES_EINVAL, "%s: %s.%s must be a number", origin, f->section, f->name);
+    spes_cfg_defaults(&table, c);
 }
 
 static void free_data(spes_data_config *d)
@@ -195,7 +123,8 @@ static int parse_data_entry(spes_data_config *d, json_t *e, size_t i, const char
         return spes_errf(SPES_EINVAL, "%s: data.files[%zu].size must be a non-negative integer", origin, i);
     const char *key;
     json_t *val;
-    json_object_foreach(e, key, val) {
+    json_object_foreach(e, key, val)
+    {
         if (strcmp(key, "url") && strcmp(key, "path") && strcmp(key, "sha256") && strcmp(key, "size"))
             return spes_errf(SPES_EINVAL, "%s: data.files[%zu]: unknown key \"%s\"", origin, i, key);
     }
@@ -203,146 +132,54 @@ static int parse_data_entry(spes_data_config *d, json_t *e, size_t i, const char
                          s ? (int64_t)json_integer_value(s) : -1, origin);
 }
 
-static int set_choice(char *dst, size_t n, const char *v, const char *const *ok, const char *what,
-                      const char *origin)
+/* read_files replaces the data file list with the JSON array v */
+static int read_files(void *obj, json_t *v, const char *origin)
 {
-    for (int i = 0; ok[i]; i++)
-        if (!strcmp(v, ok[i])) {
-            snprintf(dst, n, "%s", v);
-            return 0;
-        }
-    return spes_errf(SPES_EINVAL, "%s: %s \"%s\" is not one of the supported values", origin, what, v);
+    spes_data_config *d = &((spes_run_config *)obj)->data;
+    int rc = 0;
+    if (!json_is_array(v))
+        return spes_errf(SPES_EINVAL, "%s: data.files must be an array", origin);
+    free_data(d);
+    for (size_t i = 0; i < json_array_size(v) && !rc; i++)
+        rc = parse_data_entry(d, json_array_get(v, i), i, origin);
+    return rc;
 }
 
-static const char *const dtypes[] = {"uint16", "uint32", NULL};
-static const char *const formats[] = {"auto", "raw", "npy", "llmc", NULL};
-
-static int parse_data(spes_data_config *d, json_t *o, const char *origin)
+/* write_files is the data file list as JSON: a bare path, or an object when it has checks */
+static json_t *write_files(const void *obj)
 {
-    const char *key;
-    json_t *v;
-    json_object_foreach(o, key, v) {
-        int rc = 0;
-        if (!strcmp(key, "files")) {
-            if (!json_is_array(v))
-                return spes_errf(SPES_EINVAL, "%s: data.files must be an array", origin);
-            free_data(d);
-            for (size_t i = 0; i < json_array_size(v) && !rc; i++)
-                rc = parse_data_entry(d, json_array_get(v, i), i, origin);
-        } else if (!strcmp(key, "dtype") || !strcmp(key, "format")) {
-            if (!json_is_string(v))
-                return spes_errf(SPES_EINVAL, "%s: data.%s must be a string", origin, key);
-            rc = key[0] == 'd' ? set_choice(d->dtype, sizeof d->dtype, json_string_value(v), dtypes, "data.dtype", origin)
-                               : set_choice(d->format, sizeof d->format, json_string_value(v), formats, "data.format", origin);
-        } else {
-            return spes_errf(SPES_EINVAL, "%s: unknown field data.%s", origin, key);
+    const spes_data_config *d = &((const spes_run_config *)obj)->data;
+    json_t *files = json_array();
+    for (int i = 0; i < d->nfiles; i++) {
+        const spes_data_file *f = &d->files[i];
+        if (!f->sha256 && f->size < 0) {
+            json_array_append_new(files, json_string(f->path));
+            continue;
         }
-        if (rc)
-            return rc;
+        json_t *o = json_object();
+        json_object_set_new(o, strstr(f->path, "://") ? "url" : "path", json_string(f->path));
+        if (f->sha256)
+            json_object_set_new(o, "sha256", json_string(f->sha256));
+        if (f->size >= 0)
+            json_object_set_new(o, "size", json_integer(f->size));
+        json_array_append_new(files, o);
     }
-    return 0;
+    return files;
 }
 
 int spes_config_parse_json(spes_run_config *c, const char *text, const char *origin)
 {
-    json_error_t jerr;
-    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column, jerr.text);
-    int rc = 0;
-    if (!json_is_object(root)) {
-        rc = spes_errf(SPES_EFORMAT, "%s: the top level must be a JSON object", origin);
-        goto out;
-    }
-    const char *sec;
-    json_t *so;
-    json_object_foreach(root, sec, so) {
-        if (!strcmp(sec, "data")) {
-            if (!json_is_object(so)) {
-                rc = spes_errf(SPES_EINVAL, "%s: \"data\" must be an object", origin);
-                goto out;
-            }
-            if ((rc = parse_data(&c->data, so, origin)) != 0)
-                goto out;
-            continue;
-        }
-        if (strcmp(sec, "model") && strcmp(sec, "train") && strcmp(sec, "spes")) {
-            rc = spes_errf(SPES_EINVAL, "%s: unknown section \"%s\" (expected model, train, spes, data)", origin, sec);
-            goto out;
-        }
-        if (!json_is_object(so)) {
-            rc = spes_errf(SPES_EINVAL, "%s: \"%s\" must be an object", origin, sec);
-            goto out;
-        }
-        const char *name;
-        json_t *v;
-        json_object_foreach(so, name, v) {
-            const field *f = find_field(sec, name);
-            if (!f) {
-                rc = spes_errf(SPES_EINVAL, "%s: unknown field %s.%s", origin, sec, name);
-                goto out;
-            }
-            if ((rc = set_json(c, f, v, origin)) != 0)
-                goto out;
-        }
-    }
-out:
-    json_decref(root);
-    return rc;
+    return spes_cfg_parse(&table, c, text, origin);
 }
 
 int spes_config_load(spes_run_config *c, const char *path)
 {
-    char *text;
-    size_t len;
-    int rc = spes_read_file(path, 16u << 20, &text, &len);
-    if (rc)
-        return rc;
-    if (strlen(text) != len) {
-        free(text);
-        return spes_errf(SPES_EFORMAT, "%s: contains a NUL byte", path);
-    }
-    rc = spes_config_parse_json(c, text, path);
-    free(text);
-    return rc;
+    return spes_cfg_load(&table, c, path);
 }
 
 int spes_config_set(spes_run_config *c, const char *assignment)
 {
-    const char *dot = strchr(assignment, '.'), *eq = strchr(assignment, '=');
-    if (!dot || !eq || eq < dot)
-        return spes_errf(SPES_EINVAL, "override \"%s\" is not of the form section.field=value", assignment);
-    char sec[32], name[64];
-    size_t ls = (size_t)(dot - assignment), ln = (size_t)(eq - dot - 1);
-    if (ls >= sizeof sec || ln >= sizeof name)
-        return spes_errf(SPES_EINVAL, "override \"%s\": name too long", assignment);
-    memcpy(sec, assignment, ls);
-    sec[ls] = '\0';
-    memcpy(name, dot + 1, ln);
-    name[ln] = '\0';
-    const char *val = eq + 1;
-    if (!strcmp(sec, "data")) {
-        if (!strcmp(name, "dtype"))
-            return set_choice(c->data.dtype, sizeof c->data.dtype, val, dtypes, "data.dtype", "override");
-        if (!strcmp(name, "format"))
-            return set_choice(c->data.format, sizeof c->data.format, val, formats, "data.format", "override");
-        return spes_errf(SPES_EINVAL, "override: unknown field data.%s", name);
-    }
-    const field *f = find_field(sec, name);
-    if (!f)
-        return spes_errf(SPES_EINVAL, "override: unknown field %s.%s", sec, name);
-    if (f->type == F_BOOL) {
-        if (strcmp(val, "true") && strcmp(val, "false") && strcmp(val, "1") && strcmp(val, "0"))
-            return spes_errf(SPES_EINVAL, "override: %s.%s must be true or false", sec, name);
-        *(int *)fptr(c, f) = !strcmp(val, "true") || !strcmp(val, "1");
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    if (end == val || *end || errno)
-        return spes_errf(SPES_EINVAL, "override: %s.%s: \"%s\" is not a number", sec, name, val);
-    return set_number(c, f, v, is_whole(v), "override");
+    return spes_cfg_set(&table, c, assignment);
 }
 
 int spes_config_set_data(spes_run_config *c, const char *path)
@@ -361,7 +198,8 @@ int spes_config_validate(const spes_run_config *c)
         return spes_errf(SPES_EINVAL, "model: head dimension %d must be even for RoPE",
                          m->hidden_size / m->num_attention_heads);
     if (m->num_attention_heads % m->num_key_value_heads)
-        return spes_errf(SPES_EINVAL, "model.num_attention_heads %d is not divisible by num_key_value_heads %d",
+        return spes_errf(SPES_EINVAL,
+                         "model.num_attention_heads %d is not divisible by num_key_value_heads %d",
                          m->num_attention_heads, m->num_key_value_heads);
     if (m->num_experts_per_tok > m->num_experts)
         return spes_errf(SPES_EINVAL, "model.num_experts_per_tok %d exceeds num_experts %d",
@@ -378,47 +216,9 @@ int spes_config_validate(const spes_run_config *c)
     return 0;
 }
 
-static json_t *field_json(const spes_run_config *c, const field *f)
-{
-    double v = fget(c, f);
-    switch (f->type) {
-    case F_BOOL: return json_boolean((int)v);
-    case F_INT: return json_integer((json_int_t)v);
-    case F_I64: return json_integer((json_int_t)*(const int64_t *)((const char *)c + f->off));
-    default: return json_real(v);
-    }
-}
-
 char *spes_config_to_json(const spes_run_config *c)
 {
-    json_t *root = json_object();
-    const char *secs[] = {"model", "train", "spes"};
-    for (int s = 0; s < 3; s++) {
-        json_t *o = json_object();
-        for (size_t i = 0; i < NFIELDS; i++)
-            if (!strcmp(fields[i].section, secs[s]))
-                json_object_set_new(o, fields[i].name, field_json(c, &fields[i]));
-        json_object_set_new(root, secs[s], o);
-    }
-    json_t *d = json_object(), *files = json_array();
-    for (int i = 0; i < c->data.nfiles; i++) {
-        const spes_data_file *f = &c->data.files[i];
-        if (!f->sha256 && f->size < 0) {
-            json_array_append_new(files, json_string(f->path));
-            continue;
-        }
-        json_t *o = json_object();
-        json_object_set_new(o, strstr(f->path, "://") ? "url" : "path", json_string(f->path));
-        if (f->sha256)
-            json_object_set_new(o, "sha256", json_string(f->sha256));
-        if (f->size >= 0)
-            json_object_set_new(o, "size", json_integer(f->size));
-        json_array_append_new(files, o);
-    }
-    json_object_set_new(d, "files", files);
-    json_object_set_new(d, "dtype", json_string(c->data.dtype));
-    json_object_set_new(d, "format", json_string(c->data.format));
-    json_object_set_new(root, "data", d);
+    json_t *root = spes_cfg_to_json(&table, c);
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;
@@ -434,7 +234,7 @@ char *spes_config_hf_json(const spes_model_config *m)
     json_object_set_new(o, "model_type", json_string("olmoe"));
     for (size_t i = 0; i < NFIELDS; i++)
         if (!strcmp(fields[i].section, "model"))
-            json_object_set_new(o, fields[i].name, field_json(&tmp, &fields[i]));
+            json_object_set_new(o, fields[i].name, spes_cfg_write_json(&fields[i], &tmp));
     json_object_set_new(o, "hidden_act", json_string("silu"));
     json_object_set_new(o, "attention_bias", json_false());
     json_object_set_new(o, "attention_dropout", json_real(0.0));
@@ -454,7 +254,8 @@ int spes_config_from_hf_json(spes_model_config *m, const char *text, const char 
     json_error_t jerr;
     json_t *root = json_loads(text, 0, &jerr);
     if (!root)
-        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column, jerr.text);
+        return spes_errf(SPES_EFORMAT, "%s:%d:%d: invalid JSON: %s", origin, jerr.line, jerr.column,
+                         jerr.text);
     spes_run_config tmp;
     spes_config_defaults(&tmp);
     int rc = 0;
@@ -464,7 +265,7 @@ int spes_config_from_hf_json(spes_model_config *m, const char *text, const char 
         goto out;
     }
     for (size_t i = 0; i < NFIELDS && !rc; i++) {
-        const field *f = &fields[i];
+        const spes_cfg_field *f = &fields[i];
         if (strcmp(f->section, "model"))
             continue;
         json_t *v = json_object_get(root, f->name);
@@ -474,7 +275,7 @@ int spes_config_from_hf_json(spes_model_config *m, const char *text, const char 
                 rc = spes_errf(SPES_EFORMAT, "%s: missing field %s", origin, f->name);
             continue;
         }
-        rc = set_json(&tmp, f, v, origin);
+        rc = spes_cfg_read_json(f, &tmp, v, origin);
     }
     if (!rc)
         *m = tmp.model;

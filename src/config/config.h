@@ -1,4 +1,4 @@
-/* config.h: the run configuration (one JSON file, DESIGN.md "Run config").
+/* config.h: the run configuration (one JSON file, docs/design.md "Run config").
  * Every field lives in one table (name, type, bounds, default); parsing,
  * flag overrides (`section.field=value`), validation and serialisation all
  * walk that table, so a new field is one line there. */
@@ -8,6 +8,9 @@
 #include <stdint.h>
 
 #define SPES_MAX_DATA_FILES 256
+/* SPES_MAX_MEMBERS is the most nodes a run holds at once: the coordinator's member
+ * table, and so the bound of a daemon config's min_nodes. */
+#define SPES_MAX_MEMBERS 256
 
 /* spes_model_config uses the Hugging Face OLMoE config.json names. */
 typedef struct spes_model_config {

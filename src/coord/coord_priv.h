@@ -9,7 +9,7 @@
 #include "coord/coord.h"
 #include "proto/spes.pb-c.h"
 
-#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#include "core/nodestate.h"
 
 /* coord_member is one row of the membership table. */
 typedef struct coord_member {

@@ -1,10 +1,10 @@
 /* tokcli.c: a test-only executable that runs the `spesd tokenize` / `spesd detokenize`
- * command code (daemon/cmd_tokenize.c, daemon/cmd_detokenize.c) without the rest of spesd,
+ * command code (tools/cmd_tokenize.c, tools/cmd_detokenize.c) without the rest of spesd,
  * so the tokenizer's reference test and bench do not depend on other modules building. */
 #include <stdio.h>
 #include <string.h>
 
-#include "daemon/commands.h"
+#include "tools/commands.h"
 
 int main(int argc, char **argv)
 {

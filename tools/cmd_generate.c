@@ -4,7 +4,6 @@
  * (temperature 0, the default) or by temperature/top-p sampling, and prints
  * the prompt and its continuation. Without a KV cache each new token runs the
  * whole window again: fine for looking at what a model says, not a server. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +11,9 @@
 
 #include "core/error.h"
 #include "core/rng.h"
-#include "daemon/cli.h"
-#include "daemon/commands.h"
-#include "daemon/model_load.h"
+#include "cli/opts.h"
+#include "tools/commands.h"
+#include "tools/model_load.h"
 #include "tokenizer/tokenizer.h"
 
 typedef struct gen_args {
@@ -26,44 +25,39 @@ typedef struct gen_args {
 
 static int parse(int argc, char **argv, gen_args *a, int *help)
 {
-    static const struct option opts[] = {
-        {"checkpoint", required_argument, 0, 'c'}, {"prompt", required_argument, 0, 'p'},
-        {"tokenizer", required_argument, 0, 'k'},  {"bytes", no_argument, 0, 'b'},
-        {"max-new", required_argument, 0, 'n'},    {"temperature", required_argument, 0, 'T'},
-        {"top-p", required_argument, 0, 'P'},      {"seed", required_argument, 0, 's'},
-        {"threads", required_argument, 0, 't'},    {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+    const spes_opt opts[] = {
+        {"checkpoint", 0, SPES_OPT_STR, &a->ckpt, 0, 0, "DIR", "a spesd checkpoint or a Hugging Face export"},
+        {"prompt", 0, SPES_OPT_STR, &a->prompt, 0, 0, "TEXT", "the text to continue"},
+        {"tokenizer", 0, SPES_OPT_STR, &a->tokenizer, 0, 0, "FILE", "a Hugging Face tokenizer.json"},
+        {"bytes", 0, SPES_OPT_FLAG, &a->bytes, 0, 0, NULL, "the byte vocabulary instead of a tokenizer"},
+        {"max-new", 0, SPES_OPT_LONG, &a->max_new, 1, 1 << 20, "N", "tokens to generate (default 64)"},
+        {"temperature", 0, SPES_OPT_DOUBLE, &a->temperature, 0, 100, "X", "0 (default) is greedy"},
+        {"top-p", 0, SPES_OPT_DOUBLE, &a->top_p, 0, 1, "P", "sample from the top-p nucleus (default 1)"},
+        {"seed", 0, SPES_OPT_LONG, &a->seed, 0, 1L << 62, "S", "sampling seed (default 1)"},
+        {"threads", 0, SPES_OPT_LONG, &a->threads, 1, 256, "N", "worker threads (default 2)"},
+        {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
+    const spes_opt_cmd cmd = {"spesd generate",
+                              "--checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes) [options]",
+                              opts,
+                              0,
+                              0,
+                              NULL};
     *a = (gen_args){.max_new = 64, .seed = 1, .threads = 2, .temperature = 0, .top_p = 1.0};
-    int c, rc;
-    char *end;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': a->ckpt = optarg; break;
-        case 'p': a->prompt = optarg; break;
-        case 'k': a->tokenizer = optarg; break;
-        case 'b': a->bytes = 1; break;
-        case 'n': if ((rc = spes_cli_long("--max-new", optarg, 1, 1 << 20, &a->max_new))) return rc; break;
-        case 's': if ((rc = spes_cli_long("--seed", optarg, 0, 1L << 62, &a->seed))) return rc; break;
-        case 't': if ((rc = spes_cli_long("--threads", optarg, 1, 256, &a->threads))) return rc; break;
-        case 'T':
-        case 'P': {
-            double v = strtod(optarg, &end);
-            if (end == optarg || *end || v < 0 || (c == 'P' && (v <= 0 || v > 1)) || v > 100)
-                return spes_errf(SPES_EINVAL, "%s \"%s\" is out of range", c == 'T' ? "--temperature" : "--top-p", optarg);
-            *(c == 'T' ? &a->temperature : &a->top_p) = v;
-            break;
-        }
-        case 'h': *help = 1; return 0;
-        default: return spes_cli_bad_option(argv, optind);
-        }
+    int rc = spes_opts_parse(&cmd, argc, argv, NULL, NULL);
+    if (rc == SPES_OPTS_HELP) {
+        spes_opts_usage(&cmd, stdout);
+        *help = 1;
+        return 0;
     }
-    if (optind < argc)
-        return spes_errf(SPES_EINVAL, "unexpected argument \"%s\"", argv[optind]);
+    if (rc)
+        return rc;
+    if (a->top_p <= 0)
+        return spes_errf(SPES_EINVAL, "--top-p: expected a number in (0, 1], got %g", a->top_p);
     if (!a->ckpt || !a->prompt || (!a->bytes == !a->tokenizer))
-        return spes_errf(SPES_EINVAL, "--checkpoint DIR, --prompt TEXT and one of --tokenizer FILE or --bytes are required");
+        return spes_errf(
+            SPES_EINVAL,
+            "--checkpoint DIR, --prompt TEXT and one of --tokenizer FILE or --bytes are required");
     return 0;
 }
 
@@ -131,7 +125,8 @@ static int run(const gen_args *a)
         W = m->cfg.max_position_embeddings;
     int V = m->cfg.vocab_size;
     if (spes_tokenizer_vocab_size(tok) > (uint32_t)V) {
-        rc = spes_errf(SPES_EINVAL, "the tokenizer has %u ids, the model only %d", spes_tokenizer_vocab_size(tok), V);
+        rc = spes_errf(SPES_EINVAL, "the tokenizer has %u ids, the model only %d",
+                       spes_tokenizer_vocab_size(tok), V);
         goto out;
     }
     if (ids.n == 0) {
@@ -179,12 +174,8 @@ int cmd_generate(int argc, char **argv)
     gen_args a;
     int help = 0;
     int rc = parse(argc, argv, &a, &help);
-    if (help) {
-        printf("usage: spesd generate --checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes)\n"
-               "                      [--max-new N] [--temperature X] [--top-p P] [--seed S] [--threads N]\n"
-               "  temperature 0 (default) is greedy; otherwise sampling from the top-p nucleus\n");
+    if (help)
         return 0;
-    }
     if (!rc)
         rc = run(&a);
     if (rc) {

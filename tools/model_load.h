@@ -1,8 +1,8 @@
 /* model_load.h: opening a trained model for inference from either kind of
  * checkpoint directory: the project's own (DIR/spes.ckpt) or a Hugging Face
  * export (DIR/config.json + DIR/model.safetensors). */
-#ifndef SPES_DAEMON_MODEL_LOAD_H
-#define SPES_DAEMON_MODEL_LOAD_H
+#ifndef SPES_TOOLS_MODEL_LOAD_H
+#define SPES_TOOLS_MODEL_LOAD_H
 
 #include "core/parallel.h"
 #include "model/model.h"

@@ -2,15 +2,14 @@
  * or the byte vocabulary. Writes the decoded bytes exactly (no lossy UTF-8 repair) to
  * standard output or, with --out, durably to a file. Never trusts the token file: its
  * header is validated by the data module and every id is checked against the vocabulary. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/fileio.h"
-#include "daemon/cli.h"
-#include "daemon/commands.h"
+#include "cli/opts.h"
+#include "tools/commands.h"
 #include "data/tokfile.h"
 #include "tokenizer/tokenizer.h"
 
@@ -21,46 +20,30 @@ typedef struct detok_args {
     int bytes;
 } detok_args;
 
-static void detok_usage(FILE *fp)
-{
-    fprintf(fp, "usage: spesd detokenize (--tokenizer tokenizer.json | --bytes)\n"
-                "                        [--format auto|raw|npy|llmc] [--dtype uint16|uint32]\n"
-                "                        [--out FILE] TOKENS\n"
-                "  writes the text to standard output unless --out is given; --dtype is\n"
-                "  needed for raw token files only\n");
-}
-
 static int parse_args(int argc, char **argv, detok_args *a, int *help)
 {
-    static const struct option opts[] = {
-        {"tokenizer", required_argument, 0, 't'},
-        {"bytes", no_argument, 0, 'b'},
-        {"dtype", required_argument, 0, 'd'},
-        {"format", required_argument, 0, 'f'},
-        {"out", required_argument, 0, 'o'},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+    const spes_opt opts[] = {
+        {"tokenizer", 0, SPES_OPT_STR, &a->tokenizer, 0, 0, "FILE", "a Hugging Face tokenizer.json"},
+        {"bytes", 0, SPES_OPT_FLAG, &a->bytes, 0, 0, NULL, "the byte vocabulary instead of a tokenizer"},
+        {"format", 0, SPES_OPT_STR, &a->format, 0, 0, "auto|raw|npy|llmc",
+         "the token file's format (default auto)"},
+        {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32", "token width, for raw token files only"},
+        {"out", 0, SPES_OPT_STR, &a->out, 0, 0, "FILE", "write the text here (default standard output)"},
+        {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
-    int c;
+    const spes_opt_cmd cmd = {
+        "spesd detokenize", "(--tokenizer FILE | --bytes) [options] TOKENS", opts, 1, 1, NULL};
     *a = (detok_args){0};
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': a->tokenizer = optarg; break;
-        case 'b': a->bytes = 1; break;
-        case 'd': a->dtype = optarg; break;
-        case 'f': a->format = optarg; break;
-        case 'o': a->out = optarg; break;
-        case 'h': *help = 1; return 0;
-        default: return spes_cli_bad_option(argv, optind);
-        }
+    int rc = spes_opts_parse(&cmd, argc, argv, &a->in, NULL);
+    if (rc == SPES_OPTS_HELP) {
+        spes_opts_usage(&cmd, stdout);
+        *help = 1;
+        return 0;
     }
+    if (rc)
+        return rc;
     if (!!a->tokenizer == a->bytes)
         return spes_errf(SPES_EINVAL, "give exactly one of --tokenizer FILE and --bytes");
-    if (optind != argc - 1)
-        return spes_errf(SPES_EINVAL, "give exactly one token file");
-    a->in = argv[optind];
     return 0;
 }
 
@@ -101,10 +84,8 @@ int cmd_detokenize(int argc, char **argv)
     spes_tok_dtype dtype = SPES_TOK_DTYPE_NONE;
     spes_tok_format format = SPES_TOK_AUTO;
     int help = 0, opened = 0, rc = parse_args(argc, argv, &a, &help);
-    if (help) {
-        detok_usage(stdout);
+    if (help)
         return 0;
-    }
     if (!rc && a.dtype)
         rc = spes_tok_dtype_parse(a.dtype, &dtype);
     if (!rc && a.format)

@@ -3,15 +3,14 @@
  * K consecutive non-overlapping batches from the start of the data (default:
  * every whole batch the data holds). */
 #include <cblas.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
-#include "daemon/cli.h"
-#include "daemon/commands.h"
-#include "daemon/model_load.h"
+#include "cli/opts.h"
+#include "tools/commands.h"
+#include "tools/model_load.h"
 #include "data/dataset.h"
 
 typedef struct eval_args {
@@ -21,32 +20,32 @@ typedef struct eval_args {
 
 static int parse(int argc, char **argv, eval_args *a, int *help)
 {
-    static const struct option opts[] = {
-        {"checkpoint", required_argument, 0, 'c'}, {"data", required_argument, 0, 'd'},
-        {"batch", required_argument, 0, 'b'},      {"seq", required_argument, 0, 's'},
-        {"batches", required_argument, 0, 'k'},    {"threads", required_argument, 0, 't'},
-        {"dtype", required_argument, 0, 'D'},      {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+    const spes_opt opts[] = {
+        {"checkpoint", 0, SPES_OPT_STR, &a->ckpt, 0, 0, "DIR", "a spesd checkpoint or a Hugging Face export"},
+        {"data", 0, SPES_OPT_STR, &a->data, 0, 0, "PATH", "the token file"},
+        {"batch", 0, SPES_OPT_LONG, &a->B, 1, 1 << 16, "B", "sequences per batch"},
+        {"seq", 0, SPES_OPT_LONG, &a->T, 1, 1 << 20, "T", "tokens per sequence"},
+        {"batches", 0, SPES_OPT_LONG, &a->K, 1, 1L << 40, "K",
+         "batches to average (default: every whole one)"},
+        {"threads", 0, SPES_OPT_LONG, &a->threads, 1, 256, "N", "worker threads (default 2)"},
+        {"dtype", 0, SPES_OPT_STR, &a->dtype, 0, 0, "uint16|uint32", "token width of a raw token file"},
+        {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
     };
+    const spes_opt_cmd cmd = {"spesd eval",
+                              "--checkpoint DIR --data PATH --batch B --seq T [options]",
+                              opts,
+                              0,
+                              0,
+                              "prints `loss X`, the mean cross-entropy over the first K batches\n"};
     *a = (eval_args){.K = -1, .threads = 2, .dtype = "uint16"};
-    int c, rc;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': a->ckpt = optarg; break;
-        case 'd': a->data = optarg; break;
-        case 'D': a->dtype = optarg; break;
-        case 'b': if ((rc = spes_cli_long("--batch", optarg, 1, 1 << 16, &a->B))) return rc; break;
-        case 's': if ((rc = spes_cli_long("--seq", optarg, 1, 1 << 20, &a->T))) return rc; break;
-        case 'k': if ((rc = spes_cli_long("--batches", optarg, 1, 1L << 40, &a->K))) return rc; break;
-        case 't': if ((rc = spes_cli_long("--threads", optarg, 1, 256, &a->threads))) return rc; break;
-        case 'h': *help = 1; return 0;
-        default: return spes_cli_bad_option(argv, optind);
-        }
+    int rc = spes_opts_parse(&cmd, argc, argv, NULL, NULL);
+    if (rc == SPES_OPTS_HELP) {
+        spes_opts_usage(&cmd, stdout);
+        *help = 1;
+        return 0;
     }
-    if (optind < argc)
-        return spes_errf(SPES_EINVAL, "unexpected argument \"%s\"", argv[optind]);
+    if (rc)
+        return rc;
     if (!a->ckpt || !a->data || !a->B || !a->T)
         return spes_errf(SPES_EINVAL, "--checkpoint DIR, --data PATH, --batch B and --seq T are required");
     return 0;
@@ -81,8 +80,8 @@ static int run(const eval_args *a, double *loss)
     uint64_t avail = (spes_dataset_total(&ds) - 1) / per;
     uint64_t K = a->K > 0 ? (uint64_t)a->K : avail;
     if (K > avail) {
-        rc = spes_errf(SPES_ERANGE, "%s holds %llu whole batches of %ld x %ld, fewer than --batches %ld", a->data,
-                       (unsigned long long)avail, a->B, a->T, a->K);
+        rc = spes_errf(SPES_ERANGE, "%s holds %llu whole batches of %ld x %ld, fewer than --batches %ld",
+                       a->data, (unsigned long long)avail, a->B, a->T, a->K);
         goto out;
     }
     in = malloc(per * sizeof *in);
@@ -114,12 +113,8 @@ int cmd_eval(int argc, char **argv)
     eval_args a;
     int help = 0;
     int rc = parse(argc, argv, &a, &help);
-    if (help) {
-        printf("usage: spesd eval --checkpoint DIR --data PATH --batch B --seq T [--batches K]\n"
-               "                  [--threads N] [--dtype uint16|uint32]\n"
-               "  DIR is a spesd checkpoint or a Hugging Face export; --dtype is for raw token files\n");
+    if (help)
         return 0;
-    }
     double loss = 0;
     if (!rc)
         rc = run(&a, &loss);

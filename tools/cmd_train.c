@@ -1,8 +1,7 @@
-/* cmd_train.c: `spesd train`, standalone training (DESIGN.md command-line contract).
+/* cmd_train.c: `spesd train`, standalone training (docs/design.md, the command-line contract).
  * Prints `step N loss X` for every step (N 0-based, X the batch's mean CE
  * before the update) and, every --log-every steps, throughput and learning
  * rate. SIGINT/SIGTERM finish the current step, write the checkpoint, exit 0. */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +10,8 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
-#include "daemon/commands.h"
-#include "daemon/cli.h"
+#include "cli/opts.h"
+#include "tools/commands.h"
 #include "train/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -37,69 +36,64 @@ static double peak_rss_mib(void)
     return kib / 1024.0;
 }
 
-static void train_usage(FILE *fp)
-{
-    fprintf(fp,
-            "usage: spesd train --config RUN.json [--data PATH] [--steps N] [--threads N]\n"
-            "                   [--columns LIST] [--resume DIR] [--save-every N] [--log-every N]\n"
-            "                   [--set section.field=value]... --out DIR\n"
-            "  --steps N       stop when the step counter reaches N (default train.max_steps);\n"
-            "                  the learning-rate schedule always follows train.max_steps\n"
-            "  --columns LIST  train only these expert columns, e.g. 0,1 or 0-3 (others frozen)\n"
-            "  --resume DIR    continue from the checkpoint in DIR, bit for bit\n"
-            "  --save-every N  also write the checkpoint every N steps (default 0: only at the end)\n");
-}
-
 typedef struct train_args {
     const char *config, *data, *columns, *out, *resume;
     long steps, threads, save_every, log_every;
+    spes_opt_list sets;
 } train_args;
+
+static const spes_opt_cmd *train_cmd(train_args *a)
+{
+    static spes_opt opts[] = {
+        {"config", 0, SPES_OPT_STR, NULL, 0, 0, "RUN.json", "the run configuration (required)"},
+        {"data", 0, SPES_OPT_STR, NULL, 0, 0, "PATH", "one token file; replaces data.files"},
+        {"steps", 0, SPES_OPT_LONG, NULL, 0, 1L << 40, "N",
+         "stop when the step counter reaches N (default train.max_steps)"},
+        {"threads", 0, SPES_OPT_LONG, NULL, 1, 256, "N", "worker threads (default 2)"},
+        {"columns", 0, SPES_OPT_STR, NULL, 0, 0, "LIST", "train only these expert columns, e.g. 0,1 or 0-3"},
+        {"resume", 0, SPES_OPT_STR, NULL, 0, 0, "DIR", "continue from the checkpoint in DIR, bit for bit"},
+        {"save-every", 0, SPES_OPT_LONG, NULL, 0, 1L << 40, "N", "also write the checkpoint every N steps"},
+        {"log-every", 0, SPES_OPT_LONG, NULL, 1, 1L << 40, "N", "throughput and learning rate every N steps"},
+        {"set", 0, SPES_OPT_LIST, NULL, 0, 0, "S.F=V", "override one run-config field (repeatable)"},
+        {"out", 0, SPES_OPT_STR, NULL, 0, 0, "DIR", "where the checkpoint goes (required)"},
+        {NULL, 0, 0, NULL, 0, 0, NULL, NULL},
+    };
+    static const spes_opt_cmd cmd = {
+        "spesd train",
+        "--config RUN.json [options] --out DIR",
+        opts,
+        0,
+        0,
+        "the learning-rate schedule always follows train.max_steps, whatever --steps says;\n"
+        "the checkpoint is written at the end (and on SIGINT/SIGTERM) unless --save-every asks for more\n"};
+    void *dst[] = {&a->config, &a->data,       &a->steps,     &a->threads, &a->columns,
+                   &a->resume, &a->save_every, &a->log_every, &a->sets,    &a->out};
+    for (size_t i = 0; i < sizeof dst / sizeof dst[0]; i++)
+        opts[i].dst = dst[i];
+    return &cmd;
+}
 
 static int parse_args(int argc, char **argv, train_args *a, spes_run_config *cfg, int *help)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'}, {"data", required_argument, 0, 'd'},
-        {"steps", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
-        {"columns", required_argument, 0, 'C'}, {"out", required_argument, 0, 'o'},
-        {"resume", required_argument, 0, 'r'}, {"save-every", required_argument, 0, 'S'},
-        {"log-every", required_argument, 0, 'l'}, {"set", required_argument, 0, 'x'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
-    };
-    char *sets[64];
-    int nsets = 0, c, rc;
+    int rc;
     *a = (train_args){.steps = -1, .threads = 2, .log_every = 10};
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': a->config = optarg; break;
-        case 'd': a->data = optarg; break;
-        case 'C': a->columns = optarg; break;
-        case 'o': a->out = optarg; break;
-        case 'r': a->resume = optarg; break;
-        case 's': if ((rc = spes_cli_long("--steps", optarg, 0, 1L << 40, &a->steps))) return rc; break;
-        case 't': if ((rc = spes_cli_long("--threads", optarg, 1, 256, &a->threads))) return rc; break;
-        case 'S': if ((rc = spes_cli_long("--save-every", optarg, 0, 1L << 40, &a->save_every))) return rc; break;
-        case 'l': if ((rc = spes_cli_long("--log-every", optarg, 1, 1L << 40, &a->log_every))) return rc; break;
-        case 'x':
-            if (nsets == 64)
-                return spes_errf(SPES_EINVAL, "too many --set options");
-            sets[nsets++] = optarg;
-            break;
-        case 'h': *help = 1; return 0;
-        default: return spes_cli_bad_option(argv, optind);
-        }
+    const spes_opt_cmd *cmd = train_cmd(a);
+    rc = spes_opts_parse(cmd, argc, argv, NULL, NULL);
+    if (rc == SPES_OPTS_HELP) {
+        spes_opts_usage(cmd, stdout);
+        *help = 1;
+        return 0;
     }
-    if (optind < argc)
-        return spes_errf(SPES_EINVAL, "unexpected argument \"%s\"", argv[optind]);
+    if (rc)
+        return rc;
     if (!a->config)
         return spes_errf(SPES_EINVAL, "--config RUN.json is required");
     if (!a->out)
         return spes_errf(SPES_EINVAL, "--out DIR is required");
     if ((rc = spes_config_load(cfg, a->config)) != 0)
         return rc;
-    for (int i = 0; i < nsets; i++)
-        if ((rc = spes_config_set(cfg, sets[i])) != 0)
+    for (int i = 0; i < a->sets.n; i++)
+        if ((rc = spes_config_set(cfg, a->sets.v[i])) != 0)
             return rc;
     if (a->data && (rc = spes_config_set_data(cfg, a->data)) != 0)
         return rc;
@@ -183,7 +177,6 @@ int cmd_train(int argc, char **argv)
     spes_config_defaults(&cfg);
     int rc = parse_args(argc, argv, &a, &cfg, &help);
     if (help) {
-        train_usage(stdout);
         spes_config_fini(&cfg);
         return 0;
     }

@@ -1,8 +1,8 @@
-/* commands.h: the spesd sub-commands. Each takes the arguments after its
- * name (argv[0] is the sub-command) and returns the process exit status,
- * having printed a one-line reason on stderr when it fails. */
-#ifndef SPES_DAEMON_COMMANDS_H
-#define SPES_DAEMON_COMMANDS_H
+/* commands.h: the spesd sub-commands: the offline tools in tools/, the daemon (cmd_run) in
+ * daemon/. Each takes the arguments after its name (argv[0] is the sub-command) and returns
+ * the process exit status, having printed a one-line reason on stderr when it fails. */
+#ifndef SPES_TOOLS_COMMANDS_H
+#define SPES_TOOLS_COMMANDS_H
 
 /* cmd_train is `spesd train`: standalone training. */
 int cmd_train(int argc, char **argv);

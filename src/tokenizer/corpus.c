@@ -1,32 +1,18 @@
-/* cmd_tokenize.c: `spesd tokenize`, text files to a token file (DESIGN.md contract).
- * A plain-text input is one document, a .jsonl input one document per line (a string
- * field, default "text"). Small documents are gathered into batches encoded in parallel,
- * one tokenizer stream per thread, output kept in input order; a document too large to
- * batch is streamed in blocks (ids equal whole-document encoding) with BPE on the pool.
- * Memory stays bounded by the batch size whatever the input size (a single JSON line
- * must fit in memory). Never writes a partial output file: the token writer commits
- * atomically at the end or removes everything on error. */
-#include <errno.h>
-#include <getopt.h>
+/* corpus.c: text and jsonl files to one token file (see corpus.h). */
+#include "tokenizer/corpus.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "data/tokwriter.h"
+
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "core/clock.h"
-#include "core/error.h"
-#include "core/parallel.h"
-#include "daemon/cli.h"
-#include "daemon/commands.h"
-#include "data/tokwriter.h"
-#include "tokenizer/tokenizer.h"
-
-#define BATCH_BYTES (8u << 20) /* default input bytes gathered before a parallel encode */
-#define SLICES 64              /* work items per batch (balance across threads) */
-#define MAX_THREADS 16
+#define SLICES 64 /* work items per batch (balance across threads) */
+#define MAX_THREADS SPES_CORPUS_MAX_THREADS
 
 typedef struct doc {
     size_t off, len;    /* in the batch buffer */
@@ -60,20 +46,30 @@ typedef struct tok_run {
     atomic_size_t next_slice;
     uint64_t in_bytes, ndoc_total;
     double t0, last_report;
-    int progress;
+    void (*progress)(void *, const spes_corpus_stats *, int);
+    void *progress_ctx;
     size_t batch_bytes; /* documents larger than this are streamed */
     size_t block_bytes; /* read size when streaming one large document */
+    int writing;        /* the token writer is open */
 } tok_run;
+
+static void stats(const tok_run *r, spes_corpus_stats *st)
+{
+    st->in_bytes = r->in_bytes;
+    st->tokens = spes_tokwriter_count(&r->w);
+    st->documents = r->ndoc_total;
+    st->seconds = spes_mono_s() - r->t0;
+}
 
 static void report(tok_run *r, int last)
 {
-    double t = spes_mono_s(), dt = t - r->t0;
-    if (!last && (t - r->last_report < 2.0 || !r->progress))
+    double t = spes_mono_s();
+    if (!r->progress || (!last && t - r->last_report < 2.0))
         return;
     r->last_report = t;
-    fprintf(stderr, "spesd tokenize: %.1f MB in, %llu tokens, %llu documents, %.2f MB/s%s\n",
-            r->in_bytes / 1e6, (unsigned long long)spes_tokwriter_count(&r->w),
-            (unsigned long long)r->ndoc_total, dt > 0 ? r->in_bytes / 1e6 / dt : 0.0, last ? " (done)" : "");
+    spes_corpus_stats st;
+    stats(r, &st);
+    r->progress(r->progress_ctx, &st, last);
 }
 
 static int push_eos(tok_run *r, spes_ids *ids)
@@ -314,130 +310,39 @@ static int has_suffix(const char *s, const char *suf)
     return n >= k && strcmp(s + n - k, suf) == 0;
 }
 
-static void tokenize_usage(FILE *fp)
+static int setup(tok_run *r, const spes_corpus_opts *o)
 {
-    fprintf(fp, "usage: spesd tokenize (--tokenizer tokenizer.json | --bytes) [--eos TOKEN]\n"
-                "                      [--dtype uint16|uint32] [--format raw|npy|llmc]\n"
-                "                      [--text-field F] [--threads N] [--quiet] --out FILE INPUT...\n"
-                "  INPUT         a text file (one document), a .jsonl file (one document per line,\n"
-                "                string field F, default \"text\"), or - for standard input\n"
-                "  --eos TOKEN   append this token after every document: an id, or a token's text\n"
-                "  --dtype       default: uint16 if the vocabulary fits, else uint32\n"
-                "  --format      default: npy for a .npy name, else raw\n"
-                "  --threads N   worker threads (default: the number of CPUs)\n"
-                "  --batch-bytes N  input gathered per parallel batch (default 8 MiB); a larger\n"
-                "                document is streamed in blocks of N/2 bytes\n");
-}
-
-typedef struct tok_args {
-    const char *tokenizer, *eos, *dtype, *format, *field, *out;
-    int bytes, quiet;
-    long threads, batch_bytes;
-} tok_args;
-
-static int parse_args(int argc, char **argv, tok_args *a, int *help)
-{
-    static const struct option opts[] = {
-        {"tokenizer", required_argument, 0, 't'},
-        {"bytes", no_argument, 0, 'b'},
-        {"eos", required_argument, 0, 'e'},
-        {"dtype", required_argument, 0, 'd'},
-        {"format", required_argument, 0, 'f'},
-        {"text-field", required_argument, 0, 'F'},
-        {"out", required_argument, 0, 'o'},
-        {"threads", required_argument, 0, 'j'},
-        {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},
-        {"batch-bytes", required_argument, 0, 'B'},
-        {0, 0, 0, 0},
-    };
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    *a = (tok_args){.field = "text",
-                    .batch_bytes = BATCH_BYTES,
-                    .threads = ncpu < 1             ? 1
-                               : ncpu > MAX_THREADS ? MAX_THREADS
-                                                    : ncpu};
-    int c, rc;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 't': a->tokenizer = optarg; break;
-        case 'b': a->bytes = 1; break;
-        case 'e': a->eos = optarg; break;
-        case 'd': a->dtype = optarg; break;
-        case 'f': a->format = optarg; break;
-        case 'F': a->field = optarg; break;
-        case 'o': a->out = optarg; break;
-        case 'q': a->quiet = 1; break;
-        case 'j':
-            if ((rc = spes_cli_long("--threads", optarg, 1, MAX_THREADS, &a->threads)))
-                return rc;
-            break;
-        case 'B':
-            if ((rc = spes_cli_long("--batch-bytes", optarg, 2, 1L << 32, &a->batch_bytes)))
-                return rc;
-            break;
-        case 'h': *help = 1; return 0;
-        default: return spes_cli_bad_option(argv, optind);
-        }
-    }
-    if (!!a->tokenizer == a->bytes)
-        return spes_errf(SPES_EINVAL, "give exactly one of --tokenizer FILE and --bytes");
-    if (!a->out)
-        return spes_errf(SPES_EINVAL, "--out FILE is required");
-    if (optind >= argc)
-        return spes_errf(SPES_EINVAL, "no INPUT files given");
-    return 0;
-}
-
-/* resolve_eos maps --eos (an id or a token's text) to an id inside the vocabulary */
-static int resolve_eos(const spes_tokenizer *tok, const char *s, uint32_t *id)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (*s >= '0' && *s <= '9' && !*end && !errno) {
-        if (v >= spes_tokenizer_vocab_size(tok))
-            return spes_errf(SPES_ERANGE, "--eos %lu is outside the vocabulary (size %u)", v,
-                             spes_tokenizer_vocab_size(tok));
-        *id = (uint32_t)v;
-        return 0;
-    }
-    if (spes_tokenizer_token_id(tok, s, id))
-        return spes_errf(SPES_ENOENT,
-                         "--eos \"%s\" is neither an id nor a token of the "
-                         "tokenizer",
-                         s);
-    return 0;
-}
-
-static int setup(tok_run *r, const tok_args *a, spes_tokenizer **tok)
-{
-    spes_tok_dtype dtype = SPES_TOK_DTYPE_NONE;
-    spes_tok_format format = SPES_TOK_AUTO;
     int rc;
-    if ((a->dtype && (rc = spes_tok_dtype_parse(a->dtype, &dtype))) ||
-        (a->format && (rc = spes_tok_format_parse(a->format, &format))))
-        return rc;
-    rc = a->bytes ? spes_tokenizer_alloc_bytes(tok) : spes_tokenizer_load(tok, a->tokenizer);
-    if (rc)
-        return rc;
-    r->tok = *tok;
-    if (a->eos && (rc = resolve_eos(*tok, a->eos, &r->eos)))
-        return rc;
-    r->has_eos = a->eos != NULL;
+    spes_tok_dtype dtype = o->dtype;
+    r->tok = o->tok;
+    r->eos = o->eos;
+    r->has_eos = o->has_eos;
+    r->field = o->text_field ? o->text_field : "text";
+    r->batch_bytes = o->batch_bytes ? o->batch_bytes : SPES_CORPUS_BATCH_BYTES;
+    r->block_bytes = r->batch_bytes / 2;
+    r->progress = o->progress;
+    r->progress_ctx = o->progress_ctx;
+    r->nthreads = o->threads ? o->threads : 1;
+    if (r->nthreads < 1 || r->nthreads > MAX_THREADS)
+        return spes_errf(SPES_EINVAL, "threads %d is outside [1, %d]", r->nthreads, MAX_THREADS);
+    if (r->batch_bytes < 2)
+        return spes_errf(SPES_EINVAL, "batch_bytes %zu is below 2", r->batch_bytes);
+    if (r->has_eos && r->eos >= spes_tokenizer_vocab_size(o->tok))
+        return spes_errf(SPES_ERANGE, "eos %u is outside the vocabulary (size %u)", r->eos,
+                         spes_tokenizer_vocab_size(o->tok));
     if (dtype == SPES_TOK_DTYPE_NONE)
-        dtype = spes_tokenizer_vocab_size(*tok) <= 65536 ? SPES_TOK_U16 : SPES_TOK_U32;
-    r->nthreads = (int)a->threads;
+        dtype = spes_tokenizer_vocab_size(o->tok) <= 65536 ? SPES_TOK_U16 : SPES_TOK_U32;
     if ((rc = spes_pool_alloc(&r->pool, r->nthreads)))
         return rc;
     for (int i = 0; i < r->nthreads; i++)
-        if ((rc = spes_tokstream_alloc(&r->streams[i], *tok, NULL)))
+        if ((rc = spes_tokstream_alloc(&r->streams[i], o->tok, NULL)))
             return rc;
-    if ((rc = spes_tokstream_alloc(&r->big, *tok, r->pool)))
+    if ((rc = spes_tokstream_alloc(&r->big, o->tok, r->pool)))
         return rc;
-    return spes_tokwriter_open(&r->w, a->out, format, dtype);
+    if ((rc = spes_tokwriter_open(&r->w, o->out, o->format, dtype)))
+        return rc;
+    r->writing = 1;
+    return 0;
 }
 
 static void teardown(tok_run *r)
@@ -452,39 +357,27 @@ static void teardown(tok_run *r)
     free(r->docs);
 }
 
-int cmd_tokenize(int argc, char **argv)
+int spes_tokenize_corpus(const spes_corpus_opts *o, const char *const *inputs, size_t ninputs,
+                         spes_corpus_stats *st)
 {
-    tok_args a;
-    tok_run r = {0};
-    spes_tokenizer *tok = NULL;
-    int help = 0, rc = parse_args(argc, argv, &a, &help);
-    if (help) {
-        tokenize_usage(stdout);
-        return 0;
-    }
-    if (!rc)
-        rc = setup(&r, &a, &tok);
-    r.field = a.field;
-    r.batch_bytes = (size_t)a.batch_bytes;
-    r.block_bytes = (size_t)a.batch_bytes / 2;
-    r.progress = !a.quiet;
-    r.t0 = r.last_report = spes_mono_s();
-    for (int i = optind; !rc && i < argc; i++)
-        rc = has_suffix(argv[i], ".jsonl") ? do_jsonl(&r, argv[i]) : do_plain(&r, argv[i]);
-    if (!rc && r.ndocs)
-        rc = flush_batch(&r);
+    tok_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return spes_errf(SPES_ENOMEM, "out of memory");
+    r->t0 = r->last_report = spes_mono_s();
+    int rc = setup(r, o);
+    for (size_t i = 0; !rc && i < ninputs; i++)
+        rc = has_suffix(inputs[i], ".jsonl") ? do_jsonl(r, inputs[i]) : do_plain(r, inputs[i]);
+    if (!rc && r->ndocs)
+        rc = flush_batch(r);
     if (!rc) {
-        if (!a.quiet)
-            report(&r, 1);
-        rc = spes_tokwriter_close(&r.w);
-    } else {
-        spes_tokwriter_abort(&r.w);
+        report(r, 1);
+        if (st)
+            stats(r, st);
+        rc = spes_tokwriter_close(&r->w);
+    } else if (r->writing) {
+        spes_tokwriter_abort(&r->w);
     }
-    teardown(&r);
-    spes_tokenizer_free(tok);
-    if (rc) {
-        fprintf(stderr, "spesd tokenize: %s\n", spes_errmsg());
-        return 1;
-    }
-    return 0;
+    teardown(r);
+    free(r);
+    return rc;
 }

@@ -1,5 +1,5 @@
 /* model_load.c: see model_load.h. */
-#include "daemon/model_load.h"
+#include "tools/model_load.h"
 #include "checkpoint/checkpoint.h"
 #include "config/config.h"
 #include "core/error.h"
