@@ -78,10 +78,20 @@ static void submit(spes_node *n, spes_node_job *j)
     pthread_mutex_unlock(&n->mu);
 }
 
+/* take_progress hands the worker's last published progress to the machine
+ * (heartbeats and the announce report it). */
+static void take_progress(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    spes_node_sm_progress(&n->sm, n->prog_have_step, n->prog_step, n->prog_loss, n->prog_tps);
+    pthread_mutex_unlock(&n->mu);
+}
+
 static void worker_done(void *arg)
 {
     node_task *t = arg;
     spes_node *n = t->n;
+    take_progress(n);
     spes_node_sm_job_done(&n->sm, t->job, spes_mono_ms(), &n->out);
     free(t);
     drain(n);
@@ -247,9 +257,7 @@ int spes_node_start(spes_node *n)
 
 void spes_node_tick(spes_node *n)
 {
-    pthread_mutex_lock(&n->mu);
-    spes_node_sm_progress(&n->sm, n->prog_have_step, n->prog_step, n->prog_loss, n->prog_tps);
-    pthread_mutex_unlock(&n->mu);
+    take_progress(n);
     spes_node_sm_tick(&n->sm, spes_mono_ms(), &n->out);
     drain(n);
 }
