@@ -1038,6 +1038,27 @@ START_TEST(test_queue_and_names)
 }
 END_TEST
 
+START_TEST(test_message_that_cannot_be_encoded)
+{
+    T t;
+    setup_opts(&t, 0, COORD);
+    char longname[300];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    t.sm.o.name = longname; /* longer than a node name may be on the wire */
+    tick(&t, 0);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    ck_assert(logged(&t, "cannot encode message type 1"));
+    ck_assert(logged(&t, "join: cannot encode"));
+    ck_assert_int_eq(t.sm.calls, 0);
+    tick(&t, 999);
+    ck_assert_int_eq(t.n, 0);
+    tick(&t, 1);
+    ck_assert(logged(&t, "cannot encode message type 1"));
+    done(&t);
+}
+END_TEST
+
 static Suite *node_suite(void)
 {
     Suite *s = suite_create("node");
@@ -1063,6 +1084,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_not_member_on_join_stops);
     tcase_add_test(tc, test_validate_for_the_coordinator);
     tcase_add_test(tc, test_queue_and_names);
+    tcase_add_test(tc, test_message_that_cannot_be_encoded);
     suite_add_tcase(s, tc);
     return s;
 }

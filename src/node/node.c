@@ -116,6 +116,7 @@ static void send_call(spes_node_sm *sm, int call, int type, const ProtobufCMessa
     size_t len;
     if (spes_proto_encode(type, m, &buf, &len) != 0) {
         say(o, SPES_LOG_ERROR, "cannot encode message type %d: %s", type, spes_errmsg());
+        sm->calls++;
         spes_node_sm_reply(sm, call, SPES_EINVAL, "cannot encode", NULL, 0, now, o);
         return;
     }
