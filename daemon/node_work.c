@@ -11,6 +11,7 @@
 #include "core/sha256.h"
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
+#include "node/state_blob.h"
 #include "sync/sync.h"
 
 #include <math.h>
@@ -21,8 +22,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define STATE_MAGIC "SPESSTATE1"
-#define STATE_HDR 26
 #define MAX_DELTA 1e4f /* a contribution moving a weight further than this in one round is refused */
 
 static int fail(spes_node_job *j, int rc)
@@ -123,7 +122,7 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     return rc;
 }
 
-/* load_blob reads a state blob (SPESSTATE1 | round | numel | params) into the trainer. */
+/* load_blob reads a state blob (node/state_blob.h) into the trainer. */
 static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
 {
     char path[1024];
@@ -132,24 +131,11 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     size_t len = 0;
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
-    if (rc)
-        return rc;
-    size_t total = n->tr.model->layout.total_numel;
-    uint64_t round, numel;
-    if (len != STATE_HDR + total * 4 || memcmp(buf, STATE_MAGIC, 10)) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: not a state blob of this model (%zu bytes)", path, len);
-    }
-    memcpy(&round, buf + 10, 8);
-    memcpy(&numel, buf + 18, 8);
-    if (round != R || numel != total) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", path, (unsigned long long)round,
-                         (unsigned long long)R);
-    }
-    memcpy(n->tr.model->params, buf + STATE_HDR, total * 4);
+    if (!rc)
+        rc = spes_state_blob_read((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
+                                  n->tr.model->params, path);
     free(buf);
-    return 0;
+    return rc;
 }
 
 /* peers_of lists whom to ask for a blob, into p (returns the count): with an
@@ -220,7 +206,7 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         spes_model_init_weights(n->tr.model, (uint64_t)n->sm.run.train.seed);
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round, j->npeers);
-        uint64_t state_size = STATE_HDR + (uint64_t)n->tr.model->layout.total_numel * 4;
+        uint64_t state_size = spes_state_blob_size(n->tr.model->layout.total_numel);
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);
             return fail(j, rc);
@@ -246,15 +232,11 @@ static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t 
 
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
 {
-    uint8_t *buf = malloc(STATE_HDR + total * 4);
+    uint8_t *buf = malloc(spes_state_blob_size(total));
     if (!buf)
         return SPES_ENOMEM;
-    memcpy(buf, STATE_MAGIC, 10);
-    memcpy(buf + 10, &round, 8);
-    uint64_t nn = total;
-    memcpy(buf + 18, &nn, 8);
-    memcpy(buf + STATE_HDR, params, total * 4);
-    int rc = spes_blob_put(n->blobs, buf, STATE_HDR + total * 4, out);
+    spes_state_blob_write(buf, params, total, round);
+    int rc = spes_blob_put(n->blobs, buf, spes_state_blob_size(total), out);
     free(buf);
     return rc;
 }
