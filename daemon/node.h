@@ -2,8 +2,9 @@
  * columns for sync_interval steps from the agreed state S_r on a worker
  * thread, publish the contribution as a content-addressed blob, announce it,
  * then fetch the round's committed contributions, aggregate, merge, digest,
- * persist S_{r+1} and report the digest. State machine on the loop; the heavy
- * work on the worker. */
+ * persist S_{r+1} and report the digest. The protocol's decisions are the state
+ * machine of src/node/node.h, fed on the loop; the heavy work runs on the
+ * worker thread (docs/node.md). */
 #ifndef SPES_DAEMON_NODE_H
 #define SPES_DAEMON_NODE_H
 

@@ -1,16 +1,19 @@
-/* node_work.c: the node's worker thread jobs: prepare the agreed state,
- * train a round, apply a commit (fetch, aggregate, merge, digest, persist),
- * and check contributions for the coordinator. Runs off the loop; touches
- * only the job and the trainer, and never the daemon's tables. */
+/* node_work.c: the node's worker thread jobs (src/node/node.h's
+ * spes_node_job): prepare the agreed state, train a round, apply a commit
+ * (fetch, aggregate, merge, digest, persist), and check contributions for the
+ * coordinator. Runs off the loop; touches only the job and the [worker]
+ * fields of node_priv.h, reads the [once] ones, and never the daemon's
+ * tables or the protocol state. */
 #include "checkpoint/checkpoint.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/counters.h"
-#include "daemon/dmetrics.h" /* metrics hooks */
+#include "daemon/dmetrics.h"
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
+#include "node/state_blob.h"
 #include "sync/sync.h"
 
 #include <math.h>
@@ -21,11 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define STATE_MAGIC "SPESSTATE1"
-#define STATE_HDR 26
 #define MAX_DELTA 1e4f /* a contribution moving a weight further than this in one round is refused */
 
-static int fail(node_job *j, int rc)
+static int fail(spes_node_job *j, int rc)
 {
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", spes_errmsg());
@@ -33,16 +34,16 @@ static int fail(node_job *j, int rc)
 }
 
 /* open_trainer builds the trainer for columns cols with params from base (if given). */
-static int open_trainer(spes_node *n, const uint8_t *cols)
+static int open_trainer(spes_node *n, const uint8_t *cols, uint32_t id)
 {
     spes_trainer old = n->tr;
     int had = n->have_trainer;
-    int rc = spes_trainer_init(&n->tr, &n->run, cols, n->d->cfg.threads);
+    int rc = spes_trainer_init(&n->tr, &n->sm.run, cols, n->d->cfg.threads);
     if (rc) {
         n->tr = old;
         return rc;
     }
-    if ((rc = spes_trainer_open_data(&n->tr, (int)(n->id % (uint32_t)n->d->cfg.data_parts), n->d->cfg.data_parts))) {
+    if ((rc = spes_trainer_open_data(&n->tr, (int)(id % (uint32_t)n->d->cfg.data_parts), n->d->cfg.data_parts))) {
         spes_trainer_fini(&n->tr);
         n->tr = old;
         return rc;
@@ -55,7 +56,7 @@ static int open_trainer(spes_node *n, const uint8_t *cols)
     memcpy(n->tr.opt.m, old.opt.m, lo->shared_numel * sizeof(float));
     memcpy(n->tr.opt.v, old.opt.v, lo->shared_numel * sizeof(float));
     n->tr.opt.t = old.opt.t;
-    for (int e = 0; e < n->E; e++) {
+    for (int e = 0; e < n->sm.E; e++) {
         float *src_m = NULL, *src_v = NULL, *dst_m = NULL, *dst_v = NULL;
         for (int s = 1; s < old.nseg; s++)
             if (old.seg[s].param_off == lo->shared_numel + (size_t)e * lo->column_numel) {
@@ -78,7 +79,7 @@ static int open_trainer(spes_node *n, const uint8_t *cols)
 
 static int same_cols(spes_node *n, const uint8_t *cols)
 {
-    return n->have_trainer && memcmp(n->tr.model->trained, cols, (size_t)n->E) == 0;
+    return n->have_trainer && memcmp(n->tr.model->trained, cols, (size_t)n->sm.E) == 0;
 }
 
 static int ensure_base(spes_node *n)
@@ -88,21 +89,21 @@ static int ensure_base(spes_node *n)
     return n->base ? 0 : SPES_ENOMEM;
 }
 
-static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H);
-static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H);
+static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H, uint32_t id);
+static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H, uint32_t id);
 
 /* load_local tries the node's own persisted state for round R with digest H. */
-static int load_local(spes_node *n, uint64_t R, const uint8_t *H)
+static int load_local(spes_node *n, uint64_t R, const uint8_t *H, uint32_t id)
 {
     char *dir = spes_path_join(n->state_dir, "state");
     if (!dir)
         return SPES_ENOMEM;
-    int rc = load_local_dir(n, dir, R, H);
+    int rc = load_local_dir(n, dir, R, H, id);
     free(dir);
     return rc;
 }
 
-static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H)
+static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8_t *H, uint32_t id)
 {
     spes_ckpt meta;
     spes_ckpt_reader *r;
@@ -110,9 +111,9 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     if (rc)
         return rc;
     spes_ckpt_reader_close(r);
-    rc = (uint64_t)meta.round == R && meta.E == n->E ? 0 : SPES_ESTATE;
+    rc = (uint64_t)meta.round == R && meta.E == n->sm.E ? 0 : SPES_ESTATE;
     if (!rc && !same_cols(n, meta.trained))
-        rc = open_trainer(n, meta.trained);
+        rc = open_trainer(n, meta.trained, id);
     if (!rc)
         rc = spes_trainer_load(&n->tr, dir);
     spes_ckpt_fini(&meta);
@@ -123,7 +124,7 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     return rc;
 }
 
-/* load_blob reads a state blob (SPESSTATE1 | round | numel | params) into the trainer. */
+/* load_blob reads a state blob (node/state_blob.h) into the trainer. */
 static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
 {
     char path[1024];
@@ -132,49 +133,39 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     size_t len = 0;
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
-    if (rc)
-        return rc;
-    size_t total = n->tr.model->layout.total_numel;
-    uint64_t round, numel;
-    if (len != STATE_HDR + total * 4 || memcmp(buf, STATE_MAGIC, 10)) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: not a state blob of this model (%zu bytes)", path, len);
-    }
-    memcpy(&round, buf + 10, 8);
-    memcpy(&numel, buf + 18, 8);
-    if (round != R || numel != total) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", path, (unsigned long long)round,
-                         (unsigned long long)R);
-    }
-    memcpy(n->tr.model->params, buf + STATE_HDR, total * 4);
+    if (!rc)
+        rc = spes_state_blob_read((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
+                                  n->tr.model->params, path);
     free(buf);
-    return 0;
+    return rc;
 }
 
 /* peers_of lists whom to ask for a blob, into p (returns the count): with an
  * author (first >= 0), the author, then the coordinator (nobody else holds a
  * fresh contribution); without one, every peer of the job. */
-static int peers_of(const node_job *j, spes_blob_peer *p, int first)
+static int peers_of(const spes_node_job *j, spes_blob_peer *p, int first)
 {
     int k = 0;
     if (first >= 0)
-        p[k++] = (spes_blob_peer){.url = j->urls[first], .name = j->names[first][0] ? j->names[first] : NULL};
+        p[k++] = (spes_blob_peer){.url = j->peers[first].url,
+                                  .name = j->peers[first].name[0] ? j->peers[first].name : NULL};
     for (int i = 0; i < j->npeers; i++)
-        if (i != first && (first < 0 || j->is_coord[i]))
-            p[k++] = (spes_blob_peer){.url = j->urls[i], .name = j->names[i][0] ? j->names[i] : NULL};
+        if (i != first && (first < 0 || j->peers[i].is_coord))
+            p[k++] = (spes_blob_peer){.url = j->peers[i].url, .name = j->peers[i].name[0] ? j->peers[i].name : NULL};
     return k;
 }
 
 /* fetch gets a blob from peers_of's peers. manifest pins the blob's manifest
  * (and so its size); without one, max_size bounds what a peer may claim (0: no
  * bound). Received bytes are counted in j->bytes_in. */
-static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
                  uint64_t max_size)
 {
     if (spes_blob_has(n->blobs, hash))
         return 0;
-    spes_blob_peer peers[NODE_MAX_PEERS];
+    spes_blob_peer *peers = calloc((size_t)j->npeers + 1, sizeof *peers);
+    if (!peers)
+        return SPES_ENOMEM;
     int npeers = peers_of(j, peers, first);
     spes_blob_fetch_opts o;
     memset(&o, 0, sizeof o);
@@ -184,6 +175,7 @@ static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, cons
     o.manifest_hash = manifest;
     o.max_size = max_size;
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
+    free(peers);
     char path[1024];
     struct stat st;
     if (!rc && spes_blob_path(n->blobs, hash, path, sizeof path) == 0 && stat(path, &st) == 0)
@@ -191,43 +183,44 @@ static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, cons
     return rc;
 }
 
-static int job_prepare(spes_node *n, node_job *j)
+static int job_prepare(spes_node *n, spes_node_job *j)
 {
+    const spes_node_job_prepare *p = &j->u.prepare;
     int rc = 0;
     char cache[700];
     snprintf(cache, sizeof cache, "%.600s/data", n->state_dir);
-    if ((rc = spes_data_fetch_urls(&n->run, cache, (const volatile int *)&n->cancel)) != 0)
+    if ((rc = spes_data_fetch_urls(&n->sm.run, cache, (const volatile int *)&n->cancel)) != 0)
         return fail(j, rc);
-    if (n->have_trainer && n->have_state && n->round == j->round && !memcmp(n->hash, j->hash, 32))
+    if (n->have_trainer && p->have_held && p->held_round == p->round && !memcmp(p->held_hash, p->hash, 32))
         return 0;
-    uint8_t *all = malloc((size_t)n->E);
+    uint8_t *all = malloc((size_t)n->sm.E);
     if (!all)
         return fail(j, SPES_ENOMEM);
-    memset(all, 1, (size_t)n->E);
-    if (load_local(n, j->round, j->hash) == 0) {
-        log_info("resuming from the local state of round %llu", (unsigned long long)j->round);
-    } else if (load_checkpoint_for(n, j->round, j->hash) == 0) {
-        log_info("restoring the checkpoint of round %llu with this node's optimizer state", (unsigned long long)j->round);
-    } else if (!n->have_trainer && (rc = open_trainer(n, all)) != 0) {
+    memset(all, 1, (size_t)n->sm.E);
+    if (load_local(n, p->round, p->hash, j->node_id) == 0) {
+        log_info("resuming from the local state of round %llu", (unsigned long long)p->round);
+    } else if (load_checkpoint_for(n, p->round, p->hash, j->node_id) == 0) {
+        log_info("restoring the checkpoint of round %llu with this node's optimizer state", (unsigned long long)p->round);
+    } else if (!n->have_trainer && (rc = open_trainer(n, all, j->node_id)) != 0) {
         free(all);
         return fail(j, rc);
-    } else if (j->round == 0) {
-        spes_model_init_weights(n->tr.model, (uint64_t)n->run.train.seed);
+    } else if (p->round == 0) {
+        spes_model_init_weights(n->tr.model, (uint64_t)n->sm.run.train.seed);
     } else {
-        log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)j->round, j->npeers);
-        uint64_t state_size = STATE_HDR + (uint64_t)n->tr.model->layout.total_numel * 4;
-        if ((rc = fetch(n, j, j->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, j->hash, j->round)) != 0) {
+        log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round, j->npeers);
+        uint64_t state_size = spes_state_blob_size(n->tr.model->layout.total_numel);
+        if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);
             return fail(j, rc);
         }
     }
     free(all);
     uint8_t dg[32];
-    if ((rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)j->round, dg)))
+    if ((rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)p->round, dg)))
         return fail(j, rc);
-    if (memcmp(dg, j->hash, 32))
+    if (memcmp(dg, p->hash, 32))
         return fail(j, spes_errf(SPES_ESTATE, "the state of round %llu here does not match the run's digest "
-                                              "(different run config or seed?)", (unsigned long long)j->round));
+                                              "(different run config or seed?)", (unsigned long long)p->round));
     if ((rc = ensure_base(n)) != 0)
         return fail(j, rc);
     memcpy(n->base, n->tr.model->params, n->tr.model->layout.total_numel * sizeof(float));
@@ -241,52 +234,51 @@ static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t 
 
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
 {
-    uint8_t *buf = malloc(STATE_HDR + total * 4);
+    uint8_t *buf = malloc(spes_state_blob_size(total));
     if (!buf)
         return SPES_ENOMEM;
-    memcpy(buf, STATE_MAGIC, 10);
-    memcpy(buf + 10, &round, 8);
-    uint64_t nn = total;
-    memcpy(buf + 18, &nn, 8);
-    memcpy(buf + STATE_HDR, params, total * 4);
-    int rc = spes_blob_put(n->blobs, buf, STATE_HDR + total * 4, out);
+    spes_state_blob_write(buf, params, total, round);
+    int rc = spes_blob_put(n->blobs, buf, spes_state_blob_size(total), out);
     free(buf);
     return rc;
 }
 
-static int job_train(spes_node *n, node_job *j)
+static int job_train(spes_node *n, spes_node_job *j)
 {
+    spes_node_job_train *t = &j->u.train;
+    const spes_run_config *run = &n->sm.run;
     int rc = 0;
-    if (!same_cols(n, j->cols) && (rc = open_trainer(n, j->cols)) != 0)
+    if (!same_cols(n, t->cols) && (rc = open_trainer(n, t->cols, j->node_id)) != 0)
         return fail(j, rc);
     size_t total = n->tr.model->layout.total_numel;
     memcpy(n->tr.model->params, n->base, total * sizeof(float));
-    n->tr.step = (int64_t)j->step;
-    n->tr.round = (int64_t)j->round;
+    n->tr.step = (int64_t)t->step;
+    n->tr.round = (int64_t)t->round;
     double sum = 0;
-    int steps = n->run.spes.sync_interval, done = 0;
+    int steps = run->spes.sync_interval, done = 0;
     for (; done < steps; done++) {
         if (atomic_load(&n->cancel))
             return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
         spes_step_stats st;
         if ((rc = spes_trainer_step(&n->tr, &st)) != 0)
             return fail(j, rc);
-        spes_dmetrics_note_routing(n->d->metrics, n->tr.model); /* metrics hook */
+        spes_dmetrics_note_routing(n->d->metrics, n->tr.model); /* router load per expert */
         sum += st.loss;
         n->loss = st.loss;
-        n->tps = (double)n->run.train.batch_size * n->run.train.seq_len / st.seconds;
+        n->tps = (double)run->train.batch_size * run->train.seq_len / st.seconds;
+        node_publish_progress(n);
         printf("step %lld loss %.9g\n", (long long)st.step, st.loss);
         fflush(stdout);
     }
     spes_contrib c;
-    j->tokens = (uint64_t)steps * (uint64_t)n->run.train.batch_size * (uint64_t)n->run.train.seq_len;
-    j->loss_mean = sum / steps;
-    if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->E, j->cols, n->tr.model->params, (int64_t)j->round,
-                                (int32_t)n->id, j->tokens, (float)j->loss_mean)) != 0)
+    t->tokens = (uint64_t)steps * (uint64_t)run->train.batch_size * (uint64_t)run->train.seq_len;
+    t->loss_mean = sum / steps;
+    if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, t->cols, n->tr.model->params, (int64_t)t->round,
+                                (int32_t)j->node_id, t->tokens, (float)t->loss_mean)) != 0)
         return fail(j, rc);
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
-        log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)j->round);
+        log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)t->round);
     }
     uint8_t *buf;
     size_t len;
@@ -295,17 +287,17 @@ static int job_train(spes_node *n, node_job *j)
     spes_contrib_fini(&c);
     if (rc)
         return fail(j, rc);
-    rc = spes_blob_put(n->blobs, buf, len, j->out_hash);
+    rc = spes_blob_put(n->blobs, buf, len, t->blob);
     free(buf);
-    j->out_size = len;
+    t->size = len;
     spes_manifest m;
-    if (!rc && (rc = spes_blob_manifest_get(n->blobs, j->out_hash, &m)) == 0) {
-        rc = spes_manifest_hash(&m, j->out_manifest);
+    if (!rc && (rc = spes_blob_manifest_get(n->blobs, t->blob, &m)) == 0) {
+        rc = spes_manifest_hash(&m, t->manifest);
         spes_manifest_fini(&m);
     }
     if (!rc && !strcmp(n->d->cfg.fault, "wrong-hash")) {
-        j->out_hash[0] ^= 0xff; /* fault injection for tests: announce a hash nobody holds */
-        log_warnx("fault injection: announcing a wrong hash for round %llu", (unsigned long long)j->round);
+        t->blob[0] ^= 0xff; /* fault injection for tests: announce a hash nobody holds */
+        log_warnx("fault injection: announcing a wrong hash for round %llu", (unsigned long long)t->round);
     }
     return rc ? fail(j, rc) : 0;
 }
@@ -320,73 +312,76 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc)
-        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->E, n->base, MAX_DELTA,
+        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->sm.E, n->base, MAX_DELTA,
                                  origin);
     free(buf);
     return rc;
 }
 
-static int author_index(const node_job *j, uint32_t node)
+static int author_index(const spes_node_job *j, uint32_t node)
 {
     for (int i = 0; i < j->npeers; i++)
-        if (j->peer_ids[i] == node)
+        if (j->peers[i].id == node)
             return i;
     return -1;
 }
 
-static int job_validate(spes_node *n, node_job *j)
+static int job_validate(spes_node *n, spes_node_job *j)
 {
-    for (int k = 0; k < j->ncontrib; k++) {
+    spes_node_job_validate *v = &j->u.validate;
+    for (int k = 0; k < v->n; k++) {
         spes_contrib c;
-        int rc = fetch(n, j, j->contrib_hash[k], k, j->contrib_manifest[k], 0);
+        int rc = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
         if (!rc)
-            rc = decode_blob(n, j->contrib_hash[k], j->names[k], &c);
-        j->ok[k] = rc == 0;
+            rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c);
+        v->ok[k] = rc == 0;
         if (rc)
-            snprintf(j->reasons[k], sizeof j->reasons[k], "%s", spes_errmsg());
+            snprintf(v->reasons[k], sizeof v->reasons[k], "%s", spes_errmsg());
         else
             spes_contrib_fini(&c);
     }
     return 0;
 }
 
-static int job_apply(spes_node *n, node_job *j)
+static int job_apply(spes_node *n, spes_node_job *j)
 {
+    spes_node_job_apply *a = &j->u.apply;
+    const spes_run_config *run = &n->sm.run;
     int rc = 0, k;
     size_t total = n->tr.model->layout.total_numel;
-    spes_contrib *cs = calloc((size_t)(j->ncontrib ? j->ncontrib : 1), sizeof *cs);
-    const spes_contrib **cp = calloc((size_t)(j->ncontrib ? j->ncontrib : 1), sizeof *cp);
+    spes_contrib *cs = calloc((size_t)(a->ncontrib ? a->ncontrib : 1), sizeof *cs);
+    const spes_contrib **cp = calloc((size_t)(a->ncontrib ? a->ncontrib : 1), sizeof *cp);
     if (!cs || !cp)
         rc = SPES_ENOMEM;
-    for (k = 0; !rc && k < j->ncontrib; k++) {
+    for (k = 0; !rc && k < a->ncontrib; k++) {
         char origin[96];
-        snprintf(origin, sizeof origin, "contribution of node %u", j->contrib_node[k]);
-        int first = author_index(j, j->contrib_node[k]);
-        if ((rc = fetch(n, j, j->contrib_hash[k], first, j->contrib_manifest[k], 0)) == 0 &&
-            (rc = decode_blob(n, j->contrib_hash[k], origin, &cs[k])) == 0)
+        snprintf(origin, sizeof origin, "contribution of node %u", a->contribs[k].node);
+        int first = author_index(j, a->contribs[k].node);
+        if ((rc = fetch(n, j, a->contribs[k].hash, first, a->contribs[k].manifest, 0)) == 0 &&
+            (rc = decode_blob(n, a->contribs[k].hash, origin, &cs[k])) == 0)
             cp[k] = &cs[k];
     }
     float *p = n->tr.model->params;
     if (!rc) {
         memcpy(p, n->base, total * sizeof(float));
-        rc = spes_aggregate(p, &n->tr.model->layout, n->E, cp, j->ncontrib);
+        rc = spes_aggregate(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib);
     }
-    double alpha = spes_merge_alpha(&n->run.spes, (int64_t)j->next_step);
-    if (!rc && j->merge && alpha > 0)
-        rc = spes_merge_apply(p, &n->tr.model->layout, &n->run.model, n->run.spes.merge_topk, alpha);
-    if (!rc && j->round == 2 && !strcmp(n->d->cfg.fault, "diverge"))
+    double alpha = spes_merge_alpha(&run->spes, (int64_t)a->next_step);
+    if (!rc && a->merge && alpha > 0)
+        rc = spes_merge_apply(p, &n->tr.model->layout, &run->model, run->spes.merge_topk, alpha);
+    if (!rc && a->round == 2 && !strcmp(n->d->cfg.fault, "diverge"))
         p[0] += 1.0f; /* tests only: this node's S_3 is no longer the run's */
-    for (int i = 0; i < j->ncontrib; i++)
+    for (int i = 0; i < a->ncontrib; i++)
         spes_contrib_fini(&cs[i]);
     free(cs);
     free(cp);
-    if (!rc && (rc = spes_state_digest(p, total, (int64_t)j->round + 1, j->out_hash)) == 0) {
-        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->E, p, n->base); /* metrics hook */
+    if (!rc && (rc = spes_state_digest(p, total, (int64_t)a->round + 1, a->state_hash)) == 0) {
+        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p, n->base); /* column delta norms */
         memcpy(n->base, p, total * sizeof(float));
-        n->tr.step = (int64_t)j->next_step;
-        n->tr.round = (int64_t)j->round + 1;
+        n->tr.step = (int64_t)a->next_step;
+        n->tr.round = (int64_t)a->round + 1;
         uint8_t sh[32];
-        if ((rc = put_state(n, p, j->round + 1, sh)) == 0 && memcmp(sh, j->out_hash, 32))
+        if ((rc = put_state(n, p, a->round + 1, sh)) == 0 && memcmp(sh, a->state_hash, 32))
             rc = spes_errf(SPES_EIO, "state blob hash differs from the digest");
     }
     return rc ? fail(j, rc) : 0;
@@ -405,7 +400,7 @@ static int save_checkpoint(spes_node *n, const char *id)
 }
 
 /* load_checkpoint_for looks for a saved checkpoint of round R with digest H. */
-static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H)
+static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H, uint32_t id)
 {
     char base[700];
     snprintf(base, sizeof base, "%.600s/checkpoints", n->state_dir);
@@ -419,41 +414,14 @@ static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H)
             continue;
         char dir[1000];
         snprintf(dir, sizeof dir, "%s/%s", base, de->d_name);
-        rc = load_local_dir(n, dir, R, H);
+        rc = load_local_dir(n, dir, R, H, id);
     }
     closedir(dp);
     return rc;
 }
 
-void node_run_job(spes_node *n, node_job *j)
-{
-    j->rc = 0;
-    j->err[0] = 0;
-    switch (j->kind) {
-    case JOB_PREPARE:
-        if (job_prepare(n, j) == 0)
-            spes_counters_state_held(); /* counters: the wait for the round ends */
-        break;
-    case JOB_TRAIN:
-        spes_counters_train_begin(); /* counters: training time */
-        job_train(n, j);
-        spes_counters_train_end();
-        break;
-    case JOB_APPLY:
-        if (job_apply(n, j) == 0 && node_persist(n) != 0)
-            log_error("node state not persisted: %s", spes_errmsg());
-        if (j->rc == 0 && j->ckpt_id[0] && save_checkpoint(n, j->ckpt_id) != 0) {
-            log_error("checkpoint %s not saved: %s", j->ckpt_id, spes_errmsg());
-            j->ckpt_id[0] = '\0';
-        }
-        if (j->rc == 0)
-            spes_counters_state_held(); /* counters: S_{r+1} is held, the wait ends */
-        break;
-    case JOB_VALIDATE: job_validate(n, j); break;
-    }
-}
-
-int node_persist(spes_node *n)
+/* node_persist writes the node's state (trainer checkpoint) durably, under STATE_DIR/node/state. */
+static int node_persist(spes_node *n)
 {
     char *dir = spes_path_join(n->state_dir, "state");
     if (!dir)
@@ -461,4 +429,47 @@ int node_persist(spes_node *n)
     int rc = spes_trainer_save(&n->tr, dir);
     free(dir);
     return rc;
+}
+
+void node_run_job(spes_node *n, spes_node_job *j)
+{
+    j->rc = 0;
+    j->err[0] = 0;
+    switch (j->kind) {
+    case SPES_NODE_JOB_PREPARE:
+        if (job_prepare(n, j) == 0)
+            spes_counters_state_held(); /* the wait for the round ends */
+        break;
+    case SPES_NODE_JOB_TRAIN:
+        spes_counters_train_begin(); /* training time (docs/counters.md) */
+        job_train(n, j);
+        spes_counters_train_end();
+        break;
+    case SPES_NODE_JOB_APPLY: {
+        spes_node_job_apply *a = &j->u.apply;
+        if (job_apply(n, j) == 0 && node_persist(n) != 0)
+            log_error("node state not persisted: %s", spes_errmsg());
+        if (j->rc == 0 && a->ckpt_id[0] && save_checkpoint(n, a->ckpt_id) != 0) {
+            log_error("checkpoint %s not saved: %s", a->ckpt_id, spes_errmsg());
+            a->ckpt_id[0] = '\0';
+        }
+        spes_blob_serve_stats ss;
+        spes_blob_store_stats(n->blobs, &ss);
+        a->bytes_served = ss.bytes_served;
+        if (j->rc == 0)
+            spes_counters_state_held(); /* S_{r+1} is held: the wait ends */
+        break;
+    }
+    case SPES_NODE_JOB_VALIDATE: job_validate(n, j); break;
+    }
+}
+
+void node_publish_progress(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->prog_have_step = n->have_trainer;
+    n->prog_step = n->have_trainer ? (uint64_t)n->tr.step : 0;
+    n->prog_loss = n->loss;
+    n->prog_tps = n->tps;
+    pthread_mutex_unlock(&n->mu);
 }

@@ -1,0 +1,802 @@
+/* node.c: the node's round protocol as (state, input) -> actions (node.h).
+ * Every function here runs on the thread that feeds the machine; it reads no
+ * clock, socket or file and keeps no static state. */
+#include "node/node.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/sha256.h"
+#include "proto/proto.h"
+#include "proto/spes.pb-c.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NS(x) SPES__WIRE__NODE_STATE__NODE_STATE_##x
+#define RETRY_MS 500          /* announce and digest retry */
+#define JOIN_RETRY_MS 1000    /* join retry without a retry_after_ms */
+#define CONFIG_RETRY_MS 5000  /* the run config did not parse */
+#define PREPARE_RETRY_MS 2000 /* S_round could not be had */
+#define APPLY_RETRY_MS 1000   /* a commit could not be applied */
+
+/* ---- the action queue ---- */
+
+static spes_node_action *push(spes_node_out *o, int kind)
+{
+    if (o->head + o->n == o->cap) {
+        if (o->head > 0) {
+            memmove(o->v, o->v + o->head, o->n * sizeof *o->v);
+            o->head = 0;
+        }
+        if (o->n == o->cap) {
+            size_t cap = o->cap ? 2 * o->cap : 16;
+            spes_node_action *v = realloc(o->v, cap * sizeof *v);
+            if (!v)
+                return NULL;
+            o->v = v;
+            o->cap = cap;
+        }
+    }
+    spes_node_action *a = &o->v[o->head + o->n++];
+    memset(a, 0, sizeof *a);
+    a->kind = kind;
+    return a;
+}
+
+int spes_node_out_pop(spes_node_out *o, spes_node_action *a)
+{
+    if (o->n == 0)
+        return 0;
+    *a = o->v[o->head++];
+    if (--o->n == 0)
+        o->head = 0;
+    return 1;
+}
+
+void spes_node_action_fini(spes_node_action *a)
+{
+    free(a->data);
+    a->data = NULL;
+    spes_node_job_free(a->job);
+    a->job = NULL;
+}
+
+void spes_node_out_fini(spes_node_out *o)
+{
+    spes_node_action a;
+    while (spes_node_out_pop(o, &a))
+        spes_node_action_fini(&a);
+    free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+__attribute__((format(printf, 3, 4))) static void say(spes_node_out *o, int level, const char *fmt, ...)
+{
+    spes_node_action *a = push(o, SPES_NODE_ACT_LOG);
+    if (!a)
+        return;
+    a->level = level;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->text, sizeof a->text, fmt, ap);
+    va_end(ap);
+}
+
+static void emit_job(spes_node_sm *sm, spes_node_out *o, spes_node_job *j)
+{
+    spes_node_action *a = push(o, SPES_NODE_ACT_JOB);
+    if (!a) {
+        spes_node_job_free(j);
+        return;
+    }
+    a->job = j;
+    sm->busy++;
+}
+
+static void emit_cancel(spes_node_out *o, int value)
+{
+    spes_node_action *a = push(o, SPES_NODE_ACT_CANCEL);
+    if (a)
+        a->value = value;
+}
+
+static void emit_stopped(spes_node_sm *sm, spes_node_out *o)
+{
+    sm->phase = SPES_NODE_DONE;
+    push(o, SPES_NODE_ACT_STOPPED);
+}
+
+/* send encodes m as a call; on failure the call is answered at once as failed. */
+static void send_call(spes_node_sm *sm, int call, int type, const ProtobufCMessage *m, int timeout_ms, uint64_t now,
+                      spes_node_out *o)
+{
+    uint8_t *buf;
+    size_t len;
+    if (spes_proto_encode(type, m, &buf, &len) != 0) {
+        say(o, SPES_LOG_ERROR, "cannot encode message type %d: %s", type, spes_errmsg());
+        sm->calls++;
+        spes_node_sm_reply(sm, call, SPES_EINVAL, "cannot encode", NULL, 0, now, o);
+        return;
+    }
+    spes_node_action *a = push(o, SPES_NODE_ACT_SEND);
+    if (!a) {
+        free(buf);
+        return;
+    }
+    a->call = call;
+    a->type = type;
+    a->data = buf;
+    a->len = len;
+    a->timeout_ms = timeout_ms;
+    sm->calls++;
+}
+
+/* ---- jobs ---- */
+
+void spes_node_job_free(spes_node_job *j)
+{
+    if (!j)
+        return;
+    free(j->peers);
+    switch (j->kind) {
+    case SPES_NODE_JOB_TRAIN: free(j->u.train.cols); break;
+    case SPES_NODE_JOB_APPLY: free(j->u.apply.contribs); break;
+    case SPES_NODE_JOB_VALIDATE:
+        free(j->u.validate.contribs);
+        free(j->u.validate.ok);
+        free(j->u.validate.reasons);
+        break;
+    default: break;
+    }
+    free(j);
+}
+
+/* add_peer lists url as a fetch source once; the coordinator (id UINT32_MAX)
+ * is often a training node too, and then the entry keeps both marks. */
+static void add_peer(const spes_node_sm *sm, spes_node_job *j, uint32_t id, const char *url, const char *name)
+{
+    if (!strcmp(url, sm->o.listen))
+        return; /* never ask ourselves */
+    for (int i = 0; i < j->npeers; i++)
+        if (!strcmp(j->peers[i].url, url)) {
+            if (id == UINT32_MAX) {
+                j->peers[i].is_coord = 1;
+            } else {
+                j->peers[i].id = id;
+                snprintf(j->peers[i].name, sizeof j->peers[i].name, "%s", name);
+            }
+            return;
+        }
+    spes_node_peer *p = &j->peers[j->npeers++];
+    snprintf(p->url, sizeof p->url, "%s", url);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->is_coord = id == UINT32_MAX;
+    p->id = id;
+}
+
+/* new_job makes a job with room for npeers peers besides the coordinator,
+ * which holds every committed blob and state and so is always a source. */
+static spes_node_job *new_job(spes_node_sm *sm, int kind, size_t npeers)
+{
+    spes_node_job *j = calloc(1, sizeof *j);
+    if (!j || !(j->peers = calloc(npeers + 1, sizeof *j->peers))) {
+        free(j);
+        return NULL;
+    }
+    j->kind = kind;
+    j->node_id = sm->id;
+    if (sm->o.coordinator && sm->o.coordinator[0])
+        add_peer(sm, j, UINT32_MAX, sm->o.coordinator, "");
+    return j;
+}
+
+static void start_train(spes_node_sm *sm, const uint32_t *cols, size_t ncols, uint64_t now, spes_node_out *o)
+{
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_TRAIN, 0);
+    if (!j || !(j->u.train.cols = calloc((size_t)sm->E, 1))) {
+        spes_node_job_free(j);
+        say(o, SPES_LOG_ERROR, "out of memory starting round %llu", (unsigned long long)sm->round);
+        return;
+    }
+    j->u.train.round = sm->round;
+    j->u.train.step = sm->step;
+    j->u.train.E = sm->E;
+    for (size_t i = 0; i < ncols; i++)
+        if (cols[i] < (uint32_t)sm->E)
+            j->u.train.cols[cols[i]] = 1;
+    memcpy(sm->cols, j->u.train.cols, (size_t)sm->E);
+    sm->phase = SPES_NODE_TRAIN;
+    sm->train_round = sm->round;
+    sm->t_train0 = now;
+    say(o, SPES_LOG_INFO, "round %llu: training columns of %zu expert(s) for %d steps from step %llu",
+        (unsigned long long)sm->round, ncols, sm->run.spes.sync_interval, (unsigned long long)sm->step);
+    emit_job(sm, o, j);
+}
+
+/* diverged says whether the run's agreed state of our round (hash, 32 bytes
+ * when known) differs from ours: then we must not train on ours or apply a
+ * commit to it. We join again, which fetches the agreed state (our own copy of
+ * the round no longer matches it, so it is not reused). */
+static int diverged(spes_node_sm *sm, const ProtobufCBinaryData *hash, spes_node_out *o)
+{
+    if (hash->len != 32 || !sm->have_state || !memcmp(hash->data, sm->hash, 32))
+        return 0;
+    char mine[65], agreed[65];
+    spes_hex_encode(sm->hash, 32, mine);
+    spes_hex_encode(hash->data, 32, agreed);
+    say(o, SPES_LOG_ERROR,
+        "round %llu: this node's state (digest %.16s) is not the run's agreed one (%.16s): joining again to fetch it",
+        (unsigned long long)sm->round, mine, agreed);
+    sm->phase = SPES_NODE_JOIN;
+    return 1;
+}
+
+static void copy32(uint8_t *dst, const ProtobufCBinaryData *b)
+{
+    memset(dst, 0, 32);
+    memcpy(dst, b->data, b->len < 32 ? b->len : 32);
+}
+
+static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_node_out *o)
+{
+    if (sm->o.hooks.commit)
+        sm->o.hooks.commit(sm->o.hooks.arg, cm, sm->id);
+    if (diverged(sm, &cm->base_hash, o))
+        return;
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_APPLY, cm->n_peers);
+    spes_node_job_apply *a = j ? &j->u.apply : NULL;
+    if (!j || !(a->contribs = calloc(cm->n_contributions + 1, sizeof *a->contribs))) {
+        spes_node_job_free(j);
+        say(o, SPES_LOG_ERROR, "out of memory applying round %llu", (unsigned long long)cm->round);
+        return;
+    }
+    a->round = sm->round;
+    a->merge = cm->merge_applied;
+    const char *ck = cm->checkpoint_id ? cm->checkpoint_id : "";
+    if (ck[0] == '.' || strchr(ck, '/')) { /* it names a directory under checkpoints/ */
+        say(o, SPES_LOG_WARN, "round %llu: checkpoint id \"%.64s\" refused", (unsigned long long)cm->round, ck);
+        ck = "";
+    }
+    snprintf(a->ckpt_id, sizeof a->ckpt_id, "%s", ck);
+    a->next_step = cm->next_step;
+    for (size_t i = 0; i < cm->n_peers; i++)
+        add_peer(sm, j, cm->peers[i]->node_id, cm->peers[i]->listen_url, cm->peers[i]->name);
+    for (size_t i = 0; i < cm->n_contributions; i++) {
+        spes_node_contrib *c = &a->contribs[a->ncontrib++];
+        c->node = cm->contributions[i]->node_id;
+        copy32(c->hash, &cm->contributions[i]->blob_hash);
+        copy32(c->manifest, &cm->contributions[i]->manifest_hash);
+    }
+    sm->phase = SPES_NODE_APPLY;
+    emit_job(sm, o, j);
+}
+
+/* ---- replies ---- */
+
+static const char *error_text(int type, ProtobufCMessage *msg)
+{
+    if (type == SPES_MSG_ERROR)
+        return ((Spes__Wire__Error *)msg)->message;
+    if (type == SPES_MSG_REJECT)
+        return ((Spes__Wire__Reject *)msg)->reason;
+    return "unexpected reply";
+}
+
+static void retry_later(spes_node_sm *sm, uint64_t now, uint64_t ms)
+{
+    sm->next_try_ms = now + ms;
+}
+
+static void try_leave(spes_node_sm *sm, uint64_t now, spes_node_out *o);
+
+static void on_digest_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg, uint64_t now,
+                            spes_node_out *o)
+{
+    if (err || type == SPES_MSG_ERROR) {
+        say(o, SPES_LOG_WARN, "digest report failed: %s", err ? err : error_text(type, msg));
+        retry_later(sm, now, RETRY_MS);
+        return;
+    }
+    if (sm->phase == SPES_NODE_DIGEST)
+        sm->phase = SPES_NODE_IDLE;
+}
+
+static void on_announce_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg, uint64_t now,
+                              spes_node_out *o)
+{
+    if (err) {
+        say(o, SPES_LOG_WARN, "announce failed (%s); retrying", err);
+        retry_later(sm, now, RETRY_MS);
+        return;
+    }
+    if (type != SPES_MSG_ACK)
+        say(o, SPES_LOG_WARN, "round %llu: contribution not taken: %s", (unsigned long long)sm->round,
+            error_text(type, msg));
+    if (sm->phase == SPES_NODE_ANNOUNCE)
+        sm->phase = SPES_NODE_WAIT;
+}
+
+static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg,
+                               const uint8_t *raw, size_t len, uint64_t now, spes_node_out *o)
+{
+    if (err) {
+        say(o, SPES_LOG_DEBUG, "heartbeat failed: %s", err);
+        return;
+    }
+    if (sm->o.hooks.heartbeat_reply)
+        sm->o.hooks.heartbeat_reply(sm->o.hooks.arg, type, msg);
+    if (type == SPES_MSG_COMMIT) {
+        const Spes__Wire__Commit *cm = (const Spes__Wire__Commit *)msg;
+        if (cm->round != sm->round)
+            return;
+        if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT || sm->phase == SPES_NODE_ANNOUNCE) {
+            start_apply(sm, cm, o); /* a late announce reply finds the phase moved on */
+        } else if (sm->phase == SPES_NODE_TRAIN) {
+            /* the round closed without us: abandon, then apply */
+            free(sm->pending_commit);
+            sm->pending_commit = malloc(len);
+            sm->pending_commit_len = 0;
+            if (sm->pending_commit) {
+                memcpy(sm->pending_commit, raw, len);
+                sm->pending_commit_len = len;
+            }
+            emit_cancel(o, 1);
+        }
+    } else if (type == SPES_MSG_ACCEPT) {
+        const Spes__Wire__Accept *a = (const Spes__Wire__Accept *)msg;
+        if (sm->phase == SPES_NODE_IDLE && a->round == sm->round && a->n_columns > 0 && sm->have_state) {
+            if (!diverged(sm, &a->state_hash, o))
+                start_train(sm, a->columns, a->n_columns, now, o);
+        } else if (sm->phase == SPES_NODE_WAIT && a->round == sm->round && sm->train_round == sm->round) {
+            sm->phase = SPES_NODE_ANNOUNCE; /* the coordinator lost our announcement (it restarted) */
+            sm->next_try_ms = 0;
+        }
+    } else if (type == SPES_MSG_REJECT) {
+        const Spes__Wire__Reject *r = (const Spes__Wire__Reject *)msg;
+        if (r->code == SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND ||
+            r->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
+            say(o, SPES_LOG_WARN, "coordinator: %s; joining again", r->reason);
+            if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT)
+                sm->phase = SPES_NODE_JOIN;
+        }
+    }
+}
+
+/* take_run adopts the run config of the first Accept. */
+static int take_run(spes_node_sm *sm, const Spes__Wire__Accept *a, spes_node_out *o)
+{
+    spes_config_defaults(&sm->run);
+    if (spes_config_parse_json(&sm->run, a->run_config_json, "run config from the coordinator") ||
+        spes_config_validate(&sm->run) ||
+        (sm->o.data && sm->o.data[0] && spes_config_set_data(&sm->run, sm->o.data) != 0) ||
+        !(sm->cols = calloc((size_t)sm->run.model.num_experts + 1, 1))) {
+        say(o, SPES_LOG_ERROR, "%s", spes_errmsg());
+        spes_config_fini(&sm->run);
+        return -1;
+    }
+    sm->E = sm->run.model.num_experts;
+    sm->have_run = 1;
+    return 0;
+}
+
+static void on_join_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg, uint64_t now,
+                          spes_node_out *o)
+{
+    if (!err && type == SPES_MSG_REJECT &&
+        ((Spes__Wire__Reject *)msg)->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
+        say(o, SPES_LOG_ERROR, "coordinator: %s; stopping this daemon", ((Spes__Wire__Reject *)msg)->reason);
+        sm->joined = 0; /* nothing to leave */
+        spes_node_sm_stop(sm, o);
+        return;
+    }
+    if (err || type != SPES_MSG_ACCEPT) {
+        uint32_t retry = !err && type == SPES_MSG_REJECT ? ((Spes__Wire__Reject *)msg)->retry_after_ms : 0;
+        say(o, SPES_LOG_WARN, "join: %s", err ? err : error_text(type, msg));
+        retry_later(sm, now, retry ? retry : JOIN_RETRY_MS);
+        return;
+    }
+    const Spes__Wire__Accept *a = (const Spes__Wire__Accept *)msg;
+    if (!sm->have_run && take_run(sm, a, o) != 0) {
+        retry_later(sm, now, CONFIG_RETRY_MS);
+        return;
+    }
+    sm->id = a->node_id;
+    sm->joined = 1;
+    say(o, SPES_LOG_INFO, "joined run %s as node %u at round %llu (step %llu)", a->run_id, a->node_id,
+        (unsigned long long)a->round, (unsigned long long)a->step);
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_PREPARE, 0);
+    if (!j)
+        return;
+    spes_node_job_prepare *p = &j->u.prepare;
+    p->round = a->round;
+    p->step = a->step;
+    copy32(p->hash, &a->state_hash);
+    p->have_held = sm->have_state;
+    p->held_round = sm->round;
+    memcpy(p->held_hash, sm->hash, 32);
+    free(sm->accept_cols);
+    sm->accept_cols = malloc(sizeof *sm->accept_cols * (a->n_columns ? a->n_columns : 1));
+    sm->accept_ncols = sm->accept_cols ? a->n_columns : 0;
+    if (sm->accept_cols && a->n_columns)
+        memcpy(sm->accept_cols, a->columns, sizeof *sm->accept_cols * a->n_columns);
+    sm->phase = SPES_NODE_PREPARE;
+    emit_job(sm, o, j);
+}
+
+static void on_leave_reply(spes_node_sm *sm, spes_node_out *o)
+{
+    emit_stopped(sm, o);
+}
+
+void spes_node_sm_reply(spes_node_sm *sm, int call, int rc, const char *err, const uint8_t *data, size_t len,
+                        uint64_t now, spes_node_out *out)
+{
+    if (sm->calls > 0)
+        sm->calls--;
+    int type = 0;
+    ProtobufCMessage *msg = NULL;
+    char why[SPES_NODE_ERR_MAX];
+    if (rc)
+        snprintf(why, sizeof why, "%s", err && err[0] ? err : spes_strerror(rc));
+    else if (spes_proto_decode(data, len, &type, &msg) != 0)
+        snprintf(why, sizeof why, "%s", spes_errmsg());
+    else
+        why[0] = '\0';
+    const char *e = why[0] ? why : NULL;
+    if (call == SPES_NODE_CALL_LEAVE) {
+        if (sm->phase != SPES_NODE_DONE)
+            on_leave_reply(sm, out);
+    } else if (sm->phase == SPES_NODE_STOP) {
+        try_leave(sm, now, out); /* what this call was for no longer matters; the goodbye waited for it */
+    } else if (sm->phase != SPES_NODE_DONE) {
+        switch (call) {
+        case SPES_NODE_CALL_JOIN: on_join_reply(sm, e, type, msg, now, out); break;
+        case SPES_NODE_CALL_HEARTBEAT: on_heartbeat_reply(sm, e, type, msg, data, len, now, out); break;
+        case SPES_NODE_CALL_ANNOUNCE: on_announce_reply(sm, e, type, msg, now, out); break;
+        case SPES_NODE_CALL_DIGEST: on_digest_reply(sm, e, type, msg, now, out); break;
+        default: break;
+        }
+    }
+    spes_proto_free(msg);
+}
+
+/* ---- sends ---- */
+
+static void send_join(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    Spes__Wire__Capabilities cap = SPES__WIRE__CAPABILITIES__INIT;
+    j.node_name = (char *)sm->o.name;
+    j.listen_url = (char *)sm->o.listen;
+    j.software_version = "spes 0.1";
+    j.protocol_version = SPES_PROTO_VERSION;
+    cap.threads = (uint32_t)sm->o.threads;
+    j.capabilities = &cap;
+    send_call(sm, SPES_NODE_CALL_JOIN, SPES_MSG_JOIN, &j.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
+}
+
+static void send_announce(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    Spes__Wire__Announce a = SPES__WIRE__ANNOUNCE__INIT;
+    Spes__Wire__LossStats ls = SPES__WIRE__LOSS_STATS__INIT;
+    a.node_id = sm->id;
+    a.round = sm->round;
+    a.blob_hash = (ProtobufCBinaryData){32, sm->pending_blob};
+    a.manifest_hash = (ProtobufCBinaryData){32, sm->pending_manifest};
+    a.size = sm->pending_size;
+    a.tokens_trained = sm->pending_tokens;
+    ls.mean = sm->pending_loss;
+    ls.last = sm->loss;
+    ls.count = (uint32_t)sm->run.spes.sync_interval;
+    a.loss = &ls;
+    a.codec = sm->o.codec && !strcmp(sm->o.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
+                                                           : SPES__WIRE__CODEC__CODEC_FP32;
+    send_call(sm, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE, &a.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
+}
+
+static void send_digest(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    Spes__Wire__Digest g = SPES__WIRE__DIGEST__INIT;
+    g.node_id = sm->id;
+    g.round = sm->round;
+    g.state_hash = (ProtobufCBinaryData){32, sm->hash};
+    g.checkpoint_id = sm->saved_ckpt;
+    send_call(sm, SPES_NODE_CALL_DIGEST, SPES_MSG_DIGEST, &g.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
+}
+
+static void send_heartbeat(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
+    h.node_id = sm->id;
+    h.round = sm->round;
+    h.step = sm->have_step ? sm->trainer_step : sm->step;
+    h.loss = sm->loss;
+    h.tokens_per_s = sm->tps;
+    /* JOINING = idle or waiting for the commit: the coordinator may hand us work */
+    h.state = sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT ? NS(JOINING) : NS(ACTIVE);
+    Spes__Wire__NodeCounters w;
+    if (sm->o.hooks.heartbeat)
+        sm->o.hooks.heartbeat(sm->o.hooks.arg, &h, &w);
+    sm->last_hb_ms = now;
+    send_call(sm, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT, &h.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
+}
+
+void spes_node_sm_tick(spes_node_sm *sm, uint64_t now, spes_node_out *out)
+{
+    if (sm->calls > 0 || now < sm->next_try_ms)
+        return;
+    switch (sm->phase) {
+    case SPES_NODE_JOIN:
+        if (!sm->busy)
+            send_join(sm, now, out);
+        break;
+    case SPES_NODE_ANNOUNCE: send_announce(sm, now, out); break;
+    case SPES_NODE_DIGEST: send_digest(sm, now, out); break;
+    case SPES_NODE_PREPARE:
+    case SPES_NODE_IDLE:
+    case SPES_NODE_TRAIN:
+    case SPES_NODE_WAIT:
+    case SPES_NODE_APPLY:
+        if (sm->joined && now - sm->last_hb_ms >= (uint64_t)sm->o.heartbeat_ms)
+            send_heartbeat(sm, now, out);
+        break;
+    default: break;
+    }
+}
+
+void spes_node_sm_progress(spes_node_sm *sm, int have_step, uint64_t step, double loss, double tps)
+{
+    sm->have_step = have_step;
+    sm->trainer_step = step;
+    sm->loss = loss;
+    sm->tps = tps;
+}
+
+/* ---- blob retention ---- */
+
+/* keep_round records the blobs of applied round r (its contributions and
+ * S_{r+1}) in slot r % KEEP_ROUNDS and releases those of round r - KEEP_ROUNDS
+ * held there: after applying round r the node keeps rounds r-2, r-1 and r,
+ * which is what nodes that lag behind or join need (the current state and the
+ * last commits' blobs). */
+static void keep_round(spes_node_sm *sm, const spes_node_job *j, spes_node_out *o)
+{
+    const spes_node_job_apply *a = &j->u.apply;
+    spes_node_kept *k = &sm->kept[a->round % SPES_NODE_KEEP_ROUNDS];
+    if (!sm->o.keep_blobs && k->n > 0 && k->round < a->round) {
+        for (int i = 0; i < k->n; i++) {
+            spes_node_action *r = push(o, SPES_NODE_ACT_RELEASE);
+            if (r)
+                memcpy(r->hash, k->hash[i], 32);
+        }
+        say(o, SPES_LOG_DEBUG, "round %llu: %d old blob(s) released", (unsigned long long)k->round, k->n);
+    }
+    k->round = a->round;
+    k->n = 0;
+    uint8_t(*h)[32] = realloc(k->hash, (size_t)(a->ncontrib + 1) * sizeof *h);
+    if (!h)
+        return; /* these blobs stay on disk */
+    k->hash = h;
+    for (int i = 0; i < a->ncontrib; i++)
+        memcpy(k->hash[k->n++], a->contribs[i].hash, 32);
+    memcpy(k->hash[k->n++], a->state_hash, 32); /* S_{round+1} */
+}
+
+/* ---- worker results ---- */
+
+static void prepare_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
+{
+    const spes_node_job_prepare *p = &j->u.prepare;
+    if (j->rc) {
+        say(o, SPES_LOG_ERROR, "cannot get the agreed state of round %llu: %s", (unsigned long long)p->round,
+            j->err);
+        sm->phase = SPES_NODE_JOIN;
+        retry_later(sm, now, PREPARE_RETRY_MS);
+        return;
+    }
+    sm->round = p->round;
+    sm->step = p->step;
+    memcpy(sm->hash, p->hash, 32);
+    sm->have_state = 1;
+    sm->phase = SPES_NODE_IDLE;
+    if (sm->accept_ncols)
+        start_train(sm, sm->accept_cols, sm->accept_ncols, now, o);
+}
+
+static void train_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
+{
+    const spes_node_job_train *t = &j->u.train;
+    emit_cancel(o, 0);
+    if (j->rc || sm->pending_commit) {
+        /* failed, abandoned, or the round committed without us while we trained
+         * (even if training just finished): apply that commit, nothing to announce */
+        if (j->rc && j->rc != SPES_EINTR)
+            say(o, SPES_LOG_ERROR, "round %llu: training failed: %s", (unsigned long long)t->round, j->err);
+        sm->train_round = UINT64_MAX;
+        sm->phase = SPES_NODE_WAIT;
+        if (sm->pending_commit) {
+            int type;
+            ProtobufCMessage *m = NULL;
+            if (spes_proto_decode(sm->pending_commit, sm->pending_commit_len, &type, &m) == 0 &&
+                type == SPES_MSG_COMMIT && ((const Spes__Wire__Commit *)m)->round == sm->round)
+                start_apply(sm, (const Spes__Wire__Commit *)m, o);
+            spes_proto_free(m);
+            free(sm->pending_commit);
+            sm->pending_commit = NULL;
+            sm->pending_commit_len = 0;
+        }
+        return;
+    }
+    sm->t_train1 = now;
+    memcpy(sm->pending_blob, t->blob, 32);
+    memcpy(sm->pending_manifest, t->manifest, 32);
+    sm->pending_size = t->size;
+    sm->pending_tokens = t->tokens;
+    sm->pending_loss = t->loss_mean;
+    sm->phase = SPES_NODE_ANNOUNCE;
+    sm->next_try_ms = 0;
+    spes_node_sm_tick(sm, now, o);
+}
+
+static void apply_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
+{
+    const spes_node_job_apply *a = &j->u.apply;
+    if (j->rc) {
+        say(o, SPES_LOG_ERROR, "round %llu: cannot apply the commit: %s", (unsigned long long)a->round, j->err);
+        sm->have_state = 0;
+        sm->phase = SPES_NODE_JOIN;
+        retry_later(sm, now, APPLY_RETRY_MS);
+        return;
+    }
+    sm->round = a->round + 1;
+    sm->step = a->next_step;
+    memcpy(sm->hash, a->state_hash, 32);
+    keep_round(sm, j, o);
+    snprintf(sm->saved_ckpt, sizeof sm->saved_ckpt, "%s", a->ckpt_id);
+    sm->bytes_in_total += j->bytes_in;
+    char hex[65];
+    spes_hex_encode(sm->hash, 32, hex);
+    int trained = sm->train_round == a->round && sm->t_train1 >= sm->t_train0 && sm->t_train0 > 0;
+    say(o, SPES_LOG_INFO,
+        "round %llu applied: state digest %.16s (blob bytes received %llu, served %llu in all; "
+        "train %.2f s, sync %.2f s)",
+        (unsigned long long)a->round, hex, (unsigned long long)sm->bytes_in_total,
+        (unsigned long long)a->bytes_served, trained ? (double)(sm->t_train1 - sm->t_train0) / 1e3 : 0.0,
+        trained ? (double)(now - sm->t_train1) / 1e3 : 0.0);
+    if (sm->o.hooks.applied)
+        sm->o.hooks.applied(sm->o.hooks.arg, a->round, trained ? (double)(sm->t_train1 - sm->t_train0) / 1e3 : -1.0,
+                            trained ? (double)(now - sm->t_train1) / 1e3 : -1.0);
+    sm->phase = SPES_NODE_DIGEST;
+    sm->next_try_ms = 0;
+    spes_node_sm_tick(sm, now, o);
+}
+
+void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spes_node_out *out)
+{
+    if (sm->busy > 0)
+        sm->busy--;
+    if (sm->phase == SPES_NODE_STOP || sm->phase == SPES_NODE_DONE) {
+        spes_node_job_free(j);
+        try_leave(sm, now, out);
+        return;
+    }
+    switch (j->kind) {
+    case SPES_NODE_JOB_PREPARE: prepare_done(sm, j, now, out); break;
+    case SPES_NODE_JOB_TRAIN: train_done(sm, j, now, out); break;
+    case SPES_NODE_JOB_APPLY: apply_done(sm, j, now, out); break;
+    case SPES_NODE_JOB_VALIDATE: {
+        sm->bytes_in_total += j->bytes_in;
+        spes_node_action *a = push(out, SPES_NODE_ACT_VALIDATED);
+        if (a) {
+            a->job = j;
+            return;
+        }
+        break;
+    }
+    default: break;
+    }
+    spes_node_job_free(j);
+}
+
+int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uint8_t (*hashes)[32],
+                          const uint8_t (*manifests)[32], const char **urls, const char **names,
+                          spes_node_out *out)
+{
+    if (count < 0)
+        return spes_errf(SPES_EINVAL, "validate: %d contributions", count);
+    size_t n = (size_t)count;
+    spes_node_job *j = calloc(1, sizeof *j);
+    spes_node_job_validate *v = j ? &j->u.validate : NULL;
+    if (j) {
+        j->kind = SPES_NODE_JOB_VALIDATE;
+        j->node_id = sm->id;
+        j->peers = calloc(n + 1, sizeof *j->peers);
+        v->contribs = calloc(n + 1, sizeof *v->contribs);
+        v->ok = calloc(n + 1, sizeof *v->ok);
+        v->reasons = calloc(n + 1, sizeof *v->reasons);
+    }
+    if (!j || !j->peers || !v->contribs || !v->ok || !v->reasons) {
+        spes_node_job_free(j);
+        return spes_errf(SPES_ENOMEM, "out of memory validating round %llu", (unsigned long long)round);
+    }
+    v->round = round;
+    for (int k = 0; k < count; k++) {
+        memcpy(v->contribs[k].hash, hashes[k], 32);
+        memcpy(v->contribs[k].manifest, manifests[k], 32);
+        snprintf(j->peers[k].url, sizeof j->peers[k].url, "%s", urls[k]);
+        snprintf(j->peers[k].name, sizeof j->peers[k].name, "%s", names[k]);
+        v->n++;
+        j->npeers++;
+    }
+    emit_job(sm, out, j);
+    return 0;
+}
+
+/* ---- lifecycle ---- */
+
+int spes_node_sm_init(spes_node_sm *sm, const spes_node_opts *o)
+{
+    memset(sm, 0, sizeof *sm);
+    sm->o = *o;
+    if (!sm->o.name || !sm->o.listen)
+        return spes_errf(SPES_EINVAL, "node: name and listen URL are required");
+    sm->phase = SPES_NODE_JOIN;
+    sm->train_round = UINT64_MAX;
+    return 0;
+}
+
+void spes_node_sm_fini(spes_node_sm *sm)
+{
+    if (sm->have_run)
+        spes_config_fini(&sm->run);
+    free(sm->cols);
+    free(sm->pending_commit);
+    free(sm->accept_cols);
+    for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
+        free(sm->kept[i].hash);
+    memset(sm, 0, sizeof *sm);
+}
+
+static void try_leave(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    if (sm->phase != SPES_NODE_STOP || sm->busy || sm->calls)
+        return;
+    if (!sm->joined) {
+        emit_stopped(sm, o);
+        return;
+    }
+    Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
+    l.node_id = sm->id;
+    l.reason = "shutting down";
+    send_call(sm, SPES_NODE_CALL_LEAVE, SPES_MSG_LEAVE, &l.base, SPES_NODE_LEAVE_TIMEOUT_MS, now, o);
+}
+
+void spes_node_sm_stop(spes_node_sm *sm, spes_node_out *out)
+{
+    if (sm->phase == SPES_NODE_STOP || sm->phase == SPES_NODE_DONE)
+        return;
+    emit_cancel(out, 1);
+    sm->phase = SPES_NODE_STOP;
+    if (sm->calls)
+        push(out, SPES_NODE_ACT_ABORT_CALLS); /* a gone coordinator must not hold us for a call's timeout */
+    try_leave(sm, 0, out);
+}
+
+const char *spes_node_phase_name(int phase)
+{
+    switch (phase) {
+    case SPES_NODE_JOIN: return "join";
+    case SPES_NODE_PREPARE: return "prepare";
+    case SPES_NODE_IDLE: return "idle";
+    case SPES_NODE_TRAIN: return "train";
+    case SPES_NODE_ANNOUNCE: return "announce";
+    case SPES_NODE_WAIT: return "wait";
+    case SPES_NODE_APPLY: return "apply";
+    case SPES_NODE_DIGEST: return "digest";
+    case SPES_NODE_STOP: return "stop";
+    case SPES_NODE_DONE: return "done";
+    default: return "?";
+    }
+}
