@@ -5,6 +5,7 @@
  * after the coordinator's own node has fetched and checked every announced
  * contribution (so every node aggregates exactly the same, valid, set). */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
@@ -16,6 +17,7 @@
 #include "merge/merge.h"
 #include "model/model.h"
 #include "proto/proto.h"
+#include "sync/outer.h"
 #include "sync/sync.h"
 
 #include <stdlib.h>
@@ -50,7 +52,12 @@ static int initial_digest(spes_coord *c)
     if (rc)
         return rc;
     spes_model_init_weights(m, (uint64_t)c->run.train.seed);
-    rc = spes_state_digest(m->params, m->layout.total_numel, 0, c->state_hash);
+    float *mom = NULL; /* outer momentum: zero at S_0, part of the state when the run keeps one */
+    if (c->run.spes.outer_momentum != 0 && !(mom = calloc(m->layout.total_numel, sizeof *mom)))
+        rc = SPES_ENOMEM;
+    if (!rc)
+        rc = spes_state_digest2(m->params, mom, m->layout.total_numel, 0, c->state_hash);
+    free(mom);
     spes_model_free(m);
     c->state_hash_known = rc == 0;
     return rc;
@@ -68,14 +75,19 @@ static void recover_state_hash(spes_coord *c)
                   spes_errmsg());
         return;
     }
+    float *mom = NULL; /* the outer momentum saved beside the state, when the run keeps one */
+    if (c->run.spes.outer_momentum != 0 && (!(mom = calloc(ck.nparams, sizeof *mom)) ||
+                                            spes_outer_load(dir, mom, ck.nparams, ck.round) != 0))
+        ck.round = -1; /* unknown: the state's digest cannot be formed */
     if ((uint64_t)ck.round == c->round &&
-        spes_state_digest(ck.params, ck.nparams, ck.round, c->state_hash) == 0) {
+        spes_state_digest2(ck.params, mom, ck.nparams, ck.round, c->state_hash) == 0) {
         c->state_hash_known = 1;
         log_info("coordinator: agreed state of round %llu recovered from this node's state", (unsigned long long)c->round);
     } else {
         log_warnx("coordinator: this node holds round %lld, the run is at round %llu", (long long)ck.round,
                   (unsigned long long)c->round);
     }
+    free(mom);
     spes_ckpt_fini(&ck);
 }
 

@@ -4,6 +4,7 @@
  * records which nodes hold it. `restore` rewinds the run to it; `export`
  * writes the Hugging Face files from the coordinator's own copy. */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sha256.h"
@@ -179,12 +180,18 @@ static void restore(spes_coord *c, coord_ckpt *k, spes_reply_fn reply, void *ctx
     spes_ckpt ck;
     uint8_t h[32];
     int rc = spes_ckpt_load(dir, &ck);
+    float *mom = NULL; /* the outer momentum saved with the checkpoint, when the run keeps one */
+    if (!rc && c->run.spes.outer_momentum != 0 &&
+        (rc = (mom = malloc(ck.nparams * sizeof *mom)) ? spes_outer_load(dir, mom, ck.nparams, (int64_t)k->round)
+                                                        : SPES_ENOMEM) != 0)
+        spes_ckpt_fini(&ck);
     if (!rc) {
-        rc = spes_node_put_state(c->d->node, ck.params, ck.nparams, k->round, h);
+        rc = spes_node_put_state_outer(c->d->node, ck.params, mom, ck.nparams, k->round, h);
         if (!rc && memcmp(h, k->hash, 32))
             rc = spes_errf(SPES_ESTATE, "%s: its state does not match the recorded digest", dir);
         spes_ckpt_fini(&ck);
     }
+    free(mom);
     if (rc) {
         spes_daemon_reply_error(reply, ctx, rc, SPES_MSG_CHECKPOINT_REQUEST, "cannot restore %s: %s", k->id,
                                 spes_errmsg());

@@ -716,6 +716,7 @@ void spes_node_free(spes_node *n)
         spes_config_fini(&n->run);
     free(n->cols);
     free(n->base);
+    spes_outer_fini(&n->outer);
     free(n->pending_commit);
     free(n->accept_cols);
     pthread_mutex_destroy(&n->mu);

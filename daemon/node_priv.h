@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "daemon/node.h"
+#include "sync/outer.h"
 #include "train/trainer.h"
 
 enum node_phase { P_JOIN, P_PREPARE, P_IDLE, P_TRAIN, P_ANNOUNCE, P_WAIT, P_APPLY, P_DIGEST, P_STOP, P_DONE };
@@ -66,6 +67,7 @@ struct spes_node {
     spes_trainer tr;       /* [worker while a job runs] params = working copy */
     int have_trainer;
     float *base;           /* (total) S_round */
+    spes_outer outer;      /* [worker] outer optimizer; its momentum is part of S_round (docs/convergence.md) */
     char state_dir[600];
     /* worker */
     pthread_t th;

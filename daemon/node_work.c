@@ -3,12 +3,14 @@
  * and check contributions for the coordinator. Runs off the loop; touches
  * only the job and the trainer, and never the daemon's tables. */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
+#include "sync/outer.h"
 #include "sync/sync.h"
 
 #include <math.h>
@@ -19,7 +21,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define STATE_MAGIC "SPESSTATE1"
 #define STATE_HDR 26
 #define MAX_DELTA 1e4f /* a contribution moving a weight further than this in one round is refused */
 
@@ -28,6 +29,24 @@ static int fail(node_job *j, int rc)
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", spes_errmsg());
     return rc;
+}
+
+/* outer_ready readies the outer optimizer for the run (the momentum buffer
+ * when outer_momentum != 0; see docs/convergence.md); zero: zero it. */
+static int outer_ready(spes_node *n, int zero)
+{
+    int rc = spes_outer_init(&n->outer, n->run.spes.outer_lr, n->run.spes.outer_momentum,
+                             n->tr.model->layout.total_numel);
+    if (!rc && zero && n->outer.mom)
+        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float));
+    return rc;
+}
+
+/* state_digest is the digest of the node's params (and outer momentum, if the run keeps one) at round R. */
+static int state_digest(spes_node *n, const float *p, int64_t R, uint8_t out[32])
+{
+    return spes_state_digest2(p, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
+                              n->tr.model->layout.total_numel, R, out);
 }
 
 /* open_trainer builds the trainer for columns cols with params from base (if given). */
@@ -114,14 +133,18 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     if (!rc)
         rc = spes_trainer_load(&n->tr, dir);
     spes_ckpt_fini(&meta);
+    if (!rc && (rc = outer_ready(n, 1)) == 0 && n->outer.mom &&
+        spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
+        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
     uint8_t dg[32];
-    if (!rc && (rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)R, dg)) == 0 &&
+    if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 &&
         memcmp(dg, H, 32))
         rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one", (unsigned long long)R);
     return rc;
 }
 
-/* load_blob reads a state blob (SPESSTATE1 | round | numel | params) into the trainer. */
+/* load_blob reads a state blob (SPESSTATE1 | round | numel | params, or
+ * SPESSTATE2 with the outer momentum after the params) into the trainer. */
 static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
 {
     char path[1024];
@@ -132,22 +155,11 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (rc)
         return rc;
-    size_t total = n->tr.model->layout.total_numel;
-    uint64_t round, numel;
-    if (len != STATE_HDR + total * 4 || memcmp(buf, STATE_MAGIC, 10)) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: not a state blob of this model (%zu bytes)", path, len);
-    }
-    memcpy(&round, buf + 10, 8);
-    memcpy(&numel, buf + 18, 8);
-    if (round != R || numel != total) {
-        free(buf);
-        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", path, (unsigned long long)round,
-                         (unsigned long long)R);
-    }
-    memcpy(n->tr.model->params, buf + STATE_HDR, total * 4);
+    if ((rc = outer_ready(n, 1)) == 0)
+        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R, n->tr.model->params,
+                                   spes_outer_has_state(&n->outer) ? n->outer.mom : NULL, path);
     free(buf);
-    return 0;
+    return rc;
 }
 
 /* peers_of lists whom to ask for a blob, into p (returns the count): with an
@@ -211,9 +223,11 @@ static int job_prepare(spes_node *n, node_job *j)
         return fail(j, rc);
     } else if (j->round == 0) {
         spes_model_init_weights(n->tr.model, (uint64_t)n->run.train.seed);
+        rc = outer_ready(n, 1);
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)j->round, j->npeers);
-        uint64_t state_size = STATE_HDR + (uint64_t)n->tr.model->layout.total_numel * 4;
+        uint64_t state_size = STATE_HDR + (uint64_t)n->tr.model->layout.total_numel * 4 *
+                                              (n->run.spes.outer_momentum != 0 ? 2 : 1); /* + outer momentum */
         if ((rc = fetch(n, j, j->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, j->hash, j->round)) != 0) {
             free(all);
             return fail(j, rc);
@@ -221,7 +235,7 @@ static int job_prepare(spes_node *n, node_job *j)
     }
     free(all);
     uint8_t dg[32];
-    if ((rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)j->round, dg)))
+    if (rc || (rc = state_digest(n, n->tr.model->params, (int64_t)j->round, dg)))
         return fail(j, rc);
     if (memcmp(dg, j->hash, 32))
         return fail(j, spes_errf(SPES_ESTATE, "the state of round %llu here does not match the run's digest "
@@ -234,20 +248,24 @@ static int job_prepare(spes_node *n, node_job *j)
 
 static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t out[32])
 {
-    return spes_node_put_state(n, params, n->tr.model->layout.total_numel, round, out);
+    return spes_node_put_state_outer(n, params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
+                                     n->tr.model->layout.total_numel, round, out);
 }
 
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
 {
-    uint8_t *buf = malloc(STATE_HDR + total * 4);
-    if (!buf)
-        return SPES_ENOMEM;
-    memcpy(buf, STATE_MAGIC, 10);
-    memcpy(buf + 10, &round, 8);
-    uint64_t nn = total;
-    memcpy(buf + 18, &nn, 8);
-    memcpy(buf + STATE_HDR, params, total * 4);
-    int rc = spes_blob_put(n->blobs, buf, STATE_HDR + total * 4, out);
+    return spes_node_put_state_outer(n, params, NULL, total, round, out);
+}
+
+int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total, uint64_t round,
+                              uint8_t out[32])
+{
+    uint8_t *buf;
+    size_t len;
+    int rc = spes_state_blob_make(params, mom, total, round, &buf, &len);
+    if (rc)
+        return rc;
+    rc = spes_blob_put(n->blobs, buf, len, out);
     free(buf);
     return rc;
 }
@@ -364,9 +382,14 @@ static int job_apply(spes_node *n, node_job *j)
             cp[k] = &cs[k];
     }
     float *p = n->tr.model->params;
+    float *mom_old = NULL; /* the outer momentum of S_r, put back if the apply fails */
+    if (!rc && (rc = outer_ready(n, 0)) == 0 && n->outer.mom && !(mom_old = malloc(total * sizeof(float))))
+        rc = SPES_ENOMEM;
     if (!rc) {
         memcpy(p, n->base, total * sizeof(float));
-        rc = spes_aggregate(p, &n->tr.model->layout, n->E, cp, j->ncontrib);
+        if (mom_old)
+            memcpy(mom_old, n->outer.mom, total * sizeof(float));
+        rc = spes_aggregate_outer(p, &n->tr.model->layout, n->E, cp, j->ncontrib, &n->outer);
     }
     double alpha = spes_merge_alpha(&n->run.spes, (int64_t)j->next_step);
     if (!rc && j->merge && alpha > 0)
@@ -377,7 +400,7 @@ static int job_apply(spes_node *n, node_job *j)
         spes_contrib_fini(&cs[i]);
     free(cs);
     free(cp);
-    if (!rc && (rc = spes_state_digest(p, total, (int64_t)j->round + 1, j->out_hash)) == 0) {
+    if (!rc && (rc = state_digest(n, p, (int64_t)j->round + 1, j->out_hash)) == 0) {
         memcpy(n->base, p, total * sizeof(float));
         n->tr.step = (int64_t)j->next_step;
         n->tr.round = (int64_t)j->round + 1;
@@ -385,7 +408,19 @@ static int job_apply(spes_node *n, node_job *j)
         if ((rc = put_state(n, p, j->round + 1, sh)) == 0 && memcmp(sh, j->out_hash, 32))
             rc = spes_errf(SPES_EIO, "state blob hash differs from the digest");
     }
+    if (rc && mom_old)
+        memcpy(n->outer.mom, mom_old, total * sizeof(float));
+    free(mom_old);
     return rc ? fail(j, rc) : 0;
+}
+
+/* outer_save keeps the outer momentum beside a saved trainer state in dir
+ * (and removes a stale one when the run keeps none). */
+static int outer_save(spes_node *n, const char *dir)
+{
+    if (!spes_outer_has_state(&n->outer))
+        return spes_outer_remove(dir);
+    return spes_outer_save(dir, n->outer.mom, n->tr.model->layout.total_numel, n->tr.round);
 }
 
 /* save_checkpoint keeps the state just persisted (S and this node's AdamW
@@ -395,6 +430,8 @@ static int save_checkpoint(spes_node *n, const char *id)
     char dir[800];
     snprintf(dir, sizeof dir, "%.600s/checkpoints/%.64s", n->state_dir, id);
     int rc = spes_trainer_save(&n->tr, dir);
+    if (!rc)
+        rc = outer_save(n, dir);
     if (!rc)
         log_info("checkpoint %s saved (round %lld)", id, (long long)n->tr.round);
     return rc;
@@ -446,6 +483,8 @@ int node_persist(spes_node *n)
     if (!dir)
         return SPES_ENOMEM;
     int rc = spes_trainer_save(&n->tr, dir);
+    if (!rc)
+        rc = outer_save(n, dir);
     free(dir);
     return rc;
 }

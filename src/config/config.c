@@ -65,6 +65,8 @@ static const field fields[] = {
     {"spes", "merge_topk", F_INT, S(merge_topk), 1, 1024, 1},
     {"spes", "lb_factor_start", F_DBL, S(lb_factor_start), 0, 1, 0.7},
     {"spes", "lb_factor_ramp", F_DBL, S(lb_factor_ramp), 0, 1, 0.2},
+    {"spes", "outer_lr", F_DBL, S(outer_lr), 1e-6, 10, 1.0},
+    {"spes", "outer_momentum", F_DBL, S(outer_momentum), 0, 0.999999, 0.0},
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 

@@ -108,3 +108,63 @@ int spes_state_digest2(const float *params, const float *mom, size_t numel, int6
     spes_sha256_final(&c, out);
     return 0;
 }
+
+int spes_outer_init(spes_outer *o, double lr, double mu, size_t numel)
+{
+    o->lr = (float)lr;
+    o->mu = (float)mu;
+    if (o->mu == 0.0f || o->mom)
+        return 0;
+    o->mom = calloc(numel ? numel : 1, sizeof *o->mom);
+    return o->mom ? 0 : SPES_ENOMEM;
+}
+
+void spes_outer_fini(spes_outer *o)
+{
+    free(o->mom);
+    o->mom = NULL;
+}
+
+#define STATE_HDR 26
+
+int spes_state_blob_make(const float *params, const float *mom, size_t numel, uint64_t round, uint8_t **out,
+                         size_t *len)
+{
+    size_t n = STATE_HDR + numel * 4 * (mom ? 2 : 1);
+    uint8_t *b = malloc(n);
+    if (!b)
+        return SPES_ENOMEM;
+    uint64_t nn = numel;
+    memcpy(b, mom ? "SPESSTATE2" : "SPESSTATE1", 10);
+    memcpy(b + 10, &round, 8);
+    memcpy(b + 18, &nn, 8);
+    memcpy(b + STATE_HDR, params, numel * 4);
+    if (mom)
+        memcpy(b + STATE_HDR + numel * 4, mom, numel * 4);
+    *out = b;
+    *len = n;
+    return 0;
+}
+
+int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params, float *mom,
+                          const char *origin)
+{
+    const char *magic = mom ? "SPESSTATE2" : "SPESSTATE1";
+    size_t want = STATE_HDR + numel * 4 * (mom ? 2 : 1);
+    if (len < STATE_HDR || memcmp(buf, magic, 10))
+        return spes_errf(SPES_EFORMAT, "%s: not a %s state blob (%s)", origin, mom ? "momentum-carrying" : "plain",
+                         len >= 10 && !memcmp(buf, "SPESSTATE", 9) ? "the run's outer_momentum differs?" : "bad magic");
+    uint64_t r, nn;
+    memcpy(&r, buf + 10, 8);
+    memcpy(&nn, buf + 18, 8);
+    if (nn != numel || len != want)
+        return spes_errf(SPES_EFORMAT, "%s: state of %llu values in %zu bytes, expected %zu values in %zu bytes", origin,
+                         (unsigned long long)nn, len, numel, want);
+    if (r != round)
+        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", origin, (unsigned long long)r,
+                         (unsigned long long)round);
+    memcpy(params, buf + STATE_HDR, numel * 4);
+    if (mom)
+        memcpy(mom, buf + STATE_HDR + numel * 4, numel * 4);
+    return 0;
+}

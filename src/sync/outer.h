@@ -44,4 +44,23 @@ int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes
  * parameters and then the momentum, each as numel little-endian fp32. */
 int spes_state_digest2(const float *params, const float *mom, size_t numel, int64_t round, uint8_t out[32]);
 
+/* spes_outer_init sets o's lr and mu and, when mu != 0, makes sure o->mom
+ * holds numel floats (a new buffer is zero; an existing one is kept). */
+int spes_outer_init(spes_outer *o, double lr, double mu, size_t numel);
+
+/* spes_outer_fini frees the momentum buffer. */
+void spes_outer_fini(spes_outer *o);
+
+/* spes_state_blob_make serialises a state as the blob peers fetch: exactly the
+ * bytes spes_state_digest2 hashes (so the blob's name is the state digest),
+ * "SPESSTATE1" without momentum, "SPESSTATE2" with it; malloc'd into *out. */
+int spes_state_blob_make(const float *params, const float *mom, size_t numel, uint64_t round, uint8_t **out,
+                         size_t *len);
+
+/* spes_state_blob_parse reads a state blob from peer bytes into params (and
+ * mom): it must be of round and numel, "SPESSTATE2" when mom is given and
+ * "SPESSTATE1" otherwise; errors name origin. */
+int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params, float *mom,
+                          const char *origin);
+
 #endif
