@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/sha256.h"
 #include "sync/outer.h"
 #include "sync/sync.h"
 
@@ -296,6 +297,45 @@ done:
     return rc;
 }
 
+START_TEST(test_state_blob)
+{
+    float p[9], m[9], q[9], w[9];
+    fill(p, 9, 2.0f);
+    fill(m, 9, -1.0f);
+    uint8_t *b1, *b2, d1[32], d2[32], h[32];
+    size_t l1, l2;
+    ck_assert_int_eq(spes_state_blob_make(p, NULL, 9, 5, &b1, &l1), 0);
+    ck_assert_int_eq(spes_state_blob_make(p, m, 9, 5, &b2, &l2), 0);
+    ck_assert_uint_eq(l1, 26 + 36);
+    ck_assert_uint_eq(l2, 26 + 72);
+    /* the blob is the digest's serialisation: its content address is the state digest */
+    ck_assert_int_eq(spes_state_digest2(p, NULL, 9, 5, d1), 0);
+    ck_assert_int_eq(spes_state_digest2(p, m, 9, 5, d2), 0);
+    spes_sha256_ctx c;
+    ck_assert_int_eq(spes_sha256_init(&c), 0);
+    spes_sha256_update(&c, b1, l1);
+    spes_sha256_final(&c, h);
+    ck_assert_mem_eq(h, d1, 32);
+    ck_assert_int_eq(spes_sha256_init(&c), 0);
+    spes_sha256_update(&c, b2, l2);
+    spes_sha256_final(&c, h);
+    ck_assert_mem_eq(h, d2, 32);
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 5, q, w, "t"), 0);
+    ck_assert_mem_eq(q, p, sizeof p);
+    ck_assert_mem_eq(w, m, sizeof m);
+    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, NULL, "t"), 0);
+    ck_assert_mem_eq(q, p, sizeof p);
+    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, w, "t"), SPES_EFORMAT);   /* plain where momentum is due */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 5, q, NULL, "t"), SPES_EFORMAT); /* and the other way */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 6, q, w, "t"), SPES_EFORMAT);    /* round */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 8, 5, q, w, "t"), SPES_EFORMAT);    /* size */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2 - 1, 9, 5, q, w, "t"), SPES_EFORMAT);
+    ck_assert_int_eq(spes_state_blob_parse(b2, 5, 9, 5, q, w, "t"), SPES_EFORMAT);
+    free(b1);
+    free(b2);
+}
+END_TEST
+
 Suite *sync_suite(void)
 {
     Suite *s = suite_create("sync");
@@ -307,6 +347,7 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_outer_plain_is_aggregate);
     tcase_add_test(tc, test_outer_nesterov);
     tcase_add_test(tc, test_digest2);
+    tcase_add_test(tc, test_state_blob);
     suite_add_tcase(s, tc);
     return s;
 }
