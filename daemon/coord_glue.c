@@ -5,6 +5,7 @@
  * durable writes of coordinator.json and last_commit.bin, validation on the
  * own node, checkpoint file work, log lines. Runs on the loop thread only. */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 #include "coord/coord.h"
 #include "core/clock.h"
 #include "core/error.h"
@@ -14,6 +15,7 @@
 #include "daemon/coord.h"
 #include "daemon/node.h"
 #include "model/model.h"
+#include "sync/outer.h"
 #include "sync/sync.h"
 
 #include <stdint.h>
@@ -42,6 +44,23 @@ static void node_dir(const spes_coord *c, char *out, size_t cap, const char *sub
     snprintf(out, cap, "%.600s/node/%.100s", c->d->cfg.state_dir, sub);
 }
 
+/* load_momentum reads the outer momentum saved beside the state in dir when
+ * the run keeps one (*mom stays NULL when it does not; docs/convergence.md). */
+static int load_momentum(const spes_coord *c, const char *dir, size_t numel, int64_t round, float **mom)
+{
+    *mom = NULL;
+    if (c->run.spes.outer_momentum == 0)
+        return 0;
+    if (!(*mom = malloc(numel * sizeof **mom)))
+        return SPES_ENOMEM;
+    int rc = spes_outer_load(dir, *mom, numel, round);
+    if (rc) {
+        free(*mom);
+        *mom = NULL;
+    }
+    return rc;
+}
+
 /* ckpt_final copies the own node's agreed state of the ended run to checkpoint id. */
 static int ckpt_final(spes_coord *c, const spes_coord_action *a)
 {
@@ -58,6 +77,10 @@ static int ckpt_final(spes_coord *c, const spes_coord_action *a)
                        (unsigned long long)a->round);
     else
         rc = spes_ckpt_save(dst, &ck);
+    float *mom = NULL; /* the outer momentum goes with the state it belongs to */
+    if (!rc && (rc = load_momentum(c, src, ck.nparams, ck.round, &mom)) == 0 && mom)
+        rc = spes_outer_save(dst, mom, ck.nparams, ck.round);
+    free(mom);
     spes_ckpt_fini(&ck);
     return rc;
 }
@@ -73,9 +96,12 @@ static int ckpt_restore(spes_coord *c, const spes_coord_action *a)
     int rc = spes_ckpt_load(dir, &ck);
     if (rc)
         return rc;
-    rc = spes_node_put_state(c->d->node, ck.params, ck.nparams, a->round, h);
+    float *mom = NULL;
+    if ((rc = load_momentum(c, dir, ck.nparams, (int64_t)a->round, &mom)) == 0)
+        rc = spes_node_put_state_outer(c->d->node, ck.params, mom, ck.nparams, a->round, h);
     if (!rc && memcmp(h, a->hash, 32))
         rc = spes_errf(SPES_ESTATE, "%s: its state does not match the recorded digest", dir);
+    free(mom);
     spes_ckpt_fini(&ck);
     return rc;
 }
@@ -158,7 +184,12 @@ static int initial_digest(spes_coord *c, uint8_t out[32])
     if (rc)
         return rc;
     spes_model_init_weights(m, (uint64_t)c->run.train.seed);
-    rc = spes_state_digest(m->params, m->layout.total_numel, 0, out);
+    float *mom = NULL; /* outer momentum: zero at S_0, part of the state when the run keeps one */
+    if (c->run.spes.outer_momentum != 0 && !(mom = calloc(m->layout.total_numel, sizeof *mom)))
+        rc = SPES_ENOMEM;
+    if (!rc)
+        rc = spes_state_digest2(m->params, mom, m->layout.total_numel, 0, out);
+    free(mom);
     spes_model_free(m);
     return rc;
 }
@@ -177,13 +208,17 @@ static void recover_state_hash(spes_coord *c)
         return;
     }
     uint8_t h[32];
-    if ((uint64_t)ck.round == round && spes_state_digest(ck.params, ck.nparams, ck.round, h) == 0) {
+    float *mom = NULL; /* a run with outer momentum: its digest covers the momentum saved beside the state */
+    if (load_momentum(c, dir, ck.nparams, ck.round, &mom) != 0)
+        ck.round = -1; /* its digest cannot be formed */
+    if ((uint64_t)ck.round == round && spes_state_digest2(ck.params, mom, ck.nparams, ck.round, h) == 0) {
         spes_coord_sm_set_state_hash(c->sm, round, h);
         log_info("coordinator: agreed state of round %llu recovered from this node's state", (unsigned long long)round);
     } else {
         log_warnx("coordinator: this node holds round %lld, the run is at round %llu", (long long)ck.round,
                   (unsigned long long)round);
     }
+    free(mom);
     spes_ckpt_fini(&ck);
 }
 

@@ -321,6 +321,7 @@ void spes_node_free(spes_node *n)
     if (n->have_trainer)
         spes_trainer_fini(&n->tr);
     free(n->base);
+    spes_outer_fini(&n->outer);
     spes_node_out_fini(&n->out);
     spes_node_sm_fini(&n->sm);
     pthread_mutex_destroy(&n->mu);

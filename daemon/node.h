@@ -48,6 +48,11 @@ int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*
  * digest, so that peers can fetch it (a restored checkpoint's state). */
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32]);
 
+/* spes_node_put_state_outer is spes_node_put_state for a state that carries the
+ * outer momentum mom (total floats; NULL: none), as a SPESSTATE2 blob. */
+int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total, uint64_t round,
+                              uint8_t out[32]);
+
 /* spes_node_status fills loss, tokens/s, round and step of this node. */
 void spes_node_status(spes_node *n, double *loss, double *tps, uint64_t *round, uint64_t *step);
 

@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "daemon/node.h"
 #include "node/node.h"
+#include "sync/outer.h"
 #include "train/trainer.h"
 
 /* node_task is a job on its way to the worker and back to the loop. */
@@ -45,6 +46,7 @@ struct spes_node {
     spes_trainer tr;           /* [worker] params = working copy */
     int have_trainer;          /* [worker] */
     float *base;               /* [worker] (total) S_round */
+    spes_outer outer;          /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
     double loss, tps;          /* [worker] the last training step's loss and tokens/s */
 };
 

@@ -5,6 +5,7 @@
  * fields of node_priv.h, reads the [once] ones, and never the daemon's
  * tables or the protocol state. */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
@@ -13,7 +14,7 @@
 #include "daemon/dmetrics.h"
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
-#include "node/state_blob.h"
+#include "sync/outer.h"
 #include "sync/sync.h"
 
 #include <math.h>
@@ -31,6 +32,24 @@ static int fail(spes_node_job *j, int rc)
     j->rc = rc;
     snprintf(j->err, sizeof j->err, "%s", spes_errmsg());
     return rc;
+}
+
+/* outer_ready readies the outer optimizer for the run (the momentum buffer
+ * when outer_momentum != 0; see docs/convergence.md); zero: zero it. */
+static int outer_ready(spes_node *n, int zero)
+{
+    int rc = spes_outer_init(&n->outer, n->sm.run.spes.outer_lr, n->sm.run.spes.outer_momentum,
+                             n->tr.model->layout.total_numel);
+    if (!rc && zero && n->outer.mom)
+        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float));
+    return rc;
+}
+
+/* state_digest is the digest of the node's params (and outer momentum, if the run keeps one) at round R. */
+static int state_digest(spes_node *n, const float *p, int64_t R, uint8_t out[32])
+{
+    return spes_state_digest2(p, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
+                              n->tr.model->layout.total_numel, R, out);
 }
 
 /* open_trainer builds the trainer for columns cols with params from base (if given). */
@@ -117,14 +136,18 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     if (!rc)
         rc = spes_trainer_load(&n->tr, dir);
     spes_ckpt_fini(&meta);
+    if (!rc && (rc = outer_ready(n, 1)) == 0 && n->outer.mom &&
+        spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
+        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
     uint8_t dg[32];
-    if (!rc && (rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)R, dg)) == 0 &&
+    if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 &&
         memcmp(dg, H, 32))
         rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one", (unsigned long long)R);
     return rc;
 }
 
-/* load_blob reads a state blob (node/state_blob.h) into the trainer. */
+/* load_blob reads a state blob (SPESSTATE1 | round | numel | params, or
+ * SPESSTATE2 with the outer momentum after the params) into the trainer. */
 static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
 {
     char path[1024];
@@ -133,9 +156,9 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     size_t len = 0;
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
-    if (!rc)
-        rc = spes_state_blob_read((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
-                                  n->tr.model->params, path);
+    if (!rc && (rc = outer_ready(n, 1)) == 0)
+        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R, n->tr.model->params,
+                                   spes_outer_has_state(&n->outer) ? n->outer.mom : NULL, path);
     free(buf);
     return rc;
 }
@@ -206,9 +229,11 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         return fail(j, rc);
     } else if (p->round == 0) {
         spes_model_init_weights(n->tr.model, (uint64_t)n->sm.run.train.seed);
+        rc = outer_ready(n, 1);
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round, j->npeers);
-        uint64_t state_size = spes_state_blob_size(n->tr.model->layout.total_numel);
+        uint64_t state_size = 26 + (uint64_t)n->tr.model->layout.total_numel * 4 *
+                                       (n->sm.run.spes.outer_momentum != 0 ? 2 : 1); /* header + params (+ momentum) */
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);
             return fail(j, rc);
@@ -216,7 +241,7 @@ static int job_prepare(spes_node *n, spes_node_job *j)
     }
     free(all);
     uint8_t dg[32];
-    if ((rc = spes_state_digest(n->tr.model->params, n->tr.model->layout.total_numel, (int64_t)p->round, dg)))
+    if (rc || (rc = state_digest(n, n->tr.model->params, (int64_t)p->round, dg)))
         return fail(j, rc);
     if (memcmp(dg, p->hash, 32))
         return fail(j, spes_errf(SPES_ESTATE, "the state of round %llu here does not match the run's digest "
@@ -229,16 +254,24 @@ static int job_prepare(spes_node *n, spes_node_job *j)
 
 static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t out[32])
 {
-    return spes_node_put_state(n, params, n->tr.model->layout.total_numel, round, out);
+    return spes_node_put_state_outer(n, params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
+                                     n->tr.model->layout.total_numel, round, out);
 }
 
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
 {
-    uint8_t *buf = malloc(spes_state_blob_size(total));
-    if (!buf)
-        return SPES_ENOMEM;
-    spes_state_blob_write(buf, params, total, round);
-    int rc = spes_blob_put(n->blobs, buf, spes_state_blob_size(total), out);
+    return spes_node_put_state_outer(n, params, NULL, total, round, out);
+}
+
+int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total, uint64_t round,
+                              uint8_t out[32])
+{
+    uint8_t *buf;
+    size_t len;
+    int rc = spes_state_blob_make(params, mom, total, round, &buf, &len);
+    if (rc)
+        return rc;
+    rc = spes_blob_put(n->blobs, buf, len, out);
     free(buf);
     return rc;
 }
@@ -362,9 +395,14 @@ static int job_apply(spes_node *n, spes_node_job *j)
             cp[k] = &cs[k];
     }
     float *p = n->tr.model->params;
+    float *mom_old = NULL; /* the outer momentum of S_r, put back if the apply fails */
+    if (!rc && (rc = outer_ready(n, 0)) == 0 && n->outer.mom && !(mom_old = malloc(total * sizeof(float))))
+        rc = SPES_ENOMEM;
     if (!rc) {
         memcpy(p, n->base, total * sizeof(float));
-        rc = spes_aggregate(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib);
+        if (mom_old)
+            memcpy(mom_old, n->outer.mom, total * sizeof(float));
+        rc = spes_aggregate_outer(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib, &n->outer);
     }
     double alpha = spes_merge_alpha(&run->spes, (int64_t)a->next_step);
     if (!rc && a->merge && alpha > 0)
@@ -375,7 +413,7 @@ static int job_apply(spes_node *n, spes_node_job *j)
         spes_contrib_fini(&cs[i]);
     free(cs);
     free(cp);
-    if (!rc && (rc = spes_state_digest(p, total, (int64_t)a->round + 1, a->state_hash)) == 0) {
+    if (!rc && (rc = state_digest(n, p, (int64_t)a->round + 1, a->state_hash)) == 0) {
         spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p, n->base); /* column delta norms */
         memcpy(n->base, p, total * sizeof(float));
         n->tr.step = (int64_t)a->next_step;
@@ -384,7 +422,19 @@ static int job_apply(spes_node *n, spes_node_job *j)
         if ((rc = put_state(n, p, a->round + 1, sh)) == 0 && memcmp(sh, a->state_hash, 32))
             rc = spes_errf(SPES_EIO, "state blob hash differs from the digest");
     }
+    if (rc && mom_old)
+        memcpy(n->outer.mom, mom_old, total * sizeof(float));
+    free(mom_old);
     return rc ? fail(j, rc) : 0;
+}
+
+/* outer_save keeps the outer momentum beside a saved trainer state in dir
+ * (and removes a stale one when the run keeps none). */
+static int outer_save(spes_node *n, const char *dir)
+{
+    if (!spes_outer_has_state(&n->outer))
+        return spes_outer_remove(dir);
+    return spes_outer_save(dir, n->outer.mom, n->tr.model->layout.total_numel, n->tr.round);
 }
 
 /* save_checkpoint keeps the state just persisted (S and this node's AdamW
@@ -394,6 +444,8 @@ static int save_checkpoint(spes_node *n, const char *id)
     char dir[800];
     snprintf(dir, sizeof dir, "%.600s/checkpoints/%.64s", n->state_dir, id);
     int rc = spes_trainer_save(&n->tr, dir);
+    if (!rc)
+        rc = outer_save(n, dir);
     if (!rc)
         log_info("checkpoint %s saved (round %lld)", id, (long long)n->tr.round);
     return rc;
@@ -427,6 +479,8 @@ static int node_persist(spes_node *n)
     if (!dir)
         return SPES_ENOMEM;
     int rc = spes_trainer_save(&n->tr, dir);
+    if (!rc)
+        rc = outer_save(n, dir);
     free(dir);
     return rc;
 }

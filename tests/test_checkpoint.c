@@ -6,6 +6,7 @@
  * an HF export plus a raw dump for the independent Python reader
  * (tests/checkpoint_hf_check.py). */
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/outer_file.h"
 
 #include "core/error.h"
 #include "core/fileio.h"
@@ -614,6 +615,39 @@ START_TEST(export_sample)
 }
 END_TEST
 
+START_TEST(outer_momentum_file)
+{
+    enum { N = 37 };
+    float m[N], back[N];
+    for (int i = 0; i < N; i++)
+        m[i] = 0.01f * (float)i - 0.1f;
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 3), SPES_ENOENT); /* no file: no momentum */
+    ck_assert_int_eq(spes_outer_save(tmpdir, m, N, 3), 0);
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 3), 0);
+    ck_assert_mem_eq(back, m, sizeof m);
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 4), SPES_ESTATE);      /* another round */
+    ck_assert_int_ne(spes_outer_load(tmpdir, back, N - 1, 3), 0); /* another size */
+    char *path = sub(SPES_OUTER_FILE), *buf;
+    size_t len;
+    ck_assert_int_eq(spes_read_file(path, 1 << 20, &buf, &len), 0);
+    ck_assert_uint_eq(len, 32 + N * 4 + 32);
+    ck_assert_mem_eq(buf, "SPESOUTR", 8);
+    for (size_t at = 0; at < len; at += 13) { /* any flipped byte is refused */
+        buf[at] ^= 0x20;
+        ck_assert_int_eq(spes_write_file_atomic(path, buf, len), 0);
+        ck_assert_int_ne(spes_outer_load(tmpdir, back, N, 3), 0);
+        buf[at] ^= 0x20;
+    }
+    ck_assert_int_eq(spes_write_file_atomic(path, buf, len - 1), 0); /* truncated */
+    ck_assert_int_ne(spes_outer_load(tmpdir, back, N, 3), 0);
+    free(buf);
+    ck_assert_int_eq(spes_outer_remove(tmpdir), 0);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    ck_assert_int_eq(spes_outer_remove(tmpdir), 0);
+    free(path);
+}
+END_TEST
+
 static Suite *suite(int sample)
 {
     if (sample) {
@@ -632,6 +666,7 @@ static Suite *suite(int sample)
     tcase_add_test(tc, sizes_checked_against_config);
     tcase_add_test(tc, atomicity);
     tcase_add_test(tc, documented_format_loads);
+    tcase_add_test(tc, outer_momentum_file);
     suite_add_tcase(s, tc);
     TCase *th = tcase_create("huggingface");
     tcase_add_checked_fixture(th, setup, teardown);

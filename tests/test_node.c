@@ -10,7 +10,6 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "node/node.h"
-#include "node/state_blob.h"
 #include "proto/proto.h"
 #include "proto/spes.pb-c.h"
 
@@ -1060,33 +1059,6 @@ START_TEST(test_message_that_cannot_be_encoded)
 }
 END_TEST
 
-START_TEST(test_state_blob_format)
-{
-    float p[3] = {1.5f, -2.0f, 0.25f}, q[3] = {0};
-    uint8_t buf[SPES_STATE_BLOB_HDR + 12];
-    ck_assert_uint_eq(spes_state_blob_size(3), sizeof buf);
-    spes_state_blob_write(buf, p, 3, 7);
-    /* the bytes: magic, round 7 and numel 3 little-endian, then the floats */
-    const uint8_t head[SPES_STATE_BLOB_HDR] = {'S', 'P', 'E', 'S', 'S', 'T', 'A', 'T', 'E', '1', 7, 0, 0,
-                                               0,   0,   0,   0,   0,   3,   0,   0,   0,   0,   0,   0, 0};
-    ck_assert_mem_eq(buf, head, sizeof head);
-    const uint8_t first[4] = {0x00, 0x00, 0xc0, 0x3f}; /* 1.5f */
-    ck_assert_mem_eq(buf + SPES_STATE_BLOB_HDR, first, 4);
-    ck_assert_int_eq(spes_state_blob_read(buf, sizeof buf, 3, 7, q, "b"), 0);
-    ck_assert_mem_eq(q, p, sizeof p);
-    /* refused: another round, another model size, a short blob, a wrong magic; params untouched */
-    memset(q, 0, sizeof q);
-    ck_assert_int_eq(spes_state_blob_read(buf, sizeof buf, 3, 8, q, "blob-x"), SPES_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "blob-x: state of round 7, expected 8"));
-    ck_assert_int_eq(spes_state_blob_read(buf, sizeof buf - 4, 2, 7, q, "b"), SPES_EFORMAT); /* numel says 3 */
-    ck_assert_int_eq(spes_state_blob_read(buf, sizeof buf - 1, 3, 7, q, "b"), SPES_EFORMAT);
-    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "not a state blob of this model (37 bytes)"));
-    buf[0] = 'X';
-    ck_assert_int_eq(spes_state_blob_read(buf, sizeof buf, 3, 7, q, "b"), SPES_EFORMAT);
-    ck_assert_float_eq(q[0], 0.0f);
-}
-END_TEST
-
 static Suite *node_suite(void)
 {
     Suite *s = suite_create("node");
@@ -1113,7 +1085,6 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_validate_for_the_coordinator);
     tcase_add_test(tc, test_queue_and_names);
     tcase_add_test(tc, test_message_that_cannot_be_encoded);
-    tcase_add_test(tc, test_state_blob_format);
     suite_add_tcase(s, tc);
     return s;
 }

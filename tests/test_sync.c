@@ -5,7 +5,11 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/sha256.h"
+#include "sync/outer.h"
 #include "sync/sync.h"
+
+#include <stdio.h>
 
 /* A fake layout is enough here: sync only uses shared_numel and column_numel. */
 static spes_layout lay(size_t shared, size_t col, int E)
@@ -133,6 +137,205 @@ START_TEST(test_digest)
 }
 END_TEST
 
+/* fixture for the outer optimizer: 3 nodes, column 2 owned by nobody */
+enum { OS = 5, OC = 3, OE = 3 };
+static float o_v0[OS + 2 * OC], o_v1[OS + OC], o_v2[OS];
+static int32_t o_c0[] = {0, 1}, o_c1[] = {1};
+
+static void outer_fixture(float *base, const spes_contrib **cs, spes_contrib *st)
+{
+    spes_layout lo = lay(OS, OC, OE);
+    fill(base, lo.total_numel, 0.25f);
+    for (int i = 0; i < OS + 2 * OC; i++)
+        o_v0[i] = base[i] + 0.01f * (float)(i % 5) - 0.013f;
+    for (int i = 0; i < OS; i++) {
+        o_v1[i] = base[i] - 0.02f * (float)i;
+        o_v2[i] = base[i] + 0.003f;
+    }
+    for (int i = 0; i < OC; i++)
+        o_v1[OS + i] = base[OS + OC + i] + 0.07f;
+    st[0] = (spes_contrib){.node = 1, .ncols = 2, .cols = o_c0, .shared_numel = OS, .column_numel = OC, .val = o_v0};
+    st[1] = (spes_contrib){.node = 2, .ncols = 1, .cols = o_c1, .shared_numel = OS, .column_numel = OC, .val = o_v1};
+    st[2] = (spes_contrib){.node = 5, .ncols = 0, .shared_numel = OS, .column_numel = OC, .val = o_v2};
+    for (int k = 0; k < 3; k++)
+        cs[k] = &st[k];
+}
+
+START_TEST(test_outer_plain_is_aggregate)
+{
+    spes_layout lo = lay(OS, OC, OE);
+    float a[OS + OE * OC], b[OS + OE * OC];
+    const spes_contrib *cs[3];
+    spes_contrib st[3];
+    outer_fixture(a, cs, st);
+    memcpy(b, a, sizeof a);
+    spes_outer o = {.lr = 1.0f, .mu = 0.0f};
+    ck_assert(spes_outer_plain(&o));
+    ck_assert(spes_outer_plain(NULL));
+    ck_assert(!spes_outer_has_state(&o));
+    ck_assert_int_eq(spes_aggregate(a, &lo, OE, cs, 3), 0);
+    ck_assert_int_eq(spes_aggregate_outer(b, &lo, OE, cs, 3, &o), 0);
+    ck_assert_mem_eq(a, b, sizeof a);
+    /* lr 1 with momentum is not plain: it needs a buffer */
+    spes_outer m = {.lr = 1.0f, .mu = 0.9f};
+    ck_assert(!spes_outer_plain(&m));
+    ck_assert_int_eq(spes_aggregate_outer(b, &lo, OE, cs, 3, &m), SPES_EINVAL);
+}
+END_TEST
+
+START_TEST(test_outer_nesterov)
+{
+    spes_layout lo = lay(OS, OC, OE);
+    float p[OS + OE * OC], base[OS + OE * OC], mom[OS + OE * OC], agg[OS + OE * OC];
+    const spes_contrib *cs[3];
+    spes_contrib st[3];
+    outer_fixture(p, cs, st);
+    memcpy(base, p, sizeof p);
+    memcpy(agg, p, sizeof p);
+    ck_assert_int_eq(spes_aggregate(agg, &lo, OE, cs, 3), 0);
+    for (size_t i = 0; i < lo.total_numel; i++)
+        mom[i] = 0.001f * (float)i - 0.004f;
+    float mom0[OS + OE * OC];
+    memcpy(mom0, mom, sizeof mom);
+    spes_outer o = {.lr = 0.7f, .mu = 0.9f, .mom = mom};
+    ck_assert_int_eq(spes_aggregate_outer(p, &lo, OE, cs, 3, &o), 0);
+    for (size_t i = 0; i < OS + 2 * OC; i++) {
+        double d = (double)agg[i] - (double)base[i];
+        double m = 0.9 * (double)mom0[i] + d;
+        ck_assert_float_eq_tol(mom[i], m, 1e-6);
+        ck_assert_float_eq_tol(p[i], base[i] + 0.7 * (d + 0.9 * m), 1e-6);
+    }
+    /* column 2 had no contributing owner: parameters and momentum stay as they were */
+    ck_assert_mem_eq(p + OS + 2 * OC, base + OS + 2 * OC, OC * sizeof(float));
+    ck_assert_mem_eq(mom + OS + 2 * OC, mom0 + OS + 2 * OC, OC * sizeof(float));
+    /* no contributors: nothing moves */
+    memcpy(p, base, sizeof p);
+    memcpy(mom, mom0, sizeof mom);
+    ck_assert_int_eq(spes_aggregate_outer(p, &lo, OE, cs, 0, &o), 0);
+    ck_assert_mem_eq(p, base, sizeof p);
+    ck_assert_mem_eq(mom, mom0, sizeof mom);
+    /* lr without momentum: S + lr * d, no buffer needed */
+    spes_outer h = {.lr = 0.5f, .mu = 0.0f};
+    ck_assert_int_eq(spes_aggregate_outer(p, &lo, OE, cs, 3, &h), 0);
+    for (size_t i = 0; i < OS; i++)
+        ck_assert_float_eq_tol(p[i], base[i] + 0.5 * ((double)agg[i] - base[i]), 1e-6);
+    const spes_contrib *bad[] = {cs[1], cs[0]};
+    ck_assert_int_eq(spes_aggregate_outer(p, &lo, OE, bad, 2, &o), SPES_EINVAL);
+}
+END_TEST
+
+START_TEST(test_digest2)
+{
+    float p[16], m[16];
+    fill(p, 16, 0);
+    memset(m, 0, sizeof m);
+    uint8_t d1[32], d2[32], d3[32];
+    ck_assert_int_eq(spes_state_digest(p, 16, 3, d1), 0);
+    ck_assert_int_eq(spes_state_digest2(p, NULL, 16, 3, d2), 0);
+    ck_assert_mem_eq(d1, d2, 32);
+    ck_assert_int_eq(spes_state_digest2(p, m, 16, 3, d2), 0);
+    ck_assert_mem_ne(d1, d2, 32); /* zero momentum still makes a different (SPESSTATE2) digest */
+    m[7] = 1e-20f;
+    ck_assert_int_eq(spes_state_digest2(p, m, 16, 3, d3), 0);
+    ck_assert_mem_ne(d2, d3, 32);
+}
+END_TEST
+
+/* --outer IN OUT: the C side of tests/sync_outer_numpy.py. IN holds, little-endian:
+ * i32 S, C, E, n; f32 lr, mu; f32 base[S+E*C], mom[S+E*C]; then per contribution
+ * i32 node, ncols, cols[ncols], f32 values. OUT gets S_{r+1} then the momentum. */
+static int outer_io(const char *in, const char *out)
+{
+    FILE *f = fopen(in, "rb");
+    if (!f)
+        return 2;
+    int32_t h[4];
+    float lm[2];
+    int rc = 1;
+    if (fread(h, 4, 4, f) != 4 || fread(lm, 4, 2, f) != 2 || h[0] < 1 || h[1] < 1 || h[2] < 1 || h[3] < 0 ||
+        h[3] > 64 || h[2] > 64) {
+        fclose(f);
+        return 2;
+    }
+    spes_layout lo = lay((size_t)h[0], (size_t)h[1], h[2]);
+    float *p = malloc(lo.total_numel * 4), *m = malloc(lo.total_numel * 4);
+    spes_contrib st[64];
+    const spes_contrib *cs[64];
+    memset(st, 0, sizeof st);
+    if (!p || !m || fread(p, 4, lo.total_numel, f) != lo.total_numel || fread(m, 4, lo.total_numel, f) != lo.total_numel)
+        goto done;
+    for (int k = 0; k < h[3]; k++) {
+        int32_t nn[2];
+        if (fread(nn, 4, 2, f) != 2 || nn[1] < 0 || nn[1] > h[2])
+            goto done;
+        size_t nv = lo.shared_numel + (size_t)nn[1] * lo.column_numel;
+        st[k] = (spes_contrib){.node = nn[0], .ncols = nn[1], .shared_numel = lo.shared_numel,
+                               .column_numel = lo.column_numel};
+        st[k].cols = malloc(((size_t)nn[1] + 1) * 4);
+        st[k].val = malloc(nv * 4);
+        cs[k] = &st[k];
+        if (!st[k].cols || !st[k].val || fread(st[k].cols, 4, (size_t)nn[1], f) != (size_t)nn[1] ||
+            fread(st[k].val, 4, nv, f) != nv)
+            goto done;
+    }
+    spes_outer o = {.lr = lm[0], .mu = lm[1], .mom = m};
+    if (spes_aggregate_outer(p, &lo, h[2], cs, h[3], &o) == 0) {
+        FILE *g = fopen(out, "wb");
+        if (g && fwrite(p, 4, lo.total_numel, g) == lo.total_numel && fwrite(m, 4, lo.total_numel, g) == lo.total_numel)
+            rc = 0;
+        if (g && fclose(g))
+            rc = 1;
+    }
+done:
+    fclose(f);
+    for (int k = 0; k < 64; k++) {
+        free(st[k].cols);
+        free(st[k].val);
+    }
+    free(p);
+    free(m);
+    return rc;
+}
+
+START_TEST(test_state_blob)
+{
+    float p[9], m[9], q[9], w[9];
+    fill(p, 9, 2.0f);
+    fill(m, 9, -1.0f);
+    uint8_t *b1, *b2, d1[32], d2[32], h[32];
+    size_t l1, l2;
+    ck_assert_int_eq(spes_state_blob_make(p, NULL, 9, 5, &b1, &l1), 0);
+    ck_assert_int_eq(spes_state_blob_make(p, m, 9, 5, &b2, &l2), 0);
+    ck_assert_uint_eq(l1, 26 + 36);
+    ck_assert_uint_eq(l2, 26 + 72);
+    /* the blob is the digest's serialisation: its content address is the state digest */
+    ck_assert_int_eq(spes_state_digest2(p, NULL, 9, 5, d1), 0);
+    ck_assert_int_eq(spes_state_digest2(p, m, 9, 5, d2), 0);
+    spes_sha256_ctx c;
+    ck_assert_int_eq(spes_sha256_init(&c), 0);
+    spes_sha256_update(&c, b1, l1);
+    spes_sha256_final(&c, h);
+    ck_assert_mem_eq(h, d1, 32);
+    ck_assert_int_eq(spes_sha256_init(&c), 0);
+    spes_sha256_update(&c, b2, l2);
+    spes_sha256_final(&c, h);
+    ck_assert_mem_eq(h, d2, 32);
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 5, q, w, "t"), 0);
+    ck_assert_mem_eq(q, p, sizeof p);
+    ck_assert_mem_eq(w, m, sizeof m);
+    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, NULL, "t"), 0);
+    ck_assert_mem_eq(q, p, sizeof p);
+    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, w, "t"), SPES_EFORMAT);   /* plain where momentum is due */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 5, q, NULL, "t"), SPES_EFORMAT); /* and the other way */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 6, q, w, "t"), SPES_EFORMAT);    /* round */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2, 8, 5, q, w, "t"), SPES_EFORMAT);    /* size */
+    ck_assert_int_eq(spes_state_blob_parse(b2, l2 - 1, 9, 5, q, w, "t"), SPES_EFORMAT);
+    ck_assert_int_eq(spes_state_blob_parse(b2, 5, 9, 5, q, w, "t"), SPES_EFORMAT);
+    free(b1);
+    free(b2);
+}
+END_TEST
+
 Suite *sync_suite(void)
 {
     Suite *s = suite_create("sync");
@@ -141,12 +344,18 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_aggregate);
     tcase_add_test(tc, test_digest);
+    tcase_add_test(tc, test_outer_plain_is_aggregate);
+    tcase_add_test(tc, test_outer_nesterov);
+    tcase_add_test(tc, test_digest2);
+    tcase_add_test(tc, test_state_blob);
     suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[1], "--outer"))
+        return outer_io(argv[2], argv[3]);
     SRunner *sr = srunner_create(sync_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

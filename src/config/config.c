@@ -62,6 +62,8 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "merge_topk", INT, S(merge_topk), 1, 1024, 1),
     NUM("spes", "lb_factor_start", DBL, S(lb_factor_start), 0, 1, 0.7),
     NUM("spes", "lb_factor_ramp", DBL, S(lb_factor_ramp), 0, 1, 0.2),
+    NUM("spes", "outer_lr", DBL, S(outer_lr), 1e-6, 10, 1.0),
+    NUM("spes", "outer_momentum", DBL, S(outer_momentum), 0, 0.999999, 0.0),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},

@@ -49,6 +49,8 @@ typedef struct spes_spes_config {
     int merge_topk;
     double lb_factor_start;
     double lb_factor_ramp;
+    double outer_lr;       /* outer learning rate on the round's mean delta (1: plain averaging) */
+    double outer_momentum; /* outer Nesterov momentum (0: none) */
 } spes_spes_config;
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */

@@ -170,6 +170,16 @@ def read_state_blob(path):
     return rnd, p if p.size == numel else None
 
 
+def read_state_blob2(path):
+    """(round, params, momentum) of a state blob that carries the outer momentum (SPESSTATE2)."""
+    b = open(path, "rb").read()
+    if not b.startswith(b"SPESSTATE2"):
+        return None
+    rnd, numel = struct.unpack_from("<QQ", b, 10)
+    v = np.frombuffer(b, dtype="<f4", offset=26)
+    return (rnd, v[:numel], v[numel:]) if v.size == 2 * numel else None
+
+
 def read_contribution(path):
     """(round, node, cols, codec, values or bf16 deltas) of a contribution blob."""
     b = open(path, "rb").read()

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster as cluster_mod  # noqa: E402
-from cluster import Cluster, read_contribution, read_state_blob  # noqa: E402
+from cluster import Cluster, read_contribution, read_state_blob, read_state_blob2  # noqa: E402
 
 BUILD = sys.argv[1]
 ONLY = sys.argv[2:]
@@ -62,25 +62,39 @@ def layout_sizes(cfg):
     return shared, L * 3 * I * H, I * H
 
 
-def reference_round(cfg, S, contribs, step_end):
-    """S_{r+1} from S_r and the round's contributions, written from DESIGN.md."""
+def reference_round(cfg, S, contribs, step_end, M=None):
+    """S_{r+1} from S_r and the round's contributions, written from DESIGN.md; with the outer
+    optimizer (spes.outer_lr, spes.outer_momentum, docs/convergence.md) M is the momentum of S_r,
+    updated in place: d = mean delta, m = mu m + d, S_r + lr (d + mu m), columns nobody trained kept."""
     shared, column, per = layout_sizes(cfg)
     E, L = cfg["model"]["num_experts"], cfg["model"]["num_hidden_layers"]
     new = S.copy()
     contribs = sorted(contribs, key=lambda c: c["node"])
+    lr = np.float32(cfg["spes"].get("outer_lr", 1.0))
+    mu = np.float32(cfg["spes"].get("outer_momentum", 0.0))
+    plain = lr == 1 and mu == 0
 
     def values(c, lo, hi, base):
         v = c["vals"][lo:hi]
         return v if c["codec"] == 1 else (base + v).astype(np.float32)
 
-    def agg(dst, base, parts):
-        if len(parts) == 1:
+    def agg(dst, base, parts, lo=0):
+        if plain and len(parts) == 1:
             dst[:] = parts[0]
             return
         acc = np.zeros_like(base)
         for p in parts:
             acc += (p - base).astype(np.float32)
-        dst[:] = base + acc / np.float32(len(parts))
+        if plain:
+            dst[:] = base + acc / np.float32(len(parts))
+            return
+        d = (parts[0] - base).astype(np.float32) if len(parts) == 1 else acc / np.float32(len(parts))
+        if mu == 0:
+            dst[:] = base + lr * d
+            return
+        m = M[lo:lo + d.size]
+        m[:] = mu * m + d
+        dst[:] = base + lr * (d + mu * m)
 
     if contribs:
         agg(new[:shared], S[:shared], [values(c, 0, shared, S[:shared]) for c in contribs])
@@ -92,7 +106,7 @@ def reference_round(cfg, S, contribs, step_end):
                 j = c["cols"].index(e)
                 parts.append(values(c, shared + j * column, shared + (j + 1) * column, S[lo:lo + column]))
         if parts:
-            agg(new[lo:lo + column], S[lo:lo + column], parts)
+            agg(new[lo:lo + column], S[lo:lo + column], parts, lo)
     sp = cfg["spes"]
     alpha = 0.0
     if step_end > 0 and step_end % sp["merge_interval"] == 0:
@@ -154,6 +168,56 @@ def scenario_agree_and_reference():
               "aggregated state equals an independent numpy computation from the contributions, bit for bit "
               "(%d rounds, %d with merge warm-up)" % (len(rounds), merged))
         check(merged >= 2, "merge warm-up rounds were among them")
+    finally:
+        cl.cleanup()
+
+
+def scenario_outer_optimizer():
+    """Outer Nesterov momentum: nodes agree, S_{r+1} and the momentum equal numpy's, a joiner
+    fetches the momentum with the state, a restarted node resumes its persisted momentum."""
+    cfg = run_config(merge_alpha=0.2, merge_interval=10)
+    cfg["spes"].update(outer_lr=0.7, outer_momentum=0.9)
+    cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3, extra={k: {"keep_blobs": True} for k in range(4)})
+    try:
+        for k in range(3):
+            cl.start(k)
+        cl.wait_round(3)
+        cl.start(3)
+        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 60)
+        cl.kill(1)
+        cl.start(1)
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=120)
+        cl.stop_all()
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "outer momentum: four nodes (one joined, one restarted) agree on rounds %s" % later)
+        check("fetching the agreed state" in cl.log(3), "the joiner fetched the agreed state (with its momentum)")
+        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        states, contribs = {}, {}
+        for p in cl.blobs(0):
+            if "." in os.path.basename(p):
+                continue
+            st = read_state_blob2(p)
+            if st:
+                states[st[0]] = (st[1], st[2])
+                continue
+            c = read_contribution(p)
+            if c:
+                contribs.setdefault(c["round"], []).append(c)
+        check(not any(read_state_blob(p) for p in cl.blobs(0) if "." not in os.path.basename(p)),
+              "every state blob carries the momentum (SPESSTATE2)")
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states]
+        exact = True
+        for r in rounds:
+            step_end = (r + 1) * cfg["spes"]["sync_interval"]
+            M = states[r][1].copy()
+            want = reference_round(cfg, states[r][0], contribs[r], step_end, M)
+            if not (np.array_equal(want, states[r + 1][0]) and np.array_equal(M, states[r + 1][1])):
+                exact = False
+                print("round %d: max |diff| %g, momentum %g" % (r, np.max(np.abs(want - states[r + 1][0])),
+                                                                np.max(np.abs(M - states[r + 1][1]))))
+        check(len(rounds) >= 5 and exact and any(np.any(states[r][1]) for r in rounds),
+              "S_{r+1} and its momentum equal numpy's outer Nesterov step, bit for bit (%d rounds)" % len(rounds))
     finally:
         cl.cleanup()
 
@@ -564,7 +628,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
-             scenario_round_costs]
+             scenario_round_costs, scenario_outer_optimizer]
 
 
 def main():
