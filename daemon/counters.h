@@ -43,7 +43,16 @@ void spes_counters_commit_seen(const Spes__Wire__Commit *cm, uint32_t self);
 /* spes_counters_to_wire fills w (initialised here) from a snapshot. */
 void spes_counters_to_wire(const spes_daemon_counters *c, Spes__Wire__NodeCounters *w);
 
-/* spes_counters_wire_now fills w from a snapshot taken now (for a heartbeat). */
+/* spes_counters_wire_now fills w from a snapshot taken now. */
 void spes_counters_wire_now(Spes__Wire__NodeCounters *w);
+
+/* spes_counters_heartbeat attaches a snapshot (in w) to heartbeat h, unless the
+ * coordinator has refused heartbeats that carry one (an older spesd). */
+void spes_counters_heartbeat(Spes__Wire__Heartbeat *h, Spes__Wire__NodeCounters *w);
+
+/* spes_counters_heartbeat_reply looks at the coordinator's answer to a
+ * heartbeat that carried counters: an Error of kind BAD_MESSAGE means it does
+ * not know the field, and later heartbeats go without it. */
+void spes_counters_heartbeat_reply(int type, const ProtobufCMessage *msg);
 
 #endif

@@ -1,11 +1,13 @@
 /* test_counters.c: the daemon's round clock and contributed rounds
  * (daemon/counters.c): which stretches count as training and as waiting,
  * that a snapshot counts open intervals up to now, that a round counts once
- * and only with this node among its contributors, and the wire form. Times
+ * and only with this node among its contributors, the wire form, and
+ * heartbeats without counters for a coordinator that refuses them. Times
  * are checked from below by the sleeps that make them, and from above only
  * loosely, so that a loaded machine cannot fail the test. */
 #include "core/clock.h"
 #include "daemon/counters.h"
+#include "proto/proto.h"
 
 #include <check.h>
 #include <stdlib.h>
@@ -111,6 +113,35 @@ START_TEST(test_wire_form)
 }
 END_TEST
 
+/* A coordinator that predates the counters refuses a heartbeat carrying them
+ * as a bad message (unknown field): later heartbeats go without them. */
+START_TEST(test_heartbeat_fallback)
+{
+    Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
+    Spes__Wire__NodeCounters w;
+    spes_counters_heartbeat(&h, &w);
+    ck_assert_ptr_eq(h.counters, &w);
+    Spes__Wire__Error e = SPES__WIRE__ERROR__INIT;
+    e.code = SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER;
+    e.message = "unknown node id";
+    spes_counters_heartbeat_reply(SPES_MSG_REJECT, &e.base); /* not an Error envelope */
+    spes_counters_heartbeat_reply(SPES_MSG_ERROR, &e.base);  /* an Error of another kind */
+    spes_counters_heartbeat_reply(SPES_MSG_ACK, NULL);
+    spes_counters_heartbeat(&h, &w);
+    ck_assert_ptr_eq(h.counters, &w);
+    e.code = SPES__WIRE__ERROR_CODE__ERROR_BAD_MESSAGE;
+    e.message = "Heartbeat: unknown field 7 (wire type 2); this node speaks protocol 1";
+    spes_counters_heartbeat_reply(SPES_MSG_ERROR, &e.base);
+    spes_counters_heartbeat(&h, &w);
+    ck_assert_ptr_null(h.counters);
+    /* the node still counts: only the report stops */
+    spes_counters_train_begin();
+    spes_counters_train_end();
+    spes_counters_wire_now(&w);
+    ck_assert(w.train_s >= 0 && w.base.descriptor == &spes__wire__node_counters__descriptor);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("counters");
@@ -119,6 +150,7 @@ int main(void)
     tcase_add_test(tc, test_round_clock);
     tcase_add_test(tc, test_rounds_contributed);
     tcase_add_test(tc, test_wire_form);
+    tcase_add_test(tc, test_heartbeat_fallback);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
