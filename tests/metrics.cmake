@@ -17,3 +17,8 @@ if(TARGET spesd AND TARGET spesctl)
   set_tests_properties(ops_deb_package PROPERTIES TIMEOUT 600 LABELS "integration;slow" SKIP_RETURN_CODE 77
                        RUN_SERIAL TRUE)
 endif()
+# The dashboard's page shows names from /api/status as text, never as HTML
+# (tests/ops/dashboard_escape.py: a crafted status, headless Chromium).
+add_test(NAME ops_dashboard_escape
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/ops/dashboard_escape.py ${CMAKE_SOURCE_DIR})
+set_tests_properties(ops_dashboard_escape PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77)
