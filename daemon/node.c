@@ -328,6 +328,7 @@ static void on_heartbeat_reply(spes_node *n, int rc, int type, ProtobufCMessage 
         log_debug("heartbeat failed: %s", spes_errmsg());
         return;
     }
+    spes_counters_heartbeat_reply(type, msg); /* counters: an older coordinator refuses them */
     if (type == SPES_MSG_COMMIT) {
         const Spes__Wire__Commit *cm = (const Spes__Wire__Commit *)msg;
         if (cm->round != n->round)
@@ -374,8 +375,7 @@ static void send_heartbeat(spes_node *n)
     /* JOINING = idle or waiting for the commit: the coordinator may hand us work */
     h.state = n->phase == P_IDLE || n->phase == P_WAIT ? NS(JOINING) : NS(ACTIVE);
     Spes__Wire__NodeCounters nc; /* counters: reported with every heartbeat */
-    spes_counters_wire_now(&nc);
-    h.counters = &nc;
+    spes_counters_heartbeat(&h, &nc);
     n->last_hb_ms = spes_mono_ms();
     call(n, SPES_MSG_HEARTBEAT, &h.base, on_heartbeat_reply);
 }

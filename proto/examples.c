@@ -19,6 +19,7 @@ static uint8_t bitmap[] = {0xff, 0x0f};
 /* examples_t holds every sub-message so pointers stay valid while encoding. */
 typedef struct examples_t {
     Spes__Wire__Capabilities caps;
+    Spes__Wire__NodeCounters counters;
     Spes__Wire__StateRef state;
     Spes__Wire__Peer peer[2];
     Spes__Wire__Peer *peers[2];
@@ -46,6 +47,11 @@ static void fill_parts(examples_t *x)
     x->caps = (Spes__Wire__Capabilities)SPES__WIRE__CAPABILITIES__INIT;
     x->caps.threads = 8, x->caps.memory_bytes = 1ull << 34;
     x->caps.n_codecs = 2, x->caps.codecs = x->codecs;
+    x->counters = (Spes__Wire__NodeCounters)SPES__WIRE__NODE_COUNTERS__INIT;
+    x->counters.control_sent_bytes = 51234, x->counters.control_received_bytes = 40960;
+    x->counters.blob_sent_bytes = 3ull << 30, x->counters.blob_received_bytes = 5ull << 30;
+    x->counters.sent_messages = 7001, x->counters.received_messages = 7002;
+    x->counters.train_s = 1234.5, x->counters.wait_s = 321.25, x->counters.rounds = 41;
     x->state = (Spes__Wire__StateRef)SPES__WIRE__STATE_REF__INIT;
     x->state.round = 41, x->state.step = 410, x->state.state_hash = HASH(hash_a);
     for (int i = 0; i < 2; i++) {
@@ -77,6 +83,7 @@ static void fill_parts(examples_t *x)
         x->member[i].last_seen_unix_ms = 1795000000000ull;
         x->member[i].tokens_per_s = 12345.5, x->member[i].loss = 3.25;
         x->member[i].listen_url = x->peer[i].listen_url;
+        x->member[i].counters = i ? NULL : &x->counters;
         x->members[i] = &x->member[i];
         x->blob[i] = (Spes__Wire__BlobInfo)SPES__WIRE__BLOB_INFO__INIT;
         x->blob[i].blob_hash = HASH(i ? hash_b : hash_a);
@@ -154,6 +161,7 @@ static void fill_control(int type, example_msg *u, examples_t *x)
         u->heartbeat.node_id = 2, u->heartbeat.round = 41, u->heartbeat.step = 415;
         u->heartbeat.loss = 3.75, u->heartbeat.tokens_per_s = 20480.25;
         u->heartbeat.state = SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE;
+        u->heartbeat.counters = &x->counters;
         break;
     case SPES_MSG_LEAVE:
         u->leave = (Spes__Wire__Leave)SPES__WIRE__LEAVE__INIT;

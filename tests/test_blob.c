@@ -2,7 +2,8 @@
  * TLS on loopback with fresh ports: a round trip, a large blob from three
  * peers while one is killed halfway and another serves corrupted chunks
  * (byte-identical result, bounded peak RSS), a resumed fetch that asks only
- * for the missing chunks, and peers that lie about the manifest.
+ * for the missing chunks, peers that lie about the manifest, and the byte
+ * counters of a fetch.
  * SPES_BLOB_TEST_MB sets the large blob's size (default 256, at least 32). */
 #include "blob/blob.h"
 #include "core/error.h"
@@ -536,6 +537,80 @@ START_TEST(test_fetch_roundtrip)
 }
 END_TEST
 
+/* exchange_len adds to *total the bytes of one request and of the store's answer to it. */
+static void exchange_len(spes_blob_store *s, uint8_t *req, size_t len, uint64_t *total, uint64_t *reply)
+{
+    uint8_t *rep = NULL;
+    size_t rl = 0;
+    ck_assert(spes_blob_handle(s, req, len, &rep, &rl) == 0);
+    *total += len + rl;
+    *reply += rl;
+    free(rep);
+    free(req);
+}
+
+/* A fetch's bytes are counted as blob traffic, exactly the bodies of its
+ * requests and of the answers (manifest, chunk headers and chunk bytes), on
+ * both ends (both are in this process); a blob already held costs nothing. */
+START_TEST(test_fetch_counted)
+{
+    setup_pki();
+    spes_net_tls *ta = tls_for("node-a"), *tf = tls_for("node-f");
+    spes_blob_store *a = store_at("a", 4096), *f = store_at("f", 4096);
+    uint8_t data[4096 * 5 + 17], h[32];
+    uint64_t x = 5;
+    fill(data, sizeof data, &x);
+    ck_assert(spes_blob_put(a, data, sizeof data, h) == 0);
+    uint64_t want = 0, replies = 0;
+    size_t len;
+    uint8_t *req = want_req(h, 1, &len);
+    exchange_len(a, req, len, &want, &replies);
+    for (uint32_t i = 0; i < 6; i++) {
+        req = chunk_req(h, i, 1, &len);
+        exchange_len(a, req, len, &want, &replies);
+    }
+    spes_manifest m;
+    ck_assert(spes_blob_manifest_get(a, h, &m) == 0);
+    uint8_t *menc = NULL;
+    size_t mlen = 0;
+    ck_assert(spes_manifest_encode(&m, &menc, &mlen) == 0);
+    spes_manifest_fini(&m);
+    free(menc);
+    ck_assert_uint_eq(replies, sizeof data + 6 * SPES_CHUNK_HEADER_LEN + mlen);
+    spes_blob_server *sa = serve(a, ta);
+    char url[64];
+    url_of(spes_blob_server_port(sa), url, sizeof url);
+    spes_blob_peer peer = {url, "node-a"};
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000, .window = 1};
+    spes_blob_fetch_stats st;
+    spes_net_counters c0, c1;
+    spes_net_counters_get(&c0);
+    ck_assert_msg(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0, "%s", spes_errmsg());
+    ck_assert_uint_eq(st.chunk_requests, 6);
+    for (int i = 0; i < 300; i++) { /* the server counts its last reply on its own thread */
+        spes_net_counters_get(&c1);
+        if (c1.sent_msgs[SPES_NET_BLOB] - c0.sent_msgs[SPES_NET_BLOB] >= 14)
+            break;
+        usleep(10000);
+    }
+    ck_assert_uint_eq(c1.sent_msgs[SPES_NET_BLOB] - c0.sent_msgs[SPES_NET_BLOB], 14);
+    ck_assert_uint_eq(c1.received_msgs[SPES_NET_BLOB] - c0.received_msgs[SPES_NET_BLOB], 14);
+    ck_assert_uint_eq(c1.sent_bytes[SPES_NET_BLOB] - c0.sent_bytes[SPES_NET_BLOB], want);
+    ck_assert_uint_eq(c1.received_bytes[SPES_NET_BLOB] - c0.received_bytes[SPES_NET_BLOB], want);
+    ck_assert_uint_eq(c1.sent_bytes[SPES_NET_CONTROL], c0.sent_bytes[SPES_NET_CONTROL]);
+    ck_assert_uint_eq(c1.received_bytes[SPES_NET_CONTROL], c0.received_bytes[SPES_NET_CONTROL]);
+    ck_assert(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0);
+    spes_net_counters_get(&c0);
+    ck_assert_uint_eq(spes_net_counters_sent(&c0), spes_net_counters_sent(&c1));
+    spes_blob_server_close(sa);
+    spes_blob_store_close(a);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
 START_TEST(test_fetch_lying_manifest)
 {
     setup_pki();
@@ -829,6 +904,7 @@ static Suite *blob_suite(void)
     tc = tcase_create("fetch");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_fetch_roundtrip);
+    tcase_add_test(tc, test_fetch_counted);
     tcase_add_test(tc, test_fetch_lying_manifest);
     tcase_add_test(tc, test_fetch_lone_corrupt_peer);
     tcase_add_test(tc, test_fetch_resume);

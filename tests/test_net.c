@@ -1,7 +1,8 @@
 /* test_net.c: spes_net over real loopback sockets with a real run PKI: mutual TLS
  * accepted for a good certificate and refused (with the server's reason recorded)
  * for no certificate, another CA, an expired or revoked certificate, and the wrong
- * role; CRL reload; IPv6; plain tcp only on request; sync and async round trips. */
+ * role; CRL reload; IPv6; plain tcp only on request; sync and async round trips;
+ * byte counters against the bytes a relay saw on the wire. */
 #include "core/error.h"
 #include "core/log.h"
 #include "net/net.h"
@@ -14,6 +15,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -626,6 +628,207 @@ START_TEST(test_bounded_close_helper)
 }
 END_TEST
 
+/* ---- byte counters ---- */
+
+/* tap is a TCP relay between one client and one server that counts the bytes
+ * it forwards each way: what actually crossed the wire. */
+typedef struct tap {
+    int lfd, port, target;
+    pthread_t th;
+    uint64_t up, down; /* client -> server, server -> client (read after join) */
+} tap;
+
+static int tcp_listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 1) == 0);
+    ck_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+static void *tap_main(void *arg)
+{
+    tap *t = arg;
+    int c = accept(t->lfd, NULL, NULL);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)t->target)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (c < 0 || s < 0 || connect(s, (struct sockaddr *)&sa, sizeof sa) != 0)
+        goto done;
+    struct pollfd pf[2] = {{.fd = c, .events = POLLIN}, {.fd = s, .events = POLLIN}};
+    char buf[65536];
+    for (;;) {
+        if (poll(pf, 2, -1) < 0)
+            break;
+        int from = (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) ? 0 : 1;
+        if (!(pf[from].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        ssize_t n = read(pf[from].fd, buf, sizeof buf);
+        if (n <= 0)
+            break; /* either side closed: the relay ends */
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(pf[1 - from].fd, buf + off, (size_t)(n - off));
+            if (w <= 0)
+                goto done;
+            off += w;
+        }
+        *(from == 0 ? &t->up : &t->down) += (uint64_t)n;
+    }
+done:
+    if (c >= 0)
+        close(c);
+    if (s >= 0)
+        close(s);
+    return NULL;
+}
+
+static void tap_start(tap *t, int target)
+{
+    memset(t, 0, sizeof *t);
+    t->target = target;
+    t->lfd = tcp_listen_any(&t->port);
+    ck_assert(pthread_create(&t->th, NULL, tap_main, t) == 0);
+}
+
+static void tap_join(tap *t)
+{
+    pthread_join(t->th, NULL);
+    close(t->lfd);
+}
+
+/* counters_delta returns now - before, per field. */
+static spes_net_counters counters_delta(const spes_net_counters *before)
+{
+    spes_net_counters now, d;
+    spes_net_counters_get(&now);
+    for (int c = 0; c < SPES_NET_NCLASS; c++) {
+        d.sent_bytes[c] = now.sent_bytes[c] - before->sent_bytes[c];
+        d.received_bytes[c] = now.received_bytes[c] - before->received_bytes[c];
+        d.sent_msgs[c] = now.sent_msgs[c] - before->sent_msgs[c];
+        d.received_msgs[c] = now.received_msgs[c] - before->received_msgs[c];
+    }
+    return d;
+}
+
+/* wait_counted waits (up to 3 s) until both sides counted `msgs` messages sent
+ * (a server's send completes on its own thread, maybe after the client has its reply). */
+static spes_net_counters wait_counted(const spes_net_counters *before, int cls, uint64_t msgs)
+{
+    spes_net_counters d;
+    for (int i = 0; i < 300; i++) {
+        d = counters_delta(before);
+        if (d.sent_msgs[cls] >= msgs && d.received_msgs[cls] >= msgs)
+            break;
+        usleep(10000);
+    }
+    return d;
+}
+
+/* Plain tcp through a tap: the counted payload bytes are the message bodies
+ * exactly, and the wire carries them plus nng's framing: an 8-byte SP header
+ * per connection and direction, and per message an 8-byte length and the
+ * 4-byte request id of req/rep. */
+START_TEST(test_counters_match_the_wire)
+{
+    spes_net_server *srv = NULL;
+    spes_net_server_opts so = {.url = "tcp://127.0.0.1:0", .plain = 1, .handler = echo_handler};
+    ck_assert(spes_net_server_open(&srv, &so) == 0);
+    tap t;
+    tap_start(&t, spes_net_server_port(srv));
+    char url[128];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", t.port);
+    spes_net_counters before;
+    spes_net_counters_get(&before);
+    spes_net_client *c = NULL;
+    spes_net_client_opts co = {.url = url, .plain = 1, .wait_connect = 1};
+    ck_assert_msg(spes_net_client_open(&c, &co) == 0, "%s", spes_errmsg());
+    const char *reqs[] = {"hello", "", "a somewhat longer request of the control plane"};
+    uint64_t up = 0, down = 0;
+    void *r = NULL;
+    size_t rl = 0;
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(spes_net_call(c, reqs[i], strlen(reqs[i]), 5000, &r, &rl) == 0, "%s", spes_errmsg());
+        free(r);
+        up += strlen(reqs[i]);
+        down += rl;
+        ck_assert_uint_eq(rl, strlen("-/none:") + strlen(reqs[i]));
+    }
+    async_box b = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    ck_assert(spes_net_call_async(c, "ping", 4, 5000, async_cb, &b) == 0);
+    pthread_mutex_lock(&b.mu);
+    while (!b.done)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    ck_assert_int_eq(b.err, 0);
+    up += 4;
+    down += strlen(b.rep);
+    /* both ends are in this process: each message is counted once sent and once received */
+    spes_net_counters d = wait_counted(&before, SPES_NET_CONTROL, 8);
+    ck_assert_uint_eq(d.sent_msgs[SPES_NET_CONTROL], 8);
+    ck_assert_uint_eq(d.received_msgs[SPES_NET_CONTROL], 8);
+    ck_assert_uint_eq(d.sent_bytes[SPES_NET_CONTROL], up + down);
+    ck_assert_uint_eq(d.received_bytes[SPES_NET_CONTROL], up + down);
+    ck_assert_uint_eq(d.sent_bytes[SPES_NET_BLOB] + d.received_bytes[SPES_NET_BLOB], 0);
+    spes_net_client_close(c);
+    tap_join(&t);
+    spes_net_server_close(srv);
+    ck_assert_uint_eq(t.up, 8 + 4 * 12 + up);
+    ck_assert_uint_eq(t.down, 8 + 4 * 12 + down);
+}
+END_TEST
+
+/* Over TLS the same payload bytes are counted, on both ends, and a request
+ * the handler classes as blob traffic is counted as such, with its reply. */
+static void classing_handler(void *arg, spes_net_request *req)
+{
+    size_t len = 0;
+    const char *data = spes_net_request_data(req, &len);
+    if (len >= 4 && !memcmp(data, "blob", 4))
+        spes_net_request_set_class(req, SPES_NET_BLOB);
+    echo_handler(arg, req);
+}
+
+START_TEST(test_counters_tls_and_classes)
+{
+    spes_net_tls *ts = tls_for(ca_a, "node-1", 0), *tc = tls_for(ca_a, "node-2", 0);
+    spes_net_server *srv = NULL;
+    spes_net_server_opts so = {.url = "tls+tcp://127.0.0.1:0", .tls = ts, .handler = classing_handler};
+    ck_assert(spes_net_server_open(&srv, &so) == 0);
+    char url[128];
+    snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", spes_net_server_port(srv));
+    spes_net_client *c = NULL;
+    spes_net_client_opts co = {.url = url, .tls = tc, .wait_connect = 1};
+    ck_assert_msg(spes_net_client_open(&c, &co) == 0, "%s", spes_errmsg());
+    spes_net_counters before;
+    spes_net_counters_get(&before);
+    void *r = NULL;
+    size_t rl = 0;
+    ck_assert(spes_net_call(c, "status?", 7, 5000, &r, &rl) == 0);
+    free(r);
+    ck_assert_uint_eq(rl, strlen("node-2/node:status?"));
+    ck_assert(spes_net_call(c, "blob 17", 7, 5000, &r, &rl) == 0);
+    free(r);
+    spes_net_counters d = wait_counted(&before, SPES_NET_CONTROL, 3);
+    d = wait_counted(&before, SPES_NET_BLOB, 1);
+    /* the client sent both requests as control (it does not know); the server
+     * received and answered the second one as blob traffic */
+    ck_assert_uint_eq(d.sent_msgs[SPES_NET_CONTROL], 3);
+    ck_assert_uint_eq(d.sent_bytes[SPES_NET_CONTROL], 7 + 7 + rl);
+    ck_assert_uint_eq(d.received_bytes[SPES_NET_CONTROL], 7 + rl + rl);
+    ck_assert_uint_eq(d.sent_bytes[SPES_NET_BLOB], rl);
+    ck_assert_uint_eq(d.received_bytes[SPES_NET_BLOB], 7);
+    ck_assert_uint_eq(spes_net_counters_sent(&d), spes_net_counters_received(&d));
+    spes_net_client_close(c);
+    spes_net_server_close(srv);
+    spes_net_tls_free(ts);
+    spes_net_tls_free(tc);
+}
+END_TEST
+
 static Suite *net_suite(void)
 {
     Suite *s = suite_create("net");
@@ -648,6 +851,8 @@ static Suite *net_suite(void)
     tcase_add_test(tc, test_ipv6_loopback);
     tcase_add_test(tc, test_plain_tcp_only_on_request);
     tcase_add_test(tc, test_reconnect_after_server_restart);
+    tcase_add_test(tc, test_counters_match_the_wire);
+    tcase_add_test(tc, test_counters_tls_and_classes);
     suite_add_tcase(s, tc);
     return s;
 }

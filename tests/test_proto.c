@@ -2,6 +2,7 @@
  * refusals of malformed envelopes and payloads (with their messages), chunk
  * headers and blob manifests. */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,17 @@ START_TEST(refuse_semantics)
     hb.state = 42;
     buf = frame(SPES_MSG_HEARTBEAT, &hb.base, NULL, 0, &len);
     decode_fails(buf, len, SPES_EFORMAT, "Heartbeat.state: unknown enum value 42");
+    free(buf);
+    hb.state = SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE;
+    Spes__Wire__NodeCounters nc = SPES__WIRE__NODE_COUNTERS__INIT;
+    hb.counters = &nc;
+    nc.train_s = -1;
+    buf = frame(SPES_MSG_HEARTBEAT, &hb.base, NULL, 0, &len);
+    decode_fails(buf, len, SPES_ERANGE, "Heartbeat.counters: seconds out of range (train -1, wait 0)");
+    free(buf);
+    nc.train_s = 2, nc.wait_s = NAN;
+    buf = frame(SPES_MSG_HEARTBEAT, &hb.base, NULL, 0, &len);
+    decode_fails(buf, len, SPES_ERANGE, "Heartbeat.counters: seconds out of range (train 2, wait nan)");
     free(buf);
 
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;

@@ -396,6 +396,7 @@ def scenario_round_costs():
     cfg["train"]["max_steps"] = R * cfg["spes"]["sync_interval"]
     cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
     try:
+        t0 = time.time()
         cl.start_all()
         cl.wait("the run to complete", lambda: "the run is complete" in cl.log(0), timeout=120)
         cl.wait_applied([0, 1, 2], R - 2)
@@ -433,9 +434,10 @@ def scenario_round_costs():
             check(fetched > 0 and fetched <= got <= fetched * 1.02 + 4096,
                   "%s received %d blob bytes: the %d bytes of the contributions it fetched plus framing"
                   % (m["name"], got, fetched))
-            check(m["time"]["train_s"] > 0 and m["time"]["wait_s"] > 0,
-                  "%s: train %.2f s, wait %.2f s, both counted" % (m["name"], m["time"]["train_s"],
-                                                                   m["time"]["wait_s"]))
+            check(m["time"]["train_s"] > 0 and m["time"]["wait_s"] > 0 and
+                  m["time"]["train_s"] + m["time"]["wait_s"] < time.time() - t0,
+                  "%s: train %.2f s, wait %.2f s, both counted, within the run's wall time"
+                  % (m["name"], m["time"]["train_s"], m["time"]["wait_s"]))
         bs = sum(m["net"]["blob"]["sent_bytes"] for m in ms)
         br = sum(m["net"]["blob"]["received_bytes"] for m in ms)
         check(bs == br, "the cluster's blob bytes sent (%d) equal its blob bytes received (%d)" % (bs, br))
@@ -444,6 +446,8 @@ def scenario_round_costs():
         check(abs(ts - tr) <= 0.01 * ts, "the cluster's bytes sent (%d) equal its bytes received (%d) within "
               "the heartbeats in flight" % (ts, tr))
         text = cl.ctl("status").stdout
+        cost = text[text.find("compute utilisation"):text.find("last round")].rstrip()
+        print("\n".join("   | " + l for l in cost.splitlines()))
         check(re.search(r"compute utilisation \d+\.\d %", text) and "per node per round:" in text,
               "spesctl status shows the run's compute utilisation and MB per round per node")
         cl.stop_all()
