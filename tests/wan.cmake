@@ -18,3 +18,9 @@ if(TARGET spesd AND TARGET spesctl)
   set_tests_properties(wan_cluster PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77 LABELS "wan;integration;slow"
                        RUN_SERIAL TRUE)
 endif()
+# local-cluster up --dry-run --wan: configs with advertise, env with SPES_NETNS, nothing created (no root needed).
+if(TARGET spesd AND TARGET spesctl)
+  add_test(NAME wan_local_cluster_dry COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/wan/dry.sh ${CMAKE_SOURCE_DIR}
+                                              $<TARGET_FILE:spesd> $<TARGET_FILE:spesctl> $<TARGET_FILE:spes-wanrelay>)
+  set_tests_properties(wan_local_cluster_dry PROPERTIES TIMEOUT 300 LABELS wan)
+endif()

@@ -131,8 +131,11 @@ class Lab:
     def stop(self):
         if self.relay:
             self.relay.send_signal(signal.SIGTERM)
-            self.relay.communicate(timeout=10)
+            out = self.relay.communicate(timeout=10)[0]
+            code = self.relay.returncode
             self.relay = None
+            check(code == 0 and "stats {" in out, "the relay prints its counters and exits 0 on SIGTERM (exit %s%s)"
+                  % (code, "" if code == 0 else ": " + out[-2000:]))
 
     def cleanup(self):
         try:
