@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench/torch_moe.py: the bench model in PyTorch, as a fair baseline.
 
-The same OLMoE architecture as spes (DESIGN.md), written the way Hugging Face's
+The same OLMoE architecture as spes (docs/design.md), written the way Hugging Face's
 OlmoeForCausalLM runs on CPU in eager mode: fp32, sparse expert dispatch (only
 the tokens routed to an expert go through it, like OlmoeSparseMoeBlock), manual
 causal attention, AdamW from torch.optim. Prints one JSON line with tokens/s of

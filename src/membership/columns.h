@@ -1,5 +1,5 @@
-/* columns.h: dealing expert columns to the nodes of a run (DESIGN.md "SPES
- * semantics"). Every column has at least one owner; column loads of nodes
+/* columns.h: dealing expert columns to the nodes of a run (docs/design.md, "What a run computes"
+ * and "Columns"). Every column has at least one owner; column loads of nodes
  * differ by at most one; with more nodes than columns every node owns one
  * column and columns have several owners. Re-dealing after a join or a leave
  * moves as few columns as it can, because a column's optimizer state lives on

@@ -1,4 +1,4 @@
-/* merge.h: the SPES expert-merging warm-up (DESIGN.md "SPES semantics").
+/* merge.h: the SPES expert-merging warm-up (docs/design.md, "What a run computes").
  * Pure computation on the agreed state: every node applies it to the same
  * bytes in the same order, so every node gets the same result. */
 #ifndef SPES_MERGE_MERGE_H

@@ -1,5 +1,5 @@
 /* model.h: the OLMoE-architecture MoE language model, forward and backward.
- * The math is DESIGN.md's "The model" section exactly (same as Hugging Face
+ * The math is docs/design.md's "The model" section exactly (same as Hugging Face
  * OlmoeForCausalLM). This module never does I/O and never allocates inside
  * forward or backward: everything is allocated in spes_model_alloc.
  *

@@ -1,5 +1,5 @@
 /* adamw.h: AdamW with PyTorch's semantics, the learning-rate schedule, global
- * gradient-norm clipping and the SPES decayed load-balance factor (DESIGN.md).
+ * gradient-norm clipping and the SPES decayed load-balance factor (docs/design.md, "Training").
  * Moments exist only for what is trained; they are laid out like the model's
  * gradients, so one segment table maps gradients and moments to parameters. */
 #ifndef SPES_OPTIM_ADAMW_H

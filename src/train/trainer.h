@@ -17,7 +17,7 @@
 /* spes_step_stats is what one training step reports. */
 typedef struct spes_step_stats {
     int64_t step;     /* 0-based step just taken */
-    double loss;      /* mean CE of the batch, before the update (DESIGN.md) */
+    double loss;      /* mean CE of the batch, before the update (docs/design.md) */
     double total;     /* CE + weighted auxiliary losses */
     double lb, z;     /* unweighted auxiliary losses */
     double lr;

@@ -2,7 +2,7 @@
 """tests/cluster/test_cluster.py: SPES runs of real spesd daemons on loopback.
 
 Each scenario starts daemons over mutual TLS with fresh ports and proves an
-outcome of DESIGN.md's "SPES semantics" from what the daemons wrote: digests
+outcome of docs/design.md's "What a run computes" from what the daemons wrote: digests
 in their logs, status from spesctl, and the state and contribution blobs in
 their stores, recomputed here independently with numpy.
 usage: test_cluster.py BUILD_DIR [SCENARIO...]
@@ -63,7 +63,7 @@ def layout_sizes(cfg):
 
 
 def reference_round(cfg, S, contribs, step_end, M=None):
-    """S_{r+1} from S_r and the round's contributions, written from DESIGN.md; with the outer
+    """S_{r+1} from S_r and the round's contributions, written from docs/design.md; with the outer
     optimizer (spes.outer_lr, spes.outer_momentum, docs/convergence.md) M is the momentum of S_r,
     updated in place: d = mean delta, m = mu m + d, S_r + lr (d + mu m), columns nobody trained kept."""
     shared, column, per = layout_sizes(cfg)

@@ -1,6 +1,6 @@
 """olmoe_ref.py: an independent PyTorch reference of the spes model and its training.
 
-Written from DESIGN.md ("The model", the learning-rate schedule, clipping, AdamW,
+Written from docs/design.md ("The model", the learning-rate schedule, clipping, AdamW,
 batching), never from the C sources, so that the cross-check tests compare two
 implementations that share nothing but the specification. It must never import or
 parse anything of the C model beyond the dumped tensors and the tensor names.

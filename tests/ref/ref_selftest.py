@@ -1,6 +1,6 @@
 """ref_selftest.py: checks the PyTorch reference (olmoe_ref.py) on its own, without the C model.
 
-A second, naive per-token implementation written straight from DESIGN.md must give the same
+A second, naive per-token implementation written straight from docs/design.md must give the same
 logits and losses; finite differences in float64 must agree with autograd; the load-balance
 loss must be exactly 1 (summed over layers) for a uniform router; the schedule, the SPES
 factor, AdamW and the safetensors reader are checked against hand-computed values.
