@@ -45,6 +45,7 @@ static const dfield dfields[] = {
     INT(round_deadline_ms, 200, 86400000, 120000),
     INT(min_nodes, 1, 4096, 1),
     INT(data_parts, 1, 65536, 1),
+    INT(blob_quota_mb, 0, 2147483647, 0),
     {"plain", D_BOOL, offsetof(spes_dconfig, plain), sizeof(int), 0, 1, "0"},
     {"keep_blobs", D_BOOL, offsetof(spes_dconfig, keep_blobs), sizeof(int), 0, 1, "0"},
 };

@@ -165,8 +165,8 @@ static int peers_of(const node_job *j, spes_blob_peer *p, int first)
 }
 
 /* fetch gets a blob from peers_of's peers. manifest pins the blob's manifest
- * (and so its size); without one, max_size bounds what a peer may claim (0: no
- * bound). Received bytes are counted in j->bytes_in. */
+ * (and so its size); max_size bounds what a peer may claim (0: the largest
+ * contribution of the model). Received bytes are counted in j->bytes_in. */
 static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
                  uint64_t max_size)
 {
@@ -180,7 +180,7 @@ static int fetch(spes_node *n, node_job *j, const uint8_t *hash, int first, cons
     o.plain = n->d->cfg.plain;
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
-    o.max_size = max_size;
+    o.max_size = max_size || !n->have_trainer ? max_size : spes_contrib_max_size(&n->tr.model->layout, n->E);
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
     char path[1024];
     struct stat st;
@@ -335,9 +335,12 @@ static int job_validate(spes_node *n, node_job *j)
 {
     for (int k = 0; k < j->ncontrib; k++) {
         spes_contrib c;
+        int held = spes_blob_has(n->blobs, j->contrib_hash[k]); /* a refused blob this check fetched is deleted */
         int rc = fetch(n, j, j->contrib_hash[k], k, j->contrib_manifest[k], 0);
         if (!rc)
             rc = decode_blob(n, j->contrib_hash[k], j->names[k], &c);
+        if (rc && !held)
+            spes_blob_delete(n->blobs, j->contrib_hash[k]);
         j->ok[k] = rc == 0;
         if (rc)
             snprintf(j->reasons[k], sizeof j->reasons[k], "%s", spes_errmsg());

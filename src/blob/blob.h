@@ -129,6 +129,22 @@ int spes_blob_server_port(const spes_blob_server *b);
 /* spes_blob_server_close stops serving (requests in flight are dropped). */
 void spes_blob_server_close(spes_blob_server *b);
 
+/* SPES_BLOB_LANE_CONTEXTS is how many blob requests a daemon endpoint answers
+ * at once: its chunk replies in memory (one chunk each) are bounded by it. */
+#define SPES_BLOB_LANE_CONTEXTS 64
+
+/* SPES_BLOB_CONTROL_CONTEXTS is the default number of other requests a daemon
+ * endpoint handles at once. */
+#define SPES_BLOB_CONTROL_CONTEXTS 32
+
+/* spes_blob_endpoint_open opens a daemon's endpoint: blob requests (BlobWant,
+ * ChunkRequest) are answered from the store on a lane of their own with
+ * SPES_BLOB_LANE_CONTEXTS contexts, every other request goes to o->handler on
+ * another lane with o->contexts (default SPES_BLOB_CONTROL_CONTEXTS), so that
+ * neither kind can hold the other's contexts; o->max_msg defaults to
+ * SPES_NET_MAX_REQUEST; the other limits are o's (spes_net's defaults). */
+int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o);
+
 /* ---- fetching ---- */
 
 /* spes_blob_peer names one peer that may hold a blob. */
