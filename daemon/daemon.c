@@ -306,7 +306,7 @@ static int start(spes_daemon *d)
         return rc;
     if ((rc = spes_node_alloc(&d->node, d)) != 0)
         return rc;
-    /* blob requests on their own lane; requests limited to SPES_NET_MAX_REQUEST (docs/security.md) */
+    /* blob requests on their own lane; requests limited to SPES_BLOB_MAX_REQUEST (docs/security.md) */
     spes_net_server_opts so = {.url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .handler = on_request,
                                .arg = d};
     if ((rc = spes_blob_endpoint_open(&d->server, spes_node_blobs(d->node), &so)) != 0)

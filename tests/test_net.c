@@ -699,7 +699,7 @@ START_TEST(test_limits_raw_connections)
     ck_assert_msg(call_as(fx.url, ca_a, "node-2", "hello", 5000, &rep) == 0, "honest call: %s", spes_errmsg());
     ck_assert_str_eq(rep, "node-2/node:hello");
     free(rep);
-    ck_assert_msg(now_s() - c0 < 2.0, "honest call took %.3f s", now_s() - c0);
+    ck_assert_msg(now_s() - c0 < 4.0, "honest call took %.3f s", now_s() - c0);
     /* every half-open one ends at the deadline */
     int closed = 0;
     for (int k = 0; k < 40 && closed < 21; k++) {
@@ -710,7 +710,7 @@ START_TEST(test_limits_raw_connections)
         closed += is_closed(hs, 0);
     }
     double t = now_s() - t0;
-    ck_assert_msg(t >= 1.4 && t < 4.5, "half-open connections ended after %.2f s (deadline 1.5 s)", t);
+    ck_assert_msg(t >= 1.4 && t < 6.0, "half-open connections ended after %.2f s (deadline 1.5 s)", t);
     spes_net_server_stats st;
     spes_net_server_get_stats(fx.srv, &st);
     ck_assert_uint_ge(st.conns_refused, 12);

@@ -26,6 +26,7 @@
 
 #include "net/net.h"
 #include "proto/bulk.h"
+#include "proto/proto.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -129,6 +130,12 @@ int spes_blob_server_port(const spes_blob_server *b);
 /* spes_blob_server_close stops serving (requests in flight are dropped). */
 void spes_blob_server_close(spes_blob_server *b);
 
+/* SPES_BLOB_MAX_REQUEST is the largest request a daemon's endpoint takes: every
+ * request type is a small envelope (proto.h's SPES_PROTO_SMALL_LIMIT); the
+ * list-carrying messages (4 MiB) are replies, which travel the other way
+ * under the caller's own limit. */
+#define SPES_BLOB_MAX_REQUEST (SPES_PROTO_HEADER_LEN + SPES_PROTO_SMALL_LIMIT)
+
 /* SPES_BLOB_LANE_CONTEXTS is how many blob requests a daemon endpoint answers
  * at once: its chunk replies in memory (one chunk each) are bounded by it. */
 #define SPES_BLOB_LANE_CONTEXTS 64
@@ -142,7 +149,7 @@ void spes_blob_server_close(spes_blob_server *b);
  * SPES_BLOB_LANE_CONTEXTS contexts, every other request goes to o->handler on
  * another lane with o->contexts (default SPES_BLOB_CONTROL_CONTEXTS), so that
  * neither kind can hold the other's contexts; o->max_msg defaults to
- * SPES_NET_MAX_REQUEST; the other limits are o's (spes_net's defaults). */
+ * SPES_BLOB_MAX_REQUEST; the other limits are o's (spes_net's defaults). */
 int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o);
 
 /* ---- fetching ---- */

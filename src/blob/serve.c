@@ -266,6 +266,6 @@ int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spe
     so.classify = endpoint_lane;
     so.classify_arg = NULL;
     if (!so.max_msg)
-        so.max_msg = SPES_NET_MAX_REQUEST;
+        so.max_msg = SPES_BLOB_MAX_REQUEST;
     return spes_net_server_open(out, &so);
 }

@@ -38,11 +38,6 @@
 /* SPES_NET_MAX_MSG_DEFAULT caps a received message unless an endpoint says otherwise. */
 #define SPES_NET_MAX_MSG_DEFAULT (64u << 20)
 
-/* SPES_NET_MAX_REQUEST is the largest request a daemon's endpoint takes: every
- * request type fits in a few KiB under proto.h's field limits (replies, which
- * carry lists, travel the other way under the client's limit). */
-#define SPES_NET_MAX_REQUEST (64u << 10)
-
 /* Server limits, defaults of spes_net_server_opts (docs/security.md says why
  * each value): */
 /* SPES_NET_SEND_TIMEOUT_MS: a reply not taken by its connection within this closes
