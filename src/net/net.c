@@ -45,7 +45,8 @@ typedef struct srv_conn {
     spes__addr local, remote;
     uint64_t last_ms; /* added, or its last request or reply */
     int inflight;     /* requests received and not yet answered */
-    const char *kill; /* set: the guard closes it, saying why */
+    const char *kill; /* set: quarantined (no more replies); the guard closes it, saying why */
+    uint64_t kill_ms; /* when it was quarantined */
 } srv_conn;
 
 struct spes_net_request {
@@ -258,15 +259,25 @@ static srv_conn *find_conn(spes_net_server *s, uint32_t id)
     return NULL;
 }
 
-/* kill_conn_locked marks a connection for the guard to close (under s->mu). */
+/* kill_conn_locked quarantines a connection (under s->mu): it gets no more
+ * replies and its requests are dropped; the guard closes it once nothing of it
+ * is in flight. Never closed while a reply may be on its way into it: nng
+ * 1.5.2 can strand a TLS pipe closed while its protocol hands it a message,
+ * and the stranded teardown then blocks nng's reaper for every socket of the
+ * process (see close.c). */
 static void kill_conn_locked(spes_net_server *s, uint32_t id, const char *why)
 {
     srv_conn *c = find_conn(s, id);
     if (c && !c->kill) {
         c->kill = why;
+        c->kill_ms = spes_mono_ms();
         spes__guard_kick();
     }
 }
+
+/* QUARANTINE_MS is how long a quarantined connection with nothing in flight
+ * waits before it is closed (a reply handed to its transport is on its way). */
+#define QUARANTINE_MS 100
 
 static int count_addr_locked(spes_net_server *s, const spes__addr *a)
 {
@@ -394,6 +405,8 @@ static void request_done(spes_net_request *r)
     if (c) {
         c->inflight--;
         c->last_ms = spes_mono_ms();
+        if (c->kill && c->inflight == 0)
+            spes__guard_kick(); /* nothing of it in flight: it can be closed */
     }
     srv_lane *ln = &s->lanes[r->lane];
     if ((next = ln->head) != NULL) {
@@ -421,8 +434,8 @@ static int admit(spes_net_request *r)
     r->pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(r->msg));
     pthread_mutex_lock(&s->mu);
     srv_conn *c = find_conn(s, r->pipe);
-    if (!c || lane < 0 || lane >= s->nlanes) {
-        /* gone already, or no lane takes it */
+    if (!c || c->kill || lane < 0 || lane >= s->nlanes) {
+        /* gone already, quarantined, or no lane takes it */
     } else if (c->inflight >= s->max_inflight) {
         s->st.inflight_exceeded++;
         kill_conn_locked(s, r->pipe, "more requests in flight than a connection may have");
@@ -522,6 +535,16 @@ int spes_net_reply_send(spes_net_request *r)
     r->rep = NULL;
     nng_msg_free(r->msg);
     r->msg = NULL;
+    spes_net_server *s = r->srv;
+    pthread_mutex_lock(&s->mu);
+    srv_conn *c = find_conn(s, r->pipe);
+    int quarantined = c && c->kill;
+    pthread_mutex_unlock(&s->mu);
+    if (quarantined) { /* no more replies into it */
+        nng_msg_free(m);
+        request_done(r);
+        return 0;
+    }
     r->state = ST_SEND;
     nng_aio_set_msg(r->aio, m);
     nng_aio_set_timeout(r->aio, r->srv->send_timeout_ms);
@@ -557,6 +580,7 @@ typedef struct pend {
     unsigned long long ino;
     uint64_t first_ms;
     int seen;
+    int ended; /* shut down already: nng closes it */
 } pend;
 
 static pend *pend_find(spes_net_server *s, unsigned long long ino)
@@ -600,8 +624,9 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
         s->pend[i].seen = 0;
     int *pending = calloc((size_t)(n ? n : 1), sizeof *pending);
     int *order = calloc((size_t)(n ? n : 1), sizeof *order);
+    int *ended = calloc((size_t)(n ? n : 1), sizeof *ended);
     uint64_t *since = calloc((size_t)(n ? n : 1), sizeof *since);
-    if (!pending || !order || !since)
+    if (!pending || !order || !ended || !since)
         goto done;
     for (int i = 0; i < n; i++) {
         pend *p = pend_find(s, v[i].ino);
@@ -619,6 +644,7 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
         }
         p->seen = 1;
         since[i] = p->first_ms;
+        ended[i] = p->ended;
     }
     for (int i = 0; i < s->npend;) /* forget sockets that are gone */
         if (!s->pend[i].seen)
@@ -628,7 +654,7 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
     pthread_mutex_lock(&s->mu);
     int npending = 0, total = s->nconns;
     for (int i = 0; i < n; i++) {
-        pending[i] = !is_conn_locked(s, &v[i]);
+        pending[i] = !ended[i] && !is_conn_locked(s, &v[i]);
         npending += pending[i];
         total += pending[i];
     }
@@ -662,6 +688,9 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
             }
             if (!why)
                 continue;
+            pend *pe = pend_find(s, v[i].ino);
+            if (pe)
+                pe->ended = 1;
             if (spes__sock_end(v[i].fd, v[i].ino)) {
                 log_warnx("%s: connection from %s closed: %s", s->url, spes__addr_str(&v[i].remote, ip, sizeof ip),
                           why);
@@ -679,6 +708,7 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
 done:
     free(pending);
     free(order);
+    free(ended);
     free(since);
     free(v);
 }
@@ -695,9 +725,10 @@ static void guard_conns(spes_net_server *s, uint64_t now)
         srv_conn *c = &s->conns[i];
         if (!c->kill && c->inflight == 0 && now - c->last_ms >= (uint64_t)s->idle_ms) {
             c->kill = "no request within the idle deadline";
+            c->kill_ms = now;
             s->st.idle_closed++;
         }
-        if (c->kill == NULL || c->kill[0] == '\0')
+        if (c->kill == NULL || c->kill[0] == '\0' || c->inflight > 0 || now - c->kill_ms < QUARANTINE_MS)
             continue;
         close[n] = c->p;
         why[n++] = c->kill;

@@ -148,7 +148,7 @@ def attack_big(cl, a):
     check(all(closed(t, 3) for t in conns), "big requests: every such connection was closed")
     for t in conns:
         t.close()
-    keeps_running(cl, 4, "big requests")
+    keeps_running(cl, 10, "big requests")
 
 
 def attack_idle(cl, a):
