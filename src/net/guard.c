@@ -5,8 +5,8 @@
  * before its TLS and SP negotiation finish, and its own 10 s negotiation
  * timeout never fires while the TLS layer waits for the peer's first bytes
  * (tls_cancel aborts a TCP send that is not running), so such a connection
- * would stay for ever. The guard lists the process's sockets (/proc/self/fd)
- * whose local port is the listener's, and ends one with shutdown(2) on a
+ * would stay for ever. The guard lists the process's established sockets
+ * (/proc/self/fd) whose local port is the listener's, and ends one with shutdown(2) on a
  * duplicate of its descriptor, checked to be the same socket (inode) first:
  * nng then sees the connection fail and closes it itself. Never closes a
  * descriptor it does not own. */
@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,10 @@ int spes__sock_list(int port, spes__sock **out, int *n)
             continue;
         if (getpeername((int)fd, (struct sockaddr *)&rs, &rl) != 0)
             continue; /* not connected (any more) */
+        struct tcp_info ti;
+        socklen_t tl = sizeof ti;
+        if (getsockopt((int)fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0 || ti.tcpi_state != TCP_ESTABLISHED)
+            continue; /* its peer closed it: nng is tearing it down */
         spes__addr_from_sockaddr(&ra, (struct sockaddr *)&rs);
         if (k == cap) {
             cap = cap ? 2 * cap : 64;

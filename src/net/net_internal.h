@@ -79,8 +79,7 @@ typedef struct spes__sock {
     spes__addr local, remote;
 } spes__sock;
 
-/* spes__sock_list lists the process's connected, non-listening TCP sockets whose
- * local port is port (a listener's accepted connections) into *out (malloc'd). */
+/* spes__sock_list lists the process's established TCP sockets whose local port is port (a listener's accepted connections) into *out (malloc'd). */
 int spes__sock_list(int port, spes__sock **out, int *n);
 
 /* spes__sock_end shuts down the socket behind fd if it is still the socket ino
