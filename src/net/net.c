@@ -2,7 +2,12 @@
  * client with reconnect backoff), over the spes TLS engine or, only when asked
  * explicitly, plain tcp. Callbacks run on nng threads (see net.h); nothing here
  * touches a libuv loop. Never trusts a message's sender without its verified
- * identity, and never accepts a message larger than the endpoint's limit. */
+ * identity, and never accepts a message larger than the endpoint's limit.
+ * A server bounds what one connection can hold: its requests run on their
+ * lane's contexts only, a reply it does not take within the send deadline or
+ * one request too many quarantines it, and a guard thread closes quarantined
+ * and idle connections and ends accepted sockets that stay half-open or exceed
+ * the connection caps (guard.c; docs/security.md lists every limit). */
 #include "net/net_internal.h"
 
 #include "core/clock.h"
@@ -95,7 +100,6 @@ struct spes_net_server {
     int guard_started, guard_stop;
     struct pend *pend; /* accepted sockets seen before, with when */
     int npend, cap_pend;
-    uint64_t last_scan_ms;
 };
 
 struct acall;
@@ -753,7 +757,6 @@ static void *guard_main(void *arg)
         uint64_t now = spes_mono_ms();
         guard_conns(s, now);
         guard_sockets(s, now);
-        s->last_scan_ms = now;
         struct timespec ts;
         spes_mono_deadline(&ts, period);
         pthread_mutex_lock(&guard_mu);
