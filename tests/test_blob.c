@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -228,6 +229,41 @@ START_TEST(test_store_gc)
               spes_blob_has(s, h[3]));
     ck_assert_int_eq(spes_blob_gc(s, 1000, h[3], &deleted), SPES_ERANGE);
     ck_assert_int_eq(deleted, 0);
+    /* partial fetches: a stopped one (a peer that went away mid-blob) is collected
+     * oldest first like a blob; one whose fetch still runs (its map locked) is not */
+    uint8_t stopped[32] = {1, 2, 3}, running[32] = {4, 5, 6};
+    char base[4096], f[4200];
+    int lockfd = -1;
+    for (int k = 0; k < 2; k++) {
+        blob_file(s, k ? running : stopped, base, sizeof base);
+        static const char *const suffix[] = {".part", ".part.map", ".part.manifest"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(f, sizeof f, "%s%s", base, suffix[i]);
+            FILE *fp = fopen(f, "wb");
+            ck_assert_ptr_nonnull(fp);
+            static uint8_t zeros[30000];
+            fwrite(zeros, 1, i == 0 ? sizeof zeros : 16, fp);
+            fclose(fp);
+            struct timespec ts[2] = {{999000 + k, 0}, {999000 + k, 0}}; /* older than every blob */
+            ck_assert(utimensat(AT_FDCWD, f, ts, 0) == 0);
+            if (k == 1 && i == 1) {
+                lockfd = open(f, O_RDWR);
+                ck_assert(lockfd >= 0 && flock(lockfd, LOCK_EX | LOCK_NB) == 0);
+            }
+        }
+    }
+    ck_assert_msg(spes_blob_gc(s, 55000, NULL, &deleted) == 0, "%s", spes_errmsg());
+    ck_assert_int_eq(deleted, 1);
+    blob_file(s, stopped, base, sizeof base);
+    snprintf(f, sizeof f, "%s.part", base);
+    ck_assert_int_eq(access(f, F_OK), -1);
+    snprintf(f, sizeof f, "%s.part.map", base);
+    ck_assert_int_eq(access(f, F_OK), -1);
+    blob_file(s, running, base, sizeof base);
+    snprintf(f, sizeof f, "%s.part", base);
+    ck_assert_int_eq(access(f, F_OK), 0);
+    ck_assert(spes_blob_has(s, h[0]) && spes_blob_has(s, h[3])); /* the blobs above the partials stay */
+    close(lockfd);
     spes_blob_store_close(s);
     teardown_pki();
 }

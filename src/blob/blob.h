@@ -96,8 +96,9 @@ int spes_blob_delete(spes_blob_store *s, const uint8_t hash[32]);
  * fetches (*bytes) and counts held blobs (*nblobs); either may be NULL. */
 int spes_blob_store_usage(spes_blob_store *s, uint64_t *bytes, uint32_t *nblobs);
 
-/* spes_blob_gc deletes held blobs, oldest first, that the keep hook does not
- * keep and that are not `protect` (may be NULL), until usage <= max_bytes;
+/* spes_blob_gc deletes held blobs and stopped partial fetches, oldest first,
+ * that the keep hook does not keep and that are not `protect` (may be NULL),
+ * until usage <= max_bytes (a fetch still running is never touched);
  * *ndeleted (optional) gets the count. SPES_ERANGE if it could not get there. */
 int spes_blob_gc(spes_blob_store *s, uint64_t max_bytes, const uint8_t *protect, int *ndeleted);
 

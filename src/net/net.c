@@ -94,6 +94,7 @@ struct spes_net_server {
     srv_conn *conns;
     int nconns, cap_conns;
     int waiting;
+    int closing; /* atomic: set by spes_net_server_close; callbacks then start nothing */
     spes_net_server_stats st;
     /* the guard thread (see guard_main) */
     pthread_t guard;
@@ -345,6 +346,8 @@ static void server_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 
 static void post_recv(spes_net_request *r)
 {
+    if (__atomic_load_n(&r->srv->closing, __ATOMIC_ACQUIRE))
+        return; /* closing: no new operation on any context */
     r->state = ST_RECV;
     r->pipe = 0;
     nng_aio_set_timeout(r->aio, NNG_DURATION_INFINITE);
@@ -404,6 +407,8 @@ static void request_done(spes_net_request *r)
 {
     spes_net_server *s = r->srv;
     spes_net_request *next = NULL;
+    if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
+        return; /* closing: nothing waiting is started */
     pthread_mutex_lock(&s->mu);
     srv_conn *c = r->pipe ? find_conn(s, r->pipe) : NULL;
     if (c) {
@@ -476,7 +481,7 @@ static void server_cb(void *arg)
     if (r->state == ST_SEND) {
         if (rv)
             nng_msg_free(nng_aio_get_msg(r->aio));
-        if (rv == NNG_ECLOSED)
+        if (rv == NNG_ECLOSED || __atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
             return;
         if (rv == NNG_ETIMEDOUT) {
             pthread_mutex_lock(&s->mu);
@@ -493,6 +498,8 @@ static void server_cb(void *arg)
         return;
     }
     r->msg = nng_aio_get_msg(r->aio);
+    if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
+        return; /* the close frees r->msg */
     int adm = request_peer(r) != 0 ? -1 : admit(r);
     if (adm < 0) {
         nng_msg_free(r->msg);
@@ -922,14 +929,17 @@ void spes_net_server_close(spes_net_server *s)
     if (!s)
         return;
     guard_stop(s);
+    __atomic_store_n(&s->closing, 1, __ATOMIC_RELEASE);
     if (spes__nng_close_bounded(s->sock, s->url))
         return; /* still closing inside nng: its request aios and pipe callbacks stay valid */
+    /* every callback finishes before any aio is freed: one that was running
+     * when the close began could otherwise touch another request's aio */
+    for (int i = 0; s->reqs && i < s->nreq; i++)
+        if (s->reqs[i].aio)
+            nng_aio_stop(s->reqs[i].aio);
     for (int i = 0; s->reqs && i < s->nreq; i++) {
         spes_net_request *r = &s->reqs[i];
-        if (r->aio) {
-            nng_aio_stop(r->aio);
-            nng_aio_free(r->aio);
-        }
+        nng_aio_free(r->aio);
         nng_msg_free(r->msg);
         nng_msg_free(r->rep);
     }
