@@ -156,19 +156,14 @@ static void drain_inbox(uv_async_t *h)
     }
 }
 
-/* on_request runs on an nng thread: blob requests are answered right here from
- * the (thread-safe) blob store; everything else is copied and posted. */
+/* on_request runs on an nng thread for every request but blob requests (the
+ * endpoint answers those from the store on a lane of their own): it copies the
+ * request and posts it to the loop. */
 static void on_request(void *arg, spes_net_request *req)
 {
     spes_daemon *d = arg;
     size_t len;
     const void *data = spes_net_request_data(req, &len);
-    spes_proto_header h;
-    if (spes_proto_header_decode(data, len, &h) == 0 &&
-        (h.type == SPES_MSG_BLOB_WANT || h.type == SPES_MSG_CHUNK_REQUEST)) {
-        spes_blob_serve_request(spes_node_blobs(d->node), req);
-        return;
-    }
     spes_event *ev = calloc(1, sizeof *ev);
     uint8_t *copy = malloc(len ? len : 1);
     if (!ev || !copy) {
@@ -313,9 +308,10 @@ static int start(spes_daemon *d)
         return rc;
     if ((rc = spes_node_alloc(&d->node, d)) != 0)
         return rc;
-    spes_net_server_opts so = {.url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .contexts = 16,
-                               .max_msg = 256u << 20, .handler = on_request, .arg = d};
-    if ((rc = spes_net_server_open(&d->server, &so)) != 0)
+    /* blob requests on their own lane; requests limited to SPES_BLOB_MAX_REQUEST (docs/security.md) */
+    spes_net_server_opts so = {.url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .handler = on_request,
+                               .arg = d};
+    if ((rc = spes_blob_endpoint_open(&d->server, spes_node_blobs(d->node), &so)) != 0)
         return rc;
     if ((rc = spes_control_open(d)) != 0)
         return rc;

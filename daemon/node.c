@@ -257,6 +257,7 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
         rc = bdir ? spes_mkdir_p(bdir, 0750) : SPES_ENOMEM;
     spes_blob_store_opts bo;
     memset(&bo, 0, sizeof bo);
+    bo.max_bytes = (uint64_t)d->cfg.blob_quota_mb << 20; /* docs/security.md: the store's quota */
     if (!rc)
         rc = spes_blob_store_open(&n->blobs, bdir, &bo);
     free(bdir);

@@ -179,8 +179,8 @@ static int peers_of(const spes_node_job *j, spes_blob_peer *p, int first)
 }
 
 /* fetch gets a blob from peers_of's peers. manifest pins the blob's manifest
- * (and so its size); without one, max_size bounds what a peer may claim (0: no
- * bound). Received bytes are counted in j->bytes_in. */
+ * (and so its size); max_size bounds what a peer may claim (0: the largest
+ * contribution of the model). Received bytes are counted in j->bytes_in. */
 static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
                  uint64_t max_size)
 {
@@ -196,7 +196,7 @@ static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first,
     o.plain = n->d->cfg.plain;
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
-    o.max_size = max_size;
+    o.max_size = max_size || !n->have_trainer ? max_size : spes_contrib_max_size(&n->tr.model->layout, n->sm.E);
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
     free(peers);
     char path[1024];
@@ -364,9 +364,12 @@ static int job_validate(spes_node *n, spes_node_job *j)
     spes_node_job_validate *v = &j->u.validate;
     for (int k = 0; k < v->n; k++) {
         spes_contrib c;
+        int held = spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
         int rc = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
         if (!rc)
             rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c);
+        if (rc && !held)
+            spes_blob_delete(n->blobs, v->contribs[k].hash);
         v->ok[k] = rc == 0;
         if (rc)
             snprintf(v->reasons[k], sizeof v->reasons[k], "%s", spes_errmsg());

@@ -11,13 +11,20 @@
 #include "pki/pki.h"
 #include "proto/proto.h"
 
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -223,6 +230,41 @@ START_TEST(test_store_gc)
               spes_blob_has(s, h[3]));
     ck_assert_int_eq(spes_blob_gc(s, 1000, h[3], &deleted), SPES_ERANGE);
     ck_assert_int_eq(deleted, 0);
+    /* partial fetches: a stopped one (a peer that went away mid-blob) is collected
+     * oldest first like a blob; one whose fetch still runs (its map locked) is not */
+    uint8_t stopped[32] = {1, 2, 3}, running[32] = {4, 5, 6};
+    char base[4096], f[4200];
+    int lockfd = -1;
+    for (int k = 0; k < 2; k++) {
+        blob_file(s, k ? running : stopped, base, sizeof base);
+        static const char *const suffix[] = {".part", ".part.map", ".part.manifest"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(f, sizeof f, "%s%s", base, suffix[i]);
+            FILE *fp = fopen(f, "wb");
+            ck_assert_ptr_nonnull(fp);
+            static uint8_t zeros[30000];
+            fwrite(zeros, 1, i == 0 ? sizeof zeros : 16, fp);
+            fclose(fp);
+            struct timespec ts[2] = {{999000 + k, 0}, {999000 + k, 0}}; /* older than every blob */
+            ck_assert(utimensat(AT_FDCWD, f, ts, 0) == 0);
+            if (k == 1 && i == 1) {
+                lockfd = open(f, O_RDWR);
+                ck_assert(lockfd >= 0 && flock(lockfd, LOCK_EX | LOCK_NB) == 0);
+            }
+        }
+    }
+    ck_assert_msg(spes_blob_gc(s, 55000, NULL, &deleted) == 0, "%s", spes_errmsg());
+    ck_assert_int_eq(deleted, 1);
+    blob_file(s, stopped, base, sizeof base);
+    snprintf(f, sizeof f, "%s.part", base);
+    ck_assert_int_eq(access(f, F_OK), -1);
+    snprintf(f, sizeof f, "%s.part.map", base);
+    ck_assert_int_eq(access(f, F_OK), -1);
+    blob_file(s, running, base, sizeof base);
+    snprintf(f, sizeof f, "%s.part", base);
+    ck_assert_int_eq(access(f, F_OK), 0);
+    ck_assert(spes_blob_has(s, h[0]) && spes_blob_has(s, h[3])); /* the blobs above the partials stay */
+    close(lockfd);
     spes_blob_store_close(s);
     teardown_pki();
 }
@@ -893,6 +935,273 @@ START_TEST(test_fetch_resume)
 }
 END_TEST
 
+/* ---- a daemon's endpoint against hostile connections ---- */
+
+/* hostile is a member's connection driven by hand: TLS with a node certificate
+ * and SP negotiation done, then raw SP request frames. */
+typedef struct hostile {
+    SSL_CTX *ctx;
+    SSL *ssl;
+    int fd;
+} hostile;
+
+static void hostile_open(hostile *h, int port)
+{
+    char cap[400], crt[400], key[400];
+    snprintf(cap, sizeof cap, "%s/ca.crt", ca);
+    snprintf(crt, sizeof crt, "%s/node-c.crt", certs);
+    snprintf(key, sizeof key, "%s/node-c.key", certs);
+    h->ctx = SSL_CTX_new(TLS_client_method());
+    ck_assert(SSL_CTX_load_verify_locations(h->ctx, cap, NULL) == 1);
+    ck_assert(SSL_CTX_use_certificate_file(h->ctx, crt, SSL_FILETYPE_PEM) == 1);
+    ck_assert(SSL_CTX_use_PrivateKey_file(h->ctx, key, SSL_FILETYPE_PEM) == 1);
+    h->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(connect(h->fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(h->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* a write never blocks the test for ever */
+    setsockopt(h->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    h->ssl = SSL_new(h->ctx);
+    SSL_set_fd(h->ssl, h->fd);
+    ck_assert_int_eq(SSL_connect(h->ssl), 1);
+    static const unsigned char sp_req[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+    unsigned char in[8];
+    ck_assert_int_eq(SSL_write(h->ssl, sp_req, 8), 8);
+    ck_assert_int_eq(SSL_read(h->ssl, in, 8), 8);
+    ck_assert(memcmp(in, "\0SP\0\0\x31", 6) == 0);
+}
+
+/* hostile_send writes one SP request frame (length, request id, body). */
+static int hostile_send(hostile *h, uint32_t id, const void *body, size_t len)
+{
+    uint8_t *f = malloc(12 + len);
+    uint64_t n = 4 + len;
+    for (int i = 0; i < 8; i++)
+        f[i] = (uint8_t)(n >> (56 - 8 * i));
+    id |= 0x80000000u;
+    for (int i = 0; i < 4; i++)
+        f[8 + i] = (uint8_t)(id >> (24 - 8 * i));
+    memcpy(f + 12, body, len);
+    int ok = SSL_write(h->ssl, f, (int)(12 + len)) == (int)(12 + len);
+    free(f);
+    return ok;
+}
+
+static void hostile_close(hostile *h)
+{
+    SSL_free(h->ssl);
+    close(h->fd);
+    SSL_CTX_free(h->ctx);
+    ERR_clear_error();
+}
+
+/* control_echo stands in for the daemon's handler of every other request. */
+static void control_echo(void *arg, spes_net_request *req)
+{
+    (void)arg;
+    size_t len = 0;
+    const void *d = spes_net_request_data(req, &len);
+    spes_net_reply(req, d, len);
+}
+
+static double since_s(double t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9 - t0;
+}
+
+START_TEST(test_endpoint_slow_reader)
+{
+    /* the attack of issue 14: connections that ask for chunks and never read the
+     * replies. One asks for 20 (more than a connection may have in flight: it is
+     * closed), one for 12 of 4 MiB each (the replies block its connection: closed
+     * at the send deadline). Meanwhile an honest member's other requests are
+     * answered at once and its fetch of the same blob completes. */
+    setup_pki();
+    signal(SIGPIPE, SIG_IGN);
+    spes_net_tls *ta = tls_for("node-a"), *tf = tls_for("node-f");
+    spes_blob_store *a = store_at("a", 4u << 20), *f = store_at("f", 4u << 20);
+    char src[400];
+    snprintf(src, sizeof src, "%s/big", tmp);
+    gen_file(src, 32u << 20, 77);
+    uint8_t h[32];
+    ck_assert(spes_blob_put_file(a, src, h) == 0);
+    spes_net_server *srv = NULL;
+    spes_net_server_opts so = {.url = "tls+tcp://127.0.0.1:0", .tls = ta, .handler = control_echo,
+                               .send_timeout_ms = 2000};
+    ck_assert_msg(spes_blob_endpoint_open(&srv, a, &so) == 0, "%s", spes_errmsg());
+    int port = spes_net_server_port(srv);
+    hostile h1, h2;
+    hostile_open(&h1, port);
+    hostile_open(&h2, port);
+    for (uint32_t i = 0; i < 20; i++) {
+        size_t len;
+        uint8_t *req = chunk_req(h, i % 8, 1, &len);
+        hostile_send(&h1, i + 1, req, len);
+        if (i < 12)
+            ck_assert(hostile_send(&h2, i + 1, req, len));
+        free(req);
+    }
+    usleep(300 * 1000);
+    char url[64];
+    url_of(port, url, sizeof url);
+    spes_net_client *c = NULL;
+    spes_net_client_opts co = {.url = url, .tls = tf, .wait_connect = 1};
+    ck_assert_msg(spes_net_client_open(&c, &co) == 0, "%s", spes_errmsg());
+    for (int i = 0; i < 5; i++) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double t0 = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+        void *rep = NULL;
+        size_t rl = 0;
+        ck_assert_msg(spes_net_call(c, "status?", 7, 5000, &rep, &rl) == 0, "control request %d: %s", i,
+                      spes_errmsg());
+        ck_assert(rl == 7 && memcmp(rep, "status?", 7) == 0);
+        free(rep);
+        ck_assert_msg(since_s(t0) < 3.0, "control request %d answered after %.3f s", i, since_s(t0));
+    }
+    spes_blob_peer peer = {url, NULL};
+    spes_blob_fetch_opts o = {.tls = tf, .timeout_ms = 10000};
+    spes_blob_fetch_stats st;
+    ck_assert_msg(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0, "honest fetch: %s", spes_errmsg());
+    char got[4096];
+    blob_file(f, h, got, sizeof got);
+    ck_assert(same_file(src, got));
+    spes_net_server_stats ss;
+    for (int i = 0; i < 100; i++) {
+        spes_net_server_get_stats(srv, &ss);
+        if (ss.send_timeouts > 0 && ss.inflight_exceeded > 0)
+            break;
+        usleep(50 * 1000);
+    }
+    ck_assert_uint_ge(ss.inflight_exceeded, 1);
+    ck_assert_uint_ge(ss.send_timeouts, 1);
+    spes_net_client_close(c);
+    hostile_close(&h1);
+    hostile_close(&h2);
+    spes_net_server_close(srv);
+    spes_blob_store_close(a);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+START_TEST(test_endpoint_request_size)
+{
+    /* a request announcing 256 MiB: the connection is dropped at its header,
+     * and the endpoint's memory does not grow by what the peer then sends */
+    setup_pki();
+    signal(SIGPIPE, SIG_IGN);
+    spes_net_tls *ta = tls_for("node-a");
+    spes_blob_store *a = store_at("a", 0);
+    spes_net_server *srv = NULL;
+    spes_net_server_opts so = {.url = "tls+tcp://127.0.0.1:0", .tls = ta, .handler = control_echo};
+    ck_assert_msg(spes_blob_endpoint_open(&srv, a, &so) == 0, "%s", spes_errmsg());
+    hostile hs;
+    hostile_open(&hs, spes_net_server_port(srv));
+    uint64_t rss0 = proc_kb("VmRSS:");
+    uint8_t hdr[8] = {0, 0, 0, 0, 0x10, 0, 0, 0}; /* 256 MiB */
+    ck_assert_int_eq(SSL_write(hs.ssl, hdr, 8), 8);
+    uint8_t *junk = calloc(1, 1u << 20);
+    size_t sent = 0;
+    while (sent < (64u << 20) && SSL_write(hs.ssl, junk, 1 << 20) == 1 << 20)
+        sent += 1u << 20;
+    usleep(200 * 1000);
+    uint64_t rss1 = proc_kb("VmRSS:");
+    ck_assert_msg(sent < (64u << 20), "the endpoint took all %zu MiB of a 256 MiB request", sent >> 20);
+    ck_assert_msg(rss1 < rss0 + 16 * 1024, "RSS grew from %llu to %llu KiB", (unsigned long long)rss0,
+                  (unsigned long long)rss1);
+    free(junk);
+    hostile_close(&hs);
+    spes_net_server_close(srv);
+    spes_blob_store_close(a);
+    spes_net_tls_free(ta);
+    teardown_pki();
+}
+END_TEST
+
+/* gone_from_store says whether no file of blob h (held, manifest or partial) is in s. */
+static int gone_from_store(spes_blob_store *s, const uint8_t h[32])
+{
+    static const char *const suffix[] = {"", ".manifest", ".part", ".part.map", ".part.manifest"};
+    char base[4096], p[4200];
+    blob_file(s, h, base, sizeof base);
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s%s", base, suffix[i]);
+        if (access(p, F_OK) == 0)
+            return 0;
+    }
+    return 1;
+}
+
+START_TEST(test_fetch_oversize_cut_off)
+{
+    /* a peer serving a blob far larger than announced is cut off at the bound
+     * (its manifest, before any chunk), and nothing of the blob stays on disk */
+    setup_pki();
+    spes_net_tls *tb = tls_for("node-b"), *tf = tls_for("node-f");
+    spes_blob_store *b = store_at("b", 1u << 20), *f = store_at("f", 1u << 20);
+    char src[400];
+    snprintf(src, sizeof src, "%s/huge", tmp);
+    gen_file(src, 24u << 20, 5);
+    uint8_t h[32], mh[32];
+    ck_assert(spes_blob_put_file(b, src, h) == 0);
+    spes_manifest m;
+    ck_assert(spes_blob_manifest_get(b, h, &m) == 0);
+    ck_assert(spes_manifest_hash(&m, mh) == 0); /* the announcer names its own manifest */
+    spes_manifest_fini(&m);
+    spes_blob_server *bs = serve(b, tb);
+    char url[64];
+    url_of(spes_blob_server_port(bs), url, sizeof url);
+    spes_blob_peer peer = {url, NULL};
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000, .manifest_hash = mh,
+                              .max_size = 2u << 20};
+    spes_blob_fetch_stats st;
+    ck_assert_int_ne(spes_blob_fetch(f, h, &peer, 1, &o, &st), 0);
+    ck_assert_msg(strstr(spes_errmsg(), "more than the 2097152 expected"), "%s", spes_errmsg());
+    ck_assert_uint_eq(st.chunk_requests, 0);
+    ck_assert(gone_from_store(f, h));
+    /* without a bound from the caller, the store's quota bounds it */
+    spes_blob_store_close(f);
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/f", tmp);
+    spes_blob_store_opts q = {.chunk_size = 1u << 20, .max_bytes = 8u << 20};
+    ck_assert(spes_blob_store_open(&f, dir, &q) == 0);
+    o.max_size = 0;
+    ck_assert_int_ne(spes_blob_fetch(f, h, &peer, 1, &o, &st), 0);
+    ck_assert_msg(strstr(spes_errmsg(), "quota"), "%s", spes_errmsg());
+    ck_assert_uint_eq(st.chunk_requests, 0);
+    ck_assert(gone_from_store(f, h));
+    /* a refused blob that was fetched is deleted with everything of it */
+    spes_blob_store_close(f);
+    f = store_at("f", 1u << 20);
+    ck_assert(spes_blob_fetch(f, h, &peer, 1, &o, &st) == 0);
+    ck_assert(spes_blob_delete(f, h) == 0);
+    ck_assert(gone_from_store(f, h));
+    spes_blob_server_close(bs);
+    spes_blob_store_close(b);
+    spes_blob_store_close(f);
+    spes_net_tls_free(tb);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
+START_TEST(test_endpoint_request_limit_fits_requests)
+{
+    /* every message a daemon's endpoint answers fits its request limit */
+    static const int requests[] = {SPES_MSG_JOIN,   SPES_MSG_HEARTBEAT, SPES_MSG_LEAVE, SPES_MSG_ANNOUNCE,
+                                   SPES_MSG_DIGEST, SPES_MSG_STATUS_REQUEST, SPES_MSG_MEMBERS_REQUEST,
+                                   SPES_MSG_CHECKPOINT_REQUEST, SPES_MSG_BLOB_WANT, SPES_MSG_CHUNK_REQUEST};
+    for (size_t i = 0; i < sizeof requests / sizeof *requests; i++)
+        ck_assert_uint_le(SPES_PROTO_HEADER_LEN + spes_proto_type_limit(requests[i]), SPES_BLOB_MAX_REQUEST);
+}
+END_TEST
+
 static Suite *blob_suite(void)
 {
     Suite *s = suite_create("blob");
@@ -900,6 +1209,7 @@ static Suite *blob_suite(void)
     tcase_add_test(tc, test_store_put_read_delete);
     tcase_add_test(tc, test_store_gc);
     tcase_add_test(tc, test_handle);
+    tcase_add_test(tc, test_endpoint_request_limit_fits_requests);
     suite_add_tcase(s, tc);
     tc = tcase_create("fetch");
     tcase_set_timeout(tc, 600);
@@ -908,6 +1218,9 @@ static Suite *blob_suite(void)
     tcase_add_test(tc, test_fetch_lying_manifest);
     tcase_add_test(tc, test_fetch_lone_corrupt_peer);
     tcase_add_test(tc, test_fetch_resume);
+    tcase_add_test(tc, test_fetch_oversize_cut_off);
+    tcase_add_test(tc, test_endpoint_slow_reader);
+    tcase_add_test(tc, test_endpoint_request_size);
     suite_add_tcase(s, tc);
     /* its own case: ctest runs it over plain tcp until the nng_close hang after a
      * TLS peer dies mid-transfer is understood (see README, "Not done yet") */

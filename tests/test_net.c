@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -829,12 +830,150 @@ START_TEST(test_counters_tls_and_classes)
 }
 END_TEST
 
+/* ---- limits: what a connection may hold ---- */
+
+/* raw_tcp connects to 127.0.0.1:port from source address src (127.0.0.x). */
+static int raw_tcp(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in me = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &me.sin_addr);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&me, sizeof me), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* is_closed says whether the server ended the connection (EOF or reset) within wait_ms. */
+static int is_closed(int fd, int wait_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, wait_ms) <= 0)
+        return 0;
+    char b[256];
+    ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+    return n <= 0;
+}
+
+static int count_closed(const int *fd, int n, int wait_ms)
+{
+    int closed = 0;
+    for (int i = 0; i < n; i++)
+        closed += is_closed(fd[i], i == 0 ? wait_ms : 1);
+    return closed;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+START_TEST(test_limits_raw_connections)
+{
+    /* half-open connections (no byte, or half a TLS handshake) end at the handshake
+     * deadline; those beyond the per-address cap end at once; an honest client from
+     * another address is answered throughout */
+    server_fx fx;
+    fx.tls = tls_for(ca_a, "node-1", 1);
+    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0", .tls = fx.tls, .handler = echo_handler,
+                              .handshake_timeout_ms = 1500, .max_conns_per_addr = 8, .max_conns = 64};
+    ck_assert_msg(spes_net_server_open(&fx.srv, &o) == 0, "%s", spes_errmsg());
+    int port = spes_net_server_port(fx.srv);
+    snprintf(fx.url, sizeof fx.url, "tls+tcp://127.0.0.1:%d", port);
+    int fd[20];
+    for (int i = 0; i < 20; i++)
+        fd[i] = raw_tcp(port, "127.0.0.2");
+    /* half a ClientHello: a record header announcing 512 bytes, then 16 of them */
+    static const unsigned char half[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    int hs = raw_tcp(port, "127.0.0.3");
+    ck_assert_int_eq(write(hs, half, sizeof half), (ssize_t)sizeof half);
+    double t0 = now_s();
+    usleep(800 * 1000); /* before the deadline: only the cap has acted */
+    int early = count_closed(fd, 20, 10);
+    ck_assert_msg(early == 12, "%d of 20 connections from one address closed before the deadline, want 12 (cap 8)",
+                  early);
+    ck_assert_int_eq(is_closed(hs, 1), 0);
+    char *rep = NULL;
+    double c0 = now_s();
+    ck_assert_msg(call_as(fx.url, ca_a, "node-2", "hello", 5000, &rep) == 0, "honest call: %s", spes_errmsg());
+    ck_assert_str_eq(rep, "node-2/node:hello");
+    free(rep);
+    ck_assert_msg(now_s() - c0 < 4.0, "honest call took %.3f s", now_s() - c0);
+    /* every half-open one ends at the deadline */
+    int closed = 0;
+    for (int k = 0; k < 40 && closed < 21; k++) {
+        usleep(100 * 1000);
+        closed = 0;
+        for (int i = 0; i < 20; i++)
+            closed += is_closed(fd[i], 0) || fcntl(fd[i], F_GETFD) < 0;
+        closed += is_closed(hs, 0);
+    }
+    double t = now_s() - t0;
+    ck_assert_msg(t >= 1.4 && t < 6.0, "half-open connections ended after %.2f s (deadline 1.5 s)", t);
+    spes_net_server_stats st;
+    spes_net_server_get_stats(fx.srv, &st);
+    ck_assert_uint_ge(st.conns_refused, 12);
+    ck_assert_uint_ge(st.handshakes_expired, 9);
+    for (int i = 0; i < 20; i++)
+        close(fd[i]);
+    close(hs);
+    server_stop(&fx);
+}
+END_TEST
+
+START_TEST(test_limits_idle_and_total)
+{
+    server_fx fx;
+    fx.tls = tls_for(ca_a, "node-1", 1);
+    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0", .tls = fx.tls, .handler = echo_handler,
+                              .idle_timeout_ms = 1000, .max_conns = 3, .max_conns_per_addr = 8};
+    ck_assert_msg(spes_net_server_open(&fx.srv, &o) == 0, "%s", spes_errmsg());
+    snprintf(fx.url, sizeof fx.url, "tls+tcp://127.0.0.1:%d", spes_net_server_port(fx.srv));
+    spes_net_tls *t = tls_for(ca_a, "node-2", 0);
+    spes_net_client *c[4];
+    for (int i = 0; i < 4; i++) {
+        spes_net_client_opts co = {.url = fx.url, .tls = t, .wait_connect = i < 3, .reconnect_min_ms = 2000,
+                                   .reconnect_max_ms = 2000};
+        ck_assert_msg(spes_net_client_open(&c[i], &co) == 0, "client %d: %s", i, spes_errmsg());
+    }
+    usleep(300 * 1000);
+    spes_net_server_stats st;
+    spes_net_server_get_stats(fx.srv, &st);
+    ck_assert_int_eq(st.conns, 3); /* the fourth was refused: total cap 3 */
+    ck_assert_uint_ge(st.conns_refused, 1);
+    /* none sends a request: each is closed at the idle deadline */
+    double t0 = now_s();
+    while (now_s() - t0 < 4.0) {
+        spes_net_server_get_stats(fx.srv, &st);
+        if (st.idle_closed >= 3)
+            break;
+        usleep(50 * 1000);
+    }
+    ck_assert_msg(st.idle_closed >= 3, "%llu idle connections closed", (unsigned long long)st.idle_closed);
+    ck_assert_msg(now_s() - t0 > 0.4, "idle connections closed after %.2f s (deadline 1 s)", now_s() - t0 + 0.3);
+    for (int i = 0; i < 4; i++)
+        spes_net_client_close(c[i]);
+    /* an honest client still gets in and is answered */
+    char *rep = NULL;
+    ck_assert_msg(call_as(fx.url, ca_a, "node-2", "again", 5000, &rep) == 0, "%s", spes_errmsg());
+    free(rep);
+    spes_net_tls_free(t);
+    server_stop(&fx);
+}
+END_TEST
+
+
 static Suite *net_suite(void)
 {
     Suite *s = suite_create("net");
     TCase *tc = tcase_create("tls");
     tcase_add_unchecked_fixture(tc, setup_pki, teardown_pki);
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_limits_raw_connections);
+    tcase_add_test(tc, test_limits_idle_and_total);
     tcase_add_test(tc, test_roundtrip_node);
     tcase_add_test(tc, test_bounded_close_helper);
     tcase_add_test(tc, test_roundtrip_large_payload);

@@ -336,10 +336,39 @@ START_TEST(test_state_blob)
 }
 END_TEST
 
+START_TEST(test_contrib_max_size)
+{
+    /* the bound a fetch of a contribution passes is the size of the largest
+     * one the model allows (every column, fp32), and no smaller */
+    enum { S = 10, C = 6, E = 4 };
+    spes_layout lo = lay(S, C, E);
+    float base[S + E * C];
+    fill(base, lo.total_numel, 1.0f);
+    uint8_t all[E] = {1, 1, 1, 1}, two[E] = {0, 1, 0, 1};
+    spes_contrib c;
+    uint8_t *buf;
+    size_t len;
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, all, base, 1, 0, 1, 1.0f), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len), 0);
+    ck_assert_uint_eq(len, spes_contrib_max_size(&lo, E));
+    free(buf);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_BF16, base, &buf, &len), 0);
+    ck_assert_uint_lt(len, spes_contrib_max_size(&lo, E));
+    free(buf);
+    spes_contrib_fini(&c);
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, two, base, 1, 0, 1, 1.0f), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len), 0);
+    ck_assert_uint_lt(len, spes_contrib_max_size(&lo, E));
+    free(buf);
+    spes_contrib_fini(&c);
+}
+END_TEST
+
 Suite *sync_suite(void)
 {
     Suite *s = suite_create("sync");
     TCase *tc = tcase_create("sync");
+    tcase_add_test(tc, test_contrib_max_size);
     tcase_add_test(tc, test_contrib_round_trip);
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_aggregate);

@@ -97,7 +97,9 @@ static int parse_args(int argc, char **argv, train_args *a, spes_run_config *cfg
             return rc;
     if (a->data && (rc = spes_config_set_data(cfg, a->data)) != 0)
         return rc;
-    return spes_config_validate(cfg);
+    if ((rc = spes_config_validate(cfg)) != 0)
+        return rc;
+    return spes_dir_check_writable(a->out); /* before training, not after it */
 }
 
 static int run(train_args *a, spes_run_config *cfg)

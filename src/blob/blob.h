@@ -26,6 +26,7 @@
 
 #include "net/net.h"
 #include "proto/bulk.h"
+#include "proto/proto.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -95,8 +96,9 @@ int spes_blob_delete(spes_blob_store *s, const uint8_t hash[32]);
  * fetches (*bytes) and counts held blobs (*nblobs); either may be NULL. */
 int spes_blob_store_usage(spes_blob_store *s, uint64_t *bytes, uint32_t *nblobs);
 
-/* spes_blob_gc deletes held blobs, oldest first, that the keep hook does not
- * keep and that are not `protect` (may be NULL), until usage <= max_bytes;
+/* spes_blob_gc deletes held blobs and stopped partial fetches, oldest first,
+ * that the keep hook does not keep and that are not `protect` (may be NULL),
+ * until usage <= max_bytes (a fetch still running is never touched);
  * *ndeleted (optional) gets the count. SPES_ERANGE if it could not get there. */
 int spes_blob_gc(spes_blob_store *s, uint64_t max_bytes, const uint8_t *protect, int *ndeleted);
 
@@ -128,6 +130,28 @@ int spes_blob_server_port(const spes_blob_server *b);
 
 /* spes_blob_server_close stops serving (requests in flight are dropped). */
 void spes_blob_server_close(spes_blob_server *b);
+
+/* SPES_BLOB_MAX_REQUEST is the largest request a daemon's endpoint takes: every
+ * request type is a small envelope (proto.h's SPES_PROTO_SMALL_LIMIT); the
+ * list-carrying messages (4 MiB) are replies, which travel the other way
+ * under the caller's own limit. */
+#define SPES_BLOB_MAX_REQUEST (SPES_PROTO_HEADER_LEN + SPES_PROTO_SMALL_LIMIT)
+
+/* SPES_BLOB_LANE_CONTEXTS is how many blob requests a daemon endpoint answers
+ * at once: its chunk replies in memory (one chunk each) are bounded by it. */
+#define SPES_BLOB_LANE_CONTEXTS 64
+
+/* SPES_BLOB_CONTROL_CONTEXTS is the default number of other requests a daemon
+ * endpoint handles at once. */
+#define SPES_BLOB_CONTROL_CONTEXTS 32
+
+/* spes_blob_endpoint_open opens a daemon's endpoint: blob requests (BlobWant,
+ * ChunkRequest) are answered from the store on a lane of their own with
+ * SPES_BLOB_LANE_CONTEXTS contexts, every other request goes to o->handler on
+ * another lane with o->contexts (default SPES_BLOB_CONTROL_CONTEXTS), so that
+ * neither kind can hold the other's contexts; o->max_msg defaults to
+ * SPES_BLOB_MAX_REQUEST; the other limits are o's (spes_net's defaults). */
+int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o);
 
 /* ---- fetching ---- */
 

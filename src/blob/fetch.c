@@ -395,6 +395,11 @@ static int manifest_acceptable(fetch *f, const spes_manifest *m, char *why, size
                  (unsigned long long)m->total_size, (unsigned long long)f->o->max_size);
         return 0;
     }
+    if (f->s->max_bytes && m->total_size > f->s->max_bytes) {
+        snprintf(why, n, "offered a manifest of %llu bytes, more than the store's quota of %llu",
+                 (unsigned long long)m->total_size, (unsigned long long)f->s->max_bytes);
+        return 0;
+    }
     if (spes_manifest_hash(m, mh) != 0 || (f->o->manifest_hash && memcmp(mh, f->o->manifest_hash, 32) != 0)) {
         snprintf(why, n, "offered a manifest whose hash is not the announced one");
         return 0;
@@ -664,8 +669,8 @@ static int fetch_init(fetch *f, spes_blob_store *s, const uint8_t hash[32], cons
     f->fd = f->mapfd = -1;
     memcpy(f->hash, hash, 32);
     spes__blob_hex(hash, f->hex);
-    if (o->window > 0) {
-        f->window = o->window;
+    if (o->window > 0) { /* a server closes a connection with more in flight */
+        f->window = o->window < SPES_NET_MAX_INFLIGHT ? o->window : SPES_NET_MAX_INFLIGHT;
     } else { /* 16 requests in flight in all, at least 2 per peer */
         f->window = npeers > 0 ? SPES_BLOB_WINDOW_TOTAL / npeers : SPES_BLOB_WINDOW_TOTAL;
         f->window = f->window < 2 ? 2 : f->window;

@@ -236,3 +236,37 @@ void spes_blob_server_close(spes_blob_server *b)
     spes_net_server_close(b->srv);
     free(b);
 }
+
+/* ---- a daemon's endpoint: blob requests and the rest on separate lanes ---- */
+
+enum { LANE_OTHER, LANE_BLOB };
+
+static int endpoint_lane(void *arg, const void *data, size_t len)
+{
+    (void)arg;
+    spes_proto_header h;
+    if (spes_proto_header_decode(data, len, &h) == 0 &&
+        (h.type == SPES_MSG_BLOB_WANT || h.type == SPES_MSG_CHUNK_REQUEST))
+        return LANE_BLOB;
+    return LANE_OTHER; /* the handler refuses what it cannot decode */
+}
+
+static void endpoint_blob(void *arg, spes_net_request *req)
+{
+    spes_blob_serve_request(arg, req);
+}
+
+int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o)
+{
+    if (!o->handler)
+        return spes_errf(SPES_EINVAL, "%s: an endpoint needs a handler for other requests", o->url);
+    spes_net_server_opts so = *o;
+    so.nlanes = 2;
+    so.lanes[LANE_OTHER] = (spes_net_lane){o->handler, o->arg, o->contexts > 0 ? o->contexts : SPES_BLOB_CONTROL_CONTEXTS};
+    so.lanes[LANE_BLOB] = (spes_net_lane){endpoint_blob, s, SPES_BLOB_LANE_CONTEXTS};
+    so.classify = endpoint_lane;
+    so.classify_arg = NULL;
+    if (!so.max_msg)
+        so.max_msg = SPES_BLOB_MAX_REQUEST;
+    return spes_net_server_open(out, &so);
+}

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -489,8 +490,9 @@ int spes_blob_delete(spes_blob_store *s, const uint8_t hash[32])
 
 typedef struct held_blob {
     uint8_t hash[32];
-    uint64_t bytes; /* blob + manifest */
+    uint64_t bytes; /* blob + manifest, or a partial fetch's files */
     int64_t mtime;
+    int partial; /* H.part: a fetch that stopped (or runs) */
 } held_blob;
 
 /* scan lists held blobs (*list, malloc'd) and sums every store file's bytes. */
@@ -509,11 +511,17 @@ static int scan(spes_blob_store *s, held_blob **list, int *n, uint64_t *total)
         if (fstatat(dirfd(d), e->d_name, &st, 0) != 0 || !S_ISREG(st.st_mode))
             continue;
         uint8_t h[32];
-        if (strlen(e->d_name) < 64 || spes_hex_decode(e->d_name, h, 32) != 0)
+        char hex[65];
+        if (strlen(e->d_name) < 64)
+            continue;
+        memcpy(hex, e->d_name, 64); /* the name of a blob's manifest or partial fetch starts with it too */
+        hex[64] = '\0';
+        if (spes_hex_decode(hex, h, 32) != 0)
             continue;
         *total += (uint64_t)st.st_size;
-        if (e->d_name[64] != '\0')
-            continue; /* manifest or partial state: counted, not collected here */
+        int partial = strcmp(e->d_name + 64, ".part") == 0;
+        if (e->d_name[64] != '\0' && !partial)
+            continue; /* a manifest or a partial fetch's map: counted, collected with their blob */
         if (*n == cap) {
             cap = cap ? 2 * cap : 64;
             held_blob *nl = realloc(*list, (size_t)cap * sizeof *nl);
@@ -527,6 +535,7 @@ static int scan(spes_blob_store *s, held_blob **list, int *n, uint64_t *total)
         memcpy(b->hash, h, 32);
         b->bytes = (uint64_t)st.st_size;
         b->mtime = (int64_t)st.st_mtime;
+        b->partial = partial;
     }
     closedir(d);
     return rc;
@@ -554,6 +563,41 @@ static int by_mtime(const void *a, const void *b)
     return x->mtime < y->mtime ? -1 : x->mtime > y->mtime;
 }
 
+/* partial_idle says whether the partial fetch of hash is stopped: nobody holds
+ * the lock a running fetch keeps on its map file (fetch.c), and the blob is not
+ * held (a partial beside a held blob is only an old leftover: collectable too). */
+static int partial_idle(spes_blob_store *s, const uint8_t hash[32])
+{
+    char map[4096];
+    if (spes__blob_file(s, hash, ".part.map", map, sizeof map) != 0)
+        return 0;
+    int fd = open(map, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    int idle = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    close(fd); /* releases the lock */
+    return idle;
+}
+
+/* delete_partial removes a stopped fetch's files, adding their sizes to *bytes. */
+static int delete_partial(spes_blob_store *s, const uint8_t hash[32], uint64_t *bytes)
+{
+    static const char *const suffix[] = {".part", ".part.map", ".part.manifest"};
+    char path[4096];
+    *bytes = 0;
+    for (size_t i = 0; i < sizeof suffix / sizeof *suffix; i++) {
+        struct stat st;
+        int rc = spes__blob_file(s, hash, suffix[i], path, sizeof path);
+        if (rc)
+            return rc;
+        if (stat(path, &st) == 0)
+            *bytes += (uint64_t)st.st_size;
+        if (unlink(path) != 0 && errno != ENOENT)
+            return spes_errf_errno(SPES_EIO, "%s: cannot remove", path);
+    }
+    return spes_fsync_dir(s->dir);
+}
+
 int spes_blob_gc(spes_blob_store *s, uint64_t max_bytes, const uint8_t *protect, int *ndeleted)
 {
     held_blob *list;
@@ -570,6 +614,16 @@ int spes_blob_gc(spes_blob_store *s, uint64_t max_bytes, const uint8_t *protect,
             continue;
         if (s->keep && s->keep(s->keep_arg, list[i].hash))
             continue;
+        if (list[i].partial) {
+            uint64_t freed = 0;
+            if (!partial_idle(s, list[i].hash))
+                continue; /* a fetch is writing it */
+            if ((rc = delete_partial(s, list[i].hash, &freed)) != 0)
+                break;
+            total -= freed < total ? freed : total;
+            deleted++;
+            continue;
+        }
         char mpath[4096];
         struct stat st;
         if (spes__blob_file(s, list[i].hash, ".manifest", mpath, sizeof mpath) == 0 && stat(mpath, &st) == 0)

@@ -85,6 +85,7 @@ static const spes_cfg_field dfields[] = {
     INT(round_deadline_ms, 200, 86400000, 120000),
     INT(min_nodes, 1, SPES_MAX_MEMBERS, 1),
     INT(data_parts, 1, 65536, 1),
+    INT(blob_quota_mb, 0, 2147483647, 0),
     BOOL(plain),
     BOOL(keep_blobs),
 };

@@ -32,6 +32,7 @@ typedef struct spes_dconfig {
     int min_nodes; /* coordinator: round 0 opens once this many nodes have joined */
     int plain; /* tests only: tcp:// without TLS */
     int keep_blobs; /* keep every round's blobs (audits, tests); default: the last 3 rounds */
+    int blob_quota_mb; /* blob store quota: the oldest blobs beyond it are removed (0: none) */
 } spes_dconfig;
 
 /* spes_dconfig_defaults fills every field with its default. */

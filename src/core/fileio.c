@@ -184,3 +184,22 @@ int spes_read_file(const char *path, size_t max_len, char **out, size_t *len)
     *len = n;
     return 0;
 }
+
+int spes_dir_check_writable(const char *path)
+{
+    int rc = spes_mkdir_p(path, 0);
+    if (rc)
+        return rc; /* the message names the directory */
+    char *probe = spes_path_join(path, ".spes-write-check-XXXXXX");
+    if (!probe)
+        return SPES_ENOMEM;
+    int fd = mkstemp(probe);
+    if (fd < 0) {
+        rc = spes_errf_errno(SPES_EIO, "%s: cannot write in this directory", path);
+    } else {
+        close(fd);
+        unlink(probe);
+    }
+    free(probe);
+    return rc;
+}

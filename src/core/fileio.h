@@ -40,6 +40,12 @@ int spes_fsync_dir(const char *path);
 /* spes_mkdir_p creates a directory and its parents (mode 0755 unless given). */
 int spes_mkdir_p(const char *path, unsigned mode);
 
+/* spes_dir_check_writable makes sure files can be created in directory path
+ * (creating it and its parents if missing) by creating and removing a probe
+ * file; the error names the path. For commands that write their results only
+ * at the end: they check first. */
+int spes_dir_check_writable(const char *path);
+
 /* spes_path_join returns a malloc'd "a/b"; NULL on allocation failure. */
 char *spes_path_join(const char *a, const char *b);
 

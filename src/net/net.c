@@ -2,7 +2,12 @@
  * client with reconnect backoff), over the spes TLS engine or, only when asked
  * explicitly, plain tcp. Callbacks run on nng threads (see net.h); nothing here
  * touches a libuv loop. Never trusts a message's sender without its verified
- * identity, and never accepts a message larger than the endpoint's limit. */
+ * identity, and never accepts a message larger than the endpoint's limit.
+ * A server bounds what one connection can hold: its requests run on their
+ * lane's contexts only, a reply it does not take within the send deadline or
+ * one request too many quarantines it, and a guard thread closes quarantined
+ * and idle connections and ends accepted sockets that stay half-open or exceed
+ * the connection caps (guard.c; docs/security.md lists every limit). */
 #include "net/net_internal.h"
 
 #include "core/clock.h"
@@ -15,12 +20,13 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <time.h>
 
-enum { ST_RECV = 0, ST_HANDLER, ST_SEND };
+enum { ST_RECV = 0, ST_WAIT, ST_HANDLER, ST_SEND };
 
-/* pipe_reg tracks an endpoint's live TLS connections and their peers, so that a
+/* pipe_reg tracks a client's live TLS connections and their peers, so that a
  * reloaded revocation list can close those it now revokes (nng 1.5 cannot list pipes). */
 typedef struct peer_pipe {
     nng_pipe p;
@@ -35,6 +41,19 @@ typedef struct pipe_reg {
     uint64_t added; /* connections ever added (plain ones too) */
 } pipe_reg;
 
+/* srv_conn is one of a server's connections (an nng pipe), with what its limits need. */
+typedef struct srv_conn {
+    nng_pipe p;
+    uint32_t id;
+    spes_pki_identity peer;
+    int has_peer;
+    spes__addr local, remote;
+    uint64_t last_ms; /* added, or its last request or reply */
+    int inflight;     /* requests received and not yet answered */
+    const char *kill; /* set: quarantined (no more replies); the guard closes it, saying why */
+    uint64_t kill_ms; /* when it was quarantined */
+} srv_conn;
+
 struct spes_net_request {
     spes_net_server *srv;
     nng_ctx ctx;
@@ -42,10 +61,19 @@ struct spes_net_request {
     nng_msg *msg;
     nng_msg *rep; /* spes_net_reply_alloc's reply, not sent yet */
     spes_pki_identity peer;
+    uint32_t pipe; /* the connection it came on (0: none) */
+    int lane;
     int state;
     spes_net_class cls; /* for the byte counters */
     size_t rep_len;     /* the reply being sent, counted once it is out */
+    spes_net_request *next; /* in its lane's wait queue, or a thread's run list */
 };
+
+typedef struct srv_lane {
+    spes_net_lane l;
+    int busy;
+    spes_net_request *head, *tail; /* waiting */
+} srv_lane;
 
 struct spes_net_server {
     nng_socket sock;
@@ -53,13 +81,28 @@ struct spes_net_server {
     int port;
     int plain;
     unsigned peer_roles;
-    spes_net_handler handler;
-    void *arg;
+    int nlanes;
+    srv_lane lanes[SPES_NET_MAX_LANES];
+    spes_net_classify classify;
+    void *classify_arg;
     int nreq;
     spes_net_request *reqs;
     spes_net_tls *tls;
-    pipe_reg reg;
     char url[256];
+    /* limits */
+    int queue, send_timeout_ms, max_inflight, handshake_ms, idle_ms, max_conns, max_per_addr;
+    /* connections, lanes and counters, under mu */
+    pthread_mutex_t mu;
+    srv_conn *conns;
+    int nconns, cap_conns;
+    int waiting;
+    int closing; /* atomic: set by spes_net_server_close; callbacks then start nothing */
+    spes_net_server_stats st;
+    /* the guard thread (see guard_main) */
+    pthread_t guard;
+    int guard_started, guard_stop;
+    struct pend *pend; /* accepted sockets seen before, with when */
+    int npend, cap_pend;
 };
 
 struct acall;
@@ -193,10 +236,124 @@ static int check_url(const char *url, int plain, const spes_net_tls *tls)
 
 /* ---- server ---- */
 
+/* Every guard sleeps on one condition variable: an accepted connection
+ * (spes__guard_kick, from the TLS engine) or a connection to close wakes them. */
+static pthread_mutex_t guard_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t guard_cv;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static uint64_t guard_kicks;
+
+static void guard_init(void)
+{
+    spes_cond_init_mono(&guard_cv);
+}
+
+void spes__guard_kick(void)
+{
+    pthread_once(&guard_once, guard_init);
+    pthread_mutex_lock(&guard_mu);
+    guard_kicks++;
+    pthread_cond_broadcast(&guard_cv);
+    pthread_mutex_unlock(&guard_mu);
+}
+
+/* find_conn returns the connection with pipe id (NULL if gone); under s->mu. */
+static srv_conn *find_conn(spes_net_server *s, uint32_t id)
+{
+    for (int i = 0; i < s->nconns; i++)
+        if (s->conns[i].id == id)
+            return &s->conns[i];
+    return NULL;
+}
+
+/* kill_conn_locked quarantines a connection (under s->mu): it gets no more
+ * replies and its requests are dropped; the guard closes it once nothing of it
+ * is in flight. Never closed while a reply may be on its way into it: nng
+ * 1.5.2 can strand a TLS pipe closed while its protocol hands it a message,
+ * and the stranded teardown then blocks nng's reaper for every socket of the
+ * process (see close.c). */
+static void kill_conn_locked(spes_net_server *s, uint32_t id, const char *why)
+{
+    srv_conn *c = find_conn(s, id);
+    if (c && !c->kill) {
+        c->kill = why;
+        c->kill_ms = spes_mono_ms();
+        spes__guard_kick();
+    }
+}
+
+/* QUARANTINE_MS is how long a quarantined connection with nothing in flight
+ * waits before it is closed (a reply handed to its transport is on its way). */
+#define QUARANTINE_MS 100
+
+static int count_addr_locked(spes_net_server *s, const spes__addr *a)
+{
+    int n = 0;
+    for (int i = 0; i < s->nconns; i++)
+        n += memcmp(s->conns[i].remote.ip, a->ip, 16) == 0;
+    return n;
+}
+
+/* server_pipe_event registers connections (refusing those over a cap, before
+ * any request) and forgets them when they close. */
+static void server_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    spes_net_server *s = arg;
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        srv_conn c = {.p = p, .id = (uint32_t)nng_pipe_id(p), .last_ms = spes_mono_ms()};
+        nng_sockaddr sa;
+        if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0)
+            spes__addr_from_nng(&c.remote, &sa);
+        if (nng_pipe_get_addr(p, NNG_OPT_LOCADDR, &sa) == 0)
+            spes__addr_from_nng(&c.local, &sa);
+        c.has_peer = !s->plain && spes_net_pipe_peer(p, &c.peer) == 0;
+        char ip[64];
+        const char *refuse = NULL;
+        pthread_mutex_lock(&s->mu);
+        if (s->nconns >= s->max_conns)
+            refuse = "the server has as many connections as it takes";
+        else if (c.remote.ok && count_addr_locked(s, &c.remote) >= s->max_per_addr)
+            refuse = "its address has as many connections as one address may";
+        if (!refuse && s->nconns == s->cap_conns) {
+            int nc = s->cap_conns ? 2 * s->cap_conns : 16;
+            srv_conn *nv = realloc(s->conns, (size_t)nc * sizeof *nv);
+            if (nv) {
+                s->conns = nv;
+                s->cap_conns = nc;
+            }
+        }
+        if (!refuse && s->nconns == s->cap_conns)
+            refuse = "out of memory";
+        if (!refuse)
+            s->conns[s->nconns++] = c;
+        else
+            s->st.conns_refused++;
+        pthread_mutex_unlock(&s->mu);
+        if (refuse) {
+            log_warnx("%s: connection from %s ('%s') refused: %s", s->url, spes__addr_str(&c.remote, ip, sizeof ip),
+                      c.has_peer ? c.peer.name : "-", refuse);
+            nng_pipe_close(p);
+        }
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        pthread_mutex_lock(&s->mu);
+        for (int i = 0; i < s->nconns; i++) {
+            if (s->conns[i].id == (uint32_t)nng_pipe_id(p)) {
+                s->conns[i] = s->conns[--s->nconns];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
 static void post_recv(spes_net_request *r)
 {
+    if (__atomic_load_n(&r->srv->closing, __ATOMIC_ACQUIRE))
+        return; /* closing: no new operation on any context */
     r->state = ST_RECV;
     r->cls = SPES_NET_CONTROL;
+    r->pipe = 0;
+    nng_aio_set_timeout(r->aio, NNG_DURATION_INFINITE);
     nng_ctx_recv(r->ctx, r->aio);
 }
 
@@ -218,18 +375,126 @@ static int request_peer(spes_net_request *r)
     return 0;
 }
 
+/* run_handler calls the handler of r's lane. A handler may answer at once, and
+ * an answer may start a waiting request: those run from the outermost call on
+ * this thread, one after another, never nested. */
+static _Thread_local spes_net_request *tl_run_head, *tl_run_tail;
+static _Thread_local int tl_running;
+
+static void run_handler(spes_net_request *r)
+{
+    r->next = NULL;
+    if (tl_run_tail)
+        tl_run_tail->next = r;
+    else
+        tl_run_head = r;
+    tl_run_tail = r;
+    if (tl_running)
+        return;
+    tl_running = 1;
+    while ((r = tl_run_head) != NULL) {
+        tl_run_head = r->next;
+        if (!tl_run_head)
+            tl_run_tail = NULL;
+        r->next = NULL;
+        r->state = ST_HANDLER;
+        srv_lane *ln = &r->srv->lanes[r->lane];
+        ln->l.handler(ln->l.arg, r);
+    }
+    tl_running = 0;
+}
+
+/* request_done ends r's use of its lane and connection (the reply went out, timed
+ * out, or there is none) and starts the next request waiting for that lane. */
+static void request_done(spes_net_request *r)
+{
+    spes_net_server *s = r->srv;
+    spes_net_request *next = NULL;
+    if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
+        return; /* closing: nothing waiting is started */
+    pthread_mutex_lock(&s->mu);
+    srv_conn *c = r->pipe ? find_conn(s, r->pipe) : NULL;
+    if (c) {
+        c->inflight--;
+        c->last_ms = spes_mono_ms();
+        if (c->kill && c->inflight == 0)
+            spes__guard_kick(); /* nothing of it in flight: it can be closed */
+    }
+    srv_lane *ln = &s->lanes[r->lane];
+    if ((next = ln->head) != NULL) {
+        ln->head = next->next;
+        if (!ln->head)
+            ln->tail = NULL;
+        s->waiting--;
+    } else {
+        ln->busy--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    post_recv(r);
+    if (next)
+        run_handler(next);
+}
+
+/* admit counts a request received on its connection and in its lane: 1 run it
+ * now, 0 it waits for its lane, -1 refused (its connection over its cap, the queue full). */
+static int admit(spes_net_request *r)
+{
+    spes_net_server *s = r->srv;
+    size_t len = nng_msg_len(r->msg);
+    int lane = s->classify ? s->classify(s->classify_arg, nng_msg_body(r->msg), len) : 0;
+    int rc = -1;
+    r->pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(r->msg));
+    pthread_mutex_lock(&s->mu);
+    srv_conn *c = find_conn(s, r->pipe);
+    if (!c || c->kill || lane < 0 || lane >= s->nlanes) {
+        /* gone already, quarantined, or no lane takes it */
+    } else if (c->inflight >= s->max_inflight) {
+        s->st.inflight_exceeded++;
+        kill_conn_locked(s, r->pipe, "more requests in flight than a connection may have");
+    } else if (s->lanes[lane].busy < s->lanes[lane].l.contexts) {
+        s->lanes[lane].busy++;
+        rc = 1;
+    } else if (s->waiting < s->queue) {
+        srv_lane *ln = &s->lanes[lane];
+        r->next = NULL;
+        if (ln->tail)
+            ln->tail->next = r;
+        else
+            ln->head = r;
+        ln->tail = r;
+        s->waiting++;
+        rc = 0;
+    } else {
+        s->st.queue_full++;
+    }
+    if (rc >= 0) {
+        c->inflight++;
+        c->last_ms = spes_mono_ms();
+        r->lane = lane;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 static void server_cb(void *arg)
 {
     spes_net_request *r = arg;
+    spes_net_server *s = r->srv;
     int rv = nng_aio_result(r->aio);
     if (r->state == ST_SEND) {
         if (rv)
             nng_msg_free(nng_aio_get_msg(r->aio));
         else
             spes__net_count(r->cls, SPES__NET_SENT, r->rep_len);
-        if (rv == NNG_ECLOSED)
+        if (rv == NNG_ECLOSED || __atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
             return;
-        post_recv(r);
+        if (rv == NNG_ETIMEDOUT) {
+            pthread_mutex_lock(&s->mu);
+            s->st.send_timeouts++;
+            kill_conn_locked(s, r->pipe, "it took no reply within the send deadline");
+            pthread_mutex_unlock(&s->mu);
+        }
+        request_done(r);
         return;
     }
     if (rv) {
@@ -238,15 +503,21 @@ static void server_cb(void *arg)
         return;
     }
     r->msg = nng_aio_get_msg(r->aio);
-    if (request_peer(r) != 0) {
+    if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE))
+        return; /* the close frees r->msg */
+    int adm = request_peer(r) != 0 ? -1 : admit(r);
+    if (adm < 0) {
         spes__net_count(SPES_NET_CONTROL, SPES__NET_RECEIVED, nng_msg_len(r->msg));
         nng_msg_free(r->msg);
         r->msg = NULL;
         post_recv(r);
         return;
     }
-    r->state = ST_HANDLER;
-    r->srv->handler(r->srv->arg, r);
+    if (adm == 0) {
+        r->state = ST_WAIT;
+        return;
+    }
+    run_handler(r);
 }
 
 const void *spes_net_request_data(const spes_net_request *r, size_t *len)
@@ -296,8 +567,19 @@ int spes_net_reply_send(spes_net_request *r)
     r->rep = NULL;
     request_release(r);
     r->rep_len = nng_msg_len(m);
+    spes_net_server *s = r->srv;
+    pthread_mutex_lock(&s->mu);
+    srv_conn *c = find_conn(s, r->pipe);
+    int quarantined = c && c->kill;
+    pthread_mutex_unlock(&s->mu);
+    if (quarantined) { /* no more replies into it */
+        nng_msg_free(m);
+        request_done(r);
+        return 0;
+    }
     r->state = ST_SEND;
     nng_aio_set_msg(r->aio, m);
+    nng_aio_set_timeout(r->aio, r->srv->send_timeout_ms);
     nng_ctx_send(r->ctx, r->aio);
     return 0;
 }
@@ -319,7 +601,214 @@ void spes_net_request_drop(spes_net_request *r)
     request_release(r);
     nng_msg_free(r->rep);
     r->rep = NULL;
-    post_recv(r);
+    request_done(r);
+}
+
+/* ---- the guard: deadlines and caps on connections ---- */
+
+/* pend is an accepted socket the guard has seen, and since when. */
+typedef struct pend {
+    unsigned long long ino;
+    uint64_t first_ms;
+    int seen;
+    int ended; /* shut down already: nng closes it */
+} pend;
+
+static pend *pend_find(spes_net_server *s, unsigned long long ino)
+{
+    for (int i = 0; i < s->npend; i++)
+        if (s->pend[i].ino == ino)
+            return &s->pend[i];
+    return NULL;
+}
+
+static int is_conn_locked(spes_net_server *s, const spes__sock *k)
+{
+    for (int i = 0; i < s->nconns; i++) {
+        const srv_conn *c = &s->conns[i];
+        if (c->remote.port == k->remote.port && memcmp(c->remote.ip, k->remote.ip, 16) == 0 &&
+            c->local.port == k->local.port)
+            return 1;
+    }
+    return 0;
+}
+
+/* newest_first orders socket indices by when the guard first saw them, newest
+ * first (sort_since: the guard thread's own array; one guard sorts at a time per thread). */
+static _Thread_local const uint64_t *sort_since;
+
+static int newest_first(const void *a, const void *b)
+{
+    uint64_t x = sort_since[*(const int *)a], y = sort_since[*(const int *)b];
+    return x > y ? -1 : x < y;
+}
+
+/* guard_sockets ends accepted sockets that are not through negotiation within
+ * the handshake deadline, and the newest of them beyond the connection caps. */
+static void guard_sockets(spes_net_server *s, uint64_t now)
+{
+    spes__sock *v = NULL;
+    int n = 0;
+    if (spes__sock_list(s->port, &v, &n) != 0)
+        return;
+    for (int i = 0; i < s->npend; i++)
+        s->pend[i].seen = 0;
+    int *pending = calloc((size_t)(n ? n : 1), sizeof *pending);
+    int *order = calloc((size_t)(n ? n : 1), sizeof *order);
+    int *ended = calloc((size_t)(n ? n : 1), sizeof *ended);
+    uint64_t *since = calloc((size_t)(n ? n : 1), sizeof *since);
+    if (!pending || !order || !ended || !since)
+        goto done;
+    for (int i = 0; i < n; i++) {
+        pend *p = pend_find(s, v[i].ino);
+        if (!p && s->npend == s->cap_pend) {
+            int nc = s->cap_pend ? 2 * s->cap_pend : 64;
+            pend *nv = realloc(s->pend, (size_t)nc * sizeof *nv);
+            if (!nv)
+                goto done;
+            s->pend = nv;
+            s->cap_pend = nc;
+        }
+        if (!p) {
+            p = &s->pend[s->npend++];
+            *p = (pend){.ino = v[i].ino, .first_ms = now};
+        }
+        p->seen = 1;
+        since[i] = p->first_ms;
+        ended[i] = p->ended;
+    }
+    for (int i = 0; i < s->npend;) /* forget sockets that are gone */
+        if (!s->pend[i].seen)
+            s->pend[i] = s->pend[--s->npend];
+        else
+            i++;
+    pthread_mutex_lock(&s->mu);
+    int npending = 0, total = s->nconns;
+    for (int i = 0; i < n; i++) {
+        pending[i] = !ended[i] && !is_conn_locked(s, &v[i]);
+        npending += pending[i];
+        total += pending[i];
+    }
+    s->st.pending = npending;
+    pthread_mutex_unlock(&s->mu);
+    /* the caps end the newest pending sockets first */
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    sort_since = since;
+    qsort(order, (size_t)n, sizeof *order, newest_first);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int j = 0; j < n; j++) {
+            int i = order[j];
+            if (!pending[i])
+                continue;
+            char ip[64];
+            const char *why = NULL;
+            if (pass == 0 && now - since[i] >= (uint64_t)s->handshake_ms) {
+                why = "not through the TLS handshake within the deadline";
+            } else if (pass == 1) {
+                int same = 0;
+                pthread_mutex_lock(&s->mu);
+                same = count_addr_locked(s, &v[i].remote);
+                pthread_mutex_unlock(&s->mu);
+                for (int k = 0; k < n; k++)
+                    same += pending[k] && memcmp(v[k].remote.ip, v[i].remote.ip, 16) == 0;
+                if (total > s->max_conns)
+                    why = "over the server's connection cap";
+                else if (same > s->max_per_addr)
+                    why = "over the connection cap of its address";
+            }
+            if (!why)
+                continue;
+            pend *pe = pend_find(s, v[i].ino);
+            if (pe)
+                pe->ended = 1;
+            if (spes__sock_end(v[i].fd, v[i].ino)) {
+                log_warnx("%s: connection from %s closed: %s", s->url, spes__addr_str(&v[i].remote, ip, sizeof ip),
+                          why);
+                pthread_mutex_lock(&s->mu);
+                if (pass == 0)
+                    s->st.handshakes_expired++;
+                else
+                    s->st.conns_refused++;
+                pthread_mutex_unlock(&s->mu);
+            }
+            pending[i] = 0;
+            total--;
+        }
+    }
+done:
+    free(pending);
+    free(order);
+    free(ended);
+    free(since);
+    free(v);
+}
+
+/* guard_conns closes the connections marked for it and those idle too long. */
+static void guard_conns(spes_net_server *s, uint64_t now)
+{
+    enum { BATCH = 64 };
+    nng_pipe close[BATCH];
+    const char *why[BATCH];
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->nconns && n < BATCH; i++) {
+        srv_conn *c = &s->conns[i];
+        if (!c->kill && c->inflight == 0 && now - c->last_ms >= (uint64_t)s->idle_ms) {
+            c->kill = "no request within the idle deadline";
+            c->kill_ms = now;
+            s->st.idle_closed++;
+        }
+        if (c->kill == NULL || c->kill[0] == '\0' || c->inflight > 0 || now - c->kill_ms < QUARANTINE_MS)
+            continue;
+        close[n] = c->p;
+        why[n++] = c->kill;
+        c->kill = ""; /* closing: marked, not again */
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++) {
+        log_warnx("%s: closing connection %u: %s", s->url, nng_pipe_id(close[i]), why[i]);
+        nng_pipe_close(close[i]);
+    }
+}
+
+static void *guard_main(void *arg)
+{
+    spes_net_server *s = arg;
+    int period = s->handshake_ms / 4;
+    period = period < 20 ? 20 : period > 500 ? 500 : period;
+    pthread_mutex_lock(&guard_mu);
+    while (!s->guard_stop) {
+        uint64_t kicks = guard_kicks;
+        pthread_mutex_unlock(&guard_mu);
+        uint64_t now = spes_mono_ms();
+        guard_conns(s, now);
+        guard_sockets(s, now);
+        struct timespec ts;
+        spes_mono_deadline(&ts, period);
+        pthread_mutex_lock(&guard_mu);
+        if (!s->guard_stop && kicks == guard_kicks)
+            pthread_cond_timedwait(&guard_cv, &guard_mu, &ts);
+        if (!s->guard_stop && guard_kicks != kicks) { /* scan at most every 10 ms */
+            pthread_mutex_unlock(&guard_mu);
+            usleep(10000);
+            pthread_mutex_lock(&guard_mu);
+        }
+    }
+    pthread_mutex_unlock(&guard_mu);
+    return NULL;
+}
+
+static void guard_stop(spes_net_server *s)
+{
+    if (!s->guard_started)
+        return;
+    pthread_mutex_lock(&guard_mu);
+    s->guard_stop = 1;
+    pthread_cond_broadcast(&guard_cv);
+    pthread_mutex_unlock(&guard_mu);
+    pthread_join(s->guard, NULL);
+    s->guard_started = 0;
 }
 
 static int server_listen(spes_net_server *s, const spes_net_server_opts *o)
@@ -346,15 +835,46 @@ static int server_listen(spes_net_server *s, const spes_net_server_opts *o)
     return 0;
 }
 
+#define OR_DEFAULT(v, d) ((v) > 0 ? (v) : (d))
+
+/* server_config copies the options' lanes and limits into s. */
+static int server_config(spes_net_server *s, const spes_net_server_opts *o)
+{
+    if (o->nlanes > SPES_NET_MAX_LANES || (o->nlanes > 0 && !o->classify))
+        return spes_errf(SPES_EINVAL, "%s: %d lanes (at most %d, with a classifier)", o->url, o->nlanes,
+                         SPES_NET_MAX_LANES);
+    s->nlanes = o->nlanes > 0 ? o->nlanes : 1;
+    s->classify = o->nlanes > 0 ? o->classify : NULL;
+    s->classify_arg = o->classify_arg;
+    s->nreq = 0;
+    for (int i = 0; i < s->nlanes; i++) {
+        s->lanes[i].l = o->nlanes > 0 ? o->lanes[i] : (spes_net_lane){o->handler, o->arg, o->contexts};
+        s->lanes[i].l.contexts = OR_DEFAULT(s->lanes[i].l.contexts, 8);
+        if (!s->lanes[i].l.handler)
+            return spes_errf(SPES_EINVAL, "%s: lane %d has no request handler", o->url, i);
+        s->nreq += s->lanes[i].l.contexts;
+    }
+    s->queue = OR_DEFAULT(o->queue, SPES_NET_QUEUE);
+    s->nreq += s->queue; /* every waiting request holds a context: the lanes' own stay free */
+    s->send_timeout_ms = OR_DEFAULT(o->send_timeout_ms, SPES_NET_SEND_TIMEOUT_MS);
+    s->max_inflight = OR_DEFAULT(o->max_inflight, SPES_NET_MAX_INFLIGHT);
+    s->handshake_ms = OR_DEFAULT(o->handshake_timeout_ms, SPES_NET_HANDSHAKE_TIMEOUT_MS);
+    s->idle_ms = OR_DEFAULT(o->idle_timeout_ms, SPES_NET_IDLE_TIMEOUT_MS);
+    s->max_conns = OR_DEFAULT(o->max_conns, SPES_NET_MAX_CONNS);
+    s->max_per_addr = OR_DEFAULT(o->max_conns_per_addr, SPES_NET_MAX_CONNS_PER_ADDR);
+    return 0;
+}
+
 int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
 {
     int rc = check_url(o->url, o->plain, o->tls);
     if (rc)
         return rc;
-    if (!o->handler)
+    if (!o->handler && o->nlanes <= 0)
         return spes_errf(SPES_EINVAL, "%s: a server needs a request handler", o->url);
     if (!o->plain && (rc = spes_net_init()) != 0)
         return rc;
+    pthread_once(&guard_once, guard_init);
     spes_net_server *s = calloc(1, sizeof *s);
     if (!s)
         return SPES_ENOMEM;
@@ -362,23 +882,26 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
     s->plain = o->plain;
     s->peer_roles =
         o->peer_roles ? o->peer_roles : SPES_ROLE_MASK(SPES_ROLE_NODE) | SPES_ROLE_MASK(SPES_ROLE_OPERATOR);
-    s->handler = o->handler;
-    s->arg = o->arg;
-    s->nreq = o->contexts > 0 ? o->contexts : 8;
-    pthread_mutex_init(&s->reg.mu, NULL);
-    spes_cond_init_mono(&s->reg.cv);
+    pthread_mutex_init(&s->mu, NULL);
+    if ((rc = server_config(s, o)) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return rc;
+    }
     int rv = nng_rep0_open(&s->sock);
     if (rv) {
-        pthread_mutex_destroy(&s->reg.mu);
-        pthread_cond_destroy(&s->reg.cv);
+        pthread_mutex_destroy(&s->mu);
         free(s);
         return spes__nng_err(rv, "cannot open rep socket", o->url);
     }
     if (!o->plain) {
         spes__tls_hold(o->tls);
         s->tls = o->tls;
-        if ((rc = reg_watch(&s->reg, s->sock, o->url)) != 0)
-            goto fail;
+    }
+    if ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_PRE, server_pipe_event, s)) != 0 ||
+        (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, server_pipe_event, s)) != 0) {
+        rc = spes__nng_err(rv, "cannot watch connections", o->url);
+        goto fail;
     }
     if (!(s->reqs = calloc((size_t)s->nreq, sizeof *s->reqs))) {
         rc = SPES_ENOMEM;
@@ -394,6 +917,11 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
     }
     if ((rc = server_listen(s, o)) != 0)
         goto fail;
+    if (pthread_create(&s->guard, NULL, guard_main, s) != 0) {
+        rc = spes_errf(SPES_ENOMEM, "%s: cannot start the connection guard", o->url);
+        goto fail;
+    }
+    s->guard_started = 1;
     for (int i = 0; i < s->nreq; i++)
         post_recv(&s->reqs[i]);
     *out = s;
@@ -408,31 +936,62 @@ int spes_net_server_port(const spes_net_server *s)
     return s->port;
 }
 
+void spes_net_server_get_stats(spes_net_server *s, spes_net_server_stats *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->st;
+    out->conns = s->nconns;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void spes_net_server_close(spes_net_server *s)
 {
     if (!s)
         return;
+    guard_stop(s);
+    __atomic_store_n(&s->closing, 1, __ATOMIC_RELEASE);
     if (spes__nng_close_bounded(s->sock, s->url))
         return; /* still closing inside nng: its request aios and pipe callbacks stay valid */
+    /* every callback finishes before any aio is freed: one that was running
+     * when the close began could otherwise touch another request's aio */
+    for (int i = 0; s->reqs && i < s->nreq; i++)
+        if (s->reqs[i].aio)
+            nng_aio_stop(s->reqs[i].aio);
     for (int i = 0; s->reqs && i < s->nreq; i++) {
         spes_net_request *r = &s->reqs[i];
-        if (r->aio) {
-            nng_aio_stop(r->aio);
-            nng_aio_free(r->aio);
-        }
+        nng_aio_free(r->aio);
         nng_msg_free(r->msg);
+        nng_msg_free(r->rep);
     }
     free(s->reqs);
-    free(s->reg.v);
-    pthread_mutex_destroy(&s->reg.mu);
-    pthread_cond_destroy(&s->reg.cv);
+    free(s->conns);
+    free(s->pend);
+    pthread_mutex_destroy(&s->mu);
     spes_net_tls_free(s->tls);
     free(s);
 }
 
 int spes_net_server_drop_revoked(spes_net_server *s)
 {
-    return reg_drop_revoked(&s->reg, s->tls, s->url);
+    if (!s->tls)
+        return 0;
+    pthread_mutex_lock(&s->mu);
+    int n = s->nconns;
+    srv_conn *copy = n ? malloc((size_t)n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, s->conns, (size_t)n * sizeof *copy);
+    pthread_mutex_unlock(&s->mu);
+    int dropped = 0;
+    for (int i = 0; copy && i < n; i++) {
+        if (!copy[i].has_peer || !spes__tls_is_revoked(s->tls, copy[i].peer.serial))
+            continue;
+        log_warnx("%s: closing the connection of '%s': its certificate (serial %s) is revoked", s->url,
+                  copy[i].peer.name, copy[i].peer.serial);
+        nng_pipe_close(copy[i].p); /* its REM_POST event unregisters it */
+        dropped++;
+    }
+    free(copy);
+    return dropped;
 }
 
 /* ---- client ---- */

@@ -38,6 +38,29 @@
 /* SPES_NET_MAX_MSG_DEFAULT caps a received message unless an endpoint says otherwise. */
 #define SPES_NET_MAX_MSG_DEFAULT (64u << 20)
 
+/* Server limits, defaults of spes_net_server_opts (docs/security.md says why
+ * each value): */
+/* SPES_NET_SEND_TIMEOUT_MS: a reply not taken by its connection within this closes
+ * the connection (a caller's own request timeout is as long: it gave up by then). */
+#define SPES_NET_SEND_TIMEOUT_MS 30000
+/* SPES_NET_MAX_INFLIGHT: requests one connection may have unanswered; one more
+ * closes it (a blob fetch keeps at most this many in flight per connection). */
+#define SPES_NET_MAX_INFLIGHT 16
+/* SPES_NET_HANDSHAKE_TIMEOUT_MS: a connection not through TLS and SP negotiation
+ * within this is closed. */
+#define SPES_NET_HANDSHAKE_TIMEOUT_MS 5000
+/* SPES_NET_IDLE_TIMEOUT_MS: a connection with nothing in flight that sent no request
+ * for this long is closed (nodes send heartbeats far more often). */
+#define SPES_NET_IDLE_TIMEOUT_MS 60000
+/* SPES_NET_MAX_CONNS / _PER_ADDR: connections at once (in any state), in all and
+ * from one IP address. */
+#define SPES_NET_MAX_CONNS 512
+#define SPES_NET_MAX_CONNS_PER_ADDR 64
+/* SPES_NET_QUEUE: requests that may wait for a lane whose contexts are all busy. */
+#define SPES_NET_QUEUE 256
+/* SPES_NET_MAX_LANES bounds spes_net_server_opts.lanes. */
+#define SPES_NET_MAX_LANES 4
+
 /* spes_net_init registers the OpenSSL TLS engine with nng (idempotent, thread-safe). */
 int spes_net_init(void);
 
@@ -123,7 +146,21 @@ typedef struct spes_net_request spes_net_request;
  * The context stays busy until then. */
 typedef void (*spes_net_handler)(void *arg, spes_net_request *req);
 
-/* spes_net_server_opts configures spes_net_server_open. */
+/* spes_net_lane is one class of requests: its handler and how many of its
+ * requests are handled at once. A lane whose requests are all busy (a slow
+ * handler, replies its peers do not read) holds only its own contexts, never
+ * another lane's; its next requests wait in the server's queue. */
+typedef struct spes_net_lane {
+    spes_net_handler handler;
+    void *arg;
+    int contexts; /* default 8 */
+} spes_net_lane;
+
+/* spes_net_classify returns the lane of a request (an index >= nlanes drops it). */
+typedef int (*spes_net_classify)(void *arg, const void *data, size_t len);
+
+/* spes_net_server_opts configures spes_net_server_open. Limits left 0 take the
+ * SPES_NET_* defaults above. */
 typedef struct spes_net_server_opts {
     const char *url;     /* tls+tcp://127.0.0.1:0, tls+tcp://[::1]:7000, tcp://... */
     spes_net_tls *tls;   /* required unless plain */
@@ -133,7 +170,32 @@ typedef struct spes_net_server_opts {
     size_t max_msg;      /* largest request accepted (default SPES_NET_MAX_MSG_DEFAULT) */
     spes_net_handler handler;
     void *arg;
+    /* lanes: with nlanes > 0, classify picks each request's lane and
+     * handler, arg and contexts above are not used */
+    int nlanes;
+    spes_net_lane lanes[SPES_NET_MAX_LANES];
+    spes_net_classify classify;
+    void *classify_arg;
+    int queue;                /* requests waiting for a busy lane; one more is dropped */
+    int send_timeout_ms;      /* see SPES_NET_SEND_TIMEOUT_MS */
+    int max_inflight;         /* see SPES_NET_MAX_INFLIGHT */
+    int handshake_timeout_ms; /* see SPES_NET_HANDSHAKE_TIMEOUT_MS */
+    int idle_timeout_ms;      /* see SPES_NET_IDLE_TIMEOUT_MS */
+    int max_conns;            /* see SPES_NET_MAX_CONNS */
+    int max_conns_per_addr;   /* see SPES_NET_MAX_CONNS_PER_ADDR */
 } spes_net_server_opts;
+
+/* spes_net_server_stats counts what a server's limits refused or ended. */
+typedef struct spes_net_server_stats {
+    uint64_t conns_refused;      /* connections over a cap */
+    uint64_t handshakes_expired; /* not through TLS and SP negotiation in time */
+    uint64_t idle_closed;        /* no request within the idle deadline */
+    uint64_t send_timeouts;      /* a reply not taken in time: connection closed */
+    uint64_t inflight_exceeded;  /* too many requests unanswered: connection closed */
+    uint64_t queue_full;         /* requests dropped: lane busy and queue full */
+    int conns;                   /* connections through negotiation, now */
+    int pending;                 /* accepted connections not through it, at the last look */
+} spes_net_server_stats;
 
 /* spes_net_server_open listens and starts answering; port 0 binds a free port. */
 int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o);
@@ -144,6 +206,9 @@ int spes_net_server_port(const spes_net_server *s);
 /* spes_net_server_close stops listening, closes connections and waits until no handler
  * runs; requests not yet answered are dropped. */
 void spes_net_server_close(spes_net_server *s);
+
+/* spes_net_server_get_stats copies the server's counters. */
+void spes_net_server_get_stats(spes_net_server *s, spes_net_server_stats *out);
 
 /* spes_net_server_drop_revoked closes the live connections whose peer certificate the
  * revocation list now in force revokes (call after spes_net_tls_reload_crl); returns

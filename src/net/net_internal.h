@@ -61,6 +61,41 @@ int spes__run_bounded(void (*fn)(void *), void *arg, int timeout_ms);
  * with what; the caller must then leak anything nng may still call into). */
 int spes__nng_close_bounded(nng_socket s, const char *what);
 
+/* spes__addr is an IP address (IPv4 in its v4-mapped IPv6 form) and port. */
+typedef struct spes__addr {
+    uint8_t ip[16];
+    uint16_t port;
+    int ok;
+} spes__addr;
+
+struct sockaddr;
+
+/* spes__addr_from_sockaddr converts an AF_INET or AF_INET6 address (ok = 0 otherwise). */
+void spes__addr_from_sockaddr(spes__addr *a, const struct sockaddr *sa);
+
+/* spes__addr_from_nng converts an nng address (ok = 0 unless IPv4 or IPv6). */
+void spes__addr_from_nng(spes__addr *a, const nng_sockaddr *sa);
+
+/* spes__addr_str writes the address without its port. */
+const char *spes__addr_str(const spes__addr *a, char *out, size_t n);
+
+/* spes__sock is one connected TCP socket of this process (guard.c). */
+typedef struct spes__sock {
+    int fd;
+    unsigned long long ino; /* the socket's inode: its identity while it lives */
+    spes__addr local, remote;
+} spes__sock;
+
+/* spes__sock_list lists the process's established TCP sockets whose local port is port (a listener's accepted connections) into *out (malloc'd). */
+int spes__sock_list(int port, spes__sock **out, int *n);
+
+/* spes__sock_end shuts down the socket behind fd if it is still the socket ino
+ * (returns 1), so that nng sees its connection fail; 0 if it is gone. */
+int spes__sock_end(int fd, unsigned long long ino);
+
+/* spes__guard_kick wakes every server's guard (a connection was just accepted). */
+void spes__guard_kick(void);
+
 /* spes__nng_err maps an nng error to a SPES_E* code with a message naming what failed. */
 int spes__nng_err(int rv, const char *what, const char *url);
 

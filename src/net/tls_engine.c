@@ -225,6 +225,8 @@ static int conn_init(nng_tls_engine_conn *c, void *tls, nng_tls_engine_config *c
         return NNG_ECRYPTO;
     }
     c->bind = bind_hold(cfg->bind);
+    if (c->bind->server)
+        spes__guard_kick(); /* a connection was accepted: the caps apply to it now */
     SSL_CTX *ctx = spes__tls_ctx(c->bind->tls);
     c->ssl = ctx ? SSL_new(ctx) : NULL;
     SSL_CTX_free(ctx);

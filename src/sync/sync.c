@@ -126,6 +126,11 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
     return 0;
 }
 
+size_t spes_contrib_max_size(const spes_layout *lo, int E)
+{
+    return CTB_HEADER + (size_t)E * 4 + (lo->shared_numel + (size_t)E * lo->column_numel) * 4;
+}
+
 static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *origin)
 {
     for (int i = 0; i < c->ncols; i++) {

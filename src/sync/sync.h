@@ -45,6 +45,11 @@ void spes_contrib_fini(spes_contrib *c);
  * base (the agreed state, full layout) is needed by the bf16 codec. */
 int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len);
 
+/* spes_contrib_max_size is the largest encoded contribution for a model of
+ * layout lo with E experts (fp32, every column): a bound on what a peer may
+ * send as one before any byte of it is fetched. */
+size_t spes_contrib_max_size(const spes_layout *lo, int E);
+
 /* spes_contrib_decode parses and checks a contribution from peer bytes for a
  * model of layout lo with E experts against the agreed state base: magic,
  * version, codec, sizes, columns in range and increasing, every value finite

@@ -197,6 +197,10 @@ def main():
     refused(["eval", "--checkpoint", "nowhere", "--data", "data.bin", "--batch", "2", "--seq", "8"], "nowhere",
             "missing checkpoint refused")
     refused(["frobnicate"], "frobnicate", "unknown command refused")
+    p = run(*(base + ["--steps", "3", "--out", "data.bin/out"]), ok=False)
+    err = p.stderr.strip().splitlines()
+    check(p.returncode != 0 and err and "data.bin/out" in err[-1] and not losses(p.stdout),
+          "an --out where nothing can be written is refused before training: " + (err[-1] if err else "(nothing)"))
     refused(["generate", "--checkpoint", "full", "--prompt", "x"], "--bytes", "generate without a tokenizer refused")
     refused(["generate", "--checkpoint", "full", "--bytes", "--prompt", "x", "--top-p", "2"], "--top-p",
             "generate with top-p 2 refused")
