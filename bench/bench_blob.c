@@ -282,13 +282,14 @@ int main(int argc, char **argv)
         snprintf(wdesc, sizeof wdesc, "window %d per peer", window);
     else
         snprintf(wdesc, sizeof wdesc, "default window (%d in flight over all peers)", SPES_BLOB_WINDOW_TOTAL);
-    printf("bench_blob: %llu MiB blob, 1 MiB chunks, %s, loopback tls+tcp, %ld CPUs\n", (unsigned long long)mib,
-           wdesc, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("bench_blob: %llu MiB blob, 1 MiB chunks, %s, loopback tls+tcp, %ld CPUs\n",
+           (unsigned long long)mib, wdesc, sysconf(_SC_NPROCESSORS_ONLN));
     printf("  put (hash + copy into store)   %8.1f MB/s\n", (double)size / put_s / 1e6);
     /* busy: raw1, fetch 1 peer, raw+verify, fetch 3 peers, raw2 */
-    printf("  raw nng pair tls+tcp           %8.1f MB/s  (runs: %.1f, %.1f; %.2f and %.2f CPUs busy)\n", raw, raw1,
-           raw2, busy[0], busy[4]);
-    printf("  raw pair + sha256 + pwrite     %8.1f MB/s  = %5.1f %% of raw (the verify+spill floor; %.2f CPUs)\n",
+    printf("  raw nng pair tls+tcp           %8.1f MB/s  (runs: %.1f, %.1f; %.2f and %.2f CPUs busy)\n", raw,
+           raw1, raw2, busy[0], busy[4]);
+    printf("  raw pair + sha256 + pwrite     %8.1f MB/s  = %5.1f %% of raw (the verify+spill floor; %.2f "
+           "CPUs)\n",
            rawv, 100 * rawv / raw, busy[2]);
     printf("  blob fetch, 1 peer             %8.1f MB/s  = %5.1f %% of raw (goal >= 80 %%; %.2f CPUs)\n", f1,
            100 * f1 / raw, busy[1]);

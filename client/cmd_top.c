@@ -76,7 +76,8 @@ static void note_round(top_hist *h, uint64_t round, double loss)
 
 static void sparkline(FILE *f, const top_hist *h)
 {
-    static const char *const bars[] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
+    static const char *const bars[] = {"\u2581", "\u2582", "\u2583", "\u2584",
+                                       "\u2585", "\u2586", "\u2587", "\u2588"};
     double lo = INFINITY, hi = -INFINITY;
     for (int i = 0; i < h->n; i++)
         lo = fmin(lo, h->loss[i]), hi = fmax(hi, h->loss[i]);
@@ -96,13 +97,10 @@ static const char *state_color(int color, int state)
     if (!color)
         return "";
     switch (state) {
-    case SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE:
-        return "\033[32m";
+    case SPES__WIRE__NODE_STATE__NODE_STATE_ACTIVE: return "\033[32m";
     case SPES__WIRE__NODE_STATE__NODE_STATE_FAILED:
-    case SPES__WIRE__NODE_STATE__NODE_STATE_EVICTED:
-        return "\033[31m";
-    default:
-        return "\033[33m";
+    case SPES__WIRE__NODE_STATE__NODE_STATE_EVICTED: return "\033[31m";
+    default: return "\033[33m";
     }
 }
 
@@ -119,22 +117,23 @@ static void render(FILE *f, const Spes__Wire__StatusReply *s, const top_hist *h,
     fprintf(f, "%sspes top%s  run ", B, R);
     put_safe(f, s->run_id, 0);
     fprintf(f, "  round %s%llu%s  step %s%llu%s  loss %s%.4f%s  tokens/s %s%.0f%s  %s%s%s\n", B,
-            (unsigned long long)s->round, R, B, (unsigned long long)s->step, R, B, s->loss, R, B, s->tokens_per_s, R,
-            D, when, R);
+            (unsigned long long)s->round, R, B, (unsigned long long)s->step, R, B, s->loss, R, B,
+            s->tokens_per_s, R, D, when, R);
     fputs("loss   ", f);
     sparkline(f, h);
     fputc('\n', f);
     const Spes__Wire__LastRound *lr = s->last_round;
     if (lr)
-        fprintf(f, "last round %llu: %u contributor%s, merge %s, %s%zu refused%s, %s%zu digest mismatch%s%s\n",
+        fprintf(f,
+                "last round %llu: %u contributor%s, merge %s, %s%zu refused%s, %s%zu digest mismatch%s%s\n",
                 (unsigned long long)lr->round, lr->contributors, lr->contributors == 1 ? "" : "s",
-                lr->merge_applied ? "applied" : "no", lr->n_refused ? col(color, "\033[31m") : "", lr->n_refused, R,
-                lr->n_digest_mismatch ? col(color, "\033[31m") : "", lr->n_digest_mismatch,
+                lr->merge_applied ? "applied" : "no", lr->n_refused ? col(color, "\033[31m") : "",
+                lr->n_refused, R, lr->n_digest_mismatch ? col(color, "\033[31m") : "", lr->n_digest_mismatch,
                 lr->n_digest_mismatch == 1 ? "" : "es", R);
     else
         fputs("last round: none committed yet\n", f);
-    fprintf(f, "\n%s%-4s %-16s %-9s %-12s %6s %8s %10s %6s %10s %10s %9s%s\n", B, "ID", "NAME", "STATE", "COLUMNS",
-            "ROUND", "LOSS", "TOK/S", "TRAIN%", "SENT", "RECEIVED", "SEEN", R);
+    fprintf(f, "\n%s%-4s %-16s %-9s %-12s %6s %8s %10s %6s %10s %10s %9s%s\n", B, "ID", "NAME", "STATE",
+            "COLUMNS", "ROUND", "LOSS", "TOK/S", "TRAIN%", "SENT", "RECEIVED", "SEEN", R);
     for (size_t i = 0; i < s->n_members; i++) {
         const Spes__Wire__MemberInfo *m = s->members[i];
         char cols[64] = "-", sent[16] = "-", recv[16] = "-", share[16] = "-", seen[32] = "never";
@@ -160,8 +159,8 @@ static void render(FILE *f, const Spes__Wire__StatusReply *s, const top_hist *h,
         fprintf(f, "%-4u ", m->node_id);
         put_safe(f, m->name, 16);
         fprintf(f, " %s%-9s%s %-12s %6llu %8.4f %10.1f %6s %10s %10s %9s\n", state_color(color, m->state),
-                spesctl_ops_state_name(m->state), R, cols, (unsigned long long)m->round, m->loss, m->tokens_per_s,
-                share, sent, recv, seen);
+                spesctl_ops_state_name(m->state), R, cols, (unsigned long long)m->round, m->loss,
+                m->tokens_per_s, share, sent, recv, seen);
     }
     if (!s->n_members)
         fputs("(no members)\n", f);
@@ -212,10 +211,10 @@ int spesctl_top(int argc, char **argv, const spesctl_conn *lead)
 {
     spesctl_conn conn = *lead;
     const char *sock = NULL, *url = NULL, *once = NULL, *interval = NULL, *timeout = NULL, *nocolor = NULL;
-    spesctl_opt o[] = {{"socket", 1, &sock},   {"url", 1, &url},           {"ca", 1, &conn.ca},
-                       {"cert", 1, &conn.cert}, {"key", 1, &conn.key},      {"once", 0, &once},
-                       {"interval", 1, &interval}, {"timeout", 1, &timeout}, {"no-color", 0, &nocolor},
-                       {NULL, 0, NULL}};
+    spesctl_opt o[] = {
+        {"socket", 1, &sock},      {"url", 1, &url},   {"ca", 1, &conn.ca},        {"cert", 1, &conn.cert},
+        {"key", 1, &conn.key},     {"once", 0, &once}, {"interval", 1, &interval}, {"timeout", 1, &timeout},
+        {"no-color", 0, &nocolor}, {NULL, 0, NULL}};
     if (spesctl_parse(argc, argv, o, NULL, 0, "top") < 0)
         return SPESCTL_USAGE;
     if (sock && url) {
@@ -240,7 +239,8 @@ int spesctl_top(int argc, char **argv, const spesctl_conn *lead)
         Spes__Wire__StatusRequest req = SPES__WIRE__STATUS_REQUEST__INIT;
         int rt = 0;
         ProtobufCMessage *rep = NULL;
-        if (spesctl_ops_call(&conn, SPES_MSG_STATUS_REQUEST, &req.base, SPES_MSG_STATUS_REPLY, &rt, &rep) != 0) {
+        if (spesctl_ops_call(&conn, SPES_MSG_STATUS_REQUEST, &req.base, SPES_MSG_STATUS_REPLY, &rt, &rep) !=
+            0) {
             if (once)
                 return spesctl_fail("top");
             printf("%s", color ? "\033[H\033[2J" : "\n");

@@ -60,8 +60,14 @@ int spesctl_parse(int argc, char **argv, const spesctl_opt *opts, const char **p
             fprintf(stderr, "spesctl %s: more than %d options in its table\n", cmdname, SPESCTL_MAX_OPTS);
             return -1;
         }
-        table[n] = (spes_opt){o->name, 0, o->has_arg ? SPES_OPT_STR : SPES_OPT_FLAG,
-                              o->has_arg ? (void *)o->val : (void *)&flags[n], 0, 0, "VALUE", NULL};
+        table[n] = (spes_opt){o->name,
+                              0,
+                              o->has_arg ? SPES_OPT_STR : SPES_OPT_FLAG,
+                              o->has_arg ? (void *)o->val : (void *)&flags[n],
+                              0,
+                              0,
+                              "VALUE",
+                              NULL};
         n++;
     }
     table[n] = (spes_opt){0};

@@ -111,7 +111,8 @@ static uint64_t counter_bytes(const Spes__Wire__NodeCounters *c, int sent)
 {
     if (!c)
         return 0;
-    return sent ? c->control_sent_bytes + c->blob_sent_bytes : c->control_received_bytes + c->blob_received_bytes;
+    return sent ? c->control_sent_bytes + c->blob_sent_bytes
+                : c->control_received_bytes + c->blob_received_bytes;
 }
 
 /* print_costs shows what rounds cost, from the counters each member reports
@@ -142,7 +143,8 @@ static void print_costs(Spes__Wire__MemberInfo *const *m, size_t n)
         printf("%.1f %%", 100.0 * train / (train + wait));
     else
         printf("-");
-    printf(" (train %.1f s, wait %.1f s, %d member%s reporting)\n", train, wait, reported, reported == 1 ? "" : "s");
+    printf(" (train %.1f s, wait %.1f s, %d member%s reporting)\n", train, wait, reported,
+           reported == 1 ? "" : "s");
     if (with_rounds)
         printf("per node per round: %.3f MB sent, %.3f MB received (mean of %d node%s)\n", up / with_rounds,
                down / with_rounds, with_rounds, with_rounds == 1 ? "" : "s");

@@ -144,10 +144,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     c->len += (size_t)nread;
     if (!c->want && c->len >= SPES_PROTO_HEADER_LEN) {
-        uint32_t plen = (uint32_t)c->buf[8] << 24 | (uint32_t)c->buf[9] << 16 | (uint32_t)c->buf[10] << 8 | c->buf[11];
+        uint32_t plen =
+            (uint32_t)c->buf[8] << 24 | (uint32_t)c->buf[9] << 16 | (uint32_t)c->buf[10] << 8 | c->buf[11];
         if (plen > CONTROL_MAX) {
             begin_dispatch(c);
-            spes_daemon_reply_error(control_reply, c, SPES_ERANGE, 0, "request of %u bytes is too large", plen);
+            spes_daemon_reply_error(control_reply, c, SPES_ERANGE, 0, "request of %u bytes is too large",
+                                    plen);
             return;
         }
         c->want = SPES_PROTO_HEADER_LEN + plen;
@@ -178,7 +180,8 @@ static void on_connection(uv_stream_t *server, int status)
         c->next->prev = &c->next;
     c->prev = &d->control_conns;
     d->control_conns = c;
-    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0 || uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) ||
+    if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0 ||
+        uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) ||
         uv_timer_start(&c->idle, on_idle, CONTROL_IDLE_MS, 0)) {
         conn_close(c);
         return;

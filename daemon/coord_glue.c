@@ -73,8 +73,8 @@ static int ckpt_final(spes_coord *c, const spes_coord_action *a)
     if (rc)
         return rc;
     if ((uint64_t)ck.round != a->round)
-        rc = spes_errf(SPES_ESTATE, "this node holds round %lld, the run ended at round %llu", (long long)ck.round,
-                       (unsigned long long)a->round);
+        rc = spes_errf(SPES_ESTATE, "this node holds round %lld, the run ended at round %llu",
+                       (long long)ck.round, (unsigned long long)a->round);
     else
         rc = spes_ckpt_save(dst, &ck);
     float *mom = NULL; /* the outer momentum goes with the state it belongs to */
@@ -140,7 +140,8 @@ static void carry_out(spes_coord *c, spes_coord_action *a)
         break;
     case SPES_COORD_PERSIST_COMMIT:
         if (spes_write_file_atomic(c->commit_path, a->data, a->len) != 0)
-            log_error("the commit of round %llu is not saved: %s", (unsigned long long)a->round, spes_errmsg());
+            log_error("the commit of round %llu is not saved: %s", (unsigned long long)a->round,
+                      spes_errmsg());
         break;
     case SPES_COORD_VALIDATE:
         if (spes_node_validate(c->d->node, a->round, a->n, (const uint8_t(*)[32])a->hashes,
@@ -213,7 +214,8 @@ static void recover_state_hash(spes_coord *c)
         ck.round = -1; /* its digest cannot be formed */
     if ((uint64_t)ck.round == round && spes_state_digest2(ck.params, mom, ck.nparams, ck.round, h) == 0) {
         spes_coord_sm_set_state_hash(c->sm, round, h);
-        log_info("coordinator: agreed state of round %llu recovered from this node's state", (unsigned long long)round);
+        log_info("coordinator: agreed state of round %llu recovered from this node's state",
+                 (unsigned long long)round);
     } else {
         log_warnx("coordinator: this node holds round %lld, the run is at round %llu", (long long)ck.round,
                   (unsigned long long)round);

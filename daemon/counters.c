@@ -22,15 +22,15 @@ static struct {
     double wait_since;      /* start of the wait in progress, 0 if none */
     double held_since;      /* a wait ended at a new state: when, until training resumes (0: none) */
     uint64_t rounds;
-    uint64_t last_round;    /* the latest round counted, plus one (0: none yet) */
-    int unreported;         /* the coordinator refused heartbeats with counters */
+    uint64_t last_round; /* the latest round counted, plus one (0: none yet) */
+    int unreported;      /* the coordinator refused heartbeats with counters */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void spes_counters_train_begin(void)
 {
     pthread_mutex_lock(&g.mu);
     double now = spes_mono_s(); /* read under the lock: intervals never end before they begin */
-    if (g.wait_since > 0) { /* training again without a new state: the wait is over */
+    if (g.wait_since > 0) {     /* training again without a new state: the wait is over */
         g.wait_s += now - g.wait_since;
         g.wait_since = 0;
     }

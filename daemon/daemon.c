@@ -106,8 +106,8 @@ void spes_daemon_handle(spes_daemon *d, const uint8_t *data, size_t len, const s
         else if (type == SPES_MSG_STATUS_REQUEST)
             spes_node_forward_status(d->node, data, len, reply, ctx);
         else
-            spes_daemon_reply_error(reply, ctx, SPES_ESTATE, type, "this daemon is not the coordinator; it is at %s",
-                                    d->cfg.coordinator);
+            spes_daemon_reply_error(reply, ctx, SPES_ESTATE, type,
+                                    "this daemon is not the coordinator; it is at %s", d->cfg.coordinator);
     } else if (type == SPES_MSG_BLOB_WANT || type == SPES_MSG_CHUNK_REQUEST) {
         uint8_t *rep = NULL;
         size_t rep_len = 0;
@@ -240,8 +240,7 @@ static void on_signal(uv_signal_t *s, int signum)
             if (spes_net_tls_reload_crl(d->tls, d->cfg.crl) == 0) {
                 log_info("revocation list %s reloaded", d->cfg.crl);
                 spes_net_server_drop_revoked(d->server); /* revoked peers lose their live connections too */
-            }
-            else
+            } else
                 log_error("revocation list reload failed, the old one stays: %s", spes_errmsg());
         }
         return;
@@ -297,7 +296,8 @@ static int start(spes_daemon *d)
             return rc;
         const spes_pki_identity *me = spes_net_tls_identity(d->tls);
         if (strcmp(me->name, d->cfg.name) != 0)
-            return spes_errf(SPES_EINVAL, "daemon config name \"%s\" differs from the certificate's name \"%s\"",
+            return spes_errf(SPES_EINVAL,
+                             "daemon config name \"%s\" differs from the certificate's name \"%s\"",
                              d->cfg.name, me->name);
     }
     uv_loop_init(&d->loop);
@@ -309,8 +309,8 @@ static int start(spes_daemon *d)
     if ((rc = spes_node_alloc(&d->node, d)) != 0)
         return rc;
     /* blob requests on their own lane; requests limited to SPES_BLOB_MAX_REQUEST (docs/security.md) */
-    spes_net_server_opts so = {.url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .handler = on_request,
-                               .arg = d};
+    spes_net_server_opts so = {
+        .url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .handler = on_request, .arg = d};
     if ((rc = spes_blob_endpoint_open(&d->server, spes_node_blobs(d->node), &so)) != 0)
         return rc;
     if ((rc = spes_control_open(d)) != 0)

@@ -28,8 +28,8 @@ enum spes_event_kind {
 /* spes_event is one unit of work handed to the loop. */
 typedef struct spes_event {
     int kind;
-    spes_net_request *req;  /* SPES_EV_REQUEST: answer with spes_net_reply */
-    uint8_t *data;          /* SPES_EV_REQUEST: a copy of the request bytes */
+    spes_net_request *req; /* SPES_EV_REQUEST: answer with spes_net_reply */
+    uint8_t *data;         /* SPES_EV_REQUEST: a copy of the request bytes */
     size_t len;
     spes_pki_identity peer; /* SPES_EV_REQUEST: verified sender */
     void (*fn)(void *arg);  /* SPES_EV_CALLBACK */
@@ -43,7 +43,7 @@ typedef void (*spes_reply_fn)(void *ctx, const uint8_t *data, size_t len);
 /* spes_daemon is the whole daemon's state. */
 typedef struct spes_daemon {
     spes_dconfig cfg;
-    char config_path[512];  /* re-read on SIGHUP for what can change (log level) */
+    char config_path[512]; /* re-read on SIGHUP for what can change (log level) */
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t tick;

@@ -32,7 +32,7 @@ struct spes_dmetrics {
     spes_daemon *d;
     spes_metrics_snapshot *s; /* [loop] */
     uint64_t blob_scan_ms;
-    uint64_t status_round;    /* the coordinator's round at the last tick */
+    uint64_t status_round; /* the coordinator's round at the last tick */
     uint64_t refused_round, mm_round;
     int mm_seen;
     struct {
@@ -43,7 +43,7 @@ struct spes_dmetrics {
     /* the worker's notes, guarded by wmu */
     pthread_mutex_t wmu;
     int L, E;
-    double *acc;              /* (L, E) rows routed since the last applied round */
+    double *acc; /* (L, E) rows routed since the last applied round */
     double norm[SPES_METRICS_MAX_E];
     int have_norm;
     /* the published copy, guarded by pmu; the HTTP thread's own copy */
@@ -133,7 +133,8 @@ void spes_dmetrics_note_routing(spes_dmetrics *m, const spes_model *model)
     pthread_mutex_unlock(&m->wmu);
 }
 
-void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, const float *next, const float *prev)
+void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, const float *next,
+                              const float *prev)
 {
     if (!m || E <= 0 || E > SPES_METRICS_MAX_E)
         return;
@@ -235,7 +236,8 @@ static void time_members(spes_dmetrics *m, spes_metrics_round *e)
             m->nprev++;
         } else if (mm->train_s >= m->prev[k].train_s && mm->wait_s >= m->prev[k].wait_s &&
                    (mm->train_s > m->prev[k].train_s || mm->wait_s > m->prev[k].wait_s)) {
-            spes_metrics_round_node(e, mm->name, mm->train_s - m->prev[k].train_s, mm->wait_s - m->prev[k].wait_s);
+            spes_metrics_round_node(e, mm->name, mm->train_s - m->prev[k].train_s,
+                                    mm->wait_s - m->prev[k].wait_s);
         }
         m->prev[k].id = mm->id;
         m->prev[k].train_s = mm->train_s;
@@ -301,7 +303,8 @@ static void coordinator_view(spes_dmetrics *m)
         s->last_contributors = lr->contributors;
         s->nlast_refused = 0;
         for (size_t i = 0; i < lr->n_refused && i < 8; i++)
-            snprintf(s->last_refused[s->nlast_refused++], sizeof s->last_refused[0], "%s", lr->refused[i]->reason);
+            snprintf(s->last_refused[s->nlast_refused++], sizeof s->last_refused[0], "%s",
+                     lr->refused[i]->reason);
         s->nlast_mismatch = 0;
         for (size_t i = 0; i < lr->n_digest_mismatch && i < 8; i++)
             snprintf(s->last_mismatch[s->nlast_mismatch++], sizeof s->last_mismatch[0], "%s",

@@ -40,7 +40,8 @@ void spes_dmetrics_note_routing(spes_dmetrics *m, const spes_model *model);
 
 /* spes_dmetrics_note_delta records the L2 norm of each column's change from
  * prev to next, the states before and after a commit (worker thread). */
-void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, const float *next, const float *prev);
+void spes_dmetrics_note_delta(spes_dmetrics *m, const spes_layout *lo, int E, const float *next,
+                              const float *prev);
 
 /* spes_dmetrics_get renders the published snapshot for path ("/metrics" or
  * "/api/status") into *out (malloc'd); SPES_ENOENT for another path. The

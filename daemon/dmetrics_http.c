@@ -13,7 +13,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define CSP "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+#define CSP                                                                                                  \
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 
 static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned status, const void *buf, size_t len,
                                 enum MHD_ResponseMemoryMode mode, const char *type)
@@ -61,7 +62,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     static const char nf[] = "not found: /metrics, /api/status, / (dashboard)\n";
     static const char oom[] = "out of memory\n";
     if (rc == SPES_ENOENT)
-        return send_buf(c, MHD_HTTP_NOT_FOUND, nf, sizeof nf - 1, MHD_RESPMEM_PERSISTENT, "text/plain; charset=utf-8");
+        return send_buf(c, MHD_HTTP_NOT_FOUND, nf, sizeof nf - 1, MHD_RESPMEM_PERSISTENT,
+                        "text/plain; charset=utf-8");
     return send_buf(c, MHD_HTTP_INTERNAL_SERVER_ERROR, oom, sizeof oom - 1, MHD_RESPMEM_PERSISTENT,
                     "text/plain; charset=utf-8");
 }
@@ -79,7 +81,8 @@ static int split_addr(const char *addr, char *host, size_t hn, char *port, size_
     } else {
         colon = strrchr(addr, ':');
         if (!colon || colon == addr)
-            return spes_errf(SPES_EINVAL, "metrics address \"%s\" is not HOST:PORT (e.g. 127.0.0.1:9464)", addr);
+            return spes_errf(SPES_EINVAL, "metrics address \"%s\" is not HOST:PORT (e.g. 127.0.0.1:9464)",
+                             addr);
         snprintf(host, hn, "%.*s", (int)(colon - addr), addr);
     }
     snprintf(port, pn, "%s", colon + 1);
@@ -104,12 +107,13 @@ int spes_dmetrics_http_start(spes_dmetrics *m, const char *addr, void **handle, 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    struct MHD_Daemon *h = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT,
-                                            (unsigned)10, MHD_OPTION_END);
+    struct MHD_Daemon *h = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
+                                            ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h)
-        return spes_errf(SPES_EIO, "metrics: cannot listen on %s (in use, or not an address of this machine?)", addr);
+        return spes_errf(SPES_EIO,
+                         "metrics: cannot listen on %s (in use, or not an address of this machine?)", addr);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h, MHD_DAEMON_INFO_BIND_PORT);
     *port = info ? info->port : atoi(ps);
     *handle = h;

@@ -23,7 +23,8 @@ static const command commands[] = {
     {"eval", cmd_eval, "mean cross-entropy: --checkpoint DIR --data PATH --batch B --seq T"},
     {"export", cmd_export, "Hugging Face export: --checkpoint DIR --out DIR [--bf16]"},
     {"tokenize", cmd_tokenize, "text to tokens: (--tokenizer FILE | --bytes) --out FILE INPUT..."},
-    {"generate", cmd_generate, "continue a prompt: --checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes)"},
+    {"generate", cmd_generate,
+     "continue a prompt: --checkpoint DIR --prompt TEXT (--tokenizer FILE | --bytes)"},
     {"detokenize", cmd_detokenize, "tokens to text: (--tokenizer FILE | --bytes) FILE"},
 };
 

@@ -20,7 +20,7 @@
 /* call_ctx carries one call's reply from nng's thread to the loop. */
 typedef struct call_ctx {
     spes_node *n;
-    int call;      /* spes_node_call */
+    int call; /* spes_node_call */
     int rc;
     char err[256]; /* the failure's message: it was recorded on nng's thread, not the loop's */
     uint8_t *data;
@@ -360,8 +360,8 @@ static void fwd_on_loop(void *arg)
 {
     fwd_ctx *f = arg;
     if (f->rc)
-        spes_daemon_reply_error(f->reply, f->ctx, f->rc, SPES_MSG_STATUS_REQUEST, "coordinator unreachable: %s",
-                                spes_strerror(f->rc));
+        spes_daemon_reply_error(f->reply, f->ctx, f->rc, SPES_MSG_STATUS_REQUEST,
+                                "coordinator unreachable: %s", spes_strerror(f->rc));
     else
         f->reply(f->ctx, f->data, f->len);
     free(f->data);
@@ -392,8 +392,8 @@ void spes_node_forward_status(spes_node *n, const uint8_t *data, size_t len, spe
     f->ctx = ctx;
     f->n = n;
     if (spes_net_call_async(n->cc, data, len, SPES_NODE_CALL_TIMEOUT_MS, fwd_back, f) != 0) {
-        spes_daemon_reply_error(reply, ctx, SPES_ENET, SPES_MSG_STATUS_REQUEST, "cannot reach the coordinator: %s",
-                                spes_errmsg());
+        spes_daemon_reply_error(reply, ctx, SPES_ENET, SPES_MSG_STATUS_REQUEST,
+                                "cannot reach the coordinator: %s", spes_errmsg());
         free(f);
     }
 }

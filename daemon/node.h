@@ -50,8 +50,8 @@ int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_
 
 /* spes_node_put_state_outer is spes_node_put_state for a state that carries the
  * outer momentum mom (total floats; NULL: none), as a SPESSTATE2 blob. */
-int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total, uint64_t round,
-                              uint8_t out[32]);
+int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total,
+                              uint64_t round, uint8_t out[32]);
 
 /* spes_node_status fills loss, tokens/s, round and step of this node. */
 void spes_node_status(spes_node *n, double *loss, double *tps, uint64_t *round, uint64_t *step);

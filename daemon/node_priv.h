@@ -24,30 +24,30 @@ typedef struct node_task {
 } node_task;
 
 struct spes_node {
-    spes_daemon *d;            /* [once] */
-    spes_blob_store *blobs;    /* [any] */
-    spes_net_client *cc;       /* [loop] to the coordinator */
-    char state_dir[600];       /* [once] STATE_DIR/node */
-    spes_node_sm sm;           /* [loop] the protocol state; its run config is written before the
+    spes_daemon *d;         /* [once] */
+    spes_blob_store *blobs; /* [any] */
+    spes_net_client *cc;    /* [loop] to the coordinator */
+    char state_dir[600];    /* [once] STATE_DIR/node */
+    spes_node_sm sm;        /* [loop] the protocol state; its run config is written before the
                                 * first job and only read afterwards, by the worker too */
-    spes_node_out out;         /* [loop] actions not yet carried out */
-    int draining;              /* [loop] drain() is running (actions it causes join its queue) */
+    spes_node_out out;      /* [loop] actions not yet carried out */
+    int draining;           /* [loop] drain() is running (actions it causes join its queue) */
     /* the worker */
-    pthread_t th;              /* [loop] */
-    int th_started;            /* [loop] */
+    pthread_t th;   /* [loop] */
+    int th_started; /* [loop] */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct node_task *jobs, *jobs_tail; /* [mu] queued jobs */
-    int quit;                  /* [mu] the worker ends */
-    atomic_int cancel;         /* [any] the running job ends early (set by the loop, read by the worker) */
-    int prog_have_step;        /* [mu] the worker's progress, for heartbeats and status: */
-    uint64_t prog_step;        /* [mu]   its trainer's step (when prog_have_step) */
+    int quit;                           /* [mu] the worker ends */
+    atomic_int cancel;          /* [any] the running job ends early (set by the loop, read by the worker) */
+    int prog_have_step;         /* [mu] the worker's progress, for heartbeats and status: */
+    uint64_t prog_step;         /* [mu]   its trainer's step (when prog_have_step) */
     double prog_loss, prog_tps; /* [mu]  its last training step's loss and tokens/s */
-    spes_trainer tr;           /* [worker] params = working copy */
-    int have_trainer;          /* [worker] */
-    float *base;               /* [worker] (total) S_round */
-    spes_outer outer;          /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
-    double loss, tps;          /* [worker] the last training step's loss and tokens/s */
+    spes_trainer tr;            /* [worker] params = working copy */
+    int have_trainer;           /* [worker] */
+    float *base;                /* [worker] (total) S_round */
+    spes_outer outer; /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
+    double loss, tps; /* [worker] the last training step's loss and tokens/s */
 };
 
 /* node_run_job performs a job on the worker thread. */

@@ -62,7 +62,8 @@ static int open_trainer(spes_node *n, const uint8_t *cols, uint32_t id)
         n->tr = old;
         return rc;
     }
-    if ((rc = spes_trainer_open_data(&n->tr, (int)(id % (uint32_t)n->d->cfg.data_parts), n->d->cfg.data_parts))) {
+    if ((rc = spes_trainer_open_data(&n->tr, (int)(id % (uint32_t)n->d->cfg.data_parts),
+                                     n->d->cfg.data_parts))) {
         spes_trainer_fini(&n->tr);
         n->tr = old;
         return rc;
@@ -138,11 +139,12 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     spes_ckpt_fini(&meta);
     if (!rc && (rc = outer_ready(n, 1)) == 0 && n->outer.mom &&
         spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
-        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
+        memset(n->outer.mom, 0,
+               n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
     uint8_t dg[32];
-    if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 &&
-        memcmp(dg, H, 32))
-        rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one", (unsigned long long)R);
+    if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 && memcmp(dg, H, 32))
+        rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one",
+                       (unsigned long long)R);
     return rc;
 }
 
@@ -157,8 +159,9 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc && (rc = outer_ready(n, 1)) == 0)
-        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R, n->tr.model->params,
-                                   spes_outer_has_state(&n->outer) ? n->outer.mom : NULL, path);
+        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
+                                   n->tr.model->params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
+                                   path);
     free(buf);
     return rc;
 }
@@ -174,7 +177,8 @@ static int peers_of(const spes_node_job *j, spes_blob_peer *p, int first)
                                   .name = j->peers[first].name[0] ? j->peers[first].name : NULL};
     for (int i = 0; i < j->npeers; i++)
         if (i != first && (first < 0 || j->peers[i].is_coord))
-            p[k++] = (spes_blob_peer){.url = j->peers[i].url, .name = j->peers[i].name[0] ? j->peers[i].name : NULL};
+            p[k++] = (spes_blob_peer){.url = j->peers[i].url,
+                                      .name = j->peers[i].name[0] ? j->peers[i].name : NULL};
     return k;
 }
 
@@ -196,7 +200,8 @@ static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first,
     o.plain = n->d->cfg.plain;
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
-    o.max_size = max_size || !n->have_trainer ? max_size : spes_contrib_max_size(&n->tr.model->layout, n->sm.E);
+    o.max_size =
+        max_size || !n->have_trainer ? max_size : spes_contrib_max_size(&n->tr.model->layout, n->sm.E);
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
     free(peers);
     char path[1024];
@@ -223,7 +228,8 @@ static int job_prepare(spes_node *n, spes_node_job *j)
     if (load_local(n, p->round, p->hash, j->node_id) == 0) {
         log_info("resuming from the local state of round %llu", (unsigned long long)p->round);
     } else if (load_checkpoint_for(n, p->round, p->hash, j->node_id) == 0) {
-        log_info("restoring the checkpoint of round %llu with this node's optimizer state", (unsigned long long)p->round);
+        log_info("restoring the checkpoint of round %llu with this node's optimizer state",
+                 (unsigned long long)p->round);
     } else if (!n->have_trainer && (rc = open_trainer(n, all, j->node_id)) != 0) {
         free(all);
         return fail(j, rc);
@@ -231,10 +237,13 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         spes_model_init_weights(n->tr.model, (uint64_t)n->sm.run.train.seed);
         rc = outer_ready(n, 1);
     } else {
-        log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round, j->npeers);
-        uint64_t state_size = 26 + (uint64_t)n->tr.model->layout.total_numel * 4 *
-                                       (n->sm.run.spes.outer_momentum != 0 ? 2 : 1); /* header + params (+ momentum) */
-        if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 || (rc = load_blob(n, p->hash, p->round)) != 0) {
+        log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round,
+                 j->npeers);
+        uint64_t state_size =
+            26 + (uint64_t)n->tr.model->layout.total_numel * 4 *
+                     (n->sm.run.spes.outer_momentum != 0 ? 2 : 1); /* header + params (+ momentum) */
+        if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 ||
+            (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);
             return fail(j, rc);
         }
@@ -244,8 +253,10 @@ static int job_prepare(spes_node *n, spes_node_job *j)
     if (rc || (rc = state_digest(n, n->tr.model->params, (int64_t)p->round, dg)))
         return fail(j, rc);
     if (memcmp(dg, p->hash, 32))
-        return fail(j, spes_errf(SPES_ESTATE, "the state of round %llu here does not match the run's digest "
-                                              "(different run config or seed?)", (unsigned long long)p->round));
+        return fail(j, spes_errf(SPES_ESTATE,
+                                 "the state of round %llu here does not match the run's digest "
+                                 "(different run config or seed?)",
+                                 (unsigned long long)p->round));
     if ((rc = ensure_base(n)) != 0)
         return fail(j, rc);
     memcpy(n->base, n->tr.model->params, n->tr.model->layout.total_numel * sizeof(float));
@@ -263,8 +274,8 @@ int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_
     return spes_node_put_state_outer(n, params, NULL, total, round, out);
 }
 
-int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total, uint64_t round,
-                              uint8_t out[32])
+int spes_node_put_state_outer(spes_node *n, const float *params, const float *mom, size_t total,
+                              uint64_t round, uint8_t out[32])
 {
     uint8_t *buf;
     size_t len;
@@ -306,8 +317,8 @@ static int job_train(spes_node *n, spes_node_job *j)
     spes_contrib c;
     t->tokens = (uint64_t)steps * (uint64_t)run->train.batch_size * (uint64_t)run->train.seq_len;
     t->loss_mean = sum / steps;
-    if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, t->cols, n->tr.model->params, (int64_t)t->round,
-                                (int32_t)j->node_id, t->tokens, (float)t->loss_mean)) != 0)
+    if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, t->cols, n->tr.model->params,
+                                (int64_t)t->round, (int32_t)j->node_id, t->tokens, (float)t->loss_mean)) != 0)
         return fail(j, rc);
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
@@ -345,8 +356,8 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc)
-        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->sm.E, n->base, MAX_DELTA,
-                                 origin);
+        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->sm.E, n->base,
+                                 MAX_DELTA, origin);
     free(buf);
     return rc;
 }
@@ -364,7 +375,8 @@ static int job_validate(spes_node *n, spes_node_job *j)
     spes_node_job_validate *v = &j->u.validate;
     for (int k = 0; k < v->n; k++) {
         spes_contrib c;
-        int held = spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
+        int held =
+            spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
         int rc = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
         if (!rc)
             rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c);
@@ -417,7 +429,8 @@ static int job_apply(spes_node *n, spes_node_job *j)
     free(cs);
     free(cp);
     if (!rc && (rc = state_digest(n, p, (int64_t)a->round + 1, a->state_hash)) == 0) {
-        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p, n->base); /* column delta norms */
+        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p,
+                                 n->base); /* column delta norms */
         memcpy(n->base, p, total * sizeof(float));
         n->tr.step = (int64_t)a->next_step;
         n->tr.round = (int64_t)a->round + 1;

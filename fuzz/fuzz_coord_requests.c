@@ -212,8 +212,12 @@ static int make(spes_coord_sm **out, int min_nodes)
     run.spes.merge_topk = 1;
     run.train.max_steps = 40;
     run.train.warmup_steps = 0;
-    spes_coord_settings s = {.name = "node-0", .listen = "tcp://127.0.0.1:7000", .min_nodes = min_nodes,
-                             .failure_timeout_ms = 1000, .round_deadline_ms = 3000, .tick_ms = 50,
+    spes_coord_settings s = {.name = "node-0",
+                             .listen = "tcp://127.0.0.1:7000",
+                             .min_nodes = min_nodes,
+                             .failure_timeout_ms = 1000,
+                             .round_deadline_ms = 3000,
+                             .tick_ms = 50,
                              .approve = min_nodes == 3};
     int rc = spes_coord_sm_alloc(out, &run, &s);
     spes_config_fini(&run);

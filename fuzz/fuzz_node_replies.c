@@ -34,8 +34,14 @@ static void drain(spes_node_sm *sm, spes_node_out *o, int *call, spes_node_job *
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    spes_node_opts opts = {.name = "n", .listen = "tcp://me:1", .coordinator = "tcp://c:1", .data = "",
-                           .codec = "fp32", .threads = 1, .heartbeat_ms = 100, .keep_blobs = 0};
+    spes_node_opts opts = {.name = "n",
+                           .listen = "tcp://me:1",
+                           .coordinator = "tcp://c:1",
+                           .data = "",
+                           .codec = "fp32",
+                           .threads = 1,
+                           .heartbeat_ms = 100,
+                           .keep_blobs = 0};
     spes_node_sm sm;
     spes_node_out out;
     memset(&out, 0, sizeof out);
@@ -63,7 +69,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             spes_proto_header_write(buf, type, (uint32_t)len);
             memcpy(buf + SPES_PROTO_HEADER_LEN, data + i, len);
             i += len;
-            spes_node_sm_reply(&sm, call ? call : 1 + op % 5, 0, NULL, buf, SPES_PROTO_HEADER_LEN + len, now, &out);
+            spes_node_sm_reply(&sm, call ? call : 1 + op % 5, 0, NULL, buf, SPES_PROTO_HEADER_LEN + len, now,
+                               &out);
             free(buf);
             break;
         }

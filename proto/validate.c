@@ -55,11 +55,16 @@ typedef struct string_rule {
 } string_rule;
 
 static const string_rule string_rules[] = {
-    {"name", SPES_PROTO_MAX_NAME, 1},      {"node_name", SPES_PROTO_MAX_NAME, 1},
-    {"id", SPES_PROTO_MAX_NAME, 1},        {"target", SPES_PROTO_MAX_NAME, 1},
-    {"run_id", SPES_PROTO_MAX_NAME, 1},    {"software_version", SPES_PROTO_MAX_NAME, 1},
-    {"listen_url", SPES_PROTO_MAX_URL, 1}, {"coordinator", SPES_PROTO_MAX_URL, 1},
-    {"out_dir", SPES_PROTO_MAX_PATH, 1},   {"run_config_json", SPES_PROTO_MAX_CONFIG, 0},
+    {"name", SPES_PROTO_MAX_NAME, 1},
+    {"node_name", SPES_PROTO_MAX_NAME, 1},
+    {"id", SPES_PROTO_MAX_NAME, 1},
+    {"target", SPES_PROTO_MAX_NAME, 1},
+    {"run_id", SPES_PROTO_MAX_NAME, 1},
+    {"software_version", SPES_PROTO_MAX_NAME, 1},
+    {"listen_url", SPES_PROTO_MAX_URL, 1},
+    {"coordinator", SPES_PROTO_MAX_URL, 1},
+    {"out_dir", SPES_PROTO_MAX_PATH, 1},
+    {"run_config_json", SPES_PROTO_MAX_CONFIG, 0},
     {"checkpoint_id", SPES_PROTO_MAX_NAME, 1},
 };
 

@@ -1029,8 +1029,8 @@ START_TEST(test_endpoint_slow_reader)
     uint8_t h[32];
     ck_assert(spes_blob_put_file(a, src, h) == 0);
     spes_net_server *srv = NULL;
-    spes_net_server_opts so = {.url = "tls+tcp://127.0.0.1:0", .tls = ta, .handler = control_echo,
-                               .send_timeout_ms = 2000};
+    spes_net_server_opts so = {
+        .url = "tls+tcp://127.0.0.1:0", .tls = ta, .handler = control_echo, .send_timeout_ms = 2000};
     ck_assert_msg(spes_blob_endpoint_open(&srv, a, &so) == 0, "%s", spes_errmsg());
     int port = spes_net_server_port(srv);
     hostile h1, h2;
@@ -1158,8 +1158,8 @@ START_TEST(test_fetch_oversize_cut_off)
     char url[64];
     url_of(spes_blob_server_port(bs), url, sizeof url);
     spes_blob_peer peer = {url, NULL};
-    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 5000, .manifest_hash = mh,
-                              .max_size = 2u << 20};
+    spes_blob_fetch_opts o = {
+        .tls = tf, .plain = plain, .timeout_ms = 5000, .manifest_hash = mh, .max_size = 2u << 20};
     spes_blob_fetch_stats st;
     ck_assert_int_ne(spes_blob_fetch(f, h, &peer, 1, &o, &st), 0);
     ck_assert_msg(strstr(spes_errmsg(), "more than the 2097152 expected"), "%s", spes_errmsg());
@@ -1194,9 +1194,10 @@ END_TEST
 START_TEST(test_endpoint_request_limit_fits_requests)
 {
     /* every message a daemon's endpoint answers fits its request limit */
-    static const int requests[] = {SPES_MSG_JOIN,   SPES_MSG_HEARTBEAT, SPES_MSG_LEAVE, SPES_MSG_ANNOUNCE,
-                                   SPES_MSG_DIGEST, SPES_MSG_STATUS_REQUEST, SPES_MSG_MEMBERS_REQUEST,
-                                   SPES_MSG_CHECKPOINT_REQUEST, SPES_MSG_BLOB_WANT, SPES_MSG_CHUNK_REQUEST};
+    static const int requests[] = {
+        SPES_MSG_JOIN,      SPES_MSG_HEARTBEAT,      SPES_MSG_LEAVE,           SPES_MSG_ANNOUNCE,
+        SPES_MSG_DIGEST,    SPES_MSG_STATUS_REQUEST, SPES_MSG_MEMBERS_REQUEST, SPES_MSG_CHECKPOINT_REQUEST,
+        SPES_MSG_BLOB_WANT, SPES_MSG_CHUNK_REQUEST};
     for (size_t i = 0; i < sizeof requests / sizeof *requests; i++)
         ck_assert_uint_le(SPES_PROTO_HEADER_LEN + spes_proto_type_limit(requests[i]), SPES_BLOB_MAX_REQUEST);
 }

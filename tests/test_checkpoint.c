@@ -625,8 +625,8 @@ START_TEST(outer_momentum_file)
     ck_assert_int_eq(spes_outer_save(tmpdir, m, N, 3), 0);
     ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 3), 0);
     ck_assert_mem_eq(back, m, sizeof m);
-    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 4), SPES_ESTATE);      /* another round */
-    ck_assert_int_ne(spes_outer_load(tmpdir, back, N - 1, 3), 0); /* another size */
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 4), SPES_ESTATE); /* another round */
+    ck_assert_int_ne(spes_outer_load(tmpdir, back, N - 1, 3), 0);       /* another size */
     char *path = sub(SPES_OUTER_FILE), *buf;
     size_t len;
     ck_assert_int_eq(spes_read_file(path, 1 << 20, &buf, &len), 0);

@@ -34,8 +34,11 @@ START_TEST(test_parse_fields)
     ck_assert_int_eq(parse(&c, "{\"model\":{\"hidden_size\":64,\"norm_topk_prob\":true},"
                                "\"train\":{\"lr\":0.001,\"seed\":7},"
                                "\"data\":{\"files\":[\"a.bin\",{\"url\":\"https://x/y.bin\",\"size\":10,"
-                               "\"sha256\":\"" "0123456789012345678901234567890123456789012345678901234567890123" "\"}],"
-                               "\"dtype\":\"uint32\"}}"), 0);
+                               "\"sha256\":\""
+                               "0123456789012345678901234567890123456789012345678901234567890123"
+                               "\"}],"
+                               "\"dtype\":\"uint32\"}}"),
+                     0);
     ck_assert_int_eq(c.model.hidden_size, 64);
     ck_assert_int_eq(c.model.norm_topk_prob, 1);
     ck_assert_double_eq(c.train.lr, 0.001);
@@ -155,10 +158,11 @@ START_TEST(test_engine_flat_table)
     ck_assert_int_eq(d.on, 1);
     ck_assert_str_eq(d.mode, "fast");
     ck_assert_str_eq(d.addr, "");
-    ck_assert_int_eq(spes_cfg_parse(&demo_table, &d,
-                                    "{\"n\":8.0,\"big\":7,\"x\":-0.5,\"on\":false,\"mode\":\"slow\",\"addr\":\"a:1\"}",
-                                    "demo.json"),
-                     0);
+    ck_assert_int_eq(
+        spes_cfg_parse(&demo_table, &d,
+                       "{\"n\":8.0,\"big\":7,\"x\":-0.5,\"on\":false,\"mode\":\"slow\",\"addr\":\"a:1\"}",
+                       "demo.json"),
+        0);
     ck_assert_int_eq(d.n, 8);
     ck_assert_int_eq(d.big, 7);
     ck_assert_double_eq(d.x, -0.5);
@@ -190,7 +194,8 @@ START_TEST(test_engine_flat_table)
     demo_refused("{\"on\":1}", SPES_EINVAL, "demo.json: on must be true or false");
     demo_refused("{\"mode\":\"quick\"}", SPES_EINVAL, "demo.json: mode \"quick\" is not one of fast, slow");
     demo_refused("{\"mode\":3}", SPES_EINVAL, "demo.json: mode must be a string");
-    demo_refused("{\"addr\":\"0123456789abcdef\"}", SPES_EINVAL, "demo.json: addr is longer than 15 characters");
+    demo_refused("{\"addr\":\"0123456789abcdef\"}", SPES_EINVAL,
+                 "demo.json: addr is longer than 15 characters");
     demo_refused("[1]", SPES_EFORMAT, "demo.json: the top level must be a JSON object");
     demo_refused("{\"n\":2,\"n\":4}", SPES_EFORMAT,
                  "demo.json:1:10: invalid JSON: duplicate object key near '\"n\"'");
@@ -201,7 +206,8 @@ START_TEST(test_run_config_unknown_section_lists_sections)
 {
     spes_run_config c;
     ck_assert_int_eq(parse(&c, "{\"optim\":{}}"), SPES_EINVAL);
-    ck_assert_str_eq(spes_errmsg(), "run.json: unknown section \"optim\" (expected model, train, spes, data)");
+    ck_assert_str_eq(spes_errmsg(),
+                     "run.json: unknown section \"optim\" (expected model, train, spes, data)");
     ck_assert_int_eq(parse(&c, "{\"data\":{\"dtype\":\"int8\"}}"), SPES_EINVAL);
     ck_assert_str_eq(spes_errmsg(), "run.json: data.dtype \"int8\" is not one of uint16, uint32");
     ck_assert_int_eq(parse(&c, "{\"data\":{\"files\":\"a.bin\"}}"), SPES_EINVAL);
@@ -212,7 +218,8 @@ START_TEST(test_run_config_unknown_section_lists_sections)
     ck_assert_int_eq(spes_config_set(&c, "data.files=x"), SPES_EINVAL);
     ck_assert_str_eq(spes_errmsg(), "override: unknown field data.files");
     ck_assert_int_eq(spes_config_set(&c, "train.seed=1e16"), SPES_ERANGE);
-    ck_assert_str_eq(spes_errmsg(), "override: train.seed = 10000000000000000 is outside [0, 9000000000000000]");
+    ck_assert_str_eq(spes_errmsg(),
+                     "override: train.seed = 10000000000000000 is outside [0, 9000000000000000]");
 }
 END_TEST
 
@@ -270,12 +277,15 @@ START_TEST(test_daemon_config)
     dconfig_refused("{\"round_deadline_ms\":100000000}", SPES_ERANGE,
                     "round_deadline_ms = 100000000 is outside [200, 86400000]");
     dconfig_refused("{\"codec\":\"fp16\"}", SPES_EINVAL, "codec \"fp16\" is not one of fp32, bf16");
-    dconfig_refused("{\"admission\":\"manual\"}", SPES_EINVAL, "admission \"manual\" is not one of auto, approve");
+    dconfig_refused("{\"admission\":\"manual\"}", SPES_EINVAL,
+                    "admission \"manual\" is not one of auto, approve");
     dconfig_refused("{\"log_level\":\"trace\"}", SPES_EINVAL,
                     "log_level \"trace\" is not one of error, warn, info, debug");
-    dconfig_refused("{\"fault\":\"boom\"}", SPES_EINVAL, "fault \"boom\" is not one of \"\", nan, wrong-hash, diverge");
+    dconfig_refused("{\"fault\":\"boom\"}", SPES_EINVAL,
+                    "fault \"boom\" is not one of \"\", nan, wrong-hash, diverge");
     dconfig_refused("{\"plain\":\"yes\"}", SPES_EINVAL, "plain must be true or false");
-    dconfig_refused("{\"metrics\":\"9464\"}", SPES_EINVAL, "metrics \"9464\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
+    dconfig_refused("{\"metrics\":\"9464\"}", SPES_EINVAL,
+                    "metrics \"9464\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
     dconfig_refused("{\"metrics\":\"h:70000\"}", SPES_EINVAL,
                     "metrics \"h:70000\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
     dconfig_refused("{\"advertise\":\"node-0:7600\"}", SPES_EINVAL,

@@ -184,10 +184,12 @@ static spes_pki_identity operator_peer(void)
 }
 
 /* send feeds one request from peer and returns its decoded reply of type want (caller frees). */
-static ProtobufCMessage *send(fx *f, int type, const ProtobufCMessage *msg, const spes_pki_identity *peer, int want)
+static ProtobufCMessage *send(fx *f, int type, const ProtobufCMessage *msg, const spes_pki_identity *peer,
+                              int want)
 {
     int tag = ++f->tag;
-    spes_coord_sm_request(f->c, f->now, type, msg, peer, (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    spes_coord_sm_request(f->c, f->now, type, msg, peer,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(f);
     return decode(reply_to(f, tag), want);
 }
@@ -305,7 +307,8 @@ static void validate_all(fx *f)
 static Spes__Wire__StatusReply *status(fx *f)
 {
     Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
-    return (Spes__Wire__StatusReply *)send(f, SPES_MSG_STATUS_REQUEST, &s.base, &local, SPES_MSG_STATUS_REPLY);
+    return (Spes__Wire__StatusReply *)send(f, SPES_MSG_STATUS_REQUEST, &s.base, &local,
+                                           SPES_MSG_STATUS_REPLY);
 }
 
 static int member_state(fx *f, uint32_t id)
@@ -425,7 +428,8 @@ START_TEST(test_join_refusals)
     for (int i = 0; i < SPES_COORD_MAX_MEMBERS; i++) {
         snprintf(name, sizeof name, "n%d", i);
         j.node_name = name;
-        Spes__Wire__Accept *a = (Spes__Wire__Accept *)send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT);
+        Spes__Wire__Accept *a =
+            (Spes__Wire__Accept *)send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT);
         ck_assert_uint_eq(a->node_id, (unsigned)i);
         spes_proto_free(&a->base);
         fx_clear(&f);
@@ -450,7 +454,7 @@ START_TEST(test_rejoin_mid_round)
     ck_assert_int_eq(member_state(&f, 1), NS(ACTIVE));
     spes_pki_identity p = node_peer("node-1");
     Spes__Wire__Accept *a = (Spes__Wire__Accept *)join(&f, "node-1", &p, SPES_MSG_ACCEPT);
-    ck_assert_uint_eq(a->node_id, 1); /* the same id */
+    ck_assert_uint_eq(a->node_id, 1);   /* the same id */
     ck_assert_uint_eq(a->n_columns, 0); /* it sits this round out */
     spes_proto_free(&a->base);
     ck_assert_int_eq(member_state(&f, 1), NS(JOINING));
@@ -483,12 +487,13 @@ START_TEST(test_approval_and_operator_verbs)
     Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_APPROVE;
     mr.target = "node-1";
-    send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &p1, EC(UNAUTHORIZED), "needs an operator certificate");
+    send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &p1, EC(UNAUTHORIZED),
+               "needs an operator certificate");
     mr.target = "node-7";
     send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &op, EC(NOT_FOUND), "no member named node-7");
     mr.target = "1"; /* by id */
-    Spes__Wire__MembersReply *rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &op,
-                                                                     SPES_MSG_MEMBERS_REPLY);
+    Spes__Wire__MembersReply *rep =
+        (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &op, SPES_MSG_MEMBERS_REPLY);
     ck_assert_str_eq(rep->message, "node-1 approved");
     ck_assert_uint_eq(rep->n_members, 2);
     ck_assert_int_eq(rep->members[1]->state, NS(JOINING));
@@ -499,13 +504,15 @@ START_TEST(test_approval_and_operator_verbs)
     send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local, EC(INTERNAL), "unknown members action");
     /* list is open to nodes */
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_LIST;
-    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &p1, SPES_MSG_MEMBERS_REPLY);
+    rep =
+        (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &p1, SPES_MSG_MEMBERS_REPLY);
     ck_assert_str_eq(rep->message, "");
     spes_proto_free(&rep->base);
     /* drain and evict: the node is told to stop and its columns move */
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_DRAIN;
     mr.target = "node-1";
-    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local, SPES_MSG_MEMBERS_REPLY);
+    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local,
+                                           SPES_MSG_MEMBERS_REPLY);
     ck_assert_str_eq(rep->message, "node-1 drains: its columns move at the next round");
     ck_assert_uint_eq(rep->members[1]->n_columns, 0);
     ck_assert_uint_eq(rep->members[0]->n_columns, E_COLS);
@@ -515,7 +522,8 @@ START_TEST(test_approval_and_operator_verbs)
     ck_assert_str_eq(r->reason, "this node was drained from the run");
     spes_proto_free(&r->base);
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
-    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &op, SPES_MSG_MEMBERS_REPLY);
+    rep =
+        (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &op, SPES_MSG_MEMBERS_REPLY);
     ck_assert_str_eq(rep->message, "node-1 evicted");
     spes_proto_free(&rep->base);
     r = (Spes__Wire__Reject *)join(&f, "node-1", &p1, SPES_MSG_REJECT);
@@ -537,7 +545,8 @@ START_TEST(test_announce_refusals)
     uint8_t blob[32], man[32];
     Spes__Wire__Announce a;
     fill_announce(&a, 1, 3, blob, man);
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(WRONG_ROUND), "round 3 is not open for node-1 (open round 0)");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(WRONG_ROUND),
+               "round 3 is not open for node-1 (open round 0)");
     fill_announce(&a, 7, 0, blob, man);
     send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(UNAUTHORIZED), "node id 7 is not");
     fill_announce(&a, 1, 0, blob, man);
@@ -777,7 +786,8 @@ START_TEST(test_heartbeat_replies)
     Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
     h.node_id = 1;
     h.round = 0;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_HEARTBEAT, &h.base, &local, (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_HEARTBEAT, &h.base, &local,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&f);
     spes_coord_action *r = reply_to(&f, tag);
     ck_assert_uint_eq(r->len, clen);
@@ -842,8 +852,10 @@ START_TEST(test_busy_until_state_known)
     fx_run_config(&f, 100);
     ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
     /* a resumed run whose S_round digest was lost: nodes are told to retry */
-    const char *json = "{\"run_id\": \"r1\", \"round\": 4, \"step\": 20, \"next_id\": 1, \"state_hash\": null,"
-                       " \"members\": [{\"id\": 0, \"name\": \"node-0\", \"url\": \"u\", \"state\": 3, \"columns\": [0,1,2,3]}]}";
+    const char *json =
+        "{\"run_id\": \"r1\", \"round\": 4, \"step\": 20, \"next_id\": 1, \"state_hash\": null,"
+        " \"members\": [{\"id\": 0, \"name\": \"node-0\", \"url\": \"u\", \"state\": 3, \"columns\": "
+        "[0,1,2,3]}]}";
     ck_assert_int_eq(spes_coord_sm_load(f.c, json, "coordinator.json"), 0);
     spes_coord_sm_start(f.c, f.now);
     spes_pki_identity p = node_peer("node-0");
@@ -918,14 +930,16 @@ START_TEST(test_status_reply)
 }
 END_TEST
 
-static Spes__Wire__CheckpointReply *ckpt_req(fx *f, int action, const char *id, int wait, const spes_pki_identity *peer)
+static Spes__Wire__CheckpointReply *ckpt_req(fx *f, int action, const char *id, int wait,
+                                             const spes_pki_identity *peer)
 {
     Spes__Wire__CheckpointRequest r = SPES__WIRE__CHECKPOINT_REQUEST__INIT;
     r.action = action;
     r.id = (char *)(id ? id : "");
     r.wait = wait;
     r.out_dir = "/tmp/hf-out";
-    return (Spes__Wire__CheckpointReply *)send(f, SPES_MSG_CHECKPOINT_REQUEST, &r.base, peer, SPES_MSG_CHECKPOINT_REPLY);
+    return (Spes__Wire__CheckpointReply *)send(f, SPES_MSG_CHECKPOINT_REQUEST, &r.base, peer,
+                                               SPES_MSG_CHECKPOINT_REPLY);
 }
 
 START_TEST(test_checkpoint_save_and_waiters)
@@ -935,8 +949,10 @@ START_TEST(test_checkpoint_save_and_waiters)
     spes_pki_identity p1 = node_peer("node-1"), op = operator_peer();
     Spes__Wire__CheckpointRequest rq = SPES__WIRE__CHECKPOINT_REQUEST__INIT;
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE;
-    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &p1, EC(UNAUTHORIZED), "checkpoints need an operator");
-    Spes__Wire__CheckpointReply *r = ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &op);
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &p1, EC(UNAUTHORIZED),
+               "checkpoints need an operator");
+    Spes__Wire__CheckpointReply *r =
+        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &op);
     ck_assert(r->pending);
     ck_assert_str_eq(r->message, "checkpoint ckpt-000001 will be taken when round 0 commits");
     ck_assert_uint_eq(r->n_checkpoints, 1);
@@ -994,7 +1010,8 @@ START_TEST(test_checkpoint_restore_and_export)
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_RESTORE;
     rq.id = "ckpt-000001";
     send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local, EC(WRONG_ROUND), "is not complete yet");
-    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &p1, EC(UNAUTHORIZED), "checkpoints need an operator");
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &p1, EC(UNAUTHORIZED),
+               "checkpoints need an operator");
     rq.id = "nope";
     send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local, EC(NOT_FOUND), "no checkpoint nope");
     rq.action = 42;
@@ -1024,16 +1041,19 @@ START_TEST(test_checkpoint_restore_and_export)
     ck_assert_uint_eq(ra->round, 1);
     ck_assert_int_eq(ra->hash[0], 0x31);
     ck_assert_ptr_null(reply_to(&f, tag)); /* the reply waits for the file work */
-    spes_coord_sm_restored(f.c, f.now, ra->to, ra->id, SPES_ESTATE, "its state does not match the recorded digest");
+    spes_coord_sm_restored(f.c, f.now, ra->to, ra->id, SPES_ESTATE,
+                           "its state does not match the recorded digest");
     fx_collect(&f);
     Spes__Wire__Error *e = (Spes__Wire__Error *)decode(reply_to(&f, tag), SPES_MSG_ERROR);
     ck_assert_str_eq(e->message, "cannot restore ckpt-000001: its state does not match the recorded digest");
     spes_proto_free(&e->base);
     ck_assert_uint_eq(spes_coord_sm_round(f.c), 3);
     fx_clear(&f);
-    spes_coord_sm_restored(f.c, f.now, (spes_coord_to){never_called, (void *)(intptr_t)tag}, "ckpt-000001", 0, "");
+    spes_coord_sm_restored(f.c, f.now, (spes_coord_to){never_called, (void *)(intptr_t)tag}, "ckpt-000001", 0,
+                           "");
     fx_collect(&f);
-    Spes__Wire__CheckpointReply *r = (Spes__Wire__CheckpointReply *)decode(reply_to(&f, tag), SPES_MSG_CHECKPOINT_REPLY);
+    Spes__Wire__CheckpointReply *r =
+        (Spes__Wire__CheckpointReply *)decode(reply_to(&f, tag), SPES_MSG_CHECKPOINT_REPLY);
     ck_assert_str_eq(r->message, "run restored to ckpt-000001 (round 1)");
     spes_proto_free(&r->base);
     e = (Spes__Wire__Error *)decode(reply_to(&f, wtag), SPES_MSG_ERROR);
@@ -1122,9 +1142,11 @@ START_TEST(test_run_complete_and_final_checkpoint)
     spes_proto_free(&e->base);
     fx_clear(&f);
     for (int k = 0; k < 2; k++) { /* twice: the record is replaced, not duplicated */
-        spes_coord_sm_final_saved(f.c, f.now, (spes_coord_to){never_called, (void *)(intptr_t)tag}, "ckpt-000002", 0, "");
+        spes_coord_sm_final_saved(f.c, f.now, (spes_coord_to){never_called, (void *)(intptr_t)tag},
+                                  "ckpt-000002", 0, "");
         fx_collect(&f);
-        Spes__Wire__CheckpointReply *r = (Spes__Wire__CheckpointReply *)decode(reply_to(&f, tag), SPES_MSG_CHECKPOINT_REPLY);
+        Spes__Wire__CheckpointReply *r =
+            (Spes__Wire__CheckpointReply *)decode(reply_to(&f, tag), SPES_MSG_CHECKPOINT_REPLY);
         ck_assert_str_eq(r->message, "checkpoint ckpt-000002 of the completed run saved");
         ck_assert_uint_eq(r->n_checkpoints, 1);
         ck_assert(r->checkpoints[0]->complete);
@@ -1144,13 +1166,15 @@ START_TEST(test_checkpoint_records_are_bounded)
     two_node_round(&f, 1000);
     uint32_t ids[2] = {0, 1};
     for (int r = 0; r < SPES_COORD_MAX_CKPTS + 3; r++) {
-        Spes__Wire__CheckpointReply *rep = ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
+        Spes__Wire__CheckpointReply *rep =
+            ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
         spes_proto_free(&rep->base);
         commit_round(&f, ids, 2, (uint64_t)r);
         digest(&f, 1, (uint64_t)r + 1, 0x40, NULL);
         fx_clear(&f);
     }
-    Spes__Wire__CheckpointReply *l = ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
+    Spes__Wire__CheckpointReply *l =
+        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
     ck_assert_uint_eq(l->n_checkpoints, SPES_COORD_MAX_CKPTS);
     ck_assert_str_eq(l->checkpoints[0]->id, "ckpt-000004"); /* the oldest three went */
     spes_proto_free(&l->base);
@@ -1174,7 +1198,8 @@ START_TEST(test_persistence_round_trip_and_restart)
     commit_round(&f, ids, 2, 0);
     digest(&f, 0, 1, 0x61, NULL);
     join_ok(&f, "node-2");
-    Spes__Wire__CheckpointReply *r = ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
+    Spes__Wire__CheckpointReply *r =
+        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
     spes_proto_free(&r->base);
     Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
@@ -1207,7 +1232,8 @@ START_TEST(test_persistence_round_trip_and_restart)
     ck_assert_int_eq(after->members[2]->state, NS(EVICTED));
     spes_proto_free(&after->base);
     spes_proto_free(&before->base);
-    Spes__Wire__CheckpointReply *l = ckpt_req(&g, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
+    Spes__Wire__CheckpointReply *l =
+        ckpt_req(&g, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
     ck_assert_uint_eq(l->n_checkpoints, 1);
     ck_assert_str_eq(l->checkpoints[0]->id, "ckpt-000002");
     spes_proto_free(&l->base);
@@ -1233,7 +1259,8 @@ START_TEST(test_persistence_round_trip_and_restart)
     Spes__Wire__Accept *a0 = (Spes__Wire__Accept *)heartbeat(&g, 0, 1, NS(JOINING), SPES_MSG_ACCEPT);
     Spes__Wire__Accept *a1 = (Spes__Wire__Accept *)heartbeat(&g, 1, 1, NS(JOINING), SPES_MSG_ACCEPT);
     ck_assert_int_eq(a0->state_hash.data[0], 0x61);
-    ck_assert_uint_eq(mask_of(a0->columns, a0->n_columns) | mask_of(a1->columns, a1->n_columns), (1u << E_COLS) - 1);
+    ck_assert_uint_eq(mask_of(a0->columns, a0->n_columns) | mask_of(a1->columns, a1->n_columns),
+                      (1u << E_COLS) - 1);
     spes_proto_free(&a0->base);
     spes_proto_free(&a1->base);
     /* a new member never reuses an id */
@@ -1257,13 +1284,14 @@ START_TEST(test_restart_waits_at_most_failure_timeout)
     fx_run_config(&f, 100);
     ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
     /* the state file as the coordinator before the library wrote it (same fields and layout) */
-    const char *old = "{\n \"run_id\": \"3f2a9c1d00e4b7aa\",\n \"round\": 7,\n \"step\": 35,\n \"next_id\": 2,\n"
-                      " \"state_hash\": \"6161616161616161616161616161616161616161616161616161616161616161\",\n"
-                      " \"prev_state_hash\": \"6060606060606060606060606060606060606060606060606060606060606060\",\n"
-                      " \"members\": [\n  {\n   \"id\": 0,\n   \"name\": \"node-0\",\n   \"url\": \"tcp://a:1\",\n"
-                      "   \"state\": 3,\n   \"columns\": [\n    0,\n    1\n   ]\n  },\n  {\n   \"id\": 1,\n"
-                      "   \"name\": \"node-1\",\n   \"url\": \"tcp://b:1\",\n   \"state\": 3,\n   \"columns\": [\n"
-                      "    2,\n    3\n   ]\n  }\n ],\n \"checkpoints\": [],\n \"pending_checkpoint\": \"\"\n}";
+    const char *old =
+        "{\n \"run_id\": \"3f2a9c1d00e4b7aa\",\n \"round\": 7,\n \"step\": 35,\n \"next_id\": 2,\n"
+        " \"state_hash\": \"6161616161616161616161616161616161616161616161616161616161616161\",\n"
+        " \"prev_state_hash\": \"6060606060606060606060606060606060606060606060606060606060606060\",\n"
+        " \"members\": [\n  {\n   \"id\": 0,\n   \"name\": \"node-0\",\n   \"url\": \"tcp://a:1\",\n"
+        "   \"state\": 3,\n   \"columns\": [\n    0,\n    1\n   ]\n  },\n  {\n   \"id\": 1,\n"
+        "   \"name\": \"node-1\",\n   \"url\": \"tcp://b:1\",\n   \"state\": 3,\n   \"columns\": [\n"
+        "    2,\n    3\n   ]\n  }\n ],\n \"checkpoints\": [],\n \"pending_checkpoint\": \"\"\n}";
     ck_assert_int_eq(spes_coord_sm_load(f.c, old, "coordinator.json"), 0);
     ck_assert_str_eq(spes_coord_sm_run_id(f.c), "3f2a9c1d00e4b7aa");
     ck_assert_int_eq(spes_coord_sm_members(f.c), 2);
@@ -1305,17 +1333,23 @@ START_TEST(test_load_errors)
     const char *bad[] = {
         "{not json",
         "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1}",
-        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"state_hash\": \"zz\", \"members\": []}",
+        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"state_hash\": \"zz\", \"members\": "
+        "[]}",
         "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"members\": [{\"id\": 0}]}",
-        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"members\": [{\"id\": 0, \"name\": \"a\", "
+        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"members\": [{\"id\": 0, \"name\": "
+        "\"a\", "
         "\"url\": \"u\", \"state\": 3, \"columns\": [9]}]}",
-        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"members\": [{\"id\": 0, \"name\": \"a\", "
-        "\"url\": \"u\", \"state\": 3, \"columns\": []}, {\"id\": 0, \"name\": \"b\", \"url\": \"u\", \"state\": 3, "
+        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 1, \"members\": [{\"id\": 0, \"name\": "
+        "\"a\", "
+        "\"url\": \"u\", \"state\": 3, \"columns\": []}, {\"id\": 0, \"name\": \"b\", \"url\": \"u\", "
+        "\"state\": 3, "
         "\"columns\": []}]}",
-        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 0, \"members\": [], \"checkpoints\": [{}]}",
+        "{\"run_id\": \"r\", \"round\": 1, \"step\": 5, \"next_id\": 0, \"members\": [], \"checkpoints\": "
+        "[{}]}",
     };
-    const char *why[] = {"coordinator.json:1", "missing run_id", NULL, "lacks id, name", "column 9 outside 0..3",
-                         "member id 0 appears twice", "has no id"};
+    const char *why[] = {"coordinator.json:1", "missing run_id",        NULL,
+                         "lacks id, name",     "column 9 outside 0..3", "member id 0 appears twice",
+                         "has no id"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
         int rc = spes_coord_sm_load(f.c, bad[i], "coordinator.json");
@@ -1326,13 +1360,14 @@ START_TEST(test_load_errors)
     }
     /* a member with an id at or above next_id moves next_id on */
     ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
-    ck_assert_int_eq(spes_coord_sm_load(f.c,
-                                        "{\"run_id\": \"r\", \"round\": 0, \"step\": 0, \"next_id\": 0, \"state_hash\": "
-                                        "\"5050505050505050505050505050505050505050505050505050505050505050\", "
-                                        "\"members\": [{\"id\": 4, \"name\": \"node-4\", \"url\": \"u\", \"state\": 5, "
-                                        "\"columns\": []}], \"checkpoints\": [{\"id\": \"c\", \"holders\": [4, 4]}]}",
-                                        "coordinator.json"),
-                     0);
+    ck_assert_int_eq(
+        spes_coord_sm_load(f.c,
+                           "{\"run_id\": \"r\", \"round\": 0, \"step\": 0, \"next_id\": 0, \"state_hash\": "
+                           "\"5050505050505050505050505050505050505050505050505050505050505050\", "
+                           "\"members\": [{\"id\": 4, \"name\": \"node-4\", \"url\": \"u\", \"state\": 5, "
+                           "\"columns\": []}], \"checkpoints\": [{\"id\": \"c\", \"holders\": [4, 4]}]}",
+                           "coordinator.json"),
+        0);
     ck_assert_uint_eq(join_ok(&f, "node-9"), 5);
     spes_config_fini(&f.run);
     fx_clear(&f);
@@ -1386,7 +1421,8 @@ START_TEST(test_queue_grows_and_frees)
     ck_assert_int_eq(spes_coord_sm_next_action(f.c, &a), 1);
     ck_assert_ptr_eq(a.to.ctx, (void *)(intptr_t)1000);
     spes_coord_action_fini(&a);
-    for (int i = 100; i < 150; i++) /* more than the room left behind the taken one: first in, first out still */
+    for (int i = 100; i < 150;
+         i++) /* more than the room left behind the taken one: first in, first out still */
         spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &local,
                               (spes_coord_to){never_called, (void *)(intptr_t)(1000 + i)});
     for (int i = 1; i < 120; i++) {
@@ -1403,11 +1439,13 @@ START_TEST(test_reply_that_cannot_be_encoded)
     fx f;
     fx_init(&f, 1, 0, 100);
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
-    j.node_name = "bad\001name"; /* the daemon's decoder refuses such a name; the library never sends it either */
+    j.node_name =
+        "bad\001name"; /* the daemon's decoder refuses such a name; the library never sends it either */
     j.listen_url = "tcp://x:1";
     spes_proto_free(send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT));
     Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
-    Spes__Wire__Error *e = (Spes__Wire__Error *)send(&f, SPES_MSG_STATUS_REQUEST, &s.base, &local, SPES_MSG_ERROR);
+    Spes__Wire__Error *e =
+        (Spes__Wire__Error *)send(&f, SPES_MSG_STATUS_REQUEST, &s.base, &local, SPES_MSG_ERROR);
     ck_assert_ptr_nonnull(strstr(e->message, "cannot encode the reply: StatusReply.members[0].name"));
     spes_proto_free(&e->base);
     fx_fini(&f);

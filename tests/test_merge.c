@@ -20,9 +20,16 @@ END_TEST
 /* One layer, H = 2, I = 1, E = 3: each expert is gate (1x2), up (1x2), down (2x1). */
 START_TEST(test_merge_known_state)
 {
-    spes_model_config mc = {.vocab_size = 4, .hidden_size = 2, .intermediate_size = 1, .num_hidden_layers = 1,
-                            .num_attention_heads = 1, .num_key_value_heads = 1, .num_experts = 3,
-                            .num_experts_per_tok = 1, .rms_norm_eps = 1e-5, .rope_theta = 10000,
+    spes_model_config mc = {.vocab_size = 4,
+                            .hidden_size = 2,
+                            .intermediate_size = 1,
+                            .num_hidden_layers = 1,
+                            .num_attention_heads = 1,
+                            .num_key_value_heads = 1,
+                            .num_experts = 3,
+                            .num_experts_per_tok = 1,
+                            .rms_norm_eps = 1e-5,
+                            .rope_theta = 10000,
                             .max_position_embeddings = 16};
     spes_layout lo;
     ck_assert_int_eq(spes_layout_build(&lo, &mc), 0);

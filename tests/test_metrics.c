@@ -146,7 +146,8 @@ START_TEST(test_coordinator_families)
     ck_assert_ptr_nonnull(strstr(t, "spes_expert_owner_info{expert=\"2\",node=\"evil\\\"\\\\\\nname\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_contributions_refused_total{reason=\"non_finite\"} 2\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_digest_mismatches_total 3\n"));
-    ck_assert_ptr_nonnull(strstr(t, "spes_expert_router_load_ratio{layer=\"1\",expert=\"2\"} 0.59999999999999998\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "spes_expert_router_load_ratio{layer=\"1\",expert=\"2\"} 0.59999999999999998\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_expert_delta_norm{expert=\"1\"} 0.5\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_expert_delta_norm{expert=\"0\"} NaN\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_rounds_committed_total 7\n"));
@@ -188,8 +189,10 @@ START_TEST(test_reasons)
                      SPES_METRICS_R_NON_FINITE);
     ck_assert_int_eq(spes_metrics_reason_of("x: contribution value 5 moved by 9, beyond the bound 4"),
                      SPES_METRICS_R_OUT_OF_BOUND);
-    ck_assert_int_eq(spes_metrics_reason_of("x: not a contribution (bad magic or 3 bytes)"), SPES_METRICS_R_MALFORMED);
-    ck_assert_int_eq(spes_metrics_reason_of("cannot fetch blob 12ab from 2 peers"), SPES_METRICS_R_UNAVAILABLE);
+    ck_assert_int_eq(spes_metrics_reason_of("x: not a contribution (bad magic or 3 bytes)"),
+                     SPES_METRICS_R_MALFORMED);
+    ck_assert_int_eq(spes_metrics_reason_of("cannot fetch blob 12ab from 2 peers"),
+                     SPES_METRICS_R_UNAVAILABLE);
     ck_assert_int_eq(spes_metrics_reason_of("something else"), SPES_METRICS_R_OTHER);
     ck_assert_str_eq(spes_metrics_reason_name(SPES_METRICS_R_OUT_OF_BOUND), "out_of_bound");
 }
@@ -245,12 +248,14 @@ START_TEST(test_json)
     ck_assert_int_eq(json_array_size(own3), 2);
     ck_assert_str_eq(json_string_value(json_array_get(own3, 1)), "<b>x</b>");
     ck_assert_int_eq(json_array_size(json_object_get(ex, "router_load")), 2);
-    ck_assert(json_real_value(json_array_get(json_array_get(json_object_get(ex, "router_load"), 1), 0)) == 0.4);
+    ck_assert(json_real_value(json_array_get(json_array_get(json_object_get(ex, "router_load"), 1), 0)) ==
+              0.4);
     ck_assert(json_is_null(json_array_get(json_object_get(ex, "delta_norm"), 0)));
     json_t *h = json_array_get(json_object_get(o, "history"), 0);
     ck_assert(json_real_value(json_object_get(h, "loss")) == 5.5);
-    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(h, "nodes"), 0), "name")),
-                     "<b>x</b>");
+    ck_assert_str_eq(
+        json_string_value(json_object_get(json_array_get(json_object_get(h, "nodes"), 0), "name")),
+        "<b>x</b>");
     ck_assert_int_eq(json_array_size(json_object_get(json_object_get(o, "last_round"), "refused")), 1);
     json_decref(o);
     free(txt);

@@ -878,8 +878,12 @@ START_TEST(test_limits_raw_connections)
      * another address is answered throughout */
     server_fx fx;
     fx.tls = tls_for(ca_a, "node-1", 1);
-    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0", .tls = fx.tls, .handler = echo_handler,
-                              .handshake_timeout_ms = 1500, .max_conns_per_addr = 8, .max_conns = 64};
+    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0",
+                              .tls = fx.tls,
+                              .handler = echo_handler,
+                              .handshake_timeout_ms = 1500,
+                              .max_conns_per_addr = 8,
+                              .max_conns = 64};
     ck_assert_msg(spes_net_server_open(&fx.srv, &o) == 0, "%s", spes_errmsg());
     int port = spes_net_server_port(fx.srv);
     snprintf(fx.url, sizeof fx.url, "tls+tcp://127.0.0.1:%d", port);
@@ -887,18 +891,20 @@ START_TEST(test_limits_raw_connections)
     for (int i = 0; i < 20; i++)
         fd[i] = raw_tcp(port, "127.0.0.2");
     /* half a ClientHello: a record header announcing 512 bytes, then 16 of them */
-    static const unsigned char half[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    static const unsigned char half[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+                                         1,    2,    3,    4,    5,    6,    7,    8,    9,    10};
     int hs = raw_tcp(port, "127.0.0.3");
     ck_assert_int_eq(write(hs, half, sizeof half), (ssize_t)sizeof half);
     double t0 = now_s();
     usleep(800 * 1000); /* before the deadline: only the cap has acted */
     int early = count_closed(fd, 20, 10);
-    ck_assert_msg(early == 12, "%d of 20 connections from one address closed before the deadline, want 12 (cap 8)",
-                  early);
+    ck_assert_msg(early == 12,
+                  "%d of 20 connections from one address closed before the deadline, want 12 (cap 8)", early);
     ck_assert_int_eq(is_closed(hs, 1), 0);
     char *rep = NULL;
     double c0 = now_s();
-    ck_assert_msg(call_as(fx.url, ca_a, "node-2", "hello", 5000, &rep) == 0, "honest call: %s", spes_errmsg());
+    ck_assert_msg(call_as(fx.url, ca_a, "node-2", "hello", 5000, &rep) == 0, "honest call: %s",
+                  spes_errmsg());
     ck_assert_str_eq(rep, "node-2/node:hello");
     free(rep);
     ck_assert_msg(now_s() - c0 < 4.0, "honest call took %.3f s", now_s() - c0);
@@ -928,14 +934,21 @@ START_TEST(test_limits_idle_and_total)
 {
     server_fx fx;
     fx.tls = tls_for(ca_a, "node-1", 1);
-    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0", .tls = fx.tls, .handler = echo_handler,
-                              .idle_timeout_ms = 1000, .max_conns = 3, .max_conns_per_addr = 8};
+    spes_net_server_opts o = {.url = "tls+tcp://127.0.0.1:0",
+                              .tls = fx.tls,
+                              .handler = echo_handler,
+                              .idle_timeout_ms = 1000,
+                              .max_conns = 3,
+                              .max_conns_per_addr = 8};
     ck_assert_msg(spes_net_server_open(&fx.srv, &o) == 0, "%s", spes_errmsg());
     snprintf(fx.url, sizeof fx.url, "tls+tcp://127.0.0.1:%d", spes_net_server_port(fx.srv));
     spes_net_tls *t = tls_for(ca_a, "node-2", 0);
     spes_net_client *c[4];
     for (int i = 0; i < 4; i++) {
-        spes_net_client_opts co = {.url = fx.url, .tls = t, .wait_connect = i < 3, .reconnect_min_ms = 2000,
+        spes_net_client_opts co = {.url = fx.url,
+                                   .tls = t,
+                                   .wait_connect = i < 3,
+                                   .reconnect_min_ms = 2000,
                                    .reconnect_max_ms = 2000};
         ck_assert_msg(spes_net_client_open(&c[i], &co) == 0, "client %d: %s", i, spes_errmsg());
     }
@@ -953,7 +966,8 @@ START_TEST(test_limits_idle_and_total)
         usleep(50 * 1000);
     }
     ck_assert_msg(st.idle_closed >= 3, "%llu idle connections closed", (unsigned long long)st.idle_closed);
-    ck_assert_msg(now_s() - t0 > 0.4, "idle connections closed after %.2f s (deadline 1 s)", now_s() - t0 + 0.3);
+    ck_assert_msg(now_s() - t0 > 0.4, "idle connections closed after %.2f s (deadline 1 s)",
+                  now_s() - t0 + 0.3);
     for (int i = 0; i < 4; i++)
         spes_net_client_close(c[i]);
     /* an honest client still gets in and is answered */
@@ -964,7 +978,6 @@ START_TEST(test_limits_idle_and_total)
     server_stop(&fx);
 }
 END_TEST
-
 
 static Suite *net_suite(void)
 {

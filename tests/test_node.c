@@ -20,8 +20,10 @@
 #define MAX_GOT 256
 
 static const char *RUN_JSON =
-    "{\"model\": {\"vocab_size\": 256, \"hidden_size\": 32, \"intermediate_size\": 48, \"num_hidden_layers\": 2,"
-    " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"num_experts\": 4, \"num_experts_per_tok\": 2},"
+    "{\"model\": {\"vocab_size\": 256, \"hidden_size\": 32, \"intermediate_size\": 48, "
+    "\"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"num_experts\": 4, \"num_experts_per_tok\": "
+    "2},"
     " \"train\": {\"seq_len\": 32, \"batch_size\": 4, \"max_steps\": 400, \"seed\": 5},"
     " \"spes\": {\"sync_interval\": 5, \"merge_interval\": 10, \"merge_alpha\": 0.0, \"merge_topk\": 1}}";
 
@@ -52,8 +54,14 @@ static void pump(T *t)
 static void setup_opts(T *t, int keep_blobs, const char *coordinator)
 {
     memset(t, 0, sizeof *t);
-    spes_node_opts o = {.name = "node-2", .listen = ME, .coordinator = coordinator, .data = "",
-                        .codec = "bf16", .threads = 2, .heartbeat_ms = HB_MS, .keep_blobs = keep_blobs};
+    spes_node_opts o = {.name = "node-2",
+                        .listen = ME,
+                        .coordinator = coordinator,
+                        .data = "",
+                        .codec = "bf16",
+                        .threads = 2,
+                        .heartbeat_ms = HB_MS,
+                        .keep_blobs = keep_blobs};
     ck_assert_int_eq(spes_node_sm_init(&t->sm, &o), 0);
     t->now = 1000000;
 }
@@ -305,7 +313,8 @@ START_TEST(test_join_accept_prepare)
     ck_assert_str_eq(j->peers[0].url, COORD);
     ck_assert_int_eq(j->peers[0].is_coord, 1);
     tick(&t, 10 * HB_MS); /* preparing: heartbeats */
-    Spes__Wire__Heartbeat *hb = (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
+    Spes__Wire__Heartbeat *hb =
+        (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
     ck_assert_int_eq(hb->state, NS(ACTIVE));
     spes_proto_free(&hb->base);
     reply_ack(&t, SPES_NODE_CALL_HEARTBEAT);
@@ -343,7 +352,8 @@ START_TEST(test_prepare_without_columns_then_heartbeat_accept)
     ck_assert_int_eq(t.n, 0);
     tick(&t, 1);
     spes_node_sm_progress(&t.sm, 1, 7, 3.25, 900.0);
-    Spes__Wire__Heartbeat *hb = (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
+    Spes__Wire__Heartbeat *hb =
+        (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
     ck_assert_int_eq(hb->state, NS(JOINING));
     ck_assert_uint_eq(hb->node_id, 2);
     ck_assert_uint_eq(hb->round, 0);
@@ -412,7 +422,8 @@ START_TEST(test_too_far_behind_rejoins_and_keeps_the_run)
     reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 6, 30, 0x66, cols, 1);
     spes_node_job_free(take_job(&t, SPES_NODE_JOB_TRAIN));
     tick(&t, HB_MS);
-    reply_reject(&t, SPES_NODE_CALL_HEARTBEAT, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0, "too far behind");
+    reply_reject(&t, SPES_NODE_CALL_HEARTBEAT, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0,
+                 "too far behind");
     ck_assert_int_eq(t.sm.phase, SPES_NODE_TRAIN);
     /* other rejects are only logged nowhere: nothing changes */
     tick(&t, HB_MS);
@@ -554,7 +565,8 @@ START_TEST(test_round_train_announce_commit_digest)
     ck_assert_int_eq(t.sm.phase, SPES_NODE_WAIT);
     /* waiting: a heartbeat brings the commit of another round (ignored), then ours */
     tick(&t, HB_MS);
-    Spes__Wire__Heartbeat *hb = (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
+    Spes__Wire__Heartbeat *hb =
+        (Spes__Wire__Heartbeat *)sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT);
     ck_assert_int_eq(hb->state, NS(JOINING));
     spes_proto_free(&hb->base);
     commit_spec other = {.round = 7, .next_step = 40, .base = 0x77};
@@ -563,8 +575,15 @@ START_TEST(test_round_train_announce_commit_digest)
     ck_assert_int_eq(t.sm.phase, SPES_NODE_WAIT);
     tick(&t, HB_MS);
     spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
-    commit_spec cs = {.round = 1, .next_step = 10, .base = 0x11, .nc = 3, .contrib = {0, 2, 5},
-                      .np = 3, .peer = {0, 2, 5}, .merge = 1, .ckpt = "ck-10"};
+    commit_spec cs = {.round = 1,
+                      .next_step = 10,
+                      .base = 0x11,
+                      .nc = 3,
+                      .contrib = {0, 2, 5},
+                      .np = 3,
+                      .peer = {0, 2, 5},
+                      .merge = 1,
+                      .ckpt = "ck-10"};
     reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
     ck_assert_int_eq(t.sm.phase, SPES_NODE_APPLY);
     spes_node_job *j = take_job(&t, SPES_NODE_JOB_APPLY);
@@ -598,8 +617,9 @@ START_TEST(test_round_train_announce_commit_digest)
     j->u.apply.bytes_served = 777;
     t.now += 1000;
     job_done(&t, j);
-    ck_assert(logged(&t, "round 1 applied: state digest 1212121212121212 (blob bytes received 4096, served 777 in "
-                         "all; train 3.00 s, sync 2.10 s)"));
+    ck_assert(
+        logged(&t, "round 1 applied: state digest 1212121212121212 (blob bytes received 4096, served 777 in "
+                   "all; train 3.00 s, sync 2.10 s)"));
     ck_assert_uint_eq(t.sm.round, 2);
     ck_assert_uint_eq(t.sm.step, 10);
     ck_assert_int_eq(t.sm.phase, SPES_NODE_DIGEST);
@@ -631,7 +651,8 @@ START_TEST(test_announce_not_taken_and_lost)
     joined(&t, 1, 0x11, cols, 1);
     trained(&t);
     spes_proto_free(sent(&t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE));
-    reply_reject(&t, SPES_NODE_CALL_ANNOUNCE, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 0, "NaN in contribution");
+    reply_reject(&t, SPES_NODE_CALL_ANNOUNCE, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 0,
+                 "NaN in contribution");
     ck_assert(logged(&t, "round 1: contribution not taken: NaN in contribution"));
     ck_assert_int_eq(t.sm.phase, SPES_NODE_WAIT);
     /* the coordinator restarted and lost our announcement: it hands us the round again */
@@ -667,7 +688,8 @@ START_TEST(test_commit_that_left_us_out)
     /* the round closes without us while we train: abandon the job, keep the commit */
     tick(&t, HB_MS);
     spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
-    commit_spec cs = {.round = 4, .next_step = 25, .base = 0x44, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
+    commit_spec cs = {
+        .round = 4, .next_step = 25, .base = 0x44, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
     reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
     ck_assert_int_eq(count(&t, SPES_NODE_ACT_CANCEL), 1);
     ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 1);
@@ -707,7 +729,8 @@ START_TEST(test_commit_while_training_that_finished)
     joined(&t, 4, 0x44, cols, 1);
     spes_node_job *j = take_job(&t, SPES_NODE_JOB_TRAIN);
     tick(&t, HB_MS);
-    commit_spec cs = {.round = 4, .next_step = 25, .base = 0x44, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
+    commit_spec cs = {
+        .round = 4, .next_step = 25, .base = 0x44, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
     reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
     /* the job finished anyway: its contribution is too late, the commit is applied */
     job_done(&t, j);
@@ -747,7 +770,8 @@ START_TEST(test_apply_failure_forgets_state)
     setup_opts(&t, 0, COORD);
     joined(&t, 2, 0x22, NULL, 0);
     tick(&t, HB_MS);
-    commit_spec cs = {.round = 2, .next_step = 15, .base = 0x22, .nc = 1, .contrib = {3}, .np = 1, .peer = {3}};
+    commit_spec cs = {
+        .round = 2, .next_step = 15, .base = 0x22, .nc = 1, .contrib = {3}, .np = 1, .peer = {3}};
     reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
     spes_node_job *j = take_job(&t, SPES_NODE_JOB_APPLY);
     j->rc = SPES_ENET;
@@ -816,8 +840,8 @@ static void run_rounds(T *t, uint64_t first, uint64_t last, int *released)
 {
     for (uint64_t r = first; r <= last; r++) {
         tick(t, HB_MS);
-        commit_spec cs = {.round = r, .next_step = 5 * (r + 1), .nc = 2, .contrib = {1, 3}, .np = 2,
-                          .peer = {1, 3}};
+        commit_spec cs = {
+            .round = r, .next_step = 5 * (r + 1), .nc = 2, .contrib = {1, 3}, .np = 2, .peer = {1, 3}};
         reply_commit(t, SPES_NODE_CALL_HEARTBEAT, &cs);
         applied(t, (uint8_t)(0xa0 + r));
         released[r] = count(t, SPES_NODE_ACT_RELEASE);
@@ -964,8 +988,8 @@ START_TEST(test_validate_for_the_coordinator)
     memset(mans, 0x61, sizeof mans);
     const char *urls[] = {"tls+tcp://a:1", "tls+tcp://b:1"};
     const char *names[] = {"node-a", "node-b"};
-    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 3, 2, (const uint8_t(*)[32])hashes, (const uint8_t(*)[32])mans,
-                                           urls, names, &t.out),
+    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 3, 2, (const uint8_t(*)[32])hashes,
+                                           (const uint8_t(*)[32])mans, urls, names, &t.out),
                      0);
     pump(&t);
     spes_node_job *j = take_job(&t, SPES_NODE_JOB_VALIDATE);

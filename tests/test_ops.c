@@ -337,16 +337,20 @@ START_TEST(top_once)
     run_ctl(&o, no_env, (const char *[]){"top", "--once", "--socket", fd_.path, NULL});
     ck_assert_msg(o.status == 0, "exit %d: %s", o.status, o.err);
     ck_assert_int_eq(fd_.got_type, SPES_MSG_STATUS_REQUEST);
-    ck_assert_msg(strstr(o.out, "spes top  run demo-run  round 7  step 175  loss 2.2500  tokens/s 3003"), "%s", o.out);
+    ck_assert_msg(strstr(o.out, "spes top  run demo-run  round 7  step 175  loss 2.2500  tokens/s 3003"),
+                  "%s", o.out);
     ck_assert_msg(strstr(o.out, "loss 2.25 .. 2.25 over rounds 6..6"), "%s", o.out);
-    ck_assert_msg(strstr(o.out, "last round 6: 2 contributors, merge applied, 1 refused, 1 digest mismatch\n"), "%s",
-                  o.out);
+    ck_assert_msg(
+        strstr(o.out, "last round 6: 2 contributors, merge applied, 1 refused, 1 digest mismatch\n"), "%s",
+        o.out);
     ck_assert_msg(strstr(o.out, "\n2    node-2           failed    5-7 "), "%s", o.out);
     ck_assert_msg(strstr(o.out, "\n0    node-0           active    0-2 "), "%s", o.out);
     /* expert map: columns 0-2 node-0, 3-4 node-1, 5-7 node-2 */
-    ck_assert_msg(strstr(o.out, "  0:node-0 ") && strstr(o.out, "  4:node-1 ") && strstr(o.out, "  7:node-2 "), "%s",
+    ck_assert_msg(strstr(o.out, "  0:node-0 ") && strstr(o.out, "  4:node-1 ") &&
+                      strstr(o.out, "  7:node-2 "),
+                  "%s", o.out);
+    ck_assert_msg(strstr(o.out, "refused: contribution has NaN in layers.0.experts.5.gate_proj\n"), "%s",
                   o.out);
-    ck_assert_msg(strstr(o.out, "refused: contribution has NaN in layers.0.experts.5.gate_proj\n"), "%s", o.out);
     ck_assert_msg(strstr(o.out, "digest mismatch: node 1 (node-1)\n"), "%s", o.out);
     ck_assert_msg(!strchr(o.out, '\033'), "--once prints no escape sequences: %s", o.out);
 }

@@ -154,8 +154,10 @@ static void outer_fixture(float *base, const spes_contrib **cs, spes_contrib *st
     }
     for (int i = 0; i < OC; i++)
         o_v1[OS + i] = base[OS + OC + i] + 0.07f;
-    st[0] = (spes_contrib){.node = 1, .ncols = 2, .cols = o_c0, .shared_numel = OS, .column_numel = OC, .val = o_v0};
-    st[1] = (spes_contrib){.node = 2, .ncols = 1, .cols = o_c1, .shared_numel = OS, .column_numel = OC, .val = o_v1};
+    st[0] = (spes_contrib){
+        .node = 1, .ncols = 2, .cols = o_c0, .shared_numel = OS, .column_numel = OC, .val = o_v0};
+    st[1] = (spes_contrib){
+        .node = 2, .ncols = 1, .cols = o_c1, .shared_numel = OS, .column_numel = OC, .val = o_v1};
     st[2] = (spes_contrib){.node = 5, .ncols = 0, .shared_numel = OS, .column_numel = OC, .val = o_v2};
     for (int k = 0; k < 3; k++)
         cs[k] = &st[k];
@@ -262,15 +264,16 @@ static int outer_io(const char *in, const char *out)
     spes_contrib st[64];
     const spes_contrib *cs[64];
     memset(st, 0, sizeof st);
-    if (!p || !m || fread(p, 4, lo.total_numel, f) != lo.total_numel || fread(m, 4, lo.total_numel, f) != lo.total_numel)
+    if (!p || !m || fread(p, 4, lo.total_numel, f) != lo.total_numel ||
+        fread(m, 4, lo.total_numel, f) != lo.total_numel)
         goto done;
     for (int k = 0; k < h[3]; k++) {
         int32_t nn[2];
         if (fread(nn, 4, 2, f) != 2 || nn[1] < 0 || nn[1] > h[2])
             goto done;
         size_t nv = lo.shared_numel + (size_t)nn[1] * lo.column_numel;
-        st[k] = (spes_contrib){.node = nn[0], .ncols = nn[1], .shared_numel = lo.shared_numel,
-                               .column_numel = lo.column_numel};
+        st[k] = (spes_contrib){
+            .node = nn[0], .ncols = nn[1], .shared_numel = lo.shared_numel, .column_numel = lo.column_numel};
         st[k].cols = malloc(((size_t)nn[1] + 1) * 4);
         st[k].val = malloc(nv * 4);
         cs[k] = &st[k];
@@ -281,7 +284,8 @@ static int outer_io(const char *in, const char *out)
     spes_outer o = {.lr = lm[0], .mu = lm[1], .mom = m};
     if (spes_aggregate_outer(p, &lo, h[2], cs, h[3], &o) == 0) {
         FILE *g = fopen(out, "wb");
-        if (g && fwrite(p, 4, lo.total_numel, g) == lo.total_numel && fwrite(m, 4, lo.total_numel, g) == lo.total_numel)
+        if (g && fwrite(p, 4, lo.total_numel, g) == lo.total_numel &&
+            fwrite(m, 4, lo.total_numel, g) == lo.total_numel)
             rc = 0;
         if (g && fclose(g))
             rc = 1;
@@ -325,7 +329,8 @@ START_TEST(test_state_blob)
     ck_assert_mem_eq(w, m, sizeof m);
     ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, NULL, "t"), 0);
     ck_assert_mem_eq(q, p, sizeof p);
-    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, w, "t"), SPES_EFORMAT);   /* plain where momentum is due */
+    ck_assert_int_eq(spes_state_blob_parse(b1, l1, 9, 5, q, w, "t"),
+                     SPES_EFORMAT); /* plain where momentum is due */
     ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 5, q, NULL, "t"), SPES_EFORMAT); /* and the other way */
     ck_assert_int_eq(spes_state_blob_parse(b2, l2, 9, 6, q, w, "t"), SPES_EFORMAT);    /* round */
     ck_assert_int_eq(spes_state_blob_parse(b2, l2, 8, 5, q, w, "t"), SPES_EFORMAT);    /* size */

@@ -615,7 +615,8 @@ START_TEST(corpus_library_call)
         read_ids(out, got, &n);
         ck_assert_uint_eq(n, nw);
         for (size_t i = 0; i < nw; i++)
-            ck_assert_msg(got[i] == want[i], "batch %zu: id %zu is %u, want %u", batches[b], i, got[i], want[i]);
+            ck_assert_msg(got[i] == want[i], "batch %zu: id %zu is %u, want %u", batches[b], i, got[i],
+                          want[i]);
     }
     /* a line without the field: the message names file and line; nothing is written */
     const char *bad = "{\"body\":\"a\"}\n{\"text\":\"b\"}\n";

@@ -65,5 +65,6 @@ int spes_load_model(spes_model **out, const char *dir, int B, int T, spes_pool *
         return load_own(out, dir, B, T, pool);
     if (has_hf)
         return load_hf(out, dir, B, T, pool);
-    return spes_errf(SPES_ENOENT, "%s: no checkpoint there (neither %s nor model.safetensors)", dir, SPES_CKPT_FILE);
+    return spes_errf(SPES_ENOENT, "%s: no checkpoint there (neither %s nor model.safetensors)", dir,
+                     SPES_CKPT_FILE);
 }

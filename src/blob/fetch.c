@@ -93,7 +93,7 @@ struct fetch {
     int whole_on;
     uint32_t hashed;
     uint32_t read_back; /* chunks hashed from H.part, not on arrival */
-    uint8_t *hbuf; /* (chunk_size) read-back buffer */
+    uint8_t *hbuf;      /* (chunk_size) read-back buffer */
     spes_blob_fetch_stats st;
 };
 
@@ -610,7 +610,8 @@ static int hash_ahead(fetch *f, uint32_t max)
     int rc = 0;
     pthread_mutex_lock(&f->wmu);
     rc = whole_start(f);
-    for (uint32_t k = 0; !rc && k < max && f->hashed < f->m.chunk_count && f->cstate[f->hashed] == C_DONE; k++) {
+    for (uint32_t k = 0; !rc && k < max && f->hashed < f->m.chunk_count && f->cstate[f->hashed] == C_DONE;
+         k++) {
         spes_chunk_header h;
         rc = spes_chunk_header_for(&f->m, f->hashed, &h);
         if (!rc)
@@ -639,8 +640,9 @@ static int finish(fetch *f)
         f->whole_on = 0;
         pthread_mutex_unlock(&f->wmu);
     }
-    log_debug("blob %.16s: fsync %.3f s, rest of the whole-blob hash %.3f s, %u of %u chunks read back to hash",
-              f->hex, t1 - t0, spes_mono_s() - t1, f->read_back, f->m.chunk_count);
+    log_debug(
+        "blob %.16s: fsync %.3f s, rest of the whole-blob hash %.3f s, %u of %u chunks read back to hash",
+        f->hex, t1 - t0, spes_mono_s() - t1, f->read_back, f->m.chunk_count);
     if (rc)
         return rc;
     if (memcmp(whole, f->hash, 32) != 0) {

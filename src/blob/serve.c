@@ -81,8 +81,8 @@ typedef struct reply_to {
     int in_place; /* set when the reply went into alloc's buffer */
 } reply_to;
 
-static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t index, reply_to *to, uint8_t **rep,
-                        size_t *rep_len)
+static int answer_chunk(spes_blob_store *s, const uint8_t hash[32], uint32_t index, reply_to *to,
+                        uint8_t **rep, size_t *rep_len)
 {
     spes__blob_mref *r;
     spes_chunk_header h;
@@ -141,7 +141,8 @@ static int dispatch(spes_blob_store *s, int type, const ProtobufCMessage *msg, r
     return spes_errf(SPES_EFORMAT, "%s: not a blob request (BlobWant or ChunkRequest)", name ? name : "?");
 }
 
-static int handle(spes_blob_store *s, const void *req, size_t len, reply_to *to, uint8_t **rep, size_t *rep_len)
+static int handle(spes_blob_store *s, const void *req, size_t len, reply_to *to, uint8_t **rep,
+                  size_t *rep_len)
 {
     int type = 0;
     ProtobufCMessage *msg = NULL;
@@ -262,7 +263,8 @@ int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spe
         return spes_errf(SPES_EINVAL, "%s: an endpoint needs a handler for other requests", o->url);
     spes_net_server_opts so = *o;
     so.nlanes = 2;
-    so.lanes[LANE_OTHER] = (spes_net_lane){o->handler, o->arg, o->contexts > 0 ? o->contexts : SPES_BLOB_CONTROL_CONTEXTS};
+    so.lanes[LANE_OTHER] =
+        (spes_net_lane){o->handler, o->arg, o->contexts > 0 ? o->contexts : SPES_BLOB_CONTROL_CONTEXTS};
     so.lanes[LANE_BLOB] = (spes_net_lane){endpoint_blob, s, SPES_BLOB_LANE_CONTEXTS};
     so.classify = endpoint_lane;
     so.classify_arg = NULL;

@@ -68,8 +68,9 @@ int spes_outer_load(const char *dir, float *mom, size_t numel, int64_t round)
     memcpy(&r, buf + 16, 8);
     memcpy(&n, buf + 24, 8);
     if (ver != 1 || n != numel || len != OUTER_HDR + numel * 4 + 32) {
-        rc = spes_errf(SPES_EFORMAT, "%s: version %u with %llu values in %zu bytes, expected version 1 with %zu", path,
-                       ver, (unsigned long long)n, len, numel);
+        rc = spes_errf(SPES_EFORMAT,
+                       "%s: version %u with %llu values in %zu bytes, expected version 1 with %zu", path, ver,
+                       (unsigned long long)n, len, numel);
         goto done;
     }
     if ((rc = digest((const uint8_t *)buf, len - 32, dg)) != 0)
@@ -79,7 +80,8 @@ int spes_outer_load(const char *dir, float *mom, size_t numel, int64_t round)
         goto done;
     }
     if ((int64_t)r != round) {
-        rc = spes_errf(SPES_ESTATE, "%s: momentum of round %lld, expected %lld", path, (long long)r, (long long)round);
+        rc = spes_errf(SPES_ESTATE, "%s: momentum of round %lld, expected %lld", path, (long long)r,
+                       (long long)round);
         goto done;
     }
     memcpy(mom, buf + OUTER_HDR, numel * 4);

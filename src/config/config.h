@@ -14,18 +14,18 @@
 
 /* spes_model_config uses the Hugging Face OLMoE config.json names. */
 typedef struct spes_model_config {
-    int vocab_size;              /* V */
-    int hidden_size;             /* H */
-    int intermediate_size;       /* I */
-    int num_hidden_layers;       /* L */
-    int num_attention_heads;     /* NH; head dim D = H / NH */
-    int num_key_value_heads;     /* NKV, divides NH */
-    int num_experts;             /* E */
-    int num_experts_per_tok;     /* K */
+    int vocab_size;          /* V */
+    int hidden_size;         /* H */
+    int intermediate_size;   /* I */
+    int num_hidden_layers;   /* L */
+    int num_attention_heads; /* NH; head dim D = H / NH */
+    int num_key_value_heads; /* NKV, divides NH */
+    int num_experts;         /* E */
+    int num_experts_per_tok; /* K */
     double rms_norm_eps;
     double rope_theta;
-    int norm_topk_prob;          /* bool */
-    int tie_word_embeddings;     /* bool */
+    int norm_topk_prob;      /* bool */
+    int tie_word_embeddings; /* bool */
     int max_position_embeddings;
 } spes_model_config;
 
@@ -55,9 +55,9 @@ typedef struct spes_spes_config {
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */
 typedef struct spes_data_file {
-    char *path;      /* local path or http(s) URL */
-    char *sha256;    /* hex, may be NULL */
-    int64_t size;    /* bytes, -1 if unknown */
+    char *path;   /* local path or http(s) URL */
+    char *sha256; /* hex, may be NULL */
+    int64_t size; /* bytes, -1 if unknown */
 } spes_data_file;
 
 /* spes_data_config lists the token files, concatenated in order. */

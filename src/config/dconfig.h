@@ -9,29 +9,29 @@
 
 /* spes_dconfig is a daemon's settings. */
 typedef struct spes_dconfig {
-    char name[64];                         /* node identity; must equal the certificate's name */
-    char listen[SPES_DCONFIG_STR];         /* tls+tcp://HOST:PORT this node serves on */
-    char advertise[SPES_DCONFIG_STR];      /* the URL other nodes use to reach this daemon; default: listen */
-    char coordinator[SPES_DCONFIG_STR];    /* the coordinator's URL; empty: this node is the coordinator */
+    char name[64];                      /* node identity; must equal the certificate's name */
+    char listen[SPES_DCONFIG_STR];      /* tls+tcp://HOST:PORT this node serves on */
+    char advertise[SPES_DCONFIG_STR];   /* the URL other nodes use to reach this daemon; default: listen */
+    char coordinator[SPES_DCONFIG_STR]; /* the coordinator's URL; empty: this node is the coordinator */
     char ca[SPES_DCONFIG_STR], cert[SPES_DCONFIG_STR], key[SPES_DCONFIG_STR], crl[SPES_DCONFIG_STR];
-    char run_config[SPES_DCONFIG_STR];     /* coordinator only: the run config JSON */
-    char data[SPES_DCONFIG_STR];           /* this node's token file(s), comma-separated; overrides the run's */
-    char state_dir[SPES_DCONFIG_STR];      /* persistent state; one daemon per directory */
+    char run_config[SPES_DCONFIG_STR]; /* coordinator only: the run config JSON */
+    char data[SPES_DCONFIG_STR];       /* this node's token file(s), comma-separated; overrides the run's */
+    char state_dir[SPES_DCONFIG_STR];  /* persistent state; one daemon per directory */
     char control_socket[SPES_DCONFIG_STR]; /* unix socket for spesctl; default STATE_DIR/control.sock */
     char metrics[128];                     /* HOST:PORT of the Prometheus/HTTP listener; empty: none */
     char admission[16];                    /* "auto" or "approve" (coordinator) */
     char codec[8];                         /* "fp32" or "bf16" (coordinator: the run's contribution codec) */
     char log_level[8];
-    char fault[16];                        /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
+    char fault[16]; /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
                                             * "diverge" changes its state of round 3 once */
     int threads;
     int heartbeat_ms;
     int failure_timeout_ms;
     int round_deadline_ms;
-    int data_parts; /* the data is split into this many parts; a node reads part (id mod data_parts) */
-    int min_nodes; /* coordinator: round 0 opens once this many nodes have joined */
-    int plain; /* tests only: tcp:// without TLS */
-    int keep_blobs; /* keep every round's blobs (audits, tests); default: the last 3 rounds */
+    int data_parts;    /* the data is split into this many parts; a node reads part (id mod data_parts) */
+    int min_nodes;     /* coordinator: round 0 opens once this many nodes have joined */
+    int plain;         /* tests only: tcp:// without TLS */
+    int keep_blobs;    /* keep every round's blobs (audits, tests); default: the last 3 rounds */
     int blob_quota_mb; /* blob store quota: the oldest blobs beyond it are removed (0: none) */
 } spes_dconfig;
 

@@ -46,13 +46,13 @@ typedef struct spes_coord_now {
 
 /* spes_coord_settings are the daemon settings the coordinator decides with. */
 typedef struct spes_coord_settings {
-    char name[64];           /* the coordinator's own node (its digest is the agreed one) */
-    char listen[512];        /* the URL members reach the coordinator at (its advertise URL), shown in status */
-    int approve;             /* admission "approve": new nodes wait for an operator */
-    int min_nodes;           /* round 0 opens once this many nodes are active (1..SPES_COORD_MAX_MEMBERS) */
-    int failure_timeout_ms;  /* silence after which an active member is failed */
-    int round_deadline_ms;   /* a round commits with whoever announced once this passes */
-    uint64_t tick_ms;        /* the period the caller ticks at (a longer gap is a stall of the caller) */
+    char name[64];    /* the coordinator's own node (its digest is the agreed one) */
+    char listen[512]; /* the URL members reach the coordinator at (its advertise URL), shown in status */
+    int approve;      /* admission "approve": new nodes wait for an operator */
+    int min_nodes;    /* round 0 opens once this many nodes are active (1..SPES_COORD_MAX_MEMBERS) */
+    int failure_timeout_ms; /* silence after which an active member is failed */
+    int round_deadline_ms;  /* a round commits with whoever announced once this passes */
+    uint64_t tick_ms;       /* the period the caller ticks at (a longer gap is a stall of the caller) */
 } spes_coord_settings;
 
 /* spes_coord_action_kind says what an action asks the caller to do. */
@@ -76,18 +76,18 @@ enum spes_coord_action_kind {
 /* spes_coord_action is one output; the caller owns it once taken and frees it with spes_coord_action_fini. */
 typedef struct spes_coord_action {
     int kind;
-    spes_coord_to to;          /* REPLY and CKPT_*: who waits */
-    uint8_t *data;             /* REPLY, PERSIST_*: bytes; LOG: NUL-terminated text */
+    spes_coord_to to; /* REPLY and CKPT_*: who waits */
+    uint8_t *data;    /* REPLY, PERSIST_*: bytes; LOG: NUL-terminated text */
     size_t len;
-    int level;                 /* LOG */
-    uint64_t round;            /* PERSIST_COMMIT, VALIDATE, CKPT_FINAL, CKPT_RESTORE */
-    int n;                     /* VALIDATE: contributions, in member id order */
-    uint8_t (*hashes)[32];     /* VALIDATE: (n) blob hashes */
-    uint8_t (*manifests)[32];  /* VALIDATE: (n) manifest hashes */
-    char **urls, **names;      /* VALIDATE: (n) authors' listen URLs and names */
-    char id[SPES_COORD_ID_LEN];/* CKPT_* */
-    uint8_t hash[32];          /* CKPT_RESTORE: the recorded digest of its state */
-    char *out_dir;             /* CKPT_EXPORT */
+    int level;                  /* LOG */
+    uint64_t round;             /* PERSIST_COMMIT, VALIDATE, CKPT_FINAL, CKPT_RESTORE */
+    int n;                      /* VALIDATE: contributions, in member id order */
+    uint8_t (*hashes)[32];      /* VALIDATE: (n) blob hashes */
+    uint8_t (*manifests)[32];   /* VALIDATE: (n) manifest hashes */
+    char **urls, **names;       /* VALIDATE: (n) authors' listen URLs and names */
+    char id[SPES_COORD_ID_LEN]; /* CKPT_* */
+    uint8_t hash[32];           /* CKPT_RESTORE: the recorded digest of its state */
+    char *out_dir;              /* CKPT_EXPORT */
 } spes_coord_action;
 
 /* spes_coord_action_fini frees what an action owns. */

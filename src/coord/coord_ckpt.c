@@ -83,7 +83,8 @@ static coord_ckpt *add_ckpt(spes_coord_sm *c, const char *id)
     return k;
 }
 
-static void push_ckpt_action(spes_coord_sm *c, int kind, spes_coord_to to, const coord_ckpt *k, const char *out_dir)
+static void push_ckpt_action(spes_coord_sm *c, int kind, spes_coord_to to, const coord_ckpt *k,
+                             const char *out_dir)
 {
     spes_coord_action a = {.kind = kind, .to = to, .round = k->round};
     snprintf(a.id, sizeof a.id, "%s", k->id);
@@ -171,7 +172,8 @@ void coord_checkpoint_saved(spes_coord_sm *c, coord_member *m, const char *id, c
         memcpy(k->hash, hash, 32);
         k->hash_known = 1;
         k->complete = 1;
-        coord_log(c, SPES_LOG_INFO, "checkpoint %s complete (round %llu)", k->id, (unsigned long long)k->round);
+        coord_log(c, SPES_LOG_INFO, "checkpoint %s complete (round %llu)", k->id,
+                  (unsigned long long)k->round);
         for (int i = 0; i < c->nwaiters;) {
             if (!strcmp(c->waiters[i].id, id)) {
                 char msg[96];
@@ -263,8 +265,8 @@ void coord_checkpoint(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Ch
     }
     if (r->action == CA(RESTORE)) {
         if (!k->complete)
-            coord_reply_error(c, to, SPES_ESTATE, SPES_MSG_CHECKPOINT_REQUEST, "checkpoint %s is not complete yet",
-                              k->id);
+            coord_reply_error(c, to, SPES_ESTATE, SPES_MSG_CHECKPOINT_REQUEST,
+                              "checkpoint %s is not complete yet", k->id);
         else
             push_ckpt_action(c, SPES_COORD_CKPT_RESTORE, to, k, NULL);
     } else if (r->action == CA(EXPORT)) {
@@ -299,7 +301,8 @@ struct json_t *coord_ckpt_json(const spes_coord_sm *c)
 int coord_ckpt_load(spes_coord_sm *c, struct json_t *arr, const char *origin)
 {
     c->nckpt = 0;
-    for (size_t i = 0; json_is_array(arr) && i < json_array_size(arr) && c->nckpt < SPES_COORD_MAX_CKPTS; i++) {
+    for (size_t i = 0; json_is_array(arr) && i < json_array_size(arr) && c->nckpt < SPES_COORD_MAX_CKPTS;
+         i++) {
         json_t *o = json_array_get(arr, i), *id = json_object_get(o, "id"), *h = json_object_get(o, "hash"),
                *holders = json_object_get(o, "holders");
         if (!json_is_string(id))
@@ -313,7 +316,8 @@ int coord_ckpt_load(spes_coord_sm *c, struct json_t *arr, const char *origin)
         k->complete = json_is_true(json_object_get(o, "complete"));
         if (json_is_string(h) && spes_hex_decode(json_string_value(h), k->hash, 32) == 0)
             k->hash_known = 1;
-        for (size_t j = 0; json_is_array(holders) && j < json_array_size(holders) && j < SPES_COORD_MAX_MEMBERS; j++) {
+        for (size_t j = 0;
+             json_is_array(holders) && j < json_array_size(holders) && j < SPES_COORD_MAX_MEMBERS; j++) {
             /* the record keeps every id it lists, in order, duplicates too */
             uint32_t *hv = realloc(k->holders, sizeof *hv * (size_t)(k->nholders + 1));
             if (!hv)

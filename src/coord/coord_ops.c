@@ -59,13 +59,14 @@ static void reply_accept(spes_coord_sm *c, coord_member *m, spes_coord_to to)
     free(cols);
 }
 
-static int node_peer_ok(spes_coord_sm *c, const spes_pki_identity *peer, const char *name, spes_coord_to to, int type)
+static int node_peer_ok(spes_coord_sm *c, const spes_pki_identity *peer, const char *name, spes_coord_to to,
+                        int type)
 {
     if (peer->role == SPES_ROLE_NONE && !peer->name[0])
         return 1; /* plain tcp (tests) or the local control socket */
     if (peer->role != SPES_ROLE_NODE || strcmp(peer->name, name)) {
-        coord_reply_error(c, to, SPES_EAUTH, type, "certificate %s (%s) may not speak for node %s", peer->name,
-                          spes_pki_role_name(peer->role), name);
+        coord_reply_error(c, to, SPES_EAUTH, type, "certificate %s (%s) may not speak for node %s",
+                          peer->name, spes_pki_role_name(peer->role), name);
         return 0;
     }
     return 1;
@@ -99,7 +100,8 @@ static void handle_join(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__
     } else if (m->state == NS(EVICTED) || m->state == NS(DRAINING)) {
         /* NOT_MEMBER with no retry: the node stops instead of knocking forever */
         reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 0,
-                     m->state == NS(EVICTED) ? "this node was evicted from the run" : "this node was drained from the run");
+                     m->state == NS(EVICTED) ? "this node was evicted from the run"
+                                             : "this node was drained from the run");
         return;
     } else if (m->state != NS(PENDING)) {
         m->state = NS(JOINING);
@@ -134,7 +136,8 @@ static void handle_heartbeat(spes_coord_sm *c, spes_coord_now now, const Spes__W
     if (!node_peer_ok(c, peer, m->name, to, SPES_MSG_HEARTBEAT))
         return;
     if (!coord_member_active(m)) {
-        reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 500, "not an active member: join again");
+        reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 500,
+                     "not an active member: join again");
         return;
     }
     if (m->state == NS(JOINING) && !round_open(c) && h->round == c->round)
@@ -155,7 +158,8 @@ static void handle_heartbeat(spes_coord_sm *c, spes_coord_now now, const Spes__W
     } else if (h->round != c->round) {
         reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0,
                      h->round < c->round ? "too far behind: join again" : "the run was restored: join again");
-    } else if (m->participant && !m->announced && !c->validating && h->state != NS(ACTIVE) && c->state_hash_known) {
+    } else if (m->participant && !m->announced && !c->validating && h->state != NS(ACTIVE) &&
+               c->state_hash_known) {
         reply_accept(c, m, to); /* idle node, open round: train it */
     } else {
         coord_reply_ack(c, to, "ok");
@@ -172,13 +176,15 @@ static void handle_leave(spes_coord_sm *c, const Spes__Wire__Leave *l, const spe
     }
     if (!node_peer_ok(c, peer, m->name, to, SPES_MSG_LEAVE))
         return;
-    coord_log(c, SPES_LOG_INFO, "%s leaves the run: %s", m->name, l->reason[0] ? l->reason : "no reason given");
+    coord_log(c, SPES_LOG_INFO, "%s leaves the run: %s", m->name,
+              l->reason[0] ? l->reason : "no reason given");
     m->state = NS(LEFT);
     coord_save(c);
     coord_reply_ack(c, to, "left");
 }
 
-void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire__MemberInfo *mi, uint32_t *cols)
+void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire__MemberInfo *mi,
+                       uint32_t *cols)
 {
     spes__wire__member_info__init(mi);
     mi->node_id = m->id;
@@ -325,7 +331,8 @@ void coord_members(spes_coord_sm *c, const Spes__Wire__MembersRequest *r, const 
                    spes_coord_to to)
 {
     char msg[256] = "";
-    if (r->action != SPES__WIRE__MEMBERS_ACTION__MEMBERS_LIST && change_member(c, r, peer, to, msg, sizeof msg) != 0)
+    if (r->action != SPES__WIRE__MEMBERS_ACTION__MEMBERS_LIST &&
+        change_member(c, r, peer, to, msg, sizeof msg) != 0)
         return;
     member_infos mi = {0};
     if (member_infos_fill(c, &mi) != 0) {

@@ -16,17 +16,17 @@ typedef struct coord_member {
     uint32_t id;
     char name[64];
     char url[512];
-    int state;              /* Spes__Wire__NodeState */
-    uint8_t *cols;          /* (E) columns from the next round on */
-    uint8_t *cur;           /* (E) columns in the round now open (0 if not participating) */
-    int participant;        /* expected to contribute to the open round */
-    uint64_t round, step;   /* last reported */
-    uint64_t last_seen_ms;  /* wall clock, for status */
-    uint64_t seen_mono_ms;  /* the same on the monotonic clock, for failure detection (0: not seen yet) */
+    int state;             /* Spes__Wire__NodeState */
+    uint8_t *cols;         /* (E) columns from the next round on */
+    uint8_t *cur;          /* (E) columns in the round now open (0 if not participating) */
+    int participant;       /* expected to contribute to the open round */
+    uint64_t round, step;  /* last reported */
+    uint64_t last_seen_ms; /* wall clock, for status */
+    uint64_t seen_mono_ms; /* the same on the monotonic clock, for failure detection (0: not seen yet) */
     double loss, tps;
     uint8_t digest[32];
-    uint64_t digest_round;  /* round the digest is for (S_{digest_round}); 0 = none */
-    int announced;          /* for the open round */
+    uint64_t digest_round; /* round the digest is for (S_{digest_round}); 0 = none */
+    int announced;         /* for the open round */
     uint8_t blob[32], manifest[32];
     uint64_t blob_size, tokens;
     double blob_loss;
@@ -37,13 +37,13 @@ typedef struct coord_member {
 /* coord_ckpt records one checkpoint of the run. */
 typedef struct coord_ckpt {
     char id[SPES_COORD_ID_LEN];
-    uint64_t round, step;   /* the checkpoint holds S_round, after `step` steps */
+    uint64_t round, step; /* the checkpoint holds S_round, after `step` steps */
     uint8_t hash[32];
     int hash_known;
     uint64_t created_ms;
-    uint32_t *holders;      /* (nholders) node ids that saved their state with it */
+    uint32_t *holders; /* (nholders) node ids that saved their state with it */
     int nholders;
-    int complete;           /* the coordinator's own node holds it: restorable */
+    int complete; /* the coordinator's own node holds it: restorable */
 } coord_ckpt;
 
 /* coord_waiter is an operator waiting for a checkpoint (`save --wait`). */
@@ -61,21 +61,21 @@ struct spes_coord_sm {
     int E;
     uint64_t shared_numel, column_numel; /* the model's layout sizes */
     int nmem, cap;
-    coord_member *mem;       /* (cap) the table, in id order */
-    int *val_idx;            /* (cap) members whose contributions are being validated, id order */
+    coord_member *mem; /* (cap) the table, in id order */
+    int *val_idx;      /* (cap) members whose contributions are being validated, id order */
     int nval;
-    uint32_t *mismatch;      /* (cap) ids whose digest of the last round differs */
+    uint32_t *mismatch; /* (cap) ids whose digest of the last round differs */
     int nmismatch;
     uint32_t next_id;
-    uint64_t round;          /* the open round r: contributions make S_{r+1} */
-    uint64_t step;           /* steps done at the start of round r */
-    uint8_t state_hash[32];  /* digest of S_r */
+    uint64_t round;         /* the open round r: contributions make S_{r+1} */
+    uint64_t step;          /* steps done at the start of round r */
+    uint8_t state_hash[32]; /* digest of S_r */
     int state_hash_known;
-    uint8_t prev_hash[32];   /* digest of S_{round-1}, for nodes that must apply the last commit */
+    uint8_t prev_hash[32]; /* digest of S_{round-1}, for nodes that must apply the last commit */
     int prev_known;
-    uint64_t round_open_ms;  /* monotonic, like started_ms and last_tick_ms */
+    uint64_t round_open_ms; /* monotonic, like started_ms and last_tick_ms */
     int validating;
-    uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
+    uint8_t *last_commit; /* encoded Commit envelope of round - 1 */
     size_t last_commit_len;
     /* last round, for status */
     uint32_t last_contributors;
@@ -83,16 +83,16 @@ struct spes_coord_sm {
     char last_refused[SPES_COORD_MAX_REFUSED][256];
     int nlast_refused;
     uint64_t last_commit_ms;
-    char *saved;             /* the state text last persisted (an unchanged state is not rewritten) */
+    char *saved; /* the state text last persisted (an unchanged state is not rewritten) */
     coord_ckpt ckpts[SPES_COORD_MAX_CKPTS];
     int nckpt;
     char pending_ckpt[SPES_COORD_ID_LEN]; /* goes into the next commit */
     coord_waiter waiters[SPES_COORD_MAX_WAITERS];
     int nwaiters;
-    int restored_active;     /* members active before a coordinator restart */
+    int restored_active; /* members active before a coordinator restart */
     uint64_t started_ms;
-    uint64_t last_tick_ms;   /* when the tick last ran: a longer gap is a stall of the caller */
-    spes_coord_action *q;    /* (qcap) queued actions, qhead..qhead+qlen */
+    uint64_t last_tick_ms; /* when the tick last ran: a longer gap is a stall of the caller */
+    spes_coord_action *q;  /* (qcap) queued actions, qhead..qhead+qlen */
     size_t qhead, qlen, qcap;
 };
 
@@ -156,15 +156,16 @@ int coord_peer_is_operator(const spes_pki_identity *peer);
 int coord_any_announced(const spes_coord_sm *c);
 
 /* coord_fill_member fills a MemberInfo from a member (cols: room for E). */
-void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire__MemberInfo *mi, uint32_t *cols);
+void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire__MemberInfo *mi,
+                       uint32_t *cols);
 
 /* coord_announce handles an Announce (coord_round.c). */
 void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Announce *a,
                     const spes_pki_identity *peer, spes_coord_to to);
 
 /* coord_digest handles a Digest (coord_round.c). */
-void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest *g, const spes_pki_identity *peer,
-                  spes_coord_to to);
+void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest *g,
+                  const spes_pki_identity *peer, spes_coord_to to);
 
 /* coord_status answers a StatusRequest (coord_ops.c). */
 void coord_status(spes_coord_sm *c, spes_coord_to to);

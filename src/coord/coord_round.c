@@ -40,13 +40,15 @@ static void start_validation(spes_coord_sm *c)
         }
     }
     c->validating = 1;
-    coord_log(c, SPES_LOG_INFO, "round %llu: checking %d contribution(s)", (unsigned long long)c->round, c->nval);
+    coord_log(c, SPES_LOG_INFO, "round %llu: checking %d contribution(s)", (unsigned long long)c->round,
+              c->nval);
     if (coord_push(c, &a) != 0)
         c->validating = 0;
     return;
 fail:
     spes_coord_action_fini(&a);
-    coord_log(c, SPES_LOG_ERROR, "round %llu: cannot start validation: out of memory", (unsigned long long)c->round);
+    coord_log(c, SPES_LOG_ERROR, "round %llu: cannot start validation: out of memory",
+              (unsigned long long)c->round);
 }
 
 void spes_coord_sm_validation_failed(spes_coord_sm *c, uint64_t round)
@@ -58,8 +60,8 @@ void spes_coord_sm_validation_failed(spes_coord_sm *c, uint64_t round)
 /* commit_record records the validated contributions and refusals of the open round in cm
  * (arrays cv/cp for n contributions, rv/rp for refusals) and in the last round's status. */
 static void commit_record(spes_coord_sm *c, Spes__Wire__Commit *cm, const int *ok, char (*reasons)[256],
-                          Spes__Wire__Contribution *cv, Spes__Wire__Contribution **cp, Spes__Wire__Refusal *rv,
-                          Spes__Wire__Refusal **rp)
+                          Spes__Wire__Contribution *cv, Spes__Wire__Contribution **cp,
+                          Spes__Wire__Refusal *rv, Spes__Wire__Refusal **rp)
 {
     c->nlast_refused = 0;
     for (int k = 0; k < c->nval; k++) {
@@ -82,8 +84,8 @@ static void commit_record(spes_coord_sm *c, Spes__Wire__Commit *cm, const int *o
             if (c->nlast_refused < SPES_COORD_MAX_REFUSED)
                 snprintf(c->last_refused[c->nlast_refused++], sizeof c->last_refused[0], "%s: %s", m->name,
                          reasons[k]);
-            coord_log(c, SPES_LOG_ERROR, "round %llu: contribution of %s refused: %s", (unsigned long long)c->round,
-                      m->name, reasons[k]);
+            coord_log(c, SPES_LOG_ERROR, "round %llu: contribution of %s refused: %s",
+                      (unsigned long long)c->round, m->name, reasons[k]);
         }
     }
     cm->contributions = cp;
@@ -188,7 +190,8 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
     c->state_hash_known = 0;
     coord_open_round(c, now);
     if (c->step >= (uint64_t)c->run.train.max_steps)
-        coord_log(c, SPES_LOG_INFO, "the run is complete: %llu steps (train.max_steps)", (unsigned long long)c->step);
+        coord_log(c, SPES_LOG_INFO, "the run is complete: %llu steps (train.max_steps)",
+                  (unsigned long long)c->step);
     coord_save(c);
 }
 
@@ -206,13 +209,17 @@ void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Anno
 {
     coord_member *m = coord_find_id(c, a->node_id);
     if (!m || (peer->name[0] && strcmp(m->name, peer->name))) {
-        coord_reply_error(c, to, SPES_EAUTH, SPES_MSG_ANNOUNCE, "node id %u is not %s", a->node_id, peer->name);
+        coord_reply_error(c, to, SPES_EAUTH, SPES_MSG_ANNOUNCE, "node id %u is not %s", a->node_id,
+                          peer->name);
         return;
     }
     if (a->round != c->round || !m->participant || c->validating) {
-        coord_reply_error(c, to, SPES_ESTATE, SPES_MSG_ANNOUNCE, "round %llu is not open for %s (open round %llu%s)",
-                          (unsigned long long)a->round, m->name, (unsigned long long)c->round,
-                          !m->participant ? ", not a participant" : c->validating ? ", closing" : "");
+        coord_reply_error(c, to, SPES_ESTATE, SPES_MSG_ANNOUNCE,
+                          "round %llu is not open for %s (open round %llu%s)", (unsigned long long)a->round,
+                          m->name, (unsigned long long)c->round,
+                          !m->participant ? ", not a participant"
+                          : c->validating ? ", closing"
+                                          : "");
         return;
     }
     /* a contribution is at most a header, E column ids and every value in fp32 */
@@ -250,8 +257,8 @@ static void check_digest(spes_coord_sm *c, coord_member *m)
     c->mismatch[c->nmismatch++] = m->id; /* at most one entry per member: room for all */
 }
 
-void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest *g, const spes_pki_identity *peer,
-                  spes_coord_to to)
+void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest *g,
+                  const spes_pki_identity *peer, spes_coord_to to)
 {
     coord_member *m = coord_find_id(c, g->node_id);
     if (!m || (peer->name[0] && strcmp(m->name, peer->name))) {
@@ -268,7 +275,8 @@ void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest
         memcpy(c->state_hash, m->digest, 32);
         c->state_hash_known = 1;
         coord_save(c);
-        coord_log(c, SPES_LOG_INFO, "round %llu: agreed state digest %.16s", (unsigned long long)g->round, hex);
+        coord_log(c, SPES_LOG_INFO, "round %llu: agreed state digest %.16s", (unsigned long long)g->round,
+                  hex);
     }
     if (g->checkpoint_id[0])
         coord_checkpoint_saved(c, m, g->checkpoint_id, m->digest);

@@ -52,8 +52,9 @@ char *coord_state_json(const spes_coord_sm *c)
 
 static int load_member(spes_coord_sm *c, json_t *mo, const char *origin)
 {
-    json_t *id = json_object_get(mo, "id"), *name = json_object_get(mo, "name"), *url = json_object_get(mo, "url"),
-           *st = json_object_get(mo, "state"), *cols = json_object_get(mo, "columns");
+    json_t *id = json_object_get(mo, "id"), *name = json_object_get(mo, "name"),
+           *url = json_object_get(mo, "url"), *st = json_object_get(mo, "state"),
+           *cols = json_object_get(mo, "columns");
     if (!json_is_integer(id) || !json_is_string(name) || !json_is_string(url) || !json_is_integer(st) ||
         !json_is_array(cols))
         return spes_errf(SPES_EFORMAT, "%s: a member entry lacks id, name, url, state or columns", origin);

@@ -21,7 +21,7 @@ enum {
     SPES_ENET = -9,    /* network or peer failure */
     SPES_EAUTH = -10,  /* authentication or authorisation refused */
     SPES_ETIMEDOUT = -11,
-    SPES_EINTR = -12,  /* interrupted by a shutdown request */
+    SPES_EINTR = -12,    /* interrupted by a shutdown request */
     SPES_EVERSION = -13, /* peer speaks an unsupported protocol version */
 };
 

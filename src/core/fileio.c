@@ -163,8 +163,8 @@ int spes_read_file(const char *path, size_t max_len, char **out, size_t *len)
     }
     if ((uint64_t)st.st_size > max_len) {
         fclose(fp);
-        return spes_errf(SPES_ERANGE, "%s: file is %lld bytes, more than the limit of %zu",
-                         path, (long long)st.st_size, max_len);
+        return spes_errf(SPES_ERANGE, "%s: file is %lld bytes, more than the limit of %zu", path,
+                         (long long)st.st_size, max_len);
     }
     size_t n = (size_t)st.st_size;
     char *buf = malloc(n + 1);

@@ -17,7 +17,6 @@ typedef struct spes__fetch_meter {
     double last_call;    /* time of the last progress call, for the 200 ms rate limit */
 } spes__fetch_meter;
 
-
 /* spes__fetch_check_url refuses URLs whose scheme is not http or https. */
 int spes__fetch_check_url(const char *url);
 

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const double spes_metrics_buckets_s[SPES_METRICS_NBUCKETS] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+const double spes_metrics_buckets_s[SPES_METRICS_NBUCKETS] = {0.1, 0.25, 0.5, 1,   2.5, 5,
+                                                              10,  30,   60,  120, 300, 600};
 
 static const char *const state_names[] = {"unspecified", "pending", "joining", "active",
                                           "draining",    "left",    "failed",  "evicted"};
@@ -44,9 +45,9 @@ enum spes_metrics_reason spes_metrics_reason_of(const char *t)
         return SPES_METRICS_R_NON_FINITE;
     if (strstr(t, "beyond the bound"))
         return SPES_METRICS_R_OUT_OF_BOUND;
-    if (strstr(t, "not a contribution") || strstr(t, "contribution column") || strstr(t, "contribution has") ||
-        strstr(t, "contribution is") || strstr(t, "contribution sizes") || strstr(t, "contribution version") ||
-        strstr(t, "codec") || strstr(t, "manifest"))
+    if (strstr(t, "not a contribution") || strstr(t, "contribution column") ||
+        strstr(t, "contribution has") || strstr(t, "contribution is") || strstr(t, "contribution sizes") ||
+        strstr(t, "contribution version") || strstr(t, "codec") || strstr(t, "manifest"))
         return SPES_METRICS_R_MALFORMED;
     if (strstr(t, "fetch") || strstr(t, "timed out") || strstr(t, "no peer") || strstr(t, "unreachable") ||
         strstr(t, "not found") || strstr(t, "nobody"))
@@ -166,56 +167,67 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
 {
     char lab[512], esc[256];
     spes_metrics_escape_label(esc, sizeof esc, s->version);
-    head(f, "spes_build_info", "gauge", "Software version and wire protocol version of this daemon (always 1).");
+    head(f, "spes_build_info", "gauge",
+         "Software version and wire protocol version of this daemon (always 1).");
     snprintf(lab, sizeof lab, "version=\"%s\",protocol=\"%d\"", esc, s->protocol);
     sample(f, "spes_build_info", lab, 1);
     head(f, "spes_coordinator", "gauge", "1 if this daemon coordinates the run, else 0.");
     sample(f, "spes_coordinator", NULL, s->coordinator);
-    head(f, "spes_rounds_committed_total", "counter", "Rounds the run has committed (this daemon holds S_round).");
+    head(f, "spes_rounds_committed_total", "counter",
+         "Rounds the run has committed (this daemon holds S_round).");
     sample(f, "spes_rounds_committed_total", NULL, (double)s->round);
     head(f, "spes_rounds_applied_total", "counter", "Rounds this daemon applied since it started.");
     sample(f, "spes_rounds_applied_total", NULL, (double)s->rounds_applied);
     head(f, "spes_step", "gauge", "Optimizer steps done in the agreed state.");
     sample(f, "spes_step", NULL, (double)s->step);
-    head(f, "spes_training_loss", "gauge", "Training loss of this daemon's last step (NaN before the first).");
+    head(f, "spes_training_loss", "gauge",
+         "Training loss of this daemon's last step (NaN before the first).");
     sample(f, "spes_training_loss", NULL, s->loss);
-    head(f, "spes_tokens_per_second", "gauge", "Training throughput of this daemon's last step, in tokens per second.");
+    head(f, "spes_tokens_per_second", "gauge",
+         "Training throughput of this daemon's last step, in tokens per second.");
     sample(f, "spes_tokens_per_second", NULL, s->tps);
     hist(f, "spes_round_train_seconds", "Seconds this daemon trained per round.", &s->train_s);
     hist(f, "spes_round_wait_seconds", "Seconds from the end of training to the applied commit, per round.",
          &s->wait_s);
-    head(f, "spes_payload_sent_bytes_total", "counter", "Payload bytes this daemon sent, by class of traffic.");
+    head(f, "spes_payload_sent_bytes_total", "counter",
+         "Payload bytes this daemon sent, by class of traffic.");
     for (int c = 0; c < SPES_METRICS_NCLASS; c++)
         if (c != SPES_METRICS_CONTROL || s->have_control_bytes) {
             snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
             sample(f, "spes_payload_sent_bytes_total", lab, (double)s->sent[c]);
         }
-    head(f, "spes_payload_received_bytes_total", "counter", "Payload bytes this daemon received, by class of traffic.");
+    head(f, "spes_payload_received_bytes_total", "counter",
+         "Payload bytes this daemon received, by class of traffic.");
     for (int c = 0; c < SPES_METRICS_NCLASS; c++)
         if (c != SPES_METRICS_CONTROL || s->have_control_bytes) {
             snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
             sample(f, "spes_payload_received_bytes_total", lab, (double)s->received[c]);
         }
     if (s->have_control_bytes) {
-        head(f, "spes_payload_sent_messages_total", "counter", "Messages this daemon sent, by class of traffic.");
+        head(f, "spes_payload_sent_messages_total", "counter",
+             "Messages this daemon sent, by class of traffic.");
         for (int c = 0; c < SPES_METRICS_NCLASS; c++) {
             snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
             sample(f, "spes_payload_sent_messages_total", lab, (double)s->sent_msgs[c]);
         }
-        head(f, "spes_payload_received_messages_total", "counter", "Messages this daemon received, by class of traffic.");
+        head(f, "spes_payload_received_messages_total", "counter",
+             "Messages this daemon received, by class of traffic.");
         for (int c = 0; c < SPES_METRICS_NCLASS; c++) {
             snprintf(lab, sizeof lab, "class=\"%s\"", class_names[c]);
             sample(f, "spes_payload_received_messages_total", lab, (double)s->received_msgs[c]);
         }
-        head(f, "spes_train_seconds_total", "counter", "Seconds this daemon spent training since it started.");
+        head(f, "spes_train_seconds_total", "counter",
+             "Seconds this daemon spent training since it started.");
         sample(f, "spes_train_seconds_total", NULL, s->train_total_s);
         head(f, "spes_wait_seconds_total", "counter",
              "Seconds this daemon spent between the end of training and holding the next state.");
         sample(f, "spes_wait_seconds_total", NULL, s->wait_total_s);
-        head(f, "spes_rounds_contributed_total", "counter", "Rounds committed with this daemon among the contributors.");
+        head(f, "spes_rounds_contributed_total", "counter",
+             "Rounds committed with this daemon among the contributors.");
         sample(f, "spes_rounds_contributed_total", NULL, (double)s->rounds_contributed);
     }
-    head(f, "spes_blob_store_bytes", "gauge", "Bytes held in the blob store (blobs, manifests, partial fetches).");
+    head(f, "spes_blob_store_bytes", "gauge",
+         "Bytes held in the blob store (blobs, manifests, partial fetches).");
     sample(f, "spes_blob_store_bytes", NULL, (double)s->blob_store_bytes);
     head(f, "spes_blob_store_blobs", "gauge", "Blobs held in the blob store.");
     sample(f, "spes_blob_store_blobs", NULL, (double)s->blob_store_blobs);
@@ -226,7 +238,8 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
             sample(f, "spes_expert_delta_norm", lab, s->delta_norm[e]);
         }
         head(f, "spes_expert_router_load_ratio", "gauge",
-             "Share of this daemon's routed rows that went to each expert in its last trained round, per layer.");
+             "Share of this daemon's routed rows that went to each expert in its last trained round, per "
+             "layer.");
         for (int l = 0; l < s->L; l++)
             for (int e = 0; e < s->E; e++) {
                 snprintf(lab, sizeof lab, "layer=\"%d\",expert=\"%d\"", l, e);
@@ -237,14 +250,17 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
         return;
     head(f, "spes_run_loss", "gauge", "The run's loss: mean of the active members' last reported losses.");
     sample(f, "spes_run_loss", NULL, s->run_loss);
-    head(f, "spes_run_tokens_per_second", "gauge", "The run's throughput: sum of the active members' tokens per second.");
+    head(f, "spes_run_tokens_per_second", "gauge",
+         "The run's throughput: sum of the active members' tokens per second.");
     sample(f, "spes_run_tokens_per_second", NULL, s->run_tps);
-    head(f, "spes_contributions_refused_total", "counter", "Contributions the coordinator refused, by reason.");
+    head(f, "spes_contributions_refused_total", "counter",
+         "Contributions the coordinator refused, by reason.");
     for (int r = 0; r < SPES_METRICS_NREASONS; r++) {
         snprintf(lab, sizeof lab, "reason=\"%s\"", reason_names[r]);
         sample(f, "spes_contributions_refused_total", lab, (double)s->refusals[r]);
     }
-    head(f, "spes_digest_mismatches_total", "counter", "Members' state digests that differed from the agreed one.");
+    head(f, "spes_digest_mismatches_total", "counter",
+         "Members' state digests that differed from the agreed one.");
     sample(f, "spes_digest_mismatches_total", NULL, (double)s->digest_mismatches);
     head(f, "spes_members", "gauge", "Members of the run by state.");
     for (int st = 1; st < NSTATES; st++) {
@@ -260,25 +276,30 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
         snprintf(lab, sizeof lab, "node=\"%s\"", esc);
         sample(f, "spes_member_loss", lab, s->members[i].loss);
     }
-    head(f, "spes_member_tokens_per_second", "gauge", "Last throughput each member reported, in tokens per second.");
+    head(f, "spes_member_tokens_per_second", "gauge",
+         "Last throughput each member reported, in tokens per second.");
     for (int i = 0; i < s->nmembers; i++) {
         spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
         snprintf(lab, sizeof lab, "node=\"%s\"", esc);
         sample(f, "spes_member_tokens_per_second", lab, s->members[i].tps);
     }
-    head(f, "spes_member_last_seen_timestamp_seconds", "gauge", "When each member was last heard from (Unix time).");
+    head(f, "spes_member_last_seen_timestamp_seconds", "gauge",
+         "When each member was last heard from (Unix time).");
     for (int i = 0; i < s->nmembers; i++) {
         spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
         snprintf(lab, sizeof lab, "node=\"%s\"", esc);
-        sample(f, "spes_member_last_seen_timestamp_seconds", lab, (double)s->members[i].last_seen_ms / 1000.0);
+        sample(f, "spes_member_last_seen_timestamp_seconds", lab,
+               (double)s->members[i].last_seen_ms / 1000.0);
     }
     static const struct {
         const char *name, *help;
     } per[] = {
         {"spes_member_train_seconds_total", "Seconds each member spent training, as it last reported."},
-        {"spes_member_wait_seconds_total", "Seconds each member spent waiting for rounds, as it last reported."},
+        {"spes_member_wait_seconds_total",
+         "Seconds each member spent waiting for rounds, as it last reported."},
         {"spes_member_payload_sent_bytes_total", "Payload bytes each member sent, as it last reported."},
-        {"spes_member_payload_received_bytes_total", "Payload bytes each member received, as it last reported."},
+        {"spes_member_payload_received_bytes_total",
+         "Payload bytes each member received, as it last reported."},
         {"spes_member_rounds_contributed_total", "Rounds committed with each member among the contributors."},
     };
     for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
@@ -287,8 +308,11 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
             const spes_metrics_member *mm = &s->members[i];
             if (!mm->have_counters)
                 continue;
-            double v = k == 0 ? mm->train_s : k == 1 ? mm->wait_s : k == 2 ? (double)mm->sent_bytes
-                     : k == 3 ? (double)mm->received_bytes : (double)mm->rounds;
+            double v = k == 0   ? mm->train_s
+                       : k == 1 ? mm->wait_s
+                       : k == 2 ? (double)mm->sent_bytes
+                       : k == 3 ? (double)mm->received_bytes
+                                : (double)mm->rounds;
             spes_metrics_escape_label(esc, sizeof esc, mm->name);
             snprintf(lab, sizeof lab, "node=\"%s\"", esc);
             sample(f, per[k].name, lab, v);

@@ -41,22 +41,22 @@ typedef struct spes_metrics_hist {
 /* spes_metrics_member is one row of the coordinator's membership table. */
 typedef struct spes_metrics_member {
     uint32_t id;
-    char name[64];            /* from a certificate: escaped by every renderer */
-    int state;                /* Spes__Wire__NodeState value */
+    char name[64]; /* from a certificate: escaped by every renderer */
+    int state;     /* Spes__Wire__NodeState value */
     uint64_t round;
     double loss, tps;
-    uint64_t last_seen_ms;    /* wall clock; 0: never */
-    uint8_t cols[SPES_METRICS_MAX_E]; /* 1 where the member owns the column */
-    int have_counters;        /* the member reported its counters (below) */
-    double train_s, wait_s;   /* its seconds training and waiting since it started */
+    uint64_t last_seen_ms;               /* wall clock; 0: never */
+    uint8_t cols[SPES_METRICS_MAX_E];    /* 1 where the member owns the column */
+    int have_counters;                   /* the member reported its counters (below) */
+    double train_s, wait_s;              /* its seconds training and waiting since it started */
     uint64_t sent_bytes, received_bytes; /* its payload bytes, all classes */
-    uint64_t rounds;          /* rounds committed with it among the contributors */
+    uint64_t rounds;                     /* rounds committed with it among the contributors */
 } spes_metrics_member;
 
 /* spes_metrics_round is one committed round, for the dashboard's plot and timeline. */
 typedef struct spes_metrics_round {
     uint64_t round, step;
-    double loss, tps;         /* the run's (coordinator) or this node's; NaN unknown */
+    double loss, tps; /* the run's (coordinator) or this node's; NaN unknown */
     uint64_t committed_ms;
     int nnodes;
     struct {
@@ -79,7 +79,7 @@ typedef struct spes_metrics_snapshot {
     spes_metrics_hist train_s, wait_s;
     uint64_t sent[SPES_METRICS_NCLASS], received[SPES_METRICS_NCLASS];
     uint64_t sent_msgs[SPES_METRICS_NCLASS], received_msgs[SPES_METRICS_NCLASS];
-    int have_control_bytes;   /* 0: only blob bytes are known (no message counts either) */
+    int have_control_bytes;             /* 0: only blob bytes are known (no message counts either) */
     double train_total_s, wait_total_s; /* seconds training and waiting since start */
     uint64_t rounds_contributed;
     uint64_t blob_store_bytes;
@@ -95,10 +95,11 @@ typedef struct spes_metrics_snapshot {
     char last_refused[8][256];
     int nlast_mismatch;
     char last_mismatch[8][64];
-    int E, L;                 /* 0: the model is not known yet */
-    double router_load[SPES_METRICS_MAX_L * SPES_METRICS_MAX_E]; /* (L, E) share of routed rows; NaN unknown */
+    int E, L; /* 0: the model is not known yet */
+    double
+        router_load[SPES_METRICS_MAX_L * SPES_METRICS_MAX_E]; /* (L, E) share of routed rows; NaN unknown */
     double delta_norm[SPES_METRICS_MAX_E]; /* L2 norm of each column's last committed change; NaN unknown */
-    int nhist;                /* rounds in hist, oldest first */
+    int nhist;                             /* rounds in hist, oldest first */
     spes_metrics_round hist[SPES_METRICS_HISTORY];
 } spes_metrics_snapshot;
 

@@ -64,8 +64,8 @@ struct spes_net_request {
     uint32_t pipe; /* the connection it came on (0: none) */
     int lane;
     int state;
-    spes_net_class cls; /* for the byte counters */
-    size_t rep_len;     /* the reply being sent, counted once it is out */
+    spes_net_class cls;     /* for the byte counters */
+    size_t rep_len;         /* the reply being sent, counted once it is out */
     spes_net_request *next; /* in its lane's wait queue, or a thread's run list */
 };
 
@@ -330,8 +330,8 @@ static void server_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
             s->st.conns_refused++;
         pthread_mutex_unlock(&s->mu);
         if (refuse) {
-            log_warnx("%s: connection from %s ('%s') refused: %s", s->url, spes__addr_str(&c.remote, ip, sizeof ip),
-                      c.has_peer ? c.peer.name : "-", refuse);
+            log_warnx("%s: connection from %s ('%s') refused: %s", s->url,
+                      spes__addr_str(&c.remote, ip, sizeof ip), c.has_peer ? c.peer.name : "-", refuse);
             nng_pipe_close(p);
         }
     } else if (ev == NNG_PIPE_EV_REM_POST) {
@@ -723,8 +723,8 @@ static void guard_sockets(spes_net_server *s, uint64_t now)
             if (pe)
                 pe->ended = 1;
             if (spes__sock_end(v[i].fd, v[i].ino)) {
-                log_warnx("%s: connection from %s closed: %s", s->url, spes__addr_str(&v[i].remote, ip, sizeof ip),
-                          why);
+                log_warnx("%s: connection from %s closed: %s", s->url,
+                          spes__addr_str(&v[i].remote, ip, sizeof ip), why);
                 pthread_mutex_lock(&s->mu);
                 if (pass == 0)
                     s->st.handshakes_expired++;

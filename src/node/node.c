@@ -109,8 +109,8 @@ static void emit_stopped(spes_node_sm *sm, spes_node_out *o)
 }
 
 /* send encodes m as a call; on failure the call is answered at once as failed. */
-static void send_call(spes_node_sm *sm, int call, int type, const ProtobufCMessage *m, int timeout_ms, uint64_t now,
-                      spes_node_out *o)
+static void send_call(spes_node_sm *sm, int call, int type, const ProtobufCMessage *m, int timeout_ms,
+                      uint64_t now, spes_node_out *o)
 {
     uint8_t *buf;
     size_t len;
@@ -227,7 +227,8 @@ static int diverged(spes_node_sm *sm, const ProtobufCBinaryData *hash, spes_node
     spes_hex_encode(sm->hash, 32, mine);
     spes_hex_encode(hash->data, 32, agreed);
     say(o, SPES_LOG_ERROR,
-        "round %llu: this node's state (digest %.16s) is not the run's agreed one (%.16s): joining again to fetch it",
+        "round %llu: this node's state (digest %.16s) is not the run's agreed one (%.16s): joining again to "
+        "fetch it",
         (unsigned long long)sm->round, mine, agreed);
     sm->phase = SPES_NODE_JOIN;
     return 1;
@@ -256,7 +257,8 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
     a->merge = cm->merge_applied;
     const char *ck = cm->checkpoint_id ? cm->checkpoint_id : "";
     if (ck[0] == '.' || strchr(ck, '/')) { /* it names a directory under checkpoints/ */
-        say(o, SPES_LOG_WARN, "round %llu: checkpoint id \"%.64s\" refused", (unsigned long long)cm->round, ck);
+        say(o, SPES_LOG_WARN, "round %llu: checkpoint id \"%.64s\" refused", (unsigned long long)cm->round,
+            ck);
         ck = "";
     }
     snprintf(a->ckpt_id, sizeof a->ckpt_id, "%s", ck);
@@ -303,8 +305,8 @@ static void on_digest_reply(spes_node_sm *sm, const char *err, int type, Protobu
         sm->phase = SPES_NODE_IDLE;
 }
 
-static void on_announce_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg, uint64_t now,
-                              spes_node_out *o)
+static void on_announce_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg,
+                              uint64_t now, spes_node_out *o)
 {
     if (err) {
         say(o, SPES_LOG_WARN, "announce failed (%s); retrying", err);
@@ -492,7 +494,7 @@ static void send_announce(spes_node_sm *sm, uint64_t now, spes_node_out *o)
     ls.count = (uint32_t)sm->run.spes.sync_interval;
     a.loss = &ls;
     a.codec = sm->o.codec && !strcmp(sm->o.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
-                                                           : SPES__WIRE__CODEC__CODEC_FP32;
+                                                          : SPES__WIRE__CODEC__CODEC_FP32;
     send_call(sm, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE, &a.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
 }
 
@@ -644,7 +646,8 @@ static void apply_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, s
 {
     const spes_node_job_apply *a = &j->u.apply;
     if (j->rc) {
-        say(o, SPES_LOG_ERROR, "round %llu: cannot apply the commit: %s", (unsigned long long)a->round, j->err);
+        say(o, SPES_LOG_ERROR, "round %llu: cannot apply the commit: %s", (unsigned long long)a->round,
+            j->err);
         sm->have_state = 0;
         sm->phase = SPES_NODE_JOIN;
         retry_later(sm, now, APPLY_RETRY_MS);
@@ -666,7 +669,8 @@ static void apply_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, s
         (unsigned long long)a->bytes_served, trained ? (double)(sm->t_train1 - sm->t_train0) / 1e3 : 0.0,
         trained ? (double)(now - sm->t_train1) / 1e3 : 0.0);
     if (sm->o.hooks.applied)
-        sm->o.hooks.applied(sm->o.hooks.arg, a->round, trained ? (double)(sm->t_train1 - sm->t_train0) / 1e3 : -1.0,
+        sm->o.hooks.applied(sm->o.hooks.arg, a->round,
+                            trained ? (double)(sm->t_train1 - sm->t_train0) / 1e3 : -1.0,
                             trained ? (double)(now - sm->t_train1) / 1e3 : -1.0);
     sm->phase = SPES_NODE_DIGEST;
     sm->next_try_ms = 0;

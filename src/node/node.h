@@ -15,12 +15,12 @@
 #include "config/config.h"
 #include "proto/spes.pb-c.h"
 
-#define SPES_NODE_URL_MAX 512  /* longest peer URL kept (the daemon config's string size) */
-#define SPES_NODE_NAME_MAX 64  /* longest peer name kept */
-#define SPES_NODE_CKPT_MAX 64  /* longest checkpoint id kept */
-#define SPES_NODE_ERR_MAX 512  /* longest job error message kept */
-#define SPES_NODE_REASON_MAX 256 /* longest validation refusal kept */
-#define SPES_NODE_KEEP_ROUNDS 3 /* rounds whose blobs a node keeps (see spes_node_sm_job_done) */
+#define SPES_NODE_URL_MAX 512           /* longest peer URL kept (the daemon config's string size) */
+#define SPES_NODE_NAME_MAX 64           /* longest peer name kept */
+#define SPES_NODE_CKPT_MAX 64           /* longest checkpoint id kept */
+#define SPES_NODE_ERR_MAX 512           /* longest job error message kept */
+#define SPES_NODE_REASON_MAX 256        /* longest validation refusal kept */
+#define SPES_NODE_KEEP_ROUNDS 3         /* rounds whose blobs a node keeps (see spes_node_sm_job_done) */
 #define SPES_NODE_CALL_TIMEOUT_MS 10000 /* a call to the coordinator */
 #define SPES_NODE_LEAVE_TIMEOUT_MS 3000 /* the goodbye: a dead coordinator must not hold a stopping node */
 
@@ -39,12 +39,21 @@ enum spes_node_phase {
 };
 
 /* spes_node_call names a call to the coordinator, so that its reply finds its handler. */
-enum spes_node_call { SPES_NODE_CALL_JOIN = 1, SPES_NODE_CALL_HEARTBEAT, SPES_NODE_CALL_ANNOUNCE,
-                      SPES_NODE_CALL_DIGEST, SPES_NODE_CALL_LEAVE };
+enum spes_node_call {
+    SPES_NODE_CALL_JOIN = 1,
+    SPES_NODE_CALL_HEARTBEAT,
+    SPES_NODE_CALL_ANNOUNCE,
+    SPES_NODE_CALL_DIGEST,
+    SPES_NODE_CALL_LEAVE
+};
 
 /* spes_node_job_kind says which member of spes_node_job's union is in use. */
-enum spes_node_job_kind { SPES_NODE_JOB_PREPARE = 1, SPES_NODE_JOB_TRAIN, SPES_NODE_JOB_APPLY,
-                          SPES_NODE_JOB_VALIDATE };
+enum spes_node_job_kind {
+    SPES_NODE_JOB_PREPARE = 1,
+    SPES_NODE_JOB_TRAIN,
+    SPES_NODE_JOB_APPLY,
+    SPES_NODE_JOB_VALIDATE
+};
 
 /* spes_node_peer is a daemon a job may fetch blobs from. */
 typedef struct spes_node_peer {
@@ -64,8 +73,8 @@ typedef struct spes_node_contrib {
 /* spes_node_job_prepare gets S_round (local state, checkpoint or peers) into the trainer. */
 typedef struct spes_node_job_prepare {
     uint64_t round, step;
-    uint8_t hash[32];     /* S_round's digest */
-    int have_held;        /* the loop believes the worker already holds held_round/held_hash */
+    uint8_t hash[32]; /* S_round's digest */
+    int have_held;    /* the loop believes the worker already holds held_round/held_hash */
     uint64_t held_round;
     uint8_t held_hash[32];
 } spes_node_job_prepare;
@@ -74,10 +83,10 @@ typedef struct spes_node_job_prepare {
 typedef struct spes_node_job_train {
     uint64_t round, step;
     int E;
-    uint8_t *cols;            /* (E) 1: column trained */
+    uint8_t *cols; /* (E) 1: column trained */
     /* results */
-    uint8_t blob[32];         /* the contribution blob */
-    uint8_t manifest[32];     /* hash of its manifest */
+    uint8_t blob[32];     /* the contribution blob */
+    uint8_t manifest[32]; /* hash of its manifest */
     uint64_t size, tokens;
     double loss_mean;
 } spes_node_job_train;
@@ -85,31 +94,31 @@ typedef struct spes_node_job_train {
 /* spes_node_job_apply fetches a commit's contributions and builds, persists and digests S_{round+1}. */
 typedef struct spes_node_job_apply {
     uint64_t round, next_step;
-    int merge;                      /* the commit applied expert merging */
+    int merge;                        /* the commit applied expert merging */
     char ckpt_id[SPES_NODE_CKPT_MAX]; /* non-empty: keep the new state under this id; cleared if not saved */
     int ncontrib;
-    spes_node_contrib *contribs;    /* (ncontrib) */
+    spes_node_contrib *contribs; /* (ncontrib) */
     /* results */
-    uint8_t state_hash[32];         /* digest of S_{round+1} */
-    uint64_t bytes_served;          /* blob bytes this daemon has served in all (for the log) */
+    uint8_t state_hash[32]; /* digest of S_{round+1} */
+    uint64_t bytes_served;  /* blob bytes this daemon has served in all (for the log) */
 } spes_node_job_apply;
 
 /* spes_node_job_validate fetches and checks announced contributions for the coordinator. */
 typedef struct spes_node_job_validate {
     uint64_t round;
     int n;
-    spes_node_contrib *contribs;    /* (n); contribution k's author is peer k */
+    spes_node_contrib *contribs; /* (n); contribution k's author is peer k */
     /* results */
-    int *ok;                        /* (n) */
+    int *ok;                               /* (n) */
     char (*reasons)[SPES_NODE_REASON_MAX]; /* (n) */
 } spes_node_job_validate;
 
 /* spes_node_job is one piece of worker work and, once done, its result. */
 typedef struct spes_node_job {
-    int kind;                 /* spes_node_job_kind */
-    uint32_t node_id;         /* this node's id when the job was made */
+    int kind;         /* spes_node_job_kind */
+    uint32_t node_id; /* this node's id when the job was made */
     int npeers;
-    spes_node_peer *peers;    /* (npeers) whom to fetch from */
+    spes_node_peer *peers; /* (npeers) whom to fetch from */
     union {
         spes_node_job_prepare prepare;
         spes_node_job_train train;
@@ -119,7 +128,7 @@ typedef struct spes_node_job {
     /* results (every kind) */
     int rc;
     char err[SPES_NODE_ERR_MAX];
-    uint64_t bytes_in;        /* blob bytes fetched from peers by this job */
+    uint64_t bytes_in; /* blob bytes fetched from peers by this job */
 } spes_node_job;
 
 /* spes_node_job_free frees a job and what it owns. */
@@ -140,14 +149,14 @@ enum spes_node_action_kind {
 /* spes_node_action is one thing the node asks its host to do. */
 typedef struct spes_node_action {
     int kind;
-    int call, type, timeout_ms;  /* SEND */
-    uint8_t *data;               /* SEND: the envelope (owned) */
+    int call, type, timeout_ms; /* SEND */
+    uint8_t *data;              /* SEND: the envelope (owned) */
     size_t len;
-    spes_node_job *job;          /* JOB, VALIDATED (owned) */
-    uint8_t hash[32];            /* RELEASE */
-    int value;                   /* CANCEL */
-    int level;                   /* LOG */
-    char text[640];              /* LOG */
+    spes_node_job *job; /* JOB, VALIDATED (owned) */
+    uint8_t hash[32];   /* RELEASE */
+    int value;          /* CANCEL */
+    int level;          /* LOG */
+    char text[640];     /* LOG */
 } spes_node_action;
 
 /* spes_node_out is the queue of actions an input produced, first in first out. */
@@ -189,7 +198,7 @@ typedef struct spes_node_opts {
     const char *codec;       /* "fp32" or "bf16" (Announce) */
     int threads;             /* Join's capabilities */
     int heartbeat_ms;
-    int keep_blobs;          /* never release blobs */
+    int keep_blobs; /* never release blobs */
     spes_node_hooks hooks;
 } spes_node_opts;
 
@@ -204,33 +213,34 @@ typedef struct spes_node_kept {
  * thread that feeds the machine (the daemon's loop). */
 typedef struct spes_node_sm {
     spes_node_opts o;
-    int phase;                /* spes_node_phase */
-    uint32_t id;              /* our node id (from Accept) */
-    int joined;               /* a Leave is owed on stop */
-    spes_run_config run;      /* the run config from the first Accept (immutable afterwards) */
+    int phase;           /* spes_node_phase */
+    uint32_t id;         /* our node id (from Accept) */
+    int joined;          /* a Leave is owed on stop */
+    spes_run_config run; /* the run config from the first Accept (immutable afterwards) */
     int have_run;
-    int E;                    /* experts of the run */
-    uint64_t round, step;     /* the agreed state held: S_round, steps done */
-    uint8_t hash[32];         /* its digest */
+    int E;                /* experts of the run */
+    uint64_t round, step; /* the agreed state held: S_round, steps done */
+    uint8_t hash[32];     /* its digest */
     int have_state;
-    uint8_t *cols;            /* (E) the columns being trained */
-    int busy;                 /* jobs handed out and not yet back */
-    int calls;                /* calls sent and not yet answered */
-    uint64_t next_try_ms;     /* no call before this time (backoff) */
+    uint8_t *cols;        /* (E) the columns being trained */
+    int busy;             /* jobs handed out and not yet back */
+    int calls;            /* calls sent and not yet answered */
+    uint64_t next_try_ms; /* no call before this time (backoff) */
     uint64_t last_hb_ms;
-    int have_step;            /* the worker's trainer step is known (progress) */
+    int have_step; /* the worker's trainer step is known (progress) */
     uint64_t trainer_step;
-    double loss, tps;         /* the worker's last step (progress) */
+    double loss, tps;                               /* the worker's last step (progress) */
     uint8_t pending_blob[32], pending_manifest[32]; /* the contribution to announce */
     uint64_t pending_size, pending_tokens;
     double pending_loss;
-    uint64_t train_round;     /* round of the contribution trained (UINT64_MAX: none) */
-    char saved_ckpt[SPES_NODE_CKPT_MAX]; /* checkpoint saved with the last applied state, sent with the digest */
-    uint64_t bytes_in_total;  /* blob bytes fetched from peers since start */
+    uint64_t train_round; /* round of the contribution trained (UINT64_MAX: none) */
+    char saved_ckpt
+        [SPES_NODE_CKPT_MAX];    /* checkpoint saved with the last applied state, sent with the digest */
+    uint64_t bytes_in_total;     /* blob bytes fetched from peers since start */
     uint64_t t_train0, t_train1; /* ms when the last training began and ended */
-    uint8_t *pending_commit;  /* a commit (envelope) that closed the round while we trained */
+    uint8_t *pending_commit;     /* a commit (envelope) that closed the round while we trained */
     size_t pending_commit_len;
-    uint32_t *accept_cols;    /* columns of the Accept being prepared for */
+    uint32_t *accept_cols; /* columns of the Accept being prepared for */
     size_t accept_ncols;
     spes_node_kept kept[SPES_NODE_KEEP_ROUNDS]; /* slot round % KEEP_ROUNDS */
 } spes_node_sm;

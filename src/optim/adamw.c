@@ -77,18 +77,26 @@ static void step_range(void *arg, size_t b, size_t e, int tid)
     }
 }
 
-void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spes_segment *seg,
-                     int nseg, double lr, float grad_scale, spes_pool *pool)
+void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spes_segment *seg, int nseg,
+                     double lr, float grad_scale, spes_pool *pool)
 {
     o->t++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->t);
     double bc2 = 1.0 - pow(o->beta2, (double)o->t);
     step_ctx c = {
-        .o = o, .params = params, .grads = grads, .seg = seg, .nseg = nseg,
+        .o = o,
+        .params = params,
+        .grads = grads,
+        .seg = seg,
+        .nseg = nseg,
         .decay = (float)(1.0 - lr * o->weight_decay),
-        .b1 = (float)o->beta1, .b2 = (float)o->beta2,
-        .omb1 = (float)(1.0 - o->beta1), .omb2 = (float)(1.0 - o->beta2),
-        .step_size = (float)(lr / bc1), .bc2_sqrt = (float)sqrt(bc2), .eps = (float)o->eps,
+        .b1 = (float)o->beta1,
+        .b2 = (float)o->beta2,
+        .omb1 = (float)(1.0 - o->beta1),
+        .omb2 = (float)(1.0 - o->beta2),
+        .step_size = (float)(lr / bc1),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)o->eps,
         .gscale = grad_scale,
     };
     spes_parallel_for(pool, o->n, step_range, &c);

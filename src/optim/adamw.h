@@ -21,8 +21,8 @@ typedef struct spes_segment {
 /* spes_adamw is the optimizer state for n trained floats. */
 typedef struct spes_adamw {
     size_t n;
-    float *m; /* (n) first moments */
-    float *v; /* (n) second moments */
+    float *m;  /* (n) first moments */
+    float *v;  /* (n) second moments */
     int64_t t; /* steps taken (bias correction) */
     double beta1, beta2, eps, weight_decay;
 } spes_adamw;
@@ -37,8 +37,8 @@ void spes_adamw_fini(spes_adamw *o);
  * exactly as torch.optim.AdamW (decoupled decay, bias correction), in fp32,
  * on the gradients times grad_scale (spes_clip_coef's value; 1 for none):
  * the same bits as clipping the gradients in place first, one pass fewer. */
-void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spes_segment *seg,
-                     int nseg, double lr, float grad_scale, spes_pool *pool);
+void spes_adamw_step(spes_adamw *o, float *params, const float *grads, const spes_segment *seg, int nseg,
+                     double lr, float grad_scale, spes_pool *pool);
 
 /* spes_lr_at returns the learning rate of 0-based step s (warmup then cosine). */
 double spes_lr_at(const spes_train_config *tc, int64_t s);

@@ -21,8 +21,8 @@ int spes_outer_has_state(const spes_outer *o)
  * from the k contributions' values vs, with momentum m (NULL when mu is 0).
  * The mean delta is formed as spes_aggregate forms it: the single delta for
  * k = 1, else the fp32 sum of deltas in order divided by k. */
-static void outer_segment(float *params, const float *const *vs, int k, size_t n, float *acc, float *m, float lr,
-                          float mu)
+static void outer_segment(float *params, const float *const *vs, int k, size_t n, float *acc, float *m,
+                          float lr, float mu)
 {
     if (k == 1) {
         for (size_t i = 0; i < n; i++)
@@ -56,7 +56,8 @@ int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes
     if (spes_outer_plain(o))
         return spes_aggregate(params, lo, E, cs, n);
     if (o->mu != 0.0f && !o->mom)
-        return spes_errf(SPES_EINVAL, "aggregate: outer momentum %g without a momentum buffer", (double)o->mu);
+        return spes_errf(SPES_EINVAL, "aggregate: outer momentum %g without a momentum buffer",
+                         (double)o->mu);
     for (int i = 1; i < n; i++)
         if (cs[i]->node <= cs[i - 1]->node)
             return spes_errf(SPES_EINVAL, "aggregate: contributions not sorted by node id");
@@ -146,23 +147,25 @@ int spes_state_blob_make(const float *params, const float *mom, size_t numel, ui
     return 0;
 }
 
-int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params, float *mom,
-                          const char *origin)
+int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params,
+                          float *mom, const char *origin)
 {
     const char *magic = mom ? "SPESSTATE2" : "SPESSTATE1";
     size_t want = STATE_HDR + numel * 4 * (mom ? 2 : 1);
     if (len < STATE_HDR || memcmp(buf, magic, 10))
-        return spes_errf(SPES_EFORMAT, "%s: not a %s state blob (%s)", origin, mom ? "momentum-carrying" : "plain",
-                         len >= 10 && !memcmp(buf, "SPESSTATE", 9) ? "the run's outer_momentum differs?" : "bad magic");
+        return spes_errf(
+            SPES_EFORMAT, "%s: not a %s state blob (%s)", origin, mom ? "momentum-carrying" : "plain",
+            len >= 10 && !memcmp(buf, "SPESSTATE", 9) ? "the run's outer_momentum differs?" : "bad magic");
     uint64_t r, nn;
     memcpy(&r, buf + 10, 8);
     memcpy(&nn, buf + 18, 8);
     if (nn != numel || len != want)
-        return spes_errf(SPES_EFORMAT, "%s: state of %llu values in %zu bytes, expected %zu values in %zu bytes", origin,
+        return spes_errf(SPES_EFORMAT,
+                         "%s: state of %llu values in %zu bytes, expected %zu values in %zu bytes", origin,
                          (unsigned long long)nn, len, numel, want);
     if (r != round)
-        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", origin, (unsigned long long)r,
-                         (unsigned long long)round);
+        return spes_errf(SPES_EFORMAT, "%s: state of round %llu, expected %llu", origin,
+                         (unsigned long long)r, (unsigned long long)round);
     memcpy(params, buf + STATE_HDR, numel * 4);
     if (mom)
         memcpy(mom, buf + STATE_HDR + numel * 4, numel * 4);

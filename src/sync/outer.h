@@ -60,7 +60,7 @@ int spes_state_blob_make(const float *params, const float *mom, size_t numel, ui
 /* spes_state_blob_parse reads a state blob from peer bytes into params (and
  * mom): it must be of round and numel, "SPESSTATE2" when mom is given and
  * "SPESSTATE1" otherwise; errors name origin. */
-int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params, float *mom,
-                          const char *origin);
+int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t round, float *params,
+                          float *mom, const char *origin);
 
 #endif

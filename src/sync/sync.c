@@ -72,10 +72,26 @@ void spes_contrib_fini(spes_contrib *c)
     memset(c, 0, sizeof *c);
 }
 
-static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static void put32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
 
 /* seg_base returns the agreed values matching segment s of a contribution's
  * values (-1: the shared block, else its column cols[s]) and their count in *n. */
@@ -85,7 +101,8 @@ static const float *seg_base(const spes_contrib *c, const float *base, int s, si
     return s < 0 ? base : base + c->shared_numel + (size_t)c->cols[s] * c->column_numel;
 }
 
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len)
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out,
+                        size_t *len)
 {
     if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
         return spes_errf(SPES_EINVAL, "unknown contribution codec %d", (int)codec);
@@ -138,14 +155,15 @@ static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *orig
         if (col < 0 || col >= E)
             return spes_errf(SPES_EFORMAT, "%s: contribution column %d is outside 0..%d", origin, col, E - 1);
         if (i > 0 && col <= c->cols[i - 1])
-            return spes_errf(SPES_EFORMAT, "%s: contribution columns are not strictly increasing at %d", origin, col);
+            return spes_errf(SPES_EFORMAT, "%s: contribution columns are not strictly increasing at %d",
+                             origin, col);
         c->cols[i] = col;
     }
     return 0;
 }
 
-static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, const float *base, float max_delta,
-                         const char *origin)
+static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, const float *base,
+                         float max_delta, const char *origin)
 {
     size_t i = 0, n;
     for (int s = -1; s < c->ncols; s++) {
@@ -162,10 +180,11 @@ static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, cons
                 v = b + d;
             }
             if (!isfinite(v) || !isfinite(d))
-                return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i, isnan(v) || isnan(d) ? "NaN" : "infinite");
+                return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i,
+                                 isnan(v) || isnan(d) ? "NaN" : "infinite");
             if (fabsf(d) > max_delta)
-                return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin, i,
-                                 (double)d, (double)max_delta);
+                return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g",
+                                 origin, i, (double)d, (double)max_delta);
             c->val[i] = v;
         }
     }
@@ -179,14 +198,16 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     if (len < CTB_HEADER || memcmp(buf, CTB_MAGIC, 8))
         return spes_errf(SPES_EFORMAT, "%s: not a contribution (bad magic or %zu bytes)", origin, len);
     if (get32(buf + 8) != 1)
-        return spes_errf(SPES_EFORMAT, "%s: contribution version %u is not supported", origin, get32(buf + 8));
+        return spes_errf(SPES_EFORMAT, "%s: contribution version %u is not supported", origin,
+                         get32(buf + 8));
     uint32_t codec = get32(buf + 12), ncols = get32(buf + 28);
     if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
         return spes_errf(SPES_EFORMAT, "%s: unknown contribution codec %u", origin, codec);
     if (get64(buf + 48) != lo->shared_numel || get64(buf + 56) != lo->column_numel)
-        return spes_errf(SPES_EFORMAT, "%s: contribution sizes (%llu, %llu) do not match this model (%zu, %zu)", origin,
-                         (unsigned long long)get64(buf + 48), (unsigned long long)get64(buf + 56), lo->shared_numel,
-                         lo->column_numel);
+        return spes_errf(SPES_EFORMAT,
+                         "%s: contribution sizes (%llu, %llu) do not match this model (%zu, %zu)", origin,
+                         (unsigned long long)get64(buf + 48), (unsigned long long)get64(buf + 56),
+                         lo->shared_numel, lo->column_numel);
     if (ncols > (uint32_t)E)
         return spes_errf(SPES_EFORMAT, "%s: contribution has %u columns, the model has %d", origin, ncols, E);
     size_t vsize = codec == SPES_CODEC_FP32 ? 4 : 2;
@@ -253,7 +274,8 @@ int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contr
                 if (cs[k]->cols[j] == e)
                     vs[owners++] = cs[k]->val + lo->shared_numel + (size_t)j * lo->column_numel;
         if (owners)
-            agg_segment(params + lo->shared_numel + (size_t)e * lo->column_numel, vs, owners, lo->column_numel, acc);
+            agg_segment(params + lo->shared_numel + (size_t)e * lo->column_numel, vs, owners,
+                        lo->column_numel, acc);
     }
     free(acc);
     free(vs);

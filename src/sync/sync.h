@@ -24,13 +24,13 @@ typedef enum spes_codec {
  * codec carries bf16(value - base), since bf16 values would lose too much. */
 typedef struct spes_contrib {
     int64_t round;
-    int32_t node;       /* node id (aggregation order) */
-    uint64_t tokens;    /* tokens trained this round */
-    float loss_mean;    /* mean training CE over the round's steps */
+    int32_t node;    /* node id (aggregation order) */
+    uint64_t tokens; /* tokens trained this round */
+    float loss_mean; /* mean training CE over the round's steps */
     int ncols;
-    int32_t *cols;      /* (ncols) owned columns, strictly increasing */
+    int32_t *cols; /* (ncols) owned columns, strictly increasing */
     size_t shared_numel, column_numel;
-    float *val;         /* (shared_numel + ncols * column_numel): shared, then columns */
+    float *val; /* (shared_numel + ncols * column_numel): shared, then columns */
 } spes_contrib;
 
 /* spes_contrib_make copies the node's values cur over the shared block and the
@@ -43,7 +43,8 @@ void spes_contrib_fini(spes_contrib *c);
 
 /* spes_contrib_encode serialises c with the codec into a malloc'd buffer;
  * base (the agreed state, full layout) is needed by the bf16 codec. */
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out, size_t *len);
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out,
+                        size_t *len);
 
 /* spes_contrib_max_size is the largest encoded contribution for a model of
  * layout lo with E experts (fp32, every column): a bound on what a peer may

@@ -22,7 +22,8 @@ int spes_data_fetch_urls(spes_run_config *cfg, const char *cache_dir, const vola
         if (!strstr(f->path, "://"))
             continue;
         if (!f->sha256)
-            return spes_errf(SPES_EINVAL, "data file %s is a URL without a sha256: it cannot be verified", f->path);
+            return spes_errf(SPES_EINVAL, "data file %s is a URL without a sha256: it cannot be verified",
+                             f->path);
         char name[80];
         snprintf(name, sizeof name, "%.64s.tokens", f->sha256); /* content-named: two URLs, one file */
         dests[n] = spes_path_join(cache_dir, name);

@@ -54,7 +54,8 @@ static int build_segments(spes_trainer *t)
     for (int e = 0; e < E; e++) {
         if (!t->model->trained[e])
             continue;
-        t->seg[t->nseg++] = (spes_segment){lo->shared_numel + (size_t)e * lo->column_numel, g, lo->column_numel};
+        t->seg[t->nseg++] =
+            (spes_segment){lo->shared_numel + (size_t)e * lo->column_numel, g, lo->column_numel};
         g += lo->column_numel;
     }
     return 0;
@@ -110,7 +111,8 @@ int spes_trainer_open_data(spes_trainer *t, int index, int count)
     if (!rc)
         rc = spes_tok_dtype_parse(d->dtype, &dt);
     if (!rc)
-        rc = spes_dataset_open(&t->data, paths, d->nfiles, dt, fmt, (uint32_t)t->cfg.model.vocab_size, t->pool);
+        rc = spes_dataset_open(&t->data, paths, d->nfiles, dt, fmt, (uint32_t)t->cfg.model.vocab_size,
+                               t->pool);
     if (rc)
         return rc;
     t->have_data = 1;

@@ -16,10 +16,10 @@
 
 /* spes_step_stats is what one training step reports. */
 typedef struct spes_step_stats {
-    int64_t step;     /* 0-based step just taken */
-    double loss;      /* mean CE of the batch, before the update (docs/design.md) */
-    double total;     /* CE + weighted auxiliary losses */
-    double lb, z;     /* unweighted auxiliary losses */
+    int64_t step; /* 0-based step just taken */
+    double loss;  /* mean CE of the batch, before the update (docs/design.md) */
+    double total; /* CE + weighted auxiliary losses */
+    double lb, z; /* unweighted auxiliary losses */
     double lr;
     double grad_norm; /* before clipping */
     double seconds;   /* wall time of the step */

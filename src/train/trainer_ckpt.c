@@ -42,9 +42,11 @@ static int check_compatible(const spes_trainer *t, const spes_ckpt *meta, const 
     int same = memcmp(&c.model, &t->cfg.model, sizeof c.model) == 0;
     spes_config_fini(&c);
     if (!same)
-        return spes_errf(SPES_EINVAL, "%s: the checkpoint's model configuration differs from the run config", dir);
+        return spes_errf(SPES_EINVAL, "%s: the checkpoint's model configuration differs from the run config",
+                         dir);
     if (meta->E != t->cfg.model.num_experts || memcmp(meta->trained, t->model->trained, (size_t)meta->E))
-        return spes_errf(SPES_EINVAL, "%s: the checkpoint trains other expert columns than this run (--columns)", dir);
+        return spes_errf(SPES_EINVAL,
+                         "%s: the checkpoint trains other expert columns than this run (--columns)", dir);
     if (meta->nmoments != t->opt.n)
         return spes_errf(SPES_EINVAL, "%s: the checkpoint has no optimizer state for these columns", dir);
     return 0;

@@ -16,15 +16,23 @@ typedef struct lfield {
     double lo, hi;
 } lfield;
 
-#define LF(f, lo, hi) {#f, offsetof(wan_link, f), lo, hi}
+#define LF(f, lo, hi)                                                                                        \
+    {                                                                                                        \
+#f, offsetof(wan_link, f), lo, hi                                                                    \
+    }
 static const lfield lfields[] = {
-    LF(up_mbit, 0.001, 100000), LF(down_mbit, 0.001, 100000), LF(delay_ms, 0, 10000), LF(loss, 0, 0.5),
+    LF(up_mbit, 0.001, 100000), LF(down_mbit, 0.001, 100000), LF(delay_ms, 0, 10000),  LF(loss, 0, 0.5),
     LF(buffer_ms, 0.1, 10000),  LF(burst_len, 0, 1000000),    LF(burst_loss, 0.01, 1),
 };
 #define NLFIELDS (sizeof lfields / sizeof lfields[0])
 
-static const wan_link link_default = {.up_mbit = 1000, .down_mbit = 1000, .delay_ms = 0, .loss = 0,
-                                      .buffer_ms = 50, .burst_len = 0, .burst_loss = 1};
+static const wan_link link_default = {.up_mbit = 1000,
+                                      .down_mbit = 1000,
+                                      .delay_ms = 0,
+                                      .loss = 0,
+                                      .buffer_ms = 50,
+                                      .burst_len = 0,
+                                      .burst_loss = 1};
 
 /* read_link overrides l's fields with those present in object o (at WHERE in PATH). */
 static int read_link(wan_link *l, json_t *o, const char *path, const char *where)
@@ -33,7 +41,8 @@ static int read_link(wan_link *l, json_t *o, const char *path, const char *where
         return spes_errf(SPES_EFORMAT, "%s: %s must be an object of link fields", path, where);
     const char *key;
     json_t *v;
-    json_object_foreach(o, key, v) {
+    json_object_foreach(o, key, v)
+    {
         const lfield *f = NULL;
         for (size_t i = 0; i < NLFIELDS && !f; i++)
             if (!strcmp(lfields[i].name, key))
@@ -44,13 +53,16 @@ static int read_link(wan_link *l, json_t *o, const char *path, const char *where
             return spes_errf(SPES_EINVAL, "%s: %s.%s must be a number", path, where, key);
         double x = json_number_value(v);
         if (!(x >= f->lo && x <= f->hi) && !(x == 0 && !strcmp(key, "burst_len")))
-            return spes_errf(SPES_ERANGE, "%s: %s.%s = %g is outside [%g, %g]", path, where, key, x, f->lo, f->hi);
+            return spes_errf(SPES_ERANGE, "%s: %s.%s = %g is outside [%g, %g]", path, where, key, x, f->lo,
+                             f->hi);
         *(double *)((char *)l + f->off) = x;
     }
     if (l->burst_len != 0 && l->burst_len < 1)
-        return spes_errf(SPES_ERANGE, "%s: %s.burst_len must be 0 (no bursts) or at least 1 packet", path, where);
+        return spes_errf(SPES_ERANGE, "%s: %s.burst_len must be 0 (no bursts) or at least 1 packet", path,
+                         where);
     if (l->burst_len >= 1 && l->loss > l->burst_loss)
-        return spes_errf(SPES_ERANGE, "%s: %s: loss %g exceeds burst_loss %g", path, where, l->loss, l->burst_loss);
+        return spes_errf(SPES_ERANGE, "%s: %s: loss %g exceeds burst_loss %g", path, where, l->loss,
+                         l->burst_loss);
     return 0;
 }
 
@@ -69,7 +81,8 @@ static int read_nodes(wan_profile *p, json_t *o, const char *path, const wan_lin
         return spes_errf(SPES_EFORMAT, "%s: \"nodes\" must be an object (node index -> link fields)", path);
     const char *key;
     json_t *v;
-    json_object_foreach(o, key, v) {
+    json_object_foreach(o, key, v)
+    {
         const char *end;
         int k = parse_node(key, &end);
         if (k < 0 || *end)
@@ -90,16 +103,19 @@ static int read_nodes(wan_profile *p, json_t *o, const char *path, const wan_lin
 static int read_pairs(wan_profile *p, json_t *o, const char *path)
 {
     if (!json_is_object(o))
-        return spes_errf(SPES_EFORMAT, "%s: \"pairs\" must be an object (\"I-J\" -> one-way delay in ms)", path);
+        return spes_errf(SPES_EFORMAT, "%s: \"pairs\" must be an object (\"I-J\" -> one-way delay in ms)",
+                         path);
     const char *key;
     json_t *v;
-    json_object_foreach(o, key, v) {
+    json_object_foreach(o, key, v)
+    {
         const char *end;
         int i = parse_node(key, &end), j = -1;
         if (i >= 0 && *end == '-')
             j = parse_node(end + 1, &end);
         if (i < 0 || j < 0 || *end || i == j)
-            return spes_errf(SPES_EINVAL, "%s: pairs: \"%s\" is not a pair of two node indices \"I-J\"", path, key);
+            return spes_errf(SPES_EINVAL, "%s: pairs: \"%s\" is not a pair of two node indices \"I-J\"", path,
+                             key);
         if (!json_is_number(v))
             return spes_errf(SPES_EINVAL, "%s: pairs.%s must be a number (one-way delay in ms)", path, key);
         double d = json_number_value(v);
@@ -130,7 +146,8 @@ int wan_profile_load(wan_profile *p, const char *path, int n)
     }
     const char *key;
     json_t *v;
-    json_object_foreach(root, key, v) {
+    json_object_foreach(root, key, v)
+    {
         if (!strcmp(key, "default"))
             rc = read_link(&def, v, path, "default");
         else if (!strcmp(key, "nodes"))
@@ -164,7 +181,8 @@ void wan_profile_print(const wan_profile *p)
     for (int k = 0; k < p->n; k++) {
         json_t *l = json_object();
         for (size_t i = 0; i < NLFIELDS; i++)
-            json_object_set_new(l, lfields[i].name, json_real(*(const double *)((const char *)&p->node[k] + lfields[i].off)));
+            json_object_set_new(l, lfields[i].name,
+                                json_real(*(const double *)((const char *)&p->node[k] + lfields[i].off)));
         json_array_append_new(nodes, l);
         json_t *row = json_array();
         for (int j = 0; j < p->n; j++)

@@ -32,9 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PKT_MAX 2048         /* the TUN's MTU is at most 1500: a read never exceeds this */
-#define POOL_MAX (1 << 17)   /* packets held at once (256 MiB); beyond: counted drop_nomem */
-#define READ_BURST 64        /* packets read from one TUN before looking at the others */
+#define PKT_MAX 2048       /* the TUN's MTU is at most 1500: a read never exceeds this */
+#define POOL_MAX (1 << 17) /* packets held at once (256 MiB); beyond: counted drop_nomem */
+#define READ_BURST 64      /* packets read from one TUN before looking at the others */
 #define TUN_NAME "wan0"
 
 enum { ST_PROPAGATE = 1, ST_DELIVER = 2 };
@@ -50,8 +50,8 @@ typedef struct pkt {
 
 /* lossy is one direction of an access link's loss process (Bernoulli or Gilbert-Elliott). */
 typedef struct lossy {
-    double loss;      /* Bernoulli probability (no bursts) */
-    double p, r, h;   /* Gilbert-Elliott: good->bad, bad->good, loss in bad */
+    double loss;    /* Bernoulli probability (no bursts) */
+    double p, r, h; /* Gilbert-Elliott: good->bad, bad->good, loss in bad */
     int bursty, bad;
 } lossy;
 
@@ -338,8 +338,8 @@ static void arm_timer(relay *r)
 
 static json_t *dir_json(const dir_stats *s)
 {
-    return json_pack("{sI sI sI sI}", "packets", (json_int_t)s->packets, "bytes", (json_int_t)s->bytes, "drop_queue",
-                     (json_int_t)s->drop_queue, "drop_loss", (json_int_t)s->drop_loss);
+    return json_pack("{sI sI sI sI}", "packets", (json_int_t)s->packets, "bytes", (json_int_t)s->bytes,
+                     "drop_queue", (json_int_t)s->drop_queue, "drop_loss", (json_int_t)s->drop_loss);
 }
 
 static json_t *stats_json(const relay *r)
@@ -444,7 +444,8 @@ static int open_tun(node *s, int home, const char *cc)
     snprintf(path, sizeof path, "/run/netns/%s", s->ns);
     int nsfd = open(path, O_RDONLY | O_CLOEXEC), sock = -1, rc = 0;
     if (nsfd < 0)
-        return spes_errf_errno(SPES_ENOENT, "netns %s: cannot open %s (create it with ip netns add)", s->ns, path);
+        return spes_errf_errno(SPES_ENOENT, "netns %s: cannot open %s (create it with ip netns add)", s->ns,
+                               path);
     if (setns(nsfd, CLONE_NEWNET) < 0) {
         rc = spes_errf_errno(SPES_EIO, "netns %s: setns", s->ns);
         goto out;
@@ -480,7 +481,8 @@ static int open_tun(node *s, int home, const char *cc)
     ifr.ifr_qlen = 1000;
     if ((rc = if_ioctl(sock, SIOCSIFTXQLEN, &ifr, s->ns, "txqueuelen")))
         goto back;
-    if ((rc = set_addr(sock, SIOCSIFADDR, s->ns, s->addr)) || (rc = set_addr(sock, SIOCSIFNETMASK, s->ns, "255.255.0.0")))
+    if ((rc = set_addr(sock, SIOCSIFADDR, s->ns, s->addr)) ||
+        (rc = set_addr(sock, SIOCSIFNETMASK, s->ns, "255.255.0.0")))
         goto back;
     if ((rc = set_up(sock, TUN_NAME, s->ns)) || (rc = set_up(sock, "lo", s->ns)))
         goto back;
@@ -556,13 +558,13 @@ static int loop(relay *r)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: spes-wanrelay --profile FILE --netns NS0,NS1,... [--net A] [--cc NAME] [--stats FILE]"
-                    " [--seed S] [--rt PRIO]\n"
-                    "       spes-wanrelay --profile FILE --nodes N --check\n"
-                    "Node K gets 10.A.K.2/16 (A = --net, default 77) on device " TUN_NAME
-                    " in namespace NS_K.\n"
-                    "--rt PRIO runs the relay SCHED_FIFO at PRIO, so busy CPUs do not slow the links.\n"
-                    "SIGUSR1 prints the counters (and writes --stats); SIGTERM or SIGINT ends the relay.\n");
+    fprintf(stderr,
+            "usage: spes-wanrelay --profile FILE --netns NS0,NS1,... [--net A] [--cc NAME] [--stats FILE]"
+            " [--seed S] [--rt PRIO]\n"
+            "       spes-wanrelay --profile FILE --nodes N --check\n"
+            "Node K gets 10.A.K.2/16 (A = --net, default 77) on device " TUN_NAME " in namespace NS_K.\n"
+            "--rt PRIO runs the relay SCHED_FIFO at PRIO, so busy CPUs do not slow the links.\n"
+            "SIGUSR1 prints the counters (and writes --stats); SIGTERM or SIGINT ends the relay.\n");
     exit(2);
 }
 
@@ -636,7 +638,8 @@ int main(int argc, char **argv)
          * before the daemons it carries (it sleeps in epoll between packets) */
         struct sched_param sp = {.sched_priority = rt};
         if (sched_setscheduler(0, SCHED_FIFO, &sp) < 0)
-            fprintf(stderr, "spes-wanrelay: no real-time priority %d (%s): timings suffer when the CPUs are busy\n",
+            fprintf(stderr,
+                    "spes-wanrelay: no real-time priority %d (%s): timings suffer when the CPUs are busy\n",
                     rt, strerror(errno));
     }
     sigset_t mask;
