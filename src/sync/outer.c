@@ -50,6 +50,15 @@ static void outer_segment(float *params, const float *const *vs, int k, size_t n
     }
 }
 
+/* outer_seg adapts outer_segment to the shared walk (ctx: the spes_outer). */
+static void outer_seg(void *ctx, float *params, size_t off, const float *const *vs, int k, size_t n,
+                      float *acc)
+{
+    const spes_outer *o = ctx;
+    float *m = o->mu != 0.0f ? o->mom + off : NULL;
+    outer_segment(params, vs, k, n, acc, m, o->lr, o->mu);
+}
+
 int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n,
                          const spes_outer *o)
 {
@@ -58,36 +67,7 @@ int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes
     if (o->mu != 0.0f && !o->mom)
         return spes_errf(SPES_EINVAL, "aggregate: outer momentum %g without a momentum buffer",
                          (double)o->mu);
-    for (int i = 1; i < n; i++)
-        if (cs[i]->node <= cs[i - 1]->node)
-            return spes_errf(SPES_EINVAL, "aggregate: contributions not sorted by node id");
-    if (n == 0)
-        return 0;
-    size_t width = lo->shared_numel > lo->column_numel ? lo->shared_numel : lo->column_numel;
-    float *acc = malloc(width * sizeof *acc);
-    const float **vs = malloc((size_t)n * sizeof *vs);
-    if (!acc || !vs) {
-        free(acc);
-        free(vs);
-        return SPES_ENOMEM;
-    }
-    float *m = o->mu != 0.0f ? o->mom : NULL;
-    for (int k = 0; k < n; k++)
-        vs[k] = cs[k]->val;
-    outer_segment(params, vs, n, lo->shared_numel, acc, m, o->lr, o->mu);
-    for (int e = 0; e < E; e++) {
-        int owners = 0;
-        for (int k = 0; k < n; k++)
-            for (int j = 0; j < cs[k]->ncols; j++)
-                if (cs[k]->cols[j] == e)
-                    vs[owners++] = cs[k]->val + lo->shared_numel + (size_t)j * lo->column_numel;
-        size_t off = lo->shared_numel + (size_t)e * lo->column_numel;
-        if (owners)
-            outer_segment(params + off, vs, owners, lo->column_numel, acc, m ? m + off : NULL, o->lr, o->mu);
-    }
-    free(acc);
-    free(vs);
-    return 0;
+    return spes__aggregate_walk(params, lo, E, cs, n, outer_seg, (void *)o);
 }
 
 int spes_state_digest2(const float *params, const float *mom, size_t numel, int64_t round, uint8_t out[32])

@@ -249,7 +249,8 @@ static void agg_segment(float *params, const float *const *vs, int k, size_t n, 
         params[i] += acc[i] / (float)k;
 }
 
-int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n)
+int spes__aggregate_walk(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n,
+                         spes__segment_fn seg, void *ctx)
 {
     for (int i = 1; i < n; i++)
         if (cs[i]->node <= cs[i - 1]->node)
@@ -266,20 +267,33 @@ int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contr
     }
     for (int k = 0; k < n; k++)
         vs[k] = cs[k]->val;
-    agg_segment(params, vs, n, lo->shared_numel, acc);
+    seg(ctx, params, 0, vs, n, lo->shared_numel, acc);
     for (int e = 0; e < E; e++) {
         int owners = 0;
         for (int k = 0; k < n; k++)
             for (int j = 0; j < cs[k]->ncols; j++)
                 if (cs[k]->cols[j] == e)
                     vs[owners++] = cs[k]->val + lo->shared_numel + (size_t)j * lo->column_numel;
+        size_t off = lo->shared_numel + (size_t)e * lo->column_numel;
         if (owners)
-            agg_segment(params + lo->shared_numel + (size_t)e * lo->column_numel, vs, owners,
-                        lo->column_numel, acc);
+            seg(ctx, params + off, off, vs, owners, lo->column_numel, acc);
     }
     free(acc);
     free(vs);
     return 0;
+}
+
+static void plain_segment(void *ctx, float *params, size_t off, const float *const *vs, int k, size_t n,
+                          float *acc)
+{
+    (void)ctx;
+    (void)off;
+    agg_segment(params, vs, k, n, acc);
+}
+
+int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n)
+{
+    return spes__aggregate_walk(params, lo, E, cs, n, plain_segment, NULL);
 }
 
 int spes_state_digest(const float *params, size_t numel, int64_t round, uint8_t out[32])

@@ -66,6 +66,17 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
  * value exactly. Contributions must be sorted by node id (SPES_EINVAL otherwise). */
 int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n);
 
+/* spes__segment_fn updates n floats of params (at offset off of the full layout)
+ * from the k contributions' values vs (in node-id order), with acc as scratch. */
+typedef void (*spes__segment_fn)(void *ctx, float *params, size_t off, const float *const *vs, int k,
+                                 size_t n, float *acc);
+
+/* spes__aggregate_walk checks the contributions' order and runs seg over the
+ * shared block and over every column that has contributing owners: the walk
+ * that spes_aggregate and the outer optimizer (sync/outer.h) share. */
+int spes__aggregate_walk(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n,
+                         spes__segment_fn seg, void *ctx);
+
 /* spes_state_digest is the SHA-256 of the canonical serialisation of a state:
  * "SPESSTATE1", the round (int64 LE), total_numel (uint64 LE), then every
  * parameter as little-endian fp32 in layout order. */
