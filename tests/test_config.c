@@ -97,6 +97,14 @@ START_TEST(test_override_and_round_trip)
     ck_assert_mem_eq(&d.train, &c.train, sizeof c.train);
     ck_assert_mem_eq(&d.spes, &c.spes, sizeof c.spes);
     ck_assert_str_eq(d.data.files[0].path, "x.bin");
+    /* plain averaging writes no outer-optimizer fields (nodes that predate them must read it) */
+    ck_assert_ptr_null(strstr(js, "outer_"));
+    free(js);
+    ck_assert_int_eq(spes_config_set(&c, "spes.outer_momentum=0.9"), 0);
+    js = spes_config_to_json(&c);
+    ck_assert_ptr_nonnull(strstr(js, "\"outer_lr\""));
+    ck_assert_int_eq(parse(&d, js), 0);
+    ck_assert_mem_eq(&d.spes, &c.spes, sizeof c.spes);
     free(js);
     char *hf = spes_config_hf_json(&c.model);
     ck_assert_ptr_nonnull(strstr(hf, "\"OlmoeForCausalLM\""));

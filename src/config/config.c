@@ -221,6 +221,14 @@ int spes_config_validate(const spes_run_config *c)
 char *spes_config_to_json(const spes_run_config *c)
 {
     json_t *root = spes_cfg_to_json(&table, c);
+    /* A run that keeps plain averaging writes no outer-optimizer fields: the coordinator hands this
+     * JSON to every node, and nodes built before the outer optimizer refuse fields they do not
+     * know, though they compute such a run exactly (docs/convergence.md). */
+    json_t *spes = json_object_get(root, "spes");
+    if (spes && c->spes.outer_lr == 1.0 && c->spes.outer_momentum == 0.0) {
+        json_object_del(spes, "outer_lr");
+        json_object_del(spes, "outer_momentum");
+    }
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;
