@@ -103,6 +103,7 @@ START_TEST(test_override_and_round_trip)
     ck_assert_int_eq(spes_config_set(&c, "spes.outer_momentum=0.9"), 0);
     js = spes_config_to_json(&c);
     ck_assert_ptr_nonnull(strstr(js, "\"outer_lr\""));
+    spes_config_fini(&d);
     ck_assert_int_eq(parse(&d, js), 0);
     ck_assert_mem_eq(&d.spes, &c.spes, sizeof c.spes);
     free(js);
