@@ -953,10 +953,14 @@ void spes_net_server_close(spes_net_server *s)
     if (spes__nng_close_bounded(s->sock, s->url))
         return; /* still closing inside nng: its request aios and pipe callbacks stay valid */
     /* every callback finishes before any aio is freed: one that was running
-     * when the close began could otherwise touch another request's aio */
-    for (int i = 0; s->reqs && i < s->nreq; i++)
-        if (s->reqs[i].aio)
-            nng_aio_stop(s->reqs[i].aio);
+     * when the close began could otherwise touch another request's aio. Twice:
+     * a callback still running during the first pass may have started a waiting
+     * request (request_done) whose aio that pass had already stopped; nng then
+     * dispatches that aio's completion, and the second pass waits for it. */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; s->reqs && i < s->nreq; i++)
+            if (s->reqs[i].aio)
+                nng_aio_stop(s->reqs[i].aio);
     for (int i = 0; s->reqs && i < s->nreq; i++) {
         spes_net_request *r = &s->reqs[i];
         nng_aio_free(r->aio);
