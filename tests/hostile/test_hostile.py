@@ -181,7 +181,9 @@ def attack_idle(cl, a):
 
 
 def main():
-    cl = Cluster(BUILD, 2, run_config(sync=5), tokens(), prefix="spes-hostile-")
+    cfg = run_config(sync=5)
+    cfg["train"]["max_steps"] = 20000  # the run must outlast the attacks on a slow machine ("the run went on")
+    cl = Cluster(BUILD, 2, cfg, tokens(), prefix="spes-hostile-")
     try:
         import subprocess
         subprocess.run([cl.spesctl, "cert", "issue", "mallory", "--role", "node", "--ca", cl.path("pki"),
