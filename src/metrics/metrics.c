@@ -270,52 +270,43 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
         snprintf(lab, sizeof lab, "state=\"%s\"", state_names[st]);
         sample(f, "spes_members", lab, n);
     }
-    head(f, "spes_member_loss", "gauge", "Last loss each member reported.");
-    for (int i = 0; i < s->nmembers; i++) {
-        spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
-        snprintf(lab, sizeof lab, "node=\"%s\"", esc);
-        sample(f, "spes_member_loss", lab, s->members[i].loss);
-    }
-    head(f, "spes_member_tokens_per_second", "gauge",
-         "Last throughput each member reported, in tokens per second.");
-    for (int i = 0; i < s->nmembers; i++) {
-        spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
-        snprintf(lab, sizeof lab, "node=\"%s\"", esc);
-        sample(f, "spes_member_tokens_per_second", lab, s->members[i].tps);
-    }
-    head(f, "spes_member_last_seen_timestamp_seconds", "gauge",
-         "When each member was last heard from (Unix time).");
-    for (int i = 0; i < s->nmembers; i++) {
-        spes_metrics_escape_label(esc, sizeof esc, s->members[i].name);
-        snprintf(lab, sizeof lab, "node=\"%s\"", esc);
-        sample(f, "spes_member_last_seen_timestamp_seconds", lab,
-               (double)s->members[i].last_seen_ms / 1000.0);
-    }
     static const struct {
-        const char *name, *help;
+        const char *name, *type, *help;
+        int counters; /* a value of the member's reported counters: absent until it reports them */
     } per[] = {
-        {"spes_member_train_seconds_total", "Seconds each member spent training, as it last reported."},
-        {"spes_member_wait_seconds_total",
-         "Seconds each member spent waiting for rounds, as it last reported."},
-        {"spes_member_payload_sent_bytes_total", "Payload bytes each member sent, as it last reported."},
-        {"spes_member_payload_received_bytes_total",
-         "Payload bytes each member received, as it last reported."},
-        {"spes_member_rounds_contributed_total", "Rounds committed with each member among the contributors."},
+        {"spes_member_loss", "gauge", "Last loss each member reported.", 0},
+        {"spes_member_tokens_per_second", "gauge",
+         "Last throughput each member reported, in tokens per second.", 0},
+        {"spes_member_last_seen_timestamp_seconds", "gauge",
+         "When each member was last heard from (Unix time).", 0},
+        {"spes_member_train_seconds_total", "counter",
+         "Seconds each member spent training, as it last reported.", 1},
+        {"spes_member_wait_seconds_total", "counter",
+         "Seconds each member spent waiting for rounds, as it last reported.", 1},
+        {"spes_member_payload_sent_bytes_total", "counter",
+         "Payload bytes each member sent, as it last reported.", 1},
+        {"spes_member_payload_received_bytes_total", "counter",
+         "Payload bytes each member received, as it last reported.", 1},
+        {"spes_member_rounds_contributed_total", "counter",
+         "Rounds committed with each member among the contributors.", 1},
     };
     for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
-        head(f, per[k].name, "counter", per[k].help);
+        head(f, per[k].name, per[k].type, per[k].help);
         for (int i = 0; i < s->nmembers; i++) {
             const spes_metrics_member *mm = &s->members[i];
-            if (!mm->have_counters)
+            if (per[k].counters && !mm->have_counters)
                 continue;
-            double v = k == 0   ? mm->train_s
-                       : k == 1 ? mm->wait_s
-                       : k == 2 ? (double)mm->sent_bytes
-                       : k == 3 ? (double)mm->received_bytes
-                                : (double)mm->rounds;
+            double v[] = {mm->loss,
+                          mm->tps,
+                          (double)mm->last_seen_ms / 1000.0,
+                          mm->train_s,
+                          mm->wait_s,
+                          (double)mm->sent_bytes,
+                          (double)mm->received_bytes,
+                          (double)mm->rounds};
             spes_metrics_escape_label(esc, sizeof esc, mm->name);
             snprintf(lab, sizeof lab, "node=\"%s\"", esc);
-            sample(f, per[k].name, lab, v);
+            sample(f, per[k].name, lab, v[k]);
         }
     }
     if (s->E > 0) {
