@@ -240,8 +240,7 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round,
                  j->npeers);
         uint64_t state_size =
-            26 + (uint64_t)n->tr.model->layout.total_numel * 4 *
-                     (n->sm.run.spes.outer_momentum != 0 ? 2 : 1); /* header + params (+ momentum) */
+            spes_state_blob_size(n->tr.model->layout.total_numel, n->sm.run.spes.outer_momentum != 0);
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 ||
             (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);

@@ -106,12 +106,17 @@ void spes_outer_fini(spes_outer *o)
     o->mom = NULL;
 }
 
-#define STATE_HDR 26
+#define STATE_HDR 26 /* magic (10) + round (8) + numel (8) */
+
+size_t spes_state_blob_size(size_t numel, int with_momentum)
+{
+    return STATE_HDR + numel * 4 * (with_momentum ? 2 : 1);
+}
 
 int spes_state_blob_make(const float *params, const float *mom, size_t numel, uint64_t round, uint8_t **out,
                          size_t *len)
 {
-    size_t n = STATE_HDR + numel * 4 * (mom ? 2 : 1);
+    size_t n = spes_state_blob_size(numel, mom != NULL);
     uint8_t *b = malloc(n);
     if (!b)
         return SPES_ENOMEM;
@@ -131,7 +136,7 @@ int spes_state_blob_parse(const uint8_t *buf, size_t len, size_t numel, uint64_t
                           float *mom, const char *origin)
 {
     const char *magic = mom ? "SPESSTATE2" : "SPESSTATE1";
-    size_t want = STATE_HDR + numel * 4 * (mom ? 2 : 1);
+    size_t want = spes_state_blob_size(numel, mom != NULL);
     if (len < STATE_HDR || memcmp(buf, magic, 10))
         return spes_errf(
             SPES_EFORMAT, "%s: not a %s state blob (%s)", origin, mom ? "momentum-carrying" : "plain",

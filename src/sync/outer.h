@@ -51,6 +51,10 @@ int spes_outer_init(spes_outer *o, double lr, double mu, size_t numel);
 /* spes_outer_fini frees the momentum buffer. */
 void spes_outer_fini(spes_outer *o);
 
+/* spes_state_blob_size is the byte size of the state blob of numel values
+ * (with_momentum: a SPESSTATE2 blob, which carries the outer momentum too). */
+size_t spes_state_blob_size(size_t numel, int with_momentum);
+
 /* spes_state_blob_make serialises a state as the blob peers fetch: exactly the
  * bytes spes_state_digest2 hashes (so the blob's name is the state digest),
  * "SPESSTATE1" without momentum, "SPESSTATE2" with it; malloc'd into *out. */
