@@ -146,7 +146,7 @@ static void carry_out(spes_coord *c, spes_coord_action *a)
     case SPES_COORD_VALIDATE:
         if (spes_node_validate(c->d->node, a->round, a->n, (const uint8_t(*)[32])a->hashes,
                                (const uint8_t(*)[32])a->manifests, (const char **)a->urls,
-                               (const char **)a->names) != 0) {
+                               (const char **)a->names, a->ids, a->cols) != 0) {
             log_error("round %llu: cannot start validation: %s", (unsigned long long)a->round, spes_errmsg());
             spes_coord_sm_validation_failed(c->sm, a->round);
         }

@@ -26,13 +26,14 @@
 #define SPES_VERSION "0.0.0"
 #endif
 
-#define BLOB_SCAN_MS 2000 /* the store's usage walks its directory: at most this often */
+#define BLOB_SCAN_MS 2000 /* the store's usage walks its directory: this often, and per round applied */
 
 struct spes_dmetrics {
     spes_daemon *d;
     spes_metrics_snapshot *s; /* [loop] */
     uint64_t blob_scan_ms;
-    uint64_t status_round; /* the coordinator's round at the last tick */
+    uint64_t blob_scan_round; /* the node's round at that scan */
+    uint64_t status_round;    /* the coordinator's round at the last tick */
     uint64_t refused_round, mm_round;
     int mm_seen;
     struct {
@@ -367,8 +368,10 @@ void spes_dmetrics_tick(spes_dmetrics *m)
     spes_blob_store *b = spes_node_blobs(m->d->node);
     if (b) {
         uint64_t now = spes_mono_ms();
-        if (now - m->blob_scan_ms >= BLOB_SCAN_MS || !m->blob_scan_ms) {
+        /* a round applied wrote and deleted blobs: look again then */
+        if (now - m->blob_scan_ms >= BLOB_SCAN_MS || !m->blob_scan_ms || round != m->blob_scan_round) {
             m->blob_scan_ms = now;
+            m->blob_scan_round = round;
             uint64_t bytes = 0;
             uint32_t nb = 0;
             if (spes_blob_store_usage(b, &bytes, &nb) == 0) {

@@ -196,9 +196,10 @@ static void drain(spes_node *n)
 }
 
 int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32],
-                       const uint8_t (*manifests)[32], const char **urls, const char **names)
+                       const uint8_t (*manifests)[32], const char **urls, const char **names,
+                       const uint32_t *ids, const uint8_t *cols)
 {
-    int rc = spes_node_sm_validate(&n->sm, round, count, hashes, manifests, urls, names, &n->out);
+    int rc = spes_node_sm_validate(&n->sm, round, count, hashes, manifests, urls, names, ids, cols, &n->out);
     drain(n);
     return rc;
 }

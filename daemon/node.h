@@ -42,7 +42,8 @@ void spes_node_forward_status(spes_node *n, const uint8_t *data, size_t len, spe
  * contributions, each pinned to its announced manifest (coordinator's own
  * node); the result goes to spes_coord_validated. */
 int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32],
-                       const uint8_t (*manifests)[32], const char **urls, const char **names);
+                       const uint8_t (*manifests)[32], const char **urls, const char **names,
+                       const uint32_t *ids, const uint8_t *cols);
 
 /* spes_node_put_state stores a state (total floats of round) as a blob named by its
  * digest, so that peers can fetch it (a restored checkpoint's state). */

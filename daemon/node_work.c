@@ -316,8 +316,15 @@ static int job_train(spes_node *n, spes_node_job *j)
     spes_contrib c;
     t->tokens = (uint64_t)steps * (uint64_t)run->train.batch_size * (uint64_t)run->train.seq_len;
     t->loss_mean = sum / steps;
-    if ((rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, t->cols, n->tr.model->params,
-                                (int64_t)t->round, (int32_t)j->node_id, t->tokens, (float)t->loss_mean)) != 0)
+    /* fault injection for tests: a contribution that claims another node's id, or every column */
+    int32_t author = (int32_t)j->node_id + (!strcmp(n->d->cfg.fault, "other-node") ? 1 : 0);
+    uint8_t *all = !strcmp(n->d->cfg.fault, "all-columns") ? malloc((size_t)n->sm.E) : NULL;
+    if (all)
+        memset(all, 1, (size_t)n->sm.E);
+    rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, all ? all : t->cols, n->tr.model->params,
+                           (int64_t)t->round, author, t->tokens, (float)t->loss_mean);
+    free(all);
+    if (rc)
         return fail(j, rc);
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
@@ -377,15 +384,16 @@ static int job_validate(spes_node *n, spes_node_job *j)
         int held =
             spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
         int rc = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
-        if (!rc)
-            rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c);
+        if (!rc && (rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c)) == 0) {
+            rc = spes_contrib_check_author(&c, (int64_t)v->round, (int32_t)v->contribs[k].node,
+                                           v->cols + (size_t)k * (size_t)v->E, v->E, j->peers[k].name);
+            spes_contrib_fini(&c);
+        }
         if (rc && !held)
             spes_blob_delete(n->blobs, v->contribs[k].hash);
         v->ok[k] = rc == 0;
         if (rc)
             snprintf(v->reasons[k], sizeof v->reasons[k], "%s", spes_errmsg());
-        else
-            spes_contrib_fini(&c);
     }
     return 0;
 }

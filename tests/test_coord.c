@@ -298,8 +298,20 @@ static void validate_all(fx *f)
     ck_assert_ptr_nonnull(v);
     int ok[16];
     char reasons[16][256] = {{0}};
-    for (int i = 0; i < v->n; i++)
+    int E = f->run.model.num_experts, owner[1024];
+    for (int e = 0; e < E; e++)
+        owner[e] = -1;
+    for (int i = 0; i < v->n; i++) {
         ok[i] = 1;
+        /* each author's id and the columns it was told to train go along; no column is two authors' */
+        ck_assert(i == 0 || v->ids[i] > v->ids[i - 1]);
+        for (int e = 0; e < E; e++) {
+            if (!v->cols[(size_t)i * (size_t)E + (size_t)e])
+                continue;
+            ck_assert_int_eq(owner[e], -1);
+            owner[e] = i;
+        }
+    }
     spes_coord_sm_validated(f->c, f->now, v->round, v->n, ok, reasons);
     fx_collect(f);
 }

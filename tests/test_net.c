@@ -3,6 +3,7 @@
  * for no certificate, another CA, an expired or revoked certificate, and the wrong
  * role; CRL reload; IPv6; plain tcp only on request; sync and async round trips;
  * byte counters against the bytes a relay saw on the wire. */
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "net/net.h"
@@ -12,6 +13,7 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <nng/protocol/pair0/pair.h>
+#include <nng/supplemental/util/platform.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -23,8 +25,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* This executable's clock_gettime stands in for libc's, for nng too (it calls it through
+ * the PLT): CLOCK_REALTIME reads wall_offset_s seconds off, the way a stepped wall clock
+ * would; nng 1.5.2 as Debian builds it keeps its timers on that clock (net/deadline.c). */
+static long long wall_offset_s;
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    int rc = (int)syscall(SYS_clock_gettime, id, ts);
+    if (rc == 0 && id == CLOCK_REALTIME)
+        ts->tv_sec += (time_t)__atomic_load_n(&wall_offset_s, __ATOMIC_RELAXED);
+    return rc;
+}
 
 static char tmp[256];
 static char ca_a[300], ca_b[300], certs[300], crl_a[300];
@@ -92,6 +108,8 @@ static void echo_handler(void *arg, spes_net_request *req)
     const spes_pki_identity *p = spes_net_request_peer(req);
     if (len >= 4 && memcmp(data, "slow", 4) == 0)
         usleep(100 * 1000); /* a reply that takes a while */
+    if (len >= 5 && memcmp(data, "sleep", 5) == 0)
+        usleep((useconds_t)atoi((const char *)data + 5) * 1000); /* "sleepMS": one that takes MS */
     char head[128];
     int n = snprintf(head, sizeof head, "%s/%s:", p->name[0] ? p->name : "-", spes_pki_role_name(p->role));
     char *out = malloc((size_t)n + len);
@@ -242,6 +260,135 @@ START_TEST(test_async_call)
     pthread_mutex_unlock(&b.mu);
     ck_assert_int_eq(b.err, 0);
     ck_assert_str_eq(b.rep, "node-2/node:ping");
+    spes_net_client_close(c);
+    spes_net_tls_free(t);
+    server_stop(&fx);
+}
+END_TEST
+
+/* step_after moves the wall clock by step_s seconds after ms milliseconds. A real step wakes
+ * nng's timer threads (they wait for wall-clock deadlines); this one only changes what they
+ * read, so a step forward is made while a short nng sleep on each of them is pending: they
+ * wake when it ends and then see the stepped clock. */
+typedef struct stepper {
+    int ms;
+    long long step_s;
+} stepper;
+
+static void *step_after(void *arg)
+{
+    stepper *st = arg;
+    usleep((useconds_t)st->ms * 1000);
+    nng_aio *kick[16] = {0}; /* nng spreads aios over several timer queues: one for each */
+    for (int i = 0; st->step_s > 0 && i < 16; i++)
+        if (nng_aio_alloc(&kick[i], NULL, NULL) == 0)
+            nng_sleep_aio(50, kick[i]);
+    __atomic_store_n(&wall_offset_s, st->step_s, __ATOMIC_RELAXED);
+    for (int i = 0; i < 16; i++) {
+        if (kick[i])
+            nng_aio_wait(kick[i]);
+        nng_aio_free(kick[i]);
+    }
+    return NULL;
+}
+
+/* stepped_call makes one call of timeout_ms for msg while the wall clock steps by step_s
+ * seconds 100 ms into it; returns its result and how long it took (ms, monotonic). */
+static int stepped_call(const char *msg, int timeout_ms, long long step_s, int async, double *took_ms)
+{
+    server_fx fx;
+    ck_assert(server_start(&fx, "127.0.0.1", 0) == 0);
+    spes_net_tls *t = tls_for(ca_a, "node-2", 0);
+    spes_net_client *c = NULL;
+    spes_net_client_opts o = {.url = fx.url, .tls = t, .wait_connect = 1};
+    ck_assert_msg(spes_net_client_open(&c, &o) == 0, "%s", spes_errmsg());
+    pthread_t th;
+    stepper st = {100, step_s};
+    double t0 = spes_mono_s();
+    ck_assert(pthread_create(&th, NULL, step_after, &st) == 0);
+    int rc;
+    if (async) {
+        async_box b = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+        ck_assert(spes_net_call_async(c, msg, strlen(msg), timeout_ms, async_cb, &b) == 0);
+        pthread_mutex_lock(&b.mu);
+        while (!b.done)
+            pthread_cond_wait(&b.cv, &b.mu);
+        pthread_mutex_unlock(&b.mu);
+        rc = b.err;
+    } else {
+        void *r = NULL;
+        size_t rl = 0;
+        rc = spes_net_call(c, msg, strlen(msg), timeout_ms, &r, &rl);
+        free(r);
+    }
+    *took_ms = (spes_mono_s() - t0) * 1e3;
+    pthread_join(th, NULL);
+    __atomic_store_n(&wall_offset_s, 0, __ATOMIC_RELAXED);
+    spes_net_client_close(c);
+    spes_net_tls_free(t);
+    server_stop(&fx);
+    return rc;
+}
+
+START_TEST(test_deadline_wall_clock_forward)
+{
+    /* an hour forward mid-call: nng's wall-clock timeout would fire at once; ours does not */
+    for (int async = 0; async < 2; async++) {
+        double took = 0;
+        int rc = stepped_call("sleep600", 5000, 3600, async, &took);
+        ck_assert_msg(rc == 0, "%s call failed after %.0f ms: %s", async ? "async" : "sync", took,
+                      spes_errmsg());
+        ck_assert_msg(took >= 550, "the reply came after %.0f ms", took);
+    }
+}
+END_TEST
+
+START_TEST(test_deadline_wall_clock_back)
+{
+    /* an hour back mid-call: nng's wall-clock timeout would wait an hour (here: the 2 s reply) */
+    for (int async = 0; async < 2; async++) {
+        double took = 0;
+        int rc = stepped_call("sleep2000", 500, -3600, async, &took);
+        ck_assert_msg(rc == SPES_ETIMEDOUT, "%s call: rc %d after %.0f ms, wanted a timeout",
+                      async ? "async" : "sync", rc, took);
+        ck_assert_msg(took >= 450 && took < 1500, "%s call timed out after %.0f ms (deadline 500 ms)",
+                      async ? "async" : "sync", took);
+    }
+}
+END_TEST
+
+START_TEST(test_redial_after_wall_clock_back)
+{
+    /* a client waiting to redial a server that is down when the wall clock steps an hour back:
+     * nng's reconnect timer would wait that hour; the client's next call dials again */
+    server_fx fx;
+    ck_assert(server_start(&fx, "127.0.0.1", 0) == 0);
+    int port = spes_net_server_port(fx.srv);
+    server_stop(&fx);
+    spes_net_tls *t = tls_for(ca_a, "node-2", 0);
+    spes_net_client *c = NULL;
+    char url[128];
+    snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", port);
+    spes_net_client_opts o = {.url = url, .tls = t, .reconnect_min_ms = 1500, .reconnect_max_ms = 1500};
+    ck_assert_msg(spes_net_client_open(&c, &o) == 0, "%s", spes_errmsg());
+    usleep(300 * 1000); /* its first dial failed: the next is due in 1.5 s, on nng's timer */
+    __atomic_store_n(&wall_offset_s, -3600, __ATOMIC_RELAXED);
+    usleep(1500 * 1000); /* the deadline thread looks at the wall clock every second */
+    fx.tls = tls_for(ca_a, "node-1", 1);
+    char lurl[128];
+    snprintf(lurl, sizeof lurl, "tls+tcp://127.0.0.1:%d", port);
+    spes_net_server_opts so = {.url = lurl, .tls = fx.tls, .handler = echo_handler};
+    ck_assert_msg(spes_net_server_open(&fx.srv, &so) == 0, "server again on port %d: %s", port,
+                  spes_errmsg());
+    void *r = NULL;
+    size_t rl = 0;
+    double t0 = spes_mono_s();
+    int rc = spes_net_call(c, "ping", 4, 5000, &r, &rl);
+    double took = spes_mono_s() - t0;
+    __atomic_store_n(&wall_offset_s, 0, __ATOMIC_RELAXED);
+    ck_assert_msg(rc == 0, "call after the step: %s (%.1f s)", spes_errmsg(), took);
+    ck_assert(rl == 16 && memcmp(r, "node-2/node:ping", 16) == 0);
+    free(r);
     spes_net_client_close(c);
     spes_net_tls_free(t);
     server_stop(&fx);
@@ -991,6 +1138,9 @@ static Suite *net_suite(void)
     tcase_add_test(tc, test_bounded_close_helper);
     tcase_add_test(tc, test_roundtrip_large_payload);
     tcase_add_test(tc, test_async_call);
+    tcase_add_test(tc, test_deadline_wall_clock_forward);
+    tcase_add_test(tc, test_deadline_wall_clock_back);
+    tcase_add_test(tc, test_redial_after_wall_clock_back);
     tcase_add_test(tc, test_operator_accepted_where_required);
     tcase_add_test(tc, test_refuse_node_where_operator_required);
     tcase_add_test(tc, test_refuse_other_ca);

@@ -988,8 +988,14 @@ START_TEST(test_validate_for_the_coordinator)
     memset(mans, 0x61, sizeof mans);
     const char *urls[] = {"tls+tcp://a:1", "tls+tcp://b:1"};
     const char *names[] = {"node-a", "node-b"};
+    const uint32_t ids[] = {4, 9};
+    int E = t.sm.E;
+    ck_assert_int_ge(E, 2);
+    uint8_t cols[2 * 64] = {0};
+    cols[0] = 1;         /* node-a owns column 0 */
+    cols[E + E - 1] = 1; /* node-b the last one */
     ck_assert_int_eq(spes_node_sm_validate(&t.sm, 3, 2, (const uint8_t(*)[32])hashes,
-                                           (const uint8_t(*)[32])mans, urls, names, &t.out),
+                                           (const uint8_t(*)[32])mans, urls, names, ids, cols, &t.out),
                      0);
     pump(&t);
     spes_node_job *j = take_job(&t, SPES_NODE_JOB_VALIDATE);
@@ -998,6 +1004,11 @@ START_TEST(test_validate_for_the_coordinator)
     ck_assert_str_eq(j->peers[1].url, "tls+tcp://b:1");
     ck_assert_str_eq(j->peers[1].name, "node-b");
     ck_assert_int_eq(j->u.validate.contribs[1].manifest[0], 0x61);
+    /* what each author was told to train goes with the job: the worker holds the blob to it */
+    ck_assert_uint_eq(j->u.validate.contribs[0].node, 4);
+    ck_assert_uint_eq(j->u.validate.contribs[1].node, 9);
+    ck_assert_int_eq(j->u.validate.E, E);
+    ck_assert_int_eq(memcmp(j->u.validate.cols, cols, 2 * (size_t)E), 0);
     j->u.validate.ok[0] = 1;
     snprintf(j->u.validate.reasons[1], SPES_NODE_REASON_MAX, "NaN");
     j->bytes_in = 50;
@@ -1010,9 +1021,10 @@ START_TEST(test_validate_for_the_coordinator)
     ck_assert_str_eq(v->job->u.validate.reasons[1], "NaN");
     ck_assert_uint_eq(t.sm.bytes_in_total, 50);
     ck_assert_int_eq(t.sm.busy, 0);
-    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 3, -1, NULL, NULL, NULL, NULL, &t.out), SPES_EINVAL);
+    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 3, -1, NULL, NULL, NULL, NULL, NULL, NULL, &t.out),
+                     SPES_EINVAL);
     /* a validation still out when the node stops holds the goodbye back */
-    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 4, 0, NULL, NULL, NULL, NULL, &t.out), 0);
+    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 4, 0, NULL, NULL, NULL, NULL, NULL, NULL, &t.out), 0);
     pump(&t);
     j = take_job(&t, SPES_NODE_JOB_VALIDATE);
     spes_node_sm_stop(&t.sm, &t.out);

@@ -27,6 +27,41 @@ static void fill(float *p, size_t n, float base)
         p[i] = base + 0.001f * (float)i;
 }
 
+START_TEST(test_contrib_check_author)
+{
+    enum { S = 4, C = 3, E = 4 };
+    spes_layout lo = lay(S, C, E);
+    float cur[S + E * C];
+    fill(cur, lo.total_numel, 1.0f);
+    uint8_t owned[E] = {0, 1, 0, 1};
+    spes_contrib c;
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, owned, cur, 7, 3, 1, 1.0f), 0);
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 3, owned, E, "node-b"), 0);
+    /* another node's id */
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 2, owned, E, "node-b"), SPES_EAUTH);
+    ck_assert_str_eq(spes_errmsg(), "node-b: the contribution names node 3, its announcer is node 2");
+    /* another round */
+    ck_assert_int_eq(spes_contrib_check_author(&c, 8, 3, owned, E, "node-b"), SPES_ESTATE);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "of round 7, not of round 8"));
+    /* a column its announcer does not own, and one it owns but left out */
+    uint8_t fewer[E] = {0, 1, 0, 0}, more[E] = {1, 1, 0, 1};
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 3, fewer, E, "node-b"), SPES_EAUTH);
+    ck_assert_str_eq(
+        spes_errmsg(),
+        "node-b: the contribution carries column 3, which its announcer does not own this round");
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 3, more, E, "node-b"), SPES_EAUTH);
+    ck_assert_str_eq(spes_errmsg(),
+                     "node-b: the contribution lacks column 0, which its announcer owns this round");
+    spes_contrib_fini(&c);
+    /* no columns at all (more nodes than experts): only the shared block */
+    uint8_t none[E] = {0};
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, none, cur, 7, 3, 1, 1.0f), 0);
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 3, none, E, "node-b"), 0);
+    ck_assert_int_eq(spes_contrib_check_author(&c, 7, 3, owned, E, "node-b"), SPES_EAUTH);
+    spes_contrib_fini(&c);
+}
+END_TEST
+
 START_TEST(test_contrib_round_trip)
 {
     enum { S = 10, C = 6, E = 4 };
@@ -375,6 +410,7 @@ Suite *sync_suite(void)
     TCase *tc = tcase_create("sync");
     tcase_add_test(tc, test_contrib_max_size);
     tcase_add_test(tc, test_contrib_round_trip);
+    tcase_add_test(tc, test_contrib_check_author);
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_aggregate);
     tcase_add_test(tc, test_digest);

@@ -16,7 +16,6 @@
 #include "net/net_internal.h"
 
 #include <nng/protocol/reqrep0/req.h>
-#include <nng/supplemental/util/platform.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +27,8 @@ typedef struct slot {
     nng_aio *aio;
     int ctx_open;
     int sending;
-    size_t len; /* of the request, counted once it is out */
-    nng_time deadline;
+    size_t len;        /* of the request, counted once it is out */
+    spes__deadline dl; /* spans the request and its reply */
 } slot;
 
 struct spes__blob_conn {
@@ -49,13 +48,12 @@ static void slot_cb(void *arg)
     spes__blob_conn *c = s->c;
     int rv = nng_aio_result(s->aio);
     if (s->sending && rv == 0) {
-        nng_time now = nng_clock();
         s->sending = 0;
         spes__net_count(SPES_NET_BLOB, SPES__NET_SENT, s->len);
-        nng_aio_set_timeout(s->aio, now >= s->deadline ? 1 : (nng_duration)(s->deadline - now));
         nng_ctx_recv(s->ctx, s->aio);
         return;
     }
+    spes__deadline_disarm(&s->dl); /* before the callback: it may send the slot's next request */
     nng_msg *m = nng_aio_get_msg(s->aio);
     nng_aio_set_msg(s->aio, NULL);
     if (rv) {
@@ -158,8 +156,7 @@ int spes__blob_conn_send(spes__blob_conn *c, int idx, const void *req, size_t le
     memcpy(nng_msg_body(m), req, len);
     s->sending = 1;
     s->len = len;
-    s->deadline = nng_clock() + (nng_time)(timeout_ms > 0 ? timeout_ms : 0);
-    nng_aio_set_timeout(s->aio, timeout_ms);
+    spes__deadline_arm(&s->dl, s->aio, timeout_ms);
     nng_aio_set_msg(s->aio, m);
     nng_ctx_send(s->ctx, s->aio);
     return 0;
@@ -178,8 +175,10 @@ void spes__blob_conn_close(spes__blob_conn *c)
     /* every slot is stopped and every context closed: nng holds none of ours */
     if (c->sock_open)
         (void)spes__nng_close_bounded(c->sock, c->url);
-    for (int i = 0; c->slots && i < c->nslots; i++)
+    for (int i = 0; c->slots && i < c->nslots; i++) {
+        spes__deadline_disarm(&c->slots[i].dl);
         nng_aio_free(c->slots[i].aio);
+    }
     free(c->slots);
     free(c);
 }

@@ -32,6 +32,8 @@ void spes_coord_action_fini(spes_coord_action *a)
     }
     free(a->urls);
     free(a->names);
+    free(a->ids);
+    free(a->cols);
     free(a->out_dir);
     memset(a, 0, sizeof *a);
 }

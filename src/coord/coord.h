@@ -85,6 +85,8 @@ typedef struct spes_coord_action {
     uint8_t (*hashes)[32];      /* VALIDATE: (n) blob hashes */
     uint8_t (*manifests)[32];   /* VALIDATE: (n) manifest hashes */
     char **urls, **names;       /* VALIDATE: (n) authors' listen URLs and names */
+    uint32_t *ids;              /* VALIDATE: (n) authors' member ids */
+    uint8_t *cols;              /* VALIDATE: (n * E) each author's columns in the round (1 = its) */
     char id[SPES_COORD_ID_LEN]; /* CKPT_* */
     uint8_t hash[32];           /* CKPT_RESTORE: the recorded digest of its state */
     char *out_dir;              /* CKPT_EXPORT */

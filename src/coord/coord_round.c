@@ -26,12 +26,16 @@ static void start_validation(spes_coord_sm *c)
     a.manifests = malloc(n * 32);
     a.urls = calloc(n, sizeof *a.urls);
     a.names = calloc(n, sizeof *a.names);
-    if (!a.hashes || !a.manifests || !a.urls || !a.names)
+    a.ids = calloc(n, sizeof *a.ids);
+    a.cols = calloc(n, (size_t)c->E);
+    if (!a.hashes || !a.manifests || !a.urls || !a.names || !a.ids || !a.cols)
         goto fail;
     for (a.n = 0; a.n < c->nval; a.n++) {
         const coord_member *m = &c->mem[c->val_idx[a.n]];
         memcpy(a.hashes[a.n], m->blob, 32);
         memcpy(a.manifests[a.n], m->manifest, 32);
+        a.ids[a.n] = m->id;
+        memcpy(a.cols + (size_t)a.n * (size_t)c->E, m->cur, (size_t)c->E); /* what it was told to train */
         a.urls[a.n] = strdup(m->url);
         a.names[a.n] = strdup(m->name);
         if (!a.urls[a.n] || !a.names[a.n]) {

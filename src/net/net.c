@@ -16,7 +16,6 @@
 
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
-#include <nng/supplemental/util/platform.h>
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -39,6 +38,7 @@ typedef struct pipe_reg {
     peer_pipe *v;
     size_t n, cap;
     uint64_t added; /* connections ever added (plain ones too) */
+    int live;       /* connections up now (plain ones too) */
 } pipe_reg;
 
 /* srv_conn is one of a server's connections (an nng pipe), with what its limits need. */
@@ -66,6 +66,7 @@ struct spes_net_request {
     int state;
     spes_net_class cls;     /* for the byte counters */
     size_t rep_len;         /* the reply being sent, counted once it is out */
+    spes__deadline send_dl; /* of the reply being sent */
     spes_net_request *next; /* in its lane's wait queue, or a thread's run list */
 };
 
@@ -113,9 +114,12 @@ struct spes_net_client {
     spes_net_tls *tls;
     pipe_reg reg;
     char url[256];
-    pthread_mutex_t calls_mu; /* guards calls and abort_gen */
+    spes_net_client_opts o; /* as opened (url, peer_name: ours), for a redial */
+    char peer_name[SPES_PKI_NAME_MAX + 1];
+    pthread_mutex_t calls_mu; /* guards calls, abort_gen, steps_seen and redials */
     struct acall *calls;      /* async calls in flight */
     unsigned abort_gen;       /* calls started before the last abort have an older one */
+    unsigned long steps_seen; /* spes__clock_steps when last looked at */
 };
 
 int spes__nng_err(int rv, const char *what, const char *url)
@@ -154,6 +158,7 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         int tls = spes_net_pipe_peer(p, &id) == 0;
         pthread_mutex_lock(&r->mu);
         r->added++;
+        r->live++;
         pthread_cond_broadcast(&r->cv);
         if (!tls) {
             pthread_mutex_unlock(&r->mu);
@@ -172,6 +177,8 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_unlock(&r->mu);
     } else if (ev == NNG_PIPE_EV_REM_POST) {
         pthread_mutex_lock(&r->mu);
+        if (r->live > 0)
+            r->live--;
         for (size_t i = 0; i < r->n; i++) {
             if (nng_pipe_id(r->v[i].p) == nng_pipe_id(p)) {
                 r->v[i] = r->v[--r->n];
@@ -482,6 +489,7 @@ static void server_cb(void *arg)
     spes_net_server *s = r->srv;
     int rv = nng_aio_result(r->aio);
     if (r->state == ST_SEND) {
+        spes__deadline_disarm(&r->send_dl);
         if (rv)
             nng_msg_free(nng_aio_get_msg(r->aio));
         else
@@ -579,7 +587,7 @@ int spes_net_reply_send(spes_net_request *r)
     }
     r->state = ST_SEND;
     nng_aio_set_msg(r->aio, m);
-    nng_aio_set_timeout(r->aio, r->srv->send_timeout_ms);
+    spes__deadline_arm(&r->send_dl, r->aio, r->srv->send_timeout_ms);
     nng_ctx_send(r->ctx, r->aio);
     return 0;
 }
@@ -963,6 +971,7 @@ void spes_net_server_close(spes_net_server *s)
                 nng_aio_stop(s->reqs[i].aio);
     for (int i = 0; s->reqs && i < s->nreq; i++) {
         spes_net_request *r = &s->reqs[i];
+        spes__deadline_disarm(&r->send_dl); /* a reply stopped in flight */
         nng_aio_free(r->aio);
         nng_msg_free(r->msg);
         nng_msg_free(r->rep);
@@ -1027,8 +1036,10 @@ static int wait_first(spes_net_client *c, const spes_net_client_opts *o)
     }
 }
 
-static int client_dial(spes_net_client *c, const spes_net_client_opts *o)
+/* dialer_start creates and starts c's dialer from the options it was opened with. */
+static int dialer_start(spes_net_client *c)
 {
+    const spes_net_client_opts *o = &c->o;
     int rv = nng_dialer_create(&c->d, c->sock, o->url);
     if (rv)
         return spes__nng_err(rv, "cannot create dialer", o->url);
@@ -1054,7 +1065,28 @@ static int client_dial(spes_net_client *c, const spes_net_client_opts *o)
      * the TLS peer refused us; wait_connect waits for our own connection event instead. */
     if ((rv = nng_dialer_start(c->d, NNG_FLAG_NONBLOCK)) != 0)
         return spes__nng_err(rv, "cannot dial", o->url);
-    return o->wait_connect ? wait_first(c, o) : 0;
+    return 0;
+}
+
+/* redial_after_step: a dialer that was waiting to redial when the wall clock stepped back waits
+ * on an nng timer that now lies the step ahead (deadline.c); once the wall clock has stepped, a
+ * client that has no connection starts a new dialer. Called with calls_mu held. */
+static void redial_after_step(spes_net_client *c)
+{
+    unsigned long n = spes__clock_steps();
+    if (n == c->steps_seen)
+        return;
+    c->steps_seen = n;
+    pthread_mutex_lock(&c->reg.mu);
+    int up = c->reg.live > 0;
+    pthread_mutex_unlock(&c->reg.mu);
+    if (up)
+        return;
+    nng_dialer_close(c->d);
+    if (dialer_start(c) != 0)
+        log_warnx("%s: cannot dial again after the wall clock's step: %s", c->url, spes_errmsg());
+    else
+        log_info("%s: dialing again after the wall clock's step", c->url);
 }
 
 int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
@@ -1092,7 +1124,14 @@ int spes_net_client_open(spes_net_client **out, const spes_net_client_opts *o)
         rc = spes__nng_err(rv, "cannot configure req socket", o->url);
         goto fail;
     }
-    if ((rc = client_dial(c, o)) != 0)
+    c->o = *o;
+    c->o.url = c->url;
+    if (o->peer_name) {
+        snprintf(c->peer_name, sizeof c->peer_name, "%s", o->peer_name);
+        c->o.peer_name = c->peer_name;
+    }
+    c->steps_seen = spes__clock_steps();
+    if ((rc = dialer_start(c)) != 0 || (o->wait_connect && (rc = wait_first(c, o)) != 0))
         goto fail;
     *out = c;
     return 0;
@@ -1138,16 +1177,19 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
                   size_t *rep_len)
 {
     timeout_ms = call_timeout(timeout_ms);
+    pthread_mutex_lock(&c->calls_mu);
+    redial_after_step(c);
+    pthread_mutex_unlock(&c->calls_mu);
     nng_ctx ctx;
     nng_aio *aio = NULL;
     nng_msg *m = NULL;
+    spes__deadline dl = {0};
     int rv = nng_ctx_open(&ctx, c->sock);
     if (rv)
         return spes__nng_err(rv, "cannot open request context", c->url);
     if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = make_msg(&m, req, len)) != 0)
         goto done;
-    nng_time deadline = nng_clock() + (nng_time)timeout_ms;
-    nng_aio_set_timeout(aio, timeout_ms);
+    spes__deadline_arm(&dl, aio, timeout_ms); /* spans the request and its reply */
     nng_aio_set_msg(aio, m);
     nng_ctx_send(ctx, aio);
     nng_aio_wait(aio);
@@ -1156,8 +1198,6 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
         goto done;
     }
     spes__net_count(SPES_NET_CONTROL, SPES__NET_SENT, len);
-    nng_time now = nng_clock();
-    nng_aio_set_timeout(aio, now >= deadline ? 1 : (nng_duration)(deadline - now));
     nng_ctx_recv(ctx, aio);
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)
@@ -1172,6 +1212,7 @@ int spes_net_call(spes_net_client *c, const void *req, size_t len, int timeout_m
         memcpy(*rep, nng_msg_body(m), *rep_len);
     nng_msg_free(m);
 done:
+    spes__deadline_disarm(&dl);
     nng_aio_free(aio);
     nng_ctx_close(ctx);
     return rv ? spes__nng_err(rv, "request failed", c->url) : 0;
@@ -1187,8 +1228,8 @@ typedef struct acall {
     nng_ctx ctx;
     nng_aio *aio;
     int sending;
-    size_t len; /* of the request, counted once it is out */
-    nng_time deadline;
+    size_t len;        /* of the request, counted once it is out */
+    spes__deadline dl; /* spans the request and its reply */
     spes_net_reply_cb cb;
     void *arg;
 } acall;
@@ -1203,14 +1244,13 @@ static void acall_cb(void *arg)
         a->sending = 0; /* the request is out: wait for the reply, unless aborted meanwhile */
         spes__net_count(SPES_NET_CONTROL, SPES__NET_SENT, a->len);
         if (a->gen == c->abort_gen) {
-            nng_time now = nng_clock();
-            nng_aio_set_timeout(a->aio, now >= a->deadline ? 1 : (nng_duration)(a->deadline - now));
             nng_ctx_recv(a->ctx, a->aio);
             pthread_mutex_unlock(&c->calls_mu);
             return;
         }
         rv = NNG_ECANCELED;
     }
+    spes__deadline_disarm(&a->dl);
     if (a->prev)
         a->prev->next = a->next;
     else
@@ -1256,11 +1296,10 @@ int spes_net_call_async(spes_net_client *c, const void *req, size_t len, int tim
     a->c = c;
     a->sending = 1;
     a->len = len;
-    timeout_ms = call_timeout(timeout_ms);
-    a->deadline = nng_clock() + (nng_time)timeout_ms;
-    nng_aio_set_timeout(a->aio, timeout_ms);
+    spes__deadline_arm(&a->dl, a->aio, call_timeout(timeout_ms));
     nng_aio_set_msg(a->aio, m);
     pthread_mutex_lock(&c->calls_mu);
+    redial_after_step(c);
     a->gen = c->abort_gen;
     a->next = c->calls;
     if (c->calls)

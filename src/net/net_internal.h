@@ -47,6 +47,27 @@ enum spes__net_dir { SPES__NET_SENT = 0, SPES__NET_RECEIVED = 1 };
  * sent or delivered (counters.c); the only place the byte counters move. */
 void spes__net_count(spes_net_class cls, int dir, size_t bytes);
 
+/* spes__deadline is one aio's deadline on the monotonic clock (deadline.c says why nng's own
+ * timeouts are not used). Owned by the caller, which keeps it valid while armed. */
+typedef struct spes__deadline {
+    struct spes__deadline *prev, *next;
+    nng_aio *aio; /* NULL: not armed */
+    uint64_t at;  /* spes_mono_ms */
+    int expired;
+} spes__deadline;
+
+/* spes__deadline_arm aborts aio with NNG_ETIMEDOUT from timeout_ms from now on, until disarmed;
+ * it clears nng's own timeout of aio. The deadline spans every operation the caller starts on
+ * aio meanwhile (a request and its reply). */
+void spes__deadline_arm(spes__deadline *d, nng_aio *aio, int timeout_ms);
+
+/* spes__deadline_disarm ends it: once it returns, aio is never touched again on its account.
+ * Returns 1 if the deadline had passed. Disarming one not armed does nothing. */
+int spes__deadline_disarm(spes__deadline *d);
+
+/* spes__clock_steps counts the steps of the wall clock seen since the process began watching. */
+unsigned long spes__clock_steps(void);
+
 /* SPES_NNG_CLOSE_MS bounds how long spes__nng_close_bounded waits for nng_close. */
 #define SPES_NNG_CLOSE_MS 5000
 

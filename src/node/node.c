@@ -145,6 +145,7 @@ void spes_node_job_free(spes_node_job *j)
     case SPES_NODE_JOB_APPLY: free(j->u.apply.contribs); break;
     case SPES_NODE_JOB_VALIDATE:
         free(j->u.validate.contribs);
+        free(j->u.validate.cols);
         free(j->u.validate.ok);
         free(j->u.validate.reasons);
         break;
@@ -706,7 +707,7 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
 
 int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uint8_t (*hashes)[32],
                           const uint8_t (*manifests)[32], const char **urls, const char **names,
-                          spes_node_out *out)
+                          const uint32_t *ids, const uint8_t *cols, spes_node_out *out)
 {
     if (count < 0)
         return spes_errf(SPES_EINVAL, "validate: %d contributions", count);
@@ -720,8 +721,10 @@ int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uin
         v->contribs = calloc(n + 1, sizeof *v->contribs);
         v->ok = calloc(n + 1, sizeof *v->ok);
         v->reasons = calloc(n + 1, sizeof *v->reasons);
+        v->E = sm->E;
+        v->cols = calloc(n * (size_t)sm->E + 1, 1);
     }
-    if (!j || !j->peers || !v->contribs || !v->ok || !v->reasons) {
+    if (!j || !j->peers || !v->contribs || !v->ok || !v->reasons || !v->cols) {
         spes_node_job_free(j);
         return spes_errf(SPES_ENOMEM, "out of memory validating round %llu", (unsigned long long)round);
     }
@@ -729,6 +732,8 @@ int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uin
     for (int k = 0; k < count; k++) {
         memcpy(v->contribs[k].hash, hashes[k], 32);
         memcpy(v->contribs[k].manifest, manifests[k], 32);
+        v->contribs[k].node = ids[k];
+        memcpy(v->cols + (size_t)k * (size_t)sm->E, cols + (size_t)k * (size_t)sm->E, (size_t)sm->E);
         snprintf(j->peers[k].url, sizeof j->peers[k].url, "%s", urls[k]);
         snprintf(j->peers[k].name, sizeof j->peers[k].name, "%s", names[k]);
         v->n++;

@@ -107,7 +107,9 @@ typedef struct spes_node_job_apply {
 typedef struct spes_node_job_validate {
     uint64_t round;
     int n;
-    spes_node_contrib *contribs; /* (n); contribution k's author is peer k */
+    spes_node_contrib *contribs; /* (n); contribution k's author is peer k, member contribs[k].node */
+    int E;
+    uint8_t *cols; /* (n * E): contribution k must carry exactly the columns set in cols[k*E ..] */
     /* results */
     int *ok;                               /* (n) */
     char (*reasons)[SPES_NODE_REASON_MAX]; /* (n) */
@@ -270,10 +272,11 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
 void spes_node_sm_stop(spes_node_sm *sm, spes_node_out *out);
 
 /* spes_node_sm_validate makes a validate job for the coordinator's count
- * announced contributions (author k at urls[k]/names[k]). */
+ * announced contributions (author k: member ids[k] at urls[k]/names[k], told to train the
+ * columns set in cols[k*E .. k*E+E-1]). */
 int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uint8_t (*hashes)[32],
                           const uint8_t (*manifests)[32], const char **urls, const char **names,
-                          spes_node_out *out);
+                          const uint32_t *ids, const uint8_t *cols, spes_node_out *out);
 
 /* spes_node_phase_name names a phase for logs and tests. */
 const char *spes_node_phase_name(int phase);

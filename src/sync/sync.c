@@ -234,6 +234,27 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     return rc;
 }
 
+int spes_contrib_check_author(const spes_contrib *c, int64_t round, int32_t node, const uint8_t *cols, int E,
+                              const char *origin)
+{
+    if (c->node != node)
+        return spes_errf(SPES_EAUTH, "%s: the contribution names node %d, its announcer is node %d", origin,
+                         c->node, node);
+    if (c->round != round)
+        return spes_errf(SPES_ESTATE, "%s: the contribution is of round %lld, not of round %lld", origin,
+                         (long long)c->round, (long long)round);
+    int k = 0;
+    for (int e = 0; e < E; e++) {
+        int has = k < c->ncols && c->cols[k] == e;
+        if (has != (cols[e] != 0))
+            return spes_errf(SPES_EAUTH, "%s: the contribution %s column %d, which its announcer %s", origin,
+                             has ? "carries" : "lacks", e,
+                             has ? "does not own this round" : "owns this round");
+        k += has;
+    }
+    return 0;
+}
+
 /* agg_segment updates n floats of params from the k contributions in vs. */
 static void agg_segment(float *params, const float *const *vs, int k, size_t n, float *acc)
 {

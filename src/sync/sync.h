@@ -59,6 +59,12 @@ size_t spes_contrib_max_size(const spes_layout *lo, int E);
 int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const spes_layout *lo, int E,
                         const float *base, float max_delta, const char *origin);
 
+/* spes_contrib_check_author checks a decoded contribution against what its announcer was told:
+ * it must be of round `round`, name member `node`, and carry exactly the columns set in cols (E
+ * entries), no more and no fewer. Errors name `origin` and the first difference. */
+int spes_contrib_check_author(const spes_contrib *c, int64_t round, int32_t node, const uint8_t *cols, int E,
+                              const char *origin);
+
 /* spes_aggregate turns the agreed state S_r (params, in place) into S_{r+1}:
  * shared += mean over contributions of (value - S_r); each column += mean over
  * the contributions that carry it; the sum is accumulated in fp32 in node-id

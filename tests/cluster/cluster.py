@@ -137,8 +137,12 @@ class Cluster:
             if v:
                 return v
             time.sleep(0.2)
+        def notable(k):  # warnings, errors and checkpoint lines say more than the last rounds
+            lines = [l for l in self.log(k).splitlines() if re.search(r" (warn|error):|checkpoint", l)]
+            return "\n".join(lines[-10:])
         raise TimeoutError("timed out waiting for " + what + "\n" + "\n".join(
-            "--- node-%d log tail ---\n%s" % (k, "\n".join(self.log(k).splitlines()[-15:]))
+            "--- node-%d log tail ---\n%s\n--- node-%d warnings, errors, checkpoints ---\n%s" %
+            (k, "\n".join(self.log(k).splitlines()[-15:]), k, notable(k))
             for k in range(self.n) if os.path.exists(self.path("node-%d.log" % k))))
 
     def wait_round(self, r, timeout=90):

@@ -418,6 +418,31 @@ def scenario_bad_contributions():
         cl.cleanup()
 
 
+def scenario_contribution_authorship():
+    """A contribution must be what its announcer was told to train: one that names another node's
+    id, or carries every column where its announcer owns a few, is refused; the run goes on
+    without it and every node agrees."""
+    cfg = run_config()
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={1: {"fault": "other-node"}, 2: {"fault": "all-columns"}})
+    try:
+        cl.start_all()
+        st = cl.wait_round(4)
+        late = cl.wait_applied([0, 1, 2], 3)
+        cl.stop_all()
+        log0 = cl.log(0)
+        check(re.search(r"contribution of node-1 refused: .*names node \d+, its announcer is node \d+", log0)
+              is not None, "a contribution naming another node's id is refused")
+        check(re.search(r"contribution of node-2 refused: .*carries column \d+, which its announcer does not own",
+                        log0) is not None, "a contribution carrying columns its announcer does not own is refused")
+        commits = [int(n) for n in re.findall(r"round \d+ committed: (\d+) contribution", log0)]
+        check(commits and max(commits) == 1, "only node-0's contribution counts (%s per round)" % sorted(set(commits)))
+        a = [cl.applied(k) for k in range(3)]
+        check(late and all(a[0][x] == a[1][x] == a[2][x] for x in late),
+              "the run goes on (round %d) and every node agrees (rounds %s)" % (st["round"], late))
+    finally:
+        cl.cleanup()
+
+
 def scenario_diverged_node_heals():
     cfg = run_config()
     cl = Cluster(BUILD, 3, cfg, tokens(), extra={2: {"fault": "diverge"}})  # node-2 changes its S_3 once
@@ -626,7 +651,8 @@ def scenario_checkpoints_and_roles():
 
 SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
-             scenario_coordinator_restart, scenario_bad_contributions, scenario_one_node_is_standalone,
+             scenario_coordinator_restart, scenario_bad_contributions, scenario_contribution_authorship,
+             scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer]
 
