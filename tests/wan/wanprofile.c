@@ -127,16 +127,9 @@ static int read_pairs(wan_profile *p, json_t *o, const char *path)
     return 0;
 }
 
-int wan_profile_load(wan_profile *p, const char *path, int n)
+/* resolve reads the parsed profile root for n nodes into p; errors name path. */
+static int resolve(wan_profile *p, json_t *root, const char *path, int n)
 {
-    memset(p, 0, sizeof *p);
-    if (n < 1 || n > WAN_MAX_NODES)
-        return spes_errf(SPES_ERANGE, "%s: %d nodes; the lab holds 1..%d", path, n, WAN_MAX_NODES);
-    p->n = n;
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return spes_errf(SPES_EFORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
     int rc = 0;
     wan_link def = link_default;
     json_t *nodes = NULL, *pairs = NULL;
@@ -171,8 +164,38 @@ int wan_profile_load(wan_profile *p, const char *path, int n)
     if (pairs && (rc = read_pairs(p, pairs, path)))
         goto done;
 done:
+    return rc;
+}
+
+/* parse_root checks n, then resolves root (which it frees) for n nodes. */
+static int parse_root(wan_profile *p, json_t *root, const json_error_t *jerr, const char *path, int n)
+{
+    memset(p, 0, sizeof *p);
+    int rc;
+    if (n < 1 || n > WAN_MAX_NODES)
+        rc = spes_errf(SPES_ERANGE, "%s: %d nodes; the lab holds 1..%d", path, n, WAN_MAX_NODES);
+    else if (!root)
+        rc = spes_errf(SPES_EFORMAT, "%s:%d:%d: %s", path, jerr->line, jerr->column, jerr->text);
+    else {
+        p->n = n;
+        rc = resolve(p, root, path, n);
+    }
     json_decref(root);
     return rc;
+}
+
+int wan_profile_parse(wan_profile *p, const char *text, size_t len, const char *origin, int n)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    return parse_root(p, root, &jerr, origin, n);
+}
+
+int wan_profile_load(wan_profile *p, const char *path, int n)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    return parse_root(p, root, &jerr, path, n);
 }
 
 void wan_profile_print(const wan_profile *p)

@@ -5,6 +5,7 @@
 #ifndef SPES_WAN_PROFILE_H
 #define SPES_WAN_PROFILE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define WAN_MAX_NODES 64
@@ -29,6 +30,9 @@ typedef struct wan_profile {
 /* wan_profile_load reads PATH and resolves it for n nodes (nodes and pairs
  * naming a node >= n are ignored); errors name the file and the field. */
 int wan_profile_load(wan_profile *p, const char *path, int n);
+
+/* wan_profile_parse is wan_profile_load of len bytes of JSON text; errors name origin. */
+int wan_profile_parse(wan_profile *p, const char *text, size_t len, const char *origin, int n);
 
 /* wan_profile_print writes the resolved profile as JSON to stdout. */
 void wan_profile_print(const wan_profile *p);
