@@ -420,17 +420,15 @@ static int job_validate(spes_node *n, spes_node_job *j)
     /* the norm bound needs every contribution's delta norms: keep those, not the contributions */
     spes_delta_norms *nm = calloc((size_t)(v->n ? v->n : 1), sizeof *nm);
     int *held = calloc((size_t)(v->n ? v->n : 1), sizeof *held);
-    const char **names = calloc((size_t)(v->n ? v->n : 1), sizeof *names);
     int *was = malloc((size_t)(v->n ? v->n : 1) * sizeof *was);
-    for (int k = 0; (!nm || !held || !names || !was) && k < v->n; k++) {
+    for (int k = 0; (!nm || !held || !was) && k < v->n; k++) {
         v->ok[k] = 0;
         snprintf(v->reasons[k], sizeof v->reasons[k], "validation: out of memory");
     }
-    if (!nm || !held || !names || !was)
+    if (!nm || !held || !was)
         goto done;
     for (int k = 0; k < v->n; k++) {
         spes_contrib c;
-        names[k] = j->peers[k].name;
         held[k] =
             spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
         int r = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
@@ -449,11 +447,11 @@ static int job_validate(spes_node *n, spes_node_job *j)
     }
     memcpy(was, v->ok, (size_t)v->n * sizeof *was);
     log_norms(v, nm, was);
-    if (spes_norm_bound_check(nm, v->n, bound, names, v->ok, &v->reasons[0][0], sizeof v->reasons[0]) != 0)
+    if (spes_norm_bound_check(nm, v->n, bound, NULL, v->ok, &v->reasons[0][0], sizeof v->reasons[0]) != 0)
         memcpy(v->ok, was, (size_t)v->n * sizeof *was); /* out of memory: no relative bound this round */
     for (int k = 0; k < v->n; k++)
         if (was[k] && !v->ok[k]) {
-            log_warnx("round %llu: %s", (unsigned long long)v->round, v->reasons[k]);
+            log_warnx("round %llu: %s: %s", (unsigned long long)v->round, j->peers[k].name, v->reasons[k]);
             if (!held[k])
                 spes_blob_delete(n->blobs, v->contribs[k].hash);
         }
@@ -463,7 +461,6 @@ done:
     free(was);
     free(nm);
     free(held);
-    free(names);
     return 0;
 }
 

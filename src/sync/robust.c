@@ -100,16 +100,14 @@ int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const
     for (int k = 0; k < n; k++) { /* the bounds are fixed: refusing now moves no median */
         if (!ok[k])
             continue;
-        char who[64];
+        char who[80] = "";
         if (names && names[k] && names[k][0])
-            snprintf(who, sizeof who, "%s", names[k]);
-        else
-            snprintf(who, sizeof who, "contribution %d", k);
+            snprintf(who, sizeof who, "%.64s: ", names[k]);
         char *why = reasons + (size_t)k * reason_size;
         if (nm[k].shared > shared_bound) {
             ok[k] = 0;
             snprintf(why, reason_size,
-                     "%s: the shared block's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
+                     "%sthe shared block's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
                      "median %.6g)",
                      who, nm[k].shared, shared_bound, bound, shared_bound / bound);
             continue;
@@ -118,7 +116,7 @@ int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const
             if (nm[k].col[j] > col_bound) {
                 ok[k] = 0;
                 snprintf(why, reason_size,
-                         "%s: column %d's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
+                         "%scolumn %d's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
                          "median column norm %.6g)",
                          who, (int)nm[k].cols[j], nm[k].col[j], col_bound, bound, col_bound / bound);
             }

@@ -64,8 +64,8 @@ void spes_delta_norms_fini(spes_delta_norms *nm);
  * refused (ok[k] = 0) when its shared-block norm exceeds bound x the median of
  * the counted shared-block norms, or one of its column norms exceeds bound x
  * the median over every column carried by the counted contributions; its
- * reason (reasons + k * reason_size) then names names[k] (or "contribution
- * k"), the group, the norm and the bound. SPES_ENOMEM is the only error. */
+ * reason (reasons + k * reason_size) then names the group, the norm and the
+ * bound, after "names[k]: " when names is given. SPES_ENOMEM is the only error. */
 int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const char *const *names, int *ok,
                           char *reasons, size_t reason_size);
 
