@@ -15,6 +15,7 @@
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
 #include "sync/outer.h"
+#include "sync/robust.h"
 #include "sync/sync.h"
 
 #include <math.h>
@@ -25,7 +26,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_DELTA 1e4f /* a contribution moving a weight further than this in one round is refused */
+#define MAX_DELTA 1e4f       /* a contribution moving a weight further than this in one round is refused */
+#define SCALED_FAULT 1000.0f /* the "scaled" test fault multiplies each delta by this (within MAX_DELTA) */
 
 static int fail(spes_node_job *j, int rc)
 {
@@ -330,6 +332,20 @@ static int job_train(spes_node *n, spes_node_job *j)
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
         log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)t->round);
     }
+    if (!strcmp(n->d->cfg.fault, "scaled")) {
+        /* fault injection for tests: every delta (shared block and columns) times SCALED_FAULT, kept
+         * within the per-value bound so that only the norm bound or robust aggregation stop it */
+        for (int g = -1; g < c.ncols; g++) {
+            size_t at = g < 0 ? 0 : c.shared_numel + (size_t)c.cols[g] * c.column_numel;
+            float *val = c.val + (g < 0 ? 0 : c.shared_numel + (size_t)g * c.column_numel);
+            for (size_t i = 0; i < (g < 0 ? c.shared_numel : c.column_numel); i++) {
+                float d = (val[i] - n->base[at + i]) * SCALED_FAULT;
+                val[i] = n->base[at + i] + fminf(fmaxf(d, -0.5f * MAX_DELTA), 0.5f * MAX_DELTA);
+            }
+        }
+        log_warnx("fault injection: contribution of round %llu has its deltas scaled by %g",
+                  (unsigned long long)t->round, (double)SCALED_FAULT);
+    }
     uint8_t *buf;
     size_t len;
     spes_codec codec = strcmp(n->d->cfg.codec, "bf16") ? SPES_CODEC_FP32 : SPES_CODEC_BF16;
@@ -376,25 +392,75 @@ static int author_index(const spes_node_job *j, uint32_t node)
     return -1;
 }
 
+/* log_norms logs the spread of the round's delta norms (the largest over the median, per group) among
+ * the contributions that passed the other checks: what the norm bound is measured against. */
+static void log_norms(const spes_node_job_validate *v, const spes_delta_norms *nm, const int *ok)
+{
+    double sh[64], co[256], shmax = 0, comax = 0;
+    int a = 0, b = 0;
+    for (int k = 0; k < v->n && a < 64; k++)
+        if (ok[k] && nm[k].col) {
+            shmax = fmax(shmax, sh[a++] = nm[k].shared);
+            for (int j = 0; j < nm[k].ncols && b < 256; j++)
+                comax = fmax(comax, co[b++] = nm[k].col[j]);
+        }
+    if (a < 2)
+        return;
+    double shmed = spes_median(sh, a), comed = spes_median(co, b);
+    log_info("round %llu: delta norms of %d contributions: shared median %.4g max %.4g (x%.3g), columns "
+             "median %.4g max %.4g (x%.3g)",
+             (unsigned long long)v->round, a, shmed, shmax, shmed > 0 ? shmax / shmed : 0.0, comed, comax,
+             comed > 0 ? comax / comed : 0.0);
+}
+
 static int job_validate(spes_node *n, spes_node_job *j)
 {
     spes_node_job_validate *v = &j->u.validate;
+    double bound = n->sm.run.spes.norm_bound;
+    /* the norm bound needs every contribution's delta norms: keep those, not the contributions */
+    spes_delta_norms *nm = calloc((size_t)(v->n ? v->n : 1), sizeof *nm);
+    int *held = calloc((size_t)(v->n ? v->n : 1), sizeof *held);
+    int *was = malloc((size_t)(v->n ? v->n : 1) * sizeof *was);
+    for (int k = 0; (!nm || !held || !was) && k < v->n; k++) {
+        v->ok[k] = 0;
+        snprintf(v->reasons[k], sizeof v->reasons[k], "validation: out of memory");
+    }
+    if (!nm || !held || !was)
+        goto done;
     for (int k = 0; k < v->n; k++) {
         spes_contrib c;
-        int held =
+        held[k] =
             spes_blob_has(n->blobs, v->contribs[k].hash); /* a refused blob this check fetched is deleted */
-        int rc = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
-        if (!rc && (rc = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c)) == 0) {
-            rc = spes_contrib_check_author(&c, (int64_t)v->round, (int32_t)v->contribs[k].node,
-                                           v->cols + (size_t)k * (size_t)v->E, v->E, j->peers[k].name);
+        int r = fetch(n, j, v->contribs[k].hash, k, v->contribs[k].manifest, 0);
+        if (!r && (r = decode_blob(n, v->contribs[k].hash, j->peers[k].name, &c)) == 0) {
+            r = spes_contrib_check_author(&c, (int64_t)v->round, (int32_t)v->contribs[k].node,
+                                          v->cols + (size_t)k * (size_t)v->E, v->E, j->peers[k].name);
+            if (!r && bound > 0)
+                r = spes_delta_norms_of(&nm[k], &c, n->base, &n->tr.model->layout);
             spes_contrib_fini(&c);
         }
-        if (rc && !held)
+        if (r && !held[k])
             spes_blob_delete(n->blobs, v->contribs[k].hash);
-        v->ok[k] = rc == 0;
-        if (rc)
+        v->ok[k] = r == 0;
+        if (r)
             snprintf(v->reasons[k], sizeof v->reasons[k], "%s", spes_errmsg());
     }
+    memcpy(was, v->ok, (size_t)v->n * sizeof *was);
+    log_norms(v, nm, was);
+    if (spes_norm_bound_check(nm, v->n, bound, NULL, v->ok, &v->reasons[0][0], sizeof v->reasons[0]) != 0)
+        memcpy(v->ok, was, (size_t)v->n * sizeof *was); /* out of memory: no relative bound this round */
+    for (int k = 0; k < v->n; k++)
+        if (was[k] && !v->ok[k]) {
+            log_warnx("round %llu: %s: %s", (unsigned long long)v->round, j->peers[k].name, v->reasons[k]);
+            if (!held[k])
+                spes_blob_delete(n->blobs, v->contribs[k].hash);
+        }
+done:
+    for (int k = 0; nm && k < v->n; k++)
+        spes_delta_norms_fini(&nm[k]);
+    free(was);
+    free(nm);
+    free(held);
     return 0;
 }
 
@@ -424,7 +490,9 @@ static int job_apply(spes_node *n, spes_node_job *j)
         memcpy(p, n->base, total * sizeof(float));
         if (mom_old)
             memcpy(mom_old, n->outer.mom, total * sizeof(float));
-        rc = spes_aggregate_outer(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib, &n->outer);
+        spes_agg g;
+        if ((rc = spes_agg_from_name(&g, run->spes.aggregation, run->spes.trim, run->spes.clip)) == 0)
+            rc = spes_aggregate_robust(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib, &g, &n->outer);
     }
     double alpha = spes_merge_alpha(&run->spes, (int64_t)a->next_step);
     if (!rc && a->merge && alpha > 0)

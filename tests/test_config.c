@@ -99,6 +99,25 @@ START_TEST(test_override_and_round_trip)
     ck_assert_str_eq(d.data.files[0].path, "x.bin");
     /* plain averaging writes no outer-optimizer fields (nodes that predate them must read it) */
     ck_assert_ptr_null(strstr(js, "outer_"));
+    /* and the poisoning defences at their defaults write nothing either */
+    ck_assert_ptr_null(strstr(js, "norm_bound"));
+    ck_assert_ptr_null(strstr(js, "aggregation"));
+    ck_assert_ptr_null(strstr(js, "\"trim\""));
+    ck_assert_ptr_null(strstr(js, "\"clip\""));
+    ck_assert_str_eq(c.spes.aggregation, "mean");
+    ck_assert(c.spes.norm_bound == 10.0);
+    free(js);
+    ck_assert_int_eq(spes_config_set(&c, "spes.aggregation=median"), SPES_EINVAL);
+    ck_assert_int_eq(spes_config_set(&c, "spes.trim=0.5"), SPES_ERANGE);
+    ck_assert_int_eq(spes_config_set(&c, "spes.aggregation=trimmed_mean"), 0);
+    ck_assert_int_eq(spes_config_set(&c, "spes.trim=0.34"), 0);
+    ck_assert_int_eq(spes_config_set(&c, "spes.norm_bound=0"), 0);
+    js = spes_config_to_json(&c);
+    ck_assert_ptr_nonnull(strstr(js, "\"trimmed_mean\""));
+    ck_assert_ptr_nonnull(strstr(js, "\"norm_bound\""));
+    spes_config_fini(&d);
+    ck_assert_int_eq(parse(&d, js), 0);
+    ck_assert_mem_eq(&d.spes, &c.spes, sizeof c.spes);
     free(js);
     ck_assert_int_eq(spes_config_set(&c, "spes.outer_momentum=0.9"), 0);
     js = spes_config_to_json(&c);
@@ -290,8 +309,9 @@ START_TEST(test_daemon_config)
                     "admission \"manual\" is not one of auto, approve");
     dconfig_refused("{\"log_level\":\"trace\"}", SPES_EINVAL,
                     "log_level \"trace\" is not one of error, warn, info, debug");
-    dconfig_refused("{\"fault\":\"boom\"}", SPES_EINVAL,
-                    "fault \"boom\" is not one of \"\", nan, wrong-hash, diverge, other-node, all-columns");
+    dconfig_refused(
+        "{\"fault\":\"boom\"}", SPES_EINVAL,
+        "fault \"boom\" is not one of \"\", nan, wrong-hash, diverge, other-node, all-columns, scaled");
     dconfig_refused("{\"plain\":\"yes\"}", SPES_EINVAL, "plain must be true or false");
     dconfig_refused("{\"metrics\":\"9464\"}", SPES_EINVAL,
                     "metrics \"9464\" is not HOST:PORT (e.g. 127.0.0.1:9464)");

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/sha256.h"
 #include "sync/outer.h"
+#include "sync/robust.h"
 #include "sync/sync.h"
 
 #include <stdio.h>
@@ -278,10 +279,182 @@ START_TEST(test_digest2)
 }
 END_TEST
 
+START_TEST(test_norm_bound_check)
+{
+    int32_t c0[] = {0}, c1[] = {1, 5}, c2[] = {2}, c3[] = {3};
+    double n0[] = {2.0}, n1[] = {2.5, 40.0}, n2[] = {1.5}, n3[] = {2.2};
+    spes_delta_norms nm[] = {
+        {.shared = 1.0, .ncols = 1, .cols = c0, .col = n0},
+        {.shared = 1.2, .ncols = 2, .cols = c1, .col = n1},
+        {.shared = 0.9, .ncols = 1, .cols = c2, .col = n2},
+        {.shared = 50.0, .ncols = 1, .cols = c3, .col = n3},
+    };
+    const char *names[] = {"node-a", "node-b", "node-c", "node-d"};
+    char why[4][256];
+    memset(why, 0, sizeof why);
+    int ok[4] = {1, 1, 1, 1};
+    /* shared median (0.9, 1.0, 1.2, 50) = 1.1, bound 11; columns median (1.5 2 2.2 2.5 40) = 2.2, bound 22 */
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, names, ok, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(ok[0], 1);
+    ck_assert_int_eq(ok[1], 0);
+    ck_assert_int_eq(ok[2], 1);
+    ck_assert_int_eq(ok[3], 0);
+    ck_assert_str_eq(why[0], "");
+    ck_assert_ptr_nonnull(strstr(why[3], "node-d"));
+    ck_assert_ptr_nonnull(strstr(why[3], "shared block"));
+    ck_assert_ptr_nonnull(strstr(why[3], "50"));
+    ck_assert_ptr_nonnull(strstr(why[3], "bound 11"));
+    ck_assert_ptr_nonnull(strstr(why[1], "node-b"));
+    ck_assert_ptr_nonnull(strstr(why[1], "column 5"));
+    ck_assert_ptr_nonnull(strstr(why[1], "40"));
+    ck_assert_ptr_nonnull(strstr(why[1], "bound 22"));
+    /* a contribution refused before is out of every median and stays refused: with node-a out the
+     * shared median is 1.2 (bound 12) and node-d is still refused; nobody else is */
+    int ok2[4] = {0, 1, 1, 1};
+    nm[1].col[1] = 3.0;
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, ok2, &why[0][0], sizeof why[0]), 0);
+    ck_assert(!ok2[0] && ok2[1] && ok2[2] && !ok2[3]);
+    ck_assert_ptr_eq(strstr(why[3], "the shared block"), why[3]); /* no names: no prefix */
+    ck_assert_ptr_nonnull(strstr(why[3], "bound 12"));
+    /* a bound of 2: shared bound 2.2, column bound 2 x median(1.5, 2, 2.2, 2.5, 3) = 4.4: only node-d is out */
+    int ok3[4] = {1, 1, 1, 1};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 2.0, names, ok3, &why[0][0], sizeof why[0]), 0);
+    ck_assert(ok3[0] && ok3[1] && ok3[2] && !ok3[3]);
+    /* fewer than 3 counted, or the bound off: no relative bound */
+    int ok4[4] = {1, 0, 0, 1};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, names, ok4, &why[0][0], sizeof why[0]), 0);
+    ck_assert(ok4[0] && !ok4[1] && !ok4[2] && ok4[3]);
+    int ok5[4] = {1, 1, 1, 1};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 0.0, names, ok5, &why[0][0], sizeof why[0]), 0);
+    ck_assert(ok5[0] && ok5[1] && ok5[2] && ok5[3]);
+}
+END_TEST
+
+START_TEST(test_median_and_norm)
+{
+    double x[] = {5, 1, 3}, y[] = {4, 1, 3, 2};
+    ck_assert(spes_median(x, 3) == 3.0);
+    ck_assert(spes_median(y, 4) == 2.5);
+    ck_assert(spes_median(y, 0) == 0.0);
+    float v[] = {4, 6, 1}, b[] = {1, 2, 1};
+    ck_assert(spes_delta_norm(v, b, 3) == 5.0);
+    spes_agg g;
+    ck_assert_int_eq(spes_agg_from_name(&g, "clipped_mean", 0.1, 3.0), 0);
+    ck_assert_int_eq(g.mode, SPES_AGG_CLIPPED);
+    ck_assert(g.clip == 3.0);
+    ck_assert_int_eq(spes_agg_from_name(&g, "median", 0.1, 3.0), SPES_EINVAL);
+}
+END_TEST
+
+/* robust fixture: a shared block of 4, columns of 2, 3 experts; nodes 1, 2 and 7 own columns 0, 1
+ * and 2; each contribution's values are the base plus the given deltas (shared, then its column) */
+enum { RS = 4, RC = 2, RE = 3 };
+static float r_base[RS + RE * RC] = {1, 2, 3, 4, 10, 10, 20, 20, 30, 30};
+static float r_v[3][RS + RC];
+static int32_t r_cols[3][1] = {{0}, {1}, {2}};
+
+static void robust_fixture(const float (*delta)[RS + RC], spes_contrib *st, const spes_contrib **cs)
+{
+    static const int32_t nodes[3] = {1, 2, 7};
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < RS; i++)
+            r_v[k][i] = r_base[i] + delta[k][i];
+        for (int i = 0; i < RC; i++)
+            r_v[k][RS + i] = r_base[RS + k * RC + i] + delta[k][RS + i];
+        st[k] = (spes_contrib){.node = nodes[k],
+                               .ncols = 1,
+                               .cols = r_cols[k],
+                               .shared_numel = RS,
+                               .column_numel = RC,
+                               .val = r_v[k]};
+        cs[k] = &st[k];
+    }
+}
+
+START_TEST(test_trimmed_mean)
+{
+    spes_layout lo = lay(RS, RC, RE);
+    /* per shared coordinate the deltas are {1, 2, 100}, {-5, 0.5, 0.25}, {3, 3, -1}, {0, -0, 0} */
+    static const float d[3][RS + RC] = {
+        {1, -5, 3, 0, 0.5f, 0.5f}, {2, 0.5f, 3, -0.0f, 1, 1}, {100, 0.25f, -1, 0, 4, 4}};
+    spes_contrib st[3];
+    const spes_contrib *cs[3];
+    robust_fixture(d, st, cs);
+    float p[RS + RE * RC];
+    memcpy(p, r_base, sizeof p);
+    spes_agg g = {.mode = SPES_AGG_TRIMMED, .trim = 0.34};
+    ck_assert_int_eq(spes_aggregate_robust(p, &lo, RE, cs, 3, &g, NULL), 0);
+    /* t = floor(0.34 * 3) = 1: each shared coordinate moves by its median delta; a column has one
+     * owner (t = floor(0.34) = 0): its values exactly */
+    float want[RS + RE * RC] = {1 + 2, 2 + 0.25f, 3 + 3, 4, 10.5f, 10.5f, 21, 21, 34, 34};
+    ck_assert_mem_eq(p, want, sizeof want);
+    /* trim 0.25 of 3 drops nothing: the mean, bit for bit */
+    float q[RS + RE * RC], m[RS + RE * RC];
+    memcpy(q, r_base, sizeof q);
+    memcpy(m, r_base, sizeof m);
+    g.trim = 0.25;
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, cs, 3, &g, NULL), 0);
+    ck_assert_int_eq(spes_aggregate(m, &lo, RE, cs, 3), 0);
+    ck_assert_mem_eq(q, m, sizeof q);
+    /* and the mean mode is spes_aggregate exactly */
+    memcpy(q, r_base, sizeof q);
+    spes_agg mean = {.mode = SPES_AGG_MEAN};
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, cs, 3, &mean, NULL), 0);
+    ck_assert_mem_eq(q, m, sizeof q);
+    /* through the outer step: lr 0.5 on the median delta */
+    memcpy(q, r_base, sizeof q);
+    spes_outer o = {.lr = 0.5f, .mu = 0.0f};
+    g.trim = 0.34;
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, cs, 3, &g, &o), 0);
+    ck_assert(q[0] == 2.0f && q[1] == 2.125f && q[2] == 4.5f);
+    const spes_contrib *bad[] = {cs[1], cs[0], cs[2]};
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, bad, 3, &g, NULL), SPES_EINVAL);
+}
+END_TEST
+
+START_TEST(test_clipped_mean)
+{
+    spes_layout lo = lay(RS, RC, RE);
+    /* shared delta norms 5, 1, 1 (median 1); column norms 1, 5, 1 (median 1) */
+    static const float d[3][RS + RC] = {{3, 4, 0, 0, 0.6f, 0.8f}, {0, 1, 0, 0, 3, 4}, {1, 0, 0, 0, 0, 1}};
+    spes_contrib st[3];
+    const spes_contrib *cs[3];
+    robust_fixture(d, st, cs);
+    float p[RS + RE * RC];
+    memcpy(p, r_base, sizeof p);
+    spes_agg g = {.mode = SPES_AGG_CLIPPED, .clip = 2.0};
+    ck_assert_int_eq(spes_aggregate_robust(p, &lo, RE, cs, 3, &g, NULL), 0);
+    /* tau = 2: node 1's shared delta is scaled by 0.4 to (1.2, 1.6), then the mean of the three;
+     * node 2's column 1 delta (3, 4) by 0.4 to (1.2, 1.6); the other columns are within the bound */
+    float s = 0.4f;
+    float sh0 = (3 * s + 0 + 1) / 3, sh1 = (4 * s + 1 + 0) / 3;
+    ck_assert_float_eq_tol(p[0], 1 + sh0, 1e-6);
+    ck_assert_float_eq_tol(p[1], 2 + sh1, 1e-6);
+    ck_assert(p[2] == 3 && p[3] == 4);
+    ck_assert_float_eq_tol(p[4], 10.6f, 1e-5);
+    ck_assert_float_eq_tol(p[5], 10.8f, 1e-5);
+    ck_assert_float_eq_tol(p[6], 21.2f, 1e-5);
+    ck_assert_float_eq_tol(p[7], 21.6f, 1e-5);
+    ck_assert(p[8] == 30 && p[9] == 31);
+    /* a clip no delta reaches: the mean, bit for bit */
+    float q[RS + RE * RC], m[RS + RE * RC];
+    memcpy(q, r_base, sizeof q);
+    memcpy(m, r_base, sizeof m);
+    g.clip = 5.0;
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, cs, 3, &g, NULL), 0);
+    ck_assert_int_eq(spes_aggregate(m, &lo, RE, cs, 3), 0);
+    ck_assert_mem_eq(q, m, sizeof q);
+    /* no contributors: nothing moves */
+    memcpy(q, r_base, sizeof q);
+    ck_assert_int_eq(spes_aggregate_robust(q, &lo, RE, cs, 0, &g, NULL), 0);
+    ck_assert_mem_eq(q, r_base, sizeof q);
+}
+END_TEST
+
 /* --outer IN OUT: the C side of tests/sync_outer_numpy.py. IN holds, little-endian:
  * i32 S, C, E, n; f32 lr, mu; f32 base[S+E*C], mom[S+E*C]; then per contribution
  * i32 node, ncols, cols[ncols], f32 values. OUT gets S_{r+1} then the momentum. */
-static int outer_io(const char *in, const char *out)
+static int outer_io(const char *in, const char *out, const spes_agg *g)
 {
     FILE *f = fopen(in, "rb");
     if (!f)
@@ -317,7 +490,7 @@ static int outer_io(const char *in, const char *out)
             goto done;
     }
     spes_outer o = {.lr = lm[0], .mu = lm[1], .mom = m};
-    if (spes_aggregate_outer(p, &lo, h[2], cs, h[3], &o) == 0) {
+    if (spes_aggregate_robust(p, &lo, h[2], cs, h[3], g, &o) == 0) {
         FILE *g = fopen(out, "wb");
         if (g && fwrite(p, 4, lo.total_numel, g) == lo.total_numel &&
             fwrite(m, 4, lo.total_numel, g) == lo.total_numel)
@@ -417,6 +590,10 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_outer_plain_is_aggregate);
     tcase_add_test(tc, test_outer_nesterov);
     tcase_add_test(tc, test_digest2);
+    tcase_add_test(tc, test_norm_bound_check);
+    tcase_add_test(tc, test_median_and_norm);
+    tcase_add_test(tc, test_trimmed_mean);
+    tcase_add_test(tc, test_clipped_mean);
     tcase_add_test(tc, test_state_blob);
     suite_add_tcase(s, tc);
     return s;
@@ -425,7 +602,11 @@ Suite *sync_suite(void)
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "--outer"))
-        return outer_io(argv[2], argv[3]);
+        return outer_io(argv[2], argv[3], NULL);
+    spes_agg g; /* --robust MODE PARAM IN OUT: the same, aggregated by MODE with trim or clip PARAM */
+    if (argc == 6 && !strcmp(argv[1], "--robust") &&
+        spes_agg_from_name(&g, argv[2], atof(argv[3]), atof(argv[3])) == 0)
+        return outer_io(argv[4], argv[5], &g);
     SRunner *sr = srunner_create(sync_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -24,6 +24,7 @@ static int read_files(void *obj, json_t *v, const char *origin);
 static json_t *write_files(const void *obj);
 static const char *const dtypes[] = {"uint16", "uint32", NULL};
 static const char *const formats[] = {"auto", "raw", "npy", "llmc", NULL};
+static const char *const aggregations[] = {"mean", "trimmed_mean", "clipped_mean", NULL};
 
 /* Defaults: a small byte-level model that trains on the fortunes corpus in
  * minutes; optimisation defaults follow the SPES configs (docs/design.md). */
@@ -64,6 +65,11 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "lb_factor_ramp", DBL, S(lb_factor_ramp), 0, 1, 0.2),
     NUM("spes", "outer_lr", DBL, S(outer_lr), 1e-6, 10, 1.0),
     NUM("spes", "outer_momentum", DBL, S(outer_momentum), 0, 0.999999, 0.0),
+    NUM("spes", "norm_bound", DBL, S(norm_bound), 0, 1e9, 10.0),
+    {"spes", "aggregation", SPES_CFG_STR, S(aggregation), sizeof(((spes_spes_config *)0)->aggregation), 0, 0,
+     0, "mean", aggregations, NULL, NULL, NULL},
+    NUM("spes", "trim", DBL, S(trim), 0, 0.499, 0.25),
+    NUM("spes", "clip", DBL, S(clip), 1e-3, 1e6, 2.0),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -229,6 +235,15 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "outer_lr");
         json_object_del(spes, "outer_momentum");
     }
+    /* likewise the poisoning defences at their defaults (docs/design.md, "Robust aggregation") */
+    if (spes && c->spes.norm_bound == 10.0)
+        json_object_del(spes, "norm_bound");
+    if (spes && !strcmp(c->spes.aggregation, "mean"))
+        json_object_del(spes, "aggregation");
+    if (spes && c->spes.trim == 0.25)
+        json_object_del(spes, "trim");
+    if (spes && c->spes.clip == 2.0)
+        json_object_del(spes, "clip");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

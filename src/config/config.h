@@ -51,6 +51,10 @@ typedef struct spes_spes_config {
     double lb_factor_ramp;
     double outer_lr;       /* outer learning rate on the round's mean delta (1: plain averaging) */
     double outer_momentum; /* outer Nesterov momentum (0: none) */
+    double norm_bound;     /* refuse a delta norm above this x the round's median (0: off) */
+    char aggregation[16];  /* "mean" | "trimmed_mean" | "clipped_mean" */
+    double trim;           /* trimmed_mean: fraction dropped at each end per coordinate */
+    double clip;           /* clipped_mean: delta norm bound, in medians of the group */
 } spes_spes_config;
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */

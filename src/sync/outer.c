@@ -17,6 +17,23 @@ int spes_outer_has_state(const spes_outer *o)
     return o && o->mu != 0.0f;
 }
 
+void spes__outer_step(float *params, const float *d, size_t n, float *m, float lr, float mu)
+{
+    if (!m) {
+        for (size_t i = 0; i < n; i++)
+            params[i] = params[i] + lr * d[i];
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float di = d[i];
+        float t = mu * m[i];
+        m[i] = t + di;
+        float u = mu * m[i];
+        u = di + u;
+        params[i] = params[i] + lr * u;
+    }
+}
+
 /* outer_segment applies the outer step to n values of params (S_r on entry)
  * from the k contributions' values vs, with momentum m (NULL when mu is 0).
  * The mean delta is formed as spes_aggregate forms it: the single delta for
@@ -35,24 +52,11 @@ static void outer_segment(float *params, const float *const *vs, int k, size_t n
         for (size_t i = 0; i < n; i++)
             acc[i] = acc[i] / (float)k;
     }
-    if (!m) {
-        for (size_t i = 0; i < n; i++)
-            params[i] = params[i] + lr * acc[i];
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        float d = acc[i];
-        float t = mu * m[i];
-        m[i] = t + d;
-        float u = mu * m[i];
-        u = d + u;
-        params[i] = params[i] + lr * u;
-    }
+    spes__outer_step(params, acc, n, m, lr, mu);
 }
 
-/* outer_seg adapts outer_segment to the shared walk (ctx: the spes_outer). */
-static void outer_seg(void *ctx, float *params, size_t off, const float *const *vs, int k, size_t n,
-                      float *acc)
+void spes__outer_seg(void *ctx, float *params, size_t off, const float *const *vs, int k, size_t n,
+                     float *acc)
 {
     const spes_outer *o = ctx;
     float *m = o->mu != 0.0f ? o->mom + off : NULL;
@@ -67,7 +71,7 @@ int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes
     if (o->mu != 0.0f && !o->mom)
         return spes_errf(SPES_EINVAL, "aggregate: outer momentum %g without a momentum buffer",
                          (double)o->mu);
-    return spes__aggregate_walk(params, lo, E, cs, n, outer_seg, (void *)o);
+    return spes__aggregate_walk(params, lo, E, cs, n, spes__outer_seg, (void *)o);
 }
 
 int spes_state_digest2(const float *params, const float *mom, size_t numel, int64_t round, uint8_t out[32])

@@ -39,6 +39,16 @@ int spes_outer_has_state(const spes_outer *o);
 int spes_aggregate_outer(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n,
                          const spes_outer *o);
 
+/* spes__outer_step applies the outer step to n values of params (S_r on
+ * entry) from the round's delta d: params + lr * d with m NULL, else the
+ * Nesterov update of the momentum m and params + lr * (d + mu * m). */
+void spes__outer_step(float *params, const float *d, size_t n, float *m, float lr, float mu);
+
+/* spes__outer_seg is spes_aggregate_outer's segment function for the shared
+ * walk (ctx: the spes_outer): the mean delta, then the outer step. */
+void spes__outer_seg(void *ctx, float *params, size_t off, const float *const *vs, int k, size_t n,
+                     float *acc);
+
 /* spes_state_digest2 is spes_state_digest when mom is NULL; otherwise the
  * SHA-256 of "SPESSTATE2", the round (int64 LE), numel (uint64 LE), the
  * parameters and then the momentum, each as numel little-endian fp32. */

@@ -255,8 +255,7 @@ int spes_contrib_check_author(const spes_contrib *c, int64_t round, int32_t node
     return 0;
 }
 
-/* agg_segment updates n floats of params from the k contributions in vs. */
-static void agg_segment(float *params, const float *const *vs, int k, size_t n, float *acc)
+void spes__mean_segment(float *params, const float *const *vs, int k, size_t n, float *acc)
 {
     if (k == 1) {
         memcpy(params, vs[0], n * sizeof *params);
@@ -309,7 +308,7 @@ static void plain_segment(void *ctx, float *params, size_t off, const float *con
 {
     (void)ctx;
     (void)off;
-    agg_segment(params, vs, k, n, acc);
+    spes__mean_segment(params, vs, k, n, acc);
 }
 
 int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contrib *const *cs, int n)

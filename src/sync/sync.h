@@ -77,6 +77,11 @@ int spes_aggregate(float *params, const spes_layout *lo, int E, const spes_contr
 typedef void (*spes__segment_fn)(void *ctx, float *params, size_t off, const float *const *vs, int k,
                                  size_t n, float *acc);
 
+/* spes__mean_segment is spes_aggregate's update of n floats of params from
+ * the k contributions' values vs: a single one's values exactly, else params
+ * += (the fp32 sum of v - params in order) / k; acc is scratch. */
+void spes__mean_segment(float *params, const float *const *vs, int k, size_t n, float *acc);
+
 /* spes__aggregate_walk checks the contributions' order and runs seg over the
  * shared block and over every column that has contributing owners: the walk
  * that spes_aggregate and the outer optimizer (sync/outer.h) share. */

@@ -649,12 +649,72 @@ def scenario_checkpoints_and_roles():
         cl.cleanup()
 
 
+def scenario_poisoning():
+    """A member whose deltas are 1000 times an honest one's (fault "scaled", within the per-value
+    bound): the norm bound refuses it, names it in status, and the run goes on with every node
+    agreeing; with the bound off and spes.aggregation trimmed_mean, each shared coordinate of
+    S_{r+1} is the median of the three deltas (numpy, bit for bit), between the honest ones."""
+    cfg = run_config()
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={2: {"fault": "scaled"}})
+    try:
+        cl.start_all()
+        st = cl.wait_round(4)
+        late = cl.wait_applied([0, 1, 2], 3)
+        st = cl.status()
+        cl.stop_all()
+        log0 = cl.log(0)
+        check(re.search(r"contribution of node-2 refused: .*delta norm [0-9.e+]+ exceeds the norm bound", log0)
+              is not None, "the norm bound refuses the scaled contribution")
+        refused = json.dumps(st.get("last_round", {}).get("refused", []))
+        check("node-2" in refused and "norm bound" in refused, "status names the refused member: " + refused[:200])
+        commits = [int(n) for n in re.findall(r"round \d+ committed: (\d+) contribution", log0)]
+        check(commits and max(commits) == 2, "only the two honest contributions count (%s per round)" % sorted(set(commits)))
+        a = [cl.applied(k) for k in range(3)]
+        check(late and all(a[0][x] == a[1][x] == a[2][x] for x in late),
+              "the run goes on (round %d) and every node agrees (rounds %s)" % (st["round"], late))
+    finally:
+        cl.cleanup()
+    cfg["spes"].update(norm_bound=0, aggregation="trimmed_mean", trim=0.34)
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={2: {"fault": "scaled", "keep_blobs": True}})
+    try:
+        cl.start_all()
+        late = cl.wait_applied([0, 1, 2], 3)
+        cl.stop_all()
+        a = [cl.applied(k) for k in range(3)]
+        check(late and all(a[0][x] == a[1][x] == a[2][x] for x in late),
+              "trimmed_mean: every node agrees (rounds %s)" % late)
+        check(re.search(r"refused", cl.log(0)) is None, "with the bound off nothing is refused")
+        states, contribs = states_and_contribs(cl, 2)
+        shared = layout_sizes(cfg)[0]
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states and len(contribs[r]) == 3]
+        exact = bounded = True
+        ratio = 0.0
+        for r in rounds:
+            S = states[r][:shared]
+            d = np.stack([(c["vals"][:shared] - S).astype(np.float32) for c in sorted(contribs[r], key=lambda c: c["node"])])
+            norms = np.sqrt((d.astype(np.float64) ** 2).sum(axis=1))
+            bad = int(np.argmax(norms))
+            ratio = max(ratio, norms[bad] / np.median(norms))
+            want = (S + np.sort(d, axis=0)[1]).astype(np.float32)  # t = floor(0.34 * 3) = 1: the median
+            got = states[r + 1][:shared]
+            exact &= np.array_equal(want, got)
+            honest = np.delete(d, bad, axis=0)
+            move = (got - S).astype(np.float32)
+            bounded &= bool(np.all((move >= honest.min(axis=0)) & (move <= honest.max(axis=0))))
+        check(len(rounds) >= 3 and ratio > 100, "the attacker's shared delta norm is %.0f x the median (%d rounds)"
+              % (ratio, len(rounds)))
+        check(len(rounds) >= 3 and exact, "each shared coordinate moved by the median of the three deltas, bit for bit")
+        check(len(rounds) >= 3 and bounded, "every shared coordinate moved no further than an honest delta")
+    finally:
+        cl.cleanup()
+
+
 SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_contribution_authorship,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
-             scenario_round_costs, scenario_outer_optimizer]
+             scenario_round_costs, scenario_outer_optimizer, scenario_poisoning]
 
 
 def main():
