@@ -8,11 +8,16 @@
  *
  * A stepped wall clock: while the file named by SPES_TEST_CLOCK_FILE exists,
  * CLOCK_REALTIME reads the seconds written in it later (negative: earlier),
- * as after an NTP step or an operator's `date -s`. Other clocks are untouched. */
+ * as after an NTP step or an operator's `date -s`. Other clocks are untouched.
+ * A timed wait on a condition variable of the wall clock (nng's timer threads
+ * wait so) takes its deadline on that stepped clock too: it waits as long as it
+ * would on a machine whose clock really stepped, instead of an hour more or
+ * less (the kernel's clock has not moved). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,22 +73,42 @@ int fdatasync(int fd)
     return stalled_sync(&real, "fdatasync", fd);
 }
 
+/* clock_offset is the step in force: the seconds in SPES_TEST_CLOCK_FILE, 0 without it. */
+static long long clock_offset(void)
+{
+    const char *file = getenv("SPES_TEST_CLOCK_FILE");
+    FILE *f = file ? fopen(file, "r") : NULL;
+    long long off = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lld", &off) != 1)
+        off = 0;
+    fclose(f);
+    return off;
+}
+
 int clock_gettime(clockid_t id, struct timespec *ts)
 {
     static int (*real)(clockid_t, struct timespec *);
     if (!real)
         real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
     int rc = real(id, ts);
-    const char *file = getenv("SPES_TEST_CLOCK_FILE");
-    if (rc != 0 || id != CLOCK_REALTIME || !file)
-        return rc;
-    FILE *f = fopen(file, "r");
-    long long off = 0;
-    if (!f)
-        return rc;
-    if (fscanf(f, "%lld", &off) != 1)
-        off = 0;
-    fclose(f);
-    ts->tv_sec += (time_t)off;
+    if (rc == 0 && id == CLOCK_REALTIME)
+        ts->tv_sec += (time_t)clock_offset();
     return rc;
+}
+
+int pthread_cond_timedwait(pthread_cond_t *cv, pthread_mutex_t *mu, const struct timespec *at)
+{
+    static int (*real)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
+    if (!real)
+        real = (int (*)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *))dlsym(
+            RTLD_NEXT, "pthread_cond_timedwait");
+    /* glibc keeps a condition variable's clock in bit 1 of __wrefs (0: CLOCK_REALTIME) */
+    long long off = (cv->__data.__wrefs & 2) == 0 ? clock_offset() : 0;
+    if (!off)
+        return real(cv, mu, at);
+    struct timespec kernel = *at; /* the deadline on the clock the kernel keeps */
+    kernel.tv_sec -= (time_t)off;
+    return real(cv, mu, &kernel);
 }
