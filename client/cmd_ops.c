@@ -181,7 +181,12 @@ static int checkpoint(int argc, char **argv, const char *cmd, Spes__Wire__Checkp
             fprintf(stderr, "spesctl %s: --out DIR is required\n", cmd);
             return SPESCTL_USAGE;
         }
-        if (absolute(a.out, out, sizeof out) != 0) {
+        if (a.conn.url) { /* remote: the coordinator writes exports/NAME under its state directory */
+            if (snprintf(out, sizeof out, "%s", a.out) >= (int)sizeof out) {
+                fprintf(stderr, "spesctl %s: --out %s: name too long\n", cmd, a.out);
+                return SPESCTL_USAGE;
+            }
+        } else if (absolute(a.out, out, sizeof out) != 0) {
             fprintf(stderr, "spesctl %s: --out %s: path too long or working directory unknown\n", cmd, a.out);
             return SPESCTL_FAIL;
         }

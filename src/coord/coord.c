@@ -416,6 +416,11 @@ int coord_peer_is_operator(const spes_pki_identity *peer)
     return peer->role == SPES_ROLE_OPERATOR || (peer->role == SPES_ROLE_NONE && !peer->name[0]);
 }
 
+int coord_peer_is_local(const spes_pki_identity *peer)
+{
+    return peer->role == SPES_ROLE_OPERATOR && !peer->name[0];
+}
+
 int coord_any_announced(const spes_coord_sm *c)
 {
     for (int i = 0; i < c->nmem; i++)

@@ -149,8 +149,12 @@ void coord_open_round(spes_coord_sm *c, spes_coord_now now);
 size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out);
 
 /* coord_peer_is_operator says whether peer may change the run: an operator
- * certificate, or the local control socket (no certificate, no name). */
+ * certificate, the local control socket (the operator role, no name), or a
+ * peer of a plain test run (no identity at all). */
 int coord_peer_is_operator(const spes_pki_identity *peer);
+
+/* coord_peer_is_local says whether peer is the local control socket (the operator role, no name). */
+int coord_peer_is_local(const spes_pki_identity *peer);
 
 /* coord_any_announced says whether a participant announced in the open round. */
 int coord_any_announced(const spes_coord_sm *c);
