@@ -513,6 +513,87 @@ START_TEST(test_control_socket_speaks_operator_verbs_only)
 }
 END_TEST
 
+/* Joins and departures far beyond the table's size keep admitting: departed
+ * members give up their slots (oldest first), ids are never reused, an
+ * evicted name stays refused, and a restarted coordinator keeps both. */
+static char *state_text(fx *f);
+
+START_TEST(test_departed_slots_reclaimed)
+{
+    fx f;
+    fx_init(&f, 1, 0, 100);
+    Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
+    mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
+    Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
+    l.reason = "";
+    char name[32];
+    uint32_t last = 0;
+    int total = SPES_COORD_MAX_MEMBERS * 3 + 7;
+    for (int i = 0; i < total; i++) {
+        snprintf(name, sizeof name, "n%d", i);
+        uint32_t id = join_ok(&f, name);
+        ck_assert(i == 0 || id > last); /* unique and increasing */
+        ck_assert_uint_eq(id, (unsigned)i);
+        last = id;
+        fx_advance(&f, 1);
+        if (i % 3 == 0) { /* leaves */
+            l.node_id = id;
+            spes_pki_identity p = node_peer(name);
+            spes_proto_free(send(&f, SPES_MSG_LEAVE, &l.base, &p, SPES_MSG_ACK));
+        } else if (i % 3 == 1) { /* is evicted */
+            mr.target = name;
+            spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+        } /* else stays in the run until it fails below */
+        ck_assert_int_le(spes_coord_sm_members(f.c), SPES_COORD_MAX_MEMBERS);
+        fx_clear(&f);
+        if (i % 50 == 49) { /* the silent ones fail */
+            fx_pass(&f, FAILURE + 2 * TICK, NULL, 0, 0);
+            fx_clear(&f);
+        }
+    }
+    ck_assert_int_eq(spes_coord_sm_members(f.c), SPES_COORD_MAX_MEMBERS);
+    /* the slots went oldest first: n0 is gone, the newest member is there */
+    Spes__Wire__StatusReply *st = status(&f);
+    ck_assert_uint_eq(st->n_members, SPES_COORD_MAX_MEMBERS);
+    for (size_t i = 0; i < st->n_members; i++) {
+        ck_assert_str_ne(st->members[i]->name, "n0");
+        ck_assert(i == 0 || st->members[i]->node_id > st->members[i - 1]->node_id);
+    }
+    ck_assert_uint_eq(st->members[st->n_members - 1]->node_id, (unsigned)(total - 1));
+    spes_proto_free(&st->base);
+    /* an evicted member whose slot went is still refused; one that left joins again with a new id */
+    Spes__Wire__Reject *r = (Spes__Wire__Reject *)join(&f, "n1", &noid, SPES_MSG_REJECT);
+    ck_assert_int_eq(r->code, EC(NOT_MEMBER));
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    ck_assert_uint_eq(join_ok(&f, "n0"), (unsigned)total);
+    fx_clear(&f);
+    /* a restarted coordinator: the same barred names and no reused id */
+    fx_advance(&f, 1);
+    mr.target = "n0";
+    spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+    char *text = state_text(&f);
+    fx g;
+    memset(&g, 0, sizeof g);
+    fx_settings(&g, 1, 0);
+    fx_run_config(&g, 100);
+    ck_assert_int_eq(spes_coord_sm_alloc(&g.c, &g.run, &g.set), 0);
+    ck_assert_int_eq(spes_coord_sm_load(g.c, text, "coordinator.json"), 0);
+    free(text);
+    g.now = f.now;
+    spes_coord_sm_start(g.c, g.now);
+    r = (Spes__Wire__Reject *)join(&g, "n1", &noid, SPES_MSG_REJECT);
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    r = (Spes__Wire__Reject *)join(&g, "n0", &noid, SPES_MSG_REJECT); /* evicted, slot still held */
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    ck_assert_uint_eq(join_ok(&g, "fresh"), (unsigned)total + 1);
+    fx_fini(&g);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_rejoin_mid_round)
 {
     fx f;
@@ -1560,6 +1641,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_join_refusals);
     tcase_add_test(tc, test_rejoin_mid_round);
     tcase_add_test(tc, test_control_socket_speaks_operator_verbs_only);
+    tcase_add_test(tc, test_departed_slots_reclaimed);
     tcase_add_test(tc, test_approval_and_operator_verbs);
     tcase_add_test(tc, test_announce_refusals);
     tcase_add_test(tc, test_commit_with_refusal);

@@ -18,6 +18,9 @@
 
 /* SPES_COORD_MAX_MEMBERS is the member table's capacity: joins beyond it are refused as "the run is full". */
 #define SPES_COORD_MAX_MEMBERS SPES_MAX_MEMBERS
+/* SPES_COORD_MAX_BARRED is how many evicted names are remembered once their slots are reclaimed
+ * (the oldest is forgotten first). */
+#define SPES_COORD_MAX_BARRED 1024
 /* SPES_COORD_MAX_CKPTS is how many checkpoint records are kept (the oldest goes first). */
 #define SPES_COORD_MAX_CKPTS 64
 /* SPES_COORD_MAX_WAITERS is how many operators may wait for a checkpoint at once. */

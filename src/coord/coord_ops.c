@@ -76,6 +76,8 @@ static int node_peer_ok(spes_coord_sm *c, const spes_pki_identity *peer, const c
 static coord_member *new_member(spes_coord_sm *c, const char *name)
 {
     coord_member *m = coord_add_member(c);
+    if (!m && c->nmem == SPES_COORD_MAX_MEMBERS && coord_reclaim(c) == 0)
+        m = coord_add_member(c); /* a departed member made room */
     if (!m)
         return NULL;
     m->id = c->next_id++;
@@ -92,6 +94,11 @@ static void handle_join(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__
     if (!node_peer_ok(c, peer, j->node_name, to, SPES_MSG_JOIN))
         return;
     coord_member *m = coord_find(c, j->node_name);
+    if (!m && coord_is_barred(c, j->node_name)) {
+        reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 0,
+                     "this node was evicted from the run");
+        return;
+    }
     if (!m) {
         if (!(m = new_member(c, j->node_name))) {
             reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 0, "the run is full");

@@ -34,6 +34,12 @@ typedef struct coord_member {
     int have_counters;
 } coord_member;
 
+/* coord_barred is an evicted member whose slot was reclaimed: its name may not join again. */
+typedef struct coord_barred {
+    uint32_t id;
+    char name[64];
+} coord_barred;
+
 /* coord_ckpt records one checkpoint of the run. */
 typedef struct coord_ckpt {
     char id[SPES_COORD_ID_LEN];
@@ -67,6 +73,8 @@ struct spes_coord_sm {
     uint32_t *mismatch; /* (cap) ids whose digest of the last round differs */
     int nmismatch;
     uint32_t next_id;
+    coord_barred *barred; /* (nbarred) evicted members whose slots were reclaimed, oldest first */
+    int nbarred;
     uint64_t round;         /* the open round r: contributions make S_{r+1} */
     uint64_t step;          /* steps done at the start of round r */
     uint8_t state_hash[32]; /* digest of S_r */
@@ -126,6 +134,16 @@ int coord_state_load(spes_coord_sm *c, const char *json, const char *origin);
 
 /* coord_add_member appends a cleared member row (columns allocated), growing the table; NULL when full. */
 coord_member *coord_add_member(spes_coord_sm *c);
+
+/* coord_reclaim frees the slot of the departed member (left, failed or evicted, not in the open
+ * round) heard from longest ago, keeping an evicted one's name barred; 0, or -1 if none may go. */
+int coord_reclaim(spes_coord_sm *c);
+
+/* coord_is_barred says whether name is an evicted member whose slot was reclaimed. */
+int coord_is_barred(const spes_coord_sm *c, const char *name);
+
+/* coord_bar remembers an evicted member's id and name (the oldest goes beyond SPES_COORD_MAX_BARRED). */
+int coord_bar(spes_coord_sm *c, uint32_t id, const char *name);
 
 /* coord_find returns the member with this name, or NULL. */
 coord_member *coord_find(spes_coord_sm *c, const char *name);
