@@ -368,6 +368,9 @@ int coord_reclaim(spes_coord_sm *c)
               m->state == NS(LEFT)     ? "left"
               : m->state == NS(FAILED) ? "failed"
                                        : "evicted");
+    for (int i = 0; i < c->nmismatch; i++) /* the list has room for one entry per row */
+        if (c->mismatch[i] == m->id)
+            c->mismatch[i--] = c->mismatch[--c->nmismatch];
     free(m->cols);
     free(m->cur);
     memmove(m, m + 1, (size_t)(c->nmem - v - 1) * sizeof *m);
