@@ -301,7 +301,7 @@ const spesctl_cmd spesctl_ops_cmds[] = {
     {"checkpoint", "save", cmd_ckpt_save, "[--wait] " CONN_USAGE},
     {"checkpoint", "list", cmd_ckpt_list, CONN_USAGE},
     {"checkpoint", "restore", cmd_ckpt_restore, "ID " CONN_USAGE},
-    {"checkpoint", "export", cmd_ckpt_export, "ID --out DIR " CONN_USAGE},
+    {"checkpoint", "export", cmd_ckpt_export, "ID --out DIR (with --url: NAME) " CONN_USAGE},
     {"top", NULL, cmd_top, "[CONN] [--once] [--interval S] [--no-color] [--timeout S]"},
     {"--socket", NULL, lead_socket, "PATH COMMAND ...   CONN = --socket PATH, or --url tls+tcp://H:P"},
     {"--url", NULL, lead_url, "tls+tcp://H:P --ca F --cert F --key F COMMAND ...   (operator certificate)"},
