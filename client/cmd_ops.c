@@ -181,7 +181,12 @@ static int checkpoint(int argc, char **argv, const char *cmd, Spes__Wire__Checkp
             fprintf(stderr, "spesctl %s: --out DIR is required\n", cmd);
             return SPESCTL_USAGE;
         }
-        if (absolute(a.out, out, sizeof out) != 0) {
+        if (a.conn.url) { /* remote: the coordinator writes exports/NAME under its state directory */
+            if (snprintf(out, sizeof out, "%s", a.out) >= (int)sizeof out) {
+                fprintf(stderr, "spesctl %s: --out %s: name too long\n", cmd, a.out);
+                return SPESCTL_USAGE;
+            }
+        } else if (absolute(a.out, out, sizeof out) != 0) {
             fprintf(stderr, "spesctl %s: --out %s: path too long or working directory unknown\n", cmd, a.out);
             return SPESCTL_FAIL;
         }
@@ -296,7 +301,7 @@ const spesctl_cmd spesctl_ops_cmds[] = {
     {"checkpoint", "save", cmd_ckpt_save, "[--wait] " CONN_USAGE},
     {"checkpoint", "list", cmd_ckpt_list, CONN_USAGE},
     {"checkpoint", "restore", cmd_ckpt_restore, "ID " CONN_USAGE},
-    {"checkpoint", "export", cmd_ckpt_export, "ID --out DIR " CONN_USAGE},
+    {"checkpoint", "export", cmd_ckpt_export, "ID --out DIR (with --url: NAME) " CONN_USAGE},
     {"top", NULL, cmd_top, "[CONN] [--once] [--interval S] [--no-color] [--timeout S]"},
     {"--socket", NULL, lead_socket, "PATH COMMAND ...   CONN = --socket PATH, or --url tls+tcp://H:P"},
     {"--url", NULL, lead_url, "tls+tcp://H:P --ca F --cert F --key F COMMAND ...   (operator certificate)"},

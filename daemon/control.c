@@ -1,13 +1,16 @@
 /* control.c: the local control socket (a unix stream socket, mode 0660): one
  * request envelope in, one reply envelope out, then the connection closes.
  * The socket's file permissions are the access control: a local client is
- * treated as the operator. Lengths are checked before anything is buffered.
+ * the operator (SPES_COORD_LOCAL_OPERATOR) and may send operator requests only:
+ * node messages (Join, Leave, Announce, blob requests...) need a node
+ * certificate over TLS (docs/security.md). Lengths are checked before anything is buffered.
  * A client has CONTROL_IDLE_MS to send its whole request. When the daemon
  * stops, every connection is closed, even one whose answer is still on its way
  * (a status forwarded to an unreachable coordinator): its record then waits for
  * that answer, which it drops, so that a late reply never touches freed memory.
  * A client that leaves before its reply costs a failed write (EPIPE: spesd
  * ignores SIGPIPE), nothing more. */
+#include "coord/coord.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
@@ -156,8 +159,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (c->want && c->len >= c->want) {
         begin_dispatch(c);
-        spes_pki_identity local;
-        memset(&local, 0, sizeof local);
+        int type = (int)c->buf[6] << 8 | c->buf[7];
+        if (type == SPES_MSG_BLOB_WANT || type == SPES_MSG_CHUNK_REQUEST) {
+            spes_daemon_reply_error(control_reply, c, SPES_EAUTH, type,
+                                    "%s needs a node certificate over TLS: the control socket takes "
+                                    "operator requests only",
+                                    spes_proto_type_name(type));
+            return;
+        }
+        spes_pki_identity local = SPES_COORD_LOCAL_OPERATOR; /* node verbs are refused by the coordinator */
         spes_daemon_handle(c->d, c->buf, c->want, &local, control_reply, c);
     }
 }

@@ -106,8 +106,22 @@ static int ckpt_restore(spes_coord *c, const spes_coord_action *a)
     return rc;
 }
 
-/* ckpt_export writes checkpoint id as Hugging Face files. */
-static int ckpt_export(spes_coord *c, const spes_coord_action *a)
+/* export_dir resolves an export's out_dir: exports/NAME goes under the state
+ * directory (made if missing), an absolute path (local operators) stays. */
+static int export_dir(const spes_coord *c, const char *out_dir, char *out, size_t cap)
+{
+    if (out_dir[0] == '/') {
+        snprintf(out, cap, "%s", out_dir);
+        return 0;
+    }
+    char exports[700];
+    snprintf(exports, sizeof exports, "%.600s/exports", c->d->cfg.state_dir);
+    snprintf(out, cap, "%.600s/%.200s", c->d->cfg.state_dir, out_dir);
+    return spes_mkdir_p(exports, 0750);
+}
+
+/* ckpt_export writes checkpoint id as Hugging Face files to out (export_dir). */
+static int ckpt_export(spes_coord *c, const spes_coord_action *a, const char *out)
 {
     char dir[800], sub[64];
     snprintf(sub, sizeof sub, "checkpoints/%s", a->id);
@@ -118,7 +132,7 @@ static int ckpt_export(spes_coord *c, const spes_coord_action *a)
     if (rc)
         return rc;
     if ((rc = spes_layout_build(&lo, &c->run.model)) == 0) {
-        rc = spes_hf_export(a->out_dir, &c->run.model, &lo, ck.params, 0);
+        rc = spes_hf_export(out, &c->run.model, &lo, ck.params, 0);
         spes_layout_fini(&lo);
     }
     spes_ckpt_fini(&ck);
@@ -129,6 +143,7 @@ static int ckpt_export(spes_coord *c, const spes_coord_action *a)
 static void carry_out(spes_coord *c, spes_coord_action *a)
 {
     int rc;
+    char out[900];
     switch (a->kind) {
     case SPES_COORD_REPLY: a->to.fn(a->to.ctx, a->data, a->len); break;
     case SPES_COORD_LOG: spes_log(a->level, 0, "%s", (const char *)a->data); break;
@@ -160,8 +175,9 @@ static void carry_out(spes_coord *c, spes_coord_action *a)
         spes_coord_sm_restored(c->sm, now_ms(), a->to, a->id, rc, rc ? spes_errmsg() : "");
         break;
     case SPES_COORD_CKPT_EXPORT:
-        rc = ckpt_export(c, a);
-        spes_coord_sm_exported(c->sm, a->to, a->id, a->out_dir, rc, rc ? spes_errmsg() : "");
+        if ((rc = export_dir(c, a->out_dir, out, sizeof out)) == 0)
+            rc = ckpt_export(c, a, out);
+        spes_coord_sm_exported(c->sm, a->to, a->id, out, rc, rc ? spes_errmsg() : "");
         break;
     default: log_error("coordinator: unknown action %d", a->kind);
     }

@@ -265,6 +265,16 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
     spes_net_client_opts co;
     memset(&co, 0, sizeof co);
     co.url = d->cfg.coordinator[0] ? d->cfg.coordinator : d->cfg.listen;
+    /* the coordinator's certificate name is pinned: our own name when we coordinate (docs/security.md) */
+    co.peer_name = !d->cfg.coordinator[0]       ? d->cfg.name
+                   : d->cfg.coordinator_name[0] ? d->cfg.coordinator_name
+                                                : NULL;
+    if (!d->cfg.plain && co.peer_name)
+        log_info("coordinator pinned: %s at %s", co.peer_name, co.url);
+    else if (!d->cfg.plain)
+        log_warnx("coordinator_name is empty: any node certificate of the run is accepted as the coordinator "
+                  "at %s; set coordinator_name to pin it (docs/operations.md)",
+                  co.url);
     co.tls = d->tls;
     co.plain = d->cfg.plain;
     co.max_msg = 64u << 20;

@@ -64,7 +64,9 @@ static void drain(fz *f)
 
 static spes_pki_identity peer_of(uint8_t b)
 {
-    spes_pki_identity p = {.role = SPES_ROLE_NONE};
+    spes_pki_identity p = {.role = SPES_ROLE_NONE}, control = SPES_COORD_LOCAL_OPERATOR;
+    if (b % 4 == 3)
+        return control; /* the local control socket */
     if (b % 4 == 1 || b % 4 == 2) {
         p.role = b % 4 == 1 ? SPES_ROLE_NODE : SPES_ROLE_OPERATOR;
         snprintf(p.name, sizeof p.name, "node-%d", (b / 4) % 6);

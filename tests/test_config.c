@@ -319,6 +319,25 @@ START_TEST(test_daemon_config)
                     "metrics \"h:70000\" is not HOST:PORT (e.g. 127.0.0.1:9464)");
     dconfig_refused("{\"advertise\":\"node-0:7600\"}", SPES_EINVAL,
                     "advertise \"node-0:7600\" is not a URL of the form SCHEME://HOST:PORT");
+    dconfig_refused("{\"coordinator_name\":\"Node_0\"}", SPES_EINVAL,
+                    "coordinator_name \"Node_0\" is not a certificate name ([a-z0-9-]{1,63})");
+    /* a coordinator's pinned name is its own; a node's names the coordinator's certificate */
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"name\":\"node-0\",\"listen\":\"tcp://127.0.0.1:7600\",\"plain\":true,\"run_config\":\"%s\","
+             "\"coordinator_name\":\"node-1\"}",
+             dpath);
+    ck_assert_int_eq(dload(&d, json), 0);
+    ck_assert_str_eq(d.coordinator_name, "node-1");
+    ck_assert_int_eq(spes_dconfig_validate(&d), SPES_EINVAL);
+    ck_assert_str_eq(
+        spes_errmsg(),
+        "daemon config: coordinator_name \"node-1\" differs from this coordinator's name \"node-0\"");
+    snprintf(d.coordinator_name, sizeof d.coordinator_name, "node-0");
+    ck_assert_int_eq(spes_dconfig_validate(&d), 0);
+    snprintf(d.coordinator, sizeof d.coordinator, "tcp://127.0.0.1:7601"); /* a node: any name of the run */
+    snprintf(d.coordinator_name, sizeof d.coordinator_name, "node-1");
+    ck_assert_int_eq(spes_dconfig_validate(&d), 0);
     ck_assert_int_eq(dload(&d, "{\"name\":\"n\",}"), SPES_EFORMAT);
     ck_assert_ptr_nonnull(strstr(spes_errmsg(), dpath));
     ck_assert_ptr_nonnull(strstr(spes_errmsg(), ":1:13: invalid JSON:"));

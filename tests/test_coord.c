@@ -167,7 +167,9 @@ static ProtobufCMessage *decode(const spes_coord_action *a, int want)
     return m;
 }
 
-static const spes_pki_identity local = {.name = "", .role = SPES_ROLE_NONE};
+/* noid is a peer of a plain test run (no TLS, no identity at all); control is the local control socket. */
+static const spes_pki_identity noid = {.name = "", .role = SPES_ROLE_NONE};
+static const spes_pki_identity control = SPES_COORD_LOCAL_OPERATOR;
 
 static spes_pki_identity node_peer(const char *name)
 {
@@ -234,7 +236,7 @@ static ProtobufCMessage *heartbeat(fx *f, uint32_t id, uint64_t round, int state
     h.loss = 3.0 + id;
     h.tokens_per_s = 100;
     h.state = state;
-    return send(f, SPES_MSG_HEARTBEAT, &h.base, &local, want);
+    return send(f, SPES_MSG_HEARTBEAT, &h.base, &noid, want);
 }
 
 static void heartbeat_ack(fx *f, uint32_t id, uint64_t round)
@@ -272,7 +274,7 @@ static void announce_ok(fx *f, uint32_t id, uint64_t round)
     uint8_t blob[32], man[32];
     Spes__Wire__Announce a;
     fill_announce(&a, id, round, blob, man);
-    Spes__Wire__Ack *ack = (Spes__Wire__Ack *)send(f, SPES_MSG_ANNOUNCE, &a.base, &local, SPES_MSG_ACK);
+    Spes__Wire__Ack *ack = (Spes__Wire__Ack *)send(f, SPES_MSG_ANNOUNCE, &a.base, &noid, SPES_MSG_ACK);
     ck_assert_str_eq(ack->message, "announced");
     spes_proto_free(&ack->base);
 }
@@ -286,7 +288,7 @@ static void digest(fx *f, uint32_t id, uint64_t round, uint8_t fill, const char 
     g.round = round;
     g.state_hash = (ProtobufCBinaryData){32, h};
     g.checkpoint_id = (char *)(ckpt ? ckpt : "");
-    Spes__Wire__Ack *a = (Spes__Wire__Ack *)send(f, SPES_MSG_DIGEST, &g.base, &local, SPES_MSG_ACK);
+    Spes__Wire__Ack *a = (Spes__Wire__Ack *)send(f, SPES_MSG_DIGEST, &g.base, &noid, SPES_MSG_ACK);
     ck_assert_str_eq(a->message, "digest recorded");
     spes_proto_free(&a->base);
 }
@@ -319,8 +321,7 @@ static void validate_all(fx *f)
 static Spes__Wire__StatusReply *status(fx *f)
 {
     Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
-    return (Spes__Wire__StatusReply *)send(f, SPES_MSG_STATUS_REQUEST, &s.base, &local,
-                                           SPES_MSG_STATUS_REPLY);
+    return (Spes__Wire__StatusReply *)send(f, SPES_MSG_STATUS_REQUEST, &s.base, &noid, SPES_MSG_STATUS_REPLY);
 }
 
 static int member_state(fx *f, uint32_t id)
@@ -432,7 +433,8 @@ START_TEST(test_join_refusals)
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
     j.node_name = "node-1";
     j.listen_url = "tcp://x:1";
-    send_error(&f, SPES_MSG_JOIN, &j.base, &op, EC(UNAUTHORIZED), "may not speak for node node-1");
+    send_error(&f, SPES_MSG_JOIN, &j.base, &op, EC(UNAUTHORIZED),
+               "Join needs a node certificate over TLS (alice is operator)");
     send_error(&f, SPES_MSG_JOIN, &j.base, &other, EC(UNAUTHORIZED), "certificate node-9 (node)");
     ck_assert_int_eq(spes_coord_sm_members(f.c), 0);
     /* the run is full at the table's capacity */
@@ -441,20 +443,153 @@ START_TEST(test_join_refusals)
         snprintf(name, sizeof name, "n%d", i);
         j.node_name = name;
         Spes__Wire__Accept *a =
-            (Spes__Wire__Accept *)send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT);
+            (Spes__Wire__Accept *)send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_ACCEPT);
         ck_assert_uint_eq(a->node_id, (unsigned)i);
         spes_proto_free(&a->base);
         fx_clear(&f);
     }
     j.node_name = "one-too-many";
-    Spes__Wire__Reject *r = (Spes__Wire__Reject *)send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_REJECT);
+    Spes__Wire__Reject *r = (Spes__Wire__Reject *)send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_REJECT);
     ck_assert_int_eq(r->code, EC(REFUSED));
     ck_assert_str_eq(r->reason, "the run is full");
     spes_proto_free(&r->base);
     ck_assert_int_eq(spes_coord_sm_members(f.c), SPES_COORD_MAX_MEMBERS);
     j.node_name = "n7"; /* a known member may still rejoin */
-    ProtobufCMessage *m = send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT);
+    ProtobufCMessage *m = send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_ACCEPT);
     spes_proto_free(m);
+    fx_fini(&f);
+}
+END_TEST
+
+/* The local control socket is the operator: it may change the run, but every
+ * node message from it is refused by name and changes nothing. */
+START_TEST(test_control_socket_speaks_operator_verbs_only)
+{
+    fx f;
+    two_node_round(&f, 100);
+    fx_clear(&f);
+    Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.node_name = "made-up";
+    j.listen_url = "tcp://x:1";
+    send_error(&f, SPES_MSG_JOIN, &j.base, &control, EC(UNAUTHORIZED),
+               "Join needs a node certificate over TLS (the local control socket is an operator)");
+    Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
+    l.node_id = 1;
+    l.reason = "";
+    send_error(&f, SPES_MSG_LEAVE, &l.base, &control, EC(UNAUTHORIZED), "Leave needs a node certificate");
+    Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
+    h.node_id = 1;
+    send_error(&f, SPES_MSG_HEARTBEAT, &h.base, &control, EC(UNAUTHORIZED),
+               "Heartbeat needs a node certificate");
+    uint8_t blob[32], man[32], hash[32] = {0};
+    Spes__Wire__Announce a;
+    fill_announce(&a, 1, 0, blob, man);
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &control, EC(UNAUTHORIZED),
+               "Announce needs a node certificate");
+    Spes__Wire__Digest g = SPES__WIRE__DIGEST__INIT;
+    g.node_id = 1;
+    g.state_hash = (ProtobufCBinaryData){32, hash};
+    g.checkpoint_id = "";
+    send_error(&f, SPES_MSG_DIGEST, &g.base, &control, EC(UNAUTHORIZED), "Digest needs a node certificate");
+    /* an operator certificate named like a member does not speak for it either */
+    spes_pki_identity op = operator_peer();
+    snprintf(op.name, sizeof op.name, "node-1");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &op, EC(UNAUTHORIZED),
+               "Announce needs a node certificate over TLS (node-1 is operator)");
+    send_error(&f, SPES_MSG_LEAVE, &l.base, &op, EC(UNAUTHORIZED), "Leave needs a node certificate");
+    /* nothing changed: no member added, node-1 still active, nothing persisted */
+    ck_assert_int_eq(spes_coord_sm_members(f.c), 2);
+    ck_assert_int_eq(member_state(&f, 1), NS(ACTIVE));
+    ck_assert_int_eq(count(&f, SPES_COORD_PERSIST_STATE), 0);
+    ck_assert(!logged(&f, "made-up"));
+    /* the operator verbs still work from the control socket */
+    Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
+    mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
+    mr.target = "node-1";
+    spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+    ck_assert_int_eq(member_state(&f, 1), NS(EVICTED));
+    ck_assert(logged(&f, "operator (local): "));
+    fx_fini(&f);
+}
+END_TEST
+
+/* Joins and departures far beyond the table's size keep admitting: departed
+ * members give up their slots (oldest first), ids are never reused, an
+ * evicted name stays refused, and a restarted coordinator keeps both. */
+static char *state_text(fx *f);
+
+START_TEST(test_departed_slots_reclaimed)
+{
+    fx f;
+    fx_init(&f, 1, 0, 100);
+    Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
+    mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
+    Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
+    l.reason = "";
+    char name[32];
+    uint32_t last = 0;
+    int total = SPES_COORD_MAX_MEMBERS * 3 + 7;
+    for (int i = 0; i < total; i++) {
+        snprintf(name, sizeof name, "n%d", i);
+        uint32_t id = join_ok(&f, name);
+        ck_assert(i == 0 || id > last); /* unique and increasing */
+        ck_assert_uint_eq(id, (unsigned)i);
+        last = id;
+        fx_advance(&f, 1);
+        if (i % 3 == 0) { /* leaves */
+            l.node_id = id;
+            spes_pki_identity p = node_peer(name);
+            spes_proto_free(send(&f, SPES_MSG_LEAVE, &l.base, &p, SPES_MSG_ACK));
+        } else if (i % 3 == 1) { /* is evicted */
+            mr.target = name;
+            spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+        } /* else stays in the run until it fails below */
+        ck_assert_int_le(spes_coord_sm_members(f.c), SPES_COORD_MAX_MEMBERS);
+        fx_clear(&f);
+        if (i % 50 == 49) { /* the silent ones fail */
+            fx_pass(&f, FAILURE + 2 * TICK, NULL, 0, 0);
+            fx_clear(&f);
+        }
+    }
+    ck_assert_int_eq(spes_coord_sm_members(f.c), SPES_COORD_MAX_MEMBERS);
+    /* the slots went oldest first: n0 is gone, the newest member is there */
+    Spes__Wire__StatusReply *st = status(&f);
+    ck_assert_uint_eq(st->n_members, SPES_COORD_MAX_MEMBERS);
+    for (size_t i = 0; i < st->n_members; i++) {
+        ck_assert_str_ne(st->members[i]->name, "n0");
+        ck_assert(i == 0 || st->members[i]->node_id > st->members[i - 1]->node_id);
+    }
+    ck_assert_uint_eq(st->members[st->n_members - 1]->node_id, (unsigned)(total - 1));
+    spes_proto_free(&st->base);
+    /* an evicted member whose slot went is still refused; one that left joins again with a new id */
+    Spes__Wire__Reject *r = (Spes__Wire__Reject *)join(&f, "n1", &noid, SPES_MSG_REJECT);
+    ck_assert_int_eq(r->code, EC(NOT_MEMBER));
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    ck_assert_uint_eq(join_ok(&f, "n0"), (unsigned)total);
+    fx_clear(&f);
+    /* a restarted coordinator: the same barred names and no reused id */
+    fx_advance(&f, 1);
+    mr.target = "n0";
+    spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+    char *text = state_text(&f);
+    fx g;
+    memset(&g, 0, sizeof g);
+    fx_settings(&g, 1, 0);
+    fx_run_config(&g, 100);
+    ck_assert_int_eq(spes_coord_sm_alloc(&g.c, &g.run, &g.set), 0);
+    ck_assert_int_eq(spes_coord_sm_load(g.c, text, "coordinator.json"), 0);
+    free(text);
+    g.now = f.now;
+    spes_coord_sm_start(g.c, g.now);
+    r = (Spes__Wire__Reject *)join(&g, "n1", &noid, SPES_MSG_REJECT);
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    r = (Spes__Wire__Reject *)join(&g, "n0", &noid, SPES_MSG_REJECT); /* evicted, slot still held */
+    ck_assert_str_eq(r->reason, "this node was evicted from the run");
+    spes_proto_free(&r->base);
+    ck_assert_uint_eq(join_ok(&g, "fresh"), (unsigned)total + 1);
+    fx_fini(&g);
     fx_fini(&f);
 }
 END_TEST
@@ -513,7 +648,7 @@ START_TEST(test_approval_and_operator_verbs)
     ck_assert(logged(&f, "operator alice: node-1 approved"));
     join_ok(&f, "node-1");
     mr.action = 99;
-    send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local, EC(INTERNAL), "unknown members action");
+    send_error(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &noid, EC(INTERNAL), "unknown members action");
     /* list is open to nodes */
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_LIST;
     rep =
@@ -523,7 +658,7 @@ START_TEST(test_approval_and_operator_verbs)
     /* drain and evict: the node is told to stop and its columns move */
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_DRAIN;
     mr.target = "node-1";
-    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local,
+    rep = (Spes__Wire__MembersReply *)send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &noid,
                                            SPES_MSG_MEMBERS_REPLY);
     ck_assert_str_eq(rep->message, "node-1 drains: its columns move at the next round");
     ck_assert_uint_eq(rep->members[1]->n_columns, 0);
@@ -557,15 +692,15 @@ START_TEST(test_announce_refusals)
     uint8_t blob[32], man[32];
     Spes__Wire__Announce a;
     fill_announce(&a, 1, 3, blob, man);
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(WRONG_ROUND),
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &noid, EC(WRONG_ROUND),
                "round 3 is not open for node-1 (open round 0)");
     fill_announce(&a, 7, 0, blob, man);
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(UNAUTHORIZED), "node id 7 is not");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &noid, EC(UNAUTHORIZED), "node id 7 is not");
     fill_announce(&a, 1, 0, blob, man);
     spes_pki_identity p0 = node_peer("node-0");
     send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &p0, EC(UNAUTHORIZED), "node id 1 is not node-0");
     a.size = 1ull << 40;
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(BAD_MESSAGE), "exceeds the");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &noid, EC(BAD_MESSAGE), "exceeds the");
     ck_assert_int_eq(count(&f, SPES_COORD_VALIDATE), 0);
     announce_ok(&f, 1, 0);
     announce_ok(&f, 1, 0); /* a repeat before the round closes is taken again */
@@ -581,7 +716,7 @@ START_TEST(test_announce_refusals)
     ck_assert_int_eq(v->manifests[0][0], 0xc0);
     ck_assert(logged(&f, "round 0: checking 2 contribution(s)"));
     fill_announce(&a, 0, 0, blob, man);
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(WRONG_ROUND), ", closing");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &noid, EC(WRONG_ROUND), ", closing");
     fx_fini(&f);
 }
 END_TEST
@@ -798,7 +933,7 @@ START_TEST(test_heartbeat_replies)
     Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
     h.node_id = 1;
     h.round = 0;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_HEARTBEAT, &h.base, &local,
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_HEARTBEAT, &h.base, &noid,
                           (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&f);
     spes_coord_action *r = reply_to(&f, tag);
@@ -912,7 +1047,7 @@ START_TEST(test_leave_and_unknown_type)
     ck_assert_str_eq(a->message, "unknown node");
     spes_proto_free(&a->base);
     Spes__Wire__Ack ack = SPES__WIRE__ACK__INIT;
-    send_error(&f, SPES_MSG_ACK, &ack.base, &local, EC(INTERNAL), "unexpected message type 19");
+    send_error(&f, SPES_MSG_ACK, &ack.base, &noid, EC(INTERNAL), "unexpected message type 19");
     fx_fini(&f);
 }
 END_TEST
@@ -1016,19 +1151,19 @@ START_TEST(test_checkpoint_restore_and_export)
     fx f;
     two_node_round(&f, 100);
     spes_pki_identity p1 = node_peer("node-1");
-    spes_proto_free(&ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local)->base);
+    spes_proto_free(&ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &noid)->base);
     fx_clear(&f);
     Spes__Wire__CheckpointRequest rq = SPES__WIRE__CHECKPOINT_REQUEST__INIT;
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_RESTORE;
     rq.id = "ckpt-000001";
-    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local, EC(WRONG_ROUND), "is not complete yet");
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid, EC(WRONG_ROUND), "is not complete yet");
     send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &p1, EC(UNAUTHORIZED),
                "checkpoints need an operator");
     rq.id = "nope";
-    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local, EC(NOT_FOUND), "no checkpoint nope");
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid, EC(NOT_FOUND), "no checkpoint nope");
     rq.action = 42;
     rq.id = "ckpt-000001";
-    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local, EC(INTERNAL), "unknown checkpoint action");
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid, EC(INTERNAL), "unknown checkpoint action");
     uint32_t ids[2] = {0, 1};
     commit_round(&f, ids, 2, 0);
     digest(&f, 0, 1, 0x31, "ckpt-000001");
@@ -1039,12 +1174,12 @@ START_TEST(test_checkpoint_restore_and_export)
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE;
     rq.wait = 1;
     int wtag = ++f.tag;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local,
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid,
                           (spes_coord_to){never_called, (void *)(intptr_t)wtag});
     fx_clear(&f);
     int tag = ++f.tag;
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_RESTORE;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local,
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid,
                           (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&f);
     spes_coord_action *ra = last(&f, SPES_COORD_CKPT_RESTORE);
@@ -1095,7 +1230,7 @@ START_TEST(test_checkpoint_restore_and_export)
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_EXPORT;
     rq.out_dir = "/tmp/hf";
     tag = ++f.tag;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local,
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &control,
                           (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&f);
     spes_coord_action *ex = last(&f, SPES_COORD_CKPT_EXPORT);
@@ -1114,6 +1249,39 @@ START_TEST(test_checkpoint_restore_and_export)
             n++;
         }
     ck_assert_int_eq(n, 2);
+    fx_clear(&f);
+    /* a remote operator (and a plain peer) exports only to exports/NAME under the state directory */
+    spes_pki_identity op = operator_peer();
+    const char *bad[] = {"/tmp/hf", "", ".", "..", "../hf", "a/b", "hf/", "/"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        rq.out_dir = (char *)bad[i];
+        send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &op, EC(UNAUTHORIZED),
+                   "a remote export takes one name");
+    }
+    rq.out_dir = "/tmp/hf";
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid, EC(UNAUTHORIZED),
+               "a remote export takes one name");
+    char longname[SPES_COORD_EXPORT_NAME_MAX + 2];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    rq.out_dir = longname;
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &op, EC(UNAUTHORIZED), "at most 128 bytes");
+    /* the control socket: an absolute path as given, a relative one only as one name */
+    rq.out_dir = "../hf";
+    send_error(&f, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &control, EC(UNAUTHORIZED),
+               "the control socket takes an absolute path or one name");
+    ck_assert_int_eq(count(&f, SPES_COORD_CKPT_EXPORT), 0);
+    const spes_pki_identity *who[] = {&op, &control};
+    for (int i = 0; i < 2; i++) {
+        fx_clear(&f);
+        rq.out_dir = "hf-1.v2";
+        spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, who[i],
+                              (spes_coord_to){never_called, (void *)(intptr_t)++f.tag});
+        fx_collect(&f);
+        ex = last(&f, SPES_COORD_CKPT_EXPORT);
+        ck_assert_ptr_nonnull(ex);
+        ck_assert_str_eq(ex->out_dir, "exports/hf-1.v2");
+    }
     fx_fini(&f);
 }
 END_TEST
@@ -1136,12 +1304,12 @@ START_TEST(test_run_complete_and_final_checkpoint)
     uint8_t blob[32], man[32];
     Spes__Wire__Announce a;
     fill_announce(&a, 0, 2, blob, man);
-    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &local, EC(WRONG_ROUND), "not a participant");
+    send_error(&f, SPES_MSG_ANNOUNCE, &a.base, &noid, EC(WRONG_ROUND), "not a participant");
     /* save on a complete run copies the final state: a CKPT_FINAL, then the record */
     int tag = ++f.tag;
     Spes__Wire__CheckpointRequest rq = SPES__WIRE__CHECKPOINT_REQUEST__INIT;
     rq.action = SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE;
-    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &local,
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_CHECKPOINT_REQUEST, &rq.base, &noid,
                           (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&f);
     spes_coord_action *fa = last(&f, SPES_COORD_CKPT_FINAL);
@@ -1179,14 +1347,14 @@ START_TEST(test_checkpoint_records_are_bounded)
     uint32_t ids[2] = {0, 1};
     for (int r = 0; r < SPES_COORD_MAX_CKPTS + 3; r++) {
         Spes__Wire__CheckpointReply *rep =
-            ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
+            ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &noid);
         spes_proto_free(&rep->base);
         commit_round(&f, ids, 2, (uint64_t)r);
         digest(&f, 1, (uint64_t)r + 1, 0x40, NULL);
         fx_clear(&f);
     }
     Spes__Wire__CheckpointReply *l =
-        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
+        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &noid);
     ck_assert_uint_eq(l->n_checkpoints, SPES_COORD_MAX_CKPTS);
     ck_assert_str_eq(l->checkpoints[0]->id, "ckpt-000004"); /* the oldest three went */
     spes_proto_free(&l->base);
@@ -1211,12 +1379,12 @@ START_TEST(test_persistence_round_trip_and_restart)
     digest(&f, 0, 1, 0x61, NULL);
     join_ok(&f, "node-2");
     Spes__Wire__CheckpointReply *r =
-        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &local);
+        ckpt_req(&f, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_SAVE, NULL, 0, &noid);
     spes_proto_free(&r->base);
     Spes__Wire__MembersRequest mr = SPES__WIRE__MEMBERS_REQUEST__INIT;
     mr.action = SPES__WIRE__MEMBERS_ACTION__MEMBERS_EVICT;
     mr.target = "node-2";
-    spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &local, SPES_MSG_MEMBERS_REPLY));
+    spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &noid, SPES_MSG_MEMBERS_REPLY));
     char *text = state_text(&f);
     Spes__Wire__StatusReply *before = status(&f);
     /* a restarted coordinator: the same table, ids, round, digests, columns and checkpoint */
@@ -1245,7 +1413,7 @@ START_TEST(test_persistence_round_trip_and_restart)
     spes_proto_free(&after->base);
     spes_proto_free(&before->base);
     Spes__Wire__CheckpointReply *l =
-        ckpt_req(&g, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &local);
+        ckpt_req(&g, SPES__WIRE__CHECKPOINT_ACTION__CHECKPOINT_LIST, NULL, 0, &noid);
     ck_assert_uint_eq(l->n_checkpoints, 1);
     ck_assert_str_eq(l->checkpoints[0]->id, "ckpt-000002");
     spes_proto_free(&l->base);
@@ -1255,7 +1423,7 @@ START_TEST(test_persistence_round_trip_and_restart)
     int tag = ++g.tag;
     Spes__Wire__Heartbeat hb = SPES__WIRE__HEARTBEAT__INIT;
     hb.node_id = 1;
-    spes_coord_sm_request(g.c, g.now, SPES_MSG_HEARTBEAT, &hb.base, &local,
+    spes_coord_sm_request(g.c, g.now, SPES_MSG_HEARTBEAT, &hb.base, &noid,
                           (spes_coord_to){never_called, (void *)(intptr_t)tag});
     fx_collect(&g);
     spes_coord_action *rc = reply_to(&g, tag);
@@ -1327,7 +1495,7 @@ START_TEST(test_restart_waits_at_most_failure_timeout)
     Spes__Wire__Leave l = SPES__WIRE__LEAVE__INIT;
     l.node_id = 1;
     l.reason = "bye";
-    spes_proto_free(send(&f, SPES_MSG_LEAVE, &l.base, &local, SPES_MSG_ACK));
+    spes_proto_free(send(&f, SPES_MSG_LEAVE, &l.base, &noid, SPES_MSG_ACK));
     char *text = state_text(&f);
     ck_assert_ptr_nonnull(strstr(text, "\"prev_state_hash\": \"6060606060606060"));
     ck_assert_ptr_nonnull(strstr(text, "\"state\": 5"));
@@ -1427,7 +1595,7 @@ START_TEST(test_queue_grows_and_frees)
     fx_init(&f, 1, 0, 100);
     Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
     for (int i = 0; i < 100; i++) /* 100 replies queued before any is taken */
-        spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &local,
+        spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &noid,
                               (spes_coord_to){never_called, (void *)(intptr_t)(1000 + i)});
     spes_coord_action a;
     ck_assert_int_eq(spes_coord_sm_next_action(f.c, &a), 1);
@@ -1435,7 +1603,7 @@ START_TEST(test_queue_grows_and_frees)
     spes_coord_action_fini(&a);
     for (int i = 100; i < 150;
          i++) /* more than the room left behind the taken one: first in, first out still */
-        spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &local,
+        spes_coord_sm_request(f.c, f.now, SPES_MSG_STATUS_REQUEST, &s.base, &noid,
                               (spes_coord_to){never_called, (void *)(intptr_t)(1000 + i)});
     for (int i = 1; i < 120; i++) {
         ck_assert_int_eq(spes_coord_sm_next_action(f.c, &a), 1);
@@ -1454,10 +1622,10 @@ START_TEST(test_reply_that_cannot_be_encoded)
     j.node_name =
         "bad\001name"; /* the daemon's decoder refuses such a name; the library never sends it either */
     j.listen_url = "tcp://x:1";
-    spes_proto_free(send(&f, SPES_MSG_JOIN, &j.base, &local, SPES_MSG_ACCEPT));
+    spes_proto_free(send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_ACCEPT));
     Spes__Wire__StatusRequest s = SPES__WIRE__STATUS_REQUEST__INIT;
     Spes__Wire__Error *e =
-        (Spes__Wire__Error *)send(&f, SPES_MSG_STATUS_REQUEST, &s.base, &local, SPES_MSG_ERROR);
+        (Spes__Wire__Error *)send(&f, SPES_MSG_STATUS_REQUEST, &s.base, &noid, SPES_MSG_ERROR);
     ck_assert_ptr_nonnull(strstr(e->message, "cannot encode the reply: StatusReply.members[0].name"));
     spes_proto_free(&e->base);
     fx_fini(&f);
@@ -1472,6 +1640,8 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_min_nodes_and_dealing);
     tcase_add_test(tc, test_join_refusals);
     tcase_add_test(tc, test_rejoin_mid_round);
+    tcase_add_test(tc, test_control_socket_speaks_operator_verbs_only);
+    tcase_add_test(tc, test_departed_slots_reclaimed);
     tcase_add_test(tc, test_approval_and_operator_verbs);
     tcase_add_test(tc, test_announce_refusals);
     tcase_add_test(tc, test_commit_with_refusal);

@@ -62,11 +62,23 @@ static int check_host_port(const void *value, char *why, size_t n)
     return 1;
 }
 
+/* check_cert_name accepts an empty value or a certificate name: [a-z0-9-]{1,63} (as spesctl issues them) */
+static int check_cert_name(const void *value, char *why, size_t n)
+{
+    const char *s = value;
+    size_t len = strlen(s);
+    if (len <= 63 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == len)
+        return 0;
+    snprintf(why, n, "\"%.80s\" is not a certificate name ([a-z0-9-]{1,63})", s);
+    return 1;
+}
+
 static const spes_cfg_field dfields[] = {
     STR(name, ""),
     STR(listen, ""),
     CHECKED(advertise, check_url),
     STR(coordinator, ""),
+    CHECKED(coordinator_name, check_cert_name),
     STR(ca, ""),
     STR(cert, ""),
     STR(key, ""),
@@ -143,6 +155,10 @@ int spes_dconfig_validate(const spes_dconfig *c)
     }
     if (spes_dconfig_is_coordinator(c) && (rc = need_file("run_config", c->run_config)))
         return rc;
+    if (spes_dconfig_is_coordinator(c) && c->coordinator_name[0] && strcmp(c->coordinator_name, c->name))
+        return spes_errf(SPES_EINVAL,
+                         "daemon config: coordinator_name \"%s\" differs from this coordinator's name \"%s\"",
+                         c->coordinator_name, c->name);
     if (c->failure_timeout_ms <= c->heartbeat_ms)
         return spes_errf(SPES_EINVAL, "daemon config: failure_timeout_ms must exceed heartbeat_ms");
     return 0;

@@ -13,6 +13,7 @@ typedef struct spes_dconfig {
     char listen[SPES_DCONFIG_STR];      /* tls+tcp://HOST:PORT this node serves on */
     char advertise[SPES_DCONFIG_STR];   /* the URL other nodes use to reach this daemon; default: listen */
     char coordinator[SPES_DCONFIG_STR]; /* the coordinator's URL; empty: this node is the coordinator */
+    char coordinator_name[64]; /* the name the coordinator's certificate must carry; empty: any node's */
     char ca[SPES_DCONFIG_STR], cert[SPES_DCONFIG_STR], key[SPES_DCONFIG_STR], crl[SPES_DCONFIG_STR];
     char run_config[SPES_DCONFIG_STR]; /* coordinator only: the run config JSON */
     char data[SPES_DCONFIG_STR];       /* this node's token file(s), comma-separated; overrides the run's */

@@ -239,6 +239,7 @@ void spes_coord_sm_free(spes_coord_sm *c)
         free(c->mem[i].cur);
     }
     free(c->mem);
+    free(c->barred);
     free(c->val_idx);
     free(c->mismatch);
     for (int i = 0; i < c->nckpt; i++)
@@ -322,6 +323,59 @@ const char *spes_coord_sm_run_id(const spes_coord_sm *c)
 int spes_coord_sm_members(const spes_coord_sm *c)
 {
     return c->nmem;
+}
+
+int coord_is_barred(const spes_coord_sm *c, const char *name)
+{
+    for (int i = 0; i < c->nbarred; i++)
+        if (!strcmp(c->barred[i].name, name))
+            return 1;
+    return 0;
+}
+
+int coord_bar(spes_coord_sm *c, uint32_t id, const char *name)
+{
+    if (!c->barred && !(c->barred = calloc(SPES_COORD_MAX_BARRED, sizeof *c->barred)))
+        return SPES_ENOMEM;
+    if (c->nbarred == SPES_COORD_MAX_BARRED)
+        memmove(c->barred, c->barred + 1, (size_t)--c->nbarred * sizeof *c->barred);
+    coord_barred *b = &c->barred[c->nbarred++];
+    b->id = id;
+    snprintf(b->name, sizeof b->name, "%s", name);
+    return 0;
+}
+
+/* departed says whether m has left the run for good or for now and holds nothing of the open round. */
+static int departed(const coord_member *m)
+{
+    return (m->state == NS(LEFT) || m->state == NS(FAILED) || m->state == NS(EVICTED)) && !m->participant;
+}
+
+int coord_reclaim(spes_coord_sm *c)
+{
+    if (c->validating)
+        return -1; /* val_idx points into the table */
+    int v = -1;
+    for (int i = 0; i < c->nmem; i++)
+        if (departed(&c->mem[i]) && (v < 0 || c->mem[i].last_seen_ms < c->mem[v].last_seen_ms))
+            v = i;
+    if (v < 0)
+        return -1;
+    coord_member *m = &c->mem[v];
+    if (m->state == NS(EVICTED) && coord_bar(c, m->id, m->name) != 0)
+        return -1;
+    coord_log(c, SPES_LOG_INFO, "%s (node %u, %s) leaves the member table to make room", m->name, m->id,
+              m->state == NS(LEFT)     ? "left"
+              : m->state == NS(FAILED) ? "failed"
+                                       : "evicted");
+    for (int i = 0; i < c->nmismatch; i++) /* the list has room for one entry per row */
+        if (c->mismatch[i] == m->id)
+            c->mismatch[i--] = c->mismatch[--c->nmismatch];
+    free(m->cols);
+    free(m->cur);
+    memmove(m, m + 1, (size_t)(c->nmem - v - 1) * sizeof *m);
+    c->nmem--;
+    return 0;
 }
 
 coord_member *coord_find(spes_coord_sm *c, const char *name)
@@ -414,6 +468,11 @@ size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out)
 int coord_peer_is_operator(const spes_pki_identity *peer)
 {
     return peer->role == SPES_ROLE_OPERATOR || (peer->role == SPES_ROLE_NONE && !peer->name[0]);
+}
+
+int coord_peer_is_local(const spes_pki_identity *peer)
+{
+    return peer->role == SPES_ROLE_OPERATOR && !peer->name[0];
 }
 
 int coord_any_announced(const spes_coord_sm *c)

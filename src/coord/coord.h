@@ -18,6 +18,9 @@
 
 /* SPES_COORD_MAX_MEMBERS is the member table's capacity: joins beyond it are refused as "the run is full". */
 #define SPES_COORD_MAX_MEMBERS SPES_MAX_MEMBERS
+/* SPES_COORD_MAX_BARRED is how many evicted names are remembered once their slots are reclaimed
+ * (the oldest is forgotten first). */
+#define SPES_COORD_MAX_BARRED 1024
 /* SPES_COORD_MAX_CKPTS is how many checkpoint records are kept (the oldest goes first). */
 #define SPES_COORD_MAX_CKPTS 64
 /* SPES_COORD_MAX_WAITERS is how many operators may wait for a checkpoint at once. */
@@ -26,6 +29,14 @@
 #define SPES_COORD_MAX_REFUSED 8
 /* SPES_COORD_ID_LEN bounds a checkpoint id (with its NUL). */
 #define SPES_COORD_ID_LEN 32
+/* SPES_COORD_EXPORT_NAME_MAX bounds the NAME of an export to exports/NAME (bytes, without the NUL). */
+#define SPES_COORD_EXPORT_NAME_MAX 128
+
+/* SPES_COORD_LOCAL_OPERATOR initializes the identity of a local control socket client: the operator role, no name. */
+#define SPES_COORD_LOCAL_OPERATOR                                                                            \
+    {                                                                                                        \
+        .name = "", .role = SPES_ROLE_OPERATOR                                                               \
+    }
 
 typedef struct spes_coord_sm spes_coord_sm;
 
@@ -69,7 +80,8 @@ enum spes_coord_action_kind {
                                 * spes_coord_sm_final_saved */
     SPES_COORD_CKPT_RESTORE,   /* republish checkpoint id's state, check it against hash; then
                                 * spes_coord_sm_restored */
-    SPES_COORD_CKPT_EXPORT,    /* write checkpoint id as Hugging Face files to out_dir; then
+    SPES_COORD_CKPT_EXPORT,    /* write checkpoint id as Hugging Face files to out_dir (absolute, or
+                                * exports/NAME relative to the state directory); then
                                 * spes_coord_sm_exported */
 };
 
@@ -120,7 +132,9 @@ void spes_coord_sm_start(spes_coord_sm *c, spes_coord_now now);
 
 /* spes_coord_sm_request handles one request of the given type from peer, as spes_proto_decode
  * returns it (checked: hashes are 32 bytes, strings bounded UTF-8); its reply (now or later)
- * is a REPLY action to `to`. */
+ * is a REPLY action to `to`. peer is the TLS certificate's identity; the local control socket
+ * passes the operator role with an empty name (SPES_COORD_LOCAL_OPERATOR), a plain test run
+ * no identity at all. Node messages need a node certificate speaking for its own member. */
 void spes_coord_sm_request(spes_coord_sm *c, spes_coord_now now, int type, const ProtobufCMessage *msg,
                            const spes_pki_identity *peer, spes_coord_to to);
 

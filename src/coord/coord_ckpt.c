@@ -241,6 +241,37 @@ void spes_coord_sm_exported(spes_coord_sm *c, spes_coord_to to, const char *id, 
     reply_list(c, to, msg, 0);
 }
 
+/* export_name_ok says whether out is one plain path component: not empty, no '/', not "." or "..". */
+static int export_name_ok(const char *out)
+{
+    return out[0] && !strchr(out, '/') && strcmp(out, ".") && strcmp(out, "..") &&
+           strlen(out) <= SPES_COORD_EXPORT_NAME_MAX;
+}
+
+/* queue_export queues the export of k: to an absolute directory only for the local
+ * control socket, else to exports/NAME under the coordinator's state
+ * directory (docs/security.md). */
+static void queue_export(spes_coord_sm *c, spes_coord_to to, const coord_ckpt *k, const char *out, int local)
+{
+    if (local && out[0] == '/') {
+        push_ckpt_action(c, SPES_COORD_CKPT_EXPORT, to, k, out);
+        return;
+    }
+    if (!export_name_ok(out)) {
+        coord_reply_error(c, to, SPES_EAUTH, SPES_MSG_CHECKPOINT_REQUEST,
+                          "export --out \"%.200s\" refused: %s one name (no '/', not \".\" or "
+                          "\"..\", at most %d bytes), written to exports/NAME in the coordinator's state "
+                          "directory",
+                          out,
+                          local ? "the control socket takes an absolute path or" : "a remote export takes",
+                          SPES_COORD_EXPORT_NAME_MAX);
+        return;
+    }
+    char dir[16 + SPES_COORD_EXPORT_NAME_MAX];
+    snprintf(dir, sizeof dir, "exports/%s", out);
+    push_ckpt_action(c, SPES_COORD_CKPT_EXPORT, to, k, dir);
+}
+
 void coord_checkpoint(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__CheckpointRequest *r,
                       const spes_pki_identity *peer, spes_coord_to to)
 {
@@ -270,7 +301,7 @@ void coord_checkpoint(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Ch
         else
             push_ckpt_action(c, SPES_COORD_CKPT_RESTORE, to, k, NULL);
     } else if (r->action == CA(EXPORT)) {
-        push_ckpt_action(c, SPES_COORD_CKPT_EXPORT, to, k, r->out_dir);
+        queue_export(c, to, k, r->out_dir, coord_peer_is_local(peer));
     } else {
         coord_reply_error(c, to, SPES_EINVAL, SPES_MSG_CHECKPOINT_REQUEST, "unknown checkpoint action");
     }

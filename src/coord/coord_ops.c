@@ -63,7 +63,7 @@ static int node_peer_ok(spes_coord_sm *c, const spes_pki_identity *peer, const c
                         int type)
 {
     if (peer->role == SPES_ROLE_NONE && !peer->name[0])
-        return 1; /* plain tcp (tests) or the local control socket */
+        return 1; /* plain tcp (tests): no identity at all */
     if (peer->role != SPES_ROLE_NODE || strcmp(peer->name, name)) {
         coord_reply_error(c, to, SPES_EAUTH, type, "certificate %s (%s) may not speak for node %s",
                           peer->name, spes_pki_role_name(peer->role), name);
@@ -76,6 +76,8 @@ static int node_peer_ok(spes_coord_sm *c, const spes_pki_identity *peer, const c
 static coord_member *new_member(spes_coord_sm *c, const char *name)
 {
     coord_member *m = coord_add_member(c);
+    if (!m && c->nmem == SPES_COORD_MAX_MEMBERS && coord_reclaim(c) == 0)
+        m = coord_add_member(c); /* a departed member made room */
     if (!m)
         return NULL;
     m->id = c->next_id++;
@@ -92,6 +94,11 @@ static void handle_join(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__
     if (!node_peer_ok(c, peer, j->node_name, to, SPES_MSG_JOIN))
         return;
     coord_member *m = coord_find(c, j->node_name);
+    if (!m && coord_is_barred(c, j->node_name)) {
+        reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 0,
+                     "this node was evicted from the run");
+        return;
+    }
     if (!m) {
         if (!(m = new_member(c, j->node_name))) {
             reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_REFUSED, 0, "the run is full");
@@ -347,9 +354,30 @@ void coord_members(spes_coord_sm *c, const Spes__Wire__MembersRequest *r, const 
     member_infos_fini(&mi);
 }
 
+/* is_node_verb says whether only a member node sends this message type. */
+static int is_node_verb(int type)
+{
+    return type == SPES_MSG_JOIN || type == SPES_MSG_HEARTBEAT || type == SPES_MSG_LEAVE ||
+           type == SPES_MSG_ANNOUNCE || type == SPES_MSG_DIGEST;
+}
+
+/* node_identity says whether peer may send node verbs at all: a node
+ * certificate, or a peer of a plain test run (no identity whatsoever); the
+ * handlers then check that it speaks for its own member. */
+static int node_identity(const spes_pki_identity *peer)
+{
+    return peer->role == SPES_ROLE_NODE || (peer->role == SPES_ROLE_NONE && !peer->name[0]);
+}
+
 void spes_coord_sm_request(spes_coord_sm *c, spes_coord_now now, int type, const ProtobufCMessage *msg,
                            const spes_pki_identity *peer, spes_coord_to to)
 {
+    if (is_node_verb(type) && !node_identity(peer)) {
+        coord_reply_error(c, to, SPES_EAUTH, type, "%s needs a node certificate over TLS (%s is %s)",
+                          spes_proto_type_name(type), peer->name[0] ? peer->name : "the local control socket",
+                          peer->name[0] ? spes_pki_role_name(peer->role) : "an operator");
+        return;
+    }
     switch (type) {
     case SPES_MSG_JOIN: handle_join(c, now, (const Spes__Wire__Join *)msg, peer, to); break;
     case SPES_MSG_HEARTBEAT: handle_heartbeat(c, now, (const Spes__Wire__Heartbeat *)msg, peer, to); break;

@@ -34,6 +34,12 @@ typedef struct coord_member {
     int have_counters;
 } coord_member;
 
+/* coord_barred is an evicted member whose slot was reclaimed: its name may not join again. */
+typedef struct coord_barred {
+    uint32_t id;
+    char name[64];
+} coord_barred;
+
 /* coord_ckpt records one checkpoint of the run. */
 typedef struct coord_ckpt {
     char id[SPES_COORD_ID_LEN];
@@ -67,6 +73,8 @@ struct spes_coord_sm {
     uint32_t *mismatch; /* (cap) ids whose digest of the last round differs */
     int nmismatch;
     uint32_t next_id;
+    coord_barred *barred; /* (nbarred) evicted members whose slots were reclaimed, oldest first */
+    int nbarred;
     uint64_t round;         /* the open round r: contributions make S_{r+1} */
     uint64_t step;          /* steps done at the start of round r */
     uint8_t state_hash[32]; /* digest of S_r */
@@ -127,6 +135,16 @@ int coord_state_load(spes_coord_sm *c, const char *json, const char *origin);
 /* coord_add_member appends a cleared member row (columns allocated), growing the table; NULL when full. */
 coord_member *coord_add_member(spes_coord_sm *c);
 
+/* coord_reclaim frees the slot of the departed member (left, failed or evicted, not in the open
+ * round) heard from longest ago, keeping an evicted one's name barred; 0, or -1 if none may go. */
+int coord_reclaim(spes_coord_sm *c);
+
+/* coord_is_barred says whether name is an evicted member whose slot was reclaimed. */
+int coord_is_barred(const spes_coord_sm *c, const char *name);
+
+/* coord_bar remembers an evicted member's id and name (the oldest goes beyond SPES_COORD_MAX_BARRED). */
+int coord_bar(spes_coord_sm *c, uint32_t id, const char *name);
+
 /* coord_find returns the member with this name, or NULL. */
 coord_member *coord_find(spes_coord_sm *c, const char *name);
 
@@ -149,8 +167,12 @@ void coord_open_round(spes_coord_sm *c, spes_coord_now now);
 size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out);
 
 /* coord_peer_is_operator says whether peer may change the run: an operator
- * certificate, or the local control socket (no certificate, no name). */
+ * certificate, the local control socket (the operator role, no name), or a
+ * peer of a plain test run (no identity at all). */
 int coord_peer_is_operator(const spes_pki_identity *peer);
+
+/* coord_peer_is_local says whether peer is the local control socket (the operator role, no name). */
+int coord_peer_is_local(const spes_pki_identity *peer);
 
 /* coord_any_announced says whether a participant announced in the open round. */
 int coord_any_announced(const spes_coord_sm *c);

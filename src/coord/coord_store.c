@@ -43,6 +43,14 @@ char *coord_state_json(const spes_coord_sm *c)
         json_array_append_new(mem, mo);
     }
     json_object_set_new(o, "members", mem);
+    json_t *barred = json_array();
+    for (int i = 0; i < c->nbarred; i++) {
+        json_t *bo = json_object();
+        json_object_set_new(bo, "id", json_integer(c->barred[i].id));
+        json_object_set_new(bo, "name", json_string(c->barred[i].name));
+        json_array_append_new(barred, bo);
+    }
+    json_object_set_new(o, "evicted", barred);
     json_object_set_new(o, "checkpoints", coord_ckpt_json(c));
     json_object_set_new(o, "pending_checkpoint", json_string(c->pending_ckpt));
     char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
@@ -113,6 +121,17 @@ int coord_state_load(spes_coord_sm *c, const char *json, const char *origin)
         c->prev_known = 1;
     for (size_t i = 0; i < json_array_size(mem) && !rc; i++)
         rc = load_member(c, json_array_get(mem, i), origin);
+    json_t *barred =
+        json_object_get(o, "evicted"); /* absent in a state written before slots were reclaimed */
+    for (size_t i = 0; json_is_array(barred) && i < json_array_size(barred) && !rc; i++) {
+        json_t *bo = json_array_get(barred, i), *bid = json_object_get(bo, "id"),
+               *bname = json_object_get(bo, "name");
+        if (!json_is_integer(bid) || !json_is_string(bname))
+            rc = spes_errf(SPES_EFORMAT, "%s: an evicted entry lacks id or name", origin);
+        else if ((rc = coord_bar(c, (uint32_t)json_integer_value(bid), json_string_value(bname))) == 0 &&
+                 (uint32_t)json_integer_value(bid) >= c->next_id)
+            c->next_id = (uint32_t)json_integer_value(bid) + 1; /* never reuse an id */
+    }
     if (!rc)
         rc = coord_ckpt_load(c, json_object_get(o, "checkpoints"), origin);
     json_t *pc = json_object_get(o, "pending_checkpoint");

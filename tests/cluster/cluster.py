@@ -52,7 +52,7 @@ class Cluster:
         ctl("cert", "issue", "operator", "--role", "operator", "--ca", self.path("pki"), "--out", self.path("pki"))
         for k in range(n):
             cfg = {"name": "node-%d" % k, "listen": self.url(k),
-                   "coordinator": "" if k == 0 else self.url(0),
+                   "coordinator": "" if k == 0 else self.url(0), "coordinator_name": "node-0",
                    "ca": self.path("pki/ca.crt"), "cert": self.path("pki/node-%d.crt" % k),
                    "key": self.path("pki/node-%d.key" % k), "run_config": self.path("run.json"),
                    "data": self.path("data.bin"), "data_parts": n, "state_dir": self.path("node-%d" % k),

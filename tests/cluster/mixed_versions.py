@@ -11,6 +11,7 @@ usage: mixed_versions.py BUILD_DIR OTHER_SPESD [ROUNDS]
   BUILD_DIR: this tree's build (daemon/spesd, client/spesctl)
   OTHER_SPESD: a spesd binary built from another commit of protocol version 1
 """
+import json
 import os
 import sys
 
@@ -39,6 +40,14 @@ class MixedCluster(Cluster):
     def __init__(self, build, binaries, *a, **kw):
         super().__init__(build, len(binaries), *a, **kw)
         self.binaries = binaries
+        for k, b in enumerate(binaries):  # an older spesd may not know coordinator_name: leave it out there
+            if os.path.realpath(b) != os.path.realpath(self.spesd):
+                p = self.path("node-%d.json" % k)
+                with open(p) as f:
+                    cfg = json.load(f)
+                cfg.pop("coordinator_name", None)
+                with open(p, "w") as f:
+                    json.dump(cfg, f)
 
     def start(self, k):
         own = self.spesd

@@ -41,6 +41,7 @@ for k, x in enumerate(c):
     assert x["data"] == tokens, "every node gets the same token file"
     assert x["data_parts"] == 3
     assert x["coordinator"] == ("" if k == 0 else c[0]["listen"]), x["coordinator"]
+    assert x["coordinator_name"] == "node-0", "every node pins the coordinator's certificate name"
 assert c[0]["run_config"] == d + "/run.json" and c[0]["min_nodes"] == 3
 print("configs ok: ports", ports)
 PYEOF
