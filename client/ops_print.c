@@ -202,6 +202,13 @@ static void print_status(const Spes__Wire__StatusReply *s, unsigned long long no
     print_costs(s->members, s->n_members);
     printf("\n");
     print_last_round(s->last_round, s->members, s->n_members);
+    if (s->n_departed) {
+        printf("departed (slots reclaimed, newest last):");
+        for (size_t i = 0; i < s->n_departed; i++)
+            printf("%s %s (node %u, %s)", i ? "," : "", s->departed[i]->name, s->departed[i]->node_id,
+                   spesctl_ops_state_name(s->departed[i]->state));
+        printf("\n");
+    }
 }
 
 static void print_checkpoints(const Spes__Wire__CheckpointReply *r)
@@ -327,6 +334,15 @@ static json_t *json_status(const Spes__Wire__StatusReply *s, unsigned long long 
     json_object_set_new(o, "coordinator", json_string(s->coordinator));
     json_object_set_new(o, "members", json_members(s->members, s->n_members, now_ms));
     json_object_set_new(o, "last_round", json_last_round(s->last_round, s->members, s->n_members));
+    json_t *gone = json_array();
+    for (size_t i = 0; i < s->n_departed; i++) {
+        const Spes__Wire__MemberInfo *d = s->departed[i];
+        json_array_append_new(gone, json_pack("{s:I,s:s,s:s,s:I,s:I}", "node_id", (json_int_t)d->node_id,
+                                              "id", d->name, "state", spesctl_ops_state_name(d->state),
+                                              "round", (json_int_t)d->round, "last_seen_unix_ms",
+                                              (json_int_t)d->last_seen_unix_ms));
+    }
+    json_object_set_new(o, "departed", gone);
     return o;
 }
 

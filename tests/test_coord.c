@@ -560,6 +560,18 @@ START_TEST(test_departed_slots_reclaimed)
         ck_assert(i == 0 || st->members[i]->node_id > st->members[i - 1]->node_id);
     }
     ck_assert_uint_eq(st->members[st->n_members - 1]->node_id, (unsigned)(total - 1));
+    /* the reclaimed ones stay in status: the newest SPES_COORD_MAX_DEPARTED, oldest first */
+    ck_assert_uint_eq(st->n_departed, SPES_COORD_MAX_DEPARTED);
+    for (size_t i = 0; i < st->n_departed; i++) {
+        const Spes__Wire__MemberInfo *d = st->departed[i];
+        ck_assert(i == 0 || d->node_id > st->departed[i - 1]->node_id);
+        ck_assert(d->state == NS(LEFT) || d->state == NS(EVICTED) || d->state == NS(FAILED));
+        snprintf(name, sizeof name, "n%u", d->node_id);
+        ck_assert_str_eq(d->name, name);
+        ck_assert_int_eq(d->state, d->node_id % 3 == 0   ? NS(LEFT)
+                                   : d->node_id % 3 == 1 ? NS(EVICTED)
+                                                         : NS(FAILED));
+    }
     spes_proto_free(&st->base);
     /* an evicted member whose slot went is still refused; one that left joins again with a new id */
     Spes__Wire__Reject *r = (Spes__Wire__Reject *)join(&f, "n1", &noid, SPES_MSG_REJECT);
@@ -572,6 +584,11 @@ START_TEST(test_departed_slots_reclaimed)
     fx_advance(&f, 1);
     mr.target = "n0";
     spes_proto_free(send(&f, SPES_MSG_MEMBERS_REQUEST, &mr.base, &control, SPES_MSG_MEMBERS_REPLY));
+    uint32_t gone[SPES_COORD_MAX_DEPARTED];
+    st = status(&f);
+    for (size_t i = 0; i < st->n_departed; i++)
+        gone[i] = st->departed[i]->node_id;
+    spes_proto_free(&st->base);
     char *text = state_text(&f);
     fx g;
     memset(&g, 0, sizeof g);
@@ -589,6 +606,11 @@ START_TEST(test_departed_slots_reclaimed)
     ck_assert_str_eq(r->reason, "this node was evicted from the run");
     spes_proto_free(&r->base);
     ck_assert_uint_eq(join_ok(&g, "fresh"), (unsigned)total + 1);
+    st = status(&g); /* the departed list survived the restart; "fresh" took one more slot */
+    ck_assert_uint_eq(st->n_departed, SPES_COORD_MAX_DEPARTED);
+    for (size_t i = 0; i + 1 < st->n_departed; i++)
+        ck_assert_uint_eq(st->departed[i]->node_id, gone[i + 1]);
+    spes_proto_free(&st->base);
     fx_fini(&g);
     fx_fini(&f);
 }
@@ -770,6 +792,7 @@ START_TEST(test_commit_with_refusal)
     ck_assert_uint_eq(s->last_round->contributors, 1);
     ck_assert_uint_eq(s->last_round->n_refused, 1);
     ck_assert_str_eq(s->last_round->refused[0]->reason, "node-1: blob has NaN");
+    ck_assert_uint_eq(s->last_round->refused[0]->node_id, 1); /* who, for spesctl to name */
     ck_assert_uint_eq(s->last_round->committed_unix_ms, f.now.wall_ms);
     ck_assert_uint_eq(s->last_round->digest.len, 0);
     spes_proto_free(&s->base);

@@ -345,6 +345,13 @@ int coord_bar(spes_coord_sm *c, uint32_t id, const char *name)
     return 0;
 }
 
+void coord_departed_add(spes_coord_sm *c, const coord_departed *d)
+{
+    if (c->ndeparted == SPES_COORD_MAX_DEPARTED)
+        memmove(c->departed, c->departed + 1, (size_t)--c->ndeparted * sizeof *c->departed);
+    c->departed[c->ndeparted++] = *d;
+}
+
 /* departed says whether m has left the run for good or for now and holds nothing of the open round. */
 static int departed(const coord_member *m)
 {
@@ -364,6 +371,9 @@ int coord_reclaim(spes_coord_sm *c)
     coord_member *m = &c->mem[v];
     if (m->state == NS(EVICTED) && coord_bar(c, m->id, m->name) != 0)
         return -1;
+    coord_departed d = {.id = m->id, .state = m->state, .round = m->round, .last_seen_ms = m->last_seen_ms};
+    snprintf(d.name, sizeof d.name, "%s", m->name);
+    coord_departed_add(c, &d);
     coord_log(c, SPES_LOG_INFO, "%s (node %u, %s) leaves the member table to make room", m->name, m->id,
               m->state == NS(LEFT)     ? "left"
               : m->state == NS(FAILED) ? "failed"

@@ -21,6 +21,9 @@
 /* SPES_COORD_MAX_BARRED is how many evicted names are remembered once their slots are reclaimed
  * (the oldest is forgotten first). */
 #define SPES_COORD_MAX_BARRED 1024
+/* SPES_COORD_MAX_DEPARTED is how many members whose slots were reclaimed status still shows
+ * (the oldest is forgotten first). */
+#define SPES_COORD_MAX_DEPARTED 64
 /* SPES_COORD_MAX_CKPTS is how many checkpoint records are kept (the oldest goes first). */
 #define SPES_COORD_MAX_CKPTS 64
 /* SPES_COORD_MAX_WAITERS is how many operators may wait for a checkpoint at once. */

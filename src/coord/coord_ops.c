@@ -242,6 +242,7 @@ static int member_infos_fill(const spes_coord_sm *c, member_infos *mi)
 void coord_status(spes_coord_sm *c, spes_coord_to to)
 {
     Spes__Wire__Refusal rv[SPES_COORD_MAX_REFUSED], *rp[SPES_COORD_MAX_REFUSED];
+    Spes__Wire__MemberInfo dv[SPES_COORD_MAX_DEPARTED], *dp[SPES_COORD_MAX_DEPARTED];
     Spes__Wire__StatusReply s = SPES__WIRE__STATUS_REPLY__INIT;
     Spes__Wire__LastRound lr = SPES__WIRE__LAST_ROUND__INIT;
     member_infos mi = {0};
@@ -266,6 +267,18 @@ void coord_status(spes_coord_sm *c, spes_coord_to to)
     }
     s.members = mi.mp;
     s.n_members = (size_t)c->nmem;
+    for (int i = 0; i < c->ndeparted; i++) {
+        const coord_departed *d = &c->departed[i];
+        spes__wire__member_info__init(&dv[i]);
+        dv[i].node_id = d->id;
+        dv[i].name = (char *)d->name;
+        dv[i].state = d->state;
+        dv[i].round = d->round;
+        dv[i].last_seen_unix_ms = d->last_seen_ms;
+        dp[i] = &dv[i];
+    }
+    s.departed = dp;
+    s.n_departed = (size_t)c->ndeparted;
     s.loss = nloss ? loss / nloss : 0;
     s.tokens_per_s = tps;
     if (c->round > 0) {
@@ -275,6 +288,7 @@ void coord_status(spes_coord_sm *c, spes_coord_to to)
         lr.digest = (ProtobufCBinaryData){c->state_hash_known ? 32 : 0, c->state_hash};
         for (int i = 0; i < c->nlast_refused; i++) {
             spes__wire__refusal__init(&rv[i]);
+            rv[i].node_id = c->last_refused_id[i];
             rv[i].reason = c->last_refused[i];
             rp[i] = &rv[i];
         }

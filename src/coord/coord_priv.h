@@ -40,6 +40,15 @@ typedef struct coord_barred {
     char name[64];
 } coord_barred;
 
+/* coord_departed is what status keeps of a member whose slot was reclaimed. */
+typedef struct coord_departed {
+    uint32_t id;
+    char name[64];
+    int state;             /* LEFT, FAILED or EVICTED */
+    uint64_t round;        /* the last round it reported */
+    uint64_t last_seen_ms; /* wall clock */
+} coord_departed;
+
 /* coord_ckpt records one checkpoint of the run. */
 typedef struct coord_ckpt {
     char id[SPES_COORD_ID_LEN];
@@ -75,6 +84,8 @@ struct spes_coord_sm {
     uint32_t next_id;
     coord_barred *barred; /* (nbarred) evicted members whose slots were reclaimed, oldest first */
     int nbarred;
+    coord_departed departed[SPES_COORD_MAX_DEPARTED]; /* members whose slots were reclaimed, oldest first */
+    int ndeparted;
     uint64_t round;         /* the open round r: contributions make S_{r+1} */
     uint64_t step;          /* steps done at the start of round r */
     uint8_t state_hash[32]; /* digest of S_r */
@@ -89,6 +100,7 @@ struct spes_coord_sm {
     uint32_t last_contributors;
     int last_merge;
     char last_refused[SPES_COORD_MAX_REFUSED][256];
+    uint32_t last_refused_id[SPES_COORD_MAX_REFUSED];
     int nlast_refused;
     uint64_t last_commit_ms;
     char *saved; /* the state text last persisted (an unchanged state is not rewritten) */
@@ -141,6 +153,10 @@ int coord_reclaim(spes_coord_sm *c);
 
 /* coord_is_barred says whether name is an evicted member whose slot was reclaimed. */
 int coord_is_barred(const spes_coord_sm *c, const char *name);
+
+/* coord_departed_add keeps a summary of member m, whose slot is reclaimed, for status (the oldest
+ * goes beyond SPES_COORD_MAX_DEPARTED). */
+void coord_departed_add(spes_coord_sm *c, const coord_departed *d);
 
 /* coord_bar remembers an evicted member's id and name (the oldest goes beyond SPES_COORD_MAX_BARRED). */
 int coord_bar(spes_coord_sm *c, uint32_t id, const char *name);

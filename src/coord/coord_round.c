@@ -85,9 +85,11 @@ static void commit_record(spes_coord_sm *c, Spes__Wire__Commit *cm, const int *o
             x->node_id = m->id;
             x->reason = reasons[k];
             rp[cm->n_refused++] = x;
-            if (c->nlast_refused < SPES_COORD_MAX_REFUSED)
+            if (c->nlast_refused < SPES_COORD_MAX_REFUSED) {
+                c->last_refused_id[c->nlast_refused] = m->id;
                 snprintf(c->last_refused[c->nlast_refused++], sizeof c->last_refused[0], "%s: %s", m->name,
                          reasons[k]);
+            }
             coord_log(c, SPES_LOG_ERROR, "round %llu: contribution of %s refused: %s",
                       (unsigned long long)c->round, m->name, reasons[k]);
         }

@@ -51,6 +51,14 @@ char *coord_state_json(const spes_coord_sm *c)
         json_array_append_new(barred, bo);
     }
     json_object_set_new(o, "evicted", barred);
+    json_t *gone = json_array();
+    for (int i = 0; i < c->ndeparted; i++) {
+        const coord_departed *d = &c->departed[i];
+        json_array_append_new(gone, json_pack("{s:I,s:s,s:i,s:I,s:I}", "id", (json_int_t)d->id, "name",
+                                              d->name, "state", d->state, "round", (json_int_t)d->round,
+                                              "last_seen_ms", (json_int_t)d->last_seen_ms));
+    }
+    json_object_set_new(o, "departed", gone);
     json_object_set_new(o, "checkpoints", coord_ckpt_json(c));
     json_object_set_new(o, "pending_checkpoint", json_string(c->pending_ckpt));
     char *text = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
@@ -131,6 +139,25 @@ int coord_state_load(spes_coord_sm *c, const char *json, const char *origin)
         else if ((rc = coord_bar(c, (uint32_t)json_integer_value(bid), json_string_value(bname))) == 0 &&
                  (uint32_t)json_integer_value(bid) >= c->next_id)
             c->next_id = (uint32_t)json_integer_value(bid) + 1; /* never reuse an id */
+    }
+    json_t *gone = json_object_get(o, "departed"); /* absent in a state written before it was kept */
+    for (size_t i = 0; json_is_array(gone) && i < json_array_size(gone) && !rc; i++) {
+        json_t *g = json_array_get(gone, i);
+        json_int_t id = 0, state = 0, round = 0, seen = 0;
+        const char *name = NULL;
+        if (json_unpack(g, "{s:I,s:s,s:I,s:I,s:I}", "id", &id, "name", &name, "state", &state, "round",
+                        &round, "last_seen_ms", &seen) != 0 ||
+            id < 0 || round < 0 || seen < 0) {
+            rc = spes_errf(SPES_EFORMAT, "%s: a departed entry lacks id, name, state, round or last_seen_ms",
+                           origin);
+            break;
+        }
+        coord_departed d = {.id = (uint32_t)id,
+                            .state = (int)state,
+                            .round = (uint64_t)round,
+                            .last_seen_ms = (uint64_t)seen};
+        snprintf(d.name, sizeof d.name, "%s", name);
+        coord_departed_add(c, &d);
     }
     if (!rc)
         rc = coord_ckpt_load(c, json_object_get(o, "checkpoints"), origin);
