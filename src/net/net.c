@@ -98,6 +98,9 @@ struct spes_net_server {
     int nconns, cap_conns;
     int waiting;
     int closing; /* atomic: set by spes_net_server_close; callbacks then start nothing */
+    /* op_mu makes "not closing, so start an operation on a context" one step: the close sets
+     * closing under it, so no operation starts once the close has begun (start_op) */
+    pthread_mutex_t op_mu;
     spes_net_server_stats st;
     /* the guard thread (see guard_main) */
     pthread_t guard;
@@ -353,6 +356,25 @@ static void server_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
     }
 }
 
+/* start_op starts a receive (m NULL) or the send of m on r's context, unless the server is
+ * closing: then it starts nothing and frees m. Returns 1 if it started. nng 1.5.2 panics on an
+ * operation started on a context while its socket closes, and a callback may be between its
+ * check of closing and its start when the close begins; op_mu closes that window. */
+static int start_op(spes_net_request *r, nng_msg *m)
+{
+    spes_net_server *s = r->srv;
+    pthread_mutex_lock(&s->op_mu);
+    int closing = __atomic_load_n(&s->closing, __ATOMIC_ACQUIRE);
+    if (closing)
+        nng_msg_free(m);
+    else if (m)
+        nng_ctx_send(r->ctx, r->aio);
+    else
+        nng_ctx_recv(r->ctx, r->aio);
+    pthread_mutex_unlock(&s->op_mu);
+    return !closing;
+}
+
 static void post_recv(spes_net_request *r)
 {
     if (__atomic_load_n(&r->srv->closing, __ATOMIC_ACQUIRE))
@@ -361,7 +383,7 @@ static void post_recv(spes_net_request *r)
     r->cls = SPES_NET_CONTROL;
     r->pipe = 0;
     nng_aio_set_timeout(r->aio, NNG_DURATION_INFINITE);
-    nng_ctx_recv(r->ctx, r->aio);
+    start_op(r, NULL);
 }
 
 static int request_peer(spes_net_request *r)
@@ -588,7 +610,10 @@ int spes_net_reply_send(spes_net_request *r)
     r->state = ST_SEND;
     nng_aio_set_msg(r->aio, m);
     spes__deadline_arm(&r->send_dl, r->aio, r->srv->send_timeout_ms);
-    nng_ctx_send(r->ctx, r->aio);
+    if (!start_op(r, m)) {
+        nng_aio_set_msg(r->aio, NULL); /* freed: the server is closing */
+        spes__deadline_disarm(&r->send_dl);
+    }
     return 0;
 }
 
@@ -891,6 +916,7 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
     s->peer_roles =
         o->peer_roles ? o->peer_roles : SPES_ROLE_MASK(SPES_ROLE_NODE) | SPES_ROLE_MASK(SPES_ROLE_OPERATOR);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->op_mu, NULL);
     if ((rc = server_config(s, o)) != 0) {
         pthread_mutex_destroy(&s->mu);
         free(s);
@@ -957,7 +983,9 @@ void spes_net_server_close(spes_net_server *s)
     if (!s)
         return;
     guard_stop(s);
+    pthread_mutex_lock(&s->op_mu);
     __atomic_store_n(&s->closing, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->op_mu);
     if (spes__nng_close_bounded(s->sock, s->url))
         return; /* still closing inside nng: its request aios and pipe callbacks stay valid */
     /* every callback finishes before any aio is freed: one that was running
@@ -980,6 +1008,7 @@ void spes_net_server_close(spes_net_server *s)
     free(s->conns);
     free(s->pend);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->op_mu);
     spes_net_tls_free(s->tls);
     free(s);
 }
