@@ -159,10 +159,12 @@ static void carry_out(spes_coord *c, spes_coord_action *a)
                       spes_errmsg());
         break;
     case SPES_COORD_VALIDATE:
-        if (spes_node_validate(c->d->node, a->round, a->n, (const uint8_t(*)[32])a->hashes,
-                               (const uint8_t(*)[32])a->manifests, (const char **)a->urls,
-                               (const char **)a->names, a->ids, a->cols) != 0) {
-            log_error("round %llu: cannot start validation: %s", (unsigned long long)a->round, spes_errmsg());
+        if ((rc = spes_node_validate(c->d->node, a->round, a->n, (const uint8_t(*)[32])a->hashes,
+                                     (const uint8_t(*)[32])a->manifests, (const char **)a->urls,
+                                     (const char **)a->names, a->ids, a->cols)) != 0) {
+            /* before our own node has joined (it was late) the coordinator simply asks again */
+            spes_log(rc == SPES_ESTATE ? SPES_LOG_DEBUG : SPES_LOG_ERROR, 0,
+                     "round %llu: cannot start validation: %s", (unsigned long long)a->round, spes_errmsg());
             spes_coord_sm_validation_failed(c->sm, a->round);
         }
         break;

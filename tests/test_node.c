@@ -982,6 +982,10 @@ START_TEST(test_validate_for_the_coordinator)
 {
     T t;
     setup_opts(&t, 0, ""); /* the coordinator's own node: no coordinator URL */
+    /* asked before its Accept (it joined late): refused, no job that would hold its join back */
+    ck_assert_int_eq(spes_node_sm_validate(&t.sm, 0, 0, NULL, NULL, NULL, NULL, NULL, NULL, &t.out),
+                     SPES_ESTATE);
+    ck_assert_int_eq(t.sm.busy, 0);
     joined(&t, 3, 0x33, NULL, 0);
     uint8_t hashes[2][32], mans[2][32];
     memset(hashes, 0x51, sizeof hashes);

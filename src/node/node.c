@@ -711,6 +711,10 @@ int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uin
 {
     if (count < 0)
         return spes_errf(SPES_EINVAL, "validate: %d contributions", count);
+    /* before its Accept the node has no run (no model to decode with): the coordinator asks again
+     * on a later tick, and a job queued now would hold the node's own join back for ever */
+    if (!sm->have_run)
+        return spes_errf(SPES_ESTATE, "validate: this node has not joined the run yet");
     size_t n = (size_t)count;
     spes_node_job *j = calloc(1, sizeof *j);
     spes_node_job_validate *v = j ? &j->u.validate : NULL;

@@ -272,7 +272,7 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
 void spes_node_sm_stop(spes_node_sm *sm, spes_node_out *out);
 
 /* spes_node_sm_validate makes a validate job for the coordinator's count
- * announced contributions (author k: member ids[k] at urls[k]/names[k], told to train the
+ * announced contributions (SPES_ESTATE before the node has joined: no job) (author k: member ids[k] at urls[k]/names[k], told to train the
  * columns set in cols[k*E .. k*E+E-1]). */
 int spes_node_sm_validate(spes_node_sm *sm, uint64_t round, int count, const uint8_t (*hashes)[32],
                           const uint8_t (*manifests)[32], const char **urls, const char **names,
