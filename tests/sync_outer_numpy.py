@@ -47,13 +47,17 @@ def outer(S, C, E, lr, mu, base, mom, contribs):
     return p, m
 
 
-def case(rng, S, C, E, owners, lr, mu, d):
+def write_case(rng, S, C, E, owners, lr, mu, d, attacker=None):
+    """A random S_r, outer momentum and contributions (the attacker's noise 1000 times larger),
+    written to d/in.bin in test_sync's --outer/--robust input format.
+    Returns (base, mom, contribs, input path, output path)."""
     base = rng.standard_normal(S + E * C).astype(f32)
     mom = (rng.standard_normal(S + E * C) * 0.01).astype(f32)
     contribs = []
     for node, cols in owners:
         v = np.concatenate([base[:S]] + [base[S + c * C:S + (c + 1) * C] for c in cols]).astype(f32)
-        v = (v + (rng.standard_normal(v.size) * 0.03).astype(f32)).astype(f32)
+        scale = 1000.0 if node == attacker else 1.0
+        v = (v + (rng.standard_normal(v.size) * 0.03 * scale).astype(f32)).astype(f32)
         contribs.append(dict(node=node, cols=cols, val=v))
     inp, out = os.path.join(d, "in.bin"), os.path.join(d, "out.bin")
     with open(inp, "wb") as f:
@@ -62,25 +66,38 @@ def case(rng, S, C, E, owners, lr, mu, d):
         for c in contribs:
             f.write(struct.pack("<2i%di" % len(c["cols"]), c["node"], len(c["cols"]), *c["cols"]))
             f.write(c["val"].tobytes())
-    subprocess.run([exe, "--outer", inp, out], check=True)
+    return base, mom, contribs, inp, out
+
+
+def same_output(out, n, want_p, want_m):
+    """Whether test_sync's output (params then momentum, n floats each) equals numpy's bit for bit."""
     got = np.fromfile(out, dtype="<f4")
-    n = S + E * C
-    want_p, want_m = outer(S, C, E, f32(lr), f32(mu), base, mom, contribs)
     ok = got.size == 2 * n and got[:n].tobytes() == want_p.tobytes() and got[n:].tobytes() == want_m.tobytes()
+    if not ok and got.size == 2 * n:
+        print("  differing values: %d" % int(np.sum(got[:n].view(np.uint32) != want_p.view(np.uint32))))
+    return ok
+
+
+def case(rng, S, C, E, owners, lr, mu, d):
+    base, mom, contribs, inp, out = write_case(rng, S, C, E, owners, lr, mu, d)
+    subprocess.run([exe, "--outer", inp, out], check=True)
+    want_p, want_m = outer(S, C, E, f32(lr), f32(mu), base, mom, contribs)
+    ok = same_output(out, S + E * C, want_p, want_m)
     global fails
     if not ok:
         fails += 1
     print("%s: S=%d C=%d E=%d owners=%s lr=%g mu=%g" % ("ok" if ok else "FAIL", S, C, E, owners, lr, mu))
 
 
-rng = np.random.default_rng(19)
-with tempfile.TemporaryDirectory(prefix="spes-outer-numpy-") as d:
-    four = [(0, [0, 4]), (1, [1, 5]), (2, [2, 6]), (3, [3, 7])]
-    case(rng, 1000, 300, 8, four, 0.7, 0.9, d)
-    case(rng, 1000, 300, 8, four, 0.5, 0.0, d)
-    case(rng, 1000, 300, 8, four, 1.0, 0.9, d)
-    case(rng, 777, 129, 3, [(0, [0, 1]), (2, [1]), (7, [0, 1])], 0.8, 0.6, d)  # shared owners, column 2 orphaned
-    case(rng, 500, 64, 4, [(3, [0, 1, 2, 3])], 0.7, 0.9, d)  # one contributor
-    case(rng, 500, 64, 4, [], 0.7, 0.9, d)  # nobody: nothing moves
-    case(rng, 500, 64, 4, [(0, [0, 2]), (1, [1, 2])], 1.0, 0.0, d)  # plain averaging
-sys.exit(1 if fails else 0)
+if __name__ == "__main__":
+    rng = np.random.default_rng(19)
+    with tempfile.TemporaryDirectory(prefix="spes-outer-numpy-") as d:
+        four = [(0, [0, 4]), (1, [1, 5]), (2, [2, 6]), (3, [3, 7])]
+        case(rng, 1000, 300, 8, four, 0.7, 0.9, d)
+        case(rng, 1000, 300, 8, four, 0.5, 0.0, d)
+        case(rng, 1000, 300, 8, four, 1.0, 0.9, d)
+        case(rng, 777, 129, 3, [(0, [0, 1]), (2, [1]), (7, [0, 1])], 0.8, 0.6, d)  # shared owners, column 2 orphaned
+        case(rng, 500, 64, 4, [(3, [0, 1, 2, 3])], 0.7, 0.9, d)  # one contributor
+        case(rng, 500, 64, 4, [], 0.7, 0.9, d)  # nobody: nothing moves
+        case(rng, 500, 64, 4, [(0, [0, 2]), (1, [1, 2])], 1.0, 0.0, d)  # plain averaging
+    sys.exit(1 if fails else 0)

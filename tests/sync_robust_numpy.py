@@ -11,25 +11,18 @@ momentum it writes must equal numpy's recomputation in float32 exactly:
   a segment where nothing is dropped or scaled: the mean of sync_outer_numpy.py; then the outer step."""
 import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sync_outer_numpy import mean_delta, same_output, write_case  # noqa: E402
+
 exe = sys.argv[1]
 f32, f64 = np.float32, np.float64
 fails = 0
-
-
-def mean_delta(base, vals):
-    if len(vals) == 1:
-        return (vals[0] - base).astype(f32)
-    acc = np.zeros_like(base)
-    for v in vals:
-        acc = (acc + (v - base)).astype(f32)
-    return (acc / f32(len(vals))).astype(f32)
 
 
 def norm(v, base):
@@ -94,31 +87,13 @@ def aggregate(mode, param, S, C, E, lr, mu, base, mom, contribs):
 
 
 def case(rng, mode, param, S, C, E, owners, lr, mu, d, attacker=None):
-    base = rng.standard_normal(S + E * C).astype(f32)
-    mom = (rng.standard_normal(S + E * C) * 0.01).astype(f32)
-    contribs = []
-    for node, cols in owners:
-        v = np.concatenate([base[:S]] + [base[S + c * C:S + (c + 1) * C] for c in cols]).astype(f32)
-        scale = 1000.0 if node == attacker else 1.0
-        v = (v + (rng.standard_normal(v.size) * 0.03 * scale).astype(f32)).astype(f32)
-        contribs.append(dict(node=node, cols=cols, val=v))
-    inp, out = os.path.join(d, "in.bin"), os.path.join(d, "out.bin")
-    with open(inp, "wb") as f:
-        f.write(struct.pack("<4i2f", S, C, E, len(contribs), lr, mu))
-        f.write(base.tobytes() + mom.tobytes())
-        for c in contribs:
-            f.write(struct.pack("<2i%di" % len(c["cols"]), c["node"], len(c["cols"]), *c["cols"]))
-            f.write(c["val"].tobytes())
+    base, mom, contribs, inp, out = write_case(rng, S, C, E, owners, lr, mu, d, attacker)
     subprocess.run([exe, "--robust", mode, repr(param), inp, out], check=True)
-    got = np.fromfile(out, dtype="<f4")
-    n = S + E * C
     want_p, want_m = aggregate(mode, param, S, C, E, f32(lr), f32(mu), base, mom, contribs)
-    ok = got.size == 2 * n and got[:n].tobytes() == want_p.tobytes() and got[n:].tobytes() == want_m.tobytes()
+    ok = same_output(out, S + E * C, want_p, want_m)
     global fails
     if not ok:
         fails += 1
-        if got.size == 2 * n:
-            print("  differing values: %d" % int(np.sum(got[:n].view(np.uint32) != want_p.view(np.uint32))))
     print("%s: %s %g S=%d C=%d E=%d owners=%s lr=%g mu=%g attacker=%s" %
           ("ok" if ok else "FAIL", mode, param, S, C, E, owners, lr, mu, attacker))
 
