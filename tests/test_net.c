@@ -372,8 +372,11 @@ START_TEST(test_redial_after_wall_clock_back)
     spes_net_client_opts o = {.url = url, .tls = t, .reconnect_min_ms = 1500, .reconnect_max_ms = 1500};
     ck_assert_msg(spes_net_client_open(&c, &o) == 0, "%s", spes_errmsg());
     usleep(300 * 1000); /* its first dial failed: the next is due in 1.5 s, on nng's timer */
+    unsigned long steps = spes__clock_steps();
     __atomic_store_n(&wall_offset_s, -3600, __ATOMIC_RELAXED);
-    usleep(1500 * 1000); /* the deadline thread looks at the wall clock every second */
+    for (int i = 0; i < 100 && spes__clock_steps() == steps; i++)
+        usleep(50 * 1000); /* the deadline thread looks at the wall clock every second */
+    ck_assert_uint_gt(spes__clock_steps(), steps);
     fx.tls = tls_for(ca_a, "node-1", 1);
     char lurl[128];
     snprintf(lurl, sizeof lurl, "tls+tcp://127.0.0.1:%d", port);
