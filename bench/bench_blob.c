@@ -141,7 +141,7 @@ static double raw_pair(spes_net_tls *ts, spes_net_tls *tc, uint64_t nmsg, size_t
     nng_tls_config *cs = NULL, *cc = NULL;
     int port = 0;
     if (nng_pair0_open(&a) || nng_pair0_open(&b) || nng_listener_create(&l, a, "tls+tcp://127.0.0.1:0") ||
-        spes__tls_config_alloc(&cs, ts, 1, SPES_ROLE_MASK(SPES_ROLE_NODE), NULL) ||
+        spes__tls_config_alloc(&cs, ts, 1, SPES_ROLE_MASK(SPES_ROLE_NODE), NULL, NULL) ||
         nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, cs) ||
         nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, 64u << 20) || nng_listener_start(l, 0) ||
         nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port))
@@ -149,7 +149,7 @@ static double raw_pair(spes_net_tls *ts, spes_net_tls *tc, uint64_t nmsg, size_t
     char url[64];
     snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", port);
     if (nng_dialer_create(&d, b, url) ||
-        spes__tls_config_alloc(&cc, tc, 0, SPES_ROLE_MASK(SPES_ROLE_NODE), NULL) ||
+        spes__tls_config_alloc(&cc, tc, 0, SPES_ROLE_MASK(SPES_ROLE_NODE), NULL, NULL) ||
         nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cc) || nng_dialer_start(d, 0))
         die("raw dialer");
     nng_tls_config_free(cs);

@@ -74,7 +74,7 @@ static int conn_dial(spes__blob_conn *c, const char *name, spes_net_tls *tls, in
         return spes__nng_err(rv, "cannot create dialer", c->url);
     if (!plain) {
         nng_tls_config *cfg = NULL;
-        int rc = spes__tls_config_alloc(&cfg, tls, 0, SPES_ROLE_MASK(SPES_ROLE_NODE), name);
+        int rc = spes__tls_config_alloc(&cfg, tls, 0, SPES_ROLE_MASK(SPES_ROLE_NODE), name, NULL);
         if (rc)
             return rc;
         rv = nng_dialer_set_ptr(c->d, NNG_OPT_TLS_CONFIG, cfg);

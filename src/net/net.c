@@ -79,6 +79,11 @@ typedef struct srv_lane {
 struct spes_net_server {
     nng_socket sock;
     nng_listener l;
+    spes__tls_bind *bind; /* the listener's TLS binding: its count of SP headers heard */
+    size_t max_msg;
+    uint64_t adds; /* atomic: connections that reached the pipe-add event (kept or refused) */
+    /* the listener watchdog (guard thread only): see listener_watch */
+    uint64_t watch_adds, watch_heard_base, watch_since;
     int port;
     int plain;
     unsigned peer_roles;
@@ -310,6 +315,7 @@ static void server_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     spes_net_server *s = arg;
     if (ev == NNG_PIPE_EV_ADD_PRE) {
+        __atomic_add_fetch(&s->adds, 1, __ATOMIC_RELEASE);
         srv_conn c = {.p = p, .id = (uint32_t)nng_pipe_id(p), .last_ms = spes_mono_ms()};
         nng_sockaddr sa;
         if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0)
@@ -805,6 +811,8 @@ static void guard_conns(spes_net_server *s, uint64_t now)
     }
 }
 
+static void listener_watch(spes_net_server *s, uint64_t now);
+
 static void *guard_main(void *arg)
 {
     spes_net_server *s = arg;
@@ -817,6 +825,7 @@ static void *guard_main(void *arg)
         uint64_t now = spes_mono_ms();
         guard_conns(s, now);
         guard_sockets(s, now);
+        listener_watch(s, now);
         struct timespec ts;
         spes_mono_deadline(&ts, period);
         pthread_mutex_lock(&guard_mu);
@@ -844,28 +853,86 @@ static void guard_stop(spes_net_server *s)
     s->guard_started = 0;
 }
 
-static int server_listen(spes_net_server *s, const spes_net_server_opts *o)
+/* server_listen starts s's listener on url (s->tls, s->plain, s->max_msg set). */
+static int server_listen(spes_net_server *s, const char *url)
 {
-    int rv = nng_listener_create(&s->l, s->sock, o->url);
+    int rv = nng_listener_create(&s->l, s->sock, url);
     if (rv)
-        return spes__nng_err(rv, "cannot create listener", o->url);
-    if (!o->plain) {
+        return spes__nng_err(rv, "cannot create listener", url);
+    if (!s->plain) {
         nng_tls_config *cfg = NULL;
-        int rc = spes__tls_config_alloc(&cfg, o->tls, 1, s->peer_roles, NULL);
+        spes__tls_bind *b = NULL;
+        int rc = spes__tls_config_alloc(&cfg, s->tls, 1, s->peer_roles, NULL, &b);
         if (rc)
             return rc;
         rv = nng_listener_set_ptr(s->l, NNG_OPT_TLS_CONFIG, cfg);
         nng_tls_config_free(cfg); /* the listener holds it */
-        if (rv)
-            return spes__nng_err(rv, "cannot set TLS config", o->url);
+        if (rv) {
+            spes__tls_bind_release(b);
+            return spes__nng_err(rv, "cannot set TLS config", url);
+        }
+        spes__tls_bind_release(s->bind);
+        s->bind = b;
     }
-    size_t max = o->max_msg ? o->max_msg : SPES_NET_MAX_MSG_DEFAULT;
-    if ((rv = nng_listener_set_size(s->l, NNG_OPT_RECVMAXSZ, max)) != 0 ||
+    if ((rv = nng_listener_set_size(s->l, NNG_OPT_RECVMAXSZ, s->max_msg)) != 0 ||
         (rv = nng_listener_start(s->l, 0)) != 0)
-        return spes__nng_err(rv, "cannot listen", o->url);
+        return spes__nng_err(rv, "cannot listen", url);
     if ((rv = nng_listener_get_int(s->l, NNG_OPT_TCP_BOUND_PORT, &s->port)) != 0)
-        return spes__nng_err(rv, "cannot read bound port", o->url);
+        return spes__nng_err(rv, "cannot read bound port", url);
     return 0;
+}
+
+/* WATCH_MS: how long peers' SP headers may go unanswered by any pipe before the listener
+ * counts as dead. nng 1.5.2 (fixed upstream in 1.6.0, nanomsg/nng#1518) stops accepting
+ * for good when a connection's negotiation ends with NNG_ECLOSED or NNG_ECANCELED, which
+ * happens when the socket is ended between two negotiation steps (our caps and handshake
+ * deadline end such sockets). The listener then still completes TLS and reads each
+ * peer's SP header but never adds a pipe: the node is deaf until restarted. */
+#define WATCH_MS 3000
+
+/* listener_watch restarts s's listener on its bound port when at least two peers' SP
+ * headers arrived, none followed by a pipe, for WATCH_MS. A live listener adds (or our
+ * caps refuse) a pipe within milliseconds of the header, so a peer that stalls cannot
+ * trigger it. Guard thread only. */
+static void listener_watch(spes_net_server *s, uint64_t now)
+{
+    if (!s->bind)
+        return;
+    uint64_t adds = __atomic_load_n(&s->adds, __ATOMIC_ACQUIRE);
+    uint64_t heard = __atomic_load_n(&s->bind->heard, __ATOMIC_ACQUIRE);
+    if (adds != s->watch_adds || heard < s->watch_heard_base + 2) {
+        if (adds != s->watch_adds) {
+            s->watch_adds = adds;
+            s->watch_heard_base = heard;
+        }
+        s->watch_since = 0;
+        return;
+    }
+    if (!s->watch_since) {
+        s->watch_since = now;
+        return;
+    }
+    if (now - s->watch_since < WATCH_MS)
+        return;
+    char url[300];
+    const char *colon = strrchr(s->url, ':');
+    snprintf(url, sizeof url, "%.*s:%d", colon ? (int)(colon - s->url) : (int)strlen(s->url), s->url,
+             s->port);
+    log_warnx("%s: the listener took no connection for %llu peers' handshakes in %d ms (nng 1.5.2 stops "
+              "accepting after some failed handshakes); listening again on %s",
+              s->url, (unsigned long long)(heard - s->watch_heard_base), WATCH_MS, url);
+    nng_listener_close(s->l);
+    if (server_listen(s, url) != 0) {
+        log_warnx("%s: cannot listen again: %s; trying on the next check", s->url, spes_errmsg());
+        s->watch_since = now - WATCH_MS + 1000;
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.listener_restarts++;
+    pthread_mutex_unlock(&s->mu);
+    s->watch_adds = __atomic_load_n(&s->adds, __ATOMIC_ACQUIRE);
+    s->watch_heard_base = __atomic_load_n(&s->bind->heard, __ATOMIC_ACQUIRE);
+    s->watch_since = 0;
 }
 
 #define OR_DEFAULT(v, d) ((v) > 0 ? (v) : (d))
@@ -949,7 +1016,8 @@ int spes_net_server_open(spes_net_server **out, const spes_net_server_opts *o)
             goto fail;
         }
     }
-    if ((rc = server_listen(s, o)) != 0)
+    s->max_msg = o->max_msg ? o->max_msg : SPES_NET_MAX_MSG_DEFAULT;
+    if ((rc = server_listen(s, o->url)) != 0)
         goto fail;
     if (pthread_create(&s->guard, NULL, guard_main, s) != 0) {
         rc = spes_errf(SPES_ENOMEM, "%s: cannot start the connection guard", o->url);
@@ -1009,6 +1077,7 @@ void spes_net_server_close(spes_net_server *s)
     free(s->pend);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->op_mu);
+    spes__tls_bind_release(s->bind);
     spes_net_tls_free(s->tls);
     free(s);
 }
@@ -1075,7 +1144,7 @@ static int dialer_start(spes_net_client *c)
     if (!o->plain) {
         nng_tls_config *cfg = NULL;
         unsigned roles = o->peer_roles ? o->peer_roles : SPES_ROLE_MASK(SPES_ROLE_NODE);
-        int rc = spes__tls_config_alloc(&cfg, o->tls, 0, roles, o->peer_name);
+        int rc = spes__tls_config_alloc(&cfg, o->tls, 0, roles, o->peer_name, NULL);
         if (rc)
             return rc;
         rv = nng_dialer_set_ptr(c->d, NNG_OPT_TLS_CONFIG, cfg);

@@ -193,6 +193,7 @@ typedef struct spes_net_server_stats {
     uint64_t send_timeouts;      /* a reply not taken in time: connection closed */
     uint64_t inflight_exceeded;  /* too many requests unanswered: connection closed */
     uint64_t queue_full;         /* requests dropped: lane busy and queue full */
+    uint64_t listener_restarts;  /* the listener stopped taking connections and was restarted */
     int conns;                   /* connections through negotiation, now */
     int pending;                 /* accepted connections not through it, at the last look */
 } spes_net_server_stats;

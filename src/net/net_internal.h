@@ -14,11 +14,15 @@ typedef struct spes__tls_bind {
     char peer_name[SPES_PKI_NAME_MAX + 1]; /* "" = any */
     int server;
     int refs; /* atomic */
+    /* server side: connections whose peer's first bytes after the TLS handshake (its SP
+     * header) arrived; atomic. net.c's listener watchdog compares it with pipes added. */
+    uint64_t heard;
 } spes__tls_bind;
 
-/* spes__tls_config_alloc makes an nng TLS config bound to t with the endpoint's policy. */
+/* spes__tls_config_alloc makes an nng TLS config bound to t with the endpoint's policy;
+ * bind, if not NULL, gets a held reference to the binding (spes__tls_bind_release). */
 int spes__tls_config_alloc(nng_tls_config **out, spes_net_tls *t, int server, unsigned peer_roles,
-                           const char *peer_name);
+                           const char *peer_name, spes__tls_bind **bind);
 
 /* spes__tls_bind_release drops a reference to a binding. */
 void spes__tls_bind_release(spes__tls_bind *b);

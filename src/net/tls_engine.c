@@ -50,7 +50,8 @@ struct nng_tls_engine_conn {
     int verified;
     int failed;
     int got_data;
-    int closed; /* conn_close ran: every later call fails (see conn_close) */
+    int ended_counted; /* a refusal by the peer was counted for this connection */
+    int closed;        /* conn_close ran: every later call fails (see conn_close) */
     spes_pki_identity peer;
     char reason[200];
 };
@@ -276,6 +277,17 @@ static void conn_release(nng_tls_engine_conn *c)
  * a refused peer keeps redialling must not lose that much each time. */
 static void conn_close(nng_tls_engine_conn *c)
 {
+    /* A server that refuses our certificate after a TLS 1.3 handshake sends an alert and
+     * closes; the close meets our unread bytes and becomes a reset. When the alert and the
+     * reset are both queued before nng's poller wakes, nng 1.5.2 fails the stream on the
+     * reset without reading the alert (tcp_cb), and read_failed never runs. A client
+     * connection closed after our handshake and before any byte of data is that refusal. */
+    if (!c->closed && c->bind && !c->bind->server && c->verified && !c->got_data && !c->ended_counted) {
+        c->ended_counted = 1;
+        spes__tls_count(c->bind->tls, 0, c->peer.name[0] ? c->peer.name : NULL,
+                        "it ended the connection after the TLS handshake without a word: "
+                        "it refused our certificate or was full (its log says which)");
+    }
     c->closed = 1;
     ERR_clear_error();
     conn_release(c);
@@ -344,7 +356,8 @@ static int read_failed(nng_tls_engine_conn *c)
 {
     unsigned long e = ERR_peek_last_error();
     const char *why = e ? ERR_reason_error_string(e) : NULL;
-    if (!c->got_data && !c->bind->server) {
+    if (!c->got_data && !c->bind->server && !c->ended_counted) {
+        c->ended_counted = 1;
         char reason[160];
         snprintf(reason, sizeof reason, "it ended the connection: %s", why ? why : "TLS error");
         spes__tls_count(c->bind->tls, 0, c->peer.name[0] ? c->peer.name : NULL, reason);
@@ -377,6 +390,8 @@ static int conn_recv(nng_tls_engine_conn *c, uint8_t *buf, size_t *szp)
         ERR_clear_error();
         int r = SSL_read_ex(c->ssl, buf + total, *szp - total, &n);
         if (r == 1) {
+            if (!c->got_data && c->bind->server)
+                __atomic_add_fetch(&c->bind->heard, 1, __ATOMIC_RELEASE);
             c->got_data = 1;
             total += n;
             continue;
@@ -482,7 +497,7 @@ int spes_net_init(void)
 }
 
 int spes__tls_config_alloc(nng_tls_config **out, spes_net_tls *t, int server, unsigned peer_roles,
-                           const char *peer_name)
+                           const char *peer_name, spes__tls_bind **bind)
 {
     int rc = spes_net_init();
     if (rc)
@@ -502,17 +517,22 @@ int spes__tls_config_alloc(nng_tls_config **out, spes_net_tls *t, int server, un
     int rv = nng_tls_config_alloc(out, server ? NNG_TLS_MODE_SERVER : NNG_TLS_MODE_CLIENT);
     int taken = tl_bind == NULL;
     tl_bind = NULL;
-    spes__tls_bind_release(b); /* the config holds its own reference */
-    if (rv)
-        return spes__nng_err(rv, "TLS configuration", NULL);
-    if (!taken) {
+    if (rv || !taken) {
+        spes__tls_bind_release(b);
+        if (rv)
+            return spes__nng_err(rv, "TLS configuration", NULL);
         nng_tls_config_free(*out);
         return spes_errf(SPES_ENET, "nng did not use the spes TLS engine");
     }
     if ((rv = nng_tls_config_auth_mode(*out, NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
         (rv = nng_tls_config_version(*out, NNG_TLS_1_2, NNG_TLS_1_3)) != 0) {
+        spes__tls_bind_release(b);
         nng_tls_config_free(*out);
         return spes__nng_err(rv, "TLS configuration", NULL);
     }
+    if (bind)
+        *bind = b; /* our reference passes to the caller; the config holds its own */
+    else
+        spes__tls_bind_release(b);
     return 0;
 }
