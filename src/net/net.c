@@ -83,7 +83,8 @@ struct spes_net_server {
     size_t max_msg;
     uint64_t adds; /* atomic: connections that reached the pipe-add event (kept or refused) */
     /* the listener watchdog (guard thread only): see listener_watch */
-    uint64_t watch_adds, watch_heard_base, watch_since;
+    uint64_t watch_adds, watch_heard_base, watch_since, watch_last;
+    char relisten_url[300]; /* set while listening again has failed */
     int port;
     int plain;
     unsigned peer_roles;
@@ -889,43 +890,56 @@ static int server_listen(spes_net_server *s, const char *url)
  * deadline end such sockets). The listener then still completes TLS and reads each
  * peer's SP header but never adds a pipe: the node is deaf until restarted. */
 #define WATCH_MS 3000
+#define WATCH_GAP_MS 30000
 
-/* listener_watch restarts s's listener on its bound port when at least two peers' SP
- * headers arrived, none followed by a pipe, for WATCH_MS. A live listener adds (or our
- * caps refuse) a pipe within milliseconds of the header, so a peer that stalls cannot
- * trigger it. Guard thread only. */
+/* listener_watch restarts s's listener on its bound port when at least two peers' valid SP
+ * headers arrived, none followed by a pipe, for WATCH_MS. After reading a valid header nng
+ * does no more I/O before it adds the pipe (or our caps refuse it), so neither a peer that
+ * stalls nor one that sends garbage or hangs up can trigger it; and it restarts at most once
+ * per WATCH_GAP_MS whatever happens. Guard thread only. */
 static void listener_watch(spes_net_server *s, uint64_t now)
 {
     if (!s->bind)
         return;
-    uint64_t adds = __atomic_load_n(&s->adds, __ATOMIC_ACQUIRE);
-    uint64_t heard = __atomic_load_n(&s->bind->heard, __ATOMIC_ACQUIRE);
-    if (adds != s->watch_adds || heard < s->watch_heard_base + 2) {
-        if (adds != s->watch_adds) {
-            s->watch_adds = adds;
-            s->watch_heard_base = heard;
+    if (s->relisten_url[0]) { /* the last try to listen again failed: once a second until one works */
+        if (now - s->watch_last < 1000)
+            return;
+        s->watch_last = now;
+        nng_listener_close(s->l); /* the one whose start failed */
+        if (server_listen(s, s->relisten_url) != 0)
+            return;
+        log_warnx("%s: listening again on %s", s->url, s->relisten_url);
+        s->relisten_url[0] = '\0';
+    } else {
+        uint64_t adds = __atomic_load_n(&s->adds, __ATOMIC_ACQUIRE);
+        uint64_t heard = __atomic_load_n(&s->bind->heard, __ATOMIC_ACQUIRE);
+        if (adds != s->watch_adds || heard < s->watch_heard_base + 2) {
+            if (adds != s->watch_adds) {
+                s->watch_adds = adds;
+                s->watch_heard_base = heard;
+            }
+            s->watch_since = 0;
+            return;
         }
-        s->watch_since = 0;
-        return;
-    }
-    if (!s->watch_since) {
-        s->watch_since = now;
-        return;
-    }
-    if (now - s->watch_since < WATCH_MS)
-        return;
-    char url[300];
-    const char *colon = strrchr(s->url, ':');
-    snprintf(url, sizeof url, "%.*s:%d", colon ? (int)(colon - s->url) : (int)strlen(s->url), s->url,
-             s->port);
-    log_warnx("%s: the listener took no connection for %llu peers' handshakes in %d ms (nng 1.5.2 stops "
-              "accepting after some failed handshakes); listening again on %s",
-              s->url, (unsigned long long)(heard - s->watch_heard_base), WATCH_MS, url);
-    nng_listener_close(s->l);
-    if (server_listen(s, url) != 0) {
-        log_warnx("%s: cannot listen again: %s; trying on the next check", s->url, spes_errmsg());
-        s->watch_since = now - WATCH_MS + 1000;
-        return;
+        if (!s->watch_since) {
+            s->watch_since = now;
+            return;
+        }
+        if (now - s->watch_since < WATCH_MS || (s->watch_last && now - s->watch_last < WATCH_GAP_MS))
+            return;
+        s->watch_last = now;
+        const char *colon = strrchr(s->url, ':');
+        snprintf(s->relisten_url, sizeof s->relisten_url, "%.*s:%d",
+                 colon ? (int)(colon - s->url) : (int)strlen(s->url), s->url, s->port);
+        log_warnx("%s: the listener took no connection for %llu peers' handshakes in %d ms (nng 1.5.2 stops "
+                  "accepting after some failed handshakes); listening again on %s",
+                  s->url, (unsigned long long)(heard - s->watch_heard_base), WATCH_MS, s->relisten_url);
+        nng_listener_close(s->l);
+        if (server_listen(s, s->relisten_url) != 0) {
+            log_warnx("%s: cannot listen again: %s; trying once a second", s->url, spes_errmsg());
+            return;
+        }
+        s->relisten_url[0] = '\0';
     }
     pthread_mutex_lock(&s->mu);
     s->st.listener_restarts++;

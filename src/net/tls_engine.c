@@ -375,6 +375,15 @@ static int ensure_handshake(nng_tls_engine_conn *c)
     return c->verified ? 0 : conn_handshake(c);
 }
 
+/* sp_header_ok: the peer's first bytes are an SP header that nng's TLS transport accepts
+ * ("\0SP\0", protocol, two zero bytes). After reading one, nng does no more I/O before it adds
+ * the pipe, so only a stopped listener leaves such a header without a pipe (listener_watch);
+ * garbage from a peer must not look like one. */
+static int sp_header_ok(const uint8_t *b, size_t n)
+{
+    return n >= 8 && b[0] == 0 && b[1] == 'S' && b[2] == 'P' && b[3] == 0 && b[6] == 0 && b[7] == 0;
+}
+
 static int conn_recv(nng_tls_engine_conn *c, uint8_t *buf, size_t *szp)
 {
     int fr = ensure_handshake(c);
@@ -390,7 +399,7 @@ static int conn_recv(nng_tls_engine_conn *c, uint8_t *buf, size_t *szp)
         ERR_clear_error();
         int r = SSL_read_ex(c->ssl, buf + total, *szp - total, &n);
         if (r == 1) {
-            if (!c->got_data && c->bind->server)
+            if (!c->got_data && c->bind->server && sp_header_ok(buf + total, n))
                 __atomic_add_fetch(&c->bind->heard, 1, __ATOMIC_RELEASE);
             c->got_data = 1;
             total += n;
