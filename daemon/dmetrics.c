@@ -14,6 +14,7 @@
 #include "daemon/counters.h"
 #include "daemon/node.h"
 #include "metrics/metrics.h"
+#include "net/net.h"
 #include "proto/proto.h"
 #include "proto/spes.pb-c.h"
 
@@ -365,6 +366,15 @@ void spes_dmetrics_tick(spes_dmetrics *m)
     s->train_total_s = dc.train_s;
     s->wait_total_s = dc.wait_s;
     s->rounds_contributed = dc.rounds;
+    if (m->d->server) {
+        spes_net_server_stats st;
+        spes_net_server_get_stats(m->d->server, &st);
+        s->have_listener = 1;
+        s->conns_over_cap = st.conns_refused;
+        s->handshakes_expired = st.handshakes_expired;
+        s->conns_idle_closed = st.idle_closed;
+        s->listener_restarts = st.listener_restarts;
+    }
     spes_blob_store *b = spes_node_blobs(m->d->node);
     if (b) {
         uint64_t now = spes_mono_ms();

@@ -183,6 +183,28 @@ START_TEST(test_coordinator_families)
 }
 END_TEST
 
+START_TEST(test_listener_families)
+{
+    spes_metrics_snapshot *s = coord_snapshot();
+    char *t = prom(s);
+    ck_assert_ptr_null(strstr(t, "spes_listener_")); /* no listener known: no family */
+    free(t);
+    s->have_listener = 1;
+    s->conns_over_cap = 4;
+    s->handshakes_expired = 2;
+    s->conns_idle_closed = 9;
+    s->listener_restarts = 1;
+    t = prom(s);
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE spes_listener_connections_ended_total counter\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_listener_connections_ended_total{why=\"over_cap\"} 4\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_listener_connections_ended_total{why=\"handshake_deadline\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_listener_connections_ended_total{why=\"idle\"} 9\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_listener_restarts_total 1\n"));
+    free(t);
+    free(s);
+}
+END_TEST
+
 START_TEST(test_reasons)
 {
     ck_assert_int_eq(spes_metrics_reason_of("contribution of node 2: contribution value 0 is NaN"),
@@ -271,6 +293,7 @@ static Suite *metrics_suite(void)
     tcase_add_test(tc, test_histogram_cumulative);
     tcase_add_test(tc, test_exposition_shape);
     tcase_add_test(tc, test_coordinator_families);
+    tcase_add_test(tc, test_listener_families);
     tcase_add_test(tc, test_reasons);
     tcase_add_test(tc, test_history);
     tcase_add_test(tc, test_json);

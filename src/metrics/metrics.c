@@ -231,6 +231,18 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
     sample(f, "spes_blob_store_bytes", NULL, (double)s->blob_store_bytes);
     head(f, "spes_blob_store_blobs", "gauge", "Blobs held in the blob store.");
     sample(f, "spes_blob_store_blobs", NULL, (double)s->blob_store_blobs);
+    if (s->have_listener) {
+        head(f, "spes_listener_connections_ended_total", "counter",
+             "Connections this daemon's listener ended, by why: over a connection cap, not through the "
+             "handshake in time, or idle.");
+        sample(f, "spes_listener_connections_ended_total", "why=\"over_cap\"", (double)s->conns_over_cap);
+        sample(f, "spes_listener_connections_ended_total", "why=\"handshake_deadline\"",
+               (double)s->handshakes_expired);
+        sample(f, "spes_listener_connections_ended_total", "why=\"idle\"", (double)s->conns_idle_closed);
+        head(f, "spes_listener_restarts_total", "counter",
+             "Times this daemon listened again because its listener had stopped taking connections.");
+        sample(f, "spes_listener_restarts_total", NULL, (double)s->listener_restarts);
+    }
     if (s->E > 0) {
         head(f, "spes_expert_delta_norm", "gauge", "L2 norm of each expert column's last committed change.");
         for (int e = 0; e < s->E; e++) {

@@ -84,6 +84,8 @@ typedef struct spes_metrics_snapshot {
     uint64_t rounds_contributed;
     uint64_t blob_store_bytes;
     uint32_t blob_store_blobs;
+    int have_listener; /* 1: the four counters of this daemon's listener below are filled */
+    uint64_t conns_over_cap, handshakes_expired, conns_idle_closed, listener_restarts;
     uint64_t refusals[SPES_METRICS_NREASONS];
     uint64_t digest_mismatches;
     int nmembers;

@@ -190,6 +190,10 @@ def main():
                   "node-%d trained %.2f s in %d rounds" % (k, m["spes_train_seconds_total"],
                                                           m["spes_rounds_contributed_total"]))
             check(m["spes_blob_store_bytes"] > 0, "node-%d blob store bytes" % k)
+            ended = families(m, "spes_listener_connections_ended_total")
+            check(sorted(dict(l)["why"] for l in ended) == ["handshake_deadline", "idle", "over_cap"] and
+                  m.get("spes_listener_restarts_total", -1) >= 0,
+                  "node-%d listener counters %s, restarts %s" % (k, dict(ended), m.get("spes_listener_restarts_total")))
         # ---- every metric the sample Grafana dashboard queries exists
         dash = json.load(open(os.path.join(HERE, "..", "..", "deploy", "grafana-dashboard.json")))
         exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
