@@ -401,14 +401,19 @@ def scenario_bad_contributions():
     cfg = run_config()
     cl = Cluster(BUILD, 3, cfg, tokens(), extra={1: {"fault": "nan"}, 2: {"fault": "wrong-hash"}})
     try:
+        def refused_of(st):
+            rs = st.get("last_round", {}).get("refused", [])
+            return " ".join(r if isinstance(r, str) else r.get("reason", "") for r in rs)
+
         cl.start_all()
         cl.wait_round(3)
-        st = cl.status()
+        # a node that joined late (a loaded machine) contributes from a later round: wait for a round
+        # where both faulty nodes took part
+        st = cl.wait("a round refusing both faulty nodes",
+                     lambda: (lambda s: s if s and "node-1" in refused_of(s) and "node-2" in refused_of(s) else None)(
+                         cl.status()), timeout=90)
         cl.stop_all()
-        refused = " ".join(st.get("last_round", {}).get("refused", []) if isinstance(
-            st.get("last_round", {}).get("refused"), list) and st["last_round"]["refused"] and isinstance(
-            st["last_round"]["refused"][0], str) else [r.get("reason", "") for r in st.get("last_round", {}).get(
-                "refused", [])])
+        refused = refused_of(st)
         log0 = cl.log(0)
         check(re.search(r"contribution of node-1 refused: .*NaN", log0) is not None,
               "a contribution with NaN is refused")
