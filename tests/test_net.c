@@ -484,6 +484,19 @@ START_TEST(test_refuse_revoked)
 }
 END_TEST
 
+/* tcp_listen_any listens on a free loopback port, returned in *port. */
+static int tcp_listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 1) == 0);
+    ck_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
 /* mute_server: a TLS 1.3 server (node-1's certificate) that completes each handshake and
  * then resets the connection without an alert, as a refusal looks to a client when the
  * alert and the reset arrive together. */
@@ -533,13 +546,7 @@ static void *mute_serve(void *arg)
 START_TEST(test_refusal_without_alert)
 {
     mute_server m = {0};
-    m.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    ck_assert(bind(m.fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(m.fd, 8) == 0);
-    ck_assert(getsockname(m.fd, (struct sockaddr *)&sa, &sl) == 0);
-    m.port = ntohs(sa.sin_port);
+    m.fd = tcp_listen_any(&m.port);
     ck_assert(pthread_create(&m.th, NULL, mute_serve, &m) == 0);
     char url[64];
     snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", m.port);
@@ -865,18 +872,6 @@ typedef struct tap {
     pthread_t th;
     uint64_t up, down; /* client -> server, server -> client (read after join) */
 } tap;
-
-static int tcp_listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 1) == 0);
-    ck_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
 
 static void *tap_main(void *arg)
 {

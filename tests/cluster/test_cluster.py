@@ -483,6 +483,12 @@ def scenario_blob_housekeeping():
         cl.cleanup()
 
 
+def head(path, n):
+    """The first n bytes of a file."""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def scenario_round_costs():
     """The counters each daemon reports (docs/counters.md), read back through
     spesctl status once a short run is complete and nothing moves but heartbeats."""
@@ -529,7 +535,7 @@ def scenario_round_costs():
             # a node that joined after round 0 (late on a loaded machine) also fetched the agreed state
             joins = cl.log(k).count("fetching the agreed state")
             state = max([os.path.getsize(p) for p in cl.blobs(k) if "." not in os.path.basename(p)
-                         and open(p, "rb").read(9) == b"SPESSTATE"] or [0])
+                         and head(p, 9) == b"SPESSTATE"] or [0])
             check(fetched > 0 and fetched <= got <= (fetched + joins * state) * 1.02 + 4096 * (1 + joins),
                   "%s received %d blob bytes: the %d bytes of the contributions it fetched%s plus framing"
                   % (m["name"], got, fetched, " and %d agreed state(s) of %d bytes" % (joins, state) if joins else ""))
