@@ -29,6 +29,88 @@ typedef struct call_ctx {
 
 static void drain(spes_node *n);
 
+/* ---- what the store keeps ---- */
+
+static int cmp_hash(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
+/* keep_blob is the blob store's keep hook (any thread): 1 for a blob the node still needs. */
+static int keep_blob(void *arg, const uint8_t hash[32])
+{
+    spes_node *n = arg;
+    pthread_mutex_lock(&n->keep_mu);
+    int hit = n->nkeep > 0 && bsearch(hash, n->keep, (size_t)n->nkeep, 32, cmp_hash) != NULL;
+    pthread_mutex_unlock(&n->keep_mu);
+    return hit;
+}
+
+/* job_hashes appends the blobs job j reads or writes to h (room for job_nhashes(j) more). */
+static int job_nhashes(const spes_node_job *j)
+{
+    return 1 + (j->kind == SPES_NODE_JOB_APPLY      ? j->u.apply.ncontrib
+                : j->kind == SPES_NODE_JOB_VALIDATE ? j->u.validate.n
+                                                    : 0);
+}
+
+static void job_hashes(const spes_node_job *j, uint8_t (*h)[32], int *m)
+{
+    switch (j->kind) {
+    case SPES_NODE_JOB_PREPARE: memcpy(h[(*m)++], j->u.prepare.hash, 32); break;
+    case SPES_NODE_JOB_APPLY:
+        for (int i = 0; i < j->u.apply.ncontrib; i++)
+            memcpy(h[(*m)++], j->u.apply.contribs[i].hash, 32);
+        break;
+    case SPES_NODE_JOB_VALIDATE:
+        for (int i = 0; i < j->u.validate.n; i++)
+            memcpy(h[(*m)++], j->u.validate.contribs[i].hash, 32);
+        break;
+    default: break;
+    }
+}
+
+/* keep_refresh (loop) sets what the store keeps: the blobs of the rounds the
+ * machine keeps (docs/node.md), the agreed state held, the contribution not yet
+ * applied, and the blobs of every job queued or running, extra included. */
+static void keep_refresh(spes_node *n, const spes_node_job *extra)
+{
+    const spes_node_sm *sm = &n->sm;
+    pthread_mutex_lock(&n->mu);
+    int cap = 2 + (extra ? job_nhashes(extra) : 0);
+    for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
+        cap += sm->kept[i].n;
+    for (node_task *t = n->jobs; t; t = t->next)
+        cap += job_nhashes(t->job);
+    if (n->running)
+        cap += job_nhashes(n->running->job);
+    uint8_t(*h)[32] = malloc((size_t)cap * 32);
+    int m = 0;
+    if (h) {
+        for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
+            for (int k = 0; k < sm->kept[i].n; k++)
+                memcpy(h[m++], sm->kept[i].hash[k], 32);
+        if (sm->have_state)
+            memcpy(h[m++], sm->hash, 32);
+        memcpy(h[m++], sm->pending_blob, 32);
+        for (node_task *t = n->jobs; t; t = t->next)
+            job_hashes(t->job, h, &m);
+        if (n->running)
+            job_hashes(n->running->job, h, &m);
+        if (extra)
+            job_hashes(extra, h, &m);
+        qsort(h, (size_t)m, 32, cmp_hash);
+    }
+    pthread_mutex_unlock(&n->mu);
+    if (!h)
+        return; /* out of memory: the last set stays */
+    pthread_mutex_lock(&n->keep_mu);
+    free(n->keep);
+    n->keep = h;
+    n->nkeep = m;
+    pthread_mutex_unlock(&n->keep_mu);
+}
+
 /* ---- the worker ---- */
 
 static void worker_done(void *arg);
@@ -46,9 +128,14 @@ static void *worker_main(void *arg)
         n->jobs = t->next;
         if (!n->jobs)
             n->jobs_tail = NULL;
+        n->running = t;
         pthread_mutex_unlock(&n->mu);
         node_run_job(n, t->job);
         node_publish_progress(n);
+        /* the store keeps the job's blobs until the loop has taken its result (keep_refresh) */
+        pthread_mutex_lock(&n->mu);
+        n->running = NULL;
+        pthread_mutex_unlock(&n->mu);
         if (spes_daemon_call_on_loop(n->d, worker_done, t) != 0)
             log_error("worker: cannot report a finished job");
         pthread_mutex_lock(&n->mu);
@@ -70,6 +157,7 @@ static void submit(spes_node *n, spes_node_job *j)
     t->n = n;
     t->job = j;
     j->rc = 0;
+    keep_refresh(n, j); /* before the worker can start it */
     pthread_mutex_lock(&n->mu);
     if (n->jobs_tail)
         n->jobs_tail->next = t;
@@ -193,6 +281,7 @@ static void drain(spes_node *n)
         spes_node_action_fini(&a);
     }
     n->draining = 0;
+    keep_refresh(n, NULL);
 }
 
 int spes_node_validate(spes_node *n, uint64_t round, int count, const uint8_t (*hashes)[32],
@@ -239,6 +328,7 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
         return SPES_ENOMEM;
     n->d = d;
     pthread_mutex_init(&n->mu, NULL);
+    pthread_mutex_init(&n->keep_mu, NULL);
     pthread_cond_init(&n->cv, NULL);
     spes_node_opts o = {
         .name = d->cfg.name,
@@ -259,6 +349,8 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
     spes_blob_store_opts bo;
     memset(&bo, 0, sizeof bo);
     bo.max_bytes = (uint64_t)d->cfg.blob_quota_mb << 20; /* docs/security.md: the store's quota */
+    bo.keep = keep_blob;                                 /* never what a round still needs */
+    bo.keep_arg = n;
     if (!rc)
         rc = spes_blob_store_open(&n->blobs, bdir, &bo);
     free(bdir);
@@ -333,6 +425,9 @@ void spes_node_free(spes_node *n)
     if (n->have_trainer)
         spes_trainer_fini(&n->tr);
     free(n->base);
+    free(n->norms);
+    free(n->keep);
+    pthread_mutex_destroy(&n->keep_mu);
     spes_outer_fini(&n->outer);
     spes_node_out_fini(&n->out);
     spes_node_sm_fini(&n->sm);

@@ -14,6 +14,7 @@
 #include "daemon/node.h"
 #include "node/node.h"
 #include "sync/outer.h"
+#include "sync/robust.h"
 #include "train/trainer.h"
 
 /* node_task is a job on its way to the worker and back to the loop. */
@@ -38,7 +39,12 @@ struct spes_node {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct node_task *jobs, *jobs_tail; /* [mu] queued jobs */
-    int quit;                           /* [mu] the worker ends */
+    struct node_task *running;          /* [mu] the job the worker runs, if any */
+    /* what the blob store's quota must never remove (docs/security.md, "Store quota") */
+    pthread_mutex_t keep_mu;
+    uint8_t (*keep)[32];        /* [keep_mu] (nkeep) sorted */
+    int nkeep;                  /* [keep_mu] */
+    int quit;                   /* [mu] the worker ends */
     atomic_int cancel;          /* [any] the running job ends early (set by the loop, read by the worker) */
     int prog_have_step;         /* [mu] the worker's progress, for heartbeats and status: */
     uint64_t prog_step;         /* [mu]   its trainer's step (when prog_have_step) */
@@ -48,6 +54,7 @@ struct spes_node {
     float *base;                /* [worker] (total) S_round */
     spes_outer outer; /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
     double loss, tps; /* [worker] the last training step's loss and tokens/s */
+    spes_norm_history *norms; /* [worker] what the norm bound remembers of earlier rounds (validation) */
 };
 
 /* node_run_job performs a job on the worker thread. */

@@ -28,6 +28,7 @@
 
 #define MAX_DELTA 1e4f       /* a contribution moving a weight further than this in one round is refused */
 #define SCALED_FAULT 1000.0f /* the "scaled" test fault multiplies each delta by this (within MAX_DELTA) */
+#define SCALED_LATE_ROUND 4  /* "scaled-late" is honest before this round, "scaled" from it on */
 
 static int fail(spes_node_job *j, int rc)
 {
@@ -332,7 +333,8 @@ static int job_train(spes_node *n, spes_node_job *j)
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
         log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)t->round);
     }
-    if (!strcmp(n->d->cfg.fault, "scaled")) {
+    if (!strcmp(n->d->cfg.fault, "scaled") ||
+        (!strcmp(n->d->cfg.fault, "scaled-late") && t->round >= SCALED_LATE_ROUND)) {
         /* fault injection for tests: every delta (shared block and columns) times SCALED_FAULT, kept
          * within the per-value bound so that only the norm bound or robust aggregation stop it */
         for (int g = -1; g < c.ncols; g++) {
@@ -421,11 +423,12 @@ static int job_validate(spes_node *n, spes_node_job *j)
     spes_delta_norms *nm = calloc((size_t)(v->n ? v->n : 1), sizeof *nm);
     int *held = calloc((size_t)(v->n ? v->n : 1), sizeof *held);
     int *was = malloc((size_t)(v->n ? v->n : 1) * sizeof *was);
-    for (int k = 0; (!nm || !held || !was) && k < v->n; k++) {
+    uint32_t *ids = malloc((size_t)(v->n ? v->n : 1) * sizeof *ids);
+    for (int k = 0; (!nm || !held || !was || !ids) && k < v->n; k++) {
         v->ok[k] = 0;
         snprintf(v->reasons[k], sizeof v->reasons[k], "validation: out of memory");
     }
-    if (!nm || !held || !was)
+    if (!nm || !held || !was || !ids)
         goto done;
     for (int k = 0; k < v->n; k++) {
         spes_contrib c;
@@ -447,8 +450,17 @@ static int job_validate(spes_node *n, spes_node_job *j)
     }
     memcpy(was, v->ok, (size_t)v->n * sizeof *was);
     log_norms(v, nm, was);
-    if (spes_norm_bound_check(nm, v->n, bound, NULL, v->ok, &v->reasons[0][0], sizeof v->reasons[0]) != 0)
+    for (int k = 0; k < v->n; k++)
+        ids[k] = v->contribs[k].node;
+    if (!n->norms && bound > 0 && !(n->norms = calloc(1, sizeof *n->norms)))
+        log_warnx("round %llu: no memory for the norm history: the round's bound only",
+                  (unsigned long long)v->round);
+    if (spes_norm_bound_check(nm, v->n, bound, n->norms, v->round, ids, NULL, v->ok, &v->reasons[0][0],
+                              sizeof v->reasons[0]) != 0)
         memcpy(v->ok, was, (size_t)v->n * sizeof *was); /* out of memory: no relative bound this round */
+    if (n->norms && bound > 0 && spes_norm_history_add(n->norms, v->round, nm, ids, v->ok, v->n) != 0)
+        log_warnx("round %llu: the norm history is not updated: %s", (unsigned long long)v->round,
+                  spes_errmsg());
     for (int k = 0; k < v->n; k++)
         if (was[k] && !v->ok[k]) {
             log_warnx("round %llu: %s: %s", (unsigned long long)v->round, j->peers[k].name, v->reasons[k]);
@@ -458,6 +470,7 @@ static int job_validate(spes_node *n, spes_node_job *j)
 done:
     for (int k = 0; nm && k < v->n; k++)
         spes_delta_norms_fini(&nm[k]);
+    free(ids);
     free(was);
     free(nm);
     free(held);

@@ -294,7 +294,8 @@ START_TEST(test_norm_bound_check)
     memset(why, 0, sizeof why);
     int ok[4] = {1, 1, 1, 1};
     /* shared median (0.9, 1.0, 1.2, 50) = 1.1, bound 11; columns median (1.5 2 2.2 2.5 40) = 2.2, bound 22 */
-    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, names, ok, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, 0, NULL, names, ok, &why[0][0], sizeof why[0]),
+                     0);
     ck_assert_int_eq(ok[0], 1);
     ck_assert_int_eq(ok[1], 0);
     ck_assert_int_eq(ok[2], 1);
@@ -312,21 +313,103 @@ START_TEST(test_norm_bound_check)
      * shared median is 1.2 (bound 12) and node-d is still refused; nobody else is */
     int ok2[4] = {0, 1, 1, 1};
     nm[1].col[1] = 3.0;
-    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, ok2, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, 0, NULL, NULL, ok2, &why[0][0], sizeof why[0]),
+                     0);
     ck_assert(!ok2[0] && ok2[1] && ok2[2] && !ok2[3]);
     ck_assert_ptr_eq(strstr(why[3], "the shared block"), why[3]); /* no names: no prefix */
     ck_assert_ptr_nonnull(strstr(why[3], "bound 12"));
     /* a bound of 2: shared bound 2.2, column bound 2 x median(1.5, 2, 2.2, 2.5, 3) = 4.4: only node-d is out */
     int ok3[4] = {1, 1, 1, 1};
-    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 2.0, names, ok3, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 2.0, NULL, 0, NULL, names, ok3, &why[0][0], sizeof why[0]),
+                     0);
     ck_assert(ok3[0] && ok3[1] && ok3[2] && !ok3[3]);
     /* fewer than 3 counted, or the bound off: no relative bound */
     int ok4[4] = {1, 0, 0, 1};
-    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, names, ok4, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, 0, NULL, names, ok4, &why[0][0], sizeof why[0]),
+                     0);
     ck_assert(ok4[0] && !ok4[1] && !ok4[2] && ok4[3]);
     int ok5[4] = {1, 1, 1, 1};
-    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 0.0, names, ok5, &why[0][0], sizeof why[0]), 0);
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 0.0, NULL, 0, NULL, names, ok5, &why[0][0], sizeof why[0]),
+                     0);
     ck_assert(ok5[0] && ok5[1] && ok5[2] && ok5[3]);
+}
+END_TEST
+
+/* the norm bound's memory: a round of fewer than 3 is bounded by recent rounds' medians, a member by
+ * its own recent norms, entries too old stop counting, and a round validated again replaces its entry */
+START_TEST(test_norm_history)
+{
+    spes_norm_history *h = calloc(1, sizeof *h);
+    ck_assert_ptr_nonnull(h);
+    int32_t c1[] = {1}, c2[] = {2}, c3[] = {3}, c4[] = {4};
+    double n1[] = {2.0}, n2[] = {2.4}, n3[] = {2.2}, n4[] = {2.2};
+    spes_delta_norms nm[] = {
+        {.shared = 1.0, .ncols = 1, .cols = c1, .col = n1},
+        {.shared = 1.2, .ncols = 1, .cols = c2, .col = n2},
+        {.shared = 5.0, .ncols = 1, .cols = c3, .col = n3},
+        {.shared = 5.0, .ncols = 1, .cols = c4, .col = n4},
+    };
+    uint32_t ids[] = {1, 2, 3, 4};
+    const char *names[] = {"node-1", "node-2", "node-3", "node-4"};
+    char why[4][256];
+    /* an empty history bounds nothing: two contributions pass whatever their norms */
+    nm[1].shared = 1e6;
+    int ok[4] = {1, 1, 0, 0};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 2, 10.0, h, 0, ids, names, ok, &why[0][0], sizeof why[0]), 0);
+    ck_assert(ok[0] && ok[1]);
+    nm[1].shared = 1.2;
+    for (uint64_t r = 0; r < 3; r++) { /* rounds 0-2 of two honest members: medians 1.1 and 2.2 */
+        int a[4] = {1, 1, 0, 0};
+        ck_assert_int_eq(spes_norm_bound_check(nm, 2, 10.0, h, r, ids, names, a, &why[0][0], sizeof why[0]),
+                         0);
+        ck_assert(a[0] && a[1]);
+        ck_assert_int_eq(spes_norm_history_add(h, r, nm, ids, a, 2), 0);
+        ck_assert_int_eq(spes_norm_history_add(h, r, nm, ids, a, 2), 0); /* validated again: one entry */
+    }
+    ck_assert_int_eq(h->n, 3);
+    /* round 3 with two: the shared bound is 10 x 1.1, the column bound 10 x 2.2 */
+    memset(why, 0, sizeof why);
+    nm[1].shared = 50.0;
+    int b[4] = {1, 1, 0, 0};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 2, 10.0, h, 3, ids, names, b, &why[0][0], sizeof why[0]), 0);
+    ck_assert(b[0] && !b[1]);
+    ck_assert_ptr_nonnull(
+        strstr(why[1], "node-2: the shared block's delta norm 50 exceeds the norm bound 11"));
+    ck_assert_ptr_nonnull(strstr(why[1], "recent rounds' medians"));
+    nm[1].shared = 1.2;
+    n1[0] = 30.0;
+    int c[4] = {1, 1, 0, 0};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 2, 10.0, h, 3, ids, names, c, &why[0][0], sizeof why[0]), 0);
+    ck_assert(!c[0] && c[1]);
+    ck_assert_ptr_nonnull(strstr(why[0], "column 1's delta norm 30 exceeds the norm bound 22"));
+    n1[0] = 2.0;
+    /* round 3 with four: the round's shared median is 5 (bound 50), but node-1's own median is 1 (bound 10) */
+    nm[0].shared = 12.0;
+    int d[4] = {1, 1, 1, 1};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, h, 3, ids, names, d, &why[0][0], sizeof why[0]), 0);
+    ck_assert(!d[0] && d[1] && d[2] && d[3]);
+    ck_assert_ptr_nonnull(
+        strstr(why[0], "node-1: the shared block's delta norm 12 exceeds the norm bound 10"));
+    ck_assert_ptr_nonnull(strstr(why[0], "its own recent shared-block norms"));
+    /* without a history (or ids) the same round passes: only the round's median bounds it */
+    int e[4] = {1, 1, 1, 1};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 4, 10.0, NULL, 3, NULL, names, e, &why[0][0], sizeof why[0]),
+                     0);
+    ck_assert(e[0] && e[1] && e[2] && e[3]);
+    /* 40 rounds on, rounds 0-2 are too old to count: two contributions are unbounded again */
+    nm[1].shared = 50.0;
+    int f[4] = {1, 1, 0, 0};
+    ck_assert_int_eq(spes_norm_bound_check(nm, 2, 10.0, h, 40, ids, names, f, &why[0][0], sizeof why[0]), 0);
+    ck_assert(f[0] && f[1]);
+    /* the refused stay out of the history: node-1's entry of round 3 is not added */
+    int g[4] = {0, 1, 1, 1};
+    nm[1].shared = 1.2;
+    ck_assert_int_eq(spes_norm_history_add(h, 3, nm, ids, g, 4), 0);
+    ck_assert_int_eq(h->n, 4);
+    for (int i = 0; i < SPES_NORM_HISTORY_MEMBERS; i++)
+        if (h->mem[i].used && h->mem[i].id == 1)
+            ck_assert_int_eq(h->mem[i].n, 3);
+    free(h);
 }
 END_TEST
 
@@ -591,6 +674,7 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_outer_nesterov);
     tcase_add_test(tc, test_digest2);
     tcase_add_test(tc, test_norm_bound_check);
+    tcase_add_test(tc, test_norm_history);
     tcase_add_test(tc, test_median_and_norm);
     tcase_add_test(tc, test_trimmed_mean);
     tcase_add_test(tc, test_clipped_mean);

@@ -71,7 +71,60 @@ void spes_delta_norms_fini(spes_delta_norms *nm)
     memset(nm, 0, sizeof *nm);
 }
 
-int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const char *const *names, int *ok,
+/* recent_median is the median of the entries of e (a ring of n) within
+ * SPES_NORM_HISTORY_ROUNDS of round, of the shared block (col 0) or of the
+ * columns (col 1, entries without columns skipped); -1 with fewer than
+ * SPES_NORM_HISTORY_MIN of them. */
+static double recent_median(const spes_norm_entry *e, int n, uint64_t round, int col)
+{
+    double x[SPES_NORM_HISTORY];
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        double v = col ? e[i].col : e[i].shared;
+        if (v >= 0 && e[i].round < round && round - e[i].round <= SPES_NORM_HISTORY_ROUNDS)
+            x[m++] = v;
+    }
+    return m >= SPES_NORM_HISTORY_MIN ? spes_median(x, m) : -1;
+}
+
+static const spes_norm_member *find_member(const spes_norm_history *h, uint32_t id)
+{
+    for (int i = 0; i < SPES_NORM_HISTORY_MEMBERS; i++)
+        if (h->mem[i].used && h->mem[i].id == id)
+            return &h->mem[i];
+    return NULL;
+}
+
+/* norm_limits is what one contribution is measured against: a bound per group
+ * (< 0: none) and the words that say where it came from. */
+typedef struct norm_limits {
+    double shared, col;
+    const char *shared_of, *col_of;
+} norm_limits;
+
+/* over refuses contribution k (ok[k] = 0, its reason written) when a group exceeds l. */
+static void over(const spes_delta_norms *nm, int k, const norm_limits *l, double bound, const char *who,
+                 int *ok, char *why, size_t reason_size)
+{
+    if (l->shared >= 0 && nm[k].shared > l->shared) {
+        ok[k] = 0;
+        snprintf(why, reason_size,
+                 "%sthe shared block's delta norm %.6g exceeds the norm bound %.6g (%g x %s %.6g)", who,
+                 nm[k].shared, l->shared, bound, l->shared_of, l->shared / bound);
+        return;
+    }
+    for (int j = 0; l->col >= 0 && j < nm[k].ncols; j++)
+        if (nm[k].col[j] > l->col) {
+            ok[k] = 0;
+            snprintf(why, reason_size,
+                     "%scolumn %d's delta norm %.6g exceeds the norm bound %.6g (%g x %s %.6g)", who,
+                     (int)nm[k].cols[j], nm[k].col[j], l->col, bound, l->col_of, l->col / bound);
+            return;
+        }
+}
+
+int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const spes_norm_history *h,
+                          uint64_t round, const uint32_t *ids, const char *const *names, int *ok,
                           char *reasons, size_t reason_size)
 {
     int counted = 0, ncol = 0;
@@ -80,7 +133,7 @@ int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const
             counted++;
             ncol += nm[k].ncols;
         }
-    if (bound <= 0 || counted < 3)
+    if (bound <= 0 || counted == 0)
         return 0;
     double *sh = malloc((size_t)counted * sizeof *sh),
            *co = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *co);
@@ -96,31 +149,104 @@ int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const
             for (int j = 0; j < nm[k].ncols; j++)
                 co[b++] = nm[k].col[j];
         }
-    double shared_bound = bound * spes_median(sh, counted), col_bound = bound * spes_median(co, ncol);
-    for (int k = 0; k < n; k++) { /* the bounds are fixed: refusing now moves no median */
-        if (!ok[k])
+    norm_limits run = {-1, -1, "the round's median", "the round's median column norm"};
+    if (counted >= 3) {
+        run.shared = bound * spes_median(sh, counted);
+        run.col = ncol ? bound * spes_median(co, ncol) : -1;
+    } else if (h && ids) {
+        double ms = recent_median(h->run, h->n, round, 0), mc = recent_median(h->run, h->n, round, 1);
+        run = (norm_limits){ms >= 0 ? bound * ms : -1, mc >= 0 ? bound * mc : -1,
+                            "the median of recent rounds' medians",
+                            "the median of recent rounds' column medians"};
+    }
+    /* the bounds are fixed before anyone is refused: refusing moves no median */
+    int *was = malloc((size_t)n * sizeof *was);
+    if (!was) {
+        free(sh);
+        free(co);
+        return SPES_ENOMEM;
+    }
+    memcpy(was, ok, (size_t)n * sizeof *was);
+    for (int k = 0; k < n; k++) {
+        if (!was[k])
             continue;
         char who[80] = "";
         if (names && names[k] && names[k][0])
             snprintf(who, sizeof who, "%.64s: ", names[k]);
         char *why = reasons + (size_t)k * reason_size;
-        if (nm[k].shared > shared_bound) {
-            ok[k] = 0;
-            snprintf(why, reason_size,
-                     "%sthe shared block's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
-                     "median %.6g)",
-                     who, nm[k].shared, shared_bound, bound, shared_bound / bound);
-            continue;
+        over(nm, k, &run, bound, who, ok, why, reason_size);
+        const spes_norm_member *m = h && ids && ok[k] ? find_member(h, ids[k]) : NULL;
+        if (m) {
+            double ms = recent_median(m->e, m->n, round, 0), mc = recent_median(m->e, m->n, round, 1);
+            norm_limits own = {ms >= 0 ? bound * ms : -1, mc >= 0 ? bound * mc : -1,
+                               "the median of its own recent shared-block norms",
+                               "the median of its own recent column norms"};
+            over(nm, k, &own, bound, who, ok, why, reason_size);
         }
-        for (int j = 0; j < nm[k].ncols && ok[k]; j++)
-            if (nm[k].col[j] > col_bound) {
-                ok[k] = 0;
-                snprintf(why, reason_size,
-                         "%scolumn %d's delta norm %.6g exceeds the norm bound %.6g (%g x the round's "
-                         "median column norm %.6g)",
-                         who, (int)nm[k].cols[j], nm[k].col[j], col_bound, bound, col_bound / bound);
-            }
     }
+    free(was);
+    free(sh);
+    free(co);
+    return 0;
+}
+
+/* ring_add appends v, or replaces the newest entry when it is of the same round (a round validated again) */
+static void ring_add(spes_norm_entry *e, int *n, int *next, spes_norm_entry v)
+{
+    int last = (*next + SPES_NORM_HISTORY - 1) % SPES_NORM_HISTORY;
+    if (*n > 0 && e[last].round == v.round) {
+        e[last] = v;
+        return;
+    }
+    e[*next] = v;
+    *next = (*next + 1) % SPES_NORM_HISTORY;
+    if (*n < SPES_NORM_HISTORY)
+        (*n)++;
+}
+
+int spes_norm_history_add(spes_norm_history *h, uint64_t round, const spes_delta_norms *nm,
+                          const uint32_t *ids, const int *ok, int n)
+{
+    int counted = 0, ncol = 0;
+    for (int k = 0; k < n; k++)
+        if (ok[k]) {
+            counted++;
+            ncol += nm[k].ncols;
+        }
+    if (!counted)
+        return 0;
+    double *sh = malloc((size_t)counted * sizeof *sh),
+           *co = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *co);
+    if (!sh || !co) {
+        free(sh);
+        free(co);
+        return SPES_ENOMEM;
+    }
+    int a = 0, b = 0;
+    for (int k = 0; k < n; k++) {
+        if (!ok[k])
+            continue;
+        sh[a++] = nm[k].shared;
+        int c0 = b;
+        for (int j = 0; j < nm[k].ncols; j++)
+            co[b++] = nm[k].col[j];
+        /* sorting this member's slice in place leaves the round's median below unchanged */
+        spes_norm_entry v = {round, nm[k].shared, nm[k].ncols ? spes_median(co + c0, nm[k].ncols) : -1};
+        spes_norm_member *slot = (spes_norm_member *)find_member(h, ids[k]);
+        if (!slot) { /* a free slot, else the member seen longest ago */
+            slot = &h->mem[0];
+            for (int i = 0; i < SPES_NORM_HISTORY_MEMBERS && slot->used; i++)
+                if (!h->mem[i].used || h->mem[i].seen < slot->seen)
+                    slot = &h->mem[i];
+            memset(slot, 0, sizeof *slot);
+            slot->used = 1;
+            slot->id = ids[k];
+        }
+        slot->seen = round;
+        ring_add(slot->e, &slot->n, &slot->next, v);
+    }
+    spes_norm_entry r = {round, spes_median(sh, counted), ncol ? spes_median(co, ncol) : -1};
+    ring_add(h->run, &h->n, &h->next, r);
     free(sh);
     free(co);
     return 0;

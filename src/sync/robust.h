@@ -4,7 +4,10 @@
  * and each column it carries. The robust aggregation modes replace the mean
  * delta of spes_aggregate by a coordinate-wise trimmed mean or by the mean of
  * deltas clipped to a multiple of the round's median norm. Pure computation,
- * deterministic to the bit: every node computes the same state. See
+ * deterministic to the bit: every node computes the same state. The norm
+ * bound also remembers recent rounds (spes_norm_history), so a round with
+ * fewer than 3 contributions, and a member that jumps above its own past, are
+ * bounded too. See
  * docs/design.md ("Robust aggregation"). */
 #ifndef SPES_SYNC_ROBUST_H
 #define SPES_SYNC_ROBUST_H
@@ -58,16 +61,63 @@ int spes_delta_norms_of(spes_delta_norms *nm, const spes_contrib *c, const float
 /* spes_delta_norms_fini frees what nm owns. */
 void spes_delta_norms_fini(spes_delta_norms *nm);
 
+#define SPES_NORM_HISTORY 16          /* entries a norm history keeps: the run's, and each member's */
+#define SPES_NORM_HISTORY_ROUNDS 32   /* an entry older than this many rounds no longer counts */
+#define SPES_NORM_HISTORY_MEMBERS 256 /* members remembered; the one seen longest ago makes room */
+#define SPES_NORM_HISTORY_MIN 3       /* entries a history bound needs before it acts */
+
+/* spes_norm_entry is one round's norms: of the shared block and of the
+ * columns (col < 0: no column carried). */
+typedef struct spes_norm_entry {
+    uint64_t round;
+    double shared, col;
+} spes_norm_entry;
+
+/* spes_norm_member is one member's accepted contributions, newest last (a ring). */
+typedef struct spes_norm_member {
+    uint32_t id;
+    int used, n, next;
+    uint64_t seen; /* the newest round recorded */
+    spes_norm_entry e[SPES_NORM_HISTORY];
+} spes_norm_member;
+
+/* spes_norm_history is what the norm bound remembers of earlier rounds: the
+ * medians of each round's accepted contributions (the run's history), and
+ * each member's own norms (its shared block's, and the median of its
+ * columns'). Zeroed memory is an empty history. */
+typedef struct spes_norm_history {
+    int n, next;
+    spes_norm_entry run[SPES_NORM_HISTORY];
+    spes_norm_member mem[SPES_NORM_HISTORY_MEMBERS];
+} spes_norm_history;
+
 /* spes_norm_bound_check decides the norm bound for a round's n contributions
- * (nm[k]; those with ok[k] == 0 on entry are left out of every median and
- * stay refused). With at least 3 counted and bound > 0, contribution k is
- * refused (ok[k] = 0) when its shared-block norm exceeds bound x the median of
- * the counted shared-block norms, or one of its column norms exceeds bound x
- * the median over every column carried by the counted contributions; its
- * reason (reasons + k * reason_size) then names the group, the norm and the
- * bound, after "names[k]: " when names is given. SPES_ENOMEM is the only error. */
-int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const char *const *names, int *ok,
+ * (nm[k], by member ids[k]; those with ok[k] == 0 on entry are left out of
+ * every median and stay refused), with bound > 0 (0: no check):
+ * - the round: with at least 3 counted, contribution k is refused (ok[k] = 0)
+ *   when its shared-block norm exceeds bound x the median of the counted
+ *   shared-block norms, or one of its column norms exceeds bound x the median
+ *   over every column carried by the counted contributions;
+ * - the run's history (h and ids given): with fewer than 3 counted, the same
+ *   against bound x the median of the medians of the history's recent rounds
+ *   (at least SPES_NORM_HISTORY_MIN of them, within SPES_NORM_HISTORY_ROUNDS
+ *   of round);
+ * - the member's own history (h and ids given): its shared-block norm against
+ *   bound x the median of its own recent accepted shared-block norms, its
+ *   column norms against bound x the median of its own recent column medians
+ *   (at least SPES_NORM_HISTORY_MIN recent entries each).
+ * A refusal's reason (reasons + k * reason_size) names the group, the norm, the
+ * bound and what it was measured against, after "names[k]: " when names is
+ * given. SPES_ENOMEM is the only error. */
+int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const spes_norm_history *h,
+                          uint64_t round, const uint32_t *ids, const char *const *names, int *ok,
                           char *reasons, size_t reason_size);
+
+/* spes_norm_history_add records round's accepted contributions (ok[k] != 0)
+ * in h: the medians of their groups as the run's entry, and each one's norms
+ * in its member's entries. SPES_ENOMEM is the only error. */
+int spes_norm_history_add(spes_norm_history *h, uint64_t round, const spes_delta_norms *nm,
+                          const uint32_t *ids, const int *ok, int n);
 
 /* spes_aggregate_robust turns S_r (params, in place) into S_{r+1} as
  * spes_aggregate_outer does, with the round's delta per segment formed by

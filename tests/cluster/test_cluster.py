@@ -481,6 +481,29 @@ def scenario_blob_housekeeping():
               "old rounds' blobs are deleted: the store keeps the last rounds only (states %s)" % sorted(states))
     finally:
         cl.cleanup()
+    # a quota below one round's blobs (a 3 MB state and two 1.8 MB contributions): the store removes
+    # what no round needs, never what the kept rounds need, and says it is over its quota
+    cfg = run_config()
+    cfg["model"].update(hidden_size=128, intermediate_size=192)
+    cl = Cluster(BUILD, 2, cfg, tokens(), extra={k: {"blob_quota_mb": 4} for k in range(2)})
+    try:
+        cl.start_all()
+        cl.wait_round(7)
+        late = cl.wait_applied([0, 1], 6)
+        cl.stop_all()
+        a = [cl.applied(k) for k in range(2)]
+        check(late and all(a[0][x] == a[1][x] for x in late), "quota 4 MiB: both nodes agree (rounds %s)" % late)
+        for k in range(2):
+            states, contribs = states_and_contribs(cl, k)
+            size = sum(os.path.getsize(p) for p in cl.blobs(k))
+            check(3 <= len(states) <= 4 and max(states) >= 6,
+                  "node-%d keeps the states of the last rounds over its quota (%s, %.1f MB on disk)"
+                  % (k, sorted(states), size / 1e6))
+            check(len([r for r in contribs if r >= max(states) - 3]) >= 2,
+                  "node-%d keeps the last rounds' contributions (rounds %s)" % (k, sorted(contribs)))
+        check("over its limit" in cl.log(0), "the store warns that it is over its quota")
+    finally:
+        cl.cleanup()
 
 
 def head(path, n):
@@ -669,7 +692,8 @@ def scenario_poisoning():
     """A member whose deltas are 1000 times an honest one's (fault "scaled", within the per-value
     bound): the norm bound refuses it, names it in status, and the run goes on with every node
     agreeing; with the bound off and spes.aggregation trimmed_mean, each shared coordinate of
-    S_{r+1} is the median of the three deltas (numpy, bit for bit), between the honest ones."""
+    S_{r+1} is the median of the three deltas (numpy, bit for bit), between the honest ones. With
+    two members, one honest for 4 rounds and then scaled, the run's history bounds it."""
     cfg = run_config()
     cl = Cluster(BUILD, 3, cfg, tokens(), extra={2: {"fault": "scaled"}})
     try:
@@ -721,6 +745,23 @@ def scenario_poisoning():
               % (ratio, len(rounds)))
         check(len(rounds) >= 3 and exact, "each shared coordinate moved by the median of the three deltas, bit for bit")
         check(len(rounds) >= 3 and bounded, "every shared coordinate moved no further than an honest delta")
+    finally:
+        cl.cleanup()
+    # two members: no round median to measure against, so the run's recent rounds bound the round
+    cfg = run_config()
+    cl = Cluster(BUILD, 2, cfg, tokens(), extra={1: {"fault": "scaled-late"}})
+    try:
+        cl.start_all()
+        late = cl.wait_applied([0, 1], 6)
+        cl.stop_all()
+        log0 = cl.log(0)
+        why = re.findall(r"round (\d+): contribution of node-1 refused: (.*)", log0)
+        check(why and all(int(r) >= 4 and "recent rounds' medians" in w for r, w in why),
+              "with two members the history bound refuses node-1 from round 4 on: %s" % (why[:2],))
+        honest = re.findall(r"round ([0-3]) committed: 2 contribution", log0)
+        check(len(honest) >= 2, "node-1's honest rounds before 4 counted (%s)" % honest)
+        a = [cl.applied(k) for k in range(2)]
+        check(late and all(a[0][x] == a[1][x] for x in late), "both nodes agree (rounds %s)" % late)
     finally:
         cl.cleanup()
 

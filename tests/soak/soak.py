@@ -8,7 +8,10 @@ Faults, one at a time, each followed by a pause (the run must go on between them
   clock-step   a daemon's wall clock steps an hour back or forward (stays until the next step);
   slow-reader  a member certificate ('mallory') asks a daemon for 20 chunks and never reads;
   idle-conns   40 TCP connections that send nothing and 5 half TLS handshakes, held 8 s;
-  big-request  2 connections that each announce a 256 MiB request and send 4 MiB of it.
+  big-request  2 connections that each announce a 256 MiB request and send 4 MiB of it;
+  poison       a member ('node-N', one more than the run's nodes, daemon fault "scaled") joins and
+               sends contributions whose deltas are 1000 times an honest one's for 10-20 s, then
+               leaves: the norm bound must refuse every one of them.
 (Link cuts and loss need the WAN lab, which needs root and network namespaces: not here.)
 
 Invariants, checked continuously and at the end:
@@ -18,7 +21,10 @@ Invariants, checked continuously and at the end:
   progress     the run commits a round within every 90 s window after a fault;
   bounded      the RSS and the open descriptors of every daemon stay bounded (RSS under 3x its
                first sample plus 64 MiB, descriptors under 256);
-  checkpoints  a checkpoint taken during the soak exports and loads (`spesd eval`).
+  checkpoints  a checkpoint taken during the soak exports and loads (`spesd eval`);
+  no poison    no contribution of the poisoning member is committed: the coordinator refuses each
+               one it hears of, and every honest node's training loss stays below 8 (a byte model's
+               loss starts near 5.5; one poisoned round sends it into the hundreds).
 
 usage: soak.py BUILD_DIR [--seconds S] [--seed N] [--nodes N] [--report FILE]
 The short version runs in CI (ctest chaos_soak, 150 s); the long one by hand, e.g.
@@ -74,11 +80,15 @@ def fds(pid):
 class Soak:
     def __init__(self, n, rng):
         self.rng = rng
+        self.honest = n  # nodes 0 .. n-1; node n is the poisoning member, up only during a poison fault
         cfg = run_config(sync=5)
         cfg["train"]["max_steps"] = 10 ** 6  # the run outlasts any soak
-        extra = {k: {"failure_timeout_ms": 6000, "round_deadline_ms": 15000} for k in range(n)}
-        self.cl = Cluster(args.build, n, cfg, tokens(), prefix="spes-soak-", extra=extra)
+        extra = {k: {"failure_timeout_ms": 6000, "round_deadline_ms": 15000} for k in range(n + 1)}
+        extra[n]["fault"] = "scaled"
+        self.cl = Cluster(args.build, n + 1, cfg, tokens(), min_nodes=n, prefix="spes-soak-", extra=extra)
         cl = self.cl
+        self.poison_rounds = set()  # rounds whose contribution of the poisoner the coordinator refused
+        self.poisoned = set()  # honest members seen training at a poisoned loss
         subprocess.run([cl.spesctl, "cert", "issue", "mallory", "--role", "node", "--ca", cl.path("pki"),
                         "--out", cl.path("pki")], check=True, capture_output=True)
         self.trigger = {k: cl.path("stall-%d" % k) for k in range(n)}
@@ -112,6 +122,11 @@ class Soak:
             r = st.get("round", -1)
             if r < self.max_round:
                 check(False, "no loss: the coordinator's round went back from %d to %d" % (self.max_round, r))
+            for m in st.get("members", []):
+                loss = m.get("loss") or 0
+                if m.get("name") != "node-%d" % self.honest and loss > 8 and m["name"] not in self.poisoned:
+                    self.poisoned.add(m["name"])
+                    check(False, "no poison: %s trains at loss %.1f (round %d)" % (m["name"], loss, r))
             if r > self.max_round:
                 self.max_round = r
                 self.longest_gap = max(self.longest_gap, time.time() - self.last_progress)
@@ -145,7 +160,7 @@ class Soak:
         self.cl.start(k)
 
     def kill_node(self):
-        k = self.rng.randrange(1, self.cl.n)
+        k = self.rng.randrange(1, self.honest)
         self.cl.kill(k)
         self.restart_later(k)
         return "node-%d" % k
@@ -156,14 +171,14 @@ class Soak:
         return "node-0"
 
     def stall_disk(self):
-        k = self.rng.randrange(self.cl.n)
+        k = self.rng.randrange(self.honest)
         ms = self.rng.randint(1500, 3000)
         with open(self.trigger[k], "w") as f:
             f.write(str(ms))
         return "node-%d, %d ms" % (k, ms)
 
     def clock_step(self):
-        k = self.rng.randrange(self.cl.n)
+        k = self.rng.randrange(self.honest)
         step = self.rng.choice([-3600, 3600, 0])
         with open(self.clock[k] + ".tmp", "w") as f:
             f.write(str(step))
@@ -171,7 +186,7 @@ class Soak:
         return "node-%d, %+d s" % (k, step)
 
     def attacker(self):
-        k = self.rng.randrange(self.cl.n)
+        k = self.rng.randrange(self.honest)
         return k, Attacker(self.cl, self.cl.ports[k])
 
     def slow_reader(self):
@@ -223,7 +238,23 @@ class Soak:
             t.close()
         return "node-%d" % k
 
-    FAULTS = ("kill_node", "kill_coord", "stall_disk", "clock_step", "slow_reader", "idle_conns", "big_request")
+    def refused_poison(self):
+        """The rounds in which the coordinator refused the poisoner's contribution, across its restarts."""
+        me = "node-%d" % self.honest
+        return {int(r) for r in re.findall(r"round (\d+): contribution of %s refused: " % me, self.cl.log(0))}
+
+    def poison(self):
+        k = self.honest
+        before = self.refused_poison()
+        self.cl.start(k)
+        self.pause(self.rng.uniform(10, 20))
+        self.cl.kill(k, signal.SIGTERM)  # it leaves; its columns are dealt again
+        got = self.refused_poison() - before
+        self.poison_rounds |= got
+        return "node-%d, %d contribution(s) refused" % (k, len(got))
+
+    FAULTS = ("kill_node", "kill_coord", "stall_disk", "clock_step", "slow_reader", "idle_conns", "big_request",
+              "poison")
 
     def take_checkpoint(self):
         try:
@@ -236,7 +267,8 @@ class Soak:
 
     def run(self, seconds):
         cl = self.cl
-        cl.start_all()
+        for k in range(self.honest):
+            cl.start(k)
         cl.wait_round(2, timeout=120)
         self.last_progress = time.time()
         self.observe()
@@ -252,18 +284,18 @@ class Soak:
             self.pause(self.rng.uniform(2, 6))
             if n % 8 == 4:
                 self.take_checkpoint()
-        # the end: every daemon up, the run goes on, then the checks
-        for k in range(cl.n):
+        # the end: every honest daemon up, the run goes on, then the checks
+        for k in range(self.honest):
             if k not in cl.procs or cl.procs[k].poll() is not None:
                 cl.start(k)
-        for k in range(cl.n):
+        for k in range(self.honest):
             try:
                 os.unlink(self.clock[k])
             except FileNotFoundError:
                 pass
         r_end = self.max_round
         try:
-            late = cl.wait_applied(list(range(cl.n)), r_end + 1, timeout=120)
+            late = cl.wait_applied(list(range(self.honest)), r_end + 1, timeout=120)
         except TimeoutError:
             late = None
         self.observe()
@@ -287,6 +319,10 @@ def main():
                                "for a round %.1f s)" % (s.max_round, s.longest_gap))
         check(s.worst["fds"] <= 256, "bounded: at most %d descriptors, %d KiB RSS in any daemon" %
               (s.worst["fds"], s.worst["rss_kb"]))
+        if s.injected.get("poison"):
+            check(s.poison_rounds and not s.poisoned,
+                  "no poison: the coordinator refused the poisoner's contribution in %d round(s), and no honest "
+                  "node's loss went above 8" % len(s.poison_rounds))
         if s.checkpoint:
             out = s.cl.path("export")
             p = s.cl.ctl("checkpoint", "export", s.checkpoint, "--out", out, check=False)
@@ -299,7 +335,7 @@ def main():
         report = {"seed": args.seed, "nodes": args.nodes, "seconds": round(time.time() - t0, 1),
                   "faults_injected": n, "faults_by_kind": s.injected, "rounds": s.max_round,
                   "rounds_checked": len(seen), "longest_gap_s": round(s.longest_gap, 1), "max_rss_kb": s.worst["rss_kb"], "max_fds": s.worst["fds"],
-                  "checkpoint": s.checkpoint, "failures": failures}
+                  "checkpoint": s.checkpoint, "poison_refused": len(s.poison_rounds), "failures": failures}
     finally:
         keep = bool(failures)
         s.cl.cleanup(keep=keep)
