@@ -4,6 +4,12 @@ A Cluster makes a run CA and certificates with spesctl, writes one daemon
 config per node (fresh ports, its own state directory), starts and kills
 daemons, and reads what they did: logs, `spesctl status --json`, and the
 blobs in each node's content-addressed store.
+
+With wan=(PROFILE, RELAY) every daemon runs in a network namespace of its
+own behind spes-wanrelay (the WAN lab, docs/wan-lab.md; root only): node K
+is reached at 10.A.K.2:7600, the links follow PROFILE, and set_links()
+changes them while the run goes on (the relay reads its profile again on
+SIGHUP). spesctl still reaches every daemon through its control socket.
 """
 import glob
 import json
@@ -32,7 +38,7 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None):
+    def __init__(self, build, n, run, data_tokens, min_nodes=None, prefix="spes-cluster-", extra=None, wan=None):
         self.build = build
         self.env = {}  # node -> extra environment variables for its daemon (set before start)
         self.spesd = os.path.join(build, "daemon", "spesd")
@@ -40,7 +46,13 @@ class Cluster:
         self.dir = tempfile.mkdtemp(prefix=prefix)
         self.n = n
         self.procs = {}
-        self.ports = {k: free_port() for k in range(n)}
+        self.relay = None
+        self.netns = []
+        if wan:
+            self.wan_up(*wan)
+            self.ports = {k: 7600 for k in range(n)}
+        else:
+            self.ports = {k: free_port() for k in range(n)}
         self.run_cfg = run
         with open(self.path("run.json"), "w") as f:
             json.dump(run, f)
@@ -51,13 +63,15 @@ class Cluster:
             ctl("cert", "issue", "node-%d" % k, "--role", "node", "--ca", self.path("pki"), "--out", self.path("pki"))
         ctl("cert", "issue", "operator", "--role", "operator", "--ca", self.path("pki"), "--out", self.path("pki"))
         for k in range(n):
-            cfg = {"name": "node-%d" % k, "listen": self.url(k),
+            cfg = {"name": "node-%d" % k, "listen": self.url(k) if k == 0 or not wan else "tls+tcp://0.0.0.0:7600",
                    "coordinator": "" if k == 0 else self.url(0), "coordinator_name": "node-0",
                    "ca": self.path("pki/ca.crt"), "cert": self.path("pki/node-%d.crt" % k),
                    "key": self.path("pki/node-%d.key" % k), "run_config": self.path("run.json"),
                    "data": self.path("data.bin"), "data_parts": n, "state_dir": self.path("node-%d" % k),
                    "threads": 1, "heartbeat_ms": 200, "failure_timeout_ms": 2500, "round_deadline_ms": 8000,
                    "min_nodes": min_nodes or n}
+            if wan:
+                cfg["advertise"] = self.url(k)  # workers bind every address of their namespace
             cfg.update((extra or {}).get(k, {}))
             with open(self.path("node-%d.json" % k), "w") as f:
                 json.dump(cfg, f)
@@ -66,13 +80,52 @@ class Cluster:
         return os.path.join(self.dir, p)
 
     def url(self, k):
+        if self.netns:
+            return "tls+tcp://10.%d.%d.2:7600" % (self.net, k)
         return "tls+tcp://127.0.0.1:%d" % self.ports[k]
+
+    # ---- the WAN lab ----
+    def wan_up(self, profile, relay):
+        self.net = 128 + os.getpid() % 64  # local-cluster's labs take 64..127, test_wanrelay 200
+        self.netns = ["spes-c%d-%d" % (os.getpid(), k) for k in range(self.n)]
+        self.profile = self.path("wan.json")
+        shutil.copy(profile, self.profile)
+        for ns in self.netns:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        log = open(self.path("wanrelay.log"), "w")
+        self.relay = subprocess.Popen([relay, "--profile", self.profile, "--netns", ",".join(self.netns), "--net",
+                                       str(self.net), "--stats", self.path("wan-stats.json"), "--rt", "10"],
+                                      stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.relay.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError("spes-wanrelay: %s %s" % (line, open(self.path("wanrelay.log")).read()))
+
+    def set_links(self, profile):
+        """Gives the lab's links a new profile (a dict) at once; returns the relay's answer."""
+        with open(self.profile + ".tmp", "w") as f:
+            json.dump(profile, f)
+        os.rename(self.profile + ".tmp", self.profile)
+        self.relay.send_signal(signal.SIGHUP)
+        return self.relay.stdout.readline().strip()
+
+    def wan_down(self):
+        if self.relay:
+            self.relay.send_signal(signal.SIGTERM)
+            try:
+                self.relay.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.relay.kill()
+                self.relay.communicate()
+            self.relay = None
+        for ns in self.netns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def start(self, k):
         out = open(self.path("node-%d.out" % k), "a")
         err = open(self.path("node-%d.log" % k), "a")
         env = dict(os.environ, **self.env[k]) if k in self.env else None
-        self.procs[k] = subprocess.Popen([self.spesd, "run", "--config", self.path("node-%d.json" % k)],
+        inside = ["ip", "netns", "exec", self.netns[k]] if self.netns else []  # it execs: the pid is spesd's
+        self.procs[k] = subprocess.Popen(inside + [self.spesd, "run", "--config", self.path("node-%d.json" % k)],
                                          stdout=out, stderr=err, env=env)
 
     def start_all(self):
@@ -97,6 +150,7 @@ class Cluster:
 
     def cleanup(self, keep=False):
         self.stop_all(signal.SIGKILL)
+        self.wan_down()
         global LAST_WARNINGS
         LAST_WARNINGS = self.warnings()
         if not keep and not os.environ.get("SPES_KEEP_CLUSTER"):

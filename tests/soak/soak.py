@@ -12,7 +12,11 @@ Faults, one at a time, each followed by a pause (the run must go on between them
   poison       a member ('node-N', one more than the run's nodes, daemon fault "scaled") joins and
                sends contributions whose deltas are 1000 times an honest one's for 10-20 s, then
                leaves: the norm bound must refuse every one of them.
-(Link cuts and loss need the WAN lab, which needs root and network namespaces: not here.)
+With --wan PROFILE (root: network namespaces and TUN devices) every daemon runs in the WAN lab
+(docs/wan-lab.md) on PROFILE's links, and the faults that need the loopback address (slow-reader,
+idle-conns, big-request: an attacker on the host cannot reach the lab) give way to the links':
+  link-cut     a node's link loses every packet for 3-15 s (the coordinator's too), then mends;
+  link-loss    a node's link loses 5-20 % of its packets each way for 10-20 s.
 
 Invariants, checked continuously and at the end:
   agreement    every round applied by several daemons has one state digest (read from every log,
@@ -26,8 +30,9 @@ Invariants, checked continuously and at the end:
                one it hears of, and every honest node's training loss stays below 8 (a byte model's
                loss starts near 5.5; one poisoned round sends it into the hundreds).
 
-usage: soak.py BUILD_DIR [--seconds S] [--seed N] [--nodes N] [--report FILE]
-The short version runs in CI (ctest chaos_soak, 150 s); the long one by hand, e.g.
+usage: soak.py BUILD_DIR [--seconds S] [--seed N] [--nodes N] [--report FILE] [--wan PROFILE]
+The short versions run in CI (ctest chaos_soak and, where namespaces work, chaos_soak_wan: 120 s
+each); the long one by hand, e.g.
   python3 tests/soak/soak.py build --seconds 1800 --report soak-report.json
 Prints one line per fault and per check, then a report; exit 1 if an invariant broke.
 """
@@ -53,6 +58,7 @@ ap.add_argument("--seconds", type=float, default=150)
 ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
 ap.add_argument("--nodes", type=int, default=3)
 ap.add_argument("--report", default="")
+ap.add_argument("--wan", default="", help="run in the WAN lab on this profile (root)")
 args = ap.parse_args()
 sys.argv = [sys.argv[0], args.build]  # test_cluster and test_hostile read BUILD from argv
 
@@ -85,7 +91,12 @@ class Soak:
         cfg["train"]["max_steps"] = 10 ** 6  # the run outlasts any soak
         extra = {k: {"failure_timeout_ms": 6000, "round_deadline_ms": 15000} for k in range(n + 1)}
         extra[n]["fault"] = "scaled"
-        self.cl = Cluster(args.build, n + 1, cfg, tokens(), min_nodes=n, prefix="spes-soak-", extra=extra)
+        wan = None
+        if args.wan:
+            with open(args.wan) as f:
+                self.profile = json.load(f)
+            wan = (args.wan, os.path.join(args.build, "tests", "wan", "spes-wanrelay"))
+        self.cl = Cluster(args.build, n + 1, cfg, tokens(), min_nodes=n, prefix="spes-soak-", extra=extra, wan=wan)
         cl = self.cl
         self.poison_rounds = set()  # rounds whose contribution of the poisoner the coordinator refused
         self.poisoned = set()  # honest members seen training at a poisoned loss
@@ -253,8 +264,33 @@ class Soak:
         self.poison_rounds |= got
         return "node-%d, %d contribution(s) refused" % (k, len(got))
 
+    def links(self, k, link, seconds):
+        """Gives node k's link the fields of link for seconds (the rest of the profile unchanged)."""
+        bad = json.loads(json.dumps(self.profile))
+        bad.setdefault("nodes", {}).setdefault(str(k), {}).update(link)
+        answer = self.cl.set_links(bad)
+        if not answer.startswith("reloaded"):
+            check(False, "the relay takes the changed profile: " + answer)
+        self.pause(seconds)
+        answer = self.cl.set_links(self.profile)
+        if not answer.startswith("reloaded"):
+            check(False, "the relay takes the profile back: " + answer)
+
+    def link_cut(self):
+        k = self.rng.randrange(self.honest)
+        t = self.rng.uniform(3, 15)
+        self.links(k, {"loss": 1}, t)
+        return "node-%d, %.1f s" % (k, t)
+
+    def link_loss(self):
+        k = self.rng.randrange(self.honest)
+        loss, t = self.rng.uniform(0.05, 0.2), self.rng.uniform(10, 20)
+        self.links(k, {"loss": round(loss, 3), "burst_len": 0}, t)
+        return "node-%d, %.0f %% for %.1f s" % (k, 100 * loss, t)
+
     FAULTS = ("kill_node", "kill_coord", "stall_disk", "clock_step", "slow_reader", "idle_conns", "big_request",
               "poison")
+    WAN_FAULTS = ("kill_node", "kill_coord", "stall_disk", "clock_step", "poison", "link_cut", "link_loss")
 
     def take_checkpoint(self):
         try:
@@ -275,7 +311,7 @@ class Soak:
         t0 = time.time()
         n = 0
         while time.time() - t0 < seconds:
-            kind = self.rng.choice(self.FAULTS)
+            kind = self.rng.choice(self.WAN_FAULTS if args.wan else self.FAULTS)
             what = getattr(self, kind)()
             self.injected[kind] = self.injected.get(kind, 0) + 1
             n += 1
@@ -302,9 +338,27 @@ class Soak:
         return n, late
 
 
+def wan_possible():
+    """Why the WAN lab cannot run here (None when it can)."""
+    if os.geteuid() != 0:
+        return "the WAN lab needs root (network namespaces, TUN devices)"
+    if not os.path.exists("/dev/net/tun"):
+        return "no /dev/net/tun"
+    probe = "spes-soakprobe-%d" % os.getpid()
+    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
+        return "ip netns add does not work here"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
 def main():
     rng = random.Random(args.seed)
-    print("chaos soak: %d nodes, %.0f s, seed %d" % (args.nodes, args.seconds, args.seed), flush=True)
+    why = wan_possible() if args.wan else None
+    if why:
+        print("SKIP: " + why, flush=True)
+        return 77
+    print("chaos soak: %d nodes, %.0f s, seed %d%s" % (args.nodes, args.seconds, args.seed,
+                                                      ", WAN lab " + args.wan if args.wan else ""), flush=True)
     s = Soak(args.nodes, rng)
     t0 = time.time()
     report = {}
@@ -332,7 +386,7 @@ def main():
                   "checkpoints: %s exports and loads (%s)" % (s.checkpoint, (e.stdout or e.stderr).strip()[:80]))
         else:
             check(args.seconds < 60, "checkpoints: one was taken during the soak")
-        report = {"seed": args.seed, "nodes": args.nodes, "seconds": round(time.time() - t0, 1),
+        report = {"seed": args.seed, "nodes": args.nodes, "wan": args.wan, "seconds": round(time.time() - t0, 1),
                   "faults_injected": n, "faults_by_kind": s.injected, "rounds": s.max_round,
                   "rounds_checked": len(seen), "longest_gap_s": round(s.longest_gap, 1), "max_rss_kb": s.worst["rss_kb"], "max_fds": s.worst["fds"],
                   "checkpoint": s.checkpoint, "poison_refused": len(s.poison_rounds), "failures": failures}

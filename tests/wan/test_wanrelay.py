@@ -7,7 +7,9 @@ of the sender's uplink rate, and the relay's counters add up (among
 themselves, and against the TUN devices' own packet counts). With a loss
 profile: UDP loss is within 3 sigma of the configured rate (Bernoulli, and
 Gilbert-Elliott whose losses come in bursts of the configured mean length),
-equal to the relay's own loss count. Without root, /dev/net/tun or ip netns it
+equal to the relay's own loss count. SIGHUP reloads the profile: loss 1 cuts a
+link, the old profile mends it, a profile with a mistake is refused and leaves
+the links as they were. Without root, /dev/net/tun or ip netns it
 prints why and exits 77 (skipped)."""
 import json
 import os
@@ -100,10 +102,21 @@ class Lab:
         for ns in self.ns:
             sh("ip", "netns", "add", ns)
 
-    def start(self, profile):
+    def write(self, profile):
         path = os.path.join(self.dir, "profile.json")
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(profile, f)
+        os.rename(path + ".tmp", path)
+        return path
+
+    def reload(self, profile):
+        """Rewrites the profile and sends SIGHUP; returns the relay's answer (one line)."""
+        self.write(profile)
+        self.relay.send_signal(signal.SIGHUP)
+        return self.relay.stdout.readline().strip()
+
+    def start(self, profile):
+        path = self.write(profile)
         self.stats = os.path.join(self.dir, "stats.json")
         self.relay = subprocess.Popen([RELAY, "--profile", path, "--netns", ",".join(self.ns), "--net", str(NET),
                                        "--stats", self.stats, "--seed", "7", "--rt", "10"],
@@ -245,6 +258,30 @@ def test_loss(lab):
     lab.stop()
 
 
+def test_reload(lab):
+    # SIGHUP reads the profile again: loss 1 cuts node 1's link, and the old profile brings it back;
+    # a profile with a mistake is refused and leaves the links as they were
+    base = {"default": {"up_mbit": 100, "down_mbit": 100, "delay_ms": 1, "loss": 0, "buffer_ms": 200}}
+    lab.start(base)
+    n = 500
+    _, sink = lab.pair(1, 0, "udp-sink", "udp-send", 5400, 1, n)
+    check(len(sink["seqs"]) == n, "before the cut: %d of %d packets arrive" % (len(sink["seqs"]), n))
+    line = lab.reload(dict(base, nodes={"1": {"loss": 1}}))
+    check(line.startswith("reloaded"), "SIGHUP reloads the profile (%s)" % line)
+    _, sink = lab.pair(1, 0, "udp-sink", "udp-send", 5401, 1, n)
+    check(len(sink["seqs"]) == 0, "loss 1 cuts node 1's link: %d of %d packets arrive" % (len(sink["seqs"]), n))
+    line = lab.reload(base)
+    _, sink = lab.pair(1, 0, "udp-sink", "udp-send", 5402, 1, n)
+    check(line.startswith("reloaded") and len(sink["seqs"]) == n,
+          "reloading the old profile mends the link: %d of %d packets arrive" % (len(sink["seqs"]), n))
+    line = lab.reload({"default": {"loss": 2}})
+    _, sink = lab.pair(1, 0, "udp-sink", "udp-send", 5403, 1, n)
+    check("reload refused" in line and "default.loss = 2 is outside" in line and len(sink["seqs"]) == n,
+          "a profile with a mistake is refused by name and the links stay (%s; %d of %d arrive)"
+          % (line, len(sink["seqs"]), n))
+    lab.stop()
+
+
 def main():
     if os.geteuid() != 0:
         skip("the WAN lab needs root (network namespaces, TUN devices)")
@@ -258,6 +295,7 @@ def main():
     try:
         test_delay_rate_counters(lab)
         test_loss(lab)
+        test_reload(lab)
     finally:
         lab.cleanup()
     left = [ns for ns in lab.ns if os.path.exists("/run/netns/" + ns)]

@@ -21,7 +21,7 @@ typedef struct lfield {
 #f, offsetof(wan_link, f), lo, hi                                                                    \
     }
 static const lfield lfields[] = {
-    LF(up_mbit, 0.001, 100000), LF(down_mbit, 0.001, 100000), LF(delay_ms, 0, 10000),  LF(loss, 0, 0.5),
+    LF(up_mbit, 0.001, 100000), LF(down_mbit, 0.001, 100000), LF(delay_ms, 0, 10000),  LF(loss, 0, 1),
     LF(buffer_ms, 0.1, 10000),  LF(burst_len, 0, 1000000),    LF(burst_loss, 0.01, 1),
 };
 #define NLFIELDS (sizeof lfields / sizeof lfields[0])

@@ -6,7 +6,8 @@
  * loss), the one-way delay of the pair, the receiver's downlink (rate,
  * droptail buffer, loss), then into the receiver's TUN. One epoll loop, one
  * timerfd on CLOCK_MONOTONIC, signals through a signalfd; counters per link
- * on SIGUSR1 and at exit. It never touches a namespace it was not named, and
+ * on SIGUSR1 and at exit; SIGHUP reads the profile again (the chaos soak
+ * cuts links and adds loss that way). It never touches a namespace it was not named, and
  * everything it creates (the TUN devices) goes with its file descriptors. */
 #include "core/error.h"
 #include "tests/wan/wanprofile.h"
@@ -82,7 +83,7 @@ typedef struct relay {
     size_t npkts;
     uint64_t seq, rng, drop_nomem, drop_tx;
     int64_t armed, started;
-    const char *stats_path, *cc;
+    const char *stats_path, *cc, *profile_path;
 } relay;
 
 static int64_t now_ns(void)
@@ -104,7 +105,7 @@ static void lossy_init(lossy *l, const wan_link *w)
 {
     memset(l, 0, sizeof *l);
     l->loss = w->loss;
-    if (w->burst_len >= 1 && w->loss > 0) {
+    if (w->burst_len >= 1 && w->loss > 0 && w->loss < 1) {
         /* mean loss = pi_bad * h with pi_bad = p / (p + r); mean stay in bad = 1 / r packets */
         double pi = w->loss / w->burst_loss;
         l->bursty = 1;
@@ -501,16 +502,13 @@ static int64_t ns_per_kbyte(double mbit)
     return (int64_t)(8000.0 * 1000.0 / mbit + 0.5); /* 8000 bits at mbit*1e6 bit/s, in ns */
 }
 
-static int setup(relay *r, const wan_profile *prof, char **names)
+/* set_links gives every link prof's rates, buffers, loss and delays (packets
+ * already on their way keep the times they were given). */
+static void set_links(relay *r, const wan_profile *prof)
 {
-    int home = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), rc = 0;
-    if (home < 0)
-        return spes_errf_errno(SPES_EIO, "/proc/self/ns/net");
-    for (int k = 0; k < r->n && !rc; k++) {
+    for (int k = 0; k < r->n; k++) {
         node *s = &r->nodes[k];
         const wan_link *w = &prof->node[k];
-        snprintf(s->ns, sizeof s->ns, "%s", names[k]);
-        snprintf(s->addr, sizeof s->addr, "10.%d.%d.2", r->net, k);
         s->up_ns_per_kbyte = ns_per_kbyte(w->up_mbit);
         s->down_ns_per_kbyte = ns_per_kbyte(w->down_mbit);
         s->buffer_ns = (int64_t)(w->buffer_ms * 1e6);
@@ -518,10 +516,36 @@ static int setup(relay *r, const wan_profile *prof, char **names)
         lossy_init(&s->down_loss, w);
         for (int j = 0; j < r->n; j++)
             r->delay_ns[k][j] = (int64_t)(prof->delay_ms[k][j] * 1e6);
+    }
+}
+
+static int setup(relay *r, const wan_profile *prof, char **names)
+{
+    int home = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), rc = 0;
+    if (home < 0)
+        return spes_errf_errno(SPES_EIO, "/proc/self/ns/net");
+    set_links(r, prof);
+    for (int k = 0; k < r->n && !rc; k++) {
+        node *s = &r->nodes[k];
+        snprintf(s->ns, sizeof s->ns, "%s", names[k]);
+        snprintf(s->addr, sizeof s->addr, "10.%d.%d.2", r->net, k);
         rc = open_tun(s, home, r->cc);
     }
     close(home);
     return rc;
+}
+
+/* reload reads the profile again (SIGHUP): a profile that does not load leaves the links as they were. */
+static void reload(relay *r)
+{
+    static wan_profile prof;
+    if (wan_profile_load(&prof, r->profile_path, r->n) != 0) {
+        fprintf(stderr, "spes-wanrelay: reload refused, links unchanged: %s\n", spes_errmsg());
+        return;
+    }
+    set_links(r, &prof);
+    printf("reloaded %s\n", r->profile_path);
+    fflush(stdout);
 }
 
 static int loop(relay *r)
@@ -546,6 +570,8 @@ static int loop(relay *r)
                 while (read(r->sfd, &si, sizeof si) == (ssize_t)sizeof si) {
                     if (si.ssi_signo == SIGUSR1)
                         report(r);
+                    else if (si.ssi_signo == SIGHUP)
+                        reload(r);
                     else
                         return 0;
                 }
@@ -564,7 +590,8 @@ static void usage(void)
             "       spes-wanrelay --profile FILE --nodes N --check\n"
             "Node K gets 10.A.K.2/16 (A = --net, default 77) on device " TUN_NAME " in namespace NS_K.\n"
             "--rt PRIO runs the relay SCHED_FIFO at PRIO, so busy CPUs do not slow the links.\n"
-            "SIGUSR1 prints the counters (and writes --stats); SIGTERM or SIGINT ends the relay.\n");
+            "SIGUSR1 prints the counters (and writes --stats); SIGHUP reads the profile again (rates,\n"
+            "delays and loss; loss 1 cuts a link); SIGTERM or SIGINT ends the relay.\n");
     exit(2);
 }
 
@@ -616,6 +643,7 @@ int main(int argc, char **argv)
         }
     if (!nodes)
         nodes = r.n;
+    r.profile_path = profile;
     static wan_profile prof;
     if (wan_profile_load(&prof, profile, nodes)) {
         fprintf(stderr, "spes-wanrelay: %s\n", spes_errmsg());
