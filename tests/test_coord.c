@@ -1591,6 +1591,11 @@ START_TEST(test_validation_failure_retries)
     spes_coord_sm_validation_failed(f.c, 0);
     fx_tick(&f); /* every participant announced: the tick starts the check again */
     ck_assert_int_eq(count(&f, SPES_COORD_VALIDATE), 2);
+    int said = 0; /* asking again (our node late) says nothing new: "checking" is logged once */
+    for (int i = 0; i < f.nacts; i++)
+        said += f.acts[i].kind == SPES_COORD_LOG &&
+                strstr((const char *)f.acts[i].data, "checking 2 contribution");
+    ck_assert_int_eq(said, 1);
     validate_all(&f);
     ck_assert_uint_eq(spes_coord_sm_round(f.c), 1);
     fx_fini(&f);

@@ -207,6 +207,7 @@ int spes_coord_sm_alloc(spes_coord_sm **out, const spes_run_config *run, const s
     if (!c)
         return SPES_ENOMEM;
     c->set = *s;
+    c->val_said_n = -1;
     int rc = spes_config_copy(&c->run, run);
     if (rc)
         goto fail_copy;

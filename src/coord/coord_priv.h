@@ -94,7 +94,9 @@ struct spes_coord_sm {
     int prev_known;
     uint64_t round_open_ms; /* monotonic, like started_ms and last_tick_ms */
     int validating;
-    uint8_t *last_commit; /* encoded Commit envelope of round - 1 */
+    uint64_t val_said_round; /* the round and count "checking N contribution(s)" was last logged for */
+    int val_said_n;          /* (-1: never): asking again while our node is late says nothing new */
+    uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
     size_t last_commit_len;
     /* last round, for status */
     uint32_t last_contributors;

@@ -44,8 +44,11 @@ static void start_validation(spes_coord_sm *c)
         }
     }
     c->validating = 1;
-    coord_log(c, SPES_LOG_INFO, "round %llu: checking %d contribution(s)", (unsigned long long)c->round,
-              c->nval);
+    if (c->val_said_n != c->nval || c->val_said_round != c->round)
+        coord_log(c, SPES_LOG_INFO, "round %llu: checking %d contribution(s)", (unsigned long long)c->round,
+                  c->nval);
+    c->val_said_round = c->round;
+    c->val_said_n = c->nval;
     if (coord_push(c, &a) != 0)
         c->validating = 0;
     return;
