@@ -182,6 +182,18 @@ static void print_last_round(const Spes__Wire__LastRound *lr, Spes__Wire__Member
         printf("  refused node %u%s%s%s: %s\n", lr->refused[i]->node_id, nm_ ? " (" : "", nm_ ? nm_ : "",
                nm_ ? ")" : "", lr->refused[i]->reason);
     }
+    if (lr->n_stragglers) {
+        printf("  stragglers (median announcement %.1f s):", (double)lr->median_announce_ms / 1e3);
+        for (size_t i = 0; i < lr->n_stragglers; i++) {
+            const Spes__Wire__Straggler *g = lr->stragglers[i];
+            const char *nm_ = member_name(m, nm, g->node_id);
+            if (g->missed)
+                printf("%s %s missed the deadline", i ? "," : "", nm_ ? nm_ : "?");
+            else
+                printf("%s %s %.1f s behind", i ? "," : "", nm_ ? nm_ : "?", (double)g->behind_ms / 1e3);
+        }
+        printf("\n");
+    }
     if (lr->n_digest_mismatch) {
         printf("  DIGEST MISMATCH from node%s", lr->n_digest_mismatch == 1 ? "" : "s");
         for (size_t i = 0; i < lr->n_digest_mismatch; i++) {
@@ -197,7 +209,8 @@ static void print_status(const Spes__Wire__StatusReply *s, unsigned long long no
 {
     printf("run %s  round %llu  step %llu  loss %.4f  tokens/s %.1f\n", s->run_id[0] ? s->run_id : "-",
            (unsigned long long)s->round, (unsigned long long)s->step, s->loss, s->tokens_per_s);
-    printf("coordinator %s\n\n", s->coordinator[0] ? s->coordinator : "-");
+    printf("coordinator %s  round deadline %.1f s\n\n", s->coordinator[0] ? s->coordinator : "-",
+           (double)s->round_deadline_ms / 1e3);
     print_members(s->members, s->n_members, now_ms);
     print_costs(s->members, s->n_members);
     printf("\n");
@@ -320,6 +333,15 @@ static json_t *json_last_round(const Spes__Wire__LastRound *lr, Spes__Wire__Memb
     json_object_set_new(o, "refused", ref);
     json_object_set_new(o, "digest_mismatch", json_u32s(lr->digest_mismatch, lr->n_digest_mismatch));
     json_object_set_new(o, "committed_unix_ms", json_integer((json_int_t)lr->committed_unix_ms));
+    json_t *st = json_array();
+    for (size_t i = 0; i < lr->n_stragglers; i++) {
+        const Spes__Wire__Straggler *g = lr->stragglers[i];
+        json_array_append_new(st, json_pack("{s:I,s:s?,s:I,s:b}", "node_id", (json_int_t)g->node_id, "id",
+                                            member_name(m, nm, g->node_id), "behind_ms",
+                                            (json_int_t)g->behind_ms, "missed", g->missed));
+    }
+    json_object_set_new(o, "stragglers", st);
+    json_object_set_new(o, "median_announce_ms", json_integer(lr->median_announce_ms));
     return o;
 }
 
@@ -332,6 +354,7 @@ static json_t *json_status(const Spes__Wire__StatusReply *s, unsigned long long 
     json_object_set_new(o, "loss", json_real(s->loss));
     json_object_set_new(o, "tokens_per_s", json_real(s->tokens_per_s));
     json_object_set_new(o, "coordinator", json_string(s->coordinator));
+    json_object_set_new(o, "round_deadline_ms", json_integer(s->round_deadline_ms));
     json_object_set_new(o, "members", json_members(s->members, s->n_members, now_ms));
     json_object_set_new(o, "last_round", json_last_round(s->last_round, s->members, s->n_members));
     json_t *gone = json_array();

@@ -32,6 +32,8 @@ typedef struct examples_t {
     Spes__Wire__Refusal *refusals[1];
     Spes__Wire__MemberInfo member[2];
     Spes__Wire__MemberInfo *members[2];
+    Spes__Wire__Straggler strag;
+    Spes__Wire__Straggler *strags[1];
     Spes__Wire__LastRound last;
     Spes__Wire__CheckpointInfo ckpt;
     Spes__Wire__CheckpointInfo *ckpts[1];
@@ -103,6 +105,10 @@ static void fill_parts(examples_t *x)
     x->last.digest = HASH(hash_b), x->last.n_refused = 1, x->last.refused = x->refusals;
     x->last.n_digest_mismatch = 1, x->last.digest_mismatch = cols_a + 2;
     x->last.committed_unix_ms = 1795000000001ull;
+    x->strag = (Spes__Wire__Straggler)SPES__WIRE__STRAGGLER__INIT;
+    x->strag.node_id = 2, x->strag.behind_ms = 4100, x->strag.missed = 0;
+    x->strags[0] = &x->strag;
+    x->last.n_stragglers = 1, x->last.stragglers = x->strags, x->last.median_announce_ms = 9800;
     x->ckpt = (Spes__Wire__CheckpointInfo)SPES__WIRE__CHECKPOINT_INFO__INIT;
     x->ckpt.id = "ckpt-000040", x->ckpt.round = 40, x->ckpt.step = 400;
     x->ckpt.state_hash = HASH(hash_a), x->ckpt.created_unix_ms = 1795000000002ull;
@@ -224,6 +230,7 @@ static void fill_operator(int type, example_msg *u, examples_t *x)
         u->status.loss = 3.5, u->status.tokens_per_s = 40960;
         u->status.n_members = 2, u->status.members = x->members;
         u->status.last_round = &x->last, u->status.coordinator = "tls+tcp://127.0.0.1:7000";
+        u->status.round_deadline_ms = 21000;
         break;
     case SPES_MSG_MEMBERS_REQUEST:
         u->members_req = (Spes__Wire__MembersRequest)SPES__WIRE__MEMBERS_REQUEST__INIT;

@@ -1602,6 +1602,101 @@ START_TEST(test_validation_failure_retries)
 }
 END_TEST
 
+/* The round deadline follows recent rounds (1.5 x the 90th percentile of announcements + 1 s, within
+ * the operator's bounds), and the stragglers of a round are named with how far behind they were. */
+START_TEST(test_adaptive_deadline_and_stragglers)
+{
+    fx f;
+    memset(&f, 0, sizeof f);
+    fx_settings(&f, 3, 0);
+    f.set.failure_timeout_ms = 600000;
+    f.set.round_deadline_ms = 60000;
+    f.set.round_deadline_min_ms = 1000;
+    fx_run_config(&f, 1000);
+    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
+    memset(f.s0, 0x50, 32);
+    f.now = (spes_coord_now){1000, 1700000000000ull};
+    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
+    spes_coord_sm_start(f.c, f.now);
+    for (int k = 0; k < 3; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "node-%d", k);
+        ck_assert_uint_eq(join_ok(&f, name), (uint32_t)k);
+    }
+    fx_tick(&f);
+    Spes__Wire__StatusReply *st = status(&f);
+    ck_assert_uint_eq(st->round_deadline_ms, 60000); /* no samples yet: the ceiling */
+    spes_proto_free(&st->base);
+    /* three rounds: node-0 announces after 1.0 s, node-1 after 1.2 s, node-2 after 3.0 s */
+    for (uint64_t r = 0; r < 3; r++) {
+        fx_advance(&f, 1000);
+        announce_ok(&f, 0, r);
+        fx_advance(&f, 200);
+        announce_ok(&f, 1, r);
+        fx_advance(&f, 1800);
+        announce_ok(&f, 2, r);
+        validate_all(&f);
+        ck_assert_uint_eq(spes_coord_sm_round(f.c), r + 1);
+        digest(&f, 0, r + 1, (uint8_t)(0x31 + r), NULL); /* the agreed S_{r+1}: the next commit's base */
+        st = status(&f);
+        ck_assert_ptr_nonnull(st->last_round);
+        ck_assert_uint_eq(st->last_round->median_announce_ms, 1200);
+        ck_assert_uint_eq(st->last_round->n_stragglers, 1);
+        ck_assert_uint_eq(st->last_round->stragglers[0]->node_id, 2);
+        ck_assert_uint_eq(st->last_round->stragglers[0]->behind_ms, 1800);
+        ck_assert(!st->last_round->stragglers[0]->missed);
+        /* 9 samples from round 2 on: p90 = 3000 ms, so 1.5 x 3000 + 1000 */
+        ck_assert_uint_eq(st->round_deadline_ms, r < 2 ? 60000 : 5500);
+        spes_proto_free(&st->base);
+    }
+    ck_assert(logged(&f, "round 0: stragglers (median announcement 1.2 s): node-2 1.8 s behind"));
+    Spes__Wire__Commit *cm = last_commit(&f);
+    ck_assert_uint_eq(cm->round, 2);
+    ck_assert_uint_eq(cm->next_deadline_ms, 5500);
+    spes_proto_free(&cm->base);
+    /* round 3: node-2 is silent; the round commits once 5.5 s have passed, not 60 s (ticked at their
+     * period from now on: a longer gap between ticks is a stall of the caller, forgiven) */
+    fx_tick(&f);
+    for (int t = 0; t < 5450; t += TICK) {
+        if (t == 1000)
+            announce_ok(&f, 0, 3);
+        if (t == 1200)
+            announce_ok(&f, 1, 3);
+        fx_advance(&f, TICK);
+        fx_tick(&f);
+    }
+    ck_assert(!logged(&f, "round 3: deadline passed"));
+    fx_advance(&f, TICK);
+    fx_tick(&f);
+    fx_advance(&f, TICK);
+    fx_tick(&f);
+    ck_assert(logged(&f, "round 3: deadline passed; committing without the missing nodes"));
+    validate_all(&f);
+    st = status(&f);
+    ck_assert_uint_ge(st->last_round->median_announce_ms, 1100);
+    ck_assert_uint_le(st->last_round->median_announce_ms, 1100 + TICK);
+    ck_assert_uint_eq(st->last_round->n_stragglers, 1);
+    ck_assert(st->last_round->stragglers[0]->missed);
+    ck_assert_uint_eq(st->last_round->stragglers[0]->behind_ms, 5500 - st->last_round->median_announce_ms);
+    /* the missed announcement counts at the deadline: the next deadline does not shrink */
+    ck_assert_uint_ge(st->round_deadline_ms, 5500);
+    spes_proto_free(&st->base);
+    fx_fini(&f);
+    /* a floor at or above the ceiling: the deadline is fixed */
+    two_node_round(&f, 1000);
+    for (uint64_t r = 0; r < 6; r++) {
+        fx_advance(&f, 10);
+        uint32_t ids[] = {0, 1};
+        commit_round(&f, ids, 2, r);
+    }
+    st = status(&f);
+    ck_assert_uint_eq(st->round_deadline_ms, DEADLINE);
+    ck_assert_uint_eq(st->last_round->n_stragglers, 0);
+    spes_proto_free(&st->base);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_unchanged_state_not_rewritten)
 {
     fx f;
@@ -1691,6 +1786,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_restart_waits_at_most_failure_timeout);
     tcase_add_test(tc, test_load_errors);
     tcase_add_test(tc, test_validation_failure_retries);
+    tcase_add_test(tc, test_adaptive_deadline_and_stragglers);
     tcase_add_test(tc, test_unchanged_state_not_rewritten);
     tcase_add_test(tc, test_queue_grows_and_frees);
     tcase_add_test(tc, test_reply_that_cannot_be_encoded);

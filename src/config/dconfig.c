@@ -96,6 +96,7 @@ static const spes_cfg_field dfields[] = {
     INT(heartbeat_ms, 50, 600000, 1000),
     INT(failure_timeout_ms, 200, 3600000, 15000),
     INT(round_deadline_ms, 200, 86400000, 120000),
+    INT(round_deadline_min_ms, 200, 86400000, 10000),
     INT(min_nodes, 1, SPES_MAX_MEMBERS, 1),
     INT(data_parts, 1, 65536, 1),
     INT(blob_quota_mb, 0, 2147483647, 0),

@@ -28,7 +28,8 @@ typedef struct spes_dconfig {
     int threads;
     int heartbeat_ms;
     int failure_timeout_ms;
-    int round_deadline_ms;
+    int round_deadline_ms;     /* the round deadline's ceiling */
+    int round_deadline_min_ms; /* its floor (at or above the ceiling: a fixed deadline) */
     int data_parts;    /* the data is split into this many parts; a node reads part (id mod data_parts) */
     int min_nodes;     /* coordinator: round 0 opens once this many nodes have joined */
     int plain;         /* tests only: tcp:// without TLS */

@@ -65,8 +65,9 @@ typedef struct spes_coord_settings {
     int approve;      /* admission "approve": new nodes wait for an operator */
     int min_nodes;    /* round 0 opens once this many nodes are active (1..SPES_COORD_MAX_MEMBERS) */
     int failure_timeout_ms; /* silence after which an active member is failed */
-    int round_deadline_ms;  /* a round commits with whoever announced once this passes */
-    uint64_t tick_ms;       /* the period the caller ticks at (a longer gap is a stall of the caller) */
+    int round_deadline_ms; /* a round commits with whoever announced once its deadline passes: at most this */
+    int round_deadline_min_ms; /* the adaptive deadline's floor (>= round_deadline_ms: a fixed deadline) */
+    uint64_t tick_ms;          /* the period the caller ticks at (a longer gap is a stall of the caller) */
 } spes_coord_settings;
 
 /* spes_coord_action_kind says what an action asks the caller to do. */

@@ -53,7 +53,7 @@ static void reply_accept(spes_coord_sm *c, coord_member *m, spes_coord_to to)
         a.state_hash = (ProtobufCBinaryData){32, c->prev_hash};
         a.n_columns = 0;
     }
-    a.round_deadline_ms = (uint32_t)c->set.round_deadline_ms;
+    a.round_deadline_ms = (uint32_t)coord_deadline(c);
     a.run_id = c->run_id;
     coord_reply_msg(c, to, SPES_MSG_ACCEPT, &a.base);
     free(cols);
@@ -242,6 +242,7 @@ static int member_infos_fill(const spes_coord_sm *c, member_infos *mi)
 void coord_status(spes_coord_sm *c, spes_coord_to to)
 {
     Spes__Wire__Refusal rv[SPES_COORD_MAX_REFUSED], *rp[SPES_COORD_MAX_REFUSED];
+    Spes__Wire__Straggler sv[SPES_COORD_MAX_STRAGGLERS], *sp[SPES_COORD_MAX_STRAGGLERS];
     Spes__Wire__MemberInfo dv[SPES_COORD_MAX_DEPARTED], *dp[SPES_COORD_MAX_DEPARTED];
     Spes__Wire__StatusReply s = SPES__WIRE__STATUS_REPLY__INIT;
     Spes__Wire__LastRound lr = SPES__WIRE__LAST_ROUND__INIT;
@@ -278,6 +279,7 @@ void coord_status(spes_coord_sm *c, spes_coord_to to)
         dp[i] = &dv[i];
     }
     s.departed = dp;
+    s.round_deadline_ms = (uint32_t)coord_deadline(c);
     s.n_departed = (size_t)c->ndeparted;
     s.loss = nloss ? loss / nloss : 0;
     s.tokens_per_s = tps;
@@ -297,6 +299,16 @@ void coord_status(spes_coord_sm *c, spes_coord_to to)
         lr.digest_mismatch = c->mismatch;
         lr.n_digest_mismatch = (size_t)c->nmismatch;
         lr.committed_unix_ms = c->last_commit_ms;
+        for (int i = 0; i < c->nstrag; i++) {
+            spes__wire__straggler__init(&sv[i]);
+            sv[i].node_id = c->strag[i].id;
+            sv[i].behind_ms = c->strag[i].behind_ms;
+            sv[i].missed = c->strag[i].missed;
+            sp[i] = &sv[i];
+        }
+        lr.stragglers = sp;
+        lr.n_stragglers = (size_t)c->nstrag;
+        lr.median_announce_ms = c->last_median_ms;
         s.last_round = &lr;
     }
     coord_reply_msg(c, to, SPES_MSG_STATUS_REPLY, &s.base);

@@ -27,12 +27,24 @@ typedef struct coord_member {
     uint8_t digest[32];
     uint64_t digest_round; /* round the digest is for (S_{digest_round}); 0 = none */
     int announced;         /* for the open round */
+    uint32_t announced_ms; /* when, in ms after the round opened */
     uint8_t blob[32], manifest[32];
     uint64_t blob_size, tokens;
     double blob_loss;
     Spes__Wire__NodeCounters counters; /* last reported in a heartbeat (docs/counters.md) */
     int have_counters;
 } coord_member;
+
+/* coord_straggler is a participant that announced far behind its round's median, or not at all. */
+typedef struct coord_straggler {
+    uint32_t id;
+    uint32_t behind_ms;
+    int missed;
+} coord_straggler;
+
+#define SPES_COORD_DEADLINE_SAMPLES 256 /* announcements the adaptive deadline looks at */
+#define SPES_COORD_DEADLINE_MIN_SAMPLES 8
+#define SPES_COORD_MAX_STRAGGLERS 8
 
 /* coord_barred is an evicted member whose slot was reclaimed: its name may not join again. */
 typedef struct coord_barred {
@@ -94,6 +106,13 @@ struct spes_coord_sm {
     int prev_known;
     uint64_t round_open_ms; /* monotonic, like started_ms and last_tick_ms */
     int validating;
+    uint64_t deadline_ms; /* the open round's deadline (coord_deadline.c) */
+    uint32_t
+        ann_ms[SPES_COORD_DEADLINE_SAMPLES]; /* recent announcements, ms after their round opened (a ring) */
+    int nann, ann_next;
+    coord_straggler strag[SPES_COORD_MAX_STRAGGLERS]; /* the last round's, the worst first */
+    int nstrag;
+    uint32_t last_median_ms; /* the last round's median announcement */
     uint64_t val_said_round; /* the round and count "checking N contribution(s)" was last logged for */
     int val_said_n;          /* (-1: never): asking again while our node is late says nothing new */
     uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
@@ -177,6 +196,13 @@ int coord_member_active(const coord_member *m);
 
 /* coord_deal_columns deals the next round's columns over the active members. */
 void coord_deal_columns(spes_coord_sm *c);
+
+/* coord_deadline is the open round's deadline in ms after it opened (coord_deadline.c). */
+uint64_t coord_deadline(const spes_coord_sm *c);
+
+/* coord_round_timing, as the open round commits, records its participants'
+ * announcements, finds its stragglers and sets the next round's deadline. */
+void coord_round_timing(spes_coord_sm *c);
 
 /* coord_open_round deals the columns and fixes the participants of round c->round. */
 void coord_open_round(spes_coord_sm *c, spes_coord_now now);

@@ -140,7 +140,7 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
     }
     cm.assignment = ap;
     cm.peers = pp;
-    cm.next_deadline_ms = (uint32_t)c->set.round_deadline_ms;
+    cm.next_deadline_ms = (uint32_t)coord_deadline(c);
     cm.checkpoint_id = c->pending_ckpt;
     free(c->last_commit);
     c->last_commit = NULL;
@@ -183,6 +183,7 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
         return;
     uint64_t step_end = c->step + (uint64_t)c->run.spes.sync_interval;
     coord_deal_columns(c); /* the commit tells every node the next round's columns */
+    coord_round_timing(c); /* and the next round's deadline */
     if (encode_commit(c, ok, reasons, step_end) == 0)
         persist_commit(c);
     coord_log(c, SPES_LOG_INFO, "round %llu committed: %u contribution(s)%s", (unsigned long long)c->round,
@@ -245,6 +246,8 @@ void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Anno
     m->tokens = a->tokens_trained;
     m->blob_loss = a->loss ? a->loss->mean : 0;
     m->announced = 1;
+    uint64_t after = now.mono_ms > c->round_open_ms ? now.mono_ms - c->round_open_ms : 0;
+    m->announced_ms = after > UINT32_MAX ? UINT32_MAX : (uint32_t)after;
     coord_member_seen(m, now);
     coord_reply_ack(c, to, "announced");
     if (all_announced(c))
@@ -371,7 +374,7 @@ void spes_coord_sm_tick(spes_coord_sm *c, spes_coord_now now)
     }
     if (all_announced(c) && coord_any_announced(c)) {
         start_validation(c);
-    } else if (now.mono_ms - c->round_open_ms > (uint64_t)c->set.round_deadline_ms) {
+    } else if (now.mono_ms - c->round_open_ms > coord_deadline(c)) {
         if (coord_any_announced(c)) {
             coord_log(c, SPES_LOG_WARN, "round %llu: deadline passed; committing without the missing nodes",
                       (unsigned long long)c->round);
