@@ -724,6 +724,60 @@ START_TEST(test_fetch_lone_corrupt_peer)
 }
 END_TEST
 
+static double now_s(void);
+
+/* closed_port returns a loopback port where nothing listens (connections are refused). */
+static int closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    ck_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* A peer that went away (its port refuses connections) is dropped after connect_ms, not after its
+ * requests' timeout: alone, the fetch fails at once with the reason; beside a live peer, the blob
+ * comes from that one. */
+START_TEST(test_fetch_unreachable_peer)
+{
+    setup_pki();
+    spes_net_tls *ta = tls_for("node-a"), *tf = tls_for("node-f");
+    spes_blob_store *a = store_at("a", 4096), *f = store_at("f", 4096);
+    uint8_t data[4096 * 6], h[32];
+    uint64_t x = 5;
+    fill(data, sizeof data, &x);
+    ck_assert(spes_blob_put(a, data, sizeof data, h) == 0);
+    char dead[64], live[64];
+    url_of(closed_port(), dead, sizeof dead);
+    spes_blob_fetch_opts o = {.tls = tf, .plain = plain, .timeout_ms = 20000, .connect_ms = 500};
+    spes_blob_fetch_stats st;
+    spes_blob_peer gone = {dead, "node-a"};
+    double t0 = now_s();
+    ck_assert_int_eq(spes_blob_fetch(f, h, &gone, 1, &o, &st), SPES_ENOENT);
+    double took = now_s() - t0;
+    ck_assert_msg(strstr(spes_errmsg(), "no connection within 500 ms"), "%s", spes_errmsg());
+    ck_assert_msg(took < 5.0, "an unreachable peer cost %.1f s (its requests' timeout is 20 s)", took);
+    spes_blob_server *sa = serve(a, ta);
+    url_of(spes_blob_server_port(sa), live, sizeof live);
+    spes_blob_peer both[2] = {{dead, "node-a"}, {live, "node-a"}};
+    t0 = now_s();
+    ck_assert_msg(spes_blob_fetch(f, h, both, 2, &o, &st) == 0, "%s", spes_errmsg());
+    took = now_s() - t0;
+    ck_assert_int_eq(spes_blob_has(f, h), 1);
+    ck_assert_int_eq(st.peers_dropped, 0); /* the live peer had it all before the dead one's deadline */
+    ck_assert_msg(took < 5.0, "the fetch waited %.1f s for the unreachable peer", took);
+    spes_blob_server_close(sa);
+    spes_blob_store_close(a);
+    spes_blob_store_close(f);
+    spes_net_tls_free(ta);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
 typedef struct killer {
     pid_t victim;
     uint32_t at;
@@ -1218,6 +1272,7 @@ static Suite *blob_suite(void)
     tcase_add_test(tc, test_fetch_counted);
     tcase_add_test(tc, test_fetch_lying_manifest);
     tcase_add_test(tc, test_fetch_lone_corrupt_peer);
+    tcase_add_test(tc, test_fetch_unreachable_peer);
     tcase_add_test(tc, test_fetch_resume);
     tcase_add_test(tc, test_fetch_oversize_cut_off);
     tcase_add_test(tc, test_endpoint_slow_reader);

@@ -186,6 +186,8 @@ typedef struct spes_blob_fetch_opts {
                                    * shared among the peers, at least 2 each) */
     int timeout_ms;               /* per request (default 30000) */
     int max_peer_errors;          /* transport failures in a row before a peer is dropped (default 2) */
+    int connect_ms;               /* a peer not connected (TLS and SP done) this long after the fetch
+                                   * dialled it is dropped, its requests ended (default 10000) */
     const uint8_t *manifest_hash; /* optional: the manifest must hash to this */
     uint64_t max_size;            /* optional: a manifest claiming more bytes is refused (0: no limit) */
     atomic_int *cancel;           /* optional: set non-zero to stop; the fetch returns SPES_EINTR */

@@ -72,6 +72,9 @@ int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *nam
 /* spes__blob_conn_send sends a request on an idle slot; cb reports its end. */
 int spes__blob_conn_send(spes__blob_conn *c, int slot, const void *req, size_t len, int timeout_ms);
 
+/* spes__blob_conn_connected says whether the connection has ever been up (TLS and SP done). */
+int spes__blob_conn_connected(spes__blob_conn *c);
+
 /* spes__blob_conn_close aborts what is in flight (each callback runs once), then closes. */
 void spes__blob_conn_close(spes__blob_conn *c);
 

@@ -16,6 +16,7 @@
 #include "net/net_internal.h"
 
 #include <nng/protocol/reqrep0/req.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,19 @@ struct spes__blob_conn {
     slot *slots;
     spes__blob_conn_cb cb;
     void *arg;
+    atomic_int pipes; /* connections that came up (nng's pipe notifications) */
 };
+
+static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)p, (void)ev;
+    atomic_fetch_add(&((spes__blob_conn *)arg)->pipes, 1);
+}
+
+int spes__blob_conn_connected(spes__blob_conn *c)
+{
+    return atomic_load(&c->pipes) > 0;
+}
 
 static void slot_cb(void *arg)
 {
@@ -122,6 +135,10 @@ int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *nam
         goto fail;
     }
     c->sock_open = 1;
+    if ((rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_POST, pipe_added, c)) != 0) {
+        rc = spes__nng_err(rv, "cannot watch connections", url);
+        goto fail;
+    }
     /* re-sent only when its connection breaks, not on a timer (an hour, not infinite:
      * see spes_net_client_open on nng 1.5.2) */
     if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, 3600 * 1000)) != 0) {

@@ -53,6 +53,7 @@ typedef struct fpeer {
     int inflight;
     int errors; /* transport failures in a row */
     char why[200];
+    uint64_t dialled_ms; /* monotonic: when the fetch dialled it */
 } fpeer;
 
 /* fdone is one finished request, queued by an nng thread for the fetching thread. */
@@ -69,7 +70,7 @@ struct fetch {
     uint8_t hash[32];
     char hex[65];
     const spes_blob_fetch_opts *o;
-    int window, timeout_ms, max_errors;
+    int window, timeout_ms, max_errors, connect_ms;
     spes_manifest m; /* the reference manifest, read-only once have_m */
     int have_m, other_manifest;
     uint8_t mhash[32];
@@ -573,10 +574,31 @@ static int no_peer_error(fetch *f)
 
 static int hash_ahead(fetch *f, uint32_t max);
 
+/* unreachable drops every peer still waiting for its first connection
+ * connect_ms after it was dialled (a peer that went away: nng would redial it
+ * until each request's timeout), and closes its connection, which has never
+ * carried anything, so its requests come back at once. */
+static void unreachable(fetch *f)
+{
+    uint64_t now = spes_mono_ms();
+    for (int i = 0; i < f->npeers; i++) {
+        fpeer *p = &f->peers[i];
+        if ((p->state != P_WAIT && p->state != P_LIVE) || !p->c || spes__blob_conn_connected(p->c) ||
+            now - p->dialled_ms < (uint64_t)f->connect_ms)
+            continue;
+        char why[80];
+        snprintf(why, sizeof why, "no connection within %d ms", f->connect_ms);
+        drop_peer(f, i, why);
+        spes__blob_conn_close(p->c);
+        p->c = NULL;
+    }
+}
+
 /* run drives the fetch until every chunk is written, or it cannot go on. */
 static int run(fetch *f)
 {
     for (;;) {
+        unreachable(f);
         if (f->o->cancel && atomic_load(f->o->cancel))
             return spes_errf(SPES_EINTR, "blob %s: fetch cancelled after %u chunks", f->hex, f->ndone);
         if (f->io_err)
@@ -679,6 +701,7 @@ static int fetch_init(fetch *f, spes_blob_store *s, const uint8_t hash[32], cons
     }
     f->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 30000;
     f->max_errors = o->max_peer_errors > 0 ? o->max_peer_errors : 2;
+    f->connect_ms = o->connect_ms > 0 ? o->connect_ms : 10000;
     pthread_mutex_init(&f->mu, NULL);
     pthread_mutex_init(&f->wmu, NULL);
     spes_cond_init_mono(&f->cv);
@@ -722,17 +745,24 @@ static void open_peers(fetch *f, const spes_blob_peer *peers)
             continue;
         }
         p->state = P_WAIT;
+        p->dialled_ms = spes_mono_ms();
     }
 }
 
-/* fetch_fini waits for the requests in flight to come back (by reply or
- * timeout; chunks that arrive meanwhile are still recorded), closes every
- * peer and frees everything. */
+/* fetch_fini closes the peers that never connected, waits for the other
+ * requests in flight to come back (by reply or timeout; chunks that arrive
+ * meanwhile are still recorded), closes every peer and frees everything. */
 static void fetch_fini(fetch *f)
 {
     f->closing = 1;
-    for (int i = 0; f->peers && i < f->npeers; i++)
+    for (int i = 0; f->peers && i < f->npeers; i++) {
         f->peers[i].state = P_OUT;
+        if (f->peers[i].c && !spes__blob_conn_connected(f->peers[i].c)) {
+            /* never up, so nothing to strand: its requests come back at once, not at their timeout */
+            spes__blob_conn_close(f->peers[i].c);
+            f->peers[i].c = NULL;
+        }
+    }
     for (;;) {
         pthread_mutex_lock(&f->mu);
         int busy = f->outstanding > 0 || f->qn > 0;
