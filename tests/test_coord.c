@@ -1602,8 +1602,9 @@ START_TEST(test_validation_failure_retries)
 }
 END_TEST
 
-/* The round deadline follows recent rounds (1.5 x the 90th percentile of announcements + 1 s, within
- * the operator's bounds), and the stragglers of a round are named with how far behind they were. */
+/* The round deadline follows recent rounds (2 x the 95th percentile of announcements + 2 s, within
+ * the operator's bounds; round 0 not counted), and the stragglers of a round are named with how far
+ * behind they were. */
 START_TEST(test_adaptive_deadline_and_stragglers)
 {
     fx f;
@@ -1627,8 +1628,8 @@ START_TEST(test_adaptive_deadline_and_stragglers)
     Spes__Wire__StatusReply *st = status(&f);
     ck_assert_uint_eq(st->round_deadline_ms, 60000); /* no samples yet: the ceiling */
     spes_proto_free(&st->base);
-    /* three rounds: node-0 announces after 1.0 s, node-1 after 1.2 s, node-2 after 3.0 s */
-    for (uint64_t r = 0; r < 3; r++) {
+    /* four rounds: node-0 announces after 1.0 s, node-1 after 1.2 s, node-2 after 3.0 s */
+    for (uint64_t r = 0; r < 4; r++) {
         fx_advance(&f, 1000);
         announce_ok(&f, 0, r);
         fx_advance(&f, 200);
@@ -1645,41 +1646,41 @@ START_TEST(test_adaptive_deadline_and_stragglers)
         ck_assert_uint_eq(st->last_round->stragglers[0]->node_id, 2);
         ck_assert_uint_eq(st->last_round->stragglers[0]->behind_ms, 1800);
         ck_assert(!st->last_round->stragglers[0]->missed);
-        /* 9 samples from round 2 on: p90 = 3000 ms, so 1.5 x 3000 + 1000 */
-        ck_assert_uint_eq(st->round_deadline_ms, r < 2 ? 60000 : 5500);
+        /* round 0 is not counted: 9 samples from round 3 on, p95 = 3000 ms, so 2 x 3000 + 2000 */
+        ck_assert_uint_eq(st->round_deadline_ms, r < 3 ? 60000 : 8000);
         spes_proto_free(&st->base);
     }
     ck_assert(logged(&f, "round 0: stragglers (median announcement 1.2 s): node-2 1.8 s behind"));
     Spes__Wire__Commit *cm = last_commit(&f);
-    ck_assert_uint_eq(cm->round, 2);
-    ck_assert_uint_eq(cm->next_deadline_ms, 5500);
+    ck_assert_uint_eq(cm->round, 3);
+    ck_assert_uint_eq(cm->next_deadline_ms, 8000);
     spes_proto_free(&cm->base);
-    /* round 3: node-2 is silent; the round commits once 5.5 s have passed, not 60 s (ticked at their
+    /* round 4: node-2 is silent; the round commits once 8 s have passed, not 60 s (ticked at their
      * period from now on: a longer gap between ticks is a stall of the caller, forgiven) */
     fx_tick(&f);
-    for (int t = 0; t < 5450; t += TICK) {
+    for (int t = 0; t < 7950; t += TICK) {
         if (t == 1000)
-            announce_ok(&f, 0, 3);
+            announce_ok(&f, 0, 4);
         if (t == 1200)
-            announce_ok(&f, 1, 3);
+            announce_ok(&f, 1, 4);
         fx_advance(&f, TICK);
         fx_tick(&f);
     }
-    ck_assert(!logged(&f, "round 3: deadline passed"));
+    ck_assert(!logged(&f, "round 4: deadline passed"));
     fx_advance(&f, TICK);
     fx_tick(&f);
     fx_advance(&f, TICK);
     fx_tick(&f);
-    ck_assert(logged(&f, "round 3: deadline passed; committing without the missing nodes"));
+    ck_assert(logged(&f, "round 4: deadline passed; committing without the missing nodes"));
     validate_all(&f);
     st = status(&f);
     ck_assert_uint_ge(st->last_round->median_announce_ms, 1100);
     ck_assert_uint_le(st->last_round->median_announce_ms, 1100 + TICK);
     ck_assert_uint_eq(st->last_round->n_stragglers, 1);
     ck_assert(st->last_round->stragglers[0]->missed);
-    ck_assert_uint_eq(st->last_round->stragglers[0]->behind_ms, 5500 - st->last_round->median_announce_ms);
+    ck_assert_uint_eq(st->last_round->stragglers[0]->behind_ms, 8000 - st->last_round->median_announce_ms);
     /* the missed announcement counts at the deadline: the next deadline does not shrink */
-    ck_assert_uint_ge(st->round_deadline_ms, 5500);
+    ck_assert_uint_ge(st->round_deadline_ms, 8000);
     spes_proto_free(&st->base);
     fx_fini(&f);
     /* a floor at or above the ceiling: the deadline is fixed */

@@ -1,11 +1,12 @@
 /* coord_deadline.c: the adaptive round deadline and the stragglers of a
  * round. A round's deadline follows what its participants took in recent
- * rounds: 1.5 x the 90th percentile of their announcements (ms after their
- * round opened) plus one second, within the operator's bounds
- * (round_deadline_min_ms .. round_deadline_ms). A participant that had not
- * announced when its round committed counts as having announced at the
- * deadline, so a round that cuts many of its members makes the next deadline
- * longer, never shorter. A straggler is a participant that announced more than
+ * rounds: twice the 95th percentile of their announcements (ms after their
+ * round opened) plus two seconds, within the operator's bounds
+ * (round_deadline_min_ms .. round_deadline_ms). Round 0 teaches it nothing
+ * (no node applies a commit before training it, so it is the quickest round
+ * of a run). A participant that had not announced when its round committed
+ * counts as having announced at the deadline, so a round that cuts members
+ * makes the next deadline longer, never shorter. A straggler is a participant that announced more than
  * max(25 % of the median, 1 s) after the round's median announcement, or not
  * at all. See docs/design.md ("Round deadlines"). */
 #include "coord/coord_priv.h"
@@ -45,7 +46,7 @@ static void sample(spes_coord_sm *c, uint32_t ms)
         c->nann++;
 }
 
-/* next_deadline is 1.5 x the 90th percentile of the samples plus 1 s, within the bounds
+/* next_deadline is twice the 95th percentile of the samples plus 2 s, within the bounds
  * (the ceiling until SPES_COORD_DEADLINE_MIN_SAMPLES are in). */
 static uint64_t next_deadline(const spes_coord_sm *c)
 {
@@ -56,8 +57,8 @@ static uint64_t next_deadline(const spes_coord_sm *c)
     uint32_t s[SPES_COORD_DEADLINE_SAMPLES];
     memcpy(s, c->ann_ms, (size_t)c->nann * sizeof *s);
     qsort(s, (size_t)c->nann, sizeof *s, cmp_u32);
-    int i = (9 * c->nann + 9) / 10 - 1; /* ceil(0.9 n) - 1 */
-    uint64_t d = (uint64_t)s[i] * 3 / 2 + 1000;
+    int i = (19 * c->nann + 19) / 20 - 1; /* ceil(0.95 n) - 1 */
+    uint64_t d = (uint64_t)s[i] * 2 + 2000;
     return d < lo ? lo : d > hi ? hi : d;
 }
 
@@ -86,12 +87,14 @@ void coord_round_timing(spes_coord_sm *c)
         const coord_member *m = &c->mem[i];
         if (!m->participant || m->state != NS(ACTIVE))
             continue;
-        if (m->announced) {
+        if (m->announced)
             d[n++] = m->announced_ms;
+        if (c->round == 0)
+            continue; /* round 0: nothing to apply before training; not what later rounds take */
+        if (m->announced)
             sample(c, m->announced_ms);
-        } else {
+        else
             sample(c, deadline > UINT32_MAX ? UINT32_MAX : (uint32_t)deadline);
-        }
     }
     if (n > 0) {
         uint32_t *s = malloc((size_t)n * sizeof *s);
