@@ -120,6 +120,8 @@ class Soak:
         """round -> {digest prefixes} over every daemon's whole log."""
         seen = {}
         for k in range(self.cl.n):
+            if not os.path.exists(self.cl.path("node-%d.log" % k)):
+                continue  # the poisoning member never came: it has no log
             for r, d in re.findall(r"round (\d+) applied: state digest (\w+)", self.cl.log(k)):
                 seen.setdefault(int(r), set()).add(d)
         return seen
