@@ -123,32 +123,50 @@ static void over(const spes_delta_norms *nm, int k, const norm_limits *l, double
         }
 }
 
-int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const spes_norm_history *h,
-                          uint64_t round, const uint32_t *ids, const char *const *names, int *ok,
-                          char *reasons, size_t reason_size)
+/* gather collects the norms of the contributions with ok[k] set, in order:
+ * their shared-block norms into *sh (*counted of them) and every column norm
+ * they carry into *co (*ncol); the caller frees both (NULL with none counted). */
+static int gather(const spes_delta_norms *nm, int n, const int *ok, double **sh, int *counted, double **co,
+                  int *ncol)
 {
-    int counted = 0, ncol = 0;
+    *sh = *co = NULL;
+    *counted = *ncol = 0;
     for (int k = 0; k < n; k++)
         if (ok[k]) {
-            counted++;
-            ncol += nm[k].ncols;
+            (*counted)++;
+            *ncol += nm[k].ncols;
         }
-    if (bound <= 0 || counted == 0)
+    if (!*counted)
         return 0;
-    double *sh = malloc((size_t)counted * sizeof *sh),
-           *co = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *co);
-    if (!sh || !co) {
-        free(sh);
-        free(co);
+    *sh = malloc((size_t)*counted * sizeof **sh);
+    *co = malloc((size_t)(*ncol > 0 ? *ncol : 1) * sizeof **co);
+    if (!*sh || !*co) {
+        free(*sh);
+        free(*co);
+        *sh = *co = NULL;
         return SPES_ENOMEM;
     }
     int a = 0, b = 0;
     for (int k = 0; k < n; k++)
         if (ok[k]) {
-            sh[a++] = nm[k].shared;
+            (*sh)[a++] = nm[k].shared;
             for (int j = 0; j < nm[k].ncols; j++)
-                co[b++] = nm[k].col[j];
+                (*co)[b++] = nm[k].col[j];
         }
+    return 0;
+}
+
+int spes_norm_bound_check(const spes_delta_norms *nm, int n, double bound, const spes_norm_history *h,
+                          uint64_t round, const uint32_t *ids, const char *const *names, int *ok,
+                          char *reasons, size_t reason_size)
+{
+    if (bound <= 0)
+        return 0;
+    double *sh, *co;
+    int counted, ncol;
+    int rc = gather(nm, n, ok, &sh, &counted, &co, &ncol);
+    if (rc || !counted)
+        return rc;
     norm_limits run = {-1, -1, "the round's median", "the round's median column norm"};
     if (counted >= 3) {
         run.shared = bound * spes_median(sh, counted);
@@ -207,31 +225,18 @@ static void ring_add(spes_norm_entry *e, int *n, int *next, spes_norm_entry v)
 int spes_norm_history_add(spes_norm_history *h, uint64_t round, const spes_delta_norms *nm,
                           const uint32_t *ids, const int *ok, int n)
 {
-    int counted = 0, ncol = 0;
-    for (int k = 0; k < n; k++)
-        if (ok[k]) {
-            counted++;
-            ncol += nm[k].ncols;
-        }
-    if (!counted)
-        return 0;
-    double *sh = malloc((size_t)counted * sizeof *sh),
-           *co = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *co);
-    if (!sh || !co) {
-        free(sh);
-        free(co);
-        return SPES_ENOMEM;
-    }
-    int a = 0, b = 0;
+    double *sh, *co;
+    int counted, ncol;
+    int rc = gather(nm, n, ok, &sh, &counted, &co, &ncol);
+    if (rc || !counted)
+        return rc;
+    int c0 = 0; /* where contribution k's columns start in co */
     for (int k = 0; k < n; k++) {
         if (!ok[k])
             continue;
-        sh[a++] = nm[k].shared;
-        int c0 = b;
-        for (int j = 0; j < nm[k].ncols; j++)
-            co[b++] = nm[k].col[j];
         /* sorting this member's slice in place leaves the round's median below unchanged */
         spes_norm_entry v = {round, nm[k].shared, nm[k].ncols ? spes_median(co + c0, nm[k].ncols) : -1};
+        c0 += nm[k].ncols;
         spes_norm_member *slot = (spes_norm_member *)find_member(h, ids[k]);
         if (!slot) { /* a free slot, else the member seen longest ago */
             slot = &h->mem[0];
