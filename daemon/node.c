@@ -75,6 +75,8 @@ static void job_hashes(const spes_node_job *j, uint8_t (*h)[32], int *m)
  * applied, and the blobs of every job queued or running, extra included. */
 static void keep_refresh(spes_node *n, const spes_node_job *extra)
 {
+    if (!n->d->cfg.blob_quota_mb)
+        return; /* no quota: the store never collects, so nothing needs keeping (and this runs every tick) */
     const spes_node_sm *sm = &n->sm;
     pthread_mutex_lock(&n->mu);
     int cap = 2 + (extra ? job_nhashes(extra) : 0);
