@@ -5,7 +5,7 @@ SPES run on loopback, against the SPES reference scheme on the same model.
 The reference code of the paper syncs through a central parameter server: every node
 uploads its full fp32 trainable state (shared weights + its own experts) and
 downloads the full model each round. spes nodes exchange only contributions, peer to
-peer, as content-addressed blobs (fp32 values or bf16 deltas). This runs N real
+peer, as content-addressed blobs (fp32 values, bf16 deltas or q8ef int8 deltas). This runs N real
 daemons (mutual TLS on 127.0.0.1) on the bench model for a few rounds with each
 codec and reads what every node fetched and served from its log.
 usage: bench/spes_rounds.py BUILD_DIR [NODES] [ROUNDS]
@@ -35,13 +35,13 @@ def layout(m):
 
 def run(codec):
     cfg = json.load(open(os.path.join(ROOT, "deploy/configs/bench.json")))
-    cfg["spes"] = {"sync_interval": 2, "merge_interval": 1000, "merge_alpha": 0.0}
+    cfg["spes"] = {"sync_interval": 2, "merge_interval": 1000, "merge_alpha": 0.0, "codec": codec}
     cfg.pop("data", None)
     text = open("/usr/share/games/fortunes/fortunes", "rb").read() if os.path.exists(
         "/usr/share/games/fortunes/fortunes") else bytes(range(256)) * 4000
     toks = np.frombuffer(text, dtype=np.uint8)
     cl = Cluster(BUILD, N, cfg, toks, prefix="spes-bench-",
-                 extra={k: {"codec": codec, "round_deadline_ms": 600000, "failure_timeout_ms": 60000}
+                 extra={k: {"round_deadline_ms": 600000, "failure_timeout_ms": 60000}
                         for k in range(N)})
     try:
         cl.start_all()
@@ -78,7 +78,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     print("| SPES reference (parameter server, fp32) | %.1f MB | %.1f MB | %.1f MB | 1.00 | - | - |"
           % (ref_up / 1e6, ref_down / 1e6, (ref_up + ref_down) / 1e6))
-    for codec in ("fp32", "bf16"):
+    for codec in ("fp32", "bf16", "q8ef"):
         r, s, t, y = run(codec)
         print("| spes p2p, %s | %.1f MB | %.1f MB | %.1f MB | %.2f | %.2f | %.2f |"
               % (codec, s / 1e6, r / 1e6, (r + s) / 1e6, (r + s) / (ref_up + ref_down), t, y))

@@ -379,6 +379,9 @@ int cmd_run(int argc, char **argv)
         return 1;
     }
     spes_log_set_level(spes_log_parse_level(d.cfg.log_level));
+    if (strcmp(d.cfg.codec, "fp32"))
+        log_warnx("config: codec \"%s\" is ignored: the run config's spes.codec chooses the run's codec",
+                  d.cfg.codec);
     spes_log_set_prefix(d.cfg.name);
     d.started_ms = spes_now_ms();
     rc = start(&d);

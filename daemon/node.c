@@ -337,7 +337,6 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
         .listen = d->cfg.advertise, /* what the others dial (Join), and never a fetch source */
         .coordinator = d->cfg.coordinator,
         .data = d->cfg.data,
-        .codec = d->cfg.codec,
         .threads = d->cfg.threads,
         .heartbeat_ms = d->cfg.heartbeat_ms,
         .keep_blobs = d->cfg.keep_blobs,
@@ -428,6 +427,7 @@ void spes_node_free(spes_node *n)
         spes_trainer_fini(&n->tr);
     free(n->base);
     free(n->norms);
+    free(n->ef);
     free(n->keep);
     pthread_mutex_destroy(&n->keep_mu);
     spes_outer_fini(&n->outer);

@@ -15,6 +15,7 @@
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
 #include "sync/outer.h"
+#include "sync/resid.h"
 #include "sync/robust.h"
 #include "sync/sync.h"
 
@@ -46,6 +47,21 @@ static int outer_ready(spes_node *n, int zero)
     if (!rc && zero && n->outer.mom)
         memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float));
     return rc;
+}
+
+/* ef_ready gives a q8ef or topk run its error-feedback residual (docs/design.md, "Codecs"); zero: zero it. */
+static int ef_ready(spes_node *n, int zero)
+{
+    spes_codec codec = spes_codec_from_name(n->sm.run.spes.codec);
+    if (codec != SPES_CODEC_Q8EF && codec != SPES_CODEC_TOPK)
+        return 0;
+    size_t total = n->tr.model->layout.total_numel;
+    if (!n->ef && !(n->ef = calloc(total, sizeof *n->ef)))
+        return SPES_ENOMEM;
+    if (zero)
+        memset(n->ef, 0, total * sizeof *n->ef);
+    n->ef_round = -1;
+    return 0;
 }
 
 /* state_digest is the digest of the node's params (and outer momentum, if the run keeps one) at round R. */
@@ -144,6 +160,12 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
         spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
         memset(n->outer.mom, 0,
                n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
+    if (!rc && (rc = ef_ready(n, 1)) == 0 && n->ef &&
+        spes_resid_load(dir, n->ef, n->tr.model->layout.total_numel, (int64_t)R) != 0) {
+        log_warnx("no error-feedback residual of round %llu in %s (%s): starting from zero",
+                  (unsigned long long)R, dir, spes_errmsg());
+        memset(n->ef, 0, n->tr.model->layout.total_numel * sizeof(float));
+    }
     uint8_t dg[32];
     if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 && memcmp(dg, H, 32))
         rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one",
@@ -161,7 +183,7 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     size_t len = 0;
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
-    if (!rc && (rc = outer_ready(n, 1)) == 0)
+    if (!rc && (rc = outer_ready(n, 1)) == 0 && (rc = ef_ready(n, 1)) == 0)
         rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
                                    n->tr.model->params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
                                    path);
@@ -238,7 +260,8 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         return fail(j, rc);
     } else if (p->round == 0) {
         spes_model_init_weights(n->tr.model, (uint64_t)n->sm.run.train.seed);
-        rc = outer_ready(n, 1);
+        if ((rc = outer_ready(n, 1)) == 0)
+            rc = ef_ready(n, 1);
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round,
                  j->npeers);
@@ -350,13 +373,25 @@ static int job_train(spes_node *n, spes_node_job *j)
     }
     uint8_t *buf;
     size_t len;
-    spes_codec codec = strcmp(n->d->cfg.codec, "bf16") ? SPES_CODEC_FP32 : SPES_CODEC_BF16;
-    rc = spes_contrib_encode(&c, codec, n->base, &buf, &len);
+    spes_codec codec = spes_codec_from_name(run->spes.codec);
+    if ((rc = ef_ready(n, 0)) != 0) {
+        spes_contrib_fini(&c);
+        return fail(j, rc);
+    }
+    if (n->ef) /* a column dealt to this node starts with no residual; settled or not, a new round begins */
+        spes_resid_keep_cols(n->ef, &n->tr.model->layout, n->sm.E, t->cols);
+    double cap = n->ef ? 2.0 * spes_contrib_delta_norm(&c, n->base) : 0;
+    rc = spes_contrib_encode(&c, codec, n->base, n->ef, &buf, &len);
     spes_contrib_fini(&c);
     if (rc)
         return fail(j, rc);
     rc = spes_blob_put(n->blobs, buf, len, t->blob);
     free(buf);
+    if (!rc && n->ef) {
+        n->ef_round = (int64_t)t->round;
+        n->ef_cap = cap;
+        memcpy(n->ef_blob, t->blob, 32);
+    }
     t->size = len;
     spes_manifest m;
     if (!rc && (rc = spes_blob_manifest_get(n->blobs, t->blob, &m)) == 0) {
@@ -370,7 +405,7 @@ static int job_train(spes_node *n, spes_node_job *j)
     return rc ? fail(j, rc) : 0;
 }
 
-/* decode_blob reads and decodes a held contribution blob against the base. */
+/* decode_blob reads and decodes a held contribution blob against the base; it must be in the run's codec. */
 static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, spes_contrib *c)
 {
     char path[1024];
@@ -383,6 +418,11 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
         rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->sm.E, n->base,
                                  MAX_DELTA, origin);
     free(buf);
+    if (!rc && c->codec != (uint32_t)spes_codec_from_name(n->sm.run.spes.codec)) {
+        rc = spes_errf(SPES_EFORMAT, "%s: contribution in codec %u, the run's codec is %s", origin, c->codec,
+                       n->sm.run.spes.codec);
+        spes_contrib_fini(c);
+    }
     return rc;
 }
 
@@ -477,6 +517,33 @@ done:
     return 0;
 }
 
+/* settle_residual settles the residual of this node's contribution to the committed round (before
+ * the base moves on): applied, refused, or left out (docs/design.md, "Codecs"). */
+static void settle_residual(spes_node *n, const spes_node_job *j, const spes_node_job_apply *a)
+{
+    if (!n->ef || n->ef_round != (int64_t)a->round)
+        return;
+    n->ef_round = -1;
+    spes_resid_outcome o = a->refused_self ? SPES_RESID_REFUSED : SPES_RESID_LEFT_OUT;
+    for (int k = 0; k < a->ncontrib && o == SPES_RESID_LEFT_OUT; k++)
+        if (a->contribs[k].node == j->node_id)
+            o = SPES_RESID_APPLIED;
+    if (o == SPES_RESID_APPLIED)
+        return;
+    spes_contrib own;
+    if (o == SPES_RESID_LEFT_OUT && decode_blob(n, n->ef_blob, "this node's contribution", &own) != 0) {
+        log_warnx("round %llu: the residual of this node's contribution is dropped: %s",
+                  (unsigned long long)a->round, spes_errmsg());
+        o = SPES_RESID_REFUSED;
+    }
+    spes_resid_settle(n->ef, &n->tr.model->layout, o, o == SPES_RESID_LEFT_OUT ? &own : NULL, n->base,
+                      n->ef_cap);
+    if (o == SPES_RESID_LEFT_OUT)
+        spes_contrib_fini(&own);
+    log_info("round %llu: this node's contribution was %s; its residual is %s", (unsigned long long)a->round,
+             o == SPES_RESID_REFUSED ? "refused" : "left out", o == SPES_RESID_REFUSED ? "dropped" : "kept");
+}
+
 static int job_apply(spes_node *n, spes_node_job *j)
 {
     spes_node_job_apply *a = &j->u.apply;
@@ -516,6 +583,8 @@ static int job_apply(spes_node *n, spes_node_job *j)
         spes_contrib_fini(&cs[i]);
     free(cs);
     free(cp);
+    if (!rc)
+        settle_residual(n, j, a);
     if (!rc && (rc = state_digest(n, p, (int64_t)a->round + 1, a->state_hash)) == 0) {
         spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p,
                                  n->base); /* column delta norms */
@@ -532,10 +601,14 @@ static int job_apply(spes_node *n, spes_node_job *j)
     return rc ? fail(j, rc) : 0;
 }
 
-/* outer_save keeps the outer momentum beside a saved trainer state in dir
- * (and removes a stale one when the run keeps none). */
+/* outer_save keeps the outer momentum and the error-feedback residual beside a
+ * saved trainer state in dir (and removes stale ones when the run keeps none). */
 static int outer_save(spes_node *n, const char *dir)
 {
+    int rc = n->ef ? spes_resid_save(dir, n->ef, n->tr.model->layout.total_numel, n->tr.round)
+                   : spes_resid_remove(dir); /* the residual is node state kept with it */
+    if (rc)
+        return rc;
     if (!spes_outer_has_state(&n->outer))
         return spes_outer_remove(dir);
     return spes_outer_save(dir, n->outer.mom, n->tr.model->layout.total_numel, n->tr.round);

@@ -6,3 +6,7 @@ set_tests_properties(test_sync_outer_numpy PROPERTIES TIMEOUT 120)
 add_test(NAME test_sync_robust_numpy
          COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/sync_robust_numpy.py $<TARGET_FILE:test_sync>)
 set_tests_properties(test_sync_robust_numpy PROPERTIES TIMEOUT 120)
+# The q8ef and topk codecs (their bytes and the error-feedback residual) against numpy, bit for bit.
+add_test(NAME test_sync_codecs_numpy
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/sync_codecs_numpy.py $<TARGET_FILE:test_sync>)
+set_tests_properties(test_sync_codecs_numpy PROPERTIES TIMEOUT 120)

@@ -25,7 +25,8 @@ static const char *RUN_JSON =
     " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"num_experts\": 4, \"num_experts_per_tok\": "
     "2},"
     " \"train\": {\"seq_len\": 32, \"batch_size\": 4, \"max_steps\": 400, \"seed\": 5},"
-    " \"spes\": {\"sync_interval\": 5, \"merge_interval\": 10, \"merge_alpha\": 0.0, \"merge_topk\": 1}}";
+    " \"spes\": {\"sync_interval\": 5, \"merge_interval\": 10, \"merge_alpha\": 0.0, \"merge_topk\": 1,"
+    " \"codec\": \"q8ef\"}}";
 
 /* T is one node under test: its machine, its queue and a fake clock. */
 typedef struct T {
@@ -58,7 +59,6 @@ static void setup_opts(T *t, int keep_blobs, const char *coordinator)
                         .listen = ME,
                         .coordinator = coordinator,
                         .data = "",
-                        .codec = "bf16",
                         .threads = 2,
                         .heartbeat_ms = HB_MS,
                         .keep_blobs = keep_blobs};
@@ -189,6 +189,8 @@ typedef struct commit_spec {
     uint32_t peer[8];
     int merge;
     const char *ckpt;
+    int nr;
+    uint32_t refused[8];
 } commit_spec;
 
 static const char *peer_url(uint32_t id, char *buf)
@@ -236,6 +238,15 @@ static void reply_commit(T *t, int call, const commit_spec *s)
     }
     cm.peers = pp;
     cm.n_peers = (size_t)s->np;
+    Spes__Wire__Refusal rv[8], *rp[8];
+    for (int i = 0; i < s->nr; i++) {
+        spes__wire__refusal__init(&rv[i]);
+        rv[i].node_id = s->refused[i];
+        rv[i].reason = "delta norm beyond the bound";
+        rp[i] = &rv[i];
+    }
+    cm.refused = rp;
+    cm.n_refused = (size_t)s->nr;
     cm.merge_applied = s->merge;
     cm.checkpoint_id = (char *)(s->ckpt ? s->ckpt : "");
     reply(t, call, SPES_MSG_COMMIT, &cm.base);
@@ -552,7 +563,7 @@ START_TEST(test_round_train_announce_commit_digest)
     ck_assert_double_eq(an->loss->mean, 2.5);
     ck_assert_double_eq(an->loss->last, 2.75);
     ck_assert_uint_eq(an->loss->count, 5);
-    ck_assert_int_eq(an->codec, SPES__WIRE__CODEC__CODEC_BF16);
+    ck_assert_int_eq(an->codec, SPES__WIRE__CODEC__CODEC_Q8EF); /* the run's codec */
     spes_proto_free(&an->base);
     /* a failed announce is retried after 500 ms */
     reply_fail(&t, SPES_NODE_CALL_ANNOUNCE);
@@ -787,6 +798,34 @@ START_TEST(test_apply_failure_forgets_state)
     reply_accept(&t, SPES_NODE_CALL_JOIN, 3, 15, 0x33, NULL, 0);
     j = take_job(&t, SPES_NODE_JOB_PREPARE);
     ck_assert_int_eq(j->u.prepare.have_held, 0); /* our copy is not trusted any more */
+    spes_node_job_free(j);
+    done(&t);
+}
+END_TEST
+
+START_TEST(test_apply_knows_refusal)
+{
+    T t;
+    setup_opts(&t, 0, COORD);
+    joined(&t, 2, 0x22, NULL, 0);
+    /* another member refused: this node's residual stands */
+    tick(&t, HB_MS);
+    commit_spec cs = {
+        .round = 2, .next_step = 15, .base = 0x22, .nc = 1, .contrib = {3}, .nr = 1, .refused = {5}};
+    reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
+    spes_node_job *j = take_job(&t, SPES_NODE_JOB_APPLY);
+    ck_assert_int_eq(j->u.apply.refused_self, 0);
+    memset(j->u.apply.state_hash, 0x23, 32);
+    job_done(&t, j);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_DIGEST, SPES_MSG_DIGEST));
+    reply_ack(&t, SPES_NODE_CALL_DIGEST);
+    /* this node (id 2) refused: the worker is told, so that it drops its residual */
+    tick(&t, HB_MS);
+    commit_spec c2 = {
+        .round = 3, .next_step = 20, .base = 0x23, .nc = 1, .contrib = {3}, .nr = 2, .refused = {1, 2}};
+    reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &c2);
+    j = take_job(&t, SPES_NODE_JOB_APPLY);
+    ck_assert_int_eq(j->u.apply.refused_self, 1);
     spes_node_job_free(j);
     done(&t);
 }
@@ -1110,6 +1149,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_prepare_failure_retries_join);
     tcase_add_test(tc, test_join_backoff_and_unreachable_coordinator);
     tcase_add_test(tc, test_bad_run_config_retries);
+    tcase_add_test(tc, test_apply_knows_refusal);
     tcase_add_test(tc, test_round_train_announce_commit_digest);
     tcase_add_test(tc, test_announce_not_taken_and_lost);
     tcase_add_test(tc, test_commit_that_left_us_out);

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/sha256.h"
 #include "sync/outer.h"
+#include "sync/resid.h"
 #include "sync/robust.h"
 #include "sync/sync.h"
 
@@ -78,7 +79,7 @@ START_TEST(test_contrib_round_trip)
     ck_assert_float_eq(c.val[S + C], cur[S + 3 * C]); /* column 3's first value */
     uint8_t *buf;
     size_t len;
-    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, NULL, &buf, &len), 0);
     ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 1e3f, "peer"), 0);
     ck_assert_int_eq(d.round, 7);
     ck_assert_int_eq(d.node, 3);
@@ -95,7 +96,7 @@ START_TEST(test_contrib_round_trip)
     ck_assert_ptr_nonnull(strstr(spes_errmsg(), "NaN"));
     free(buf);
     /* bf16 carries deltas: values come back within bf16 rounding of the delta (0.5) */
-    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_BF16, base, &buf, &len), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_BF16, base, NULL, &buf, &len), 0);
     ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 1e3f, "peer"), 0);
     for (int i = 0; i < S + 2 * C; i++)
         ck_assert_float_eq_tol(d.val[i], c.val[i], 0.5f / 256.0f + 1e-6f);
@@ -645,20 +646,280 @@ START_TEST(test_contrib_max_size)
     uint8_t *buf;
     size_t len;
     ck_assert_int_eq(spes_contrib_make(&c, &lo, E, all, base, 1, 0, 1, 1.0f), 0);
-    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, NULL, &buf, &len), 0);
     ck_assert_uint_eq(len, spes_contrib_max_size(&lo, E));
     free(buf);
-    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_BF16, base, &buf, &len), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_BF16, base, NULL, &buf, &len), 0);
     ck_assert_uint_lt(len, spes_contrib_max_size(&lo, E));
     free(buf);
     spes_contrib_fini(&c);
     ck_assert_int_eq(spes_contrib_make(&c, &lo, E, two, base, 1, 0, 1, 1.0f), 0);
-    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, &buf, &len), 0);
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_FP32, base, NULL, &buf, &len), 0);
     ck_assert_uint_lt(len, spes_contrib_max_size(&lo, E));
     free(buf);
     spes_contrib_fini(&c);
 }
 END_TEST
+
+/* q8_decoded is the decoder's delta of value i of a q8ef group (scale * q), from the encoded bytes. */
+static float q8_decoded(const uint8_t *g, size_t i)
+{
+    const uint8_t *b = g + (i / SPES_Q8_BLOCK) * (4 + SPES_Q8_BLOCK);
+    float sc;
+    memcpy(&sc, b, 4);
+    return (float)((const int8_t *)(b + 4))[i % SPES_Q8_BLOCK] * sc;
+}
+
+START_TEST(test_q8ef_codec)
+{
+    enum { S = 300, C = 130, E = 3 }; /* groups of 3 blocks (the last of 44) and of 2 (the last of 2) */
+    spes_layout lo = lay(S, C, E);
+    float base[S + E * C], cur[S + E * C], ef[S + E * C], ef0[S + E * C];
+    for (size_t i = 0; i < lo.total_numel; i++) {
+        base[i] = 0.5f + 0.001f * (float)(i % 97);
+        cur[i] = base[i] + 0.01f * sinf((float)i * 0.37f);
+        ef[i] = ef0[i] = 0.0005f * cosf((float)i);
+    }
+    for (size_t i = 128; i < 256; i++)
+        cur[i] = base[i], ef[i] = ef0[i] = 0.0f; /* an all-zero block: scale 0 */
+    uint8_t owned[E] = {0, 1, 0};
+    spes_contrib c, d;
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, owned, cur, 4, 1, 10, 1.0f), 0);
+    uint8_t *buf;
+    size_t len;
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_Q8EF, base, ef, &buf, &len), 0);
+    size_t vals = 64 + 4, want = vals + (3 * 4 + S) + (2 * 4 + C);
+    ck_assert_uint_eq(spes_q8_size(S), 3 * 4 + S);
+    ck_assert_uint_eq(len, want);
+    ck_assert_uint_le(len, spes_contrib_max_size(&lo, E));
+    ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 1e3f, "peer"), 0);
+    ck_assert_uint_eq(d.codec, SPES_CODEC_Q8EF);
+    /* decoded = base + scale * q; the residual is u - scale * q, exactly; |residual| <= scale / 2 */
+    const uint8_t *g = buf + vals;
+    for (size_t i = 0; i < S; i++) {
+        float u = (cur[i] - base[i]) + ef0[i], dq = q8_decoded(g, i);
+        ck_assert(d.val[i] == base[i] + dq);
+        ck_assert(ef[i] == u - dq);
+        ck_assert_float_le(fabsf(ef[i]), 0.02f / 127.0f);
+    }
+    for (size_t i = 128; i < 256; i++)
+        ck_assert(d.val[i] == base[i] && ef[i] == 0.0f);
+    g += spes_q8_size(S);
+    for (size_t i = 0; i < C; i++) {
+        size_t at = S + C + i; /* column 1 */
+        float u = (cur[at] - base[at]) + ef0[at], dq = q8_decoded(g, i);
+        ck_assert(d.val[S + i] == base[at] + dq);
+        ck_assert(ef[at] == u - dq);
+    }
+    /* the columns not carried keep their residual */
+    for (size_t i = 0; i < C; i++)
+        ck_assert(ef[S + i] == ef0[S + i] && ef[S + 2 * C + i] == ef0[S + 2 * C + i]);
+    spes_contrib_fini(&d);
+    /* -128, a negative, NaN or infinite scale, and truncation are refused, naming the peer */
+    uint8_t *bad = malloc(len);
+    memcpy(bad, buf, len);
+    bad[vals + 4] = 0x80;
+    ck_assert_int_eq(spes_contrib_decode(&d, bad, len, &lo, E, base, 1e3f, "node-7"), SPES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "node-7"));
+    float sv[3] = {-1.0f, NAN, INFINITY};
+    for (int k = 0; k < 3; k++) {
+        memcpy(bad, buf, len);
+        memcpy(bad + vals + 4 + 128, &sv[k], 4);
+        ck_assert_int_eq(spes_contrib_decode(&d, bad, len, &lo, E, base, 1e3f, "node-7"), SPES_ERANGE);
+        ck_assert_ptr_nonnull(strstr(spes_errmsg(), "scale of the block at value 128"));
+    }
+    for (size_t cut = 0; cut < len; cut += 13)
+        ck_assert_int_ne(spes_contrib_decode(&d, buf, cut, &lo, E, base, 1e3f, "peer"), 0);
+    /* a large scale x 127 beyond the per-value bound is refused */
+    ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 1e-3f, "peer"), SPES_ERANGE);
+    free(bad);
+    free(buf);
+    /* a non-finite value is refused at the source, and the residual is left as it was */
+    memcpy(ef0, ef, sizeof ef);
+    c.val[S + 5] = NAN;
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_Q8EF, base, ef, &buf, &len), SPES_ERANGE);
+    ck_assert_mem_eq(ef, ef0, sizeof ef);
+    spes_contrib_fini(&c);
+}
+END_TEST
+
+START_TEST(test_topk_codec)
+{
+    enum { S = 4096 + 100, C = 40, E = 2 }; /* a full chunk and one of 100; a column of 40 keeps all */
+    spes_layout lo = lay(S, C, E);
+    static float base[S + E * C], cur[S + E * C], ef[S + E * C];
+    for (size_t i = 0; i < lo.total_numel; i++) {
+        base[i] = 1.0f;
+        cur[i] = base[i] + 0.001f * sinf((float)i * 0.91f);
+        ef[i] = 0.0f;
+    }
+    cur[17] = base[17] + 5.0f; /* the largest of the first chunk */
+    uint8_t owned[E] = {0, 1};
+    spes_contrib c, d;
+    ck_assert_int_eq(spes_contrib_make(&c, &lo, E, owned, cur, 2, 0, 1, 1.0f), 0);
+    uint8_t *buf;
+    size_t len;
+    ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_TOPK, base, ef, &buf, &len), 0);
+    /* 128 bytes per full chunk (16 levels, 96 index, 16 code), 16 + 96 + 16 for the 100-value chunk
+     * (64 kept), 16 + 60 + 10 for the 40-value column (all kept) */
+    ck_assert_uint_eq(spes_topk_size(S), 128 + 128);
+    ck_assert_uint_eq(spes_topk_size(C), 16 + 60 + 10);
+    ck_assert_uint_eq(len, 64 + 4 + 256 + 86);
+    ck_assert_uint_le(len, spes_contrib_max_size(&lo, E));
+    ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 1e3f, "peer"), 0);
+    ck_assert_uint_eq(d.codec, SPES_CODEC_TOPK);
+    /* per chunk: 64 values moved (the rest are the base exactly); decoded + residual = u */
+    int moved = 0;
+    for (size_t i = 0; i < 4096; i++) {
+        moved += d.val[i] != base[i];
+        ck_assert_float_eq_tol((d.val[i] - base[i]) + ef[i], cur[i] - base[i], 1e-6f);
+    }
+    ck_assert_int_le(moved, 64);
+    ck_assert(d.val[17] != base[17]); /* the largest is kept */
+    /* a column of 40 keeps every value, on 4 levels */
+    for (size_t i = 0; i < C; i++)
+        ck_assert_float_eq_tol((d.val[S + i] - base[S + C + i]) + ef[S + C + i],
+                               cur[S + C + i] - base[S + C + i], 1e-6f);
+    spes_contrib_fini(&d);
+    /* an index out of order, a non-finite level and truncation are refused */
+    uint8_t *bad = malloc(len);
+    memcpy(bad, buf, len);
+    memset(bad + 68 + 16, 0xff, 3); /* indices 0 and 1 both 4095 */
+    ck_assert_int_eq(spes_contrib_decode(&d, bad, len, &lo, E, base, 1e3f, "node-4"), SPES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "out of order or range"));
+    memcpy(bad, buf, len);
+    float inf = INFINITY;
+    memcpy(bad + 68 + 4, &inf, 4);
+    ck_assert_int_eq(spes_contrib_decode(&d, bad, len, &lo, E, base, 1e3f, "node-4"), SPES_ERANGE);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "level 1"));
+    for (size_t cut = 0; cut < len; cut += 11)
+        ck_assert_int_ne(spes_contrib_decode(&d, buf, cut, &lo, E, base, 1e3f, "peer"), 0);
+    free(bad);
+    free(buf);
+    spes_contrib_fini(&c);
+}
+END_TEST
+
+START_TEST(test_q8ef_error_feedback)
+{
+    /* a node that moves every value by the same tiny delta each round: without error feedback the
+     * quantised deltas lose it; with it, what arrives over R rounds is the sum of the deltas minus
+     * the residual left (error feedback's invariant), within float rounding */
+    enum { S = 256, C = 0, E = 1, R = 40 };
+    spes_layout lo = lay(S, C, E);
+    float base[S], cur[S], ef[S];
+    double arrived[S], sent[S];
+    memset(ef, 0, sizeof ef);
+    memset(arrived, 0, sizeof arrived);
+    memset(sent, 0, sizeof sent);
+    uint8_t none[E] = {0};
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < S; i++) {
+            base[i] = 1.0f;
+            float delta = i == 0 ? 1.0f : 1e-4f * (float)(1 + i % 5); /* value 0 sets the block's scale */
+            cur[i] = base[i] + delta;
+            sent[i] += (double)(cur[i] - base[i]);
+        }
+        spes_contrib c, d;
+        uint8_t *buf;
+        size_t len;
+        ck_assert_int_eq(spes_contrib_make(&c, &lo, E, none, cur, r, 0, 1, 1.0f), 0);
+        ck_assert_int_eq(spes_contrib_encode(&c, SPES_CODEC_Q8EF, base, ef, &buf, &len), 0);
+        ck_assert_int_eq(spes_contrib_decode(&d, buf, len, &lo, E, base, 10.0f, "peer"), 0);
+        for (int i = 0; i < S; i++)
+            arrived[i] += (double)(d.val[i] - base[i]);
+        spes_contrib_fini(&c);
+        spes_contrib_fini(&d);
+        free(buf);
+    }
+    for (int i = 1; i < S; i++) {
+        ck_assert(fabs(arrived[i] + (double)ef[i] - sent[i]) < 1e-5);
+        ck_assert(arrived[i] > 0.5 * sent[i]); /* delivered, not lost to rounding */
+    }
+}
+END_TEST
+
+START_TEST(test_resid_settle)
+{
+    enum { S = 4, C = 3, E = 3 };
+    spes_layout lo = lay(S, C, E);
+    float base[S + E * C], e[S + E * C], e0[S + E * C], own_v[S + C];
+    for (size_t i = 0; i < lo.total_numel; i++)
+        base[i] = 1.0f, e[i] = e0[i] = 0.25f;
+    for (size_t i = 0; i < S + C; i++)
+        own_v[i] = 1.5f; /* D(q) = 0.5 everywhere */
+    int32_t cols[1] = {2};
+    spes_contrib own = {.ncols = 1, .cols = cols, .shared_numel = S, .column_numel = C, .val = own_v};
+    spes_resid_settle(e, &lo, SPES_RESID_APPLIED, &own, base, 100.0);
+    ck_assert_mem_eq(e, e0, sizeof e);
+    /* left out: the carried groups become e + D(q) = 0.75; column 0 and 1 untouched */
+    spes_resid_settle(e, &lo, SPES_RESID_LEFT_OUT, &own, base, 100.0);
+    for (size_t i = 0; i < lo.total_numel; i++)
+        ck_assert_float_eq(e[i], i < S || i >= S + 2 * C ? 0.75f : 0.25f);
+    /* ... capped at the norm given: 7 values of 0.75 have norm 1.984; capped to 1 */
+    memcpy(e, e0, sizeof e);
+    spes_resid_settle(e, &lo, SPES_RESID_LEFT_OUT, &own, base, 1.0);
+    double s = 0;
+    for (size_t i = 0; i < lo.total_numel; i++)
+        if (i < S || i >= S + 2 * C)
+            s += (double)e[i] * e[i];
+        else
+            ck_assert_float_eq(e[i], 0.25f);
+    ck_assert_double_eq_tol(sqrt(s), 1.0, 1e-6);
+    /* refused: everything dropped */
+    spes_resid_settle(e, &lo, SPES_RESID_REFUSED, NULL, base, 1.0);
+    for (size_t i = 0; i < lo.total_numel; i++)
+        ck_assert_float_eq(e[i], 0.0f);
+    /* a column not dealt to the node loses its residual */
+    memcpy(e, e0, sizeof e);
+    uint8_t keep[E] = {1, 0, 1};
+    spes_resid_keep_cols(e, &lo, E, keep);
+    for (size_t i = 0; i < lo.total_numel; i++)
+        ck_assert_float_eq(e[i], i >= S + C && i < S + 2 * C ? 0.0f : 0.25f);
+    ck_assert_double_eq_tol(spes_contrib_delta_norm(&own, base), 0.5 * sqrt(7.0), 1e-9);
+}
+END_TEST
+
+/* codec_io: --q8|--topk IN OUT for tests/sync_codecs_numpy.py: IN = u64 n | f32 u[n] | f32 e[n] (u
+ * here is the delta; the residual e is added, as a contribution does); OUT = the encoded group |
+ * f32 residual[n]. */
+static int codec_io(spes_codec codec, const char *in, const char *out)
+{
+    FILE *f = fopen(in, "rb");
+    uint64_t n = 0;
+    int rc = 2;
+    if (!f || fread(&n, 8, 1, f) != 1 || n == 0 || n > (1u << 24)) {
+        if (f)
+            fclose(f);
+        return 2;
+    }
+    float *u = malloc(n * 4), *e = malloc(n * 4), *base = calloc(n, 4);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    spes_layout lo = lay(n, 1, 1);
+    uint8_t none[1] = {0};
+    spes_contrib c;
+    if (u && e && base && fread(u, 4, n, f) == n && fread(e, 4, n, f) == n &&
+        spes_contrib_make(&c, &lo, 1, none, u, 0, 0, 0, 0.0f) == 0) {
+        if (spes_contrib_encode(&c, codec, base, e, &buf, &len) == 0) {
+            FILE *g = fopen(out, "wb");
+            size_t vals = 64;
+            if (g && fwrite(buf + vals, 1, len - vals, g) == len - vals && fwrite(e, 4, n, g) == n)
+                rc = 0;
+            if (g && fclose(g))
+                rc = 1;
+        } else {
+            rc = 3; /* refused (non-finite) */
+        }
+        spes_contrib_fini(&c);
+    }
+    fclose(f);
+    free(buf);
+    free(u);
+    free(e);
+    free(base);
+    return rc;
+}
 
 Suite *sync_suite(void)
 {
@@ -666,6 +927,10 @@ Suite *sync_suite(void)
     TCase *tc = tcase_create("sync");
     tcase_add_test(tc, test_contrib_max_size);
     tcase_add_test(tc, test_contrib_round_trip);
+    tcase_add_test(tc, test_q8ef_codec);
+    tcase_add_test(tc, test_topk_codec);
+    tcase_add_test(tc, test_q8ef_error_feedback);
+    tcase_add_test(tc, test_resid_settle);
     tcase_add_test(tc, test_contrib_check_author);
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_aggregate);
@@ -685,6 +950,10 @@ Suite *sync_suite(void)
 
 int main(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[1], "--q8"))
+        return codec_io(SPES_CODEC_Q8EF, argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--topk"))
+        return codec_io(SPES_CODEC_TOPK, argv[2], argv[3]);
     if (argc == 4 && !strcmp(argv[1], "--outer"))
         return outer_io(argv[2], argv[3], NULL);
     spes_agg g; /* --robust MODE PARAM IN OUT: the same, aggregated by MODE with trim or clip PARAM */

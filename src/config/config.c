@@ -25,6 +25,7 @@ static json_t *write_files(const void *obj);
 static const char *const dtypes[] = {"uint16", "uint32", NULL};
 static const char *const formats[] = {"auto", "raw", "npy", "llmc", NULL};
 static const char *const aggregations[] = {"mean", "trimmed_mean", "clipped_mean", NULL};
+static const char *const codecs[] = {"fp32", "bf16", "q8ef", "topk", NULL};
 
 /* Defaults: a small byte-level model that trains on the fortunes corpus in
  * minutes; optimisation defaults follow the SPES configs (docs/design.md). */
@@ -70,6 +71,8 @@ static const spes_cfg_field fields[] = {
      0, "mean", aggregations, NULL, NULL, NULL},
     NUM("spes", "trim", DBL, S(trim), 0, 0.499, 0.25),
     NUM("spes", "clip", DBL, S(clip), 1e-3, 1e6, 2.0),
+    {"spes", "codec", SPES_CFG_STR, S(codec), sizeof(((spes_spes_config *)0)->codec), 0, 0, 0, "fp32", codecs,
+     NULL, NULL, NULL},
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -244,6 +247,8 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "trim");
     if (spes && c->spes.clip == 2.0)
         json_object_del(spes, "clip");
+    if (spes && !strcmp(c->spes.codec, "fp32")) /* and the codec (docs/design.md, "Codecs") */
+        json_object_del(spes, "codec");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

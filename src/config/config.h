@@ -55,6 +55,7 @@ typedef struct spes_spes_config {
     char aggregation[16];  /* "mean" | "trimmed_mean" | "clipped_mean" */
     double trim;           /* trimmed_mean: fraction dropped at each end per coordinate */
     double clip;           /* clipped_mean: delta norm bound, in medians of the group */
+    char codec[8];         /* contributions on the wire: "fp32" | "bf16" | "q8ef" | "topk" (run-wide) */
 } spes_spes_config;
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */

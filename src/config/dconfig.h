@@ -21,7 +21,7 @@ typedef struct spes_dconfig {
     char control_socket[SPES_DCONFIG_STR]; /* unix socket for spesctl; default STATE_DIR/control.sock */
     char metrics[128];                     /* HOST:PORT of the Prometheus/HTTP listener; empty: none */
     char admission[16];                    /* "auto" or "approve" (coordinator) */
-    char codec[8];                         /* "fp32" or "bf16" (coordinator: the run's contribution codec) */
+    char codec[8];                         /* ignored (the run config's spes.codec); kept so old files load */
     char log_level[8];
     char fault[16]; /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
                                             * "diverge" changes its state of round 3 once */

@@ -272,6 +272,8 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
         copy32(c->hash, &cm->contributions[i]->blob_hash);
         copy32(c->manifest, &cm->contributions[i]->manifest_hash);
     }
+    for (size_t i = 0; i < cm->n_refused; i++)
+        a->refused_self |= cm->refused[i]->node_id == sm->id;
     sm->phase = SPES_NODE_APPLY;
     emit_job(sm, o, j);
 }
@@ -494,8 +496,10 @@ static void send_announce(spes_node_sm *sm, uint64_t now, spes_node_out *o)
     ls.last = sm->loss;
     ls.count = (uint32_t)sm->run.spes.sync_interval;
     a.loss = &ls;
-    a.codec = sm->o.codec && !strcmp(sm->o.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
-                                                          : SPES__WIRE__CODEC__CODEC_FP32;
+    a.codec = !strcmp(sm->run.spes.codec, "q8ef")   ? SPES__WIRE__CODEC__CODEC_Q8EF
+              : !strcmp(sm->run.spes.codec, "topk") ? SPES__WIRE__CODEC__CODEC_TOPK
+              : !strcmp(sm->run.spes.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
+                                                    : SPES__WIRE__CODEC__CODEC_FP32;
     send_call(sm, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE, &a.base, SPES_NODE_CALL_TIMEOUT_MS, now, o);
 }
 

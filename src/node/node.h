@@ -98,6 +98,7 @@ typedef struct spes_node_job_apply {
     char ckpt_id[SPES_NODE_CKPT_MAX]; /* non-empty: keep the new state under this id; cleared if not saved */
     int ncontrib;
     spes_node_contrib *contribs; /* (ncontrib) */
+    int refused_self;            /* the commit refused this node's contribution (its residual is dropped) */
     /* results */
     uint8_t state_hash[32]; /* digest of S_{round+1} */
     uint64_t bytes_served;  /* blob bytes this daemon has served in all (for the log) */
@@ -197,7 +198,6 @@ typedef struct spes_node_opts {
     const char *listen;      /* this node's URL (Join; never a fetch source) */
     const char *coordinator; /* the coordinator's URL (a fetch source); empty on the coordinator */
     const char *data;        /* non-empty: this node's token files, overriding the run's */
-    const char *codec;       /* "fp32" or "bf16" (Announce) */
     int threads;             /* Join's capabilities */
     int heartbeat_ms;
     int keep_blobs; /* never release blobs */

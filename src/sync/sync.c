@@ -2,7 +2,10 @@
  * Wire format of a contribution (little-endian):
  *   "SPESCTB1" | u32 version=1 | u32 codec | i64 round | i32 node | u32 ncols |
  *   u64 tokens | f32 loss_mean | u64 shared_numel | u64 column_numel |
- *   i32 cols[ncols] | values (fp32 or bf16) for shared, then each column.
+ *   i32 cols[ncols] | values for shared, then each column: fp32 values, bf16
+ *   deltas, (q8ef) per group its blocks of 128, each an f32 scale then one
+ *   int8 per value (the last block of a group may be shorter), or (topk) per
+ *   group its chunks of 4096 (spes_topk_encode in sync.h).
  * Decoding never trusts a length: every size is checked against the layout
  * and the buffer before anything is read. */
 #include "sync/sync.h"
@@ -101,14 +104,239 @@ static const float *seg_base(const spes_contrib *c, const float *base, int s, si
     return s < 0 ? base : base + c->shared_numel + (size_t)c->cols[s] * c->column_numel;
 }
 
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out,
+spes_codec spes_codec_from_name(const char *name)
+{
+    if (!strcmp(name, "fp32"))
+        return SPES_CODEC_FP32;
+    if (!strcmp(name, "bf16"))
+        return SPES_CODEC_BF16;
+    if (!strcmp(name, "q8ef"))
+        return SPES_CODEC_Q8EF;
+    if (!strcmp(name, "topk"))
+        return SPES_CODEC_TOPK;
+    return 0;
+}
+
+size_t spes_q8_size(size_t n)
+{
+    return (n + SPES_Q8_BLOCK - 1) / SPES_Q8_BLOCK * 4 + n;
+}
+
+int spes_q8_encode(const float *u, size_t n, uint8_t *dst, float *resid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(u[i]))
+            return spes_errf(SPES_ERANGE, "q8ef: value %zu to encode is %s", i,
+                             isnan(u[i]) ? "NaN" : "infinite");
+    for (size_t at = 0; at < n; at += SPES_Q8_BLOCK) {
+        size_t k = n - at < SPES_Q8_BLOCK ? n - at : SPES_Q8_BLOCK;
+        float m = 0.0f;
+        for (size_t i = 0; i < k; i++)
+            m = fmaxf(m, fabsf(u[at + i]));
+        float sc = m / 127.0f;
+        memcpy(dst, &sc, 4);
+        int8_t *q = (int8_t *)(dst + 4);
+        for (size_t i = 0; i < k; i++) {
+            float r = sc > 0.0f ? fminf(fmaxf(rintf(u[at + i] / sc), -127.0f), 127.0f) : 0.0f;
+            q[i] = (int8_t)r;
+            if (resid)
+                resid[at + i] = u[at + i] - (float)q[i] * sc;
+        }
+        dst += 4 + k;
+    }
+    return 0;
+}
+
+/* topk_k is how many values a chunk of len values keeps. */
+static size_t topk_k(size_t len)
+{
+    return len < SPES_TOPK_K ? len : SPES_TOPK_K;
+}
+
+/* topk_chunk_size is the encoded size of a chunk that keeps k values. */
+static size_t topk_chunk_size(size_t k)
+{
+    return 16 + (12 * k + 7) / 8 + (2 * k + 7) / 8;
+}
+
+size_t spes_topk_size(size_t n)
+{
+    size_t full = n / SPES_TOPK_CHUNK, rest = n % SPES_TOPK_CHUNK;
+    return full * topk_chunk_size(SPES_TOPK_K) + (rest ? topk_chunk_size(topk_k(rest)) : 0);
+}
+
+/* put_bits stores the w-bit field i of a little-endian bit stream (LSB first). */
+static void put_bits(uint8_t *p, size_t i, unsigned w, unsigned v)
+{
+    for (unsigned b = 0; b < w; b++) {
+        size_t at = i * w + b;
+        if (v >> b & 1u)
+            p[at / 8] |= (uint8_t)(1u << (at % 8));
+    }
+}
+
+static unsigned get_bits(const uint8_t *p, size_t i, unsigned w)
+{
+    unsigned v = 0;
+    for (unsigned b = 0; b < w; b++) {
+        size_t at = i * w + b;
+        v |= (unsigned)(p[at / 8] >> (at % 8) & 1u) << b;
+    }
+    return v;
+}
+
+/* topk_better: value a is kept before value b (larger |u|, ties to the lower index). */
+static int topk_better(const float *u, uint16_t a, uint16_t b)
+{
+    float x = fabsf(u[a]), y = fabsf(u[b]);
+    return x > y || (x == y && a < b);
+}
+
+/* topk_sift restores the heap (root: the worst kept) below position i. */
+static void topk_sift(const float *u, uint16_t *h, size_t k, size_t i)
+{
+    for (;;) {
+        size_t w = i, l = 2 * i + 1, r = l + 1;
+        if (l < k && topk_better(u, h[w], h[l]))
+            w = l;
+        if (r < k && topk_better(u, h[w], h[r]))
+            w = r;
+        if (w == i)
+            return;
+        uint16_t t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+/* topk_chunk encodes one chunk of len values (see spes_topk_encode). */
+static void topk_chunk(const float *u, size_t len, uint8_t *dst, float *resid)
+{
+    size_t k = topk_k(len);
+    uint16_t h[SPES_TOPK_K], byval[SPES_TOPK_K];
+    for (size_t i = 0; i < k; i++)
+        h[i] = (uint16_t)i;
+    for (size_t i = k / 2; i-- > 0;)
+        topk_sift(u, h, k, i);
+    for (size_t i = k; i < len; i++)
+        if (topk_better(u, (uint16_t)i, h[0])) {
+            h[0] = (uint16_t)i;
+            topk_sift(u, h, k, 0);
+        }
+    /* wire order: by index; levels: rank groups by value (ties by index) */
+    for (size_t i = 1; i < k; i++)
+        for (size_t j = i; j > 0 && h[j] < h[j - 1]; j--) {
+            uint16_t t = h[j];
+            h[j] = h[j - 1];
+            h[j - 1] = t;
+        }
+    memcpy(byval, h, k * sizeof *h);
+    for (size_t i = 1; i < k; i++)
+        for (size_t j = i; j > 0 && (u[byval[j]] < u[byval[j - 1]] ||
+                                     (u[byval[j]] == u[byval[j - 1]] && byval[j] < byval[j - 1]));
+             j--) {
+            uint16_t t = byval[j];
+            byval[j] = byval[j - 1];
+            byval[j - 1] = t;
+        }
+    float level[4];
+    uint8_t code[SPES_TOPK_CHUNK]; /* by index within the chunk, for the kept ones */
+    for (unsigned c = 0; c < 4; c++) {
+        size_t lo = k * c / 4, hi = k * (c + 1) / 4;
+        float sum = 0.0f;
+        for (size_t r = lo; r < hi; r++) {
+            sum += u[byval[r]];
+            code[byval[r]] = (uint8_t)c;
+        }
+        level[c] = hi > lo ? sum / (float)(hi - lo) : 0.0f;
+    }
+    memset(dst, 0, topk_chunk_size(k));
+    memcpy(dst, level, 16);
+    uint8_t *idx = dst + 16, *codes = idx + (12 * k + 7) / 8;
+    if (resid)
+        memcpy(resid, u, len * sizeof *u);
+    for (size_t i = 0; i < k; i++) {
+        put_bits(idx, i, 12, h[i]);
+        put_bits(codes, i, 2, code[h[i]]);
+        if (resid)
+            resid[h[i]] = u[h[i]] - level[code[h[i]]];
+    }
+}
+
+int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(u[i]))
+            return spes_errf(SPES_ERANGE, "topk: value %zu to encode is %s", i,
+                             isnan(u[i]) ? "NaN" : "infinite");
+    for (size_t at = 0; at < n; at += SPES_TOPK_CHUNK) {
+        size_t len = n - at < SPES_TOPK_CHUNK ? n - at : SPES_TOPK_CHUNK;
+        topk_chunk(u + at, len, dst, resid ? resid + at : NULL);
+        dst += topk_chunk_size(topk_k(len));
+    }
+    return 0;
+}
+
+/* encode_ef writes the values of c in an error-feedback codec (q8ef, topk): per group u = (value -
+ * base) + ef, encoded, and ef updated to the residual once every group encoded (so a refusal leaves
+ * it as it was). */
+static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t *p)
+{
+    size_t nvals = c->shared_numel + (size_t)c->ncols * c->column_numel;
+    float *u = malloc((nvals ? nvals : 1) * sizeof *u);
+    if (!u)
+        return SPES_ENOMEM;
+    size_t i = 0, n;
+    for (int s = -1; s < c->ncols; s++) {
+        const float *b = seg_base(c, base, s, &n);
+        const float *e = ef ? ef + (b - base) : NULL;
+        for (size_t k = 0; k < n; k++, i++)
+            u[i] = (c->val[i] - b[k]) + (e ? e[k] : 0.0f);
+    }
+    int rc = 0;
+    i = 0;
+    for (int s = -1; !rc && s < c->ncols; s++) {
+        seg_base(c, base, s, &n);
+        if (codec == SPES_CODEC_Q8EF) {
+            rc = spes_q8_encode(u + i, n, p, u + i); /* u becomes the residual in place */
+            p += spes_q8_size(n);
+        } else {
+            rc = spes_topk_encode(u + i, n, p, u + i);
+            p += spes_topk_size(n);
+        }
+        i += n;
+    }
+    if (!rc && ef) {
+        i = 0;
+        for (int s = -1; s < c->ncols; s++) {
+            const float *b = seg_base(c, base, s, &n);
+            memcpy(ef + (b - base), u + i, n * sizeof *u);
+            i += n;
+        }
+    }
+    free(u);
+    return rc;
+}
+
+/* values_size is the encoded size of a contribution's values in the codec. */
+static size_t values_size(uint32_t codec, size_t shared, size_t column, size_t ncols)
+{
+    if (codec == SPES_CODEC_Q8EF)
+        return spes_q8_size(shared) + ncols * spes_q8_size(column);
+    if (codec == SPES_CODEC_TOPK)
+        return spes_topk_size(shared) + ncols * spes_topk_size(column);
+    return (shared + ncols * column) * (codec == SPES_CODEC_FP32 ? 4 : 2);
+}
+
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t **out,
                         size_t *len)
 {
-    if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
+    if (codec < SPES_CODEC_FP32 || codec > SPES_CODEC_TOPK)
         return spes_errf(SPES_EINVAL, "unknown contribution codec %d", (int)codec);
     size_t nvals = c->shared_numel + (size_t)c->ncols * c->column_numel;
-    size_t vsize = codec == SPES_CODEC_FP32 ? 4 : 2;
-    size_t n = CTB_HEADER + (size_t)c->ncols * 4 + nvals * vsize;
+    size_t n = CTB_HEADER + (size_t)c->ncols * 4 +
+               values_size(codec, c->shared_numel, c->column_numel, (size_t)c->ncols);
     uint8_t *b = malloc(n);
     if (!b)
         return SPES_ENOMEM;
@@ -128,7 +356,7 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
         put32(p, (uint32_t)c->cols[i]);
     if (codec == SPES_CODEC_FP32) {
         memcpy(p, c->val, nvals * 4);
-    } else {
+    } else if (codec == SPES_CODEC_BF16) {
         size_t i = 0, n;
         for (int s = -1; s < c->ncols; s++) {
             const float *b = seg_base(c, base, s, &n);
@@ -136,6 +364,12 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
                 uint16_t h = spes_bf16_from_f32(c->val[i] - b[k]);
                 memcpy(p + 2 * i, &h, 2);
             }
+        }
+    } else {
+        int rc = encode_ef(c, codec, base, ef, p);
+        if (rc) {
+            free(b);
+            return rc;
         }
     }
     *out = b;
@@ -145,7 +379,9 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
 
 size_t spes_contrib_max_size(const spes_layout *lo, int E)
 {
-    return CTB_HEADER + (size_t)E * 4 + (lo->shared_numel + (size_t)E * lo->column_numel) * 4;
+    size_t f = values_size(SPES_CODEC_FP32, lo->shared_numel, lo->column_numel, (size_t)E);
+    size_t q = values_size(SPES_CODEC_Q8EF, lo->shared_numel, lo->column_numel, (size_t)E);
+    return CTB_HEADER + (size_t)E * 4 + (f > q ? f : q);
 }
 
 static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *origin)
@@ -162,12 +398,98 @@ static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *orig
     return 0;
 }
 
+/* check_value stores value i (base b, delta d) after the checks every codec shares. */
+static int check_value(spes_contrib *c, size_t i, float v, float d, float max_delta, const char *origin)
+{
+    if (!isfinite(v) || !isfinite(d))
+        return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i,
+                         isnan(v) || isnan(d) ? "NaN" : "infinite");
+    if (fabsf(d) > max_delta)
+        return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin,
+                         i, (double)d, (double)max_delta);
+    c->val[i] = v;
+    return 0;
+}
+
+/* decode_q8 reads one group of n q8ef values (deltas against bs) into c->val from i on. */
+static int decode_q8(spes_contrib *c, const uint8_t **pp, size_t i, const float *bs, size_t n,
+                     float max_delta, const char *origin)
+{
+    const uint8_t *p = *pp;
+    for (size_t at = 0; at < n; at += SPES_Q8_BLOCK) {
+        size_t k = n - at < SPES_Q8_BLOCK ? n - at : SPES_Q8_BLOCK;
+        float sc;
+        memcpy(&sc, p, 4);
+        if (!isfinite(sc) || sc < 0.0f)
+            return spes_errf(SPES_ERANGE, "%s: contribution scale of the block at value %zu is %g", origin,
+                             i + at, (double)sc);
+        const int8_t *q = (const int8_t *)(p + 4);
+        for (size_t j = 0; j < k; j++) {
+            if (q[j] == -128)
+                return spes_errf(SPES_EFORMAT, "%s: contribution value %zu is -128, outside -127..127",
+                                 origin, i + at + j);
+            float d = (float)q[j] * sc;
+            int rc = check_value(c, i + at + j, bs[at + j] + d, d, max_delta, origin);
+            if (rc)
+                return rc;
+        }
+        p += 4 + k;
+    }
+    *pp = p;
+    return 0;
+}
+
+/* decode_topk reads one group of n topk values (deltas against bs) into c->val from i on. */
+static int decode_topk(spes_contrib *c, const uint8_t **pp, size_t i, const float *bs, size_t n,
+                       float max_delta, const char *origin)
+{
+    const uint8_t *p = *pp;
+    for (size_t at = 0; at < n; at += SPES_TOPK_CHUNK) {
+        size_t len = n - at < SPES_TOPK_CHUNK ? n - at : SPES_TOPK_CHUNK, k = topk_k(len);
+        float level[4];
+        memcpy(level, p, 16);
+        for (int l = 0; l < 4; l++)
+            if (!isfinite(level[l]))
+                return spes_errf(SPES_ERANGE, "%s: contribution level %d of the chunk at value %zu is %g",
+                                 origin, l, i + at, (double)level[l]);
+        const uint8_t *idx = p + 16, *codes = idx + (12 * k + 7) / 8;
+        float d[SPES_TOPK_CHUNK];
+        memset(d, 0, len * sizeof *d);
+        for (size_t j = 0, prev = 0; j < k; j++) {
+            size_t x = get_bits(idx, j, 12);
+            if (x >= len || (j > 0 && x <= prev))
+                return spes_errf(
+                    SPES_EFORMAT,
+                    "%s: contribution index %zu of the chunk at value %zu is out of order or range", origin,
+                    x, i + at);
+            d[x] = level[get_bits(codes, j, 2)];
+            prev = x;
+        }
+        for (size_t j = 0; j < len; j++) {
+            int rc = check_value(c, i + at + j, bs[at + j] + d[j], d[j], max_delta, origin);
+            if (rc)
+                return rc;
+        }
+        p += topk_chunk_size(k);
+    }
+    *pp = p;
+    return 0;
+}
+
 static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, const float *base,
                          float max_delta, const char *origin)
 {
     size_t i = 0, n;
     for (int s = -1; s < c->ncols; s++) {
         const float *bs = seg_base(c, base, s, &n);
+        if (codec == SPES_CODEC_Q8EF || codec == SPES_CODEC_TOPK) {
+            int rc = codec == SPES_CODEC_Q8EF ? decode_q8(c, &p, i, bs, n, max_delta, origin)
+                                              : decode_topk(c, &p, i, bs, n, max_delta, origin);
+            if (rc)
+                return rc;
+            i += n;
+            continue;
+        }
         for (size_t k = 0; k < n; k++, i++) {
             float v, b = bs[k], d;
             if (codec == SPES_CODEC_FP32) {
@@ -179,13 +501,9 @@ static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, cons
                 d = spes_f32_from_bf16(h);
                 v = b + d;
             }
-            if (!isfinite(v) || !isfinite(d))
-                return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i,
-                                 isnan(v) || isnan(d) ? "NaN" : "infinite");
-            if (fabsf(d) > max_delta)
-                return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g",
-                                 origin, i, (double)d, (double)max_delta);
-            c->val[i] = v;
+            int rc = check_value(c, i, v, d, max_delta, origin);
+            if (rc)
+                return rc;
         }
     }
     return 0;
@@ -201,7 +519,7 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
         return spes_errf(SPES_EFORMAT, "%s: contribution version %u is not supported", origin,
                          get32(buf + 8));
     uint32_t codec = get32(buf + 12), ncols = get32(buf + 28);
-    if (codec != SPES_CODEC_FP32 && codec != SPES_CODEC_BF16)
+    if (codec < SPES_CODEC_FP32 || codec > SPES_CODEC_TOPK)
         return spes_errf(SPES_EFORMAT, "%s: unknown contribution codec %u", origin, codec);
     if (get64(buf + 48) != lo->shared_numel || get64(buf + 56) != lo->column_numel)
         return spes_errf(SPES_EFORMAT,
@@ -210,14 +528,15 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
                          lo->shared_numel, lo->column_numel);
     if (ncols > (uint32_t)E)
         return spes_errf(SPES_EFORMAT, "%s: contribution has %u columns, the model has %d", origin, ncols, E);
-    size_t vsize = codec == SPES_CODEC_FP32 ? 4 : 2;
     size_t nvals = lo->shared_numel + (size_t)ncols * lo->column_numel;
-    if (len != CTB_HEADER + (size_t)ncols * 4 + nvals * vsize)
-        return spes_errf(SPES_EFORMAT, "%s: contribution is %zu bytes, expected %zu", origin, len,
-                         CTB_HEADER + (size_t)ncols * 4 + nvals * vsize);
+    size_t want =
+        CTB_HEADER + (size_t)ncols * 4 + values_size(codec, lo->shared_numel, lo->column_numel, ncols);
+    if (len != want)
+        return spes_errf(SPES_EFORMAT, "%s: contribution is %zu bytes, expected %zu", origin, len, want);
     c->round = (int64_t)get64(buf + 16);
     c->node = (int32_t)get32(buf + 24);
     c->ncols = (int)ncols;
+    c->codec = codec;
     c->tokens = get64(buf + 32);
     memcpy(&c->loss_mean, buf + 40, 4);
     c->shared_numel = lo->shared_numel;

@@ -1,5 +1,5 @@
 /* sync.h: SPES round state: contributions (deltas against the agreed state),
- * their wire codec (fp32 or bf16), deterministic aggregation, and the state
+ * their wire codec (fp32, bf16 or q8ef), deterministic aggregation, and the state
  * digest. Pure computation and byte codecs; no I/O. Aggregation is in node-id
  * order with fp32 accumulation, so every node computes the same bytes. */
 #ifndef SPES_SYNC_SYNC_H
@@ -14,19 +14,35 @@
 typedef enum spes_codec {
     SPES_CODEC_FP32 = 1,
     SPES_CODEC_BF16 = 2,
+    SPES_CODEC_Q8EF = 3, /* int8 blocks of SPES_Q8_BLOCK with an fp32 scale, error feedback */
+    SPES_CODEC_TOPK = 4, /* per chunk the SPES_TOPK_K largest values on a 2-bit codebook, error feedback */
 } spes_codec;
+
+/* SPES_Q8_BLOCK is the q8ef codec's block: 128 values share one scale. */
+#define SPES_Q8_BLOCK 128
+
+/* The topk codec keeps SPES_TOPK_K values of every chunk of SPES_TOPK_CHUNK (all of a shorter one's
+ * up to K): their 12-bit indices and 2-bit codes into 4 fp32 levels. */
+#define SPES_TOPK_CHUNK 4096
+#define SPES_TOPK_K 64
+
+/* spes_codec_from_name maps "fp32", "bf16", "q8ef", "topk" to the codec (0: unknown). */
+spes_codec spes_codec_from_name(const char *name);
 
 /* spes_contrib is one node's decoded contribution to one round. It holds the
  * node's NEW values of what it trained (shared block, then owned columns);
  * the delta against the base is what aggregation averages. On the wire the
  * fp32 codec carries the values themselves (so a single contributor's values
  * arrive bit for bit, and one node is exactly standalone training); the bf16
- * codec carries bf16(value - base), since bf16 values would lose too much. */
+ * codec carries bf16(value - base), since bf16 values would lose too much;
+ * q8ef carries the delta plus the node's error-feedback residual quantised to
+ * int8 blocks (docs/design.md, "Codecs"). Decoded values are base + delta. */
 typedef struct spes_contrib {
     int64_t round;
     int32_t node;    /* node id (aggregation order) */
     uint64_t tokens; /* tokens trained this round */
     float loss_mean; /* mean training CE over the round's steps */
+    uint32_t codec;  /* spes_codec it arrived in (decode), 0 when made here */
     int ncols;
     int32_t *cols; /* (ncols) owned columns, strictly increasing */
     size_t shared_numel, column_numel;
@@ -42,12 +58,37 @@ int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8
 void spes_contrib_fini(spes_contrib *c);
 
 /* spes_contrib_encode serialises c with the codec into a malloc'd buffer;
- * base (the agreed state, full layout) is needed by the bf16 codec. */
-int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, uint8_t **out,
+ * base (the agreed state, full layout) is needed by the bf16 and q8ef codecs.
+ * ef (full layout, may be NULL: zero) is the node's error-feedback residual,
+ * used by q8ef only: each group encodes u = (value - base) + ef, and ef becomes
+ * u - D(Q(u)) over the groups encoded (other entries untouched). A non-finite
+ * u is refused (SPES_ERANGE) and leaves ef untouched. */
+int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t **out,
                         size_t *len);
 
+/* spes_q8_encode quantises n values of u into dst (per block of SPES_Q8_BLOCK:
+ * f32 scale = max|u| / 127, then int8 q = clamp(rint(u / scale), -127, 127),
+ * 0 when the scale is 0) and, when resid is not NULL, writes u - q * scale to
+ * it; dst holds spes_q8_size(n) bytes. SPES_ERANGE on a non-finite value. */
+int spes_q8_encode(const float *u, size_t n, uint8_t *dst, float *resid);
+
+/* spes_q8_size is the encoded size of n values: 4 bytes per block plus one per value. */
+size_t spes_q8_size(size_t n);
+
+/* spes_topk_encode sparsifies n values of u into dst (per chunk of SPES_TOPK_CHUNK: the k =
+ * min(SPES_TOPK_K, chunk) largest |u|, ties to the lower index; sorted by value (ties by index)
+ * they fall in 4 rank groups (k*c/4 .. k*(c+1)/4), whose fp32 means are the chunk's levels, each
+ * the sequential sum in that order divided by the count (0 for an empty group); on the wire the 4
+ * levels, the k indices ascending as 12-bit fields, then their 2-bit codes, both packed LSB first)
+ * and, when resid is not NULL, writes u - D to it (u where nothing was kept). dst holds
+ * spes_topk_size(n) bytes. SPES_ERANGE on a non-finite value. */
+int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid);
+
+/* spes_topk_size is the encoded size of n values. */
+size_t spes_topk_size(size_t n);
+
 /* spes_contrib_max_size is the largest encoded contribution for a model of
- * layout lo with E experts (fp32, every column): a bound on what a peer may
+ * layout lo with E experts (any codec, every column): a bound on what a peer may
  * send as one before any byte of it is fetched. */
 size_t spes_contrib_max_size(const spes_layout *lo, int E);
 

@@ -239,7 +239,7 @@ def read_state_blob2(path):
 
 
 def read_contribution(path):
-    """(round, node, cols, codec, values or bf16 deltas) of a contribution blob."""
+    """(round, node, cols, codec, values, or deltas of bf16 and q8ef) of a contribution blob."""
     b = open(path, "rb").read()
     if not b.startswith(b"SPESCTB1"):
         return None
@@ -250,6 +250,32 @@ def read_contribution(path):
     n = shared + ncols * column
     if codec == 1:
         vals = np.frombuffer(b, dtype="<f4", offset=off, count=n)
+    elif codec == 3:  # q8ef: per group, blocks of 128: f32 scale, int8 values; delta = q * scale
+        parts = []
+        for g in [shared] + [column] * ncols:
+            for at in range(0, g, 128):
+                k = min(128, g - at)
+                sc = np.frombuffer(b, dtype="<f4", offset=off, count=1)[0]
+                q = np.frombuffer(b, dtype=np.int8, offset=off + 4, count=k)
+                parts.append((q.astype(np.float32) * sc).astype(np.float32))
+                off += 4 + k
+        vals = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    elif codec == 4:  # topk: per group, chunks of 4096: 4 f32 levels, k 12-bit indices, k 2-bit codes
+        parts = []
+        for g in [shared] + [column] * ncols:
+            for at in range(0, g, 4096):
+                ln = min(4096, g - at)
+                k = min(64, ln)
+                lv = np.frombuffer(b, dtype="<f4", offset=off, count=4)
+                ib, cb = (12 * k + 7) // 8, (2 * k + 7) // 8
+                ibits = int.from_bytes(b[off + 16:off + 16 + ib], "little")
+                cbits = int.from_bytes(b[off + 16 + ib:off + 16 + ib + cb], "little")
+                d = np.zeros(ln, np.float32)
+                for j in range(k):
+                    d[(ibits >> (12 * j)) & 0xfff] = lv[(cbits >> (2 * j)) & 3]
+                parts.append(d)
+                off += 16 + ib + cb
+        vals = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     else:
         h = np.frombuffer(b, dtype="<u2", offset=off, count=n).astype(np.uint32) << 16
         vals = h.view(np.float32)

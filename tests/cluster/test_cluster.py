@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -220,6 +221,89 @@ def scenario_outer_optimizer():
               "S_{r+1} and its momentum equal numpy's outer Nesterov step, bit for bit (%d rounds)" % len(rounds))
     finally:
         cl.cleanup()
+
+
+def scenario_q8ef_error_feedback(codec="q8ef"):
+    """The q8ef codec: contributions are int8 blocks with error feedback; the nodes agree (one killed
+    and restarted, one joined mid-run), S_{r+1} equals numpy's from the decoded blobs bit for bit
+    (merge rounds included), blobs are 3.9x smaller than fp32, and every node keeps its residual
+    with its state (residual.bin) and resumes it after kill -9. The same for topk (codec="topk")."""
+    cfg = run_config(merge_alpha=0.2, merge_interval=10)
+    cfg["spes"]["codec"] = codec
+    cid, min_ratio = (3, 3.5) if codec == "q8ef" else (4, 20)
+    cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3, extra={k: {"keep_blobs": True} for k in range(4)})
+    try:
+        for k in range(3):
+            cl.start(k)
+        cl.wait_round(3)
+        cl.start(3)
+        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 60)
+        cl.kill(1)
+        cl.start(1)
+        cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 1, timeout=120)
+        for k in range(4):  # every daemon killed: each resumes its own state and residual
+            cl.kill(k)
+        for k in range(4):
+            cl.start(k)
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=120)
+        cl.stop_all()
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "%s: four nodes (one joined, one restarted, then all killed and restarted) agree on rounds %s"
+              % (codec, later))
+        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        resumed = [k for k in range(4) if "resuming from the local state" in cl.log(k)]
+        check(len(resumed) >= 3 and not any("no error-feedback residual" in cl.log(k) for k in range(4)),
+              "nodes %s resumed their own state with its residual after kill -9" % resumed)
+        states, contribs = states_and_contribs(cl)
+        check(contribs and all(c["codec"] == cid for cs in contribs.values() for c in cs),
+              "every contribution is in %s" % codec)
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states]
+        exact, merged = True, 0
+        for r in rounds:
+            step_end = (r + 1) * cfg["spes"]["sync_interval"]
+            merged += step_end % cfg["spes"]["merge_interval"] == 0
+            want = reference_round(cfg, states[r], contribs[r], step_end)
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+        check(len(rounds) >= 5 and exact and merged >= 1,
+              "S_{r+1} equals numpy's from the decoded %s blobs, bit for bit (%d rounds, %d merging)"
+              % (codec, len(rounds), merged))
+        shared, column, _ = layout_sizes(cfg)
+
+        def q8(n):
+            return (n + 127) // 128 * 4 + n
+
+        def topk(n):
+            def chunk(ln):
+                k = min(64, ln)
+                return 16 + (12 * k + 7) // 8 + (2 * k + 7) // 8
+            return n // 4096 * chunk(4096) + (chunk(n % 4096) if n % 4096 else 0)
+        size_of = q8 if codec == "q8ef" else topk
+        wire = [(os.path.getsize(p), read_contribution(p)) for p in cl.blobs(0) if "." not in os.path.basename(p)]
+        wire = [(size, len(c["cols"])) for size, c in wire if c and c["codec"] == cid]
+        exact_size = all(size == 64 + 4 * nc + size_of(shared) + nc * size_of(column) for size, nc in wire)
+        ratio = min((64 + 4 * nc + 4 * (shared + nc * column)) / size for size, nc in wire) if wire else 0
+        check(wire and exact_size and ratio > min_ratio,
+              "every %s contribution has the codec's exact size, at least %.2fx smaller than fp32" % (codec, ratio))
+        resid = []
+        for k in range(4):
+            path = os.path.join(cl.dir, "node-%d" % k, "node", "state", "residual.bin")
+            if os.path.exists(path):
+                b = open(path, "rb").read()
+                rnd, numel = struct.unpack_from("<qQ", b, 16)
+                v = np.frombuffer(b, dtype="<f4", offset=32, count=numel)
+                resid.append(b.startswith(b"SPESRESD") and rnd == max(cl.applied(k)) + 1 and np.any(v)
+                             and np.all(np.isfinite(v)))
+        check(len(resid) == 4 and all(resid),
+              "every node keeps a non-zero residual of its last applied round beside its state")
+    finally:
+        cl.cleanup()
+
+
+def scenario_topk_error_feedback():
+    scenario_q8ef_error_feedback("topk")
 
 
 def faults_env(**variables):
@@ -771,7 +855,8 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_contribution_authorship,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
-             scenario_round_costs, scenario_outer_optimizer, scenario_poisoning]
+             scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
+             scenario_topk_error_feedback]
 
 
 def main():
