@@ -78,7 +78,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     print("| SPES reference (parameter server, fp32) | %.1f MB | %.1f MB | %.1f MB | 1.00 | - | - |"
           % (ref_up / 1e6, ref_down / 1e6, (ref_up + ref_down) / 1e6))
-    for codec in ("fp32", "bf16", "q8ef"):
+    for codec in ("fp32", "bf16", "q8ef", "topk"):
         r, s, t, y = run(codec)
         print("| spes p2p, %s | %.1f MB | %.1f MB | %.1f MB | %.2f | %.2f | %.2f |"
               % (codec, s / 1e6, r / 1e6, (r + s) / 1e6, (r + s) / (ref_up + ref_down), t, y))

@@ -962,7 +962,6 @@ START_TEST(test_heartbeat_replies)
     spes_coord_action *r = reply_to(&f, tag);
     ck_assert_uint_eq(r->len, clen);
     ck_assert_int_eq(memcmp(r->data, cbytes, clen), 0);
-    free(cbytes);
     Spes__Wire__Reject *rj = (Spes__Wire__Reject *)heartbeat(&f, 1, 5, NS(ACTIVE), SPES_MSG_REJECT);
     ck_assert_int_eq(rj->code, EC(WRONG_ROUND));
     ck_assert_str_eq(rj->reason, "the run was restored: join again");
@@ -983,9 +982,33 @@ START_TEST(test_heartbeat_replies)
     announce_ok(&f, 0, 1);
     announce_ok(&f, 1, 1);
     validate_all(&f);
+    /* a node two rounds behind catches up: it gets the commit of its round, byte for byte, as long
+     * as nodes still hold that round's contributions (SPES_COORD_COMMIT_HISTORY rounds) */
+    tag = ++f.tag;
+    spes_coord_sm_request(f.c, f.now, SPES_MSG_HEARTBEAT, &h.base, &noid,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    fx_collect(&f);
+    r = reply_to(&f, tag);
+    ck_assert_uint_eq(r->len, clen);
+    ck_assert_int_eq(memcmp(r->data, cbytes, clen), 0);
+    Spes__Wire__Commit *cm = (Spes__Wire__Commit *)heartbeat(&f, 1, 1, NS(ACTIVE), SPES_MSG_COMMIT);
+    ck_assert_uint_eq(cm->round, 1);
+    spes_proto_free(&cm->base);
+    for (uint64_t round = 2; round <= 3; round++) { /* node-2 (id 2) takes part from round 2 */
+        for (uint32_t id = 0; id < 3; id++)
+            digest(&f, id, round, (uint8_t)(0x60 + round), NULL);
+        for (uint32_t id = 0; id < 3; id++)
+            announce_ok(&f, id, round);
+        validate_all(&f);
+    }
+    /* at round 4 the commit of round 0 is no longer held: too far behind, join again */
     rj = (Spes__Wire__Reject *)heartbeat(&f, 1, 0, NS(ACTIVE), SPES_MSG_REJECT);
     ck_assert_str_eq(rj->reason, "too far behind: join again");
     spes_proto_free(&rj->base);
+    cm = (Spes__Wire__Commit *)heartbeat(&f, 1, 1, NS(ACTIVE), SPES_MSG_COMMIT);
+    ck_assert_uint_eq(cm->round, 1);
+    spes_proto_free(&cm->base);
+    free(cbytes);
     fx_fini(&f);
 }
 END_TEST

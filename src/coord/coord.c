@@ -249,7 +249,7 @@ void spes_coord_sm_free(spes_coord_sm *c)
         spes_coord_action_fini(&c->q[c->qhead + i]);
     free(c->q);
     free(c->run_json);
-    free(c->last_commit);
+    coord_commits_forget(c);
     free(c->saved);
     spes_config_fini(&c->run);
     free(c);

@@ -203,9 +203,7 @@ void spes_coord_sm_restored(spes_coord_sm *c, spes_coord_now now, spes_coord_to 
     memcpy(c->state_hash, k->hash, 32);
     c->state_hash_known = 1;
     c->prev_known = 0;
-    free(c->last_commit);
-    c->last_commit = NULL;
-    c->last_commit_len = 0;
+    coord_commits_forget(c); /* none of them applies to the restored state */
     c->validating = 0;
     for (int i = 0; i < c->nwaiters; i++) /* their checkpoint will not be taken now */
         coord_reply_error(c, c->waiters[i].to, SPES_ESTATE, SPES_MSG_CHECKPOINT_REQUEST,

@@ -160,8 +160,12 @@ static void handle_heartbeat(spes_coord_sm *c, spes_coord_now now, const Spes__W
         m->counters.base.unknown_fields = NULL;
         m->have_counters = 1;
     }
-    if (h->round + 1 == c->round && c->last_commit) {
-        coord_reply_raw(c, to, c->last_commit, c->last_commit_len); /* the node waits for this commit */
+    size_t clen = 0;
+    const uint8_t *commit = h->round < c->round ? coord_commit_for(c, h->round, &clen) : NULL;
+    if (commit) {
+        /* the node waits for this commit, or catches up one commit at a time (docs/design.md,
+         * "Failures and joins") */
+        coord_reply_raw(c, to, commit, clen);
     } else if (h->round != c->round) {
         reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0,
                      h->round < c->round ? "too far behind: join again" : "the run was restored: join again");

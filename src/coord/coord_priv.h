@@ -43,6 +43,8 @@ typedef struct coord_straggler {
 } coord_straggler;
 
 #define SPES_COORD_DEADLINE_SAMPLES 256 /* announcements the adaptive deadline looks at */
+#define SPES_COORD_COMMIT_HISTORY 3     /* Commits a node behind may still get (its last and 2 older): \
+                                         * SPES_NODE_KEEP_ROUNDS, the rounds whose blobs nodes keep */
 #define SPES_COORD_DEADLINE_MIN_SAMPLES 8
 #define SPES_COORD_MAX_STRAGGLERS 8
 
@@ -117,6 +119,13 @@ struct spes_coord_sm {
     int val_said_n;          /* (-1: never): asking again while our node is late says nothing new */
     uint8_t *last_commit;    /* encoded Commit envelope of round - 1 */
     size_t last_commit_len;
+    /* the Commits of the rounds before it (in memory only), for a node catching up: the
+     * contributions they name are still held, as nodes keep SPES_NODE_KEEP_ROUNDS rounds */
+    struct {
+        uint64_t round;
+        uint8_t *data; /* NULL: empty slot */
+        size_t len;
+    } older[SPES_COORD_COMMIT_HISTORY - 1];
     /* last round, for status */
     uint32_t last_contributors;
     int last_merge;
@@ -196,6 +205,12 @@ int coord_member_active(const coord_member *m);
 
 /* coord_deal_columns deals the next round's columns over the active members. */
 void coord_deal_columns(spes_coord_sm *c);
+
+/* coord_commit_for finds the encoded Commit of round r in the history (NULL if not held). */
+const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len);
+
+/* coord_commits_forget drops the history of Commits (the last one included). */
+void coord_commits_forget(spes_coord_sm *c);
 
 /* coord_deadline is the open round's deadline in ms after it opened (coord_deadline.c). */
 uint64_t coord_deadline(const spes_coord_sm *c);

@@ -142,7 +142,15 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
     cm.peers = pp;
     cm.next_deadline_ms = (uint32_t)coord_deadline(c);
     cm.checkpoint_id = c->pending_ckpt;
-    free(c->last_commit);
+    if (c->last_commit && c->round > 0) { /* the last one joins the older ones */
+        int slot = (int)((c->round - 1) % (SPES_COORD_COMMIT_HISTORY - 1));
+        free(c->older[slot].data);
+        c->older[slot].round = c->round - 1;
+        c->older[slot].data = c->last_commit;
+        c->older[slot].len = c->last_commit_len;
+    } else {
+        free(c->last_commit);
+    }
     c->last_commit = NULL;
     c->last_commit_len = 0;
     rc = spes_proto_encode(SPES_MSG_COMMIT, &cm.base, &c->last_commit, &c->last_commit_len);
@@ -163,6 +171,31 @@ out:
     free(pp);
     free(colbuf);
     return rc;
+}
+
+const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len)
+{
+    if (c->last_commit && r + 1 == c->round) {
+        *len = c->last_commit_len;
+        return c->last_commit;
+    }
+    for (int i = 0; i < SPES_COORD_COMMIT_HISTORY - 1; i++)
+        if (c->older[i].data && c->older[i].round == r && r + SPES_COORD_COMMIT_HISTORY >= c->round) {
+            *len = c->older[i].len;
+            return c->older[i].data;
+        }
+    return NULL;
+}
+
+void coord_commits_forget(spes_coord_sm *c)
+{
+    free(c->last_commit);
+    c->last_commit = NULL;
+    c->last_commit_len = 0;
+    for (int i = 0; i < SPES_COORD_COMMIT_HISTORY - 1; i++) {
+        free(c->older[i].data);
+        c->older[i].data = NULL;
+    }
 }
 
 /* persist_commit queues the durable write of the last commit (nodes that wait for it get it

@@ -362,9 +362,12 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
         const Spes__Wire__Reject *r = (const Spes__Wire__Reject *)msg;
         if (r->code == SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND ||
             r->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
-            say(o, SPES_LOG_WARN, "coordinator: %s; joining again", r->reason);
-            if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT)
+            if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT) {
+                say(o, SPES_LOG_WARN, "coordinator: %s; joining again", r->reason);
                 sm->phase = SPES_NODE_JOIN;
+            } else { /* said again at every heartbeat while a job runs: acted on once it ends */
+                say(o, SPES_LOG_DEBUG, "coordinator: %s (once the running job ends)", r->reason);
+            }
         }
     }
 }

@@ -461,6 +461,42 @@ def scenario_join_mid_run():
         cl.cleanup()
 
 
+def scenario_join_catches_up():
+    """A joiner that falls rounds behind while it fetches the agreed state (stopped here for three
+    rounds) catches up commit by commit, as the coordinator keeps its last 3 Commits, instead of
+    joining again and fetching a newer state, which on a slow link never ends."""
+    cfg = run_config()
+    extra = {k: {"failure_timeout_ms": 60000, "round_deadline_ms": 3000, "round_deadline_min_ms": 1000}
+             for k in range(3)}
+    cl = Cluster(BUILD, 3, cfg, tokens(), min_nodes=2, extra=extra)
+    try:
+        cl.start(0)
+        cl.start(1)
+        cl.wait_round(3)
+        cl.start(2)
+        cl.wait("node-2 fetches the state", lambda: "fetching the agreed state" in cl.log(2), 60)
+        cl.procs[2].send_signal(signal.SIGSTOP)
+        behind = cl.status()["round"]
+        cl.wait_round(behind + 3)
+        cl.procs[2].send_signal(signal.SIGCONT)
+        got = cl.wait("node-2 contributes",
+                      lambda: re.search(r"round (\d+) committed: 3 contribution", cl.log(0)), 90)
+        log2 = cl.log(2)
+        rounds = sorted(cl.applied(2))
+        check(got is not None and log2.count("fetching the agreed state") == 1 and "joining again" not in log2,
+              "the joiner fetched the state once, never joined again, and contributes (round %s)"
+              % (got.group(1) if got else None))
+        run = [r for r in rounds if r < int(got.group(1))] if got else []
+        check(len(run) >= 3 and run == list(range(run[0], run[0] + len(run))),
+              "it applied the commits it missed one by one: rounds %s" % run)
+        later = cl.wait_applied([0, 1, 2], max(cl.applied(0)), timeout=60)
+        logs = [cl.applied(k) for k in range(3)]
+        check(later and all(logs[0][x] == logs[k][x] for x in rounds if x in logs[0] for k in (1, 2) if x in logs[k]),
+              "its state digests equal the others' in every round it applied")
+    finally:
+        cl.cleanup()
+
+
 def scenario_coordinator_restart():
     cfg = run_config()
     cl = Cluster(BUILD, 3, cfg, tokens())
@@ -852,6 +888,7 @@ def scenario_poisoning():
 
 SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_wall_clock_steps, scenario_node_stops_without_coordinator, scenario_kill_node, scenario_join_mid_run,
+             scenario_join_catches_up,
              scenario_coordinator_restart, scenario_bad_contributions, scenario_contribution_authorship,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
