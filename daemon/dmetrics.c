@@ -42,6 +42,12 @@ struct spes_dmetrics {
         double train_s, wait_s;
     } prev[SPES_METRICS_MAX_MEMBERS]; /* members' counters at the last commit, for the timeline */
     int nprev;
+    struct {
+        uint32_t id;
+        uint64_t rounds;
+    } strag[SPES_METRICS_MAX_MEMBERS]; /* rounds each member was a straggler in (status shows the last) */
+    int nstrag;
+    uint64_t strag_round; /* the last round counted there */
     /* the worker's notes, guarded by wmu */
     pthread_mutex_t wmu;
     int L, E;
@@ -77,7 +83,7 @@ int spes_dmetrics_open(spes_dmetrics **out, spes_daemon *d)
     snprintf(m->s->version, sizeof m->s->version, "%s", SPES_VERSION);
     m->s->protocol = SPES_PROTO_VERSION;
     m->s->coordinator = d->coord != NULL;
-    m->refused_round = m->mm_round = UINT64_MAX;
+    m->refused_round = m->mm_round = m->strag_round = UINT64_MAX;
     pthread_mutex_init(&m->wmu, NULL);
     pthread_mutex_init(&m->pmu, NULL);
     spes_dmetrics_tick(m);
@@ -222,6 +228,34 @@ static const char *member_name(const Spes__Wire__StatusReply *st, uint32_t id)
 
 /* time_members gives round entry e each member's seconds training and waiting
  * since the previous commit, from the counters in their heartbeats. */
+/* note_stragglers sets each member's lag in the last round and counts, once per round, the rounds
+ * each member was a straggler in (docs/design.md, "Round deadlines"). */
+static void note_stragglers(spes_dmetrics *m, const Spes__Wire__LastRound *lr)
+{
+    spes_metrics_snapshot *s = m->s;
+    int fresh = lr->round != m->strag_round;
+    m->strag_round = lr->round;
+    for (size_t i = 0; i < lr->n_stragglers; i++) {
+        const Spes__Wire__Straggler *g = lr->stragglers[i];
+        for (int k = 0; k < s->nmembers; k++)
+            if (s->members[k].id == g->node_id)
+                s->members[k].behind_s = g->behind_ms / 1000.0;
+        if (!fresh)
+            continue;
+        int k = 0;
+        while (k < m->nstrag && m->strag[k].id != g->node_id)
+            k++;
+        if (k == m->nstrag && m->nstrag < SPES_METRICS_MAX_MEMBERS)
+            m->strag[m->nstrag++].id = g->node_id;
+        if (k < m->nstrag)
+            m->strag[k].rounds++;
+    }
+    for (int k = 0; k < s->nmembers; k++)
+        for (int j = 0; j < m->nstrag; j++)
+            if (m->strag[j].id == s->members[k].id)
+                s->members[k].straggler_rounds = m->strag[j].rounds;
+}
+
 static void time_members(spes_dmetrics *m, spes_metrics_round *e)
 {
     const spes_metrics_snapshot *s = m->s;
@@ -281,6 +315,7 @@ static void coordinator_view(spes_dmetrics *m)
         mm->loss = mi->loss > 0 ? mi->loss : NAN;
         mm->tps = mi->tokens_per_s;
         mm->last_seen_ms = mi->last_seen_unix_ms;
+        mm->behind_s = st->last_round ? 0.0 : NAN; /* a straggler's below */
         if (mi->counters) {
             const Spes__Wire__NodeCounters *nc = mi->counters;
             mm->have_counters = 1;
@@ -298,7 +333,11 @@ static void coordinator_view(spes_dmetrics *m)
             }
     }
     s->E = E;
+    s->deadline_s = st->round_deadline_ms ? st->round_deadline_ms / 1000.0 : NAN;
     const Spes__Wire__LastRound *lr = st->last_round;
+    s->median_announce_s = lr ? lr->median_announce_ms / 1000.0 : NAN;
+    if (lr)
+        note_stragglers(m, lr);
     s->have_last_round = lr != NULL;
     if (lr) {
         s->last_round = lr->round;

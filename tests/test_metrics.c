@@ -136,7 +136,16 @@ START_TEST(test_coordinator_families)
     spes_metrics_snapshot *s = coord_snapshot();
     s->refusals[SPES_METRICS_R_NON_FINITE] = 2;
     s->digest_mismatches = 3;
+    s->deadline_s = 12.5;
+    s->median_announce_s = 4.25;
+    s->members[1].behind_s = 3.5; /* a straggler of the last round, for the third time */
+    s->members[1].straggler_rounds = 3;
     char *t = prom(s);
+    ck_assert_ptr_nonnull(strstr(t, "spes_round_deadline_seconds 12.5\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_round_median_announce_seconds 4.25\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_member_behind_seconds{node=\"evil\\\"\\\\\\nname\"} 3.5\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_member_behind_seconds{node=\"coord\"} 0\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_member_straggler_rounds_total{node=\"evil\\\"\\\\\\nname\"} 3\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_members{state=\"active\"} 2\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_members{state=\"failed\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_members{state=\"pending\"} 0\n"));

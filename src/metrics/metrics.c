@@ -22,7 +22,7 @@ static const char *const reason_names[SPES_METRICS_NREASONS] = {"non_finite", "o
 void spes_metrics_snapshot_init(spes_metrics_snapshot *s)
 {
     memset(s, 0, sizeof *s);
-    s->loss = s->tps = s->run_loss = s->run_tps = NAN;
+    s->loss = s->tps = s->run_loss = s->run_tps = s->deadline_s = s->median_announce_s = NAN;
     for (size_t i = 0; i < sizeof s->router_load / sizeof s->router_load[0]; i++)
         s->router_load[i] = NAN;
     for (int i = 0; i < SPES_METRICS_MAX_E; i++)
@@ -274,6 +274,12 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
     head(f, "spes_digest_mismatches_total", "counter",
          "Members' state digests that differed from the agreed one.");
     sample(f, "spes_digest_mismatches_total", NULL, (double)s->digest_mismatches);
+    head(f, "spes_round_deadline_seconds", "gauge",
+         "The open round's deadline after its opening (it adapts to recent rounds).");
+    sample(f, "spes_round_deadline_seconds", NULL, s->deadline_s);
+    head(f, "spes_round_median_announce_seconds", "gauge",
+         "When the last round's participants announced their contributions, median, after its opening.");
+    sample(f, "spes_round_median_announce_seconds", NULL, s->median_announce_s);
     head(f, "spes_members", "gauge", "Members of the run by state.");
     for (int st = 1; st < NSTATES; st++) {
         int n = 0;
@@ -301,6 +307,12 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
          "Payload bytes each member received, as it last reported.", 1},
         {"spes_member_rounds_contributed_total", "counter",
          "Rounds committed with each member among the contributors.", 1},
+        {"spes_member_behind_seconds", "gauge",
+         "How far behind the last round's median announcement each member announced (0: on time; a member "
+         "that missed the round: the deadline after the median).",
+         0},
+        {"spes_member_straggler_rounds_total", "counter",
+         "Rounds in which each member was a straggler, since this coordinator's daemon started.", 0},
     };
     for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
         head(f, per[k].name, per[k].type, per[k].help);
@@ -315,7 +327,9 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
                           mm->wait_s,
                           (double)mm->sent_bytes,
                           (double)mm->received_bytes,
-                          (double)mm->rounds};
+                          (double)mm->rounds,
+                          mm->behind_s,
+                          (double)mm->straggler_rounds};
             spes_metrics_escape_label(esc, sizeof esc, mm->name);
             snprintf(lab, sizeof lab, "node=\"%s\"", esc);
             sample(f, per[k].name, lab, v[k]);

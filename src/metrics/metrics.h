@@ -51,6 +51,8 @@ typedef struct spes_metrics_member {
     double train_s, wait_s;              /* its seconds training and waiting since it started */
     uint64_t sent_bytes, received_bytes; /* its payload bytes, all classes */
     uint64_t rounds;                     /* rounds committed with it among the contributors */
+    double behind_s; /* how far behind the last round's median announcement (0: on time; NaN unknown) */
+    uint64_t straggler_rounds; /* rounds it was a straggler in, since this coordinator's daemon started */
 } spes_metrics_member;
 
 /* spes_metrics_round is one committed round, for the dashboard's plot and timeline. */
@@ -76,6 +78,8 @@ typedef struct spes_metrics_snapshot {
     uint64_t rounds_applied;  /* rounds this daemon applied since it started */
     double loss, tps;         /* this daemon's last training step */
     double run_loss, run_tps; /* coordinator: the run's mean loss and summed tokens/s */
+    double deadline_s;        /* coordinator: the open round's deadline after its opening (NaN unknown) */
+    double median_announce_s; /* coordinator: the last round's median announcement after its opening */
     spes_metrics_hist train_s, wait_s;
     uint64_t sent[SPES_METRICS_NCLASS], received[SPES_METRICS_NCLASS];
     uint64_t sent_msgs[SPES_METRICS_NCLASS], received_msgs[SPES_METRICS_NCLASS];

@@ -47,6 +47,8 @@ static json_t *members_json(const spes_metrics_snapshot *s)
         json_object_set_new(o, "loss", real(m->loss));
         json_object_set_new(o, "tokens_per_s", real(m->tps));
         json_object_set_new(o, "last_seen_unix_ms", u64(m->last_seen_ms));
+        json_object_set_new(o, "behind_s", real(m->behind_s));
+        json_object_set_new(o, "straggler_rounds", u64(m->straggler_rounds));
         if (m->have_counters) {
             json_object_set_new(o, "train_s", real(m->train_s));
             json_object_set_new(o, "wait_s", real(m->wait_s));
@@ -127,6 +129,8 @@ int spes_metrics_render_json(const spes_metrics_snapshot *s, uint64_t now_ms, ch
     json_object_set_new(o, "tokens_per_s", real(s->tps));
     json_object_set_new(o, "run_loss", real(s->run_loss));
     json_object_set_new(o, "run_tokens_per_s", real(s->run_tps));
+    json_object_set_new(o, "round_deadline_s", real(s->deadline_s));
+    json_object_set_new(o, "median_announce_s", real(s->median_announce_s));
     json_object_set_new(o, "round_train_seconds", hist_json(&s->train_s));
     json_object_set_new(o, "round_wait_seconds", hist_json(&s->wait_s));
     json_t *sent = json_object(), *recv = json_object();

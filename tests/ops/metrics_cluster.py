@@ -155,6 +155,16 @@ def main():
         pairs = {(int(dict(l)["expert"]), dict(l)["node"]) for l in families(m0, "spes_expert_owner_info")}
         want_pairs = {(c, mem["id"]) for mem in st["members"] for c in mem["columns"]}
         check(pairs == want_pairs, "expert owner pairs = status columns")
+        lr, lr0 = st.get("last_round") or {}, st0.get("last_round") or {}
+        check(same(m0["spes_round_deadline_seconds"], st["round_deadline_ms"] / 1000, st0["round_deadline_ms"] / 1000),
+              "round deadline %s s = status %s ms" % (m0["spes_round_deadline_seconds"], st["round_deadline_ms"]))
+        check(same(m0["spes_round_median_announce_seconds"], lr.get("median_announce_ms", 0) / 1000,
+                   lr0.get("median_announce_ms", 0) / 1000),
+              "median announcement %s s = status %s ms" % (m0["spes_round_median_announce_seconds"],
+                                                          lr.get("median_announce_ms")))
+
+        def behind(r, name):
+            return next((g["behind_ms"] for g in r.get("stragglers", []) if g["id"] == name), 0) / 1000
         for mem, mem0 in zip(st["members"], st0["members"]):
             k = int(mem["id"].split("-")[1])
             lbl = '{node="%s"}' % mem["id"]
@@ -162,6 +172,9 @@ def main():
                   "%s tokens/s %s = status %s" % (mem["id"], m0["spes_member_tokens_per_second" + lbl],
                                                   mem["tokens_per_s"]))
             check(same(m0["spes_member_loss" + lbl], mem["loss"], mem0["loss"]), "%s loss = status" % mem["id"])
+            check(same(m0["spes_member_behind_seconds" + lbl], behind(lr, mem["id"]), behind(lr0, mem["id"])),
+                  "%s behind the median %s s = status (stragglers %s)" % (mem["id"], m0["spes_member_behind_seconds" + lbl],
+                                                                        lr.get("stragglers", [])))
             for met, val in (("spes_member_train_seconds_total", lambda x: x["time"]["train_s"]),
                              ("spes_member_wait_seconds_total", lambda x: x["time"]["wait_s"]),
                              ("spes_member_payload_sent_bytes_total", lambda x: x["net"]["sent_bytes"]),
@@ -247,6 +260,23 @@ def main():
             os.unlink(SHOT)
         subprocess.run(base + ["--screenshot=" + os.path.abspath(SHOT), url], capture_output=True, timeout=120)
         check(os.path.exists(SHOT) and os.path.getsize(SHOT) > 10000, "screenshot saved to %s" % SHOT)
+        # ---- a straggler: node-2 paused for 1.6 s (less than the failure timeout) until a round names it
+        import signal
+        logged = []
+        for _ in range(10):
+            cl.procs[2].send_signal(signal.SIGSTOP)
+            time.sleep(1.6)
+            cl.procs[2].send_signal(signal.SIGCONT)
+            r = cl.status()["round"]
+            cl.wait_round(r + 2)
+            logged = re.findall(r"round (\d+): stragglers \(median announcement [\d.]+ s\): [^\n]*node-2", cl.log(0))
+            if logged:
+                break
+        time.sleep(0.3)  # a tick refreshes the metrics
+        m0 = parse(get(mports[0], "/metrics")[2])
+        got = m0.get('spes_member_straggler_rounds_total{node="node-2"}', 0)
+        check(logged and 1 <= got <= len(logged),
+              "node-2 was a straggler in %d round(s) the coordinator logged; the metric counts %s" % (len(logged), got))
     finally:
         cl.cleanup(keep=bool(failures))
     print("%d failure(s)" % len(failures))
