@@ -329,7 +329,9 @@ START_TEST(test_join_accept_prepare)
     ck_assert_int_eq(hb->state, NS(ACTIVE));
     spes_proto_free(&hb->base);
     reply_ack(&t, SPES_NODE_CALL_HEARTBEAT);
+    j->bytes_in = 777; /* the state it fetched counts in the bytes received */
     job_done(&t, j);
+    ck_assert_uint_eq(t.sm.bytes_in_total, 777);
     ck_assert_int_eq(t.sm.have_state, 1);
     ck_assert_uint_eq(t.sm.round, 4);
     ck_assert_uint_eq(t.sm.step, 20);

@@ -599,6 +599,7 @@ static void keep_round(spes_node_sm *sm, const spes_node_job *j, spes_node_out *
 static void prepare_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
 {
     const spes_node_job_prepare *p = &j->u.prepare;
+    sm->bytes_in_total += j->bytes_in; /* a state fetched from peers counts, as contributions do */
     if (j->rc) {
         say(o, SPES_LOG_ERROR, "cannot get the agreed state of round %llu: %s", (unsigned long long)p->round,
             j->err);
