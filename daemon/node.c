@@ -427,7 +427,7 @@ void spes_node_free(spes_node *n)
         spes_trainer_fini(&n->tr);
     free(n->base);
     free(n->norms);
-    free(n->ef);
+    spes_resid_fini(&n->ef);
     free(n->keep);
     pthread_mutex_destroy(&n->keep_mu);
     spes_outer_fini(&n->outer);

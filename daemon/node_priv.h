@@ -14,6 +14,7 @@
 #include "daemon/node.h"
 #include "node/node.h"
 #include "sync/outer.h"
+#include "sync/resid.h"
 #include "sync/robust.h"
 #include "train/trainer.h"
 
@@ -55,8 +56,9 @@ struct spes_node {
     spes_outer outer; /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
     double loss, tps; /* [worker] the last training step's loss and tokens/s */
     spes_norm_history *norms; /* [worker] what the norm bound remembers of earlier rounds (validation) */
-    /* error feedback of a q8ef or topk run (docs/design.md, "Codecs"); ef is NULL in other runs */
-    float *ef;           /* [worker] (total) the residual: what quantisation has not delivered yet */
+    /* error feedback of a q8ef or topk run (docs/design.md, "Codecs"); have_ef is 0 in other runs */
+    spes_resid ef;       /* [worker] the residual: what the codec has not delivered yet */
+    int have_ef;         /* [worker] */
     int64_t ef_round;    /* [worker] the round whose contribution ef awaits the outcome of (-1: none) */
     uint8_t ef_blob[32]; /* [worker] that contribution's blob */
     double ef_cap;       /* [worker] 2 x its delta's norm: the cap of a residual left out */

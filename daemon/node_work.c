@@ -55,12 +55,40 @@ static int ef_ready(spes_node *n, int zero)
     spes_codec codec = spes_codec_from_name(n->sm.run.spes.codec);
     if (codec != SPES_CODEC_Q8EF && codec != SPES_CODEC_TOPK)
         return 0;
-    size_t total = n->tr.model->layout.total_numel;
-    if (!n->ef && !(n->ef = calloc(total, sizeof *n->ef)))
-        return SPES_ENOMEM;
+    if (!n->have_ef) {
+        int rc = spes_resid_init(&n->ef, &n->tr.model->layout, n->sm.E);
+        if (rc)
+            return rc;
+        n->have_ef = 1;
+    }
     if (zero)
-        memset(n->ef, 0, total * sizeof *n->ef);
+        spes_resid_zero(&n->ef);
     n->ef_round = -1;
+    return 0;
+}
+
+/* ef_load restores the residual saved in dir with the state of round R (zero if there is none). */
+static int ef_load(spes_node *n, const char *dir, uint64_t R)
+{
+    int rc = ef_ready(n, 1);
+    if (rc || !n->have_ef)
+        return rc;
+    const spes_layout *lo = &n->tr.model->layout;
+    float *v = NULL;
+    size_t numel = 0;
+    rc =
+        spes_resid_load(dir, n->sm.E, lo->shared_numel, lo->column_numel, (int64_t)R, n->ef.cols, &v, &numel);
+    if (rc) {
+        log_warnx("no error-feedback residual of round %llu in %s (%s): starting from zero",
+                  (unsigned long long)R, dir, spes_errmsg());
+        memset(n->ef.cols, 0, (size_t)n->sm.E);
+        n->ef.ncols = 0;
+        spes_resid_zero(&n->ef); /* the shared block's */
+        return 0;
+    }
+    free(n->ef.val);
+    n->ef.val = v;
+    n->ef.ncols = (int)((numel - lo->shared_numel) / (lo->column_numel ? lo->column_numel : 1));
     return 0;
 }
 
@@ -160,12 +188,8 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
         spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
         memset(n->outer.mom, 0,
                n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
-    if (!rc && (rc = ef_ready(n, 1)) == 0 && n->ef &&
-        spes_resid_load(dir, n->ef, n->tr.model->layout.total_numel, (int64_t)R) != 0) {
-        log_warnx("no error-feedback residual of round %llu in %s (%s): starting from zero",
-                  (unsigned long long)R, dir, spes_errmsg());
-        memset(n->ef, 0, n->tr.model->layout.total_numel * sizeof(float));
-    }
+    if (!rc)
+        rc = ef_load(n, dir, R);
     uint8_t dg[32];
     if (!rc && (rc = state_digest(n, n->tr.model->params, (int64_t)R, dg)) == 0 && memcmp(dg, H, 32))
         rc = spes_errf(SPES_ESTATE, "local state of round %llu differs from the agreed one",
@@ -374,20 +398,26 @@ static int job_train(spes_node *n, spes_node_job *j)
     uint8_t *buf;
     size_t len;
     spes_codec codec = spes_codec_from_name(run->spes.codec);
-    if ((rc = ef_ready(n, 0)) != 0) {
+    if ((rc = ef_ready(n, 0)) == 0 && n->have_ef) {
+        /* the residual follows the contribution's columns: one dealt to this node starts at zero */
+        uint8_t *carried = calloc((size_t)n->sm.E, 1);
+        for (int k = 0; carried && k < c.ncols; k++)
+            carried[c.cols[k]] = 1;
+        rc = carried ? spes_resid_hold(&n->ef, carried) : SPES_ENOMEM;
+        free(carried);
+    }
+    if (rc) {
         spes_contrib_fini(&c);
         return fail(j, rc);
     }
-    if (n->ef) /* a column dealt to this node starts with no residual; settled or not, a new round begins */
-        spes_resid_keep_cols(n->ef, &n->tr.model->layout, n->sm.E, t->cols);
-    double cap = n->ef ? 2.0 * spes_contrib_delta_norm(&c, n->base) : 0;
-    rc = spes_contrib_encode(&c, codec, n->base, n->ef, &buf, &len);
+    double cap = n->have_ef ? 2.0 * spes_contrib_delta_norm(&c, n->base) : 0;
+    rc = spes_contrib_encode(&c, codec, n->base, n->have_ef ? n->ef.val : NULL, &buf, &len);
     spes_contrib_fini(&c);
     if (rc)
         return fail(j, rc);
     rc = spes_blob_put(n->blobs, buf, len, t->blob);
     free(buf);
-    if (!rc && n->ef) {
+    if (!rc && n->have_ef) {
         n->ef_round = (int64_t)t->round;
         n->ef_cap = cap;
         memcpy(n->ef_blob, t->blob, 32);
@@ -521,7 +551,7 @@ done:
  * the base moves on): applied, refused, or left out (docs/design.md, "Codecs"). */
 static void settle_residual(spes_node *n, const spes_node_job *j, const spes_node_job_apply *a)
 {
-    if (!n->ef || n->ef_round != (int64_t)a->round)
+    if (!n->have_ef || n->ef_round != (int64_t)a->round)
         return;
     n->ef_round = -1;
     spes_resid_outcome o = a->refused_self ? SPES_RESID_REFUSED : SPES_RESID_LEFT_OUT;
@@ -536,8 +566,10 @@ static void settle_residual(spes_node *n, const spes_node_job *j, const spes_nod
                   (unsigned long long)a->round, spes_errmsg());
         o = SPES_RESID_REFUSED;
     }
-    spes_resid_settle(n->ef, &n->tr.model->layout, o, o == SPES_RESID_LEFT_OUT ? &own : NULL, n->base,
-                      n->ef_cap);
+    if (spes_resid_settle(&n->ef, o, o == SPES_RESID_LEFT_OUT ? &own : NULL, n->base, n->ef_cap) != 0) {
+        log_warnx("round %llu: %s; the residual is dropped", (unsigned long long)a->round, spes_errmsg());
+        spes_resid_zero(&n->ef);
+    }
     if (o == SPES_RESID_LEFT_OUT)
         spes_contrib_fini(&own);
     log_info("round %llu: this node's contribution was %s; its residual is %s", (unsigned long long)a->round,
@@ -605,8 +637,9 @@ static int job_apply(spes_node *n, spes_node_job *j)
  * saved trainer state in dir (and removes stale ones when the run keeps none). */
 static int outer_save(spes_node *n, const char *dir)
 {
-    int rc = n->ef ? spes_resid_save(dir, n->ef, n->tr.model->layout.total_numel, n->tr.round)
-                   : spes_resid_remove(dir); /* the residual is node state kept with it */
+    int rc = n->have_ef
+                 ? spes_resid_save(dir, n->ef.cols, n->sm.E, n->ef.val, spes_resid_numel(&n->ef), n->tr.round)
+                 : spes_resid_remove(dir); /* the residual is node state kept with it */
     if (rc)
         return rc;
     if (!spes_outer_has_state(&n->outer))

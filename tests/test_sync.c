@@ -674,12 +674,13 @@ START_TEST(test_q8ef_codec)
 {
     enum { S = 300, C = 130, E = 3 }; /* groups of 3 blocks (the last of 44) and of 2 (the last of 2) */
     spes_layout lo = lay(S, C, E);
-    float base[S + E * C], cur[S + E * C], ef[S + E * C], ef0[S + E * C];
+    float base[S + E * C], cur[S + E * C], ef[S + C], ef0[S + C]; /* the residual: shared, column 1 */
     for (size_t i = 0; i < lo.total_numel; i++) {
         base[i] = 0.5f + 0.001f * (float)(i % 97);
         cur[i] = base[i] + 0.01f * sinf((float)i * 0.37f);
-        ef[i] = ef0[i] = 0.0005f * cosf((float)i);
     }
+    for (size_t i = 0; i < S + C; i++)
+        ef[i] = ef0[i] = 0.0005f * cosf((float)i);
     for (size_t i = 128; i < 256; i++)
         cur[i] = base[i], ef[i] = ef0[i] = 0.0f; /* an all-zero block: scale 0 */
     uint8_t owned[E] = {0, 1, 0};
@@ -707,13 +708,10 @@ START_TEST(test_q8ef_codec)
     g += spes_q8_size(S);
     for (size_t i = 0; i < C; i++) {
         size_t at = S + C + i; /* column 1 */
-        float u = (cur[at] - base[at]) + ef0[at], dq = q8_decoded(g, i);
+        float u = (cur[at] - base[at]) + ef0[S + i], dq = q8_decoded(g, i);
         ck_assert(d.val[S + i] == base[at] + dq);
-        ck_assert(ef[at] == u - dq);
+        ck_assert(ef[S + i] == u - dq);
     }
-    /* the columns not carried keep their residual */
-    for (size_t i = 0; i < C; i++)
-        ck_assert(ef[S + i] == ef0[S + i] && ef[S + 2 * C + i] == ef0[S + 2 * C + i]);
     spes_contrib_fini(&d);
     /* -128, a negative, NaN or infinite scale, and truncation are refused, naming the peer */
     uint8_t *bad = malloc(len);
@@ -747,12 +745,12 @@ START_TEST(test_topk_codec)
 {
     enum { S = 4096 + 100, C = 40, E = 2 }; /* a full chunk and one of 100; a column of 40 keeps all */
     spes_layout lo = lay(S, C, E);
-    static float base[S + E * C], cur[S + E * C], ef[S + E * C];
+    static float base[S + E * C], cur[S + E * C], ef[S + C]; /* the residual: shared, column 1 */
     for (size_t i = 0; i < lo.total_numel; i++) {
         base[i] = 1.0f;
         cur[i] = base[i] + 0.001f * sinf((float)i * 0.91f);
-        ef[i] = 0.0f;
     }
+    memset(ef, 0, sizeof ef);
     cur[17] = base[17] + 5.0f; /* the largest of the first chunk */
     uint8_t owned[E] = {0, 1};
     spes_contrib c, d;
@@ -778,8 +776,8 @@ START_TEST(test_topk_codec)
     ck_assert(d.val[17] != base[17]); /* the largest is kept */
     /* a column of 40 keeps every value, on 4 levels */
     for (size_t i = 0; i < C; i++)
-        ck_assert_float_eq_tol((d.val[S + i] - base[S + C + i]) + ef[S + C + i],
-                               cur[S + C + i] - base[S + C + i], 1e-6f);
+        ck_assert_float_eq_tol((d.val[S + i] - base[S + C + i]) + ef[S + i], cur[S + C + i] - base[S + C + i],
+                               1e-6f);
     spes_contrib_fini(&d);
     /* an index out of order, a non-finite level and truncation are refused */
     uint8_t *bad = malloc(len);
@@ -843,40 +841,62 @@ START_TEST(test_resid_settle)
 {
     enum { S = 4, C = 3, E = 3 };
     spes_layout lo = lay(S, C, E);
-    float base[S + E * C], e[S + E * C], e0[S + E * C], own_v[S + C];
+    float base[S + E * C], own_v[S + C];
     for (size_t i = 0; i < lo.total_numel; i++)
-        base[i] = 1.0f, e[i] = e0[i] = 0.25f;
+        base[i] = 1.0f;
     for (size_t i = 0; i < S + C; i++)
-        own_v[i] = 1.5f; /* D(q) = 0.5 everywhere */
+        own_v[i] = 1.5f; /* D(u) = 0.5 everywhere */
+    spes_resid r;
+    ck_assert_int_eq(spes_resid_init(&r, &lo, E), 0);
+    ck_assert_uint_eq(spes_resid_numel(&r), S); /* the shared block only, at first */
+    /* holding column 2: shared, then column 2 (zero); its values line up with a contribution of it */
+    uint8_t want[E] = {0, 0, 1};
+    ck_assert_int_eq(spes_resid_hold(&r, want), 0);
+    ck_assert_uint_eq(spes_resid_numel(&r), S + C);
+    for (size_t i = 0; i < S + C; i++)
+        r.val[i] = 0.25f;
     int32_t cols[1] = {2};
     spes_contrib own = {.ncols = 1, .cols = cols, .shared_numel = S, .column_numel = C, .val = own_v};
-    spes_resid_settle(e, &lo, SPES_RESID_APPLIED, &own, base, 100.0);
-    ck_assert_mem_eq(e, e0, sizeof e);
-    /* left out: the carried groups become e + D(q) = 0.75; column 0 and 1 untouched */
-    spes_resid_settle(e, &lo, SPES_RESID_LEFT_OUT, &own, base, 100.0);
-    for (size_t i = 0; i < lo.total_numel; i++)
-        ck_assert_float_eq(e[i], i < S || i >= S + 2 * C ? 0.75f : 0.25f);
-    /* ... capped at the norm given: 7 values of 0.75 have norm 1.984; capped to 1 */
-    memcpy(e, e0, sizeof e);
-    spes_resid_settle(e, &lo, SPES_RESID_LEFT_OUT, &own, base, 1.0);
+    ck_assert(spes_resid_matches(&r, &own));
+    ck_assert_int_eq(spes_resid_settle(&r, SPES_RESID_APPLIED, &own, base, 100.0), 0);
+    for (size_t i = 0; i < S + C; i++)
+        ck_assert_float_eq(r.val[i], 0.25f);
+    /* left out: every value becomes e + D(u) = 0.75 */
+    ck_assert_int_eq(spes_resid_settle(&r, SPES_RESID_LEFT_OUT, &own, base, 100.0), 0);
+    for (size_t i = 0; i < S + C; i++)
+        ck_assert_float_eq(r.val[i], 0.75f);
+    /* ... capped at the norm given: 7 values of 1.25 have norm 3.31; capped to 1 */
+    ck_assert_int_eq(spes_resid_settle(&r, SPES_RESID_LEFT_OUT, &own, base, 1.0), 0);
     double s = 0;
-    for (size_t i = 0; i < lo.total_numel; i++)
-        if (i < S || i >= S + 2 * C)
-            s += (double)e[i] * e[i];
-        else
-            ck_assert_float_eq(e[i], 0.25f);
+    for (size_t i = 0; i < S + C; i++)
+        s += (double)r.val[i] * r.val[i];
     ck_assert_double_eq_tol(sqrt(s), 1.0, 1e-6);
     /* refused: everything dropped */
-    spes_resid_settle(e, &lo, SPES_RESID_REFUSED, NULL, base, 1.0);
-    for (size_t i = 0; i < lo.total_numel; i++)
-        ck_assert_float_eq(e[i], 0.0f);
-    /* a column not dealt to the node loses its residual */
-    memcpy(e, e0, sizeof e);
-    uint8_t keep[E] = {1, 0, 1};
-    spes_resid_keep_cols(e, &lo, E, keep);
-    for (size_t i = 0; i < lo.total_numel; i++)
-        ck_assert_float_eq(e[i], i >= S + C && i < S + 2 * C ? 0.0f : 0.25f);
+    ck_assert_int_eq(spes_resid_settle(&r, SPES_RESID_REFUSED, NULL, base, 1.0), 0);
+    for (size_t i = 0; i < S + C; i++)
+        ck_assert_float_eq(r.val[i], 0.0f);
+    /* columns dealt anew: column 0 joins (zero), column 2 stays (its values kept), in column order */
+    for (size_t i = 0; i < S + C; i++)
+        r.val[i] = (float)i;
+    uint8_t both[E] = {1, 0, 1};
+    ck_assert_int_eq(spes_resid_hold(&r, both), 0);
+    ck_assert_uint_eq(spes_resid_numel(&r), S + 2 * C);
+    for (size_t i = 0; i < S; i++)
+        ck_assert_float_eq(r.val[i], (float)i);
+    for (size_t i = 0; i < C; i++) {
+        ck_assert_float_eq(r.val[S + i], 0.0f);               /* column 0: new */
+        ck_assert_float_eq(r.val[S + C + i], (float)(S + i)); /* column 2: kept */
+    }
+    /* a contribution of other columns does not line up: refused, nothing changed */
+    ck_assert(!spes_resid_matches(&r, &own));
+    ck_assert_int_eq(spes_resid_settle(&r, SPES_RESID_LEFT_OUT, &own, base, 1.0), SPES_EINVAL);
     ck_assert_double_eq_tol(spes_contrib_delta_norm(&own, base), 0.5 * sqrt(7.0), 1e-9);
+    /* column 2 given up: only column 0's (zero) values remain */
+    uint8_t first[E] = {1, 0, 0};
+    ck_assert_int_eq(spes_resid_hold(&r, first), 0);
+    ck_assert_uint_eq(spes_resid_numel(&r), S + C);
+    ck_assert_float_eq(r.val[S], 0.0f);
+    spes_resid_fini(&r);
 }
 END_TEST
 

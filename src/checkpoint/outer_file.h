@@ -1,10 +1,12 @@
 /* outer_file.h: the outer optimizer's momentum beside a checkpoint, as
  * DIR/outer.bin, and the node's error-feedback residual, as DIR/residual.bin,
  * each written atomically. Their bytes, little-endian:
- *   "SPESOUTR" (or "SPESRESD") | u32 version (1) | u32 0 | i64 round |
- *   u64 numel | f32 values[numel] | SHA-256 of every byte before it.
- * A checkpoint without outer.bin is a run without outer momentum (or one
- * written before it existed); readers treat its momentum as absent. One
+ *   "SPESOUTR" (or "SPESRESD") | u32 version (1) | u32 extra bytes | i64 round |
+ *   u64 numel | the extra bytes | f32 values[numel] | SHA-256 of every byte before it.
+ * The momentum has no extra bytes; the residual's are one per expert column,
+ * 1 where the column's values are held (after the shared block's, in column
+ * order). A checkpoint without outer.bin is a run without outer momentum (or
+ * one written before it existed); readers treat its momentum as absent. One
  * without residual.bin restores a zero residual. */
 #ifndef SPES_CHECKPOINT_OUTER_FILE_H
 #define SPES_CHECKPOINT_OUTER_FILE_H
@@ -28,10 +30,18 @@ int spes_outer_remove(const char *dir);
 /* SPES_RESID_FILE is the residual's file name inside a checkpoint directory. */
 #define SPES_RESID_FILE "residual.bin"
 
-/* spes_resid_save, spes_resid_load and spes_resid_remove are the same for the error-feedback
- * residual of a node after round `round` (docs/design.md, "Codecs"). */
-int spes_resid_save(const char *dir, const float *resid, size_t numel, int64_t round);
-int spes_resid_load(const char *dir, float *resid, size_t numel, int64_t round);
+/* spes_resid_save writes a node's error-feedback residual after round `round` (docs/design.md,
+ * "Codecs"): the columns held (cols, E entries) and numel values (shared block, then those columns). */
+int spes_resid_save(const char *dir, const uint8_t *cols, int E, const float *vals, size_t numel,
+                    int64_t round);
+
+/* spes_resid_load reads it back for a model of E columns of `column` values and a shared block of
+ * `shared`, refusing another round, other sizes and corruption; *vals is malloc'd (numel values),
+ * cols gets the columns held. SPES_ENOENT when the file does not exist. */
+int spes_resid_load(const char *dir, int E, size_t shared, size_t column, int64_t round, uint8_t *cols,
+                    float **vals, size_t *numel);
+
+/* spes_resid_remove deletes DIR/residual.bin if present. */
 int spes_resid_remove(const char *dir);
 
 #endif

@@ -1,68 +1,119 @@
-/* resid.c: settling the error-feedback residual (resid.h). */
+/* resid.c: the error-feedback residual (resid.h). */
 #include "sync/resid.h"
+#include "core/error.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* group returns the full-layout offset of group g of c (-1: the shared block) and its size in *n. */
-static size_t group(const spes_contrib *c, int g, size_t *n)
+int spes_resid_init(spes_resid *r, const spes_layout *lo, int E)
 {
-    *n = g < 0 ? c->shared_numel : c->column_numel;
-    return g < 0 ? 0 : c->shared_numel + (size_t)c->cols[g] * c->column_numel;
+    memset(r, 0, sizeof *r);
+    r->shared_numel = lo->shared_numel;
+    r->column_numel = lo->column_numel;
+    r->E = E;
+    r->cols = calloc((size_t)(E > 0 ? E : 1), 1);
+    r->val = calloc(r->shared_numel ? r->shared_numel : 1, sizeof *r->val);
+    if (!r->cols || !r->val) {
+        spes_resid_fini(r);
+        return SPES_ENOMEM;
+    }
+    return 0;
 }
 
-/* value_at is where group g's values start in c->val. */
-static const float *value_at(const spes_contrib *c, int g)
+void spes_resid_fini(spes_resid *r)
 {
-    return c->val + (g < 0 ? 0 : c->shared_numel + (size_t)g * c->column_numel);
+    free(r->cols);
+    free(r->val);
+    memset(r, 0, sizeof *r);
+}
+
+size_t spes_resid_numel(const spes_resid *r)
+{
+    return r->shared_numel + (size_t)r->ncols * r->column_numel;
+}
+
+void spes_resid_zero(spes_resid *r)
+{
+    memset(r->val, 0, spes_resid_numel(r) * sizeof *r->val);
+}
+
+int spes_resid_hold(spes_resid *r, const uint8_t *want)
+{
+    int n = 0;
+    for (int e = 0; e < r->E; e++)
+        n += want[e] != 0;
+    size_t S = r->shared_numel, C = r->column_numel, total = S + (size_t)n * C;
+    float *v = calloc(total ? total : 1, sizeof *v);
+    if (!v)
+        return SPES_ENOMEM;
+    memcpy(v, r->val, S * sizeof *v);
+    float *dst = v + S;
+    const float *src = r->val + S;
+    for (int e = 0; e < r->E; e++) {
+        if (want[e] && r->cols[e])
+            memcpy(dst, src, C * sizeof *v);
+        dst += want[e] ? C : 0;
+        src += r->cols[e] ? C : 0;
+        r->cols[e] = want[e] != 0;
+    }
+    free(r->val);
+    r->val = v;
+    r->ncols = n;
+    return 0;
+}
+
+int spes_resid_matches(const spes_resid *r, const spes_contrib *c)
+{
+    if (c->shared_numel != r->shared_numel || c->column_numel != r->column_numel || c->ncols != r->ncols)
+        return 0;
+    for (int i = 0; i < c->ncols; i++)
+        if (c->cols[i] < 0 || c->cols[i] >= r->E || !r->cols[c->cols[i]])
+            return 0;
+    return 1;
 }
 
 double spes_contrib_delta_norm(const spes_contrib *c, const float *base)
 {
     double s = 0;
+    size_t i = 0;
     for (int g = -1; g < c->ncols; g++) {
-        size_t n, at = group(c, g, &n);
-        const float *v = value_at(c, g);
-        for (size_t i = 0; i < n; i++) {
-            double d = (double)v[i] - (double)base[at + i];
+        size_t n = g < 0 ? c->shared_numel : c->column_numel;
+        const float *b = g < 0 ? base : base + c->shared_numel + (size_t)c->cols[g] * c->column_numel;
+        for (size_t k = 0; k < n; k++, i++) {
+            double d = (double)c->val[i] - (double)b[k];
             s += d * d;
         }
     }
     return sqrt(s);
 }
 
-void spes_resid_settle(float *e, const spes_layout *lo, spes_resid_outcome o, const spes_contrib *own,
-                       const float *base, double cap)
+int spes_resid_settle(spes_resid *r, spes_resid_outcome o, const spes_contrib *own, const float *base,
+                      double cap)
 {
     if (o == SPES_RESID_REFUSED) {
-        memset(e, 0, lo->total_numel * sizeof *e);
-        return;
+        spes_resid_zero(r);
+        return 0;
     }
     if (o != SPES_RESID_LEFT_OUT)
-        return;
+        return 0;
+    if (!spes_resid_matches(r, own))
+        return spes_errf(SPES_EINVAL, "residual: the contribution's columns are not the residual's");
     double s = 0;
+    size_t i = 0;
     for (int g = -1; g < own->ncols; g++) {
-        size_t n, at = group(own, g, &n);
-        const float *v = value_at(own, g);
-        for (size_t i = 0; i < n; i++) {
-            e[at + i] += v[i] - base[at + i];
-            s += (double)e[at + i] * e[at + i];
+        size_t n = g < 0 ? own->shared_numel : own->column_numel;
+        const float *b = g < 0 ? base : base + own->shared_numel + (size_t)own->cols[g] * own->column_numel;
+        for (size_t k = 0; k < n; k++, i++) {
+            r->val[i] += own->val[i] - b[k];
+            s += (double)r->val[i] * r->val[i];
         }
     }
     double norm = sqrt(s);
     if (!(norm > cap))
-        return;
+        return 0;
     float f = cap > 0 ? (float)(cap / norm) : 0.0f;
-    for (int g = -1; g < own->ncols; g++) {
-        size_t n, at = group(own, g, &n);
-        for (size_t i = 0; i < n; i++)
-            e[at + i] *= f;
-    }
-}
-
-void spes_resid_keep_cols(float *e, const spes_layout *lo, int E, const uint8_t *cols)
-{
-    for (int c = 0; c < E; c++)
-        if (!cols[c])
-            memset(e + lo->shared_numel + (size_t)c * lo->column_numel, 0, lo->column_numel * sizeof *e);
+    for (size_t k = 0; k < i; k++)
+        r->val[k] *= f;
+    return 0;
 }

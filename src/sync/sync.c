@@ -279,8 +279,8 @@ int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid)
 }
 
 /* encode_ef writes the values of c in an error-feedback codec (q8ef, topk): per group u = (value -
- * base) + ef, encoded, and ef updated to the residual once every group encoded (so a refusal leaves
- * it as it was). */
+ * base) + ef (ef in c's value order), encoded, and ef updated to the residual once every group
+ * encoded (so a refusal leaves it as it was). */
 static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t *p)
 {
     size_t nvals = c->shared_numel + (size_t)c->ncols * c->column_numel;
@@ -290,9 +290,8 @@ static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base,
     size_t i = 0, n;
     for (int s = -1; s < c->ncols; s++) {
         const float *b = seg_base(c, base, s, &n);
-        const float *e = ef ? ef + (b - base) : NULL;
         for (size_t k = 0; k < n; k++, i++)
-            u[i] = (c->val[i] - b[k]) + (e ? e[k] : 0.0f);
+            u[i] = (c->val[i] - b[k]) + (ef ? ef[i] : 0.0f);
     }
     int rc = 0;
     i = 0;
@@ -307,14 +306,8 @@ static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base,
         }
         i += n;
     }
-    if (!rc && ef) {
-        i = 0;
-        for (int s = -1; s < c->ncols; s++) {
-            const float *b = seg_base(c, base, s, &n);
-            memcpy(ef + (b - base), u + i, n * sizeof *u);
-            i += n;
-        }
-    }
+    if (!rc && ef)
+        memcpy(ef, u, nvals * sizeof *u);
     free(u);
     return rc;
 }

@@ -59,10 +59,10 @@ void spes_contrib_fini(spes_contrib *c);
 
 /* spes_contrib_encode serialises c with the codec into a malloc'd buffer;
  * base (the agreed state, full layout) is needed by the bf16 and q8ef codecs.
- * ef (full layout, may be NULL: zero) is the node's error-feedback residual,
- * used by q8ef only: each group encodes u = (value - base) + ef, and ef becomes
- * u - D(Q(u)) over the groups encoded (other entries untouched). A non-finite
- * u is refused (SPES_ERANGE) and leaves ef untouched. */
+ * ef (may be NULL: zero) is the node's error-feedback residual in the order of
+ * c's values (shared, then c's columns; sync/resid.h), used by q8ef and topk:
+ * each value encodes u = (value - base) + ef, and ef becomes u - D(u). A
+ * non-finite u is refused (SPES_ERANGE) and leaves ef untouched. */
 int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t **out,
                         size_t *len);
 

@@ -292,12 +292,14 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
             path = os.path.join(cl.dir, "node-%d" % k, "node", "state", "residual.bin")
             if os.path.exists(path):
                 b = open(path, "rb").read()
-                rnd, numel = struct.unpack_from("<qQ", b, 16)
-                v = np.frombuffer(b, dtype="<f4", offset=32, count=numel)
+                ncols, rnd, numel = struct.unpack_from("<IqQ", b, 12)
+                held = sum(b[32:32 + ncols])
+                v = np.frombuffer(b, dtype="<f4", offset=32 + ncols, count=numel)
                 resid.append(b.startswith(b"SPESRESD") and rnd == max(cl.applied(k)) + 1 and np.any(v)
-                             and np.all(np.isfinite(v)))
+                             and np.all(np.isfinite(v)) and 0 < held < ncols and numel == shared + held * column)
         check(len(resid) == 4 and all(resid),
-              "every node keeps a non-zero residual of its last applied round beside its state")
+              "every node keeps a non-zero residual of its last applied round beside its state, for the shared "
+              "block and its own columns only")
     finally:
         cl.cleanup()
 
