@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/wan/cluster_wan.sh SRC SPESD SPESCTL RELAY: SPES runs in the WAN lab.
-# A 4-node cluster on deploy/wan/home.json completes rounds with equal digests
+# A 4-node cluster on deploy/wan/home.json (q8ef contributions) completes rounds with equal digests
 # on every node, spesctl reaches it from the host, and `down` removes the
 # namespaces and the relay. On lossy.json the same, and a kill -9 of a node
 # behind its lossy link is survived: the round commits without it and the
@@ -73,8 +73,10 @@ lab_gone() { # DIR NETNS: no namespace, no relay left
 
 # ---- home: 4 nodes agree; spesctl from the host; down removes the lab ----
 d=$tmp/home; dirs+=("$d")
-"$lc" up --nodes 4 --dir "$d" --config "$tmp/run.json" --data "$tmp/tokens.bin" --threads 1 --timeout 180 \
+"$lc" up --nodes 4 --dir "$d" --config "$tmp/run.json" --data "$tmp/tokens.bin" --threads 1 --timeout 180 --codec q8ef \
   --wan "$src/deploy/wan/home.json" >"$tmp/home.up" 2>&1 || { cat "$tmp/home.up"; fail "up --wan home.json"; }
+python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["spes"]["codec"] != "q8ef")' "$d/run.json" ||
+  fail "up --codec q8ef did not set the run's spes.codec"
 netns=$(. "$d/env" && echo "$SPES_NETNS")
 [ "$(echo $netns | wc -w)" = 4 ] || fail "SPES_NETNS names 4 namespaces: '$netns'"
 for ns in $netns; do [ -e "/run/netns/$ns" ] || fail "namespace $ns does not exist"; done
@@ -100,7 +102,7 @@ ok "home: down removed the namespaces and the relay"
 
 # ---- lossy: 4 nodes agree; node-2 is killed and the others go on ----
 d=$tmp/lossy; dirs+=("$d")
-"$lc" up --nodes 4 --dir "$d" --config "$tmp/run.json" --data "$tmp/tokens.bin" --threads 1 --timeout 180 \
+"$lc" up --nodes 4 --dir "$d" --config "$tmp/run.json" --data "$tmp/tokens.bin" --threads 1 --timeout 180 --codec q8ef \
   --wan "$src/deploy/wan/lossy.json" >"$tmp/lossy.up" 2>&1 || { cat "$tmp/lossy.up"; fail "up --wan lossy.json"; }
 netns=$(. "$d/env" && echo "$SPES_NETNS")
 n=$(wait_agree "$d" 2 0 1 2 3) || exit 1
