@@ -77,6 +77,17 @@ expect_fail "--nodes N" "$lc" up --dir "$d" --dry-run
 expect_fail "cannot be read" "$lc" up --nodes 1 --dir "$tmp/x" --data "$tmp/none.bin" --dry-run
 long=$tmp/$(printf 'd%.0s' {1..90})
 expect_fail "too long for a unix socket" "$lc" up --nodes 1 --dir "$long" --data "$tmp/tokens.bin" --dry-run
+expect_fail "must be fp32, bf16, q8ef or topk" "$lc" up --nodes 1 --dir "$tmp/y" --codec int4 --dry-run
+# --codec sets the run config's spes.codec (a run-wide choice); the rest of the config is the one given
+"$lc" up --nodes 1 --dir "$tmp/z" --data "$tmp/tokens.bin" --codec topk --dry-run >/dev/null 2>&1 || fail "up --codec topk"
+python3 - "$src/deploy/configs/demo.json" "$tmp/z/run.json" <<'PY' || fail "--codec topk did not set spes.codec alone"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert b["spes"].pop("codec") == "topk"
+a["spes"].pop("codec", None)
+assert a == b
+PY
+expect_fail "different run config" "$lc" up --nodes 1 --dir "$tmp/z" --data "$tmp/tokens.bin" --codec q8ef --dry-run
 "$lc" down --dir "$d" >/dev/null || fail "down of a cluster with nothing running failed"
 
 # --base-port, and the built-in corpus when --data is not given
