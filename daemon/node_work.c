@@ -25,11 +25,14 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_DELTA 1e4f       /* a contribution moving a weight further than this in one round is refused */
 #define SCALED_FAULT 1000.0f /* the "scaled" test fault multiplies each delta by this (within MAX_DELTA) */
 #define SCALED_LATE_ROUND 4  /* "scaled-late" is honest before this round, "scaled" from it on */
+#define LATE_FAULT_ROUND 3   /* "late" holds its contributions from this round on back ... */
+#define LATE_FAULT_MS 4000   /* ... this long after training (past a test run's round deadline) */
 
 static int fail(spes_node_job *j, int rc)
 {
@@ -417,6 +420,13 @@ static int job_train(spes_node *n, spes_node_job *j)
         return fail(j, rc);
     rc = spes_blob_put(n->blobs, buf, len, t->blob);
     free(buf);
+    if (!rc && !strcmp(n->d->cfg.fault, "late") && t->round >= LATE_FAULT_ROUND) {
+        /* fault injection for tests: a valid contribution that comes after its round's deadline */
+        log_warnx("fault injection: holding the contribution of round %llu back for %d ms",
+                  (unsigned long long)t->round, LATE_FAULT_MS);
+        struct timespec ts = {LATE_FAULT_MS / 1000, (LATE_FAULT_MS % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (!rc && n->have_ef) {
         n->ef_round = (int64_t)t->round;
         n->ef_cap = cap;

@@ -23,7 +23,7 @@ typedef struct spes_dconfig {
     char admission[16];                    /* "auto" or "approve" (coordinator) */
     char codec[8];                         /* ignored (the run config's spes.codec); kept so old files load */
     char log_level[8];
-    char fault[16]; /* tests only: "nan" or "wrong-hash" poisons this node's contributions;
+    char fault[16]; /* tests only (docs/config.md, fault): "nan" or "wrong-hash" poisons its contributions;
                                             * "diverge" changes its state of round 3 once */
     int threads;
     int heartbeat_ms;

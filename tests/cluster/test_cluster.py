@@ -304,6 +304,52 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
         cl.cleanup()
 
 
+def scenario_error_feedback_outcomes():
+    """The q8ef residual is settled by what became of the contribution: node-1 (test fault "late":
+    from round 3 on it holds each contribution back past the round's deadline) is left out and keeps
+    its residual; node-2 (fault "scaled-late": deltas x1000 from round 4 on) is refused and drops it.
+    The nodes agree, and S_{r+1} equals numpy's from the committed contributions, bit for bit."""
+    cfg = run_config()
+    cfg["spes"]["codec"] = "q8ef"
+    extra = {k: {"keep_blobs": True, "round_deadline_ms": 2500, "round_deadline_min_ms": 1000,
+                 "failure_timeout_ms": 30000} for k in range(4)}
+    extra[1]["fault"] = "late"
+    extra[2]["fault"] = "scaled-late"
+    cl = Cluster(BUILD, 4, cfg, tokens(), extra=extra)
+    try:
+        cl.start_all()
+        late = cl.wait("node-1 left out", lambda: re.search(
+            r"round (\d+): this node's contribution was left out; its residual is kept", cl.log(1)), 120)
+        refused = cl.wait("node-2 refused", lambda: re.search(
+            r"round (\d+): this node's contribution was refused; its residual is dropped", cl.log(2)), 120)
+        ids = {m["id"]: m["node_id"] for m in cl.status()["members"]}
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 1, timeout=120)
+        cl.stop_all()
+        check(late is not None and int(late.group(1)) >= 3,
+              "node-1, late from round 3, was left out and kept its residual (round %s)" % late.group(1))
+        check(refused is not None and int(refused.group(1)) >= 4,
+              "node-2, poisoning from round 4, was refused and dropped its residual (round %s)" % refused.group(1))
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "all four nodes agree on rounds %s" % later)
+        drop = {(int(r), ids[name]) for r, name in
+                re.findall(r"round (\d+): contribution of (node-\d+) refused", cl.log(0))}
+        states, contribs = states_and_contribs(cl)
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states]
+        exact = True
+        for r in rounds:
+            kept = [c for c in contribs[r] if (r, c["node"]) not in drop]
+            want = reference_round(cfg, states[r], kept, (r + 1) * cfg["spes"]["sync_interval"])
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+        check(len(rounds) >= 4 and exact and drop,
+              "S_{r+1} equals numpy's from the committed q8ef contributions, bit for bit (%d rounds, %d refused "
+              "left aside)" % (len(rounds), len(drop)))
+    finally:
+        cl.cleanup()
+
+
 def scenario_topk_error_feedback():
     scenario_q8ef_error_feedback("topk")
 
@@ -895,7 +941,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
-             scenario_topk_error_feedback]
+             scenario_topk_error_feedback, scenario_error_feedback_outcomes]
 
 
 def main():
