@@ -1013,6 +1013,45 @@ START_TEST(test_heartbeat_replies)
 }
 END_TEST
 
+START_TEST(test_accept_names_state_holders)
+{
+    fx f;
+    two_node_round(&f, 100);
+    uint32_t ids[2] = {0, 1};
+    commit_round(&f, ids, 2, 0);
+    digest(&f, 0, 1, 0x61, NULL);
+    digest(&f, 1, 1, 0x61, NULL);
+    heartbeat_ack(&f, 0, 1); /* both hold S_1 */
+    heartbeat_ack(&f, 1, 1);
+    /* a joiner is told who holds S_1: both members, never itself */
+    spes_pki_identity p2 = node_peer("node-2");
+    Spes__Wire__Accept *a = (Spes__Wire__Accept *)join(&f, "node-2", &p2, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->round, 1);
+    ck_assert_uint_eq(a->n_peers, 2);
+    for (size_t i = 0; i < a->n_peers; i++) {
+        ck_assert_uint_lt(a->peers[i]->node_id, 2);
+        ck_assert_str_ne(a->peers[i]->listen_url, "");
+    }
+    spes_proto_free(&a->base);
+    /* a member reporting round 0 is applying the commit that makes S_1: named; one further behind
+     * (its heartbeat names a round the coordinator no longer knows) is not */
+    Spes__Wire__Commit *cm = (Spes__Wire__Commit *)heartbeat(&f, 1, 0, NS(ACTIVE), SPES_MSG_COMMIT);
+    spes_proto_free(&cm->base);
+    spes_pki_identity p3 = node_peer("node-3");
+    a = (Spes__Wire__Accept *)join(&f, "node-3", &p3, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->n_peers, 2);
+    spes_proto_free(&a->base);
+    Spes__Wire__Reject *rj = (Spes__Wire__Reject *)heartbeat(&f, 1, 7, NS(ACTIVE), SPES_MSG_REJECT);
+    spes_proto_free(&rj->base);
+    spes_pki_identity p4 = node_peer("node-4");
+    a = (Spes__Wire__Accept *)join(&f, "node-4", &p4, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->n_peers, 1);
+    ck_assert_uint_eq(a->peers[0]->node_id, 0);
+    spes_proto_free(&a->base);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_join_mid_run_waits_for_next_round)
 {
     fx f;
@@ -1799,6 +1838,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_digests_and_mismatch);
     tcase_add_test(tc, test_heartbeat_replies);
     tcase_add_test(tc, test_join_mid_run_waits_for_next_round);
+    tcase_add_test(tc, test_accept_names_state_holders);
     tcase_add_test(tc, test_busy_until_state_known);
     tcase_add_test(tc, test_leave_and_unknown_type);
     tcase_add_test(tc, test_status_reply);

@@ -161,12 +161,24 @@ static void reply_reject(T *t, int call, int code, uint32_t retry_ms, const char
     reply(t, call, SPES_MSG_REJECT, &r.base);
 }
 
+static void reply_accept_peers(T *t, int call, uint64_t round, uint64_t step, uint8_t h, const uint32_t *cols,
+                               size_t ncols, Spes__Wire__Peer **peers, size_t npeers);
+
 static void reply_accept(T *t, int call, uint64_t round, uint64_t step, uint8_t h, const uint32_t *cols,
                          size_t ncols)
+{
+    reply_accept_peers(t, call, round, step, h, cols, ncols, NULL, 0);
+}
+
+/* reply_accept_peers is reply_accept naming peers that hold the state. */
+static void reply_accept_peers(T *t, int call, uint64_t round, uint64_t step, uint8_t h, const uint32_t *cols,
+                               size_t ncols, Spes__Wire__Peer **peers, size_t npeers)
 {
     uint8_t hash[32];
     memset(hash, h, 32);
     Spes__Wire__Accept a = SPES__WIRE__ACCEPT__INIT;
+    a.peers = peers;
+    a.n_peers = npeers;
     a.node_id = 2;
     a.columns = (uint32_t *)cols;
     a.n_columns = ncols;
@@ -805,6 +817,36 @@ START_TEST(test_apply_failure_forgets_state)
 }
 END_TEST
 
+START_TEST(test_state_from_every_holder)
+{
+    T t;
+    setup_opts(&t, 0, COORD);
+    tick(&t, 0);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_JOIN, SPES_MSG_JOIN));
+    /* the Accept names who holds S_4 (itself among them, by mistake): the state comes from all the
+     * others and the coordinator, never from itself */
+    Spes__Wire__Peer pv[3], *pp[3];
+    const char *urls[3] = {"tls+tcp://10.0.0.13:7000", ME, "tls+tcp://10.0.0.14:7000"};
+    for (int i = 0; i < 3; i++) {
+        spes__wire__peer__init(&pv[i]);
+        pv[i].node_id = (uint32_t)(3 + i);
+        pv[i].name = i == 1 ? "node-2" : i == 0 ? "node-3" : "node-5";
+        pv[i].listen_url = (char *)urls[i];
+        pp[i] = &pv[i];
+    }
+    reply_accept_peers(&t, SPES_NODE_CALL_JOIN, 4, 20, 0x11, NULL, 0, pp, 3);
+    spes_node_job *j = take_job(&t, SPES_NODE_JOB_PREPARE);
+    ck_assert_int_eq(j->npeers, 3);
+    ck_assert_str_eq(j->peers[0].url, COORD);
+    ck_assert_int_eq(j->peers[0].is_coord, 1);
+    ck_assert_str_eq(j->peers[1].url, urls[0]);
+    ck_assert_str_eq(j->peers[1].name, "node-3");
+    ck_assert_str_eq(j->peers[2].url, urls[2]);
+    spes_node_job_free(j);
+    done(&t);
+}
+END_TEST
+
 START_TEST(test_apply_knows_refusal)
 {
     T t;
@@ -1152,6 +1194,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_join_backoff_and_unreachable_coordinator);
     tcase_add_test(tc, test_bad_run_config_retries);
     tcase_add_test(tc, test_apply_knows_refusal);
+    tcase_add_test(tc, test_state_from_every_holder);
     tcase_add_test(tc, test_round_train_announce_commit_digest);
     tcase_add_test(tc, test_announce_not_taken_and_lost);
     tcase_add_test(tc, test_commit_that_left_us_out);

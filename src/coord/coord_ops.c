@@ -30,9 +30,32 @@ static void reply_reject(spes_coord_sm *c, spes_coord_to to, int code, uint32_t 
 }
 
 /* reply_accept tells m the agreed state and, if it takes part in the open round, its columns. */
+/* accept_peers lists, into pv/pp, up to SPES_COORD_ACCEPT_PEERS active members other than m that hold
+ * S_round (they reported a round from `round` to round + 2, whose states nodes keep) or are applying
+ * the commit that makes it (round - 1): a node that must fetch the agreed state fetches it from all of
+ * them at once, not from the coordinator alone (one without it yet answers that it has none). */
+static size_t accept_peers(const spes_coord_sm *c, const coord_member *m, uint64_t round, Spes__Wire__Peer *pv,
+                           Spes__Wire__Peer **pp)
+{
+    size_t n = 0;
+    for (int i = 0; i < c->nmem && n < SPES_COORD_ACCEPT_PEERS; i++) {
+        const coord_member *o = &c->mem[i];
+        if (o == m || o->state != NS(ACTIVE) || !o->url[0] || o->round + 1 < round || o->round > round + 2)
+            continue;
+        spes__wire__peer__init(&pv[n]);
+        pv[n].node_id = o->id;
+        pv[n].name = (char *)o->name;
+        pv[n].listen_url = (char *)o->url;
+        pp[n] = &pv[n];
+        n++;
+    }
+    return n;
+}
+
 static void reply_accept(spes_coord_sm *c, coord_member *m, spes_coord_to to)
 {
     Spes__Wire__Accept a = SPES__WIRE__ACCEPT__INIT;
+    Spes__Wire__Peer pv[SPES_COORD_ACCEPT_PEERS], *pp[SPES_COORD_ACCEPT_PEERS];
     uint32_t *cols = malloc(sizeof *cols * (size_t)c->E);
     if (!cols) {
         coord_reply_error(c, to, SPES_ENOMEM, SPES_MSG_JOIN, "out of memory");
@@ -55,6 +78,8 @@ static void reply_accept(spes_coord_sm *c, coord_member *m, spes_coord_to to)
     }
     a.round_deadline_ms = (uint32_t)coord_deadline(c);
     a.run_id = c->run_id;
+    a.peers = pp;
+    a.n_peers = accept_peers(c, m, a.round, pv, pp);
     coord_reply_msg(c, to, SPES_MSG_ACCEPT, &a.base);
     free(cols);
 }

@@ -43,9 +43,10 @@ typedef struct coord_straggler {
 } coord_straggler;
 
 #define SPES_COORD_DEADLINE_SAMPLES 256 /* announcements the adaptive deadline looks at */
-#define SPES_COORD_COMMIT_HISTORY                                                                            \
-    3 /* Commits a node behind may still get (its last and 2 older): \
-                                         * SPES_NODE_KEEP_ROUNDS, the rounds whose blobs nodes keep */
+/* SPES_COORD_COMMIT_HISTORY: Commits a node behind may still get (the last and 2 older), as many as
+ * SPES_NODE_KEEP_ROUNDS, the rounds whose blobs nodes keep. */
+#define SPES_COORD_COMMIT_HISTORY 3
+#define SPES_COORD_ACCEPT_PEERS 8 /* members an Accept names as sources of the agreed state */
 #define SPES_COORD_DEADLINE_MIN_SAMPLES 8
 #define SPES_COORD_MAX_STRAGGLERS 8
 

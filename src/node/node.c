@@ -414,9 +414,12 @@ static void on_join_reply(spes_node_sm *sm, const char *err, int type, ProtobufC
     sm->joined = 1;
     say(o, SPES_LOG_INFO, "joined run %s as node %u at round %llu (step %llu)", a->run_id, a->node_id,
         (unsigned long long)a->round, (unsigned long long)a->step);
-    spes_node_job *j = new_job(sm, SPES_NODE_JOB_PREPARE, 0);
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_PREPARE, a->n_peers);
     if (!j)
         return;
+    for (size_t i = 0; i < a->n_peers; i++) /* those holding the state: it comes from all at once */
+        if (a->peers[i]->listen_url[0])
+            add_peer(sm, j, a->peers[i]->node_id, a->peers[i]->listen_url, a->peers[i]->name);
     spes_node_job_prepare *p = &j->u.prepare;
     p->round = a->round;
     p->step = a->step;
