@@ -34,8 +34,8 @@ static void reply_reject(spes_coord_sm *c, spes_coord_to to, int code, uint32_t 
  * S_round (they reported a round from `round` to round + 2, whose states nodes keep) or are applying
  * the commit that makes it (round - 1): a node that must fetch the agreed state fetches it from all of
  * them at once, not from the coordinator alone (one without it yet answers that it has none). */
-static size_t accept_peers(const spes_coord_sm *c, const coord_member *m, uint64_t round, Spes__Wire__Peer *pv,
-                           Spes__Wire__Peer **pp)
+static size_t accept_peers(const spes_coord_sm *c, const coord_member *m, uint64_t round,
+                           Spes__Wire__Peer *pv, Spes__Wire__Peer **pp)
 {
     size_t n = 0;
     for (int i = 0; i < c->nmem && n < SPES_COORD_ACCEPT_PEERS; i++) {
