@@ -570,20 +570,23 @@ static void settle_residual(spes_node *n, const spes_node_job *j, const spes_nod
             o = SPES_RESID_APPLIED;
     if (o == SPES_RESID_APPLIED)
         return;
+    const char *what = o == SPES_RESID_REFUSED ? "refused" : "left out";
     spes_contrib own;
-    if (o == SPES_RESID_LEFT_OUT && decode_blob(n, n->ef_blob, "this node's contribution", &own) != 0) {
-        log_warnx("round %llu: the residual of this node's contribution is dropped: %s",
-                  (unsigned long long)a->round, spes_errmsg());
-        o = SPES_RESID_REFUSED;
-    }
-    if (spes_resid_settle(&n->ef, o, o == SPES_RESID_LEFT_OUT ? &own : NULL, n->base, n->ef_cap) != 0) {
-        log_warnx("round %llu: %s; the residual is dropped", (unsigned long long)a->round, spes_errmsg());
-        spes_resid_zero(&n->ef);
-    }
-    if (o == SPES_RESID_LEFT_OUT)
+    int have_own =
+        o == SPES_RESID_LEFT_OUT && decode_blob(n, n->ef_blob, "this node's contribution", &own) == 0;
+    int rc = o == SPES_RESID_LEFT_OUT && !have_own
+                 ? SPES_EIO /* its own blob is gone: what it held cannot be recovered */
+                 : spes_resid_settle(&n->ef, o, have_own ? &own : NULL, n->base, n->ef_cap);
+    if (have_own)
         spes_contrib_fini(&own);
+    if (rc) {
+        log_warnx("round %llu: this node's contribution was %s; its residual is dropped (%s)",
+                  (unsigned long long)a->round, what, spes_errmsg());
+        spes_resid_zero(&n->ef);
+        return;
+    }
     log_info("round %llu: this node's contribution was %s; its residual is %s", (unsigned long long)a->round,
-             o == SPES_RESID_REFUSED ? "refused" : "left out", o == SPES_RESID_REFUSED ? "dropped" : "kept");
+             what, o == SPES_RESID_REFUSED ? "dropped" : "kept");
 }
 
 static int job_apply(spes_node *n, spes_node_job *j)
