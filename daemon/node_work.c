@@ -6,6 +6,7 @@
  * tables or the protocol state. */
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/outer_file.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
@@ -294,11 +295,16 @@ static int job_prepare(spes_node *n, spes_node_job *j)
                  j->npeers);
         uint64_t state_size =
             spes_state_blob_size(n->tr.model->layout.total_numel, n->sm.run.spes.outer_momentum != 0);
+        double t0 = spes_mono_s();
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 ||
             (rc = load_blob(n, p->hash, p->round)) != 0) {
             free(all);
             return fail(j, rc);
         }
+        double dt = spes_mono_s() - t0;
+        log_info("agreed state of round %llu in hand: %.1f MB in %.1f s (%.1f Mbit/s)",
+                 (unsigned long long)p->round, (double)state_size / 1e6, dt,
+                 dt > 0 ? (double)state_size * 8 / 1e6 / dt : 0.0);
     }
     free(all);
     uint8_t dg[32];
