@@ -414,10 +414,11 @@ static void on_join_reply(spes_node_sm *sm, const char *err, int type, ProtobufC
     sm->joined = 1;
     say(o, SPES_LOG_INFO, "joined run %s as node %u at round %llu (step %llu)", a->run_id, a->node_id,
         (unsigned long long)a->round, (unsigned long long)a->step);
-    spes_node_job *j = new_job(sm, SPES_NODE_JOB_PREPARE, a->n_peers);
+    size_t npeers = a->n_peers < SPES_NODE_STATE_PEERS ? a->n_peers : SPES_NODE_STATE_PEERS;
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_PREPARE, npeers);
     if (!j)
         return;
-    for (size_t i = 0; i < a->n_peers; i++) /* those holding the state: it comes from all at once */
+    for (size_t i = 0; i < npeers; i++) /* those holding the state: it comes from all at once */
         if (a->peers[i]->listen_url[0])
             add_peer(sm, j, a->peers[i]->node_id, a->peers[i]->listen_url, a->peers[i]->name);
     spes_node_job_prepare *p = &j->u.prepare;

@@ -15,12 +15,13 @@
 #include "config/config.h"
 #include "proto/spes.pb-c.h"
 
-#define SPES_NODE_URL_MAX 512           /* longest peer URL kept (the daemon config's string size) */
-#define SPES_NODE_NAME_MAX 64           /* longest peer name kept */
-#define SPES_NODE_CKPT_MAX 64           /* longest checkpoint id kept */
-#define SPES_NODE_ERR_MAX 512           /* longest job error message kept */
-#define SPES_NODE_REASON_MAX 256        /* longest validation refusal kept */
-#define SPES_NODE_KEEP_ROUNDS 3         /* rounds whose blobs a node keeps (see spes_node_sm_job_done) */
+#define SPES_NODE_URL_MAX 512    /* longest peer URL kept (the daemon config's string size) */
+#define SPES_NODE_NAME_MAX 64    /* longest peer name kept */
+#define SPES_NODE_CKPT_MAX 64    /* longest checkpoint id kept */
+#define SPES_NODE_ERR_MAX 512    /* longest job error message kept */
+#define SPES_NODE_REASON_MAX 256 /* longest validation refusal kept */
+#define SPES_NODE_KEEP_ROUNDS 3  /* rounds whose blobs a node keeps (see spes_node_sm_job_done) */
+#define SPES_NODE_STATE_PEERS 16 /* members of an Accept a node fetches the agreed state from, at most */
 #define SPES_NODE_CALL_TIMEOUT_MS 10000 /* a call to the coordinator */
 #define SPES_NODE_LEAVE_TIMEOUT_MS 3000 /* the goodbye: a dead coordinator must not hold a stopping node */
 
