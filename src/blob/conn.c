@@ -28,6 +28,7 @@ typedef struct slot {
     nng_aio *aio;
     int ctx_open;
     int sending;
+    int busy;          /* a request is out and its callback has not run (see spes__blob_conn_close) */
     size_t len;        /* of the request, counted once it is out */
     spes__deadline dl; /* spans the request and its reply */
 } slot;
@@ -67,6 +68,7 @@ static void slot_cb(void *arg)
         return;
     }
     spes__deadline_disarm(&s->dl); /* before the callback: it may send the slot's next request */
+    s->busy = 0;
     nng_msg *m = nng_aio_get_msg(s->aio);
     nng_aio_set_msg(s->aio, NULL);
     if (rv) {
@@ -172,6 +174,7 @@ int spes__blob_conn_send(spes__blob_conn *c, int idx, const void *req, size_t le
         return spes__nng_err(rv, "cannot make request", c->url);
     memcpy(nng_msg_body(m), req, len);
     s->sending = 1;
+    s->busy = 1;
     s->len = len;
     spes__deadline_arm(&s->dl, s->aio, timeout_ms);
     nng_aio_set_msg(s->aio, m);
@@ -183,9 +186,25 @@ void spes__blob_conn_close(spes__blob_conn *c)
 {
     if (!c)
         return;
-    for (int i = 0; c->slots && i < c->nslots; i++)
-        if (c->slots[i].aio)
-            nng_aio_stop(c->slots[i].aio); /* aborts a request in flight, waits for its callback */
+    for (int i = 0; c->slots && i < c->nslots; i++) {
+        slot *s = &c->slots[i];
+        if (!s->aio)
+            continue;
+        nng_aio_stop(s->aio); /* aborts a request in flight, waits for its callback */
+        if (s->busy) {
+            /* stopped between the request's send and its receive: slot_cb had just started the
+             * receive, which nng refuses on a stopped aio without a callback. Its owner still
+             * waits for one, so it gets it here (nothing of nng's can run for this slot now). */
+            s->busy = 0;
+            spes__deadline_disarm(&s->dl);
+            nng_msg *m = nng_aio_get_msg(s->aio);
+            nng_aio_set_msg(s->aio, NULL);
+            if (m)
+                nng_msg_free(m);
+            c->cb(c->arg, s->idx,
+                  spes_errf(SPES_EINTR, "%s: request abandoned: the connection closed", c->url), NULL, 0);
+        }
+    }
     for (int i = 0; c->slots && i < c->nslots; i++)
         if (c->slots[i].ctx_open)
             nng_ctx_close(c->slots[i].ctx);
