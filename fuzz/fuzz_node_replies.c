@@ -38,7 +38,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                            .listen = "tcp://me:1",
                            .coordinator = "tcp://c:1",
                            .data = "",
-                           .codec = "fp32",
                            .threads = 1,
                            .heartbeat_ms = 100,
                            .keep_blobs = 0};
