@@ -78,8 +78,8 @@ double spes_contrib_delta_norm(const spes_contrib *c, const float *base)
     double s = 0;
     size_t i = 0;
     for (int g = -1; g < c->ncols; g++) {
-        size_t n = g < 0 ? c->shared_numel : c->column_numel;
-        const float *b = g < 0 ? base : base + c->shared_numel + (size_t)c->cols[g] * c->column_numel;
+        size_t n;
+        const float *b = spes_contrib_group_base(c, base, g, &n);
         for (size_t k = 0; k < n; k++, i++) {
             double d = (double)c->val[i] - (double)b[k];
             s += d * d;
@@ -102,8 +102,8 @@ int spes_resid_settle(spes_resid *r, spes_resid_outcome o, const spes_contrib *o
     double s = 0;
     size_t i = 0;
     for (int g = -1; g < own->ncols; g++) {
-        size_t n = g < 0 ? own->shared_numel : own->column_numel;
-        const float *b = g < 0 ? base : base + own->shared_numel + (size_t)own->cols[g] * own->column_numel;
+        size_t n;
+        const float *b = spes_contrib_group_base(own, base, g, &n);
         for (size_t k = 0; k < n; k++, i++) {
             r->val[i] += own->val[i] - b[k];
             s += (double)r->val[i] * r->val[i];

@@ -96,12 +96,10 @@ static uint64_t get64(const uint8_t *p)
     return v;
 }
 
-/* seg_base returns the agreed values matching segment s of a contribution's
- * values (-1: the shared block, else its column cols[s]) and their count in *n. */
-static const float *seg_base(const spes_contrib *c, const float *base, int s, size_t *n)
+const float *spes_contrib_group_base(const spes_contrib *c, const float *base, int g, size_t *n)
 {
-    *n = s < 0 ? c->shared_numel : c->column_numel;
-    return s < 0 ? base : base + c->shared_numel + (size_t)c->cols[s] * c->column_numel;
+    *n = g < 0 ? c->shared_numel : c->column_numel;
+    return g < 0 ? base : base + c->shared_numel + (size_t)c->cols[g] * c->column_numel;
 }
 
 spes_codec spes_codec_from_name(const char *name)
@@ -122,12 +120,21 @@ size_t spes_q8_size(size_t n)
     return (n + SPES_Q8_BLOCK - 1) / SPES_Q8_BLOCK * 4 + n;
 }
 
-int spes_q8_encode(const float *u, size_t n, uint8_t *dst, float *resid)
+/* all_finite refuses a non-finite value among the n of u, naming the codec and the value. */
+static int all_finite(const char *codec, const float *u, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(u[i]))
-            return spes_errf(SPES_ERANGE, "q8ef: value %zu to encode is %s", i,
+            return spes_errf(SPES_ERANGE, "%s: value %zu to encode is %s", codec, i,
                              isnan(u[i]) ? "NaN" : "infinite");
+    return 0;
+}
+
+int spes_q8_encode(const float *u, size_t n, uint8_t *dst, float *resid)
+{
+    int rc = all_finite("q8ef", u, n);
+    if (rc)
+        return rc;
     for (size_t at = 0; at < n; at += SPES_Q8_BLOCK) {
         size_t k = n - at < SPES_Q8_BLOCK ? n - at : SPES_Q8_BLOCK;
         float m = 0.0f;
@@ -266,10 +273,9 @@ static void topk_chunk(const float *u, size_t len, uint8_t *dst, float *resid)
 
 int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(u[i]))
-            return spes_errf(SPES_ERANGE, "topk: value %zu to encode is %s", i,
-                             isnan(u[i]) ? "NaN" : "infinite");
+    int rc = all_finite("topk", u, n);
+    if (rc)
+        return rc;
     for (size_t at = 0; at < n; at += SPES_TOPK_CHUNK) {
         size_t len = n - at < SPES_TOPK_CHUNK ? n - at : SPES_TOPK_CHUNK;
         topk_chunk(u + at, len, dst, resid ? resid + at : NULL);
@@ -289,14 +295,14 @@ static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base,
         return SPES_ENOMEM;
     size_t i = 0, n;
     for (int s = -1; s < c->ncols; s++) {
-        const float *b = seg_base(c, base, s, &n);
+        const float *b = spes_contrib_group_base(c, base, s, &n);
         for (size_t k = 0; k < n; k++, i++)
             u[i] = (c->val[i] - b[k]) + (ef ? ef[i] : 0.0f);
     }
     int rc = 0;
     i = 0;
     for (int s = -1; !rc && s < c->ncols; s++) {
-        seg_base(c, base, s, &n);
+        spes_contrib_group_base(c, base, s, &n);
         if (codec == SPES_CODEC_Q8EF) {
             rc = spes_q8_encode(u + i, n, p, u + i); /* u becomes the residual in place */
             p += spes_q8_size(n);
@@ -352,7 +358,7 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
     } else if (codec == SPES_CODEC_BF16) {
         size_t i = 0, n;
         for (int s = -1; s < c->ncols; s++) {
-            const float *b = seg_base(c, base, s, &n);
+            const float *b = spes_contrib_group_base(c, base, s, &n);
             for (size_t k = 0; k < n; k++, i++) {
                 uint16_t h = spes_bf16_from_f32(c->val[i] - b[k]);
                 memcpy(p + 2 * i, &h, 2);
@@ -474,7 +480,7 @@ static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, cons
 {
     size_t i = 0, n;
     for (int s = -1; s < c->ncols; s++) {
-        const float *bs = seg_base(c, base, s, &n);
+        const float *bs = spes_contrib_group_base(c, base, s, &n);
         if (codec == SPES_CODEC_Q8EF || codec == SPES_CODEC_TOPK) {
             int rc = codec == SPES_CODEC_Q8EF ? decode_q8(c, &p, i, bs, n, max_delta, origin)
                                               : decode_topk(c, &p, i, bs, n, max_delta, origin);

@@ -57,6 +57,10 @@ int spes_contrib_make(spes_contrib *c, const spes_layout *lo, int E, const uint8
 /* spes_contrib_fini frees what the contribution owns. */
 void spes_contrib_fini(spes_contrib *c);
 
+/* spes_contrib_group_base returns the agreed values (in base, the full layout) matching group g of
+ * c's values (-1: the shared block, else its column cols[g]) and their count in *n. */
+const float *spes_contrib_group_base(const spes_contrib *c, const float *base, int g, size_t *n);
+
 /* spes_contrib_encode serialises c with the codec into a malloc'd buffer;
  * base (the agreed state, full layout) is needed by the bf16 and q8ef codecs.
  * ef (may be NULL: zero) is the node's error-feedback residual in the order of
