@@ -363,10 +363,16 @@ def faults_env(**variables):
                 ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0")
 
 
-def finish_undisturbed(cl, cause, min_rounds):
+def all_applying(cl):
+    """Waits until the three nodes have all applied a round (a node that starts
+    slowly joins after round 0); returns the first such round."""
+    return min(cl.wait_applied([0, 1, 2], -1))
+
+
+def finish_undisturbed(cl, cause, min_rounds, since):
     """Lets the three nodes apply one more round, stops them, and checks that
     cause disturbed nobody: no member marked failed, none joining again, every
-    node applying every round with equal digests. Returns the logs."""
+    node applying every round from since on with equal digests. Returns the logs."""
     late = cl.wait_applied([0, 1, 2], cl.status()["round"], timeout=90)
     logs = [cl.log(k) for k in range(3)]  # before the stop: a draining node stops heartbeating
     cl.stop_all()
@@ -374,9 +380,13 @@ def finish_undisturbed(cl, cause, min_rounds):
           "no member is marked failed for %s, and none has to join again" % cause)
     applied = [cl.applied(k) for k in range(3)]
     top = max(late) if late else -1
-    check(top >= min_rounds and all(all(r in a for a in applied) and applied[0][r] == applied[1][r] == applied[2][r]
-                                    for r in range(top + 1)),
-          "every node applied every round 0..%d and all agree" % top)
+    missing = {k: [r for r in range(since, top + 1) if r not in applied[k]] for k in range(3)}
+    differ = [r for r in range(since, top + 1) if all(r in a for a in applied) and
+              not applied[0][r] == applied[1][r] == applied[2][r]]
+    check(top >= min_rounds and not any(missing.values()) and not differ,
+          "every node applied every round %d..%d and all agree%s" %
+          (since, top, "" if not any(missing.values()) and not differ else
+           " (missing %s, digests differ in %s)" % ({k: m for k, m in missing.items() if m}, differ)))
     return logs
 
 
@@ -390,13 +400,14 @@ def scenario_coordinator_stall():
     try:
         cl.start_all()
         cl.wait_round(2)
+        since = all_applying(cl)
         stalls = 2
         for _ in range(stalls):  # the fsync of the commit, on the coordinator's loop, takes 5.5 s (timeout 4 s)
             with open(trigger, "w") as f:
                 f.write("5500")
             cl.wait("the stalled fsync", lambda: not os.path.exists(trigger), 60)
             cl.wait_round(cl.status()["round"] + 1)
-        logs = finish_undisturbed(cl, "the coordinator's stall", 4)
+        logs = finish_undisturbed(cl, "the coordinator's stall", 4, since)
         found = re.findall(r"did not run for (\d+) ms", logs[0])
         check(len(found) >= stalls and all(int(ms) >= 5000 for ms in found),
               "the coordinator notices its own stalls (%s ms)" % ", ".join(found))
@@ -415,12 +426,13 @@ def scenario_wall_clock_steps():
     try:
         cl.start_all()
         cl.wait_round(2)
+        since = all_applying(cl)
         for offset in ("-3600", "3600"):
             with open(clock + ".tmp", "w") as f:
                 f.write(offset)
             os.rename(clock + ".tmp", clock)
             cl.wait_round(cl.status()["round"] + 2)
-        finish_undisturbed(cl, "the wall clock's steps", 6)
+        finish_undisturbed(cl, "the wall clock's steps", 6, since)
     finally:
         cl.cleanup()
 
