@@ -84,8 +84,12 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
         cap += sm->kept[i].n;
     for (node_task *t = n->jobs; t; t = t->next)
         cap += job_nhashes(t->job);
+    for (node_task *t = n->tjobs; t; t = t->next)
+        cap += job_nhashes(t->job);
     if (n->running)
         cap += job_nhashes(n->running->job);
+    if (n->trunning)
+        cap += job_nhashes(n->trunning->job);
     uint8_t(*h)[32] = malloc((size_t)cap * 32);
     int m = 0;
     if (h) {
@@ -97,8 +101,12 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
         memcpy(h[m++], sm->pending_blob, 32);
         for (node_task *t = n->jobs; t; t = t->next)
             job_hashes(t->job, h, &m);
+        for (node_task *t = n->tjobs; t; t = t->next)
+            job_hashes(t->job, h, &m);
         if (n->running)
             job_hashes(n->running->job, h, &m);
+        if (n->trunning)
+            job_hashes(n->trunning->job, h, &m);
         if (extra)
             job_hashes(extra, h, &m);
         qsort(h, (size_t)m, 32, cmp_hash);
@@ -117,40 +125,59 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
 
 static void worker_done(void *arg);
 
-static void *worker_main(void *arg)
+/* worker_loop runs the jobs of one queue (the training one or the other) until quit. */
+static void worker_loop(spes_node *n, int train)
 {
-    spes_node *n = arg;
+    node_task **head = train ? &n->tjobs : &n->jobs, **tail = train ? &n->tjobs_tail : &n->jobs_tail;
+    node_task **running = train ? &n->trunning : &n->running;
     pthread_mutex_lock(&n->mu);
     for (;;) {
-        while (!n->jobs && !n->quit)
+        while (!*head && !n->quit)
             pthread_cond_wait(&n->cv, &n->mu);
         if (n->quit)
             break;
-        node_task *t = n->jobs;
-        n->jobs = t->next;
-        if (!n->jobs)
-            n->jobs_tail = NULL;
-        n->running = t;
+        node_task *t = *head;
+        *head = t->next;
+        if (!*head)
+            *tail = NULL;
+        *running = t;
         pthread_mutex_unlock(&n->mu);
         node_run_job(n, t->job);
-        node_publish_progress(n);
+        if (train || t->job->kind == SPES_NODE_JOB_PREPARE)
+            node_publish_progress(n); /* the trainer is the training worker's while it may run */
         /* the store keeps the job's blobs until the loop has taken its result (keep_refresh) */
         pthread_mutex_lock(&n->mu);
-        n->running = NULL;
+        *running = NULL;
         pthread_mutex_unlock(&n->mu);
         if (spes_daemon_call_on_loop(n->d, worker_done, t) != 0)
             log_error("worker: cannot report a finished job");
         pthread_mutex_lock(&n->mu);
     }
     pthread_mutex_unlock(&n->mu);
+}
+
+static void *worker_main(void *arg)
+{
+    worker_loop(arg, 0);
+    return NULL;
+}
+
+static void *train_worker_main(void *arg)
+{
+    worker_loop(arg, 1);
     return NULL;
 }
 
 static void submit(spes_node *n, spes_node_job *j)
 {
     node_task *t = calloc(1, sizeof *t);
-    if (!t) {
+    if (!n->have_lo && n->sm.have_run) {
+        if (spes_layout_build(&n->lo, &n->sm.run.model) == 0)
+            n->have_lo = 1; /* before any job runs: the workers read it without a lock */
+    }
+    if (!t || !n->have_lo) {
         /* the machine counts the job as out: hand it back failed */
+        free(t);
         j->rc = SPES_ENOMEM;
         snprintf(j->err, sizeof j->err, "out of memory");
         spes_node_sm_job_done(&n->sm, j, spes_mono_ms(), &n->out);
@@ -160,13 +187,15 @@ static void submit(spes_node *n, spes_node_job *j)
     t->job = j;
     j->rc = 0;
     keep_refresh(n, j); /* before the worker can start it */
+    int train = j->kind == SPES_NODE_JOB_TRAIN;
+    node_task **head = train ? &n->tjobs : &n->jobs, **tail = train ? &n->tjobs_tail : &n->jobs_tail;
     pthread_mutex_lock(&n->mu);
-    if (n->jobs_tail)
-        n->jobs_tail->next = t;
+    if (*tail)
+        (*tail)->next = t;
     else
-        n->jobs = t;
-    n->jobs_tail = t;
-    pthread_cond_signal(&n->cv);
+        *head = t;
+    *tail = t;
+    pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
 }
 
@@ -258,7 +287,14 @@ static void drain(spes_node *n)
             submit(n, a.job);
             a.job = NULL;
             break;
-        case SPES_NODE_ACT_CANCEL: atomic_store(&n->cancel, a.value); break;
+        case SPES_NODE_ACT_CANCEL:
+            if (a.value == 1)
+                atomic_store(&n->cancel, 1);
+            atomic_store(&n->cancel_train, a.value != 0);
+            pthread_mutex_lock(&n->mu); /* a worker waiting on the other may be waiting for this */
+            pthread_cond_broadcast(&n->cv);
+            pthread_mutex_unlock(&n->mu);
+            break;
         case SPES_NODE_ACT_ABORT_CALLS:
             if (n->cc)
                 spes_net_client_abort_calls(n->cc);
@@ -332,6 +368,7 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
     pthread_mutex_init(&n->mu, NULL);
     pthread_mutex_init(&n->keep_mu, NULL);
     pthread_cond_init(&n->cv, NULL);
+    n->base_round = -1;
     spes_node_opts o = {
         .name = d->cfg.name,
         .listen = d->cfg.advertise, /* what the others dial (Join), and never a fetch source */
@@ -386,6 +423,9 @@ int spes_node_start(spes_node *n)
     if (pthread_create(&n->th, NULL, worker_main, n) != 0)
         return spes_errf(SPES_ENOMEM, "cannot start the worker thread");
     n->th_started = 1;
+    if (pthread_create(&n->th_train, NULL, train_worker_main, n) != 0)
+        return spes_errf(SPES_ENOMEM, "cannot start the training thread");
+    n->th_started = 2;
     return 0;
 }
 
@@ -409,16 +449,19 @@ void spes_node_free(spes_node *n)
     if (n->th_started) {
         pthread_mutex_lock(&n->mu);
         n->quit = 1;
-        pthread_cond_signal(&n->cv);
+        pthread_cond_broadcast(&n->cv);
         pthread_mutex_unlock(&n->mu);
         pthread_join(n->th, NULL);
+        if (n->th_started > 1)
+            pthread_join(n->th_train, NULL);
     }
-    while (n->jobs) {
-        node_task *t = n->jobs;
-        n->jobs = t->next;
-        spes_node_job_free(t->job);
-        free(t);
-    }
+    for (node_task **q = &n->jobs; q; q = q == &n->jobs ? &n->tjobs : NULL)
+        while (*q) {
+            node_task *t = *q;
+            *q = t->next;
+            spes_node_job_free(t->job);
+            free(t);
+        }
     if (n->cc)
         spes_net_client_close(n->cc);
     if (n->blobs)
@@ -426,6 +469,9 @@ void spes_node_free(spes_node *n)
     if (n->have_trainer)
         spes_trainer_fini(&n->tr);
     free(n->base);
+    free(n->xstart);
+    if (n->have_lo)
+        spes_layout_fini(&n->lo);
     free(n->norms);
     spes_resid_fini(&n->ef);
     free(n->keep);

@@ -34,25 +34,37 @@ struct spes_node {
                                 * first job and only read afterwards, by the worker too */
     spes_node_out out;      /* [loop] actions not yet carried out */
     int draining;           /* [loop] drain() is running (actions it causes join its queue) */
-    /* the worker */
-    pthread_t th;   /* [loop] */
-    int th_started; /* [loop] */
+    /* the workers: one trains, one runs the rest (prepare, apply, validate), so that a
+     * round's sync runs beside the next round's training (docs/design.md, "Overlap") */
+    pthread_t th, th_train; /* [loop] */
+    int th_started;         /* [loop] threads started (0, 1 or 2) */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct node_task *jobs, *jobs_tail; /* [mu] queued jobs */
-    struct node_task *running;          /* [mu] the job the worker runs, if any */
+    pthread_cond_t cv;                    /* [mu] any change of the fields under mu */
+    struct node_task *jobs, *jobs_tail;   /* [mu] queued jobs (not train) */
+    struct node_task *tjobs, *tjobs_tail; /* [mu] queued train jobs */
+    struct node_task *running;            /* [mu] the job the sync worker runs, if any */
+    struct node_task *trunning;           /* [mu] the job the training worker runs, if any */
+    /* how the two workers share the model (node_work.c): */
+    int64_t base_round; /* [mu] the round of the agreed state in base (-1: none yet) */
+    int base_busy;      /* [mu] the training worker reads base and writes ef (rebasing, encoding) */
+    int pause_req;      /* [mu] the sync worker wants the trainer still (saving its state) */
+    int train_busy;     /* [mu] the training worker is changing the trainer (steps, opening) */
+    spes_layout lo;     /* [once] the run's layout (set on the loop before the first job) */
+    int have_lo;        /* [once] */
     /* what the blob store's quota must never remove (docs/security.md, "Store quota") */
     pthread_mutex_t keep_mu;
     uint8_t (*keep)[32];        /* [keep_mu] (nkeep) sorted */
     int nkeep;                  /* [keep_mu] */
     int quit;                   /* [mu] the worker ends */
-    atomic_int cancel;          /* [any] the running job ends early (set by the loop, read by the worker) */
+    atomic_int cancel;          /* [any] every job ends early: stopping (set by the loop, read by workers) */
+    atomic_int cancel_train;    /* [any] the training job ends early */
     int prog_have_step;         /* [mu] the worker's progress, for heartbeats and status: */
     uint64_t prog_step;         /* [mu]   its trainer's step (when prog_have_step) */
     double prog_loss, prog_tps; /* [mu]  its last training step's loss and tokens/s */
     spes_trainer tr;            /* [worker] params = working copy */
     int have_trainer;           /* [worker] */
-    float *base;                /* [worker] (total) S_round */
+    float *base;                /* [worker] (total) S_round: written by the sync worker, under base_busy */
+    float *xstart;              /* [worker] (total) overlap: the parameters the training round began from */
     spes_outer outer; /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
     double loss, tps; /* [worker] the last training step's loss and tokens/s */
     spes_norm_history *norms; /* [worker] what the norm bound remembers of earlier rounds (validation) */

@@ -42,14 +42,126 @@ static int fail(spes_node_job *j, int rc)
     return rc;
 }
 
+/* ---- how the two workers share the model (docs/design.md, "Overlap") ----
+ * The training worker owns the trainer (params, AdamW moments) while it is
+ * train_busy; the sync worker builds S_{r+1} beside it and, to save the
+ * trainer's state with it, asks it to pause between steps (pause_req). base
+ * and the residual belong to the sync worker except while the training worker
+ * holds base_busy (rebasing its progress onto S_round and encoding it), and a
+ * rebase waits until base holds S_round (base_round). */
+
+static int cancelled(spes_node *n)
+{
+    return atomic_load(&n->cancel) || atomic_load(&n->cancel_train);
+}
+
+/* train_enter marks the trainer busy once no pause is asked for (training worker). */
+static void train_enter(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    while (n->pause_req && !cancelled(n) && !n->quit)
+        pthread_cond_wait(&n->cv, &n->mu);
+    n->train_busy = 1;
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* train_leave marks the trainer still (training worker). */
+static void train_leave(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->train_busy = 0;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* train_yield pauses between two steps while the sync worker saves the trainer (training worker). */
+static void train_yield(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    int asked = n->pause_req;
+    pthread_mutex_unlock(&n->mu);
+    if (asked) {
+        train_leave(n);
+        train_enter(n);
+    }
+}
+
+/* trainer_hold waits until the trainer is still and keeps it so until trainer_release (sync worker). */
+static void trainer_hold(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->pause_req = 1;
+    while (n->train_busy)
+        pthread_cond_wait(&n->cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void trainer_release(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->pause_req = 0;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* base_take waits until the training worker is done with base and marks base
+ * as changing: no rebase starts until base_publish names its new round (sync worker). */
+static void base_take(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    while (n->base_busy)
+        pthread_cond_wait(&n->cv, &n->mu);
+    n->base_round = -1;
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void base_publish(spes_node *n, int64_t round)
+{
+    pthread_mutex_lock(&n->mu);
+    n->base_round = round;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* base_use waits until base holds S_round and holds it for the training
+ * worker's rebase and encoding (until base_done); -1 when the round moved on
+ * or the job is cancelled. */
+static int base_use(spes_node *n, int64_t round)
+{
+    pthread_mutex_lock(&n->mu);
+    while (n->base_round < round && !cancelled(n) && !n->quit) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L; /* the cancel flags are set without the lock: look again soon */
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&n->cv, &n->mu, &ts);
+    }
+    int ok = n->base_round == round && !cancelled(n) && !n->quit;
+    if (ok)
+        n->base_busy = 1;
+    pthread_mutex_unlock(&n->mu);
+    return ok ? 0 : -1;
+}
+
+static void base_done(spes_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->base_busy = 0;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
  * when outer_momentum != 0; see docs/convergence.md); zero: zero it. */
 static int outer_ready(spes_node *n, int zero)
 {
     int rc = spes_outer_init(&n->outer, n->sm.run.spes.outer_lr, n->sm.run.spes.outer_momentum,
-                             n->tr.model->layout.total_numel);
+                             n->lo.total_numel);
     if (!rc && zero && n->outer.mom)
-        memset(n->outer.mom, 0, n->tr.model->layout.total_numel * sizeof(float));
+        memset(n->outer.mom, 0, n->lo.total_numel * sizeof(float));
     return rc;
 }
 
@@ -60,7 +172,7 @@ static int ef_ready(spes_node *n, int zero)
     if (codec != SPES_CODEC_Q8EF && codec != SPES_CODEC_TOPK)
         return 0;
     if (!n->have_ef) {
-        int rc = spes_resid_init(&n->ef, &n->tr.model->layout, n->sm.E);
+        int rc = spes_resid_init(&n->ef, &n->lo, n->sm.E);
         if (rc)
             return rc;
         n->have_ef = 1;
@@ -77,7 +189,7 @@ static int ef_load(spes_node *n, const char *dir, uint64_t R)
     int rc = ef_ready(n, 1);
     if (rc || !n->have_ef)
         return rc;
-    const spes_layout *lo = &n->tr.model->layout;
+    const spes_layout *lo = &n->lo;
     float *v = NULL;
     size_t numel = 0;
     rc =
@@ -100,7 +212,7 @@ static int ef_load(spes_node *n, const char *dir, uint64_t R)
 static int state_digest(spes_node *n, const float *p, int64_t R, uint8_t out[32])
 {
     return spes_state_digest2(p, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
-                              n->tr.model->layout.total_numel, R, out);
+                              n->lo.total_numel, R, out);
 }
 
 /* open_trainer builds the trainer for columns cols with params from base (if given). */
@@ -156,7 +268,7 @@ static int same_cols(spes_node *n, const uint8_t *cols)
 static int ensure_base(spes_node *n)
 {
     if (!n->base)
-        n->base = malloc(n->tr.model->layout.total_numel * sizeof(float));
+        n->base = malloc(n->lo.total_numel * sizeof(float));
     return n->base ? 0 : SPES_ENOMEM;
 }
 
@@ -189,9 +301,9 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
         rc = spes_trainer_load(&n->tr, dir);
     spes_ckpt_fini(&meta);
     if (!rc && (rc = outer_ready(n, 1)) == 0 && n->outer.mom &&
-        spes_outer_load(dir, n->outer.mom, n->tr.model->layout.total_numel, (int64_t)R) != 0)
+        spes_outer_load(dir, n->outer.mom, n->lo.total_numel, (int64_t)R) != 0)
         memset(n->outer.mom, 0,
-               n->tr.model->layout.total_numel * sizeof(float)); /* no file: the digest decides */
+               n->lo.total_numel * sizeof(float)); /* no file: the digest decides */
     if (!rc)
         rc = ef_load(n, dir, R);
     uint8_t dg[32];
@@ -212,7 +324,7 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc && (rc = outer_ready(n, 1)) == 0 && (rc = ef_ready(n, 1)) == 0)
-        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->tr.model->layout.total_numel, R,
+        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->lo.total_numel, R,
                                    n->tr.model->params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
                                    path);
     free(buf);
@@ -254,7 +366,7 @@ static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first,
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
     o.max_size =
-        max_size || !n->have_trainer ? max_size : spes_contrib_max_size(&n->tr.model->layout, n->sm.E);
+        max_size || !n->have_lo ? max_size : spes_contrib_max_size(&n->lo, n->sm.E);
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
     free(peers);
     char path[1024];
@@ -294,7 +406,7 @@ static int job_prepare(spes_node *n, spes_node_job *j)
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round,
                  j->npeers);
         uint64_t state_size =
-            spes_state_blob_size(n->tr.model->layout.total_numel, n->sm.run.spes.outer_momentum != 0);
+            spes_state_blob_size(n->lo.total_numel, n->sm.run.spes.outer_momentum != 0);
         double t0 = spes_mono_s();
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 ||
             (rc = load_blob(n, p->hash, p->round)) != 0) {
@@ -317,14 +429,14 @@ static int job_prepare(spes_node *n, spes_node_job *j)
                                  (unsigned long long)p->round));
     if ((rc = ensure_base(n)) != 0)
         return fail(j, rc);
-    memcpy(n->base, n->tr.model->params, n->tr.model->layout.total_numel * sizeof(float));
+    memcpy(n->base, n->tr.model->params, n->lo.total_numel * sizeof(float));
     return 0;
 }
 
 static int put_state(spes_node *n, const float *params, uint64_t round, uint8_t out[32])
 {
     return spes_node_put_state_outer(n, params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
-                                     n->tr.model->layout.total_numel, round, out);
+                                     n->lo.total_numel, round, out);
 }
 
 int spes_node_put_state(spes_node *n, const float *params, size_t total, uint64_t round, uint8_t out[32])
@@ -345,33 +457,77 @@ int spes_node_put_state_outer(spes_node *n, const float *params, const float *mo
     return rc;
 }
 
-static int job_train(spes_node *n, spes_node_job *j)
+/* train_steps trains sync_interval steps of round t: from S_round, or
+ * overlapped from the node's own parameters (kept in xstart) and then rebased
+ * onto S_round, which it waits for: params = S_round + (params - xstart).
+ * On success it holds base (base_use) for the encoding that follows. */
+static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
 {
     spes_node_job_train *t = &j->u.train;
     const spes_run_config *run = &n->sm.run;
+    size_t total = n->lo.total_numel;
     int rc = 0;
-    if (!same_cols(n, t->cols) && (rc = open_trainer(n, t->cols, j->node_id)) != 0)
+    train_enter(n);
+    if (!same_cols(n, t->cols) && (rc = open_trainer(n, t->cols, j->node_id)) != 0) {
+        train_leave(n);
         return fail(j, rc);
-    size_t total = n->tr.model->layout.total_numel;
-    memcpy(n->tr.model->params, n->base, total * sizeof(float));
+    }
+    float *p = n->tr.model->params;
+    if (t->overlap) {
+        if (!n->xstart && !(n->xstart = malloc(total * sizeof(float)))) {
+            train_leave(n);
+            return fail(j, SPES_ENOMEM);
+        }
+        memcpy(n->xstart, p, total * sizeof(float));
+    } else {
+        memcpy(p, n->base, total * sizeof(float)); /* nothing changes base while no round travels */
+    }
     n->tr.step = (int64_t)t->step;
     n->tr.round = (int64_t)t->round;
-    double sum = 0;
-    int steps = run->spes.sync_interval, done = 0;
-    for (; done < steps; done++) {
-        if (atomic_load(&n->cancel))
-            return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
+    int steps = run->spes.sync_interval;
+    spes_counters_train_begin(); /* training time (docs/counters.md): the steps, not the wait for S_round */
+    for (int done = 0; !rc && done < steps; done++) {
+        if (cancelled(n)) {
+            rc = spes_errf(SPES_EINTR, "round abandoned");
+            break;
+        }
+        train_yield(n);
         spes_step_stats st;
         if ((rc = spes_trainer_step(&n->tr, &st)) != 0)
-            return fail(j, rc);
+            break;
         spes_dmetrics_note_routing(n->d->metrics, n->tr.model); /* router load per expert */
-        sum += st.loss;
+        *loss_sum += st.loss;
         n->loss = st.loss;
         n->tps = (double)run->train.batch_size * run->train.seq_len / st.seconds;
         node_publish_progress(n);
         printf("step %lld loss %.9g\n", (long long)st.step, st.loss);
         fflush(stdout);
     }
+    spes_counters_train_end();
+    train_leave(n);
+    if (rc)
+        return fail(j, rc);
+    if (base_use(n, (int64_t)t->round) != 0)
+        return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
+                                 (unsigned long long)t->round));
+    if (t->overlap) {
+        const float *b = n->base, *x = n->xstart;
+        for (size_t i = 0; i < total; i++)
+            p[i] = b[i] + (p[i] - x[i]);
+    }
+    return 0;
+}
+
+static int job_train(spes_node *n, spes_node_job *j)
+{
+    spes_node_job_train *t = &j->u.train;
+    const spes_run_config *run = &n->sm.run;
+    double sum = 0;
+    int rc = train_steps(n, j, &sum);
+    if (rc)
+        return rc;
+    rc = 0;
+    int steps = run->spes.sync_interval;
     spes_contrib c;
     t->tokens = (uint64_t)steps * (uint64_t)run->train.batch_size * (uint64_t)run->train.seq_len;
     t->loss_mean = sum / steps;
@@ -380,11 +536,13 @@ static int job_train(spes_node *n, spes_node_job *j)
     uint8_t *all = !strcmp(n->d->cfg.fault, "all-columns") ? malloc((size_t)n->sm.E) : NULL;
     if (all)
         memset(all, 1, (size_t)n->sm.E);
-    rc = spes_contrib_make(&c, &n->tr.model->layout, n->sm.E, all ? all : t->cols, n->tr.model->params,
+    rc = spes_contrib_make(&c, &n->lo, n->sm.E, all ? all : t->cols, n->tr.model->params,
                            (int64_t)t->round, author, t->tokens, (float)t->loss_mean);
     free(all);
-    if (rc)
+    if (rc) {
+        base_done(n);
         return fail(j, rc);
+    }
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
         log_warnx("fault injection: contribution of round %llu carries a NaN", (unsigned long long)t->round);
@@ -417,11 +575,17 @@ static int job_train(spes_node *n, spes_node_job *j)
     }
     if (rc) {
         spes_contrib_fini(&c);
+        base_done(n);
         return fail(j, rc);
     }
     double cap = n->have_ef ? 2.0 * spes_contrib_delta_norm(&c, n->base) : 0;
     rc = spes_contrib_encode(&c, codec, n->base, n->have_ef ? n->ef.val : NULL, &buf, &len);
     spes_contrib_fini(&c);
+    if (!rc && n->have_ef) {
+        n->ef_round = (int64_t)t->round;
+        n->ef_cap = cap;
+    }
+    base_done(n); /* base and the residual are the sync worker's again */
     if (rc)
         return fail(j, rc);
     rc = spes_blob_put(n->blobs, buf, len, t->blob);
@@ -433,11 +597,8 @@ static int job_train(spes_node *n, spes_node_job *j)
         struct timespec ts = {LATE_FAULT_MS / 1000, (LATE_FAULT_MS % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
-    if (!rc && n->have_ef) {
-        n->ef_round = (int64_t)t->round;
-        n->ef_cap = cap;
+    if (!rc && n->have_ef)
         memcpy(n->ef_blob, t->blob, 32);
-    }
     t->size = len;
     spes_manifest m;
     if (!rc && (rc = spes_blob_manifest_get(n->blobs, t->blob, &m)) == 0) {
@@ -461,7 +622,7 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc)
-        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->tr.model->layout, n->sm.E, n->base,
+        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->lo, n->sm.E, n->base,
                                  MAX_DELTA, origin);
     free(buf);
     if (!rc && c->codec != (uint32_t)spes_codec_from_name(n->sm.run.spes.codec)) {
@@ -525,7 +686,7 @@ static int job_validate(spes_node *n, spes_node_job *j)
             r = spes_contrib_check_author(&c, (int64_t)v->round, (int32_t)v->contribs[k].node,
                                           v->cols + (size_t)k * (size_t)v->E, v->E, j->peers[k].name);
             if (!r && bound > 0)
-                r = spes_delta_norms_of(&nm[k], &c, n->base, &n->tr.model->layout);
+                r = spes_delta_norms_of(&nm[k], &c, n->base, &n->lo);
             spes_contrib_fini(&c);
         }
         if (r && !held[k])
@@ -600,7 +761,7 @@ static int job_apply(spes_node *n, spes_node_job *j)
     spes_node_job_apply *a = &j->u.apply;
     const spes_run_config *run = &n->sm.run;
     int rc = 0, k;
-    size_t total = n->tr.model->layout.total_numel;
+    size_t total = n->lo.total_numel;
     spes_contrib *cs = calloc((size_t)(a->ncontrib ? a->ncontrib : 1), sizeof *cs);
     const spes_contrib **cp = calloc((size_t)(a->ncontrib ? a->ncontrib : 1), sizeof *cp);
     if (!cs || !cp)
@@ -613,8 +774,12 @@ static int job_apply(spes_node *n, spes_node_job *j)
             (rc = decode_blob(n, a->contribs[k].hash, origin, &cs[k])) == 0)
             cp[k] = &cs[k];
     }
-    float *p = n->tr.model->params;
+    /* S_{r+1} is built in the trainer's working copy, or beside it while a round trains (overlap) */
+    int overlap = run->spes.overlap;
+    float *p = overlap ? malloc(total * sizeof(float)) : n->tr.model->params;
     float *mom_old = NULL; /* the outer momentum of S_r, put back if the apply fails */
+    if (!rc && !p)
+        rc = SPES_ENOMEM;
     if (!rc && (rc = outer_ready(n, 0)) == 0 && n->outer.mom && !(mom_old = malloc(total * sizeof(float))))
         rc = SPES_ENOMEM;
     if (!rc) {
@@ -623,11 +788,11 @@ static int job_apply(spes_node *n, spes_node_job *j)
             memcpy(mom_old, n->outer.mom, total * sizeof(float));
         spes_agg g;
         if ((rc = spes_agg_from_name(&g, run->spes.aggregation, run->spes.trim, run->spes.clip)) == 0)
-            rc = spes_aggregate_robust(p, &n->tr.model->layout, n->sm.E, cp, a->ncontrib, &g, &n->outer);
+            rc = spes_aggregate_robust(p, &n->lo, n->sm.E, cp, a->ncontrib, &g, &n->outer);
     }
     double alpha = spes_merge_alpha(&run->spes, (int64_t)a->next_step);
     if (!rc && a->merge && alpha > 0)
-        rc = spes_merge_apply(p, &n->tr.model->layout, &run->model, run->spes.merge_topk, alpha);
+        rc = spes_merge_apply(p, &n->lo, &run->model, run->spes.merge_topk, alpha);
     if (!rc && a->round == 2 && !strcmp(n->d->cfg.fault, "diverge"))
         p[0] += 1.0f; /* tests only: this node's S_3 is no longer the run's */
     for (int i = 0; i < a->ncontrib; i++)
@@ -635,48 +800,68 @@ static int job_apply(spes_node *n, spes_node_job *j)
     free(cs);
     free(cp);
     if (!rc)
+        base_take(n); /* a training round that still encodes against S_r finishes first */
+    if (!rc)
         settle_residual(n, j, a);
     if (!rc && (rc = state_digest(n, p, (int64_t)a->round + 1, a->state_hash)) == 0) {
-        spes_dmetrics_note_delta(n->d->metrics, &n->tr.model->layout, n->sm.E, p,
+        spes_dmetrics_note_delta(n->d->metrics, &n->lo, n->sm.E, p,
                                  n->base); /* column delta norms */
-        memcpy(n->base, p, total * sizeof(float));
-        n->tr.step = (int64_t)a->next_step;
-        n->tr.round = (int64_t)a->round + 1;
+        if (overlap) {
+            float *old = n->base;
+            n->base = p;
+            p = old;
+        } else {
+            memcpy(n->base, p, total * sizeof(float));
+            n->tr.step = (int64_t)a->next_step;
+            n->tr.round = (int64_t)a->round + 1;
+        }
         uint8_t sh[32];
-        if ((rc = put_state(n, p, a->round + 1, sh)) == 0 && memcmp(sh, a->state_hash, 32))
+        if ((rc = put_state(n, n->base, a->round + 1, sh)) == 0 && memcmp(sh, a->state_hash, 32))
             rc = spes_errf(SPES_EIO, "state blob hash differs from the digest");
     }
     if (rc && mom_old)
         memcpy(n->outer.mom, mom_old, total * sizeof(float));
     free(mom_old);
+    if (overlap)
+        free(p);
     return rc ? fail(j, rc) : 0;
 }
 
 /* outer_save keeps the outer momentum and the error-feedback residual beside a
  * saved trainer state in dir (and removes stale ones when the run keeps none). */
-static int outer_save(spes_node *n, const char *dir)
+static int outer_save(spes_node *n, const char *dir, int64_t round)
 {
-    int rc = n->have_ef
-                 ? spes_resid_save(dir, n->ef.cols, n->sm.E, n->ef.val, spes_resid_numel(&n->ef), n->tr.round)
-                 : spes_resid_remove(dir); /* the residual is node state kept with it */
+    int rc = n->have_ef ? spes_resid_save(dir, n->ef.cols, n->sm.E, n->ef.val, spes_resid_numel(&n->ef), round)
+                        : spes_resid_remove(dir); /* the residual is node state kept with it */
     if (rc)
         return rc;
     if (!spes_outer_has_state(&n->outer))
         return spes_outer_remove(dir);
-    return spes_outer_save(dir, n->outer.mom, n->tr.model->layout.total_numel, n->tr.round);
+    return spes_outer_save(dir, n->outer.mom, n->lo.total_numel, round);
+}
+
+/* save_state writes the agreed state held (base, of round R from step) with
+ * this node's optimizer state into dir; a training round beside it pauses
+ * between two steps meanwhile (sync worker). */
+static int save_state(spes_node *n, const char *dir, int64_t step, int64_t R)
+{
+    trainer_hold(n);
+    int rc = spes_trainer_save_as(&n->tr, dir, n->base, step, R);
+    if (!rc)
+        rc = outer_save(n, dir, R);
+    trainer_release(n);
+    return rc;
 }
 
 /* save_checkpoint keeps the state just persisted (S and this node's AdamW
  * state) under checkpoints/ID, where restore and export find it. */
-static int save_checkpoint(spes_node *n, const char *id)
+static int save_checkpoint(spes_node *n, const char *id, int64_t step, int64_t R)
 {
     char dir[800];
     snprintf(dir, sizeof dir, "%.600s/checkpoints/%.64s", n->state_dir, id);
-    int rc = spes_trainer_save(&n->tr, dir);
+    int rc = save_state(n, dir, step, R);
     if (!rc)
-        rc = outer_save(n, dir);
-    if (!rc)
-        log_info("checkpoint %s saved (round %lld)", id, (long long)n->tr.round);
+        log_info("checkpoint %s saved (round %lld)", id, (long long)R);
     return rc;
 }
 
@@ -702,14 +887,12 @@ static int load_checkpoint_for(spes_node *n, uint64_t R, const uint8_t *H, uint3
 }
 
 /* node_persist writes the node's state (trainer checkpoint) durably, under STATE_DIR/node/state. */
-static int node_persist(spes_node *n)
+static int node_persist(spes_node *n, int64_t step, int64_t R)
 {
     char *dir = spes_path_join(n->state_dir, "state");
     if (!dir)
         return SPES_ENOMEM;
-    int rc = spes_trainer_save(&n->tr, dir);
-    if (!rc)
-        rc = outer_save(n, dir);
+    int rc = save_state(n, dir, step, R);
     free(dir);
     return rc;
 }
@@ -720,22 +903,23 @@ void node_run_job(spes_node *n, spes_node_job *j)
     j->err[0] = 0;
     switch (j->kind) {
     case SPES_NODE_JOB_PREPARE:
-        if (job_prepare(n, j) == 0)
+        if (job_prepare(n, j) == 0) {
+            base_publish(n, (int64_t)j->u.prepare.round);
             spes_counters_state_held(); /* the wait for the round ends */
+        }
         break;
-    case SPES_NODE_JOB_TRAIN:
-        spes_counters_train_begin(); /* training time (docs/counters.md) */
-        job_train(n, j);
-        spes_counters_train_end();
-        break;
+    case SPES_NODE_JOB_TRAIN: job_train(n, j); break;
     case SPES_NODE_JOB_APPLY: {
         spes_node_job_apply *a = &j->u.apply;
-        if (job_apply(n, j) == 0 && node_persist(n) != 0)
+        int64_t R = (int64_t)a->round + 1, step = (int64_t)a->next_step;
+        if (job_apply(n, j) == 0 && node_persist(n, step, R) != 0)
             log_error("node state not persisted: %s", spes_errmsg());
-        if (j->rc == 0 && a->ckpt_id[0] && save_checkpoint(n, a->ckpt_id) != 0) {
+        if (j->rc == 0 && a->ckpt_id[0] && save_checkpoint(n, a->ckpt_id, step, R) != 0) {
             log_error("checkpoint %s not saved: %s", a->ckpt_id, spes_errmsg());
             a->ckpt_id[0] = '\0';
         }
+        if (j->rc == 0)
+            base_publish(n, R); /* a round trained beside this one may rebase onto S_{r+1} now */
         spes_blob_serve_stats ss;
         spes_blob_store_stats(n->blobs, &ss);
         a->bytes_served = ss.bytes_served;

@@ -717,7 +717,7 @@ START_TEST(test_commit_that_left_us_out)
         .round = 4, .next_step = 25, .base = 0x44, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
     reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
     ck_assert_int_eq(count(&t, SPES_NODE_ACT_CANCEL), 1);
-    ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 1);
+    ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 2);
     ck_assert_int_eq(count(&t, SPES_NODE_ACT_JOB), 0);
     ck_assert_int_eq(t.sm.phase, SPES_NODE_TRAIN);
     /* the same commit again (the next heartbeat) only replaces the kept one */

@@ -73,6 +73,7 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "clip", DBL, S(clip), 1e-3, 1e6, 2.0),
     {"spes", "codec", SPES_CFG_STR, S(codec), sizeof(((spes_spes_config *)0)->codec), 0, 0, 0, "fp32", codecs,
      NULL, NULL, NULL},
+    NUM("spes", "overlap", INT, S(overlap), 0, 1, 0),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -249,6 +250,8 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "clip");
     if (spes && !strcmp(c->spes.codec, "fp32")) /* and the codec (docs/design.md, "Codecs") */
         json_object_del(spes, "codec");
+    if (spes && !c->spes.overlap) /* and overlap (docs/design.md, "Overlap") */
+        json_object_del(spes, "overlap");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

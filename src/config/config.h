@@ -56,6 +56,7 @@ typedef struct spes_spes_config {
     double trim;           /* trimmed_mean: fraction dropped at each end per coordinate */
     double clip;           /* clipped_mean: delta norm bound, in medians of the group */
     char codec[8];         /* contributions on the wire: "fp32" | "bf16" | "q8ef" | "topk" (run-wide) */
+    int overlap;           /* 1: a round's next training runs while the round travels (docs/design.md) */
 } spes_spes_config;
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */

@@ -193,27 +193,96 @@ static spes_node_job *new_job(spes_node_sm *sm, int kind, size_t npeers)
     return j;
 }
 
-static void start_train(spes_node_sm *sm, const uint32_t *cols, size_t ncols, uint64_t now, spes_node_out *o)
+/* train_job hands out the training of round (from step) on the columns set
+ * in cols (E bytes); overlap: from the node's own parameters (docs/design.md,
+ * "Overlap"). */
+static void train_job(spes_node_sm *sm, uint64_t round, uint64_t step, int overlap, const uint8_t *cols,
+                      uint64_t now, spes_node_out *o)
 {
     spes_node_job *j = new_job(sm, SPES_NODE_JOB_TRAIN, 0);
     if (!j || !(j->u.train.cols = calloc((size_t)sm->E, 1))) {
         spes_node_job_free(j);
-        say(o, SPES_LOG_ERROR, "out of memory starting round %llu", (unsigned long long)sm->round);
+        say(o, SPES_LOG_ERROR, "out of memory starting round %llu", (unsigned long long)round);
         return;
     }
-    j->u.train.round = sm->round;
-    j->u.train.step = sm->step;
+    j->u.train.round = round;
+    j->u.train.step = step;
+    j->u.train.overlap = overlap;
     j->u.train.E = sm->E;
+    memcpy(j->u.train.cols, cols, (size_t)sm->E);
+    int ncols = 0;
+    for (int e = 0; e < sm->E; e++)
+        ncols += cols[e] != 0;
+    sm->training = 1;
+    sm->job_round = round;
+    sm->job_t0 = now;
+    say(o, SPES_LOG_INFO, "round %llu: training columns of %d expert(s) for %d steps from step %llu%s",
+        (unsigned long long)round, ncols, sm->run.spes.sync_interval, (unsigned long long)step,
+        overlap ? " (overlapped with the sync of the round before)" : "");
+    emit_job(sm, o, j);
+}
+
+/* start_train trains the round of the agreed state held, from it, on the
+ * columns an Accept dealt (the version-1 start, and every start after a join). */
+static void start_train(spes_node_sm *sm, const uint32_t *cols, size_t ncols, uint64_t now, spes_node_out *o)
+{
+    memset(sm->cols, 0, (size_t)sm->E);
     for (size_t i = 0; i < ncols; i++)
         if (cols[i] < (uint32_t)sm->E)
-            j->u.train.cols[cols[i]] = 1;
-    memcpy(sm->cols, j->u.train.cols, (size_t)sm->E);
+            sm->cols[cols[i]] = 1;
     sm->phase = SPES_NODE_TRAIN;
-    sm->train_round = sm->round;
-    sm->t_train0 = now;
-    say(o, SPES_LOG_INFO, "round %llu: training columns of %zu expert(s) for %d steps from step %llu",
-        (unsigned long long)sm->round, ncols, sm->run.spes.sync_interval, (unsigned long long)sm->step);
-    emit_job(sm, o, j);
+    train_job(sm, sm->round, sm->step, 0, sm->cols, now, o);
+}
+
+/* same_columns says whether an Accept deals exactly the columns set in cols (E bytes). */
+static int same_columns(const spes_node_sm *sm, const uint32_t *cols, size_t ncols, const uint8_t *have)
+{
+    int n = 0;
+    for (int e = 0; e < sm->E; e++)
+        n += have[e] != 0;
+    if ((size_t)n != ncols)
+        return 0;
+    for (size_t i = 0; i < ncols; i++)
+        if (cols[i] >= (uint32_t)sm->E || !have[cols[i]])
+            return 0;
+    return 1;
+}
+
+/* drop_ready forgets an overlapped round trained ahead (its blob is collected with the store's others). */
+static void drop_ready(spes_node_sm *sm)
+{
+    spes_node_job_free(sm->ready);
+    sm->ready = NULL;
+}
+
+/* to_join makes the node join again (and fetch the agreed state): a training
+ * job still out is ended first, and what it trained ahead is dropped. */
+static void to_join(spes_node_sm *sm, spes_node_out *o)
+{
+    sm->phase = SPES_NODE_JOIN;
+    drop_ready(sm);
+    if (sm->training)
+        emit_cancel(o, 2);
+}
+
+/* announce_trained takes a finished train job's contribution for announcing;
+ * with overlap the next round's training starts at once, from here. */
+static void announce_trained(spes_node_sm *sm, const spes_node_job *j, uint64_t t0, uint64_t t1, uint64_t now,
+                             spes_node_out *o)
+{
+    const spes_node_job_train *t = &j->u.train;
+    sm->train_round = t->round;
+    sm->t_train0 = t0;
+    sm->t_train1 = t1;
+    memcpy(sm->pending_blob, t->blob, 32);
+    memcpy(sm->pending_manifest, t->manifest, 32);
+    sm->pending_size = t->size;
+    sm->pending_tokens = t->tokens;
+    sm->pending_loss = t->loss_mean;
+    sm->phase = SPES_NODE_ANNOUNCE;
+    sm->next_try_ms = 0;
+    if (sm->run.spes.overlap && !sm->training)
+        train_job(sm, t->round + 1, t->step + (uint64_t)sm->run.spes.sync_interval, 1, t->cols, now, o);
 }
 
 /* diverged says whether the run's agreed state of our round (hash, 32 bytes
@@ -231,7 +300,7 @@ static int diverged(spes_node_sm *sm, const ProtobufCBinaryData *hash, spes_node
         "round %llu: this node's state (digest %.16s) is not the run's agreed one (%.16s): joining again to "
         "fetch it",
         (unsigned long long)sm->round, mine, agreed);
-    sm->phase = SPES_NODE_JOIN;
+    to_join(sm, o);
     return 1;
 }
 
@@ -274,6 +343,13 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
     }
     for (size_t i = 0; i < cm->n_refused; i++)
         a->refused_self |= cm->refused[i]->node_id == sm->id;
+    char list[512] = "", hex[17];
+    for (int i = 0; i < a->ncontrib; i++) {
+        size_t at = strlen(list);
+        spes_hex_encode(a->contribs[i].hash, 8, hex);
+        snprintf(list + at, sizeof list - at, "%s%u:%s", i ? " " : "", a->contribs[i].node, hex);
+    }
+    say(o, SPES_LOG_DEBUG, "round %llu: applying contributions %s", (unsigned long long)cm->round, list);
     sm->phase = SPES_NODE_APPLY;
     emit_job(sm, o, j);
 }
@@ -337,6 +413,11 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
         if (cm->round != sm->round)
             return;
         if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT || sm->phase == SPES_NODE_ANNOUNCE) {
+            if (sm->phase == SPES_NODE_IDLE) { /* the round closed without us: what we train for it is late */
+                drop_ready(sm);
+                if (sm->training && sm->job_round <= sm->round)
+                    emit_cancel(o, 2);
+            }
             start_apply(sm, cm, o); /* a late announce reply finds the phase moved on */
         } else if (sm->phase == SPES_NODE_TRAIN) {
             /* the round closed without us: abandon, then apply */
@@ -347,13 +428,32 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
                 memcpy(sm->pending_commit, raw, len);
                 sm->pending_commit_len = len;
             }
-            emit_cancel(o, 1);
+            emit_cancel(o, 2);
         }
     } else if (type == SPES_MSG_ACCEPT) {
         const Spes__Wire__Accept *a = (const Spes__Wire__Accept *)msg;
         if (sm->phase == SPES_NODE_IDLE && a->round == sm->round && a->n_columns > 0 && sm->have_state) {
-            if (!diverged(sm, &a->state_hash, o))
+            if (diverged(sm, &a->state_hash, o))
+                return;
+            if (sm->ready && sm->ready->u.train.round == sm->round &&
+                same_columns(sm, a->columns, a->n_columns, sm->ready->u.train.cols)) {
+                spes_node_job *r = sm->ready; /* trained ahead, overlapped: announce it now */
+                sm->ready = NULL;
+                announce_trained(sm, r, sm->ready_t0, sm->ready_t1, now, o);
+                spes_node_job_free(r);
+                spes_node_sm_tick(sm, now, o);
+            } else if (sm->training && sm->job_round == sm->round) {
+                if (same_columns(sm, a->columns, a->n_columns, sm->cols)) {
+                    sm->dealt_round = sm->round; /* announced as soon as it ends */
+                } else {
+                    say(o, SPES_LOG_INFO, "round %llu: columns dealt anew; the overlapped training is dropped",
+                        (unsigned long long)sm->round);
+                    emit_cancel(o, 2); /* its end brings us back here */
+                }
+            } else if (!sm->training) {
+                drop_ready(sm);
                 start_train(sm, a->columns, a->n_columns, now, o);
+            }
         } else if (sm->phase == SPES_NODE_WAIT && a->round == sm->round && sm->train_round == sm->round) {
             sm->phase = SPES_NODE_ANNOUNCE; /* the coordinator lost our announcement (it restarted) */
             sm->next_try_ms = 0;
@@ -364,7 +464,7 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
             r->code == SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER) {
             if (sm->phase == SPES_NODE_IDLE || sm->phase == SPES_NODE_WAIT) {
                 say(o, SPES_LOG_WARN, "coordinator: %s; joining again", r->reason);
-                sm->phase = SPES_NODE_JOIN;
+                to_join(sm, o);
             } else { /* said again at every heartbeat while a job runs: acted on once it ends */
                 say(o, SPES_LOG_DEBUG, "coordinator: %s (once the running job ends)", r->reason);
             }
@@ -607,7 +707,7 @@ static void prepare_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now,
     if (j->rc) {
         say(o, SPES_LOG_ERROR, "cannot get the agreed state of round %llu: %s", (unsigned long long)p->round,
             j->err);
-        sm->phase = SPES_NODE_JOIN;
+        to_join(sm, o);
         retry_later(sm, now, PREPARE_RETRY_MS);
         return;
     }
@@ -620,15 +720,41 @@ static void prepare_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now,
         start_train(sm, sm->accept_cols, sm->accept_ncols, now, o);
 }
 
-static void train_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
+/* train_done takes a finished train job; 1 when it keeps the job (trained ahead). */
+static int train_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spes_node_out *o)
 {
     const spes_node_job_train *t = &j->u.train;
+    sm->training = 0;
     emit_cancel(o, 0);
+    if (t->overlap) {
+        /* trained beside the sync of the round before: kept until the node holds S_round
+         * and the coordinator deals it the same columns (on_heartbeat_reply) */
+        if (j->rc && j->rc != SPES_EINTR)
+            say(o, SPES_LOG_ERROR, "round %llu: overlapped training failed: %s", (unsigned long long)t->round,
+                j->err);
+        if (j->rc || sm->phase == SPES_NODE_JOIN || sm->phase == SPES_NODE_PREPARE || t->round < sm->round) {
+            if (j->rc == SPES_EINTR)
+                say(o, SPES_LOG_DEBUG, "round %llu: overlapped training ended early", (unsigned long long)t->round);
+            return 0;
+        }
+        if (sm->phase == SPES_NODE_IDLE && t->round == sm->round && sm->dealt_round == sm->round) {
+            announce_trained(sm, j, sm->job_t0, now, now, o); /* the columns were dealt while it trained */
+            spes_node_sm_tick(sm, now, o);
+            return 0;
+        }
+        drop_ready(sm);
+        sm->ready = j;
+        sm->ready_t0 = sm->job_t0;
+        sm->ready_t1 = now;
+        return 1;
+    }
     if (j->rc || sm->pending_commit) {
         /* failed, abandoned, or the round committed without us while we trained
          * (even if training just finished): apply that commit, nothing to announce */
         if (j->rc && j->rc != SPES_EINTR)
             say(o, SPES_LOG_ERROR, "round %llu: training failed: %s", (unsigned long long)t->round, j->err);
+        if (sm->phase != SPES_NODE_TRAIN)
+            return 0; /* the node went on (joining again) while the job ran */
         sm->train_round = UINT64_MAX;
         sm->phase = SPES_NODE_WAIT;
         if (sm->pending_commit) {
@@ -642,17 +768,13 @@ static void train_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, s
             sm->pending_commit = NULL;
             sm->pending_commit_len = 0;
         }
-        return;
+        return 0;
     }
-    sm->t_train1 = now;
-    memcpy(sm->pending_blob, t->blob, 32);
-    memcpy(sm->pending_manifest, t->manifest, 32);
-    sm->pending_size = t->size;
-    sm->pending_tokens = t->tokens;
-    sm->pending_loss = t->loss_mean;
-    sm->phase = SPES_NODE_ANNOUNCE;
-    sm->next_try_ms = 0;
+    if (sm->phase != SPES_NODE_TRAIN)
+        return 0;
+    announce_trained(sm, j, sm->job_t0, now, now, o);
     spes_node_sm_tick(sm, now, o);
+    return 0;
 }
 
 static void apply_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, spes_node_out *o)
@@ -662,7 +784,7 @@ static void apply_done(spes_node_sm *sm, const spes_node_job *j, uint64_t now, s
         say(o, SPES_LOG_ERROR, "round %llu: cannot apply the commit: %s", (unsigned long long)a->round,
             j->err);
         sm->have_state = 0;
-        sm->phase = SPES_NODE_JOIN;
+        to_join(sm, o);
         retry_later(sm, now, APPLY_RETRY_MS);
         return;
     }
@@ -694,6 +816,8 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
 {
     if (sm->busy > 0)
         sm->busy--;
+    if (j->kind == SPES_NODE_JOB_TRAIN)
+        sm->training = 0;
     if (sm->phase == SPES_NODE_STOP || sm->phase == SPES_NODE_DONE) {
         spes_node_job_free(j);
         try_leave(sm, now, out);
@@ -701,7 +825,10 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
     }
     switch (j->kind) {
     case SPES_NODE_JOB_PREPARE: prepare_done(sm, j, now, out); break;
-    case SPES_NODE_JOB_TRAIN: train_done(sm, j, now, out); break;
+    case SPES_NODE_JOB_TRAIN:
+        if (train_done(sm, j, now, out))
+            return;
+        break;
     case SPES_NODE_JOB_APPLY: apply_done(sm, j, now, out); break;
     case SPES_NODE_JOB_VALIDATE: {
         sm->bytes_in_total += j->bytes_in;
@@ -769,6 +896,7 @@ int spes_node_sm_init(spes_node_sm *sm, const spes_node_opts *o)
         return spes_errf(SPES_EINVAL, "node: name and listen URL are required");
     sm->phase = SPES_NODE_JOIN;
     sm->train_round = UINT64_MAX;
+    sm->dealt_round = UINT64_MAX;
     return 0;
 }
 
@@ -779,6 +907,7 @@ void spes_node_sm_fini(spes_node_sm *sm)
     free(sm->cols);
     free(sm->pending_commit);
     free(sm->accept_cols);
+    spes_node_job_free(sm->ready);
     for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
         free(sm->kept[i].hash);
     memset(sm, 0, sizeof *sm);

@@ -56,6 +56,11 @@ int spes_trainer_step(spes_trainer *t, spes_step_stats *st);
 /* spes_trainer_save writes a resumable checkpoint of everything into dir. */
 int spes_trainer_save(spes_trainer *t, const char *dir);
 
+/* spes_trainer_save_as writes the same checkpoint with params, step and round
+ * in place of the trainer's own (a node keeps the agreed state, not its
+ * working copy: docs/design.md, "Overlap"). */
+int spes_trainer_save_as(spes_trainer *t, const char *dir, const float *params, int64_t step, int64_t round);
+
 /* spes_trainer_load restores a checkpoint written by spes_trainer_save into an
  * initialised trainer whose model configuration and columns must match. */
 int spes_trainer_load(spes_trainer *t, const char *dir);

@@ -10,21 +10,26 @@
 
 int spes_trainer_save(spes_trainer *t, const char *dir)
 {
+    return spes_trainer_save_as(t, dir, t->model->params, t->step, t->round);
+}
+
+int spes_trainer_save_as(spes_trainer *t, const char *dir, const float *params, int64_t step, int64_t round)
+{
     spes_ckpt ck = {0};
     ck.config_json = spes_config_to_json(&t->cfg);
     if (!ck.config_json)
         return SPES_ENOMEM;
     ck.trained = t->model->trained;
     ck.E = t->cfg.model.num_experts;
-    ck.params = t->model->params;
+    ck.params = (float *)params;
     ck.nparams = t->model->layout.total_numel;
     ck.adam_m = t->opt.m;
     ck.adam_v = t->opt.v;
     ck.nmoments = t->opt.n;
     ck.adam_t = t->opt.t;
-    ck.step = t->step;
-    ck.round = t->round;
-    ck.data_pos = (uint64_t)t->step * (uint64_t)t->cfg.train.batch_size * (uint64_t)t->cfg.train.seq_len;
+    ck.step = step;
+    ck.round = round;
+    ck.data_pos = (uint64_t)step * (uint64_t)t->cfg.train.batch_size * (uint64_t)t->cfg.train.seq_len;
     memcpy(ck.rng, t->rng.s, sizeof ck.rng);
     int rc = spes_ckpt_save(dir, &ck);
     free(ck.config_json);

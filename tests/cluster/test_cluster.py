@@ -127,7 +127,9 @@ def reference_round(cfg, S, contribs, step_end, M=None):
     return new
 
 
-def states_and_contribs(cl, k=0):
+def states_and_contribs(cl, k=0, hashes=False):
+    """The agreed states (round -> params) and contributions (round -> list) among node k's blobs;
+    hashes: each contribution also carries its blob's name (its hash in hex)."""
     states, contribs = {}, {}
     for p in cl.blobs(k):
         if p.endswith((".manifest", ".part", ".map")) or "." in os.path.basename(p):
@@ -138,6 +140,8 @@ def states_and_contribs(cl, k=0):
             continue
         c = read_contribution(p)
         if c:
+            if hashes:
+                c["hash"] = os.path.basename(p)
             contribs.setdefault(c["round"], []).append(c)
     return states, contribs
 
@@ -300,6 +304,80 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
         check(len(resid) == 4 and all(resid),
               "every node keeps a non-zero residual of its last applied round beside its state, for the shared "
               "block and its own columns only")
+    finally:
+        cl.cleanup()
+
+
+def scenario_overlap():
+    """spes.overlap = 1 (docs/design.md, "Overlap"): every node trains round r+1 while round r
+    travels. A node joined mid-run, a node and the coordinator killed -9 while a round is in
+    flight and restarted, a checkpoint taken with a round in flight and restored: the nodes
+    agree, S_{r+1} equals numpy's from the contributions bit for bit, and the restored
+    checkpoint holds the agreed state (each node's load checks it against the run's digest)."""
+    cfg = run_config(merge_alpha=0.2, merge_interval=10)
+    cfg["spes"].update(codec="q8ef", overlap=1)
+    cfg["train"]["max_steps"] = 4000
+    cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3,
+                 extra={k: {"keep_blobs": True, "log_level": "debug"} for k in range(4)})
+    overlapped = "overlapped with the sync of the round before"
+
+    def kill_while_overlapped(k):
+        seen = cl.log(k).count(overlapped)
+        cl.wait("node-%d to train a round beside a sync" % k, lambda: cl.log(k).count(overlapped) > seen, 60)
+        cl.kill(k)
+        cl.start(k)
+    try:
+        for k in range(3):
+            cl.start(k)
+        cl.wait_round(3)
+        cl.start(3)
+        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 60)
+        p = cl.ctl("checkpoint", "save", "--wait", "--json")
+        ck = [c for c in json.loads(p.stdout)["checkpoints"] if c.get("complete")]
+        check(p.returncode == 0 and ck, "a checkpoint is taken while rounds train overlapped")
+        ckid, ckround = ck[-1]["id"], ck[-1]["round"]
+        kill_while_overlapped(1)
+        kill_while_overlapped(0)  # the coordinator
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(2)) + 2, timeout=120)
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "overlap: four nodes (one joined, one and the coordinator killed with a round in flight) agree "
+              "on rounds %s" % later)
+        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        trained = [cl.log(k).count(overlapped) for k in range(4)]
+        full = len(re.findall(r"round \d+ committed: 4 contribution", cl.log(0)))
+        check(all(t >= 3 for t in trained) and full >= 2,
+              "every node trained rounds beside the sync of the round before (%s), and rounds committed "
+              "all four contributions (%d)" % (trained, full))
+        states, contribs = states_and_contribs(cl, hashes=True)
+        # what each round committed, as node-2 applied it (a killed node's retrained round is not)
+        applied = {int(r): set(l.split()) for r, l in re.findall(r"round (\d+): applying contributions (.*)",
+                                                                  cl.log(2))}
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states and r in applied]
+        exact, merged = True, 0
+        for r in rounds:
+            step_end = (r + 1) * cfg["spes"]["sync_interval"]
+            merged += step_end % cfg["spes"]["merge_interval"] == 0
+            kept = [c for c in contribs[r] if "%d:%s" % (c["node"], c["hash"][:16]) in applied[r]]
+            if len(kept) != len(applied[r]):
+                exact = False
+                print("round %d: %d of %d committed blobs held" % (r, len(kept), len(applied[r])))
+            want = reference_round(cfg, states[r], kept, step_end)
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+        check(len(rounds) >= 6 and exact and merged >= 1,
+              "S_{r+1} equals numpy's from the contributions, bit for bit (%d rounds, %d merging)"
+              % (len(rounds), merged))
+        cl.ctl("checkpoint", "restore", ckid)
+        cl.wait("the run restored", lambda: (cl.status() or {}).get("round") == ckround and cl.status(), 30)
+        line = "restoring the checkpoint of round %d" % ckround
+        cl.wait("the nodes to load the checkpoint", lambda: all(line in cl.log(k) for k in range(3)), 90)
+        cl.stop_all()
+        restored = [k for k in range(3) if line in cl.log(k)]
+        check(len(restored) == 3,
+              "restore: nodes %s loaded checkpoint %s (round %d), taken with a round in flight, and its digest "
+              "is the agreed one" % (restored, ckid, ckround))
     finally:
         cl.cleanup()
 
@@ -961,7 +1039,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
-             scenario_topk_error_feedback, scenario_error_feedback_outcomes]
+             scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap]
 
 
 def main():
