@@ -158,8 +158,8 @@ static void base_done(spes_node *n)
  * when outer_momentum != 0; see docs/convergence.md); zero: zero it. */
 static int outer_ready(spes_node *n, int zero)
 {
-    int rc = spes_outer_init(&n->outer, n->sm.run.spes.outer_lr, n->sm.run.spes.outer_momentum,
-                             n->lo.total_numel);
+    int rc =
+        spes_outer_init(&n->outer, n->sm.run.spes.outer_lr, n->sm.run.spes.outer_momentum, n->lo.total_numel);
     if (!rc && zero && n->outer.mom)
         memset(n->outer.mom, 0, n->lo.total_numel * sizeof(float));
     return rc;
@@ -211,8 +211,8 @@ static int ef_load(spes_node *n, const char *dir, uint64_t R)
 /* state_digest is the digest of the node's params (and outer momentum, if the run keeps one) at round R. */
 static int state_digest(spes_node *n, const float *p, int64_t R, uint8_t out[32])
 {
-    return spes_state_digest2(p, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
-                              n->lo.total_numel, R, out);
+    return spes_state_digest2(p, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL, n->lo.total_numel, R,
+                              out);
 }
 
 /* open_trainer builds the trainer for columns cols with params from base (if given). */
@@ -302,8 +302,7 @@ static int load_local_dir(spes_node *n, const char *dir, uint64_t R, const uint8
     spes_ckpt_fini(&meta);
     if (!rc && (rc = outer_ready(n, 1)) == 0 && n->outer.mom &&
         spes_outer_load(dir, n->outer.mom, n->lo.total_numel, (int64_t)R) != 0)
-        memset(n->outer.mom, 0,
-               n->lo.total_numel * sizeof(float)); /* no file: the digest decides */
+        memset(n->outer.mom, 0, n->lo.total_numel * sizeof(float)); /* no file: the digest decides */
     if (!rc)
         rc = ef_load(n, dir, R);
     uint8_t dg[32];
@@ -324,9 +323,8 @@ static int load_blob(spes_node *n, const uint8_t *H, uint64_t R)
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc && (rc = outer_ready(n, 1)) == 0 && (rc = ef_ready(n, 1)) == 0)
-        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->lo.total_numel, R,
-                                   n->tr.model->params, spes_outer_has_state(&n->outer) ? n->outer.mom : NULL,
-                                   path);
+        rc = spes_state_blob_parse((const uint8_t *)buf, len, n->lo.total_numel, R, n->tr.model->params,
+                                   spes_outer_has_state(&n->outer) ? n->outer.mom : NULL, path);
     free(buf);
     return rc;
 }
@@ -365,8 +363,7 @@ static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first,
     o.plain = n->d->cfg.plain;
     o.cancel = &n->cancel;
     o.manifest_hash = manifest;
-    o.max_size =
-        max_size || !n->have_lo ? max_size : spes_contrib_max_size(&n->lo, n->sm.E);
+    o.max_size = max_size || !n->have_lo ? max_size : spes_contrib_max_size(&n->lo, n->sm.E);
     int rc = spes_blob_fetch(n->blobs, hash, peers, npeers, &o, NULL);
     free(peers);
     char path[1024];
@@ -405,8 +402,7 @@ static int job_prepare(spes_node *n, spes_node_job *j)
     } else {
         log_info("fetching the agreed state of round %llu from %d peer(s)", (unsigned long long)p->round,
                  j->npeers);
-        uint64_t state_size =
-            spes_state_blob_size(n->lo.total_numel, n->sm.run.spes.outer_momentum != 0);
+        uint64_t state_size = spes_state_blob_size(n->lo.total_numel, n->sm.run.spes.outer_momentum != 0);
         double t0 = spes_mono_s();
         if ((rc = fetch(n, j, p->hash, -1, NULL, state_size)) != 0 ||
             (rc = load_blob(n, p->hash, p->round)) != 0) {
@@ -536,8 +532,8 @@ static int job_train(spes_node *n, spes_node_job *j)
     uint8_t *all = !strcmp(n->d->cfg.fault, "all-columns") ? malloc((size_t)n->sm.E) : NULL;
     if (all)
         memset(all, 1, (size_t)n->sm.E);
-    rc = spes_contrib_make(&c, &n->lo, n->sm.E, all ? all : t->cols, n->tr.model->params,
-                           (int64_t)t->round, author, t->tokens, (float)t->loss_mean);
+    rc = spes_contrib_make(&c, &n->lo, n->sm.E, all ? all : t->cols, n->tr.model->params, (int64_t)t->round,
+                           author, t->tokens, (float)t->loss_mean);
     free(all);
     if (rc) {
         base_done(n);
@@ -622,8 +618,7 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
     if (!rc)
         rc = spes_read_file(path, (size_t)1 << 40, &buf, &len);
     if (!rc)
-        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->lo, n->sm.E, n->base,
-                                 MAX_DELTA, origin);
+        rc = spes_contrib_decode(c, (const uint8_t *)buf, len, &n->lo, n->sm.E, n->base, MAX_DELTA, origin);
     free(buf);
     if (!rc && c->codec != (uint32_t)spes_codec_from_name(n->sm.run.spes.codec)) {
         rc = spes_errf(SPES_EFORMAT, "%s: contribution in codec %u, the run's codec is %s", origin, c->codec,
@@ -804,8 +799,7 @@ static int job_apply(spes_node *n, spes_node_job *j)
     if (!rc)
         settle_residual(n, j, a);
     if (!rc && (rc = state_digest(n, p, (int64_t)a->round + 1, a->state_hash)) == 0) {
-        spes_dmetrics_note_delta(n->d->metrics, &n->lo, n->sm.E, p,
-                                 n->base); /* column delta norms */
+        spes_dmetrics_note_delta(n->d->metrics, &n->lo, n->sm.E, p, n->base); /* column delta norms */
         if (overlap) {
             float *old = n->base;
             n->base = p;
@@ -831,8 +825,9 @@ static int job_apply(spes_node *n, spes_node_job *j)
  * saved trainer state in dir (and removes stale ones when the run keeps none). */
 static int outer_save(spes_node *n, const char *dir, int64_t round)
 {
-    int rc = n->have_ef ? spes_resid_save(dir, n->ef.cols, n->sm.E, n->ef.val, spes_resid_numel(&n->ef), round)
-                        : spes_resid_remove(dir); /* the residual is node state kept with it */
+    int rc = n->have_ef
+                 ? spes_resid_save(dir, n->ef.cols, n->sm.E, n->ef.val, spes_resid_numel(&n->ef), round)
+                 : spes_resid_remove(dir); /* the residual is node state kept with it */
     if (rc)
         return rc;
     if (!spes_outer_has_state(&n->outer))

@@ -446,7 +446,8 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
                 if (same_columns(sm, a->columns, a->n_columns, sm->cols)) {
                     sm->dealt_round = sm->round; /* announced as soon as it ends */
                 } else {
-                    say(o, SPES_LOG_INFO, "round %llu: columns dealt anew; the overlapped training is dropped",
+                    say(o, SPES_LOG_INFO,
+                        "round %llu: columns dealt anew; the overlapped training is dropped",
                         (unsigned long long)sm->round);
                     emit_cancel(o, 2); /* its end brings us back here */
                 }
@@ -734,7 +735,8 @@ static int train_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spes_nod
                 j->err);
         if (j->rc || sm->phase == SPES_NODE_JOIN || sm->phase == SPES_NODE_PREPARE || t->round < sm->round) {
             if (j->rc == SPES_EINTR)
-                say(o, SPES_LOG_DEBUG, "round %llu: overlapped training ended early", (unsigned long long)t->round);
+                say(o, SPES_LOG_DEBUG, "round %llu: overlapped training ended early",
+                    (unsigned long long)t->round);
             return 0;
         }
         if (sm->phase == SPES_NODE_IDLE && t->round == sm->round && sm->dealt_round == sm->round) {

@@ -144,9 +144,9 @@ void spes_node_job_free(spes_node_job *j);
 
 /* spes_node_action_kind says what a spes_node_action asks for. */
 enum spes_node_action_kind {
-    SPES_NODE_ACT_SEND = 1,    /* send data (an envelope of type) to the coordinator as call */
-    SPES_NODE_ACT_JOB,         /* run job on the worker, then hand it back with spes_node_sm_job_done */
-    SPES_NODE_ACT_CANCEL,      /* value 1: end every job early (stop); 2: end the training job early; 0: clear 2 */
+    SPES_NODE_ACT_SEND = 1, /* send data (an envelope of type) to the coordinator as call */
+    SPES_NODE_ACT_JOB,      /* run job on the worker, then hand it back with spes_node_sm_job_done */
+    SPES_NODE_ACT_CANCEL, /* value 1: end every job early (stop); 2: end the training job early; 0: clear 2 */
     SPES_NODE_ACT_ABORT_CALLS, /* fail every call in flight now (their replies still come back) */
     SPES_NODE_ACT_RELEASE,     /* delete blob hash from the store */
     SPES_NODE_ACT_VALIDATED,   /* a validate job is done: give its result to the coordinator */
@@ -251,11 +251,11 @@ typedef struct spes_node_sm {
     size_t accept_ncols;
     spes_node_kept kept[SPES_NODE_KEEP_ROUNDS]; /* slot round % KEEP_ROUNDS */
     /* overlap (run.spes.overlap): a train job runs beside the round's sync phases */
-    int training;            /* a train job is out */
-    uint64_t job_round;      /* its round */
-    uint64_t job_t0;         /* ms when it began */
-    spes_node_job *ready;    /* an overlapped round trained before the node held its S_round (owned) */
-    uint64_t dealt_round;    /* the round whose columns an Accept confirmed while its training ran */
+    int training;         /* a train job is out */
+    uint64_t job_round;   /* its round */
+    uint64_t job_t0;      /* ms when it began */
+    spes_node_job *ready; /* an overlapped round trained before the node held its S_round (owned) */
+    uint64_t dealt_round; /* the round whose columns an Accept confirmed while its training ran */
     uint64_t ready_t0, ready_t1;
 } spes_node_sm;
 
