@@ -28,6 +28,18 @@ static const char *RUN_JSON =
     " \"spes\": {\"sync_interval\": 5, \"merge_interval\": 10, \"merge_alpha\": 0.0, \"merge_topk\": 1,"
     " \"codec\": \"q8ef\"}}";
 
+/* the same run with overlap (docs/design.md, "Overlap") */
+static const char *RUN_JSON_OVERLAP =
+    "{\"model\": {\"vocab_size\": 256, \"hidden_size\": 32, \"intermediate_size\": 48, "
+    "\"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"num_experts\": 4, \"num_experts_per_tok\": "
+    "2},"
+    " \"train\": {\"seq_len\": 32, \"batch_size\": 4, \"max_steps\": 400, \"seed\": 5},"
+    " \"spes\": {\"sync_interval\": 5, \"merge_interval\": 10, \"merge_alpha\": 0.0, \"merge_topk\": 1,"
+    " \"codec\": \"q8ef\", \"overlap\": 1}}";
+
+static const char *run_json; /* the run config Accepts carry (RUN_JSON unless a case says otherwise) */
+
 /* T is one node under test: its machine, its queue and a fake clock. */
 typedef struct T {
     spes_node_sm sm;
@@ -64,6 +76,7 @@ static void setup_opts(T *t, int keep_blobs, const char *coordinator)
                         .keep_blobs = keep_blobs};
     ck_assert_int_eq(spes_node_sm_init(&t->sm, &o), 0);
     t->now = 1000000;
+    run_json = RUN_JSON;
 }
 
 static void done(T *t)
@@ -182,7 +195,7 @@ static void reply_accept_peers(T *t, int call, uint64_t round, uint64_t step, ui
     a.node_id = 2;
     a.columns = (uint32_t *)cols;
     a.n_columns = ncols;
-    a.run_config_json = (char *)RUN_JSON;
+    a.run_config_json = (char *)run_json;
     a.round = round;
     a.step = step;
     a.state_hash = (ProtobufCBinaryData){32, hash};
@@ -305,6 +318,212 @@ static void applied(T *t, uint8_t h)
 }
 
 /* ---- cases ---- */
+
+/* ---- overlap ---- */
+
+/* overlapped joins a run with overlap at round 4 (S_4: 0x44, column 1) and
+ * trains round 4 from S_4: its end announces round 4 and starts round 5's
+ * training at once, from the node's own parameters. Returns that job. */
+static spes_node_job *overlapped(T *t)
+{
+    setup_opts(t, 0, COORD);
+    run_json = RUN_JSON_OVERLAP;
+    uint32_t cols[] = {1};
+    joined(t, 4, 0x44, cols, 1);
+    spes_node_job *first = take_job(t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(first->u.train.overlap, 0); /* after a join: from the agreed state */
+    memset(first->u.train.blob, 0x42, 32);
+    memset(first->u.train.manifest, 0x82, 32);
+    t->now += 3000;
+    job_done(t, first);
+    ck_assert_int_eq(t->sm.phase, SPES_NODE_ANNOUNCE);
+    Spes__Wire__Announce *an = (Spes__Wire__Announce *)sent(t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE);
+    ck_assert_uint_eq(an->round, 4);
+    spes_proto_free(&an->base);
+    spes_node_job *next = take_job(t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(next->u.train.overlap, 1);
+    ck_assert_uint_eq(next->u.train.round, 5);
+    ck_assert_uint_eq(next->u.train.step, 25);
+    ck_assert_int_eq(next->u.train.cols[1], 1);
+    ck_assert_int_eq(next->u.train.cols[0] + next->u.train.cols[2] + next->u.train.cols[3], 0);
+    ck_assert(logged(t, "round 5: training columns of 1 expert(s) for 5 steps from step 25 (overlapped"));
+    reply_ack(t, SPES_NODE_CALL_ANNOUNCE);
+    ck_assert_int_eq(t->sm.phase, SPES_NODE_WAIT);
+    return next;
+}
+
+/* commit4 delivers round 4's commit (nodes 0 and 2) while round 5 trains; returns the apply job. */
+static spes_node_job *commit4(T *t)
+{
+    tick(t, HB_MS);
+    spes_proto_free(sent(t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    commit_spec cs = {.round = 4, .next_step = 25, .nc = 2, .contrib = {0, 2}, .np = 1, .peer = {0}};
+    reply_commit(t, SPES_NODE_CALL_HEARTBEAT, &cs);
+    ck_assert_int_eq(count(t, SPES_NODE_ACT_CANCEL), 0); /* the training goes on */
+    ck_assert_int_eq(t->sm.phase, SPES_NODE_APPLY);
+    return take_job(t, SPES_NODE_JOB_APPLY);
+}
+
+/* digested applies round 4 (S_5: 0x55) and has its digest taken: the node is idle at round 5. */
+static void digested(T *t, spes_node_job *ap)
+{
+    memset(ap->u.apply.state_hash, 0x55, 32);
+    job_done(t, ap);
+    spes_proto_free(sent(t, SPES_NODE_CALL_DIGEST, SPES_MSG_DIGEST));
+    reply_ack(t, SPES_NODE_CALL_DIGEST);
+    ck_assert_int_eq(t->sm.phase, SPES_NODE_IDLE);
+    ck_assert_uint_eq(t->sm.round, 5);
+}
+
+static void finish(spes_node_job *j, uint8_t blob)
+{
+    memset(j->u.train.blob, blob, 32);
+    memset(j->u.train.manifest, blob + 0x40, 32);
+    j->u.train.size = 99;
+}
+
+START_TEST(test_overlap_trained_before_the_state)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t);
+    spes_node_job *ap = commit4(&t);
+    /* round 5's training ends before S_5 is held: kept, nothing announced yet */
+    finish(r5, 0x45);
+    job_done(&t, r5);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND) + count(&t, SPES_NODE_ACT_JOB), 0);
+    ck_assert_ptr_nonnull(t.sm.ready);
+    digested(&t, ap);
+    /* the coordinator deals the same column for round 5: announced at once, round 6 trains */
+    uint32_t cols[] = {1};
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 5, 25, 0x55, cols, 1);
+    Spes__Wire__Announce *an = (Spes__Wire__Announce *)sent(&t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE);
+    ck_assert_uint_eq(an->round, 5);
+    ck_assert_int_eq(an->blob_hash.data[0], 0x45);
+    ck_assert_uint_eq(an->size, 99);
+    spes_proto_free(&an->base);
+    spes_node_job *r6 = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(r6->u.train.overlap, 1);
+    ck_assert_uint_eq(r6->u.train.round, 6);
+    ck_assert_uint_eq(r6->u.train.step, 30);
+    ck_assert_ptr_null(t.sm.ready);
+    spes_node_job_free(r6);
+    done(&t);
+}
+END_TEST
+
+START_TEST(test_overlap_state_before_the_training)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t);
+    digested(&t, commit4(&t));
+    /* S_5 is held while round 5 still trains: the Accept confirms the column, nothing starts */
+    uint32_t cols[] = {1};
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 5, 25, 0x55, cols, 1);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_JOB) + count(&t, SPES_NODE_ACT_CANCEL), 0);
+    /* its end announces it without waiting for another heartbeat */
+    finish(r5, 0x45);
+    job_done(&t, r5);
+    Spes__Wire__Announce *an = (Spes__Wire__Announce *)sent(&t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE);
+    ck_assert_uint_eq(an->round, 5);
+    ck_assert_int_eq(an->blob_hash.data[0], 0x45);
+    spes_proto_free(&an->base);
+    spes_node_job *r6 = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_uint_eq(r6->u.train.round, 6);
+    spes_node_job_free(r6);
+    done(&t);
+}
+END_TEST
+
+START_TEST(test_overlap_columns_dealt_anew)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t);
+    digested(&t, commit4(&t));
+    /* another column for round 5 while round 5 trains on column 1: ended early, dropped */
+    uint32_t cols[] = {3};
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 5, 25, 0x55, cols, 1);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_CANCEL), 1);
+    ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 2);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_JOB), 0);
+    r5->rc = SPES_EINTR;
+    job_done(&t, r5);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    ck_assert_ptr_null(t.sm.ready);
+    /* the next Accept trains round 5 from S_5 on column 3 */
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 5, 25, 0x55, cols, 1);
+    spes_node_job *again = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(again->u.train.overlap, 0);
+    ck_assert_uint_eq(again->u.train.round, 5);
+    ck_assert_int_eq(again->u.train.cols[3], 1);
+    ck_assert_int_eq(again->u.train.cols[1], 0);
+    spes_node_job_free(again);
+    done(&t);
+}
+END_TEST
+
+START_TEST(test_overlap_round_closed_without_us)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t);
+    digested(&t, commit4(&t));
+    /* round 5 commits without us while it still trains here: ended early, the commit applied now */
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    commit_spec cs = {.round = 5, .next_step = 30, .nc = 1, .contrib = {0}, .np = 1, .peer = {0}};
+    reply_commit(&t, SPES_NODE_CALL_HEARTBEAT, &cs);
+    ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 2);
+    spes_node_job *ap = take_job(&t, SPES_NODE_JOB_APPLY);
+    ck_assert_uint_eq(ap->u.apply.round, 5);
+    /* the training had finished all the same: it is never announced */
+    finish(r5, 0x45);
+    job_done(&t, r5);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    memset(ap->u.apply.state_hash, 0x66, 32);
+    job_done(&t, ap);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_DIGEST, SPES_MSG_DIGEST));
+    reply_ack(&t, SPES_NODE_CALL_DIGEST);
+    uint32_t cols[] = {1};
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_accept(&t, SPES_NODE_CALL_HEARTBEAT, 6, 30, 0x66, cols, 1);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0); /* round 5's contribution is not announced for 6 */
+    spes_node_job *r6 = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(r6->u.train.overlap, 0);
+    ck_assert_uint_eq(r6->u.train.round, 6);
+    spes_node_job_free(r6);
+    done(&t);
+}
+END_TEST
+
+START_TEST(test_overlap_join_waits_for_the_training)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t);
+    spes_node_job *ap = commit4(&t);
+    /* the apply fails: the node must join again, but not while round 5 still trains */
+    ap->rc = SPES_EIO;
+    snprintf(ap->err, sizeof ap->err, "disk full");
+    job_done(&t, ap);
+    ck_assert_int_eq(t.sm.phase, SPES_NODE_JOIN);
+    ck_assert_int_eq(find(&t, SPES_NODE_ACT_CANCEL)->value, 2);
+    tick(&t, 60000);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    finish(r5, 0x45); /* even a round that ended well is dropped: the state it rebased on is gone */
+    job_done(&t, r5);
+    ck_assert_ptr_null(t.sm.ready);
+    tick(&t, 0);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_JOIN, SPES_MSG_JOIN));
+    done(&t);
+}
+END_TEST
 
 START_TEST(test_join_accept_prepare)
 {
@@ -1210,6 +1429,11 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_validate_for_the_coordinator);
     tcase_add_test(tc, test_queue_and_names);
     tcase_add_test(tc, test_message_that_cannot_be_encoded);
+    tcase_add_test(tc, test_overlap_trained_before_the_state);
+    tcase_add_test(tc, test_overlap_state_before_the_training);
+    tcase_add_test(tc, test_overlap_columns_dealt_anew);
+    tcase_add_test(tc, test_overlap_round_closed_without_us);
+    tcase_add_test(tc, test_overlap_join_waits_for_the_training);
     suite_add_tcase(s, tc);
     return s;
 }
