@@ -55,14 +55,17 @@ static int cancelled(spes_node *n)
     return atomic_load(&n->cancel) || atomic_load(&n->cancel_train);
 }
 
-/* train_enter marks the trainer busy once no pause is asked for (training worker). */
-static void train_enter(spes_node *n)
+/* train_enter marks the trainer busy once no pause is asked for; -1, not
+ * busy, when the job is cancelled meanwhile (training worker). */
+static int train_enter(spes_node *n)
 {
     pthread_mutex_lock(&n->mu);
     while (n->pause_req && !cancelled(n) && !n->quit)
         pthread_cond_wait(&n->cv, &n->mu);
-    n->train_busy = 1;
+    int ok = !n->pause_req;
+    n->train_busy = ok;
     pthread_mutex_unlock(&n->mu);
+    return ok ? 0 : -1;
 }
 
 /* train_leave marks the trainer still (training worker). */
@@ -74,16 +77,21 @@ static void train_leave(spes_node *n)
     pthread_mutex_unlock(&n->mu);
 }
 
-/* train_yield pauses between two steps while the sync worker saves the trainer (training worker). */
-static void train_yield(spes_node *n)
+/* train_yield pauses between two steps while the sync worker saves the
+ * trainer, adding the pause to *paused_s; -1 (not busy) when the job is
+ * cancelled meanwhile (training worker). */
+static int train_yield(spes_node *n, double *paused_s)
 {
     pthread_mutex_lock(&n->mu);
     int asked = n->pause_req;
     pthread_mutex_unlock(&n->mu);
-    if (asked) {
-        train_leave(n);
-        train_enter(n);
-    }
+    if (!asked)
+        return 0;
+    double t0 = spes_mono_s();
+    train_leave(n);
+    int rc = train_enter(n);
+    *paused_s += spes_mono_s() - t0;
+    return rc;
 }
 
 /* trainer_hold waits until the trainer is still and keeps it so until trainer_release (sync worker). */
@@ -152,6 +160,27 @@ static void base_done(spes_node *n)
     n->base_busy = 0;
     pthread_cond_broadcast(&n->cv);
     pthread_mutex_unlock(&n->mu);
+}
+
+/* base_try is base_use without waiting: 0 (base held) only if base holds S_round now. */
+static int base_try(spes_node *n, int64_t round)
+{
+    pthread_mutex_lock(&n->mu);
+    int ok = n->base_round == round && !n->base_busy;
+    if (ok)
+        n->base_busy = 1;
+    pthread_mutex_unlock(&n->mu);
+    return ok ? 0 : -1;
+}
+
+/* rebase moves the progress made since xstart onto the agreed state in base:
+ * params = base + (params - xstart), value by value (base held). */
+static void rebase(spes_node *n)
+{
+    float *p = n->tr.model->params;
+    const float *b = n->base, *x = n->xstart;
+    for (size_t i = 0; i < n->lo.total_numel; i++)
+        p[i] = b[i] + (p[i] - x[i]);
 }
 
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
@@ -454,16 +483,25 @@ int spes_node_put_state_outer(spes_node *n, const float *params, const float *mo
 }
 
 /* train_steps trains sync_interval steps of round t: from S_round, or
- * overlapped from the node's own parameters (kept in xstart) and then rebased
- * onto S_round, which it waits for: params = S_round + (params - xstart).
- * On success it holds base (base_use) for the encoding that follows. */
+ * overlapped from the node's own parameters (kept in xstart), rebased onto
+ * S_round as soon as it arrives: params = S_round + (params - xstart), at the
+ * first step boundary that finds it held, else after the last step (waiting
+ * for it). Either way the round's progress is what its contribution carries,
+ * and the steps after the rebase train on the fresh state (docs/design.md,
+ * "Overlap"). On success it holds base (base_use) for the encoding that follows. */
 static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
 {
     spes_node_job_train *t = &j->u.train;
     const spes_run_config *run = &n->sm.run;
     size_t total = n->lo.total_numel;
     int rc = 0;
-    train_enter(n);
+    if (train_enter(n) != 0)
+        return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
+    if (t->overlap && !same_cols(n, t->cols)) { /* the machine never asks this: the progress is in the trainer */
+        train_leave(n);
+        return fail(j, spes_errf(SPES_ESTATE, "round %llu: an overlapped round on other columns",
+                                 (unsigned long long)t->round));
+    }
     if (!same_cols(n, t->cols) && (rc = open_trainer(n, t->cols, j->node_id)) != 0) {
         train_leave(n);
         return fail(j, rc);
@@ -480,17 +518,34 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     }
     n->tr.step = (int64_t)t->step;
     n->tr.round = (int64_t)t->round;
-    int steps = run->spes.sync_interval;
+    int steps = run->spes.sync_interval, rebased = !t->overlap, rebased_at = steps;
     spes_counters_train_begin(); /* training time (docs/counters.md): the steps, not the wait for S_round */
+    double step_s[2] = {0, 0};   /* seconds of steps without and with a sync job running beside them */
+    double paused_s = 0;         /* seconds paused while the sync worker saved the trainer */
+    int nstep[2] = {0, 0};
     for (int done = 0; !rc && done < steps; done++) {
         if (cancelled(n)) {
             rc = spes_errf(SPES_EINTR, "round abandoned");
             break;
         }
-        train_yield(n);
+        if (train_yield(n, &paused_s) != 0) {
+            spes_counters_train_end();
+            return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
+        }
+        if (!rebased && base_try(n, (int64_t)t->round) == 0) {
+            rebase(n);
+            base_done(n);
+            rebased = 1;
+            rebased_at = done;
+        }
         spes_step_stats st;
+        pthread_mutex_lock(&n->mu);
+        int beside = n->running != NULL;
+        pthread_mutex_unlock(&n->mu);
         if ((rc = spes_trainer_step(&n->tr, &st)) != 0)
             break;
+        step_s[beside] += st.seconds;
+        nstep[beside]++;
         spes_dmetrics_note_routing(n->d->metrics, n->tr.model); /* router load per expert */
         *loss_sum += st.loss;
         n->loss = st.loss;
@@ -503,14 +558,20 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     train_leave(n);
     if (rc)
         return fail(j, rc);
+    /* what a sync beside the steps costs them (docs/benchmarks.md, "Overlap") */
+    char when[80] = "";
+    if (t->overlap)
+        snprintf(when, sizeof when, "; rebased onto S_%llu after %d step(s)", (unsigned long long)t->round,
+                 rebased_at);
+    log_info("round %llu: %d steps in %.2f s: %.1f ms a step, %.1f ms over %d with a sync job running beside, "
+             "paused %.1f ms for the state's write%s",
+             (unsigned long long)t->round, steps, step_s[0] + step_s[1], 1e3 * (step_s[0] + step_s[1]) / steps,
+             nstep[1] ? 1e3 * step_s[1] / nstep[1] : 0.0, nstep[1], 1e3 * paused_s, when);
     if (base_use(n, (int64_t)t->round) != 0)
         return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
                                  (unsigned long long)t->round));
-    if (t->overlap) {
-        const float *b = n->base, *x = n->xstart;
-        for (size_t i = 0; i < total; i++)
-            p[i] = b[i] + (p[i] - x[i]);
-    }
+    if (!rebased)
+        rebase(n); /* S_round came after the last step */
     return 0;
 }
 
