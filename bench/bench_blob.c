@@ -135,7 +135,7 @@ static void *send_all(void *arg)
  * writes it at its offset (the work any verifying, spilling fetch must do). */
 static double raw_pair(spes_net_tls *ts, spes_net_tls *tc, uint64_t nmsg, size_t msg, int sink_fd)
 {
-    nng_socket a, b;
+    nng_socket a = NNG_SOCKET_INITIALIZER, b = NNG_SOCKET_INITIALIZER;
     nng_listener l;
     nng_dialer d;
     nng_tls_config *cs = NULL, *cc = NULL;
