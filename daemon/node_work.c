@@ -173,14 +173,16 @@ static int base_try(spes_node *n, int64_t round)
     return ok ? 0 : -1;
 }
 
-/* rebase moves the progress made since xstart onto the agreed state in base:
- * params = base + (params - xstart), value by value (base held). */
+/* rebase moves the progress made since xstart onto the agreed state in base,
+ * weighted by the run's overlap_carry c: params = base + c (params - xstart),
+ * value by value (base held; docs/design.md, "Overlap", says why c = 0.5). */
 static void rebase(spes_node *n)
 {
     float *p = n->tr.model->params;
     const float *b = n->base, *x = n->xstart;
+    const float c = (float)n->sm.run.spes.overlap_carry;
     for (size_t i = 0; i < n->lo.total_numel; i++)
-        p[i] = b[i] + (p[i] - x[i]);
+        p[i] = b[i] + c * (p[i] - x[i]);
 }
 
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
@@ -497,7 +499,8 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     int rc = 0;
     if (train_enter(n) != 0)
         return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
-    if (t->overlap && !same_cols(n, t->cols)) { /* the machine never asks this: the progress is in the trainer */
+    if (t->overlap &&
+        !same_cols(n, t->cols)) { /* the machine never asks this: the progress is in the trainer */
         train_leave(n);
         return fail(j, spes_errf(SPES_ESTATE, "round %llu: an overlapped round on other columns",
                                  (unsigned long long)t->round));
@@ -563,10 +566,11 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     if (t->overlap)
         snprintf(when, sizeof when, "; rebased onto S_%llu after %d step(s)", (unsigned long long)t->round,
                  rebased_at);
-    log_info("round %llu: %d steps in %.2f s: %.1f ms a step, %.1f ms over %d with a sync job running beside, "
-             "paused %.1f ms for the state's write%s",
-             (unsigned long long)t->round, steps, step_s[0] + step_s[1], 1e3 * (step_s[0] + step_s[1]) / steps,
-             nstep[1] ? 1e3 * step_s[1] / nstep[1] : 0.0, nstep[1], 1e3 * paused_s, when);
+    log_info(
+        "round %llu: %d steps in %.2f s: %.1f ms a step, %.1f ms over %d with a sync job running beside, "
+        "paused %.1f ms for the state's write%s",
+        (unsigned long long)t->round, steps, step_s[0] + step_s[1], 1e3 * (step_s[0] + step_s[1]) / steps,
+        nstep[1] ? 1e3 * step_s[1] / nstep[1] : 0.0, nstep[1], 1e3 * paused_s, when);
     if (base_use(n, (int64_t)t->round) != 0)
         return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
                                  (unsigned long long)t->round));

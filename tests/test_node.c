@@ -413,6 +413,25 @@ START_TEST(test_overlap_trained_before_the_state)
 }
 END_TEST
 
+START_TEST(test_overlap_not_past_the_end)
+{
+    /* the round that ends at max_steps (400: round 79 from step 395) starts no round after it */
+    T t;
+    setup_opts(&t, 0, COORD);
+    run_json = RUN_JSON_OVERLAP;
+    uint32_t cols[] = {1};
+    joined(&t, 79, 0x79, cols, 1);
+    spes_node_job *last = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_uint_eq(last->u.train.step, 395);
+    memset(last->u.train.blob, 0x42, 32);
+    job_done(&t, last);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE));
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_JOB), 0);
+    ck_assert_int_eq(t.sm.training, 0);
+    done(&t);
+}
+END_TEST
+
 START_TEST(test_overlap_state_before_the_training)
 {
     T t;
@@ -1431,6 +1450,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_message_that_cannot_be_encoded);
     tcase_add_test(tc, test_overlap_trained_before_the_state);
     tcase_add_test(tc, test_overlap_state_before_the_training);
+    tcase_add_test(tc, test_overlap_not_past_the_end);
     tcase_add_test(tc, test_overlap_columns_dealt_anew);
     tcase_add_test(tc, test_overlap_round_closed_without_us);
     tcase_add_test(tc, test_overlap_join_waits_for_the_training);

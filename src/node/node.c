@@ -281,8 +281,9 @@ static void announce_trained(spes_node_sm *sm, const spes_node_job *j, uint64_t 
     sm->pending_loss = t->loss_mean;
     sm->phase = SPES_NODE_ANNOUNCE;
     sm->next_try_ms = 0;
-    if (sm->run.spes.overlap && !sm->training)
-        train_job(sm, t->round + 1, t->step + (uint64_t)sm->run.spes.sync_interval, 1, t->cols, now, o);
+    uint64_t next = t->step + (uint64_t)sm->run.spes.sync_interval;
+    if (sm->run.spes.overlap && !sm->training && next < (uint64_t)sm->run.train.max_steps)
+        train_job(sm, t->round + 1, next, 1, t->cols, now, o); /* not past the run's end */
 }
 
 /* diverged says whether the run's agreed state of our round (hash, 32 bytes
