@@ -55,6 +55,15 @@ static int cancelled(spes_node *n)
     return atomic_load(&n->cancel) || atomic_load(&n->cancel_train);
 }
 
+/* clear sets a flag under mu to 0 and wakes whoever waits on it. */
+static void clear(spes_node *n, int *flag)
+{
+    pthread_mutex_lock(&n->mu);
+    *flag = 0;
+    pthread_cond_broadcast(&n->cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
 /* train_enter marks the trainer busy once no pause is asked for; -1, not
  * busy, when the job is cancelled meanwhile (training worker). */
 static int train_enter(spes_node *n)
@@ -71,10 +80,7 @@ static int train_enter(spes_node *n)
 /* train_leave marks the trainer still (training worker). */
 static void train_leave(spes_node *n)
 {
-    pthread_mutex_lock(&n->mu);
-    n->train_busy = 0;
-    pthread_cond_broadcast(&n->cv);
-    pthread_mutex_unlock(&n->mu);
+    clear(n, &n->train_busy);
 }
 
 /* train_yield pauses between two steps while the sync worker saves the
@@ -106,10 +112,7 @@ static void trainer_hold(spes_node *n)
 
 static void trainer_release(spes_node *n)
 {
-    pthread_mutex_lock(&n->mu);
-    n->pause_req = 0;
-    pthread_cond_broadcast(&n->cv);
-    pthread_mutex_unlock(&n->mu);
+    clear(n, &n->pause_req);
 }
 
 /* base_take waits until the training worker is done with base and marks base
@@ -156,10 +159,7 @@ static int base_use(spes_node *n, int64_t round)
 
 static void base_done(spes_node *n)
 {
-    pthread_mutex_lock(&n->mu);
-    n->base_busy = 0;
-    pthread_cond_broadcast(&n->cv);
-    pthread_mutex_unlock(&n->mu);
+    clear(n, &n->base_busy);
 }
 
 /* base_try is base_use without waiting: 0 (base held) only if base holds S_round now. */
