@@ -170,9 +170,9 @@ class Cluster:
         with open(self.path("node-%d.log" % k), errors="replace") as f:
             return f.read()
 
-    def ctl(self, *args, k=0, check=True):
+    def ctl(self, *args, k=0, check=True, timeout=30):
         p = subprocess.run([self.spesctl, "--socket", self.path("node-%d/control.sock" % k)] + list(args),
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise RuntimeError("spesctl %s: %s" % (" ".join(args), p.stderr.strip()))
         return p

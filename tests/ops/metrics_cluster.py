@@ -130,6 +130,11 @@ def main():
     try:
         cl.start_all()
         cl.wait_round(4, timeout=240)
+        # a daemon that starts late on a loaded machine joins a round or two on: wait until every
+        # member has contributed twice, so each has trained in a round the history times
+        cl.wait("every member to contribute twice",
+                lambda: len((cl.status() or {}).get("members", [])) == 3 and
+                all(m["rounds"] >= 2 for m in cl.status()["members"]), timeout=240)
         # ---- promtool on every daemon's /metrics
         for k, p in enumerate(mports):
             code, ctype, text = get(p, "/metrics")

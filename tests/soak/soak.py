@@ -295,13 +295,20 @@ class Soak:
     WAN_FAULTS = ("kill_node", "kill_coord", "stall_disk", "clock_step", "poison", "link_cut", "link_loss")
 
     def take_checkpoint(self):
+        # a checkpoint completes once its round is committed and persisted: under faults on a
+        # loaded machine a round can take 40 s or more
+        t0 = time.time()
         try:
-            p = self.cl.ctl("checkpoint", "save", "--wait", "--json", check=False)
+            p = self.cl.ctl("checkpoint", "save", "--wait", "--json", check=False, timeout=150)
             done = [c for c in json.loads(p.stdout)["checkpoints"] if c.get("complete")]
-        except (ValueError, KeyError, subprocess.TimeoutExpired):
+        except (ValueError, KeyError, subprocess.TimeoutExpired) as e:
+            print("checkpoint not taken after %.0f s: %s" % (time.time() - t0, str(e)[:120]), flush=True)
             return
         if p.returncode == 0 and done:
             self.checkpoint = done[-1]["id"]
+            print("checkpoint %s taken in %.0f s" % (self.checkpoint, time.time() - t0), flush=True)
+        else:
+            print("checkpoint not taken after %.0f s: %s" % (time.time() - t0, p.stderr.strip()[:120]), flush=True)
 
     def run(self, seconds):
         cl = self.cl
@@ -320,8 +327,8 @@ class Soak:
             print("fault %3d  %-12s %s (t=%.0f s, round %d)" % (n, kind.replace("_", "-"), what, time.time() - t0,
                                                                self.max_round), flush=True)
             self.pause(self.rng.uniform(2, 6))
-            if n % 8 == 4:
-                self.take_checkpoint()
+            if n % 8 == 4 or (n > 4 and not self.checkpoint):
+                self.take_checkpoint()  # and again after each fault until one is taken
         # the end: every honest daemon up, the run goes on, then the checks
         for k in range(self.honest):
             if k not in cl.procs or cl.procs[k].poll() is not None:
