@@ -95,6 +95,19 @@ void spes_daemon_handle(spes_daemon *d, const uint8_t *data, size_t len, const s
     int type = 0;
     ProtobufCMessage *msg = NULL;
     int rc = spes_proto_decode(data, len, &type, &msg);
+    if (rc == SPES_PROTO_EVERSION) { /* told in its own version where it can read it */
+        log_warnx("request from %s refused: it speaks protocol %d and this daemon %d (another spes release)",
+                  peer->name[0] ? peer->name : "local", spes_proto_peer_version(data, len),
+                  SPES_PROTO_VERSION);
+        uint8_t *out = NULL;
+        size_t out_len = 0;
+        if (spes_proto_encode_version_error(data, len, &out, &out_len) == 0)
+            reply(ctx, out, out_len);
+        else
+            reply(ctx, NULL, 0);
+        free(out);
+        return;
+    }
     if (rc) {
         log_warnx("request from %s refused: %s", peer->name[0] ? peer->name : "local", spes_errmsg());
         spes_daemon_reply_error(reply, ctx, rc, type, "%s", spes_errmsg());

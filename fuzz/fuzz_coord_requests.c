@@ -131,6 +131,7 @@ static void step(fz *f)
         Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
         j.node_name = name;
         j.listen_url = "tcp://127.0.0.1:1";
+        j.protocol_version = b % 5 ? SPES_PROTO_VERSION : SPES_PROTO_VERSION - 1;
         request(f, SPES_MSG_JOIN, &j.base, who);
         break;
     }

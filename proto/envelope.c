@@ -5,6 +5,7 @@
  * and never do I/O. */
 #include "proto/proto.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -266,4 +267,27 @@ int spes_proto_encode_error(int err, const char *message, int in_reply_to, uint8
     e.message = text;
     e.in_reply_to = type_info(in_reply_to) ? (uint32_t)in_reply_to : 0;
     return spes_proto_encode(SPES_MSG_ERROR, &e.base, out, len);
+}
+
+int spes_proto_peer_version(const uint8_t *buf, size_t len)
+{
+    if (len < 6 || memcmp(buf, SPES_PROTO_MAGIC, 4) != 0)
+        return 0;
+    return spes__be16(buf + 4);
+}
+
+int spes_proto_encode_version_error(const uint8_t *req, size_t req_len, uint8_t **out, size_t *len)
+{
+    int v = spes_proto_peer_version(req, req_len);
+    /* the types are never renumbered, so an older request's type is named as ours */
+    int type = req_len >= 8 ? spes__be16(req + 6) : 0;
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "protocol version %d refused: this daemon speaks protocol %d; every member of a run needs the "
+             "same spes release (spesd --version prints its protocol)",
+             v, SPES_PROTO_VERSION);
+    int rc = spes_proto_encode_error(SPES_PROTO_EVERSION, msg, type, out, len);
+    if (rc == 0 && v >= SPES_PROTO_ERROR_SINCE && v < SPES_PROTO_VERSION)
+        spes__put16(*out + 4, (uint16_t)v);
+    return rc;
 }

@@ -21,7 +21,11 @@
 #include "proto/spes.pb-c.h"
 
 #define SPES_PROTO_MAGIC "SPES"
-#define SPES_PROTO_VERSION 1
+#define SPES_PROTO_VERSION 2
+/* SPES_PROTO_ERROR_SINCE is the oldest protocol version whose envelope header and
+ * Error message are laid out as this version's: an Error can be written in such a
+ * peer's own version, so that an older node reads why it was refused. */
+#define SPES_PROTO_ERROR_SINCE 1
 #define SPES_PROTO_HEADER_LEN 12
 
 /* SPES_PROTO_EVERSION is returned for a protocol version this node does not
@@ -87,6 +91,16 @@ void spes_proto_header_write(uint8_t out[SPES_PROTO_HEADER_LEN], int type, uint3
 /* spes_proto_header_decode checks magic, version, type and the per-type length
  * limit of the first 12 bytes of buf (it does not look at the payload). */
 int spes_proto_header_decode(const uint8_t *buf, size_t len, spes_proto_header *h);
+
+/* spes_proto_peer_version returns the protocol version in buf's header, or 0 when
+ * buf does not start with one (shorter than 6 bytes, or another magic). */
+int spes_proto_peer_version(const uint8_t *buf, size_t len);
+
+/* spes_proto_encode_version_error builds the Error that refuses req, a request in
+ * another protocol version, naming both versions: in the requester's own version
+ * when this node can write that version's Error (SPES_PROTO_ERROR_SINCE up to
+ * SPES_PROTO_VERSION), so an older node prints the reason; else in this node's. */
+int spes_proto_encode_version_error(const uint8_t *req, size_t req_len, uint8_t **out, size_t *len);
 
 /* spes_proto_encode validates msg (which must be of type's descriptor) and
  * returns a malloc'd envelope in *out; the caller frees it with free(). */

@@ -210,6 +210,7 @@ static void send_error(fx *f, int type, const ProtobufCMessage *msg, const spes_
 static ProtobufCMessage *join(fx *f, const char *name, const spes_pki_identity *peer, int want)
 {
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.protocol_version = SPES_PROTO_VERSION;
     char url[64];
     snprintf(url, sizeof url, "tcp://127.0.0.1:71%s", name + strlen(name) - 1);
     j.node_name = (char *)name;
@@ -431,12 +432,23 @@ START_TEST(test_join_refusals)
     fx_init(&f, 1, 0, 100);
     spes_pki_identity op = operator_peer(), other = node_peer("node-9");
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.protocol_version = SPES_PROTO_VERSION;
     j.node_name = "node-1";
     j.listen_url = "tcp://x:1";
     send_error(&f, SPES_MSG_JOIN, &j.base, &op, EC(UNAUTHORIZED),
                "Join needs a node certificate over TLS (alice is operator)");
     send_error(&f, SPES_MSG_JOIN, &j.base, &other, EC(UNAUTHORIZED), "certificate node-9 (node)");
     ck_assert_int_eq(spes_coord_sm_members(f.c), 0);
+    /* a node of another release: refused by name with both versions, never a member */
+    j.protocol_version = SPES_PROTO_VERSION - 1;
+    Spes__Wire__Reject *old = (Spes__Wire__Reject *)send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_REJECT);
+    ck_assert_int_eq(old->code, EC(UNSUPPORTED_VERSION));
+    ck_assert_str_eq(old->reason,
+                     "this node speaks protocol 1 and the run 2: install the run's spes release");
+    ck_assert_uint_eq(old->retry_after_ms, 60000);
+    spes_proto_free(&old->base);
+    ck_assert_int_eq(spes_coord_sm_members(f.c), 0);
+    j.protocol_version = SPES_PROTO_VERSION;
     /* the run is full at the table's capacity */
     char name[32];
     for (int i = 0; i < SPES_COORD_MAX_MEMBERS; i++) {
@@ -469,6 +481,7 @@ START_TEST(test_control_socket_speaks_operator_verbs_only)
     two_node_round(&f, 100);
     fx_clear(&f);
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.protocol_version = SPES_PROTO_VERSION;
     j.node_name = "made-up";
     j.listen_url = "tcp://x:1";
     send_error(&f, SPES_MSG_JOIN, &j.base, &control, EC(UNAUTHORIZED),
@@ -1805,6 +1818,7 @@ START_TEST(test_reply_that_cannot_be_encoded)
     fx f;
     fx_init(&f, 1, 0, 100);
     Spes__Wire__Join j = SPES__WIRE__JOIN__INIT;
+    j.protocol_version = SPES_PROTO_VERSION;
     j.node_name =
         "bad\001name"; /* the daemon's decoder refuses such a name; the library never sends it either */
     j.listen_url = "tcp://x:1";

@@ -46,7 +46,7 @@ START_TEST(roundtrip_every_type)
         uint8_t *a, *b;
         size_t na, nb;
         ck_assert_msg(spes_proto_example_encode(t, &a, &na) == 0, "%s", spes_errmsg());
-        ck_assert_mem_eq(a, "SPES\0\1", 6);
+        ck_assert_mem_eq(a, "SPES\0\2", 6);
         ck_assert_int_eq(a[6] << 8 | a[7], t);
         int type;
         ProtobufCMessage *m;
@@ -125,8 +125,8 @@ START_TEST(refuse_envelopes)
     buf[0] = 'S';
     buf[5] = 7;
     decode_fails(buf, len, SPES_PROTO_EVERSION,
-                 "envelope: protocol version 7 not supported (this node speaks 1)");
-    buf[5] = 1;
+                 "envelope: protocol version 7 not supported (this node speaks 2)");
+    buf[5] = SPES_PROTO_VERSION;
     buf[7] = 99;
     decode_fails(buf, len, SPES_EFORMAT, "envelope: unknown message type 99");
     buf[7] = 0;
@@ -150,8 +150,8 @@ START_TEST(refuse_trailing_bytes)
     memcpy(longer, buf, len);
     int type = decode_fails(longer, len + 3, SPES_EFORMAT, "Ack payload length 4 but 7 bytes follow");
     ck_assert_int_eq(type, SPES_MSG_ACK); /* known, so an Error reply can name it */
-    buf[5] = 2;
-    ck_assert_int_eq(decode_fails(buf, len, SPES_PROTO_EVERSION, "version 2"), 0);
+    buf[5] = SPES_PROTO_VERSION + 1;
+    ck_assert_int_eq(decode_fails(buf, len, SPES_PROTO_EVERSION, "version 3"), 0);
     free(longer);
     free(buf);
 }
@@ -343,6 +343,44 @@ START_TEST(error_reply)
     ck_assert_uint_eq(e->in_reply_to, SPES_MSG_JOIN);
     spes_proto_free(m);
     free(buf);
+}
+END_TEST
+
+/* A request in another protocol version is answered with an Error naming both
+ * versions: in an older requester's own version (its Error is laid out as ours),
+ * in this node's for a newer one. */
+START_TEST(version_error_reply)
+{
+    uint8_t *req, *rep;
+    size_t req_len, rep_len;
+    int type;
+    ProtobufCMessage *m;
+    ck_assert_int_eq(spes_proto_example_encode(SPES_MSG_JOIN, &req, &req_len), 0);
+    ck_assert_int_eq(spes_proto_peer_version(req, req_len), SPES_PROTO_VERSION);
+    ck_assert_int_eq(spes_proto_peer_version(req, 5), 0);
+    for (int v = 1; v <= SPES_PROTO_VERSION + 1; v++) {
+        if (v == SPES_PROTO_VERSION)
+            continue;
+        req[5] = (uint8_t)v;
+        ck_assert_int_eq(spes_proto_decode(req, req_len, &type, &m), SPES_PROTO_EVERSION);
+        ck_assert_int_eq(spes_proto_peer_version(req, req_len), v);
+        ck_assert_int_eq(spes_proto_encode_version_error(req, req_len, &rep, &rep_len), 0);
+        int sent_as = v < SPES_PROTO_VERSION ? v : SPES_PROTO_VERSION;
+        ck_assert_int_eq(spes_proto_peer_version(rep, rep_len), sent_as);
+        rep[5] = SPES_PROTO_VERSION; /* read it as the requester would */
+        ck_assert_int_eq(spes_proto_decode(rep, rep_len, &type, &m), 0);
+        ck_assert_int_eq(type, SPES_MSG_ERROR);
+        Spes__Wire__Error *e = (Spes__Wire__Error *)m;
+        ck_assert_int_eq(e->code, SPES__WIRE__ERROR_CODE__ERROR_UNSUPPORTED_VERSION);
+        ck_assert_uint_eq(e->in_reply_to, SPES_MSG_JOIN);
+        char want[64];
+        snprintf(want, sizeof want, "protocol version %d refused: this daemon speaks protocol %d", v,
+                 SPES_PROTO_VERSION);
+        ck_assert_msg(strstr(e->message, want) != NULL, "%s", e->message);
+        spes_proto_free(m);
+        free(rep);
+    }
+    free(req);
 }
 END_TEST
 
@@ -604,6 +642,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, refuse_memory_bomb);
     tcase_add_test(tc, encode_checks);
     tcase_add_test(tc, error_reply);
+    tcase_add_test(tc, version_error_reply);
     tcase_add_test(tc, utf8);
     tcase_add_test(tc, seed_corpus_current);
     suite_add_tcase(s, tc);

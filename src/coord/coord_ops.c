@@ -118,6 +118,16 @@ static void handle_join(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__
 {
     if (!node_peer_ok(c, peer, j->node_name, to, SPES_MSG_JOIN))
         return;
+    if (j->protocol_version != SPES_PROTO_VERSION) { /* the envelope agreed: a node that says otherwise */
+        coord_log(c, SPES_LOG_WARN, "%s refused: it speaks protocol %u and this run %d", j->node_name,
+                  j->protocol_version, SPES_PROTO_VERSION);
+        char why[128];
+        snprintf(why, sizeof why,
+                 "this node speaks protocol %u and the run %d: install the run's spes release",
+                 j->protocol_version, SPES_PROTO_VERSION);
+        reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_UNSUPPORTED_VERSION, 60000, why);
+        return;
+    }
     coord_member *m = coord_find(c, j->node_name);
     if (!m && coord_is_barred(c, j->node_name)) {
         reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_NOT_MEMBER, 0,

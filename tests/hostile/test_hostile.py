@@ -36,8 +36,11 @@ def check(ok, what):
         failures.append(what)
 
 
-def envelope(kind, payload=b""):
-    return b"SPES" + struct.pack(">HHI", 1, kind, len(payload)) + payload
+PROTOCOL = 2  # SPES_PROTO_VERSION (proto/proto.h)
+
+
+def envelope(kind, payload=b"", version=PROTOCOL):
+    return b"SPES" + struct.pack(">HHI", version, kind, len(payload)) + payload
 
 
 def chunk_request(h, index):
@@ -54,12 +57,12 @@ def rss_kb(pid):
 
 
 class Attacker:
-    def __init__(self, cl, port):
+    def __init__(self, cl, port, who="mallory"):
         self.port = port
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.ctx.check_hostname = False
         self.ctx.load_verify_locations(cl.path("pki/ca.crt"))
-        self.ctx.load_cert_chain(cl.path("pki/mallory.crt"), cl.path("pki/mallory.key"))
+        self.ctx.load_cert_chain(cl.path("pki/%s.crt" % who), cl.path("pki/%s.key" % who))
 
     def tcp(self):
         s = socket.socket()
@@ -79,6 +82,20 @@ class Attacker:
     @staticmethod
     def send(t, rid, body):
         t.sendall(struct.pack(">QI", 4 + len(body), 0x80000000 | rid) + body)
+
+    @staticmethod
+    def reply(t):
+        """One SP reply: its body after the request id (the envelope)."""
+        def exactly(n):
+            got = b""
+            while len(got) < n:
+                b = t.recv(n - len(got))
+                if not b:
+                    raise EOFError("the connection ended")
+                got += b
+            return got
+        (n,) = struct.unpack(">Q", exactly(8))
+        return exactly(n)[4:]
 
 
 def closed(sock, wait):

@@ -10,6 +10,9 @@ config pins the wrong coordinator name). Checks, against the running daemons:
            only to STATE_DIR/exports/NAME: an absolute path, "..", "a/b" are
            refused and nothing is written there; a name is written under
            node-0's state directory;
+  release  a Join of protocol version 1 over TLS and a version-1 request on the
+           control socket are answered with an Error in version 1 that names
+           both versions; the coordinator logs it; no member is added;
   pin      node-2, whose coordinator_name is node-1, refuses node-0's
            certificate: it logs the mismatch and never becomes a member.
 usage: test_insider.py BUILD_DIR   (prints one line per check; exit 1 on a failure)
@@ -52,16 +55,19 @@ def field(num, value):
     return varint(num << 3 | 2) + varint(len(value)) + value
 
 
-def envelope(kind, payload=b""):
-    return b"SPES" + struct.pack(">HHI", 1, kind, len(payload)) + payload
+PROTOCOL = 2  # SPES_PROTO_VERSION (proto/proto.h)
 
 
-def control(cl, kind, payload):
+def envelope(kind, payload=b"", version=PROTOCOL):
+    return b"SPES" + struct.pack(">HHI", version, kind, len(payload)) + payload
+
+
+def control(cl, kind, payload, version=PROTOCOL):
     """Sends one envelope through node-0's control socket; returns (reply type, reply payload)."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(cl.path("node-0/control.sock"))
-    s.sendall(envelope(kind, payload))
+    s.sendall(envelope(kind, payload, version))
     got = b""
     while True:
         b = s.recv(65536)
@@ -71,11 +77,12 @@ def control(cl, kind, payload):
     s.close()
     if len(got) < 12:
         return 0, b""
-    _, kind, n = struct.unpack(">HHI", got[4:12])
+    ver, kind, n = struct.unpack(">HHI", got[4:12])
+    control.version = ver
     return kind, got[12:12 + n]
 
 
-JOIN, HEARTBEAT, LEAVE, BLOB_WANT, ERROR = 1, 4, 5, 16, 18
+JOIN, HEARTBEAT, LEAVE, STATUS_REQUEST, BLOB_WANT, ERROR = 1, 4, 5, 9, 16, 18
 
 
 def error_message(body):
@@ -155,6 +162,32 @@ def scenario_export(cl):
           "the local control socket still exports to an absolute path")
 
 
+def scenario_old_release(cl):
+    """A daemon and a spesctl of protocol version 1 are told, in their own version, why they are refused."""
+    from test_hostile import Attacker
+    a = Attacker(cl, cl.ports[0], who="node-2")
+    t = a.sp()
+    join = field(1, "node-2") + field(2, "tls+tcp://127.0.0.1:1") + field(3, "spes 0.1") + field(4, 1)
+    Attacker.send(t, 1, envelope(JOIN, join, version=1))
+    t.settimeout(10)
+    env = Attacker.reply(t)
+    t.close()
+    ver, kind = struct.unpack(">HH", env[4:8])
+    msg = error_message(env[12:]) if kind == ERROR else ""
+    want = "protocol version 1 refused: this daemon speaks protocol 2"
+    check(env[:4] == b"SPES" and ver == 1 and kind == ERROR and want in msg,
+          "a version-1 Join over TLS: an Error in version 1 (got version %d type %d: %s)" % (ver, kind, msg))
+    logged = "request from node-2 refused: it speaks protocol 1 and this daemon 2"
+    check(logged in cl.log(0), "the coordinator logged: " + logged)
+    check("node-2" not in members(cl), "node-2 did not become a member")
+    kind, body = control(cl, STATUS_REQUEST, b"", version=1)
+    msg = error_message(body) if kind == ERROR else ""
+    check(control.version == 1 and kind == ERROR and want in msg,
+          "a version-1 status request on the control socket: an Error in version 1 (%s)" % msg)
+    t, body = control(cl, STATUS_REQUEST, b"")
+    check(t == 10, "a version-2 status request is answered (reply type %d)" % t)
+
+
 def scenario_pin(cl):
     cl.start(2)
     t0 = time.time()
@@ -178,6 +211,7 @@ def main():
         cl.start(1)
         cl.wait_round(2)
         scenario_control(cl)
+        scenario_old_release(cl)
         scenario_export(cl)
         scenario_pin(cl)
     finally:
