@@ -16,6 +16,7 @@
 #include "daemon/node_priv.h"
 #include "merge/merge.h"
 #include "sync/outer.h"
+#include "sync/overlap.h"
 #include "sync/resid.h"
 #include "sync/robust.h"
 #include "sync/sync.h"
@@ -173,16 +174,15 @@ static int base_try(spes_node *n, int64_t round)
     return ok ? 0 : -1;
 }
 
-/* rebase moves the progress made since xstart onto the agreed state in base,
- * weighted by the run's overlap_carry c: params = base + c (params - xstart),
- * value by value (base held; docs/design.md, "Overlap", says why c = 0.5). */
-static void rebase(spes_node *n)
+/* rebase moves the progress made since xstart, `stale` of the round's `steps`
+ * steps, onto the agreed state in base (base held): params = base + c (params -
+ * xstart), c from the run's overlap_carry and the stale share (sync/overlap.h;
+ * docs/design.md, "Overlap", says why). Returns c. */
+static double rebase(spes_node *n, int stale, int steps)
 {
-    float *p = n->tr.model->params;
-    const float *b = n->base, *x = n->xstart;
-    const float c = (float)n->sm.run.spes.overlap_carry;
-    for (size_t i = 0; i < n->lo.total_numel; i++)
-        p[i] = b[i] + c * (p[i] - x[i]);
+    double c = spes_overlap_carry(n->sm.run.spes.overlap_carry, stale, steps);
+    spes_overlap_rebase(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
+    return c;
 }
 
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
@@ -522,6 +522,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     n->tr.step = (int64_t)t->step;
     n->tr.round = (int64_t)t->round;
     int steps = run->spes.sync_interval, rebased = !t->overlap, rebased_at = steps;
+    double carry = 1;
     spes_counters_train_begin(); /* training time (docs/counters.md): the steps, not the wait for S_round */
     double step_s[2] = {0, 0};   /* seconds of steps without and with a sync job running beside them */
     double paused_s = 0;         /* seconds paused while the sync worker saved the trainer */
@@ -536,7 +537,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
             return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
         }
         if (!rebased && base_try(n, (int64_t)t->round) == 0) {
-            rebase(n);
+            carry = rebase(n, done, steps);
             base_done(n);
             rebased = 1;
             rebased_at = done;
@@ -562,10 +563,13 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     if (rc)
         return fail(j, rc);
     /* what a sync beside the steps costs them (docs/benchmarks.md, "Overlap") */
-    char when[80] = "";
-    if (t->overlap)
-        snprintf(when, sizeof when, "; rebased onto S_%llu after %d step(s)", (unsigned long long)t->round,
-                 rebased_at);
+    char when[96] = "";
+    if (t->overlap && rebased)
+        snprintf(when, sizeof when, "; rebased onto S_%llu after %d step(s), carried at %.3f",
+                 (unsigned long long)t->round, rebased_at, carry);
+    else if (t->overlap)
+        snprintf(when, sizeof when, "; rebased onto S_%llu after the last step, carried at %.3f",
+                 (unsigned long long)t->round, spes_overlap_carry(run->spes.overlap_carry, steps, steps));
     log_info(
         "round %llu: %d steps in %.2f s: %.1f ms a step, %.1f ms over %d with a sync job running beside, "
         "paused %.1f ms for the state's write%s",
@@ -575,7 +579,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
         return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
                                  (unsigned long long)t->round));
     if (!rebased)
-        rebase(n); /* S_round came after the last step */
+        rebase(n, steps, steps); /* S_round came after the last step */
     return 0;
 }
 

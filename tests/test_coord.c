@@ -1554,6 +1554,61 @@ START_TEST(test_persistence_round_trip_and_restart)
 }
 END_TEST
 
+/* spes.rotate_interval K: before every round that is a multiple of K each active
+ * member takes the previous member's columns (the first takes the last's); between
+ * those rounds the dealing stays put. */
+static unsigned status_mask(fx *f, uint32_t id)
+{
+    Spes__Wire__StatusReply *s = status(f);
+    unsigned m = 0;
+    for (size_t i = 0; i < s->n_members; i++)
+        if (s->members[i]->node_id == id)
+            m = mask_of(s->members[i]->columns, s->members[i]->n_columns);
+    spes_proto_free(&s->base);
+    return m;
+}
+
+START_TEST(test_rotate_columns)
+{
+    fx f;
+    memset(&f, 0, sizeof f);
+    fx_settings(&f, 3, 0);
+    fx_run_config(&f, 100);
+    f.run.spes.rotate_interval = 2;
+    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
+    memset(f.s0, 0x50, 32);
+    f.now = (spes_coord_now){1000, 1700000000000ull};
+    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
+    spes_coord_sm_start(f.c, f.now);
+    fx_collect(&f);
+    uint32_t ids[3];
+    ids[0] = join_ok(&f, "node-0");
+    ids[1] = join_ok(&f, "node-1");
+    ids[2] = join_ok(&f, "node-2");
+    fx_tick(&f);
+    unsigned m[3], was[3];
+    for (int k = 0; k < 3; k++)
+        was[k] = status_mask(&f, ids[k]);
+    ck_assert_uint_eq(was[0] | was[1] | was[2], (1u << E_COLS) - 1);
+    for (uint64_t r = 0; r < 6; r++) {
+        fx_clear(&f);
+        commit_round(&f, ids, 3, r);
+        ck_assert_int_eq(logged(&f, "every member's columns go to the next member"), ((r + 1) % 2 == 0));
+        for (int k = 0; k < 3; k++)
+            m[k] = status_mask(&f, ids[k]);
+        if ((r + 1) % 2 == 0) { /* rounds 2 and 4 */
+            ck_assert_msg(m[0] == was[2] && m[1] == was[0] && m[2] == was[1],
+                          "round %d: %x %x %x after %x %x %x", (int)r + 1, m[0], m[1], m[2], was[0], was[1],
+                          was[2]);
+        } else {
+            ck_assert(m[0] == was[0] && m[1] == was[1] && m[2] == was[2]);
+        }
+        memcpy(was, m, sizeof m);
+    }
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_restart_waits_at_most_failure_timeout)
 {
     fx f;
@@ -1838,6 +1893,7 @@ static Suite *coord_suite(void)
     TCase *tc = tcase_create("protocol");
     tcase_add_test(tc, test_join_new_and_open);
     tcase_add_test(tc, test_min_nodes_and_dealing);
+    tcase_add_test(tc, test_rotate_columns);
     tcase_add_test(tc, test_join_refusals);
     tcase_add_test(tc, test_rejoin_mid_round);
     tcase_add_test(tc, test_control_socket_speaks_operator_verbs_only);

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/sha256.h"
 #include "sync/outer.h"
+#include "sync/overlap.h"
 #include "sync/resid.h"
 #include "sync/robust.h"
 #include "sync/sync.h"
@@ -941,6 +942,29 @@ static int codec_io(spes_codec codec, const char *in, const char *out)
     return rc;
 }
 
+/* The weight of a round's stale steps at the rebase (sync/overlap.h): 1 when none
+ * were stale, the run's overlap_carry when all were, 1 / (1 + share (1/c1 - 1))
+ * between; the rebase is base + c (p - x) value by value. */
+START_TEST(test_overlap_carry)
+{
+    ck_assert(spes_overlap_carry(0.5, 0, 10) == 1.0);
+    ck_assert(spes_overlap_carry(0.5, 10, 10) == 0.5);
+    ck_assert(spes_overlap_carry(0.5, 12, 10) == 0.5); /* never past the round */
+    ck_assert_double_eq_tol(spes_overlap_carry(0.5, 2, 10), 1 / 1.2, 1e-15);
+    ck_assert_double_eq_tol(spes_overlap_carry(0.5, 25, 50), 2.0 / 3.0, 1e-15);
+    ck_assert_double_eq_tol(spes_overlap_carry(0.25, 5, 10), 1 / 2.5, 1e-15);
+    for (int k = 0; k <= 50; k++) {
+        ck_assert(spes_overlap_carry(1.0, k, 50) == 1.0); /* SYNC.md's rule: whole */
+        ck_assert(spes_overlap_carry(0.0, k, 50) == (k ? 0.0 : 1.0));
+        if (k) /* more stale steps weigh less */
+            ck_assert(spes_overlap_carry(0.5, k, 50) < spes_overlap_carry(0.5, k - 1, 50));
+    }
+    float p[3] = {1.0f, -2.0f, 4.0f}, base[3] = {0.5f, 0.5f, 0.5f}, x[3] = {0.0f, -1.0f, 4.0f};
+    spes_overlap_rebase(p, base, x, 3, 0.5f);
+    ck_assert(p[0] == 1.0f && p[1] == 0.0f && p[2] == 0.5f);
+}
+END_TEST
+
 Suite *sync_suite(void)
 {
     Suite *s = suite_create("sync");
@@ -964,6 +988,7 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_trimmed_mean);
     tcase_add_test(tc, test_clipped_mean);
     tcase_add_test(tc, test_state_blob);
+    tcase_add_test(tc, test_overlap_carry);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -443,6 +443,33 @@ void coord_deal_columns(spes_coord_sm *c)
     free(idx);
 }
 
+void coord_rotate_columns(spes_coord_sm *c)
+{
+    int first = -1, prev = -1;
+    uint8_t *carry = malloc((size_t)c->E);
+    if (!carry)
+        return;
+    for (int i = 0; i < c->nmem; i++) {
+        if (!coord_member_active(&c->mem[i]))
+            continue;
+        if (first < 0) {
+            first = i;
+            memcpy(carry, c->mem[i].cols, (size_t)c->E); /* the first's, for the last to hand on */
+        } else {
+            uint8_t t; /* member i takes the previous one's columns; carry keeps i's for the next */
+            for (int e = 0; e < c->E; e++) {
+                t = c->mem[i].cols[e];
+                c->mem[i].cols[e] = carry[e];
+                carry[e] = t;
+            }
+        }
+        prev = i;
+    }
+    if (first >= 0 && prev != first)
+        memcpy(c->mem[first].cols, carry, (size_t)c->E);
+    free(carry);
+}
+
 void coord_open_round(spes_coord_sm *c, spes_coord_now now)
 {
     coord_deal_columns(c);

@@ -208,6 +208,11 @@ int coord_member_active(const coord_member *m);
 /* coord_deal_columns deals the next round's columns over the active members. */
 void coord_deal_columns(spes_coord_sm *c);
 
+/* coord_rotate_columns hands every active member's columns to the next active
+ * member in table order (the last's to the first): spes.rotate_interval, so
+ * that each expert trains on every member's data in turn (docs/convergence.md). */
+void coord_rotate_columns(spes_coord_sm *c);
+
 /* coord_commit_for finds the encoded Commit of round r in the history (NULL if not held). */
 const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len);
 

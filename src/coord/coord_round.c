@@ -216,6 +216,13 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
         return;
     uint64_t step_end = c->step + (uint64_t)c->run.spes.sync_interval;
     coord_deal_columns(c); /* the commit tells every node the next round's columns */
+    int K = c->run.spes.rotate_interval;
+    if (K > 0 && (c->round + 1) % (uint64_t)K == 0) {
+        coord_rotate_columns(c);
+        coord_log(c, SPES_LOG_INFO,
+                  "round %llu: every member's columns go to the next member (rotate_interval %d)",
+                  (unsigned long long)(c->round + 1), K);
+    }
     coord_round_timing(c); /* and the next round's deadline */
     if (encode_commit(c, ok, reasons, step_end) == 0)
         persist_commit(c);

@@ -1,0 +1,18 @@
+/* overlap.c: the rebase of a round trained beside its sync (overlap.h). */
+#include "sync/overlap.h"
+
+double spes_overlap_carry(double c1, int stale, int steps)
+{
+    if (stale <= 0 || steps <= 0)
+        return 1.0; /* nothing was trained on the old state */
+    if (c1 <= 0)
+        return 0.0;
+    double share = stale >= steps ? 1.0 : (double)stale / steps;
+    return 1.0 / (1.0 + share * (1.0 / c1 - 1.0));
+}
+
+void spes_overlap_rebase(float *p, const float *base, const float *x, size_t n, float c)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = base[i] + c * (p[i] - x[i]);
+}
