@@ -854,7 +854,7 @@ static int job_apply(spes_node *n, spes_node_job *j)
         if ((rc = spes_agg_from_name(&g, run->spes.aggregation, run->spes.trim, run->spes.clip)) == 0)
             rc = spes_aggregate_robust(p, &n->lo, n->sm.E, cp, a->ncontrib, &g, &n->outer);
     }
-    double alpha = spes_merge_alpha(&run->spes, (int64_t)a->next_step);
+    double alpha = spes_merge_alpha(&run->spes, run->train.max_steps, (int64_t)a->next_step);
     if (!rc && a->merge && alpha > 0)
         rc = spes_merge_apply(p, &n->lo, &run->model, run->spes.merge_topk, alpha);
     if (!rc && a->round == 2 && !strcmp(n->d->cfg.fault, "diverge"))

@@ -9,11 +9,16 @@
 START_TEST(test_merge_alpha)
 {
     spes_spes_config sc = {.merge_interval = 10, .merge_alpha = 0.5, .merge_decay_steps = 100};
-    ck_assert_double_eq(spes_merge_alpha(&sc, 0), 0);
-    ck_assert_double_eq(spes_merge_alpha(&sc, 15), 0);
-    ck_assert_double_eq_tol(spes_merge_alpha(&sc, 20), 0.4, 1e-12);
-    ck_assert_double_eq(spes_merge_alpha(&sc, 100), 0);
-    ck_assert_double_eq(spes_merge_alpha(&sc, 200), 0);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 1000, 0), 0);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 1000, 15), 0);
+    ck_assert_double_eq_tol(spes_merge_alpha(&sc, 1000, 20), 0.4, 1e-12);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 1000, 100), 0);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 1000, 200), 0);
+    sc.merge_decay_steps = 0; /* over the whole run: 0 at its last step */
+    ck_assert_double_eq_tol(spes_merge_alpha(&sc, 400, 100), 0.375, 1e-12);
+    ck_assert_double_eq_tol(spes_merge_alpha(&sc, 400, 390), 0.0125, 1e-12);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 400, 400), 0);
+    ck_assert_double_eq(spes_merge_alpha(&sc, 0, 100), 0);
 }
 END_TEST
 

@@ -60,7 +60,7 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "sync_interval", INT, S(sync_interval), 1, INT_MAX, 50),
     NUM("spes", "merge_interval", INT, S(merge_interval), 1, INT_MAX, 50),
     NUM("spes", "merge_alpha", DBL, S(merge_alpha), 0, 1, 0.1),
-    NUM("spes", "merge_decay_steps", INT, S(merge_decay_steps), 1, INT_MAX, 200),
+    NUM("spes", "merge_decay_steps", INT, S(merge_decay_steps), 0, INT_MAX, 200),
     NUM("spes", "merge_topk", INT, S(merge_topk), 1, 1024, 1),
     NUM("spes", "lb_factor_start", DBL, S(lb_factor_start), 0, 1, 0.7),
     NUM("spes", "lb_factor_ramp", DBL, S(lb_factor_ramp), 0, 1, 0.2),

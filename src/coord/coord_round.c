@@ -119,7 +119,7 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
     if (c->state_hash_known) /* nodes whose S_round differs must not apply this to theirs */
         cm.base_hash = (ProtobufCBinaryData){32, c->state_hash};
     commit_record(c, &cm, ok, reasons, cv, cp, rv, rp);
-    cm.merge_applied = spes_merge_alpha(&c->run.spes, (int64_t)step_end) > 0;
+    cm.merge_applied = spes_merge_alpha(&c->run.spes, c->run.train.max_steps, (int64_t)step_end) > 0;
     cm.next_step = step_end;
     for (int i = 0; i < c->nmem; i++) {
         coord_member *m = &c->mem[i];

@@ -8,11 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-double spes_merge_alpha(const spes_spes_config *sc, int64_t step)
+double spes_merge_alpha(const spes_spes_config *sc, int64_t max_steps, int64_t step)
 {
     if (step <= 0 || sc->merge_interval <= 0 || step % sc->merge_interval != 0)
         return 0.0;
-    double a = sc->merge_alpha * (1.0 - (double)step / (double)sc->merge_decay_steps);
+    int64_t decay = sc->merge_decay_steps > 0 ? sc->merge_decay_steps : max_steps;
+    if (decay <= 0)
+        return 0.0;
+    double a = sc->merge_alpha * (1.0 - (double)step / (double)decay);
     return a > 0 ? a : 0.0;
 }
 

@@ -10,9 +10,11 @@
 #include "model/model.h"
 
 /* spes_merge_alpha returns the merge strength for a round ending at `step`
- * (the number of steps taken): merge_alpha * (1 - step / merge_decay_steps)
- * when step is a positive multiple of merge_interval, else 0; never negative. */
-double spes_merge_alpha(const spes_spes_config *sc, int64_t step);
+ * (the number of steps taken): merge_alpha * (1 - step / D) when step is a
+ * positive multiple of merge_interval, else 0; never negative. D is
+ * merge_decay_steps, or the run's max_steps when that is 0 (the warm-up then
+ * lasts the whole run). */
+double spes_merge_alpha(const spes_spes_config *sc, int64_t max_steps, int64_t step);
 
 /* spes_merge_apply pulls each expert toward its merge_topk most similar
  * experts of the same layer: similarity is the cosine of the flattened

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""tests/cluster/mixed_versions.py: a version-1 run whose daemons are built
-from two different trees must still agree, round after round.
+"""tests/cluster/mixed_versions.py: a run whose daemons are built from two
+different trees of the same protocol version must still agree, round after round.
 
 The protocol is the contract between builds, not the code: a volunteer who
 upgrades spesd mid-run keeps training with peers that did not. This runs two
@@ -9,7 +9,8 @@ build's nodes, one the other way round, and checks that every node applies the
 same state digests and that the contributions of both builds were committed.
 usage: mixed_versions.py BUILD_DIR OTHER_SPESD [ROUNDS]
   BUILD_DIR: this tree's build (daemon/spesd, client/spesctl)
-  OTHER_SPESD: a spesd binary built from another commit of protocol version 1
+  OTHER_SPESD: a spesd binary built from another commit of the same protocol version
+  (spesd --version prints it; another version is refused at its first request)
 """
 import json
 import os

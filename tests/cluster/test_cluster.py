@@ -111,7 +111,8 @@ def reference_round(cfg, S, contribs, step_end, M=None):
     sp = cfg["spes"]
     alpha = 0.0
     if step_end > 0 and step_end % sp["merge_interval"] == 0:
-        alpha = max(0.0, sp["merge_alpha"] * (1 - step_end / sp["merge_decay_steps"]))
+        decay = sp["merge_decay_steps"] or cfg["train"]["max_steps"]  # 0: over the whole run
+        alpha = max(0.0, sp["merge_alpha"] * (1 - step_end / decay))
     if alpha > 0:
         for l in range(L):
             old = np.stack([new[shared + e * column + l * 3 * per: shared + e * column + (l + 1) * 3 * per]
