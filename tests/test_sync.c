@@ -954,7 +954,7 @@ START_TEST(test_overlap_carry)
     ck_assert_double_eq_tol(spes_overlap_carry(0.5, 25, 50), 2.0 / 3.0, 1e-15);
     ck_assert_double_eq_tol(spes_overlap_carry(0.25, 5, 10), 1 / 2.5, 1e-15);
     for (int k = 0; k <= 50; k++) {
-        ck_assert(spes_overlap_carry(1.0, k, 50) == 1.0); /* SYNC.md's rule: whole */
+        ck_assert(spes_overlap_carry(1.0, k, 50) == 1.0); /* whole, at any share */
         ck_assert(spes_overlap_carry(0.0, k, 50) == (k ? 0.0 : 1.0));
         if (k) /* more stale steps weigh less */
             ck_assert(spes_overlap_carry(0.5, k, 50) < spes_overlap_carry(0.5, k - 1, 50));

@@ -8,7 +8,7 @@
  * all of them were (the rebase after the last step), and a rebase after `stale`
  * of `steps` steps weighs them
  *     c = 1 / (1 + (stale / steps) (1 / c1 - 1))
- * so c1 = 1 carries them whole (SYNC.md's rule) whatever the share, c1 = 0.5 gives
+ * so c1 = 1 carries them whole whatever the share, c1 = 0.5 gives
  * 1 / (1 + stale / steps), staleness-aware SGD's 1 / (1 + staleness) with the
  * round's mean staleness, and c1 = 0 drops them. Node-local: the contribution is
  * the progress as carried, so S_{r+2} stays recomputable from the blobs. */
