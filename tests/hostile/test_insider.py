@@ -28,6 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cluster"))
 from cluster import Cluster  # noqa: E402
 from test_cluster import run_config, tokens  # noqa: E402
+from test_hostile import PROTOCOL, Attacker, envelope  # noqa: E402
 
 BUILD = sys.argv[1]
 failures = []
@@ -55,15 +56,9 @@ def field(num, value):
     return varint(num << 3 | 2) + varint(len(value)) + value
 
 
-PROTOCOL = 2  # SPES_PROTO_VERSION (proto/proto.h)
-
-
-def envelope(kind, payload=b"", version=PROTOCOL):
-    return b"SPES" + struct.pack(">HHI", version, kind, len(payload)) + payload
-
-
 def control(cl, kind, payload, version=PROTOCOL):
-    """Sends one envelope through node-0's control socket; returns (reply type, reply payload)."""
+    """Sends one envelope through node-0's control socket; returns (reply type, reply payload,
+    reply version)."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(cl.path("node-0/control.sock"))
@@ -76,10 +71,9 @@ def control(cl, kind, payload, version=PROTOCOL):
         got += b
     s.close()
     if len(got) < 12:
-        return 0, b""
+        return 0, b"", 0
     ver, kind, n = struct.unpack(">HHI", got[4:12])
-    control.version = ver
-    return kind, got[12:12 + n]
+    return kind, got[12:12 + n], ver
 
 
 JOIN, HEARTBEAT, LEAVE, STATUS_REQUEST, BLOB_WANT, ERROR = 1, 4, 5, 9, 16, 18
@@ -105,7 +99,7 @@ def error_message(body):
 
 
 def refused(cl, kind, payload, text, what):
-    t, body = control(cl, kind, payload)
+    t, body, _ = control(cl, kind, payload)
     msg = error_message(body) if t == ERROR else "reply type %d" % t
     check(t == ERROR and text in msg, "%s: refused (%s)" % (what, msg))
 
@@ -164,7 +158,6 @@ def scenario_export(cl):
 
 def scenario_old_release(cl):
     """A daemon and a spesctl of protocol version 1 are told, in their own version, why they are refused."""
-    from test_hostile import Attacker
     a = Attacker(cl, cl.ports[0], who="node-2")
     t = a.sp()
     join = field(1, "node-2") + field(2, "tls+tcp://127.0.0.1:1") + field(3, "spes 0.1") + field(4, 1)
@@ -180,11 +173,11 @@ def scenario_old_release(cl):
     logged = "request from node-2 refused: it speaks protocol 1 and this daemon 2"
     check(logged in cl.log(0), "the coordinator logged: " + logged)
     check("node-2" not in members(cl), "node-2 did not become a member")
-    kind, body = control(cl, STATUS_REQUEST, b"", version=1)
+    kind, body, ver = control(cl, STATUS_REQUEST, b"", version=1)
     msg = error_message(body) if kind == ERROR else ""
-    check(control.version == 1 and kind == ERROR and want in msg,
+    check(ver == 1 and kind == ERROR and want in msg,
           "a version-1 status request on the control socket: an Error in version 1 (%s)" % msg)
-    t, body = control(cl, STATUS_REQUEST, b"")
+    t, _, _ = control(cl, STATUS_REQUEST, b"")
     check(t == 10, "a version-2 status request is answered (reply type %d)" % t)
 
 
