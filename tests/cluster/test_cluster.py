@@ -232,12 +232,9 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
     """The q8ef codec: contributions are int8 blocks with error feedback; the nodes agree (one killed
     and restarted, one joined mid-run), S_{r+1} equals numpy's from the decoded blobs bit for bit
     (merge rounds included), blobs are 3.9x smaller than fp32, and every node keeps its residual
-    with its state (residual.bin) and resumes it after kill -9. The same for topk (codec="topk"),
-    with every member's columns handed to the next every 3 rounds (spes.rotate_interval)."""
+    with its state (residual.bin) and resumes it after kill -9. The same for topk (codec="topk")."""
     cfg = run_config(merge_alpha=0.2, merge_interval=10)
     cfg["spes"]["codec"] = codec
-    if codec == "topk":
-        cfg["spes"]["rotate_interval"] = 3
     cid, min_ratio = (3, 3.5) if codec == "q8ef" else (4, 20)
     cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3, extra={k: {"keep_blobs": True} for k in range(4)})
     try:
@@ -278,15 +275,6 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
         check(len(rounds) >= 5 and exact and merged >= 1,
               "S_{r+1} equals numpy's from the decoded %s blobs, bit for bit (%d rounds, %d merging)"
               % (codec, len(rounds), merged))
-        if codec == "topk":  # the columns moved: some node contributed other columns in a later round
-            owned = {}
-            for r in sorted(contribs):
-                for c in contribs[r]:
-                    owned.setdefault(c["node"], set()).add(tuple(c["cols"]))
-            rotations = cl.log(0).count("every member's columns go to the next member")
-            check(rotations >= 2 and any(len(v) > 1 for v in owned.values()),
-                  "columns rotated %d times; the nodes contributed columns %s" %
-                  (rotations, {k: sorted(v) for k, v in sorted(owned.items())}))
         shared, column, _ = layout_sizes(cfg)
 
         def q8(n):
