@@ -209,6 +209,26 @@ static void persist_commit(spes_coord_sm *c)
     coord_push(c, &a);
 }
 
+/* contributor_names writes the names of the accepted contributors, in id order, for the commit's
+ * log line ("none" if there are none; cut with "..." where they do not fit). */
+static void contributor_names(const spes_coord_sm *c, const int *ok, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (int k = 0; k < c->nval; k++) {
+        if (!ok[k])
+            continue;
+        const char *name = c->mem[c->val_idx[k]].name;
+        if (len + strlen(name) + 5 >= cap) {
+            snprintf(out + len, cap - len, "%s...", len ? " " : "");
+            return;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? " " : "", name);
+    }
+    if (!len)
+        snprintf(out, cap, "none");
+}
+
 void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t round, int n, const int *ok,
                              char (*reasons)[256])
 {
@@ -224,10 +244,13 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
                   (unsigned long long)(c->round + 1), K);
     }
     coord_round_timing(c); /* and the next round's deadline */
+    char who[512];
+    contributor_names(c, ok, who, sizeof who);
     if (encode_commit(c, ok, reasons, step_end) == 0)
         persist_commit(c);
-    coord_log(c, SPES_LOG_INFO, "round %llu committed: %u contribution(s)%s", (unsigned long long)c->round,
-              c->last_contributors, c->last_merge ? ", merge warm-up applied" : "");
+    coord_log(c, SPES_LOG_INFO, "round %llu committed: %u contribution(s)%s (%s)",
+              (unsigned long long)c->round, c->last_contributors,
+              c->last_merge ? ", merge warm-up applied" : "", who);
     c->last_commit_ms = now.wall_ms;
     c->nmismatch = 0;
     for (int i = 0; i < c->nmem; i++)
