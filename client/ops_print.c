@@ -98,9 +98,9 @@ static void print_members(Spes__Wire__MemberInfo *const *m, size_t n, unsigned l
         columns_text(cols, sizeof cols, m[i]->columns, m[i]->n_columns);
         hex(dg, &m[i]->digest, 6);
         ago(seen, sizeof seen, m[i]->last_seen_unix_ms, now_ms);
-        printf("%-4u %-20s %-9s %-12s %7llu %-12s %10.1f %s\n", m[i]->node_id, m[i]->name,
+        printf("%-4u %-20s %-9s %-12s %7llu %-12s %10.1f %s%s\n", m[i]->node_id, m[i]->name,
                spesctl_ops_state_name(m[i]->state), cols, (unsigned long long)m[i]->round, dg[0] ? dg : "-",
-               m[i]->tokens_per_s, seen);
+               m[i]->tokens_per_s, seen, m[i]->listen_url[0] ? "" : " (outbound only: pushes its blobs)");
     }
     if (n == 0)
         printf("(no members)\n");
@@ -297,6 +297,7 @@ static json_t *json_member(const Spes__Wire__MemberInfo *m, unsigned long long n
     json_object_set_new(o, "tokens_per_s", json_real(m->tokens_per_s));
     json_object_set_new(o, "loss", json_real(m->loss));
     json_object_set_new(o, "listen_url", json_string(m->listen_url));
+    json_object_set_new(o, "reachable", json_boolean(m->listen_url[0] != '\0')); /* dialled, or pushes */
     json_object_set_new(o, "last_seen_unix_ms", json_integer((json_int_t)m->last_seen_unix_ms));
     json_object_set_new(o, "last_seen_ago_s",
                         m->last_seen_unix_ms == 0

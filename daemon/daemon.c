@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/log.h"
+#include "blob/blob.h"
 #include "cli/opts.h"
 #include "tools/commands.h"
 #include "daemon/coord.h"
@@ -252,7 +253,8 @@ static void on_signal(uv_signal_t *s, int signum)
         if (d->tls && d->cfg.crl[0]) {
             if (spes_net_tls_reload_crl(d->tls, d->cfg.crl) == 0) {
                 log_info("revocation list %s reloaded", d->cfg.crl);
-                spes_net_server_drop_revoked(d->server); /* revoked peers lose their live connections too */
+                if (d->server) /* revoked peers lose their live connections too */
+                    spes_net_server_drop_revoked(d->server);
             } else
                 log_error("revocation list reload failed, the old one stays: %s", spes_errmsg());
         }
@@ -321,11 +323,21 @@ static int start(spes_daemon *d)
         return rc;
     if ((rc = spes_node_alloc(&d->node, d)) != 0)
         return rc;
-    /* blob requests on their own lane; requests limited to SPES_BLOB_MAX_REQUEST (docs/security.md) */
+    /* blob requests and pushes on lanes of their own; requests limited to SPES_BLOB_MAX_REQUEST
+     * (docs/security.md); the coordinator takes the blobs of nodes nobody can dial (docs/design.md,
+     * "Reachability"), one unfinished push per member */
+    if (d->coord && (rc = spes_blob_push_rx_open(&d->push, spes_node_blobs(d->node), SPES_MAX_MEMBERS)) != 0)
+        return rc;
     spes_net_server_opts so = {
         .url = d->cfg.listen, .tls = d->tls, .plain = d->cfg.plain, .handler = on_request, .arg = d};
-    if ((rc = spes_blob_endpoint_open(&d->server, spes_node_blobs(d->node), &so)) != 0)
+    if (d->cfg.listen[0] &&
+        (rc = spes_blob_endpoint_open(&d->server, spes_node_blobs(d->node), d->push, &so)) != 0)
         return rc;
+    if (!d->cfg.listen[0])
+        log_info("no listen URL: this daemon dials out only and pushes its contributions to the coordinator");
+    else if (!d->cfg.reachable)
+        log_info("reachable is false: this daemon advertises no URL and pushes its contributions to the "
+                 "coordinator");
     if ((rc = spes_control_open(d)) != 0)
         return rc;
     if ((rc = spes_dmetrics_open(&d->metrics, d)) != 0) /* metrics hook */
@@ -347,6 +359,8 @@ static void finish(spes_daemon *d)
 {
     if (d->server)
         spes_net_server_close(d->server);
+    spes_blob_push_rx_close(d->push); /* after the server: no push handler runs any more */
+    d->push = NULL;
     spes_node_free(d->node);
     spes_coord_free(d->coord);
     spes_dmetrics_close(d->metrics); /* metrics hook: after the worker has stopped */
@@ -405,8 +419,11 @@ int cmd_run(int argc, char **argv)
         return 1;
     }
     sd_notify(0, "READY=1");
-    log_info("running: listening on %s (port %d), %s", d.cfg.listen, spes_net_server_port(d.server),
-             d.coord ? "coordinator" : "node");
+    if (d.server)
+        log_info("running: listening on %s (port %d), %s", d.cfg.listen, spes_net_server_port(d.server),
+                 d.coord ? "coordinator" : "node");
+    else
+        log_info("running: no listener (outbound only), node");
     uv_run(&d.loop, UV_RUN_DEFAULT);
     finish(&d);
     uv_loop_close(&d.loop);

@@ -54,7 +54,8 @@ typedef struct spes_daemon {
     pthread_mutex_t mu;
     spes_event *head, *tail; /* inbox, guarded by mu */
     spes_net_tls *tls;
-    spes_net_server *server;
+    spes_net_server *server;        /* NULL for a daemon with no listen URL (outbound only) */
+    struct spes_blob_push_rx *push; /* the coordinator's: blobs pushed by nodes nobody can dial */
     int lock_fd;
     int stopping;
     int exit_code;

@@ -172,8 +172,11 @@ static void submit(spes_node *n, spes_node_job *j)
 {
     node_task *t = calloc(1, sizeof *t);
     if (!n->have_lo && n->sm.have_run) {
-        if (spes_layout_build(&n->lo, &n->sm.run.model) == 0)
+        if (spes_layout_build(&n->lo, &n->sm.run.model) == 0) {
             n->have_lo = 1; /* before any job runs: the workers read it without a lock */
+            if (n->d->push) /* a pushed blob is at most a contribution */
+                spes_blob_push_rx_limit(n->d->push, spes_contrib_max_size(&n->lo, n->sm.E));
+        }
     }
     if (!t || !n->have_lo) {
         /* the machine counts the job as out: hand it back failed */

@@ -583,6 +583,25 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     return 0;
 }
 
+/* push_contribution hands this node's contribution to the coordinator, which serves it to the
+ * others: nobody can dial a node with no listen URL (docs/design.md, "Reachability"). */
+static int push_contribution(spes_node *n, const uint8_t hash[32], uint64_t round)
+{
+    spes_blob_peer to = {.url = n->d->cfg.coordinator,
+                         .name = n->d->cfg.coordinator_name[0] ? n->d->cfg.coordinator_name : NULL};
+    spes_blob_push_opts o = {.tls = n->d->tls, .plain = n->d->cfg.plain, .cancel = &n->cancel};
+    spes_blob_push_result r;
+    uint64_t t0 = spes_mono_ms();
+    int rc = spes_blob_push(n->blobs, hash, &to, &o, &r);
+    if (rc)
+        return spes_errf(rc, "round %llu: cannot push the contribution to the coordinator: %s",
+                         (unsigned long long)round, spes_errmsg());
+    log_info("round %llu: contribution pushed to the coordinator (%llu bytes in %.2f s%s)",
+             (unsigned long long)round, (unsigned long long)r.bytes, (double)(spes_mono_ms() - t0) / 1e3,
+             r.held ? ", it held it already" : "");
+    return 0;
+}
+
 static int job_train(spes_node *n, spes_node_job *j)
 {
     spes_node_job_train *t = &j->u.train;
@@ -664,6 +683,8 @@ static int job_train(spes_node *n, spes_node_job *j)
     }
     if (!rc && n->have_ef)
         memcpy(n->ef_blob, t->blob, 32);
+    if (!rc && spes_dconfig_outbound_only(&n->d->cfg))
+        rc = push_contribution(n, t->blob, t->round);
     t->size = len;
     spes_manifest m;
     if (!rc && (rc = spes_blob_manifest_get(n->blobs, t->blob, &m)) == 0) {

@@ -41,6 +41,8 @@ static const proto_type_info types[SPES_MSG_TYPE_END] = {
     [SPES_MSG_CHUNK_REQUEST] = {"ChunkRequest", &spes__wire__chunk_request__descriptor, SMALL},
     [SPES_MSG_ERROR] = {"Error", &spes__wire__error__descriptor, SMALL},
     [SPES_MSG_ACK] = {"Ack", &spes__wire__ack__descriptor, SMALL},
+    [SPES_MSG_BLOB_PUSH] = {"BlobPush", &spes__wire__blob_push__descriptor, SPES_PROTO_PUSH_LIMIT},
+    [SPES_MSG_BLOB_PIECE] = {"BlobPiece", &spes__wire__blob_piece__descriptor, SPES_PROTO_PUSH_LIMIT},
 };
 
 static const proto_type_info *type_info(int type)

@@ -15,6 +15,7 @@ static uint32_t cols_b[] = {1, 2};
 static uint8_t bitmap[] = {0xff, 0x0f};
 
 #define HASH(h) ((ProtobufCBinaryData){32, (h)})
+static const uint8_t piece_bytes[] = "SPMF\0\0\0\1 pushed bytes";
 
 /* examples_t holds every sub-message so pointers stay valid while encoding. */
 typedef struct examples_t {
@@ -138,6 +139,8 @@ typedef union example_msg {
     Spes__Wire__ChunkRequest chunk;
     Spes__Wire__Error error;
     Spes__Wire__Ack ack;
+    Spes__Wire__BlobPush push;
+    Spes__Wire__BlobPiece piece;
 } example_msg;
 
 static void fill_control(int type, example_msg *u, examples_t *x)
@@ -212,6 +215,15 @@ static void fill_round(int type, example_msg *u, examples_t *x)
     case SPES_MSG_CHUNK_REQUEST:
         u->chunk = (Spes__Wire__ChunkRequest)SPES__WIRE__CHUNK_REQUEST__INIT;
         u->chunk.blob_hash = HASH(hash_a), u->chunk.first_chunk = 16, u->chunk.chunk_count = 8;
+        break;
+    case SPES_MSG_BLOB_PUSH: /* a manifest's bytes; the envelope does not look inside */
+        u->push = (Spes__Wire__BlobPush)SPES__WIRE__BLOB_PUSH__INIT;
+        u->push.manifest = (ProtobufCBinaryData){sizeof piece_bytes, (uint8_t *)piece_bytes};
+        break;
+    case SPES_MSG_BLOB_PIECE:
+        u->piece = (Spes__Wire__BlobPiece)SPES__WIRE__BLOB_PIECE__INIT;
+        u->piece.blob_hash = HASH(hash_a), u->piece.offset = 2 * SPES_PROTO_PUSH_PIECE;
+        u->piece.data = (ProtobufCBinaryData){sizeof piece_bytes, (uint8_t *)piece_bytes};
         break;
     default: break;
     }

@@ -44,6 +44,8 @@
 #define SPES_PROTO_MAX_CHUNKS_PER_REQUEST 4096
 #define SPES_PROTO_SMALL_LIMIT 16384      /* payload limit of small messages */
 #define SPES_PROTO_LARGE_LIMIT (4u << 20) /* payload limit of list-carrying messages */
+#define SPES_PROTO_PUSH_PIECE (32u << 10) /* blob bytes in one BlobPiece */
+#define SPES_PROTO_PUSH_LIMIT (64u << 10) /* payload limit of BlobPush and BlobPiece */
 
 /* spes_proto_type numbers a message kind in the envelope; never renumber. */
 enum spes_proto_type {
@@ -66,6 +68,8 @@ enum spes_proto_type {
     SPES_MSG_CHUNK_REQUEST = 17,
     SPES_MSG_ERROR = 18,
     SPES_MSG_ACK = 19,
+    SPES_MSG_BLOB_PUSH = 20,
+    SPES_MSG_BLOB_PIECE = 21,
     SPES_MSG_TYPE_END /* one past the last type */
 };
 

@@ -1,7 +1,8 @@
 /* seedgen.c: writes the checked-in fuzz seed corpora for the proto targets.
  * Usage: proto_seedgen CORPUS_DIR (e.g. fuzz/corpus). Creates
  * fuzz_proto_envelope/, fuzz_proto_payload/, fuzz_proto_chunk/ and
- * fuzz_proto_manifest/ under it with one small file per seed. A developer
+ * fuzz_proto_manifest/ under it with one small file per seed, and
+ * fuzz_blob_push/ (request sequences, fuzz/fuzz_blob_push.c's format). A developer
  * tool: never linked into the daemon or client. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,11 +88,68 @@ static int bulk(const char *dir)
     return 0;
 }
 
+/* push_record appends one fuzz_blob_push record (sender, u16 length, envelope) to buf. */
+static size_t push_record(uint8_t *buf, size_t at, int who, int type, const ProtobufCMessage *m)
+{
+    uint8_t *env = NULL;
+    size_t len = 0;
+    if (spes_proto_encode(type, m, &env, &len) != 0 || len > 0xffff)
+        abort();
+    buf[at] = (uint8_t)who;
+    buf[at + 1] = (uint8_t)(len & 0xff);
+    buf[at + 2] = (uint8_t)(len >> 8);
+    memcpy(buf + at + 3, env, len);
+    free(env);
+    return at + 3 + len;
+}
+
+/* pushes writes push sequences of the 9000-byte blob byte i = i * 31 + 7 (fuzz_blob_push.c):
+ * whole, out of order with a wrong piece, and two senders interleaved. */
+static int pushes(const char *dir)
+{
+    static uint8_t blob[9000], out[3][40000];
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (uint8_t)(i * 31 + 7);
+    spes_manifest m;
+    uint8_t *menc = NULL;
+    size_t mlen = 0;
+    if (spes_manifest_build(blob, sizeof blob, 4096, &m) != 0 || spes_manifest_encode(&m, &menc, &mlen) != 0)
+        return -1;
+    Spes__Wire__BlobPush bp = SPES__WIRE__BLOB_PUSH__INIT;
+    bp.manifest = (ProtobufCBinaryData){mlen, menc};
+    Spes__Wire__BlobPiece pc = SPES__WIRE__BLOB_PIECE__INIT;
+    pc.blob_hash = (ProtobufCBinaryData){32, m.blob_hash};
+    pc.data =
+        (ProtobufCBinaryData){sizeof blob, blob}; /* one piece: the blob is under SPES_PROTO_PUSH_PIECE */
+    size_t n[3] = {0, 0, 0};
+    n[0] = push_record(out[0], n[0], 0, SPES_MSG_BLOB_PUSH, &bp.base);
+    n[0] = push_record(out[0], n[0], 0, SPES_MSG_BLOB_PIECE, &pc.base);
+    n[1] = push_record(out[1], n[1], 1, SPES_MSG_BLOB_PIECE, &pc.base); /* before its push */
+    n[1] = push_record(out[1], n[1], 1, SPES_MSG_BLOB_PUSH, &bp.base);
+    pc.offset = 4096; /* not a piece */
+    n[1] = push_record(out[1], n[1], 1, SPES_MSG_BLOB_PIECE, &pc.base);
+    pc.offset = 0;
+    n[1] = push_record(out[1], n[1], 1, SPES_MSG_BLOB_PIECE, &pc.base);
+    n[2] = push_record(out[2], n[2], 0, SPES_MSG_BLOB_PUSH, &bp.base);
+    n[2] = push_record(out[2], n[2], 2, SPES_MSG_BLOB_PUSH, &bp.base);
+    blob[77] ^= 1; /* bytes that do not match the manifest */
+    n[2] = push_record(out[2], n[2], 2, SPES_MSG_BLOB_PIECE, &pc.base);
+    blob[77] ^= 1;
+    n[2] = push_record(out[2], n[2], 0, SPES_MSG_BLOB_PIECE, &pc.base);
+    free(menc);
+    spes_manifest_fini(&m);
+    const char *names[3] = {"whole", "out-of-order", "two-senders-one-lies"};
+    for (int i = 0; i < 3; i++)
+        if (put(dir, "fuzz_blob_push", names[i], out[i], n[i]) != 0)
+            return -1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
         fprintf(stderr, "usage: proto_seedgen CORPUS_DIR\n");
         return 2;
     }
-    return envelopes(argv[1]) == 0 && bulk(argv[1]) == 0 ? 0 : 1;
+    return envelopes(argv[1]) == 0 && bulk(argv[1]) == 0 && pushes(argv[1]) == 0 ? 0 : 1;
 }

@@ -119,7 +119,13 @@ static int check_bytes(const char *path, const ProtobufCMessageDescriptor *d,
         return spes_errf(SPES_EFORMAT, "%s.%s: hash is %zu bytes, expected %d", path, f->name, b->len,
                          HASH_LEN);
     }
-    size_t max = strcmp(f->name, "chunk_bitmap") == 0 ? SPES_PROTO_MAX_CHUNKS / 8 : SPES_PROTO_MAX_TEXT;
+    size_t max = SPES_PROTO_MAX_TEXT;
+    if (strcmp(f->name, "chunk_bitmap") == 0)
+        max = SPES_PROTO_MAX_CHUNKS / 8;
+    else if (d == &spes__wire__blob_piece__descriptor && strcmp(f->name, "data") == 0)
+        max = SPES_PROTO_PUSH_PIECE;
+    else if (d == &spes__wire__blob_push__descriptor && strcmp(f->name, "manifest") == 0)
+        max = SPES_PROTO_PUSH_LIMIT - 16; /* the envelope's limit bounds it first */
     if (b->len > max)
         return spes_errf(SPES_ERANGE, "%s.%s: %zu bytes exceeds the %zu-byte limit", path, f->name, b->len,
                          max);

@@ -25,6 +25,7 @@
 #define SPES_BLOB_BLOB_H
 
 #include "net/net.h"
+#include "pki/pki.h"
 #include "proto/bulk.h"
 #include "proto/proto.h"
 
@@ -131,11 +132,11 @@ int spes_blob_server_port(const spes_blob_server *b);
 /* spes_blob_server_close stops serving (requests in flight are dropped). */
 void spes_blob_server_close(spes_blob_server *b);
 
-/* SPES_BLOB_MAX_REQUEST is the largest request a daemon's endpoint takes: every
- * request type is a small envelope (proto.h's SPES_PROTO_SMALL_LIMIT); the
- * list-carrying messages (4 MiB) are replies, which travel the other way
- * under the caller's own limit. */
-#define SPES_BLOB_MAX_REQUEST (SPES_PROTO_HEADER_LEN + SPES_PROTO_SMALL_LIMIT)
+/* SPES_BLOB_MAX_REQUEST is the largest request a daemon's endpoint takes: a
+ * pushed piece (proto.h's SPES_PROTO_PUSH_LIMIT); every other request is a
+ * small envelope (SPES_PROTO_SMALL_LIMIT), and the list-carrying messages
+ * (4 MiB) are replies, which travel the other way under the caller's own limit. */
+#define SPES_BLOB_MAX_REQUEST (SPES_PROTO_HEADER_LEN + SPES_PROTO_PUSH_LIMIT)
 
 /* SPES_BLOB_LANE_CONTEXTS is how many blob requests a daemon endpoint answers
  * at once: its chunk replies in memory (one chunk each) are bounded by it. */
@@ -145,13 +146,21 @@ void spes_blob_server_close(spes_blob_server *b);
  * endpoint handles at once. */
 #define SPES_BLOB_CONTROL_CONTEXTS 32
 
+/* SPES_BLOB_PUSH_CONTEXTS is how many pushed pieces a daemon endpoint takes at once. */
+#define SPES_BLOB_PUSH_CONTEXTS 8
+
+typedef struct spes_blob_push_rx spes_blob_push_rx; /* push.c, below */
+
 /* spes_blob_endpoint_open opens a daemon's endpoint: blob requests (BlobWant,
  * ChunkRequest) are answered from the store on a lane of their own with
- * SPES_BLOB_LANE_CONTEXTS contexts, every other request goes to o->handler on
- * another lane with o->contexts (default SPES_BLOB_CONTROL_CONTEXTS), so that
- * neither kind can hold the other's contexts; o->max_msg defaults to
- * SPES_BLOB_MAX_REQUEST; the other limits are o's (spes_net's defaults). */
-int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o);
+ * SPES_BLOB_LANE_CONTEXTS contexts, pushed blobs (BlobPush, BlobPiece) by push
+ * (NULL: refused) on a third with SPES_BLOB_PUSH_CONTEXTS, every other request
+ * goes to o->handler on another lane with o->contexts (default
+ * SPES_BLOB_CONTROL_CONTEXTS), so that no kind can hold another's contexts;
+ * o->max_msg defaults to SPES_BLOB_MAX_REQUEST; the other limits are o's
+ * (spes_net's defaults). */
+int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, spes_blob_push_rx *push,
+                            const spes_net_server_opts *o);
 
 /* ---- fetching ---- */
 
@@ -217,5 +226,60 @@ typedef struct spes_blob_fetch_stats {
  * st (optional) gets the counters either way. */
 int spes_blob_fetch(spes_blob_store *s, const uint8_t hash[32], const spes_blob_peer *peers, int npeers,
                     const spes_blob_fetch_opts *o, spes_blob_fetch_stats *st);
+
+/* ---- pushed blobs (push.c): how a node that cannot be dialled publishes ---- */
+
+/* spes_blob_push_stats counts what a receiver took. */
+typedef struct spes_blob_push_stats {
+    uint64_t started;   /* pushes begun */
+    uint64_t completed; /* blobs checked and held */
+    uint64_t refused;   /* requests refused */
+    uint64_t bytes;     /* piece bytes written */
+    uint64_t in_progress;
+} spes_blob_push_stats;
+
+/* spes_blob_push_rx_open takes pushed blobs into store s: one unfinished push per
+ * certificate name, at most max_pushers names at once; none until
+ * spes_blob_push_rx_limit gives the largest blob taken. Deletes the unfinished
+ * pushes a killed daemon left in the store. */
+int spes_blob_push_rx_open(spes_blob_push_rx **out, spes_blob_store *s, int max_pushers);
+
+/* spes_blob_push_rx_close drops unfinished pushes and frees rx (NULL is fine). */
+void spes_blob_push_rx_close(spes_blob_push_rx *rx);
+
+/* spes_blob_push_rx_limit sets the largest blob a push may carry (0: none taken). Thread-safe. */
+void spes_blob_push_rx_limit(spes_blob_push_rx *rx, uint64_t max_size);
+
+/* spes_blob_push_rx_stats copies the counters. */
+void spes_blob_push_rx_stats(spes_blob_push_rx *rx, spes_blob_push_stats *out);
+
+/* spes_blob_push_handle answers one BlobPush or BlobPiece envelope from peer:
+ * *rep (malloc'd, caller frees) is set to an Ack ("ok", "held", "complete") or
+ * an Error naming what was refused; returns 0 or the refusal's code. rx NULL
+ * refuses every push. Thread-safe (called on nng threads). */
+int spes_blob_push_handle(spes_blob_push_rx *rx, const spes_pki_identity *peer, const void *req, size_t len,
+                          uint8_t **rep, size_t *rep_len);
+
+/* spes_blob_push_opts configures spes_blob_push. */
+typedef struct spes_blob_push_opts {
+    spes_net_tls *tls;  /* required unless plain */
+    int plain;          /* tcp:// without TLS (tests only) */
+    int window;         /* pieces in flight (default 8) */
+    int timeout_ms;     /* per piece (default 30000) */
+    atomic_int *cancel; /* optional: set non-zero to stop (SPES_EINTR) */
+} spes_blob_push_opts;
+
+/* spes_blob_push_result says how a push went. */
+typedef struct spes_blob_push_result {
+    int held;       /* the receiver held the blob already: nothing was sent */
+    uint64_t bytes; /* blob bytes the receiver took */
+} spes_blob_push_result;
+
+/* spes_blob_push hands held blob `hash` to the daemon at `to` (which must be able
+ * to take pushes): its manifest, then its bytes in SPES_PROTO_PUSH_PIECE pieces,
+ * a piece that failed in transport sent again up to twice; returns 0 once the
+ * receiver holds the whole blob checked against the manifest. Blocks. */
+int spes_blob_push(spes_blob_store *s, const uint8_t hash[32], const spes_blob_peer *to,
+                   const spes_blob_push_opts *o, spes_blob_push_result *res);
 
 #endif

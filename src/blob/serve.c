@@ -240,16 +240,19 @@ void spes_blob_server_close(spes_blob_server *b)
 
 /* ---- a daemon's endpoint: blob requests and the rest on separate lanes ---- */
 
-enum { LANE_OTHER, LANE_BLOB };
+enum { LANE_OTHER, LANE_BLOB, LANE_PUSH };
 
 static int endpoint_lane(void *arg, const void *data, size_t len)
 {
     (void)arg;
     spes_proto_header h;
-    if (spes_proto_header_decode(data, len, &h) == 0 &&
-        (h.type == SPES_MSG_BLOB_WANT || h.type == SPES_MSG_CHUNK_REQUEST))
+    if (spes_proto_header_decode(data, len, &h) != 0)
+        return LANE_OTHER; /* the handler refuses what it cannot decode */
+    if (h.type == SPES_MSG_BLOB_WANT || h.type == SPES_MSG_CHUNK_REQUEST)
         return LANE_BLOB;
-    return LANE_OTHER; /* the handler refuses what it cannot decode */
+    if (h.type == SPES_MSG_BLOB_PUSH || h.type == SPES_MSG_BLOB_PIECE)
+        return LANE_PUSH;
+    return LANE_OTHER;
 }
 
 static void endpoint_blob(void *arg, spes_net_request *req)
@@ -257,15 +260,35 @@ static void endpoint_blob(void *arg, spes_net_request *req)
     spes_blob_serve_request(arg, req);
 }
 
-int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, const spes_net_server_opts *o)
+static void endpoint_push(void *arg, spes_net_request *req)
+{
+    size_t len;
+    const void *data = spes_net_request_data(req, &len);
+    const spes_pki_identity *peer = spes_net_request_peer(req);
+    uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    if (spes_blob_push_handle(arg, peer, data, len, &rep, &rep_len) != 0)
+        log_warnx("blob push from '%s' refused: %s", peer->name, spes_errmsg());
+    char who[SPES_PKI_NAME_MAX + 1];
+    snprintf(who, sizeof who, "%s", peer->name); /* the request goes with its reply */
+    if (!rep)
+        spes_net_request_drop(req);
+    else if (spes_net_reply(req, rep, rep_len) != 0)
+        log_warnx("blob push reply to '%s' failed: %s", who, spes_errmsg());
+    free(rep);
+}
+
+int spes_blob_endpoint_open(spes_net_server **out, spes_blob_store *s, spes_blob_push_rx *push,
+                            const spes_net_server_opts *o)
 {
     if (!o->handler)
         return spes_errf(SPES_EINVAL, "%s: an endpoint needs a handler for other requests", o->url);
     spes_net_server_opts so = *o;
-    so.nlanes = 2;
+    so.nlanes = 3;
     so.lanes[LANE_OTHER] =
         (spes_net_lane){o->handler, o->arg, o->contexts > 0 ? o->contexts : SPES_BLOB_CONTROL_CONTEXTS};
     so.lanes[LANE_BLOB] = (spes_net_lane){endpoint_blob, s, SPES_BLOB_LANE_CONTEXTS};
+    so.lanes[LANE_PUSH] = (spes_net_lane){endpoint_push, push, SPES_BLOB_PUSH_CONTEXTS};
     so.classify = endpoint_lane;
     so.classify_arg = NULL;
     if (!so.max_msg)

@@ -29,9 +29,10 @@
     {                                                                                                        \
         .name = #f, .type = SPES_CFG_INT, .off = OFF(f), .lo = l, .hi = h, .def = d                          \
     }
-#define BOOL(f)                                                                                              \
+#define BOOL(f) BOOL_D(f, 0)
+#define BOOL_D(f, d)                                                                                         \
     {                                                                                                        \
-        .name = #f, .type = SPES_CFG_BOOL, .off = OFF(f), .lo = 0, .hi = 1, .def = 0                         \
+        .name = #f, .type = SPES_CFG_BOOL, .off = OFF(f), .lo = 0, .hi = 1, .def = d                         \
     }
 
 static const char *const admissions[] = {"auto", "approve", NULL};
@@ -102,6 +103,7 @@ static const spes_cfg_field dfields[] = {
     INT(blob_quota_mb, 0, 2147483647, 0),
     BOOL(plain),
     BOOL(keep_blobs),
+    BOOL_D(reachable, 1),
 };
 static const spes_cfg_table dtable = {dfields, sizeof dfields / sizeof dfields[0]};
 
@@ -119,9 +121,16 @@ int spes_dconfig_load(spes_dconfig *c, const char *path)
         return rc;
     if (!c->control_socket[0])
         snprintf(c->control_socket, sizeof c->control_socket, "%.400s/control.sock", c->state_dir);
-    if (!c->advertise[0])
+    if (!c->listen[0] || !c->reachable) /* outbound only: nobody dials it (docs/design.md, "Reachability") */
+        c->advertise[0] = '\0';
+    else if (!c->advertise[0])
         snprintf(c->advertise, sizeof c->advertise, "%s", c->listen);
     return 0;
+}
+
+int spes_dconfig_outbound_only(const spes_dconfig *c)
+{
+    return !c->advertise[0];
 }
 
 int spes_dconfig_is_coordinator(const spes_dconfig *c)
@@ -143,15 +152,17 @@ int spes_dconfig_validate(const spes_dconfig *c)
     int rc;
     if (!c->name[0])
         return spes_errf(SPES_EINVAL, "daemon config: \"name\" is required");
-    if (!c->listen[0])
-        return spes_errf(SPES_EINVAL, "daemon config: \"listen\" is required (e.g. tls+tcp://0.0.0.0:7600)");
+    if (spes_dconfig_is_coordinator(c) && (!c->listen[0] || !c->reachable))
+        return spes_errf(SPES_EINVAL,
+                         "daemon config: the coordinator needs a \"listen\" URL that every node can "
+                         "reach (e.g. tls+tcp://0.0.0.0:7600)");
     if (!c->plain) {
         if ((rc = need_file("ca", c->ca)) || (rc = need_file("cert", c->cert)) ||
             (rc = need_file("key", c->key)))
             return rc;
         if (c->crl[0] && (rc = need_file("crl", c->crl)))
             return rc;
-        if (strncmp(c->listen, "tls+tcp://", 10) != 0)
+        if (c->listen[0] && strncmp(c->listen, "tls+tcp://", 10) != 0)
             return spes_errf(SPES_EINVAL, "daemon config: listen %s must be a tls+tcp:// URL", c->listen);
     }
     if (spes_dconfig_is_coordinator(c) && (rc = need_file("run_config", c->run_config)))

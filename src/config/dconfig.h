@@ -34,6 +34,7 @@ typedef struct spes_dconfig {
     int min_nodes;     /* coordinator: round 0 opens once this many nodes have joined */
     int plain;         /* tests only: tcp:// without TLS */
     int keep_blobs;    /* keep every round's blobs (audits, tests); default: the last 3 rounds */
+    int reachable;     /* 0: nobody can dial this daemon (NAT); it pushes what it publishes (default 1) */
     int blob_quota_mb; /* blob store quota: the oldest blobs beyond it are removed (0: none) */
 } spes_dconfig;
 
@@ -51,5 +52,9 @@ void spes_dconfig_print(const spes_dconfig *c);
 
 /* spes_dconfig_is_coordinator says whether this daemon coordinates the run. */
 int spes_dconfig_is_coordinator(const spes_dconfig *c);
+
+/* spes_dconfig_outbound_only says whether this daemon cannot be dialled (no listen, or
+ * reachable false): it advertises no URL and pushes its contributions to the coordinator. */
+int spes_dconfig_outbound_only(const spes_dconfig *c);
 
 #endif

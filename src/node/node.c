@@ -158,8 +158,8 @@ void spes_node_job_free(spes_node_job *j)
  * is often a training node too, and then the entry keeps both marks. */
 static void add_peer(const spes_node_sm *sm, spes_node_job *j, uint32_t id, const char *url, const char *name)
 {
-    if (!strcmp(url, sm->o.listen))
-        return; /* never ask ourselves */
+    if (!url[0] || !strcmp(url, sm->o.listen))
+        return; /* never ask ourselves, nor a node nobody can dial (it pushed its blobs) */
     for (int i = 0; i < j->npeers; i++)
         if (!strcmp(j->peers[i].url, url)) {
             if (id == UINT32_MAX) {

@@ -354,6 +354,72 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
         cl.cleanup()
 
 
+def scenario_outbound_only():
+    """A volunteer nobody can dial (docs/design.md, "Reachability"): node-3 has no listen URL. It
+    pushes each contribution to the coordinator, which serves it to the others; its contributions
+    are committed, the four nodes agree, numpy's S_{r+1} from the committed blobs equals the
+    daemons', status shows it as outbound only, and it comes back after kill -9."""
+    cfg = run_config(merge_alpha=0.2, merge_interval=10)
+    cfg["spes"]["codec"] = "q8ef"
+    extra = {k: {"keep_blobs": True, "log_level": "debug" if k == 0 else "info"} for k in range(4)}
+    extra[3].update(listen="", log_level="debug")
+    cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3, extra=extra)
+    try:
+        cl.start_all()
+        cl.wait("node-3 contributes", lambda: re.search(r"round \d+ committed: 4 contribution.*node-3", cl.log(0)),
+                90)
+        st = cl.status()
+        m3 = [m for m in st["members"] if m["name"] == "node-3"]
+        check(m3 and m3[0]["listen_url"] == "" and m3[0]["reachable"] is False
+              and all(m["reachable"] for m in st["members"] if m["name"] != "node-3"),
+              "status --json: node-3 is the one member that is not reachable")
+        id3 = m3[0]["node_id"] if m3 else -1
+        cl.kill(3)
+        cl.start(3)
+        seen = cl.log(3).count("contribution pushed to the coordinator")
+        cl.wait("node-3 to push again after kill -9",
+                lambda: cl.log(3).count("contribution pushed to the coordinator") > seen, 90)
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=120)
+        cl.stop_all()
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "four nodes, one of them outbound only and killed once, agree on rounds %s" % later)
+        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        log3 = cl.log(3)
+        pushed = re.findall(r"round (\d+): contribution pushed to the coordinator \((\d+) bytes", log3)
+        with3 = re.findall(r"round (\d+) committed: \d+ contribution\(s\)[^(]*\([^)]*node-3", cl.log(0))
+        check(len(pushed) >= 3 and len(with3) >= 3 and "no listen URL" in log3,
+              "node-3 has no listener, pushed %d contributions and %d rounds committed one" % (len(pushed), len(with3)))
+        check("blob push" in cl.log(0) and "is held and served here" in cl.log(0),
+              "the coordinator took the pushed blobs and serves them")
+        states, contribs = states_and_contribs(cl, hashes=True)
+        applied = committed_contribs(cl, contribs, 0)
+        ids3 = {c["node"] for cs in contribs.values() for c in cs}
+        # node-3's contributions reached node-1 though nobody could dial node-3: through the coordinator
+        held1 = set()
+        for p in cl.blobs(1):
+            c = read_contribution(p) if "." not in os.path.basename(p) else None
+            if c:
+                held1.add((c["round"], c["node"]))
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states and applied.get(r)]
+        exact, from3 = True, 0
+        for r in rounds:
+            step_end = (r + 1) * cfg["spes"]["sync_interval"]
+            want = reference_round(cfg, states[r], applied[r], step_end)
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+            from3 += len(applied[r]) == 4
+        check(len(rounds) >= 4 and exact and from3 >= 2 and len(ids3) == 4,
+              "S_{r+1} equals numpy's from the committed blobs, bit for bit (%d rounds, %d with node-3's)"
+              % (len(rounds), from3))
+        check(sum(1 for _, n in held1 if n == id3) >= 2,
+              "node-1 holds %d of node-3's contributions: fetched from the coordinator, since nobody can dial "
+              "node-3" % sum(1 for _, n in held1 if n == id3))
+    finally:
+        cl.cleanup()
+
+
 def scenario_overlap():
     """spes.overlap = 1 (docs/design.md, "Overlap"): every node trains round r+1 while round r
     travels. A node joined mid-run, a node and the coordinator killed -9 while a round is in
@@ -1085,7 +1151,8 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_one_node_is_standalone,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
-             scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap]
+             scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap,
+             scenario_outbound_only]
 
 
 def main():

@@ -16,7 +16,11 @@ cp "$src/deploy/configs/demo.json" "$tmp/run.json"
 "$PY" - "$ex" "$tmp" >"$tmp/spesd.json" <<'PYEOF'
 import json, sys
 ex, t = sys.argv[1], sys.argv[2]
-c = json.load(open(ex))
+def no_dup(pairs):  # jansson (spesd) refuses a duplicate key, which Python would silently take
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), "spesd.example.json repeats %s" % sorted({k for k in keys if keys.count(k) > 1})
+    return dict(pairs)
+c = json.load(open(ex), object_pairs_hook=no_dup)
 c.update(ca=t + "/pki/ca.crt", cert=t + "/pki/node-0.crt", key=t + "/pki/node-0.key",
          run_config=t + "/run.json", data=t + "/tokens.bin", state_dir=t + "/state",
          control_socket=t + "/state/control.sock")

@@ -5,7 +5,8 @@
 # namespaces and the relay. On lossy.json the same, and a kill -9 of a node
 # behind its lossy link is survived: the round commits without it and the
 # others go on agreeing. A kill -9 of `up` halfway leaves nothing that `down`
-# does not remove. Without root, /dev/net/tun or ip netns: skipped (exit 77).
+# does not remove. On home.json with node-3 behind NAT (no listener at all), its
+# pushed contributions are committed, and it comes back after kill -9. Without root, /dev/net/tun or ip netns: skipped (exit 77).
 set -euo pipefail
 src=${1:?}; export SPESD=${2:?} SPESCTL=${3:?} WANRELAY=${4:?}
 lc=$src/deploy/local-cluster
@@ -99,6 +100,30 @@ assert sum(sum(r) for r in s["pair_delivered"]) == sum(x["down"]["delivered"] fo
 print("ok   home: the relay's final counters: %s MB up per node" % ["%.1f" % (x["up"]["bytes"] / 1e6) for x in n])
 PY
 ok "home: down removed the namespaces and the relay"
+
+# ---- home, node-3 behind NAT: no listener; it pushes its contributions, and comes back after kill -9 ----
+d=$tmp/nat; dirs+=("$d")
+"$lc" up --nodes 4 --dir "$d" --config "$tmp/run.json" --data "$tmp/tokens.bin" --threads 1 --timeout 180 --codec q8ef \
+  --wan "$src/deploy/wan/home.json" --outbound 3 >"$tmp/nat.up" 2>&1 || { cat "$tmp/nat.up"; fail "up --outbound 3"; }
+netns=$(. "$d/env" && echo "$SPES_NETNS")
+ns3=$(echo $netns | cut -d' ' -f4)
+# only its metrics listener on the namespace's own loopback
+[ -z "$(ip netns exec "$ns3" ss -Hltn | grep -v ' 127\.0\.0\.1:')" ] || fail "node-3 listens in its namespace: $(ip netns exec "$ns3" ss -Hltn)"
+n=$(wait_agree "$d" 3 0 1 2 3) || exit 1
+grep -qE "round [0-9]+ committed: 4 contribution.*node-3" "$d/node-0.log" || fail "no round committed node-3's contribution"
+ok "nat: node-3 has no listener in its namespace; all 4 nodes applied $n common rounds, with node-3's contributions"
+kill -9 "$(cat "$d/node-3.pid")"
+pushed=$(grep -c "contribution pushed to the coordinator" "$d/node-3.log")
+"$lc" restart-node 3 --dir "$d" --timeout 60 >/dev/null || fail "restart-node 3"
+for ((i = 0; i < 600; i++)); do
+  [ "$(grep -c "contribution pushed to the coordinator" "$d/node-3.log")" -gt "$pushed" ] && break
+  sleep 0.2
+done
+[ "$(grep -c "contribution pushed to the coordinator" "$d/node-3.log")" -gt "$pushed" ] || fail "node-3 pushed nothing after its restart"
+n=$(wait_agree "$d" $((n + 2)) 0 1 2 3) || exit 1
+ok "nat: after kill -9 node-3 rejoined, pushed again, and the 4 nodes agree in $n rounds"
+"$lc" down --dir "$d" --timeout 30 >/dev/null || fail "down (nat)"
+lab_gone "$d" "$netns"
 
 # ---- lossy: 4 nodes agree; node-2 is killed and the others go on ----
 d=$tmp/lossy; dirs+=("$d")
