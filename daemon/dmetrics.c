@@ -414,6 +414,15 @@ void spes_dmetrics_tick(spes_dmetrics *m)
         s->conns_idle_closed = st.idle_closed;
         s->listener_restarts = st.listener_restarts;
     }
+    if (m->d->push) {
+        spes_blob_push_stats ps;
+        spes_blob_push_rx_stats(m->d->push, &ps);
+        s->have_pushes = 1;
+        s->pushes_completed = ps.completed;
+        s->pushes_refused = ps.refused;
+        s->push_bytes = ps.bytes;
+        s->pushes_in_progress = ps.in_progress;
+    }
     spes_blob_store *b = spes_node_blobs(m->d->node);
     if (b) {
         uint64_t now = spes_mono_ms();

@@ -209,6 +209,20 @@ START_TEST(test_listener_families)
     ck_assert_ptr_nonnull(strstr(t, "spes_listener_connections_ended_total{why=\"handshake_deadline\"} 2\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_listener_connections_ended_total{why=\"idle\"} 9\n"));
     ck_assert_ptr_nonnull(strstr(t, "spes_listener_restarts_total 1\n"));
+    ck_assert_ptr_null(strstr(t, "spes_blob_push")); /* takes no pushes: no family */
+    free(t);
+    s->have_pushes = 1;
+    s->pushes_completed = 7;
+    s->pushes_refused = 2;
+    s->push_bytes = 123456;
+    s->pushes_in_progress = 1;
+    t = prom(s);
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE spes_blob_pushes_total counter\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_blob_pushes_total{outcome=\"held\"} 7\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_blob_pushes_total{outcome=\"refused\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_blob_push_bytes_total 123456\n"));
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE spes_blob_pushes_in_progress gauge\n"));
+    ck_assert_ptr_nonnull(strstr(t, "spes_blob_pushes_in_progress 1\n"));
     free(t);
     free(s);
 }

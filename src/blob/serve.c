@@ -262,6 +262,7 @@ static void endpoint_blob(void *arg, spes_net_request *req)
 
 static void endpoint_push(void *arg, spes_net_request *req)
 {
+    spes_net_request_set_class(req, SPES_NET_BLOB); /* pushed bytes are blob traffic */
     size_t len;
     const void *data = spes_net_request_data(req, &len);
     const spes_pki_identity *peer = spes_net_request_peer(req);

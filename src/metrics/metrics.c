@@ -243,6 +243,18 @@ static void render(FILE *f, const spes_metrics_snapshot *s)
              "Times this daemon listened again because its listener had stopped taking connections.");
         sample(f, "spes_listener_restarts_total", NULL, (double)s->listener_restarts);
     }
+    if (s->have_pushes) {
+        head(
+            f, "spes_blob_pushes_total", "counter",
+            "Blobs pushed to this daemon by nodes nobody can dial: held (checked against their manifest), or "
+            "requests refused.");
+        sample(f, "spes_blob_pushes_total", "outcome=\"held\"", (double)s->pushes_completed);
+        sample(f, "spes_blob_pushes_total", "outcome=\"refused\"", (double)s->pushes_refused);
+        head(f, "spes_blob_push_bytes_total", "counter", "Bytes of pushed blobs this daemon wrote.");
+        sample(f, "spes_blob_push_bytes_total", NULL, (double)s->push_bytes);
+        head(f, "spes_blob_pushes_in_progress", "gauge", "Pushes begun and not finished.");
+        sample(f, "spes_blob_pushes_in_progress", NULL, (double)s->pushes_in_progress);
+    }
     if (s->E > 0) {
         head(f, "spes_expert_delta_norm", "gauge", "L2 norm of each expert column's last committed change.");
         for (int e = 0; e < s->E; e++) {

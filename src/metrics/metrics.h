@@ -90,6 +90,8 @@ typedef struct spes_metrics_snapshot {
     uint32_t blob_store_blobs;
     int have_listener; /* 1: the four counters of this daemon's listener below are filled */
     uint64_t conns_over_cap, handshakes_expired, conns_idle_closed, listener_restarts;
+    int have_pushes; /* 1: this daemon takes pushed blobs (the coordinator): the counters below */
+    uint64_t pushes_completed, pushes_refused, push_bytes, pushes_in_progress;
     uint64_t refusals[SPES_METRICS_NREASONS];
     uint64_t digest_mismatches;
     int nmembers;

@@ -112,6 +112,13 @@ ns3=$(echo $netns | cut -d' ' -f4)
 n=$(wait_agree "$d" 3 0 1 2 3) || exit 1
 grep -qE "round [0-9]+ committed: 4 contribution.*node-3" "$d/node-0.log" || fail "no round committed node-3's contribution"
 ok "nat: node-3 has no listener in its namespace; all 4 nodes applied $n common rounds, with node-3's contributions"
+m0=$(. "$d/env" && echo "$SPES_METRICS" | cut -d' ' -f1)
+held=$(ip netns exec "$(echo $netns | cut -d' ' -f1)" python3 -c '
+import re, sys, urllib.request
+t = urllib.request.urlopen(sys.argv[1] + "/metrics", timeout=10).read().decode()
+print(re.search(r"spes_blob_pushes_total\{outcome=\"held\"\} (\d+)", t).group(1))' "$m0") || fail "the coordinator's metrics"
+[ "$held" -ge 1 ] || fail "the coordinator's metrics count $held pushed blobs held"
+ok "nat: the coordinator's metrics count $held pushed blobs held"
 kill -9 "$(cat "$d/node-3.pid")"
 pushed=$(grep -c "contribution pushed to the coordinator" "$d/node-3.log")
 "$lc" restart-node 3 --dir "$d" --timeout 60 >/dev/null || fail "restart-node 3"
