@@ -13,10 +13,16 @@ config pins the wrong coordinator name). Checks, against the running daemons:
   release  a Join of protocol version 1 over TLS and a version-1 request on the
            control socket are answered with an Error in version 1 that names
            both versions; the coordinator logs it; no member is added;
+  push     pushing blobs to the coordinator over TLS (docs/design.md,
+           "Reachability"): a blob larger than a contribution is refused at its
+           manifest, one whose bytes differ from its manifest at its last piece
+           (and is not held), an operator certificate may not push; an honest
+           push is held under its hash and counted; the rounds go on;
   pin      node-2, whose coordinator_name is node-1, refuses node-0's
            certificate: it logs the mismatch and never becomes a member.
 usage: test_insider.py BUILD_DIR   (prints one line per check; exit 1 on a failure)
 """
+import hashlib
 import json
 import os
 import socket
@@ -76,7 +82,7 @@ def control(cl, kind, payload, version=PROTOCOL):
     return kind, got[12:12 + n], ver
 
 
-JOIN, HEARTBEAT, LEAVE, STATUS_REQUEST, BLOB_WANT, ERROR = 1, 4, 5, 9, 16, 18
+JOIN, HEARTBEAT, LEAVE, STATUS_REQUEST, BLOB_WANT, ERROR, ACK, BLOB_PUSH, BLOB_PIECE = 1, 4, 5, 9, 16, 18, 19, 20, 21
 
 
 def error_message(body):
@@ -181,6 +187,66 @@ def scenario_old_release(cl):
     check(t == 10, "a version-2 status request is answered (reply type %d)" % t)
 
 
+def manifest(blob, chunk=4096, total=None, hashes=None):
+    """A blob's manifest (proto/bulk.h: "SPMF", version 1, blob hash, size, chunk size, chunk hashes)."""
+    total = len(blob) if total is None else total
+    n = (total + chunk - 1) // chunk
+    if hashes is None:
+        hashes = b"".join(hashlib.sha256(blob[i:i + chunk]).digest() for i in range(0, total, chunk))
+    return (b"SPMF" + struct.pack(">HH", 1, 0) + hashlib.sha256(blob).digest()
+            + struct.pack(">QII", total, chunk, n) + hashes)
+
+
+def scenario_push(cl):
+    """What a member can push to the coordinator, over TLS with a node certificate."""
+    def caller(who):
+        t = Attacker(cl, cl.ports[0], who=who).sp()
+        t.settimeout(20)
+        rid = [0]
+
+        def call(kind, payload):
+            rid[0] += 1
+            Attacker.send(t, rid[0], envelope(kind, payload))
+            env = Attacker.reply(t)
+            k = struct.unpack(">H", env[6:8])[0]
+            return k, (error_message(env[12:]) if k == ERROR else env[12:])
+        return t, call
+    r0 = cl.status()["round"]
+    t, call = caller("node-2")
+    big = manifest(b"x", chunk=16 << 20, total=1 << 30, hashes=b"\0" * 32 * 64)
+    k, msg = call(BLOB_PUSH, field(1, big))
+    check(k == ERROR and "this daemon takes 1 to" in str(msg), "a 1 GiB push is refused at its manifest (%s)" % msg)
+    blob = os.urandom(50000)
+    h = hashlib.sha256(blob).hexdigest()
+    lie = bytearray(blob)
+    lie[40000] ^= 1
+    k, msg = call(BLOB_PUSH, field(1, manifest(blob)))
+    check(k == ACK, "a 50 KB push is taken (reply type %d)" % k)
+    piece = 32 << 10
+
+    def pieces(data):
+        return [call(BLOB_PIECE, field(1, bytes.fromhex(h)) + field(2, off) + field(3, bytes(data[off:off + piece])))
+                for off in range(0, len(data), piece)]
+    got = pieces(lie)
+    check(got[0][0] == ACK and got[-1][0] == ERROR and "does not match its manifest" in str(got[-1][1])
+          and not any(os.path.basename(p) == h for p in cl.blobs(0)),
+          "bytes that differ from the manifest: refused at the last piece, nothing held (%s)" % (got[-1][1],))
+    k, _ = call(BLOB_PUSH, field(1, manifest(blob)))
+    got = pieces(blob)
+    t.close()
+    check(k == ACK and got[-1][0] == ACK and b"complete" in got[-1][1]
+          and any(os.path.basename(p) == h for p in cl.blobs(0)),
+          "the honest push of the same blob is held in node-0's store under its hash")
+    t, call = caller("operator")
+    k, msg = call(BLOB_PUSH, field(1, manifest(blob)))
+    t.close()
+    check(k == ERROR and "operator" in str(msg), "an operator certificate may not push (%s)" % msg)
+    check("blob push: node-2's blob" in cl.log(0) and "blob push from 'node-2' refused" in cl.log(0),
+          "the coordinator logged the blob it took and the pushes it refused")
+    cl.wait_round(r0 + 2)
+    check(members(cl).get("node-1") == "active", "the rounds went on (round %d -> %d)" % (r0, cl.status()["round"]))
+
+
 def scenario_pin(cl):
     cl.start(2)
     t0 = time.time()
@@ -206,6 +272,7 @@ def main():
         scenario_control(cl)
         scenario_old_release(cl)
         scenario_export(cl)
+        scenario_push(cl)
         scenario_pin(cl)
     finally:
         cl.cleanup()
