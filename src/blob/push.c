@@ -452,7 +452,7 @@ int spes_blob_push(spes_blob_store *s, const uint8_t hash[32], const spes_blob_p
     spes_blob_push_result r = {0};
     spes_manifest m;
     memset(&m, 0, sizeof m);
-    uint8_t *menc = NULL, *req = NULL, **bufs = NULL;
+    uint8_t *menc = NULL, *req = NULL, *buf = NULL; /* a request is a copy: one piece buffer does */
     size_t mlen = 0, len = 0;
     int fd = -1, rc, inflight = 0;
     char path[4096];
@@ -471,11 +471,7 @@ int spes_blob_push(spes_blob_store *s, const uint8_t hash[32], const spes_blob_p
     }
     Spes__Wire__BlobPush bp = SPES__WIRE__BLOB_PUSH__INIT;
     bp.manifest = (ProtobufCBinaryData){mlen, menc};
-    if (!(p.q = calloc((size_t)window, sizeof *p.q)) || !(bufs = calloc((size_t)window, sizeof *bufs))) {
-        rc = SPES_ENOMEM;
-        goto out;
-    }
-    if (!(bufs[0] = malloc(SPES_PROTO_PUSH_PIECE))) { /* a request is a copy: one buffer does */
+    if (!(p.q = calloc((size_t)window, sizeof *p.q)) || !(buf = malloc(SPES_PROTO_PUSH_PIECE))) {
         rc = SPES_ENOMEM;
         goto out;
     }
@@ -506,7 +502,7 @@ int spes_blob_push(spes_blob_store *s, const uint8_t hash[32], const spes_blob_p
         for (int sl = 0; !rc && sl < window && next < m.total_size; sl++) {
             if (off[sl]) /* busy: off holds its piece's offset + 1 */
                 continue;
-            if ((rc = send_piece(c, sl, fd, path, &m, next, bufs[0], timeout)) == 0) {
+            if ((rc = send_piece(c, sl, fd, path, &m, next, buf, timeout)) == 0) {
                 off[sl] = next + 1;
                 tries[sl] = 1;
                 inflight++;
@@ -528,7 +524,7 @@ int spes_blob_push(spes_blob_store *s, const uint8_t hash[32], const spes_blob_p
             complete |= d.res == 1;
             r.bytes += m.total_size - at < SPES_PROTO_PUSH_PIECE ? m.total_size - at : SPES_PROTO_PUSH_PIECE;
         } else if (!d.refused && tries[d.slot] < 3) { /* a transport failure: that piece again */
-            if ((rc = send_piece(c, d.slot, fd, path, &m, at, bufs[0], timeout)) == 0) {
+            if ((rc = send_piece(c, d.slot, fd, path, &m, at, buf, timeout)) == 0) {
                 off[d.slot] = at + 1;
                 tries[d.slot]++;
                 inflight++;
@@ -548,9 +544,7 @@ out:
         spes__blob_conn_close(c);
     if (fd >= 0)
         close(fd);
-    if (bufs)
-        free(bufs[0]);
-    free(bufs);
+    free(buf);
     free(p.q);
     free(req);
     free(menc);
