@@ -3,7 +3,8 @@
 A 2-node run on loopback (node-0 coordinates); an attacker holding a valid node
 certificate ('mallory', not a member) connects from another loopback address
 (127.0.0.2) and, one attack at a time:
-  slow   asks for 20 chunks on one connection and never reads the replies;
+  slow   asks for 20 chunks on one connection with a 4 KiB receive window and
+         reads no reply until the send deadline has passed;
   big    opens 4 connections that each announce a 256 MiB request and send 16 MiB of it;
   idle   opens 300 TCP connections that send nothing and 20 that stop halfway
          through the TLS handshake.
@@ -64,15 +65,17 @@ class Attacker:
         self.ctx.load_verify_locations(cl.path("pki/ca.crt"))
         self.ctx.load_cert_chain(cl.path("pki/%s.crt" % who), cl.path("pki/%s.key" % who))
 
-    def tcp(self):
+    def tcp(self, rcvbuf=0):
         s = socket.socket()
+        if rcvbuf:  # before connect: a small window the kernel does not grow
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.bind(("127.0.0.2", 0))
         s.connect(("127.0.0.1", self.port))
         return s
 
-    def sp(self):
+    def sp(self, rcvbuf=0):
         """A TLS connection with SP negotiated as a req0 peer."""
-        t = self.ctx.wrap_socket(self.tcp())
+        t = self.ctx.wrap_socket(self.tcp(rcvbuf))
         t.sendall(b"\x00SP\x00\x00\x30\x00\x00")
         got = b""
         while len(got) < 8:
@@ -80,8 +83,12 @@ class Attacker:
         return t
 
     @staticmethod
+    def frame(rid, body):
+        return struct.pack(">QI", 4 + len(body), 0x80000000 | rid) + body
+
+    @staticmethod
     def send(t, rid, body):
-        t.sendall(struct.pack(">QI", 4 + len(body), 0x80000000 | rid) + body)
+        t.sendall(Attacker.frame(rid, body))
 
     @staticmethod
     def reply(t):
@@ -132,14 +139,20 @@ def keeps_running(cl, seconds, what):
 
 
 def attack_slow(cl, a):
+    """20 chunk requests in one write on a connection with a 4 KiB receive window
+    that is never read: the replies cannot all leave, so the daemon must close it,
+    for the 17th request in flight or for a reply not taken within the send
+    deadline (SPES_NET_SEND_TIMEOUT_MS, 30 s). Nothing is read before that
+    deadline has passed, since reading would let the replies leave."""
     held = [p for p in cl.blobs(0) if len(os.path.basename(p)) == 64]
-    h = bytes.fromhex(os.path.basename(held[0]))
-    t = a.sp()
-    for i in range(20):
-        a.send(t, i + 1, chunk_request(h, 0))
+    held.sort(key=os.path.getsize)
+    h = bytes.fromhex(os.path.basename(held[-1]))
+    t0 = time.time()
+    t = a.sp(rcvbuf=4096)
+    t.sendall(b"".join(a.frame(i + 1, chunk_request(h, 0)) for i in range(20)))
     keeps_running(cl, 12, "slow reader")
-    t.settimeout(0)
-    check(closed(t, 40), "slow reader: the daemon closed its connection")
+    time.sleep(max(0.0, t0 + 35 - time.time()))  # past the send deadline, still unread
+    check(closed(t, 20), "slow reader: the daemon closed its connection")
     t.close()
 
 
