@@ -119,9 +119,9 @@ int spes_outer_save(const char *dir, const float *mom, size_t numel, int64_t rou
 
 int spes_outer_load(const char *dir, float *mom, size_t numel, int64_t round)
 {
-    char *buf;
-    uint32_t ne;
-    size_t n;
+    char *buf = NULL;
+    uint32_t ne = 0;
+    size_t n = 0;
     int rc = vec_read(dir, SPES_OUTER_FILE, OUTER_MAGIC, "an outer momentum", VEC_HDR + numel * 4 + 32, round,
                       &buf, &ne, &n);
     if (!rc && (ne != 0 || n != numel))
@@ -146,9 +146,9 @@ int spes_resid_save(const char *dir, const uint8_t *cols, int E, const float *va
 int spes_resid_load(const char *dir, int E, size_t shared, size_t column, int64_t round, uint8_t *cols,
                     float **vals, size_t *numel)
 {
-    char *buf;
-    uint32_t ne;
-    size_t n, max = VEC_HDR + (size_t)E + (shared + (size_t)E * column) * 4 + 32;
+    char *buf = NULL;
+    uint32_t ne = 0;
+    size_t n = 0, max = VEC_HDR + (size_t)E + (shared + (size_t)E * column) * 4 + 32;
     int rc = vec_read(dir, SPES_RESID_FILE, RESID_MAGIC, "a residual", max, round, &buf, &ne, &n);
     if (rc)
         return rc;
