@@ -301,19 +301,15 @@ static void validate_all(fx *f)
     ck_assert_ptr_nonnull(v);
     int ok[16];
     char reasons[16][256] = {{0}};
-    int E = f->run.model.num_experts, owner[1024];
-    for (int e = 0; e < E; e++)
-        owner[e] = -1;
+    int E = f->run.model.num_experts, owners[1024] = {0};
     for (int i = 0; i < v->n; i++) {
         ok[i] = 1;
-        /* each author's id and the columns it was told to train go along; no column is two authors' */
+        /* each author's id and the columns it was told to train go along; no column has more
+         * authors than spes.column_owners */
         ck_assert(i == 0 || v->ids[i] > v->ids[i - 1]);
-        for (int e = 0; e < E; e++) {
-            if (!v->cols[(size_t)i * (size_t)E + (size_t)e])
-                continue;
-            ck_assert_int_eq(owner[e], -1);
-            owner[e] = i;
-        }
+        for (int e = 0; e < E; e++)
+            if (v->cols[(size_t)i * (size_t)E + (size_t)e])
+                ck_assert_int_le(++owners[e], f->run.spes.column_owners);
     }
     spes_coord_sm_validated(f->c, f->now, v->round, v->n, ok, reasons);
     fx_collect(f);
@@ -1609,6 +1605,87 @@ START_TEST(test_rotate_columns)
 }
 END_TEST
 
+/* spes.column_owners R: each member trains its dealt columns and those dealt to
+ * the next R - 1 active members (cyclic), in the validation's columns and in
+ * status; rotation moves the deal under them; with fewer members than R every
+ * member trains every column. */
+START_TEST(test_column_owners)
+{
+    fx f;
+    memset(&f, 0, sizeof f);
+    fx_settings(&f, 3, 0);
+    fx_run_config(&f, 100);
+    f.run.spes.rotate_interval = 2;
+    f.run.spes.column_owners = 2;
+    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
+    memset(f.s0, 0x50, 32);
+    f.now = (spes_coord_now){1000, 1700000000000ull};
+    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
+    spes_coord_sm_start(f.c, f.now);
+    fx_collect(&f);
+    uint32_t ids[3];
+    ids[0] = join_ok(&f, "node-0");
+    ids[1] = join_ok(&f, "node-1");
+    ids[2] = join_ok(&f, "node-2");
+    fx_tick(&f);
+    const unsigned all = (1u << E_COLS) - 1;
+    unsigned was[3] = {0};
+    for (uint64_t r = 0; r < 6; r++) {
+        unsigned m[3], x[3];
+        for (int k = 0; k < 3; k++)
+            m[k] = status_mask(&f, ids[k]);
+        for (int k = 0; k < 3; k++) /* the deal: m_k = x_k | x_{k+1} with x a partition */
+            x[k] = m[k] & ~m[(k + 1) % 3];
+        ck_assert_uint_eq(x[0] | x[1] | x[2], all);
+        ck_assert_uint_eq(x[0] & x[1], 0);
+        ck_assert_uint_eq(x[1] & x[2], 0);
+        ck_assert_uint_eq(x[0] & x[2], 0);
+        for (int k = 0; k < 3; k++) {
+            ck_assert_uint_eq(m[k], x[k] | x[(k + 1) % 3]);
+            ck_assert_uint_ne(x[k], 0);
+        }
+        if (r == 2 || r == 4) /* the rounds after a rotation: each takes the previous one's deal */
+            ck_assert(x[0] == was[2] && x[1] == was[0] && x[2] == was[1]);
+        else if (r > 0)
+            ck_assert(x[0] == was[0] && x[1] == was[1] && x[2] == was[2]);
+        memcpy(was, x, sizeof x);
+        /* the round's validation carries the same columns (validate_all: at most 2 authors each) */
+        for (int i = 0; i < 3; i++)
+            announce_ok(&f, ids[i], r);
+        spes_coord_action *v = last(&f, SPES_COORD_VALIDATE);
+        ck_assert_ptr_nonnull(v);
+        ck_assert_int_eq(v->n, 3);
+        for (int i = 0; i < 3; i++) {
+            unsigned vm = 0;
+            for (int e = 0; e < E_COLS; e++)
+                vm |= v->cols[(size_t)i * E_COLS + (size_t)e] ? 1u << e : 0;
+            ck_assert_uint_eq(vm, m[i]);
+        }
+        validate_all(&f);
+        fx_clear(&f);
+    }
+    fx_fini(&f);
+
+    /* more owners than members: everyone trains everything */
+    memset(&f, 0, sizeof f);
+    fx_settings(&f, 2, 0);
+    fx_run_config(&f, 100);
+    f.run.spes.column_owners = 5;
+    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
+    memset(f.s0, 0x50, 32);
+    f.now = (spes_coord_now){1000, 1700000000000ull};
+    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
+    spes_coord_sm_start(f.c, f.now);
+    fx_collect(&f);
+    ids[0] = join_ok(&f, "node-0");
+    ids[1] = join_ok(&f, "node-1");
+    fx_tick(&f);
+    ck_assert_uint_eq(status_mask(&f, ids[0]), all);
+    ck_assert_uint_eq(status_mask(&f, ids[1]), all);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_restart_waits_at_most_failure_timeout)
 {
     fx f;
@@ -1894,6 +1971,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_join_new_and_open);
     tcase_add_test(tc, test_min_nodes_and_dealing);
     tcase_add_test(tc, test_rotate_columns);
+    tcase_add_test(tc, test_column_owners);
     tcase_add_test(tc, test_join_refusals);
     tcase_add_test(tc, test_rejoin_mid_round);
     tcase_add_test(tc, test_control_socket_speaks_operator_verbs_only);

@@ -76,6 +76,7 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "overlap", INT, S(overlap), 0, 1, 0),
     NUM("spes", "overlap_carry", DBL, S(overlap_carry), 0, 1, 0.5),
     NUM("spes", "rotate_interval", INT, S(rotate_interval), 0, INT_MAX, 0),
+    NUM("spes", "column_owners", INT, S(column_owners), 1, SPES_MAX_MEMBERS, 1),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -258,6 +259,8 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "overlap_carry");
     if (spes && !c->spes.rotate_interval) /* and column rotation (docs/convergence.md) */
         json_object_del(spes, "rotate_interval");
+    if (spes && c->spes.column_owners == 1) /* and column replicas (docs/design.md, "Columns") */
+        json_object_del(spes, "column_owners");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

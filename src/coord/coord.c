@@ -470,6 +470,20 @@ void coord_rotate_columns(spes_coord_sm *c)
     free(carry);
 }
 
+void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out)
+{
+    memcpy(out, c->mem[i].cols, (size_t)c->E);
+    for (int r = 1, j = i; r < c->run.spes.column_owners; r++) {
+        do
+            j = (j + 1) % c->nmem;
+        while (j != i && !coord_member_active(&c->mem[j]));
+        if (j == i)
+            break; /* fewer members than owners: every member trains every column */
+        for (int e = 0; e < c->E; e++)
+            out[e] |= c->mem[j].cols[e];
+    }
+}
+
 void coord_open_round(spes_coord_sm *c, spes_coord_now now)
 {
     coord_deal_columns(c);
@@ -485,7 +499,7 @@ void coord_open_round(spes_coord_sm *c, spes_coord_now now)
         coord_member *m = &c->mem[i];
         m->participant = m->state == NS(ACTIVE);
         if (m->participant)
-            memcpy(m->cur, m->cols, (size_t)c->E);
+            coord_train_columns(c, i, m->cur);
         else
             memset(m->cur, 0, (size_t)c->E);
         m->announced = 0;

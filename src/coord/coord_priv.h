@@ -213,6 +213,12 @@ void coord_deal_columns(spes_coord_sm *c);
  * that each expert trains on every member's data in turn (docs/convergence.md). */
 void coord_rotate_columns(spes_coord_sm *c);
 
+/* coord_train_columns writes to out (E bytes) the columns member i trains: its
+ * dealt ones and, with spes.column_owners R > 1, those dealt to the next R - 1
+ * active members in table order (cyclic), so that every column has R owners
+ * when there are R members (docs/design.md, "Columns"). */
+void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out);
+
 /* coord_commit_for finds the encoded Commit of round r in the history (NULL if not held). */
 const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len);
 

@@ -193,6 +193,49 @@ def scenario_agree_and_reference():
         cl.cleanup()
 
 
+def scenario_column_owners():
+    """spes.column_owners 2 with rotation: every column is trained by two of the three nodes (in each
+    round all three contributed to), the nodes agree, and S_{r+1} equals numpy's mean over each
+    column's two owners, bit for bit, merge rounds included."""
+    cfg = run_config(merge_alpha=0.2, merge_interval=10)
+    cfg["spes"].update(column_owners=2, rotate_interval=3)
+    E = cfg["model"]["num_experts"]
+    cl = Cluster(BUILD, 3, cfg, tokens(), extra={k: {"keep_blobs": True} for k in range(3)})
+    try:
+        cl.start_all()
+        cl.wait_round(8)
+        st = cl.status()
+        trained = [0] * E
+        for m in (st or {}).get("members", []):
+            for e in m.get("columns", []):
+                trained[e] += 1
+        check(trained == [2] * E, "status: every column is trained by two members (%s)" % trained)
+        cl.stop_all()
+        logs = [cl.applied(k) for k in range(3)]
+        common = sorted(set(logs[0]) & set(logs[1]) & set(logs[2]))
+        check(len(common) >= 6 and all(logs[0][r] == logs[1][r] == logs[2][r] for r in common),
+              "column_owners 2: the three nodes' digests are equal in each of %d rounds" % len(common))
+        states, contribs = states_and_contribs(cl)
+        full = [r for r in sorted(contribs) if len(contribs[r]) == 3]
+        owners_ok = all(sorted(e for c in contribs[r] for e in c["cols"]) == sorted(list(range(E)) * 2)
+                        for r in full)
+        sets = {r: tuple(tuple(c["cols"]) for c in sorted(contribs[r], key=lambda c: c["node"])) for r in full}
+        check(len(full) >= 6 and owners_ok and len(set(sets.values())) >= 2,
+              "every column had two contributing owners in each of %d full rounds, and rotation changed "
+              "who (%d deals)" % (len(full), len(set(sets.values()))))
+        rounds = [r for r in sorted(contribs) if r in states and r + 1 in states]
+        exact = True
+        for r in rounds:
+            want = reference_round(cfg, states[r], contribs[r], (r + 1) * cfg["spes"]["sync_interval"])
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+        check(len(rounds) >= 5 and exact,
+              "S_{r+1} equals numpy's mean over each column's owners, bit for bit (%d rounds)" % len(rounds))
+    finally:
+        cl.cleanup()
+
+
 def scenario_outer_optimizer():
     """Outer Nesterov momentum: nodes agree, S_{r+1} and the momentum equal numpy's, a joiner
     fetches the momentum with the state, a restarted node resumes its persisted momentum."""
@@ -1152,7 +1195,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
              scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap,
-             scenario_outbound_only]
+             scenario_outbound_only, scenario_column_owners]
 
 
 def main():
