@@ -81,18 +81,25 @@ static void fx_run_config(fx *f, int max_steps)
     ck_assert_int_eq(spes_config_validate(&f->run), 0);
 }
 
-/* fx_init makes a coordinator of a new run at t = 1000 ms (mono), 1.7e12 (wall). */
-static void fx_init(fx *f, int min_nodes, int approve, int max_steps)
+/* fx_start makes the coordinator of f's settings and run config, of a new run at
+ * t = 1000 ms (mono), 1.7e12 (wall). */
+static void fx_start(fx *f)
 {
-    memset(f, 0, sizeof *f);
-    fx_settings(f, min_nodes, approve);
-    fx_run_config(f, max_steps);
     ck_assert_int_eq(spes_coord_sm_alloc(&f->c, &f->run, &f->set), 0);
     memset(f->s0, 0x50, 32);
     f->now = (spes_coord_now){1000, 1700000000000ull};
     ck_assert_int_eq(spes_coord_sm_new_run(f->c, "00000000000000aa", f->s0), 0);
     spes_coord_sm_start(f->c, f->now);
     fx_collect(f);
+}
+
+/* fx_init makes a coordinator of a new run (fx_start) with the default settings. */
+static void fx_init(fx *f, int min_nodes, int approve, int max_steps)
+{
+    memset(f, 0, sizeof *f);
+    fx_settings(f, min_nodes, approve);
+    fx_run_config(f, max_steps);
+    fx_start(f);
 }
 
 static void fx_fini(fx *f)
@@ -1564,24 +1571,29 @@ static unsigned status_mask(fx *f, uint32_t id)
     return m;
 }
 
+/* columns_run starts a run of n members (node-0 .. node-n-1, min_nodes n, ids
+ * in ids) with spes.rotate_interval rotate and spes.column_owners owners, and opens round 0. */
+static void columns_run(fx *f, int n, int rotate, int owners, uint32_t *ids)
+{
+    memset(f, 0, sizeof *f);
+    fx_settings(f, n, 0);
+    fx_run_config(f, 100);
+    f->run.spes.rotate_interval = rotate;
+    f->run.spes.column_owners = owners;
+    fx_start(f);
+    for (int k = 0; k < n; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "node-%d", k);
+        ids[k] = join_ok(f, name);
+    }
+    fx_tick(f);
+}
+
 START_TEST(test_rotate_columns)
 {
     fx f;
-    memset(&f, 0, sizeof f);
-    fx_settings(&f, 3, 0);
-    fx_run_config(&f, 100);
-    f.run.spes.rotate_interval = 2;
-    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
-    memset(f.s0, 0x50, 32);
-    f.now = (spes_coord_now){1000, 1700000000000ull};
-    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
-    spes_coord_sm_start(f.c, f.now);
-    fx_collect(&f);
     uint32_t ids[3];
-    ids[0] = join_ok(&f, "node-0");
-    ids[1] = join_ok(&f, "node-1");
-    ids[2] = join_ok(&f, "node-2");
-    fx_tick(&f);
+    columns_run(&f, 3, 2, 1, ids);
     unsigned m[3], was[3];
     for (int k = 0; k < 3; k++)
         was[k] = status_mask(&f, ids[k]);
@@ -1612,22 +1624,8 @@ END_TEST
 START_TEST(test_column_owners)
 {
     fx f;
-    memset(&f, 0, sizeof f);
-    fx_settings(&f, 3, 0);
-    fx_run_config(&f, 100);
-    f.run.spes.rotate_interval = 2;
-    f.run.spes.column_owners = 2;
-    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
-    memset(f.s0, 0x50, 32);
-    f.now = (spes_coord_now){1000, 1700000000000ull};
-    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
-    spes_coord_sm_start(f.c, f.now);
-    fx_collect(&f);
     uint32_t ids[3];
-    ids[0] = join_ok(&f, "node-0");
-    ids[1] = join_ok(&f, "node-1");
-    ids[2] = join_ok(&f, "node-2");
-    fx_tick(&f);
+    columns_run(&f, 3, 2, 2, ids);
     const unsigned all = (1u << E_COLS) - 1;
     unsigned was[3] = {0};
     for (uint64_t r = 0; r < 6; r++) {
@@ -1667,19 +1665,7 @@ START_TEST(test_column_owners)
     fx_fini(&f);
 
     /* more owners than members: everyone trains everything */
-    memset(&f, 0, sizeof f);
-    fx_settings(&f, 2, 0);
-    fx_run_config(&f, 100);
-    f.run.spes.column_owners = 5;
-    ck_assert_int_eq(spes_coord_sm_alloc(&f.c, &f.run, &f.set), 0);
-    memset(f.s0, 0x50, 32);
-    f.now = (spes_coord_now){1000, 1700000000000ull};
-    ck_assert_int_eq(spes_coord_sm_new_run(f.c, "00000000000000aa", f.s0), 0);
-    spes_coord_sm_start(f.c, f.now);
-    fx_collect(&f);
-    ids[0] = join_ok(&f, "node-0");
-    ids[1] = join_ok(&f, "node-1");
-    fx_tick(&f);
+    columns_run(&f, 2, 0, 5, ids);
     ck_assert_uint_eq(status_mask(&f, ids[0]), all);
     ck_assert_uint_eq(status_mask(&f, ids[1]), all);
     fx_fini(&f);

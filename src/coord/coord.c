@@ -470,18 +470,36 @@ void coord_rotate_columns(spes_coord_sm *c)
     free(carry);
 }
 
-void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out)
+/* trains says whether member i trains column e (coord_train_columns). */
+static int trains(const spes_coord_sm *c, int i, int e)
 {
-    memcpy(out, c->mem[i].cols, (size_t)c->E);
+    if (c->mem[i].cols[e])
+        return 1;
     for (int r = 1, j = i; r < c->run.spes.column_owners; r++) {
         do
             j = (j + 1) % c->nmem;
         while (j != i && !coord_member_active(&c->mem[j]));
         if (j == i)
-            break; /* fewer members than owners: every member trains every column */
-        for (int e = 0; e < c->E; e++)
-            out[e] |= c->mem[j].cols[e];
+            return 1; /* fewer members than owners: every member trains every column */
+        if (c->mem[j].cols[e])
+            return 1;
     }
+    return 0;
+}
+
+void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out)
+{
+    for (int e = 0; e < c->E; e++)
+        out[e] = (uint8_t)trains(c, i, e);
+}
+
+size_t coord_train_cols_fill(const spes_coord_sm *c, int i, uint32_t *out)
+{
+    size_t n = 0;
+    for (int e = 0; e < c->E; e++)
+        if (trains(c, i, e))
+            out[n++] = (uint32_t)e;
+    return n;
 }
 
 void coord_open_round(spes_coord_sm *c, spes_coord_now now)

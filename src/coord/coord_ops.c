@@ -237,12 +237,9 @@ void coord_fill_member(const spes_coord_sm *c, const coord_member *m, Spes__Wire
     mi->name = (char *)m->name;
     mi->state = m->state;
     mi->columns = cols;
-    /* what it trains: its dealt columns and, with column_owners > 1, its replicas */
-    uint8_t *tc = coord_member_active(m) ? malloc((size_t)c->E) : NULL;
-    if (tc)
-        coord_train_columns(c, (int)(m - c->mem), tc);
-    mi->n_columns = coord_cols_fill(tc ? tc : m->cols, c->E, cols);
-    free(tc);
+    /* what it trains: its dealt columns and, with column_owners > 1, those of the next members */
+    mi->n_columns = coord_member_active(m) ? coord_train_cols_fill(c, (int)(m - c->mem), cols)
+                                           : coord_cols_fill(m->cols, c->E, cols);
     mi->round = m->round;
     mi->digest = (ProtobufCBinaryData){m->digest_round ? 32 : 0, (uint8_t *)m->digest};
     mi->last_seen_unix_ms = m->last_seen_ms;

@@ -219,6 +219,10 @@ void coord_rotate_columns(spes_coord_sm *c);
  * when there are R members (docs/design.md, "Columns"). */
 void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out);
 
+/* coord_train_cols_fill writes the indices of the columns member i trains
+ * (coord_train_columns) to out (room for E) and returns their count. */
+size_t coord_train_cols_fill(const spes_coord_sm *c, int i, uint32_t *out);
+
 /* coord_commit_for finds the encoded Commit of round r in the history (NULL if not held). */
 const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len);
 

@@ -129,11 +129,7 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
         spes__wire__column_assignment__init(a);
         a->node_id = m->id;
         a->columns = colbuf + (size_t)i * E;
-        uint8_t *tc = malloc((size_t)c->E); /* what it trains next: dealt columns and replicas */
-        if (tc)
-            coord_train_columns(c, i, tc);
-        a->n_columns = coord_cols_fill(tc ? tc : m->cols, c->E, a->columns);
-        free(tc);
+        a->n_columns = coord_train_cols_fill(c, i, a->columns); /* what it trains next */
         ap[cm.n_assignment++] = a;
         Spes__Wire__Peer *p = &pv[cm.n_peers];
         spes__wire__peer__init(p);
