@@ -46,6 +46,27 @@ static int keep_blob(void *arg, const uint8_t hash[32])
     return hit;
 }
 
+void node_keep_add(spes_node *n, const spes_node_job *j, const uint8_t hash[32])
+{
+    if (!n->d->cfg.blob_quota_mb)
+        return; /* no quota: nothing is ever collected */
+    pthread_mutex_lock(&n->mu);
+    node_task *t = n->running && n->running->job == j     ? n->running
+                   : n->trunning && n->trunning->job == j ? n->trunning
+                                                          : NULL;
+    if (t && t->nout < 2)
+        memcpy(t->out[t->nout++], hash, 32); /* for every keep_refresh until the loop takes the result */
+    pthread_mutex_unlock(&n->mu);
+    pthread_mutex_lock(&n->keep_mu); /* and from now on */
+    uint8_t(*h)[32] = realloc(n->keep, (size_t)(n->nkeep + 1) * 32);
+    if (h) { /* out of memory: the next keep_refresh has it */
+        memcpy(h[n->nkeep++], hash, 32);
+        qsort(h, (size_t)n->nkeep, 32, cmp_hash);
+        n->keep = h;
+    }
+    pthread_mutex_unlock(&n->keep_mu);
+}
+
 /* job_hashes appends the blobs job j reads or writes to h (room for job_nhashes(j) more). */
 static int job_nhashes(const spes_node_job *j)
 {
@@ -79,9 +100,11 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
         return; /* no quota: the store never collects, so nothing needs keeping (and this runs every tick) */
     const spes_node_sm *sm = &n->sm;
     pthread_mutex_lock(&n->mu);
-    int cap = 2 + (extra ? job_nhashes(extra) : 0);
+    int cap = 6 + (extra ? job_nhashes(extra) : 0); /* 4: the outputs of the running jobs */
     for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
         cap += sm->kept[i].n;
+    for (node_task *t = n->done; t; t = t->dnext)
+        cap += t->nout;
     for (node_task *t = n->jobs; t; t = t->next)
         cap += job_nhashes(t->job);
     for (node_task *t = n->tjobs; t; t = t->next)
@@ -107,6 +130,13 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
             job_hashes(n->running->job, h, &m);
         if (n->trunning)
             job_hashes(n->trunning->job, h, &m);
+        node_task *made[2] = {n->running, n->trunning};
+        for (int i = 0; i < 2; i++)
+            for (int k = 0; made[i] && k < made[i]->nout; k++)
+                memcpy(h[m++], made[i]->out[k], 32);
+        for (node_task *t = n->done; t; t = t->dnext)
+            for (int k = 0; k < t->nout; k++)
+                memcpy(h[m++], t->out[k], 32);
         if (extra)
             job_hashes(extra, h, &m);
         qsort(h, (size_t)m, 32, cmp_hash);
@@ -148,6 +178,8 @@ static void worker_loop(spes_node *n, int train)
         /* the store keeps the job's blobs until the loop has taken its result (keep_refresh) */
         pthread_mutex_lock(&n->mu);
         *running = NULL;
+        t->dnext = n->done;
+        n->done = t;
         pthread_mutex_unlock(&n->mu);
         if (spes_daemon_call_on_loop(n->d, worker_done, t) != 0)
             log_error("worker: cannot report a finished job");
@@ -215,6 +247,13 @@ static void worker_done(void *arg)
 {
     node_task *t = arg;
     spes_node *n = t->n;
+    pthread_mutex_lock(&n->mu);
+    for (node_task **p = &n->done; *p; p = &(*p)->dnext)
+        if (*p == t) {
+            *p = t->dnext;
+            break;
+        }
+    pthread_mutex_unlock(&n->mu);
     take_progress(n);
     spes_node_sm_job_done(&n->sm, t->job, spes_mono_ms(), &n->out);
     free(t);

@@ -21,8 +21,11 @@
 /* node_task is a job on its way to the worker and back to the loop. */
 typedef struct node_task {
     struct spes_node *n;
-    spes_node_job *job;     /* owned by the task until the loop hands it back to the machine */
-    struct node_task *next; /* [mu] queue link */
+    spes_node_job *job;      /* owned by the task until the loop hands it back to the machine */
+    struct node_task *next;  /* [mu] queue link */
+    struct node_task *dnext; /* [mu] link of the finished jobs the loop has not taken yet */
+    uint8_t out[2][32];      /* [mu] (nout) the blobs the job made (node_keep_add) */
+    int nout;                /* [mu] */
 } node_task;
 
 struct spes_node {
@@ -44,6 +47,7 @@ struct spes_node {
     struct node_task *tjobs, *tjobs_tail; /* [mu] queued train jobs */
     struct node_task *running;            /* [mu] the job the sync worker runs, if any */
     struct node_task *trunning;           /* [mu] the job the training worker runs, if any */
+    struct node_task *done;               /* [mu] finished jobs the loop has not taken yet (dnext) */
     /* how the two workers share the model (node_work.c): */
     int64_t base_round; /* [mu] the round of the agreed state in base (-1: none yet) */
     int base_busy;      /* [mu] the training worker reads base and writes ef (rebasing, encoding) */
@@ -78,6 +82,11 @@ struct spes_node {
 
 /* node_run_job performs a job on the worker thread. */
 void node_run_job(spes_node *n, spes_node_job *j);
+
+/* node_keep_add (a worker, for the job it runs) has the store keep a blob job j makes (a state,
+ * a contribution) until the loop has taken the job's result, from which it knows what to keep:
+ * otherwise another worker's install could collect it in between, under a quota. */
+void node_keep_add(spes_node *n, const spes_node_job *j, const uint8_t hash[32]);
 
 /* node_publish_progress makes the trainer's step, loss and speed visible to the loop (worker only). */
 void node_publish_progress(spes_node *n);

@@ -674,6 +674,8 @@ static int job_train(spes_node *n, spes_node_job *j)
         return fail(j, rc);
     rc = spes_blob_put(n->blobs, buf, len, t->blob);
     free(buf);
+    if (!rc)
+        node_keep_add(n, j, t->blob);
     if (!rc && !strcmp(n->d->cfg.fault, "late") && t->round >= LATE_FAULT_ROUND) {
         /* fault injection for tests: a valid contribution that comes after its round's deadline */
         log_warnx("fault injection: holding the contribution of round %llu back for %d ms",
@@ -900,6 +902,7 @@ static int job_apply(spes_node *n, spes_node_job *j)
             n->tr.round = (int64_t)a->round + 1;
         }
         uint8_t sh[32];
+        node_keep_add(n, j, a->state_hash); /* the state blob's name is its digest */
         if ((rc = put_state(n, n->base, a->round + 1, sh)) == 0 && memcmp(sh, a->state_hash, 32))
             rc = spes_errf(SPES_EIO, "state blob hash differs from the digest");
     }

@@ -945,6 +945,53 @@ START_TEST(test_fetch_three_peers_kill_corrupt)
 }
 END_TEST
 
+/* A peer killed halfway (its connection came up, then went): with no other peer the fetch ends
+ * once it has had no connection for connect_ms, naming that, not at its requests' timeout, which
+ * nng's req would otherwise wait out for a pipe that never comes back. */
+START_TEST(test_fetch_peer_dies_after_connecting)
+{
+    const char *fork_mode = getenv("CK_FORK");
+    if (fork_mode && strcmp(fork_mode, "no") == 0) {
+        printf("test_fetch_peer_dies_after_connecting: skipped under CK_FORK=no\n");
+        return;
+    }
+    setup_pki();
+    spes_blob_store *b = store_at("b", 65536), *f = store_at("f", 65536);
+    char src[400];
+    uint8_t h[32];
+    snprintf(src, sizeof src, "%s/dies.bin", tmp);
+    gen_file(src, 256 * 65536 + 7, 11);
+    ck_assert(spes_blob_put_file(b, src, h) == 0);
+    int port_b = 0;
+    pid_t pid_b = spawn_server("b", "node-b", &port_b); /* before this process starts nng */
+    spes_net_tls *tf = tls_for("node-f");
+    char ub[64];
+    url_of(port_b, ub, sizeof ub);
+    spes_blob_peer peer = {ub, "node-b"};
+    killer k = {.victim = pid_b, .at = 8};
+    spes_blob_fetch_opts o = {.tls = tf,
+                              .plain = plain,
+                              .window = 2,
+                              .timeout_ms = 600000, /* the loss, not a timeout, must end it */
+                              .max_peer_errors = 1000,
+                              .connect_ms = 1000,
+                              .progress = on_progress,
+                              .progress_arg = &k};
+    spes_blob_fetch_stats st;
+    int rc = spes_blob_fetch(f, h, &peer, 1, &o, &st);
+    ck_assert(k.killed);
+    ck_assert_int_ne(rc, 0);
+    ck_assert_msg(strstr(spes_errmsg(), "connection lost for") != NULL, "%s", spes_errmsg());
+    ck_assert_uint_ge(st.chunks_fetched, 8);
+    ck_assert_uint_lt(st.chunks_fetched, 257);
+    ck_assert_int_eq(spes_blob_has(f, h), 0);
+    spes_blob_store_close(b);
+    spes_blob_store_close(f);
+    spes_net_tls_free(tf);
+    teardown_pki();
+}
+END_TEST
+
 START_TEST(test_fetch_resume)
 {
     setup_pki();
@@ -1530,6 +1577,7 @@ static Suite *blob_suite(void)
     tcase_set_tags(tc, "peers");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_fetch_three_peers_kill_corrupt);
+    tcase_add_test(tc, test_fetch_peer_dies_after_connecting);
     suite_add_tcase(s, tc);
     tc = tcase_create("refused"); /* its own ctest, for the leak suppression it needs */
     tcase_set_tags(tc, "refused");

@@ -414,6 +414,8 @@ START_TEST(test_min_nodes_and_dealing)
     join_ok(&f, "node-0");
     fx_tick(&f);
     heartbeat_ack(&f, 0, 0); /* one of two: round 0 waits */
+    uint32_t alive[1] = {0};
+    fx_pass(&f, 2 * FAILURE, alive, 1, 0); /* however long the second takes to come */
     join_ok(&f, "node-1");
     fx_tick(&f);
     Spes__Wire__Accept *a0 = (Spes__Wire__Accept *)heartbeat(&f, 0, 0, NS(JOINING), SPES_MSG_ACCEPT);
@@ -1063,6 +1065,40 @@ START_TEST(test_accept_names_state_holders)
     a = (Spes__Wire__Accept *)join(&f, "node-4", &p4, SPES_MSG_ACCEPT);
     ck_assert_uint_eq(a->n_peers, 1);
     ck_assert_uint_eq(a->peers[0]->node_id, 0);
+    spes_proto_free(&a->base);
+    fx_fini(&f);
+}
+END_TEST
+
+START_TEST(test_accept_holders_from_digests)
+{
+    /* rounds shorter than a heartbeat: node-1 last heartbeated at round 0 and has applied rounds 1
+     * and 2 since; its digest of S_2 says it holds the state a joiner fetches */
+    fx f;
+    two_node_round(&f, 100);
+    uint32_t ids[2] = {0, 1};
+    commit_round(&f, ids, 2, 0);
+    heartbeat_ack(&f, 0, 1);
+    Spes__Wire__Commit *cm = (Spes__Wire__Commit *)heartbeat(&f, 1, 0, NS(ACTIVE), SPES_MSG_COMMIT);
+    spes_proto_free(&cm->base);
+    digest(&f, 0, 1, 0x61, NULL);
+    commit_round(&f, ids, 2, 1);
+    digest(&f, 0, 2, 0x62, NULL);
+    heartbeat_ack(&f, 0, 2);
+    spes_pki_identity p2 = node_peer("node-2");
+    Spes__Wire__Accept *a = (Spes__Wire__Accept *)join(&f, "node-2", &p2, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->round, 2);
+    ck_assert_uint_eq(a->n_peers, 1); /* as far as the coordinator knows, node-1 holds S_0 */
+    spes_proto_free(&a->base);
+    digest(&f, 1, 9, 0x69, NULL); /* a round the run has not reached proves nothing */
+    spes_pki_identity p3 = node_peer("node-3");
+    a = (Spes__Wire__Accept *)join(&f, "node-3", &p3, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->n_peers, 1);
+    spes_proto_free(&a->base);
+    digest(&f, 1, 2, 0x62, NULL);
+    spes_pki_identity p4 = node_peer("node-4");
+    a = (Spes__Wire__Accept *)join(&f, "node-4", &p4, SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->n_peers, 2);
     spes_proto_free(&a->base);
     fx_fini(&f);
 }
@@ -1973,6 +2009,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_heartbeat_replies);
     tcase_add_test(tc, test_join_mid_run_waits_for_next_round);
     tcase_add_test(tc, test_accept_names_state_holders);
+    tcase_add_test(tc, test_accept_holders_from_digests);
     tcase_add_test(tc, test_busy_until_state_known);
     tcase_add_test(tc, test_leave_and_unknown_type);
     tcase_add_test(tc, test_status_reply);

@@ -72,8 +72,13 @@ int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *nam
 /* spes__blob_conn_send sends a request on an idle slot; cb reports its end. */
 int spes__blob_conn_send(spes__blob_conn *c, int slot, const void *req, size_t len, int timeout_ms);
 
-/* spes__blob_conn_connected says whether the connection has ever been up (TLS and SP done). */
+/* spes__blob_conn_connected says whether a connection is up now (TLS and SP done). */
 int spes__blob_conn_connected(spes__blob_conn *c);
+
+/* spes__blob_conn_down_ms is how long no connection has been up: since the dial, or since the
+ * last one went (a peer that died or went off the network); 0 while one is up. ever (if not
+ * NULL): whether one ever came up. */
+uint64_t spes__blob_conn_down_ms(spes__blob_conn *c, int *ever);
 
 /* spes__blob_conn_close aborts what is in flight (each callback runs once), then closes. */
 void spes__blob_conn_close(spes__blob_conn *c);

@@ -12,14 +12,17 @@
  * requests and replies as blob traffic (net.h, spes_net_counters). */
 #include "blob/blob_internal.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "net/net_internal.h"
 
 #include <nng/protocol/reqrep0/req.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define CONN_PIPES_MAX 4 /* connections of one dialer followed at once */
 
 typedef struct slot {
     spes__blob_conn *c;
@@ -42,18 +45,52 @@ struct spes__blob_conn {
     slot *slots;
     spes__blob_conn_cb cb;
     void *arg;
-    atomic_int pipes; /* connections that came up (nng's pipe notifications) */
+    pthread_mutex_t mu;                /* guards what follows (nng's pipe notifications write it) */
+    uint32_t pipe_ids[CONN_PIPES_MAX]; /* the connections up now */
+    int npipes, ever;                  /* up now; ever came up */
+    uint64_t down_since_ms;            /* monotonic: when the last one went (or the dial, before any came) */
 };
 
-static void pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg)
+/* pipe_event follows the connections that are up: only those nng added count,
+ * so a pipe it refused before adding (ADD_PRE) cannot make the count wrong. */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    (void)p, (void)ev;
-    atomic_fetch_add(&((spes__blob_conn *)arg)->pipes, 1);
+    spes__blob_conn *c = arg;
+    uint32_t id = (uint32_t)nng_pipe_id(p);
+    pthread_mutex_lock(&c->mu);
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        if (c->npipes < CONN_PIPES_MAX) /* one dialer: one pipe at a time, a redial's overlap at most */
+            c->pipe_ids[c->npipes++] = id;
+        c->ever = 1;
+    } else {
+        for (int i = 0; i < c->npipes; i++)
+            if (c->pipe_ids[i] == id) {
+                c->pipe_ids[i] = c->pipe_ids[--c->npipes];
+                if (c->npipes == 0)
+                    c->down_since_ms = spes_mono_ms();
+                break;
+            }
+    }
+    pthread_mutex_unlock(&c->mu);
 }
 
 int spes__blob_conn_connected(spes__blob_conn *c)
 {
-    return atomic_load(&c->pipes) > 0;
+    pthread_mutex_lock(&c->mu);
+    int up = c->npipes > 0;
+    pthread_mutex_unlock(&c->mu);
+    return up;
+}
+
+uint64_t spes__blob_conn_down_ms(spes__blob_conn *c, int *ever)
+{
+    uint64_t now = spes_mono_ms();
+    pthread_mutex_lock(&c->mu);
+    uint64_t down = c->npipes > 0 || now < c->down_since_ms ? 0 : now - c->down_since_ms;
+    if (ever)
+        *ever = c->ever;
+    pthread_mutex_unlock(&c->mu);
+    return down;
 }
 
 static void slot_cb(void *arg)
@@ -128,6 +165,8 @@ int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *nam
         return SPES_ENOMEM;
     }
     snprintf(c->url, sizeof c->url, "%s", url);
+    pthread_mutex_init(&c->mu, NULL);
+    c->down_since_ms = spes_mono_ms();
     c->nslots = nslots;
     c->cb = cb;
     c->arg = arg;
@@ -137,7 +176,8 @@ int spes__blob_conn_open(spes__blob_conn **out, const char *url, const char *nam
         goto fail;
     }
     c->sock_open = 1;
-    if ((rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_POST, pipe_added, c)) != 0) {
+    if ((rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_POST, pipe_event, c)) != 0 ||
+        (rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, pipe_event, c)) != 0) {
         rc = spes__nng_err(rv, "cannot watch connections", url);
         goto fail;
     }
@@ -209,12 +249,15 @@ void spes__blob_conn_close(spes__blob_conn *c)
         if (c->slots[i].ctx_open)
             nng_ctx_close(c->slots[i].ctx);
     /* every slot is stopped and every context closed: nng holds none of ours */
-    if (c->sock_open)
-        (void)spes__nng_close_bounded(c->sock, c->url);
+    int stranded = c->sock_open && spes__nng_close_bounded(c->sock, c->url) != 0;
     for (int i = 0; c->slots && i < c->nslots; i++) {
         spes__deadline_disarm(&c->slots[i].dl);
         nng_aio_free(c->slots[i].aio);
     }
     free(c->slots);
+    c->slots = NULL;
+    if (stranded)
+        return; /* the close goes on in the background and reports its pipes to c: c stays */
+    pthread_mutex_destroy(&c->mu);
     free(c);
 }

@@ -574,20 +574,26 @@ static int no_peer_error(fetch *f)
 
 static int hash_ahead(fetch *f, uint32_t max);
 
-/* unreachable drops every peer still waiting for its first connection
- * connect_ms after it was dialled (a peer that went away: nng would redial it
- * until each request's timeout), and closes its connection, which has never
- * carried anything, so its requests come back at once. */
+/* unreachable drops every peer without a connection for connect_ms, whether
+ * it never came up or went away (a peer killed or off the network: nng would
+ * redial it until each request's timeout, 30 s and more), and closes its
+ * connection: with no pipe, nothing can be stranded, and its requests come
+ * back at once. */
 static void unreachable(fetch *f)
 {
-    uint64_t now = spes_mono_ms();
     for (int i = 0; i < f->npeers; i++) {
         fpeer *p = &f->peers[i];
-        if ((p->state != P_WAIT && p->state != P_LIVE) || !p->c || spes__blob_conn_connected(p->c) ||
-            now - p->dialled_ms < (uint64_t)f->connect_ms)
+        if ((p->state != P_WAIT && p->state != P_LIVE) || !p->c)
+            continue;
+        int ever = 0;
+        uint64_t down = spes__blob_conn_down_ms(p->c, &ever);
+        if (down < (uint64_t)f->connect_ms)
             continue;
         char why[80];
-        snprintf(why, sizeof why, "no connection within %d ms", f->connect_ms);
+        if (ever)
+            snprintf(why, sizeof why, "connection lost for %llu ms", (unsigned long long)down);
+        else
+            snprintf(why, sizeof why, "no connection within %d ms", f->connect_ms);
         drop_peer(f, i, why);
         spes__blob_conn_close(p->c);
         p->c = NULL;
@@ -758,7 +764,7 @@ static void fetch_fini(fetch *f)
     for (int i = 0; f->peers && i < f->npeers; i++) {
         f->peers[i].state = P_OUT;
         if (f->peers[i].c && !spes__blob_conn_connected(f->peers[i].c)) {
-            /* never up, so nothing to strand: its requests come back at once, not at their timeout */
+            /* none up now, so nothing to strand: its requests come back at once, not at their timeout */
             spes__blob_conn_close(f->peers[i].c);
             f->peers[i].c = NULL;
         }

@@ -342,6 +342,8 @@ void coord_digest(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Digest
     }
     memcpy(m->digest, g->state_hash.data, 32);
     m->digest_round = g->round;
+    if (g->round > m->round && g->round <= c->round)
+        m->round = g->round; /* it holds S_round now, though its heartbeat may not say so yet */
     coord_member_seen(m, now);
     int own = !strcmp(m->name, c->set.name);
     if (own && g->round == c->round && !c->state_hash_known) {
@@ -401,12 +403,12 @@ static void forgive_stall(spes_coord_sm *c, uint64_t now)
 }
 
 /* try_open_round opens a round when enough members are active: a fresh run waits for
- * min_nodes; a restarted coordinator for the members it had, or for failure_timeout_ms,
- * whichever comes first. */
+ * min_nodes, however long the operator's nodes take to start; a restarted coordinator for the
+ * members it had, or for failure_timeout_ms, whichever comes first. */
 static void try_open_round(spes_coord_sm *c, spes_coord_now now, int nact)
 {
     int target = c->round == 0 ? c->set.min_nodes : c->restored_active;
-    if (now.mono_ms - c->started_ms > (uint64_t)c->set.failure_timeout_ms)
+    if (c->round > 0 && now.mono_ms - c->started_ms > (uint64_t)c->set.failure_timeout_ms)
         target = 1;
     if (nact >= (target > 0 ? target : 1) && c->state_hash_known)
         coord_open_round(c, now);
