@@ -181,7 +181,12 @@ static int base_try(spes_node *n, int64_t round)
 static double rebase(spes_node *n, int stale, int steps)
 {
     double c = spes_overlap_carry(n->sm.run.spes.overlap_carry, stale, steps);
-    spes_overlap_rebase(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
+    if (n->sm.run.spes.overlap_whole) { /* the contribution takes back what the node does not keep */
+        spes_overlap_rebase_whole(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
+        n->withheld = 1;
+    } else {
+        spes_overlap_rebase(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
+    }
     return c;
 }
 
@@ -510,6 +515,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
         return fail(j, rc);
     }
     float *p = n->tr.model->params;
+    n->withheld = 0;
     if (t->overlap) {
         if (!n->xstart && !(n->xstart = malloc(total * sizeof(float)))) {
             train_leave(n);
@@ -626,6 +632,12 @@ static int job_train(spes_node *n, spes_node_job *j)
     if (rc) {
         base_done(n);
         return fail(j, rc);
+    }
+    if (n->withheld) { /* spes.overlap_whole: the round's whole progress, stale steps whole */
+        spes_overlap_add_withheld(c.val, n->xstart, 0, c.shared_numel);
+        for (int g = 0; g < c.ncols; g++)
+            spes_overlap_add_withheld(c.val + c.shared_numel + (size_t)g * c.column_numel, n->xstart,
+                                      c.shared_numel + (size_t)c.cols[g] * c.column_numel, c.column_numel);
     }
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */
