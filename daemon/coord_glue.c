@@ -302,7 +302,7 @@ static void settings_from(const spes_dconfig *cfg, spes_coord_settings *s)
     s->failure_timeout_ms = cfg->failure_timeout_ms;
     s->round_deadline_ms = cfg->round_deadline_ms;
     s->round_deadline_min_ms = cfg->round_deadline_min_ms;
-    s->tick_ms = spes_daemon_tick_ms(cfg->heartbeat_ms);
+    s->tick_ms = spes_daemon_tick_ms(cfg);
 }
 
 int spes_coord_alloc(spes_coord **out, spes_daemon *d)

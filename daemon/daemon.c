@@ -36,9 +36,12 @@ static int sd_notify(int unset, const char *state)
 }
 #endif
 
-uint64_t spes_daemon_tick_ms(int heartbeat_ms)
+uint64_t spes_daemon_tick_ms(const spes_dconfig *cfg)
 {
-    return heartbeat_ms / 2 > 50 ? (uint64_t)(heartbeat_ms / 2) : 50;
+    int every = cfg->heartbeat_ms / 2;
+    if (cfg->commit_poll_ms > 0 && cfg->commit_poll_ms < every)
+        every = cfg->commit_poll_ms; /* a node polls for its commit this often */
+    return every > 50 ? (uint64_t)every : 50;
 }
 
 void spes_daemon_post(spes_daemon *d, spes_event *ev)
@@ -351,7 +354,7 @@ static int start(spes_daemon *d)
     uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
     uv_timer_init(&d->loop, &d->tick);
     d->tick.data = d;
-    uv_timer_start(&d->tick, on_tick, 50, spes_daemon_tick_ms(d->cfg.heartbeat_ms));
+    uv_timer_start(&d->tick, on_tick, 50, spes_daemon_tick_ms(&d->cfg));
     return spes_node_start(d->node);
 }
 

@@ -83,9 +83,9 @@ void spes_daemon_reply_error(spes_reply_fn reply, void *ctx, int err, int in_rep
 /* spes_daemon_stopped is called by the node once it has left the run: the loop ends. */
 void spes_daemon_stopped(spes_daemon *d);
 
-/* spes_daemon_tick_ms is the period of the daemon's tick (heartbeats, failure
- * detection, round deadlines) for a heartbeat interval. */
-uint64_t spes_daemon_tick_ms(int heartbeat_ms);
+/* spes_daemon_tick_ms is the period of the daemon's tick (heartbeats, the polls
+ * for an awaited commit, failure detection, round deadlines). */
+uint64_t spes_daemon_tick_ms(const spes_dconfig *cfg);
 
 /* spes_control_open starts the unix control socket (mode 0660). */
 int spes_control_open(spes_daemon *d);

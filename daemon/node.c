@@ -418,6 +418,7 @@ int spes_node_alloc(spes_node **out, spes_daemon *d)
         .data = d->cfg.data,
         .threads = d->cfg.threads,
         .heartbeat_ms = d->cfg.heartbeat_ms,
+        .commit_poll_ms = d->cfg.commit_poll_ms,
         .keep_blobs = d->cfg.keep_blobs,
         .hooks = {n, hook_heartbeat, hook_heartbeat_reply, hook_commit, hook_applied},
     };

@@ -174,20 +174,34 @@ static int base_try(spes_node *n, int64_t round)
     return ok ? 0 : -1;
 }
 
-/* rebase moves the progress made since xstart, `stale` of the round's `steps`
- * steps, onto the agreed state in base (base held): params = base + c (params -
- * xstart), c from the run's overlap_carry and the stale share (sync/overlap.h;
- * docs/design.md, "Overlap", says why). Returns c. */
-static double rebase(spes_node *n, int stale, int steps)
+/* carries gives the weights of `stale` of a round's `steps` steps at the rebase:
+ * c[0] for the shared block (the mean of `members` contributions), c[1] for the
+ * columns (of min(column_owners, members)), from the run's overlap_carry
+ * (sync/overlap.h; docs/design.md, "Overlap", says why). */
+static void carries(const spes_node *n, int members, int stale, int steps, double c[2])
 {
-    double c = spes_overlap_carry(n->sm.run.spes.overlap_carry, stale, steps);
-    if (n->sm.run.spes.overlap_whole) { /* the contribution takes back what the node does not keep */
-        spes_overlap_rebase_whole(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
-        n->withheld = 1;
-    } else {
-        spes_overlap_rebase(n->tr.model->params, n->base, n->xstart, n->lo.total_numel, (float)c);
+    const spes_spes_config *s = &n->sm.run.spes;
+    int owners = members > 0 && s->column_owners > members ? members : s->column_owners;
+    c[0] = spes_overlap_carry_of(s->overlap_carry, stale, steps, members);
+    c[1] = spes_overlap_carry_of(s->overlap_carry, stale, steps, members > 0 ? owners : 0);
+}
+
+/* rebase moves the progress made since xstart onto the agreed state in base
+ * (base held): params = base + c (params - xstart), c from carries, one weight
+ * for the shared block and one for the columns. */
+static void rebase(spes_node *n, int members, int stale, int steps, double c[2])
+{
+    carries(n, members, stale, steps, c);
+    size_t at[3] = {0, n->lo.shared_numel, n->lo.total_numel};
+    for (int g = 0; g < 2; g++) {
+        float *p = n->tr.model->params + at[g];
+        size_t len = at[g + 1] - at[g];
+        if (n->sm.run.spes.overlap_whole) /* the contribution takes back what the node does not keep */
+            spes_overlap_rebase_whole(p, n->base + at[g], n->xstart + at[g], len, (float)c[g]);
+        else
+            spes_overlap_rebase(p, n->base + at[g], n->xstart + at[g], len, (float)c[g]);
     }
-    return c;
+    n->withheld = n->sm.run.spes.overlap_whole;
 }
 
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
@@ -528,7 +542,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     n->tr.step = (int64_t)t->step;
     n->tr.round = (int64_t)t->round;
     int steps = run->spes.sync_interval, rebased = !t->overlap, rebased_at = steps;
-    double carry = 1;
+    double carry[2] = {1, 1};
     spes_counters_train_begin(); /* training time (docs/counters.md): the steps, not the wait for S_round */
     double step_s[2] = {0, 0};   /* seconds of steps without and with a sync job running beside them */
     double paused_s = 0;         /* seconds paused while the sync worker saved the trainer */
@@ -543,7 +557,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
             return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
         }
         if (!rebased && base_try(n, (int64_t)t->round) == 0) {
-            carry = rebase(n, done, steps);
+            rebase(n, t->members, done, steps, carry);
             base_done(n);
             rebased = 1;
             rebased_at = done;
@@ -569,13 +583,17 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
     if (rc)
         return fail(j, rc);
     /* what a sync beside the steps costs them (docs/benchmarks.md, "Overlap") */
-    char when[96] = "";
+    char when[128] = "";
+    if (t->overlap && !rebased)
+        carries(n, t->members, steps, steps, carry);
     if (t->overlap && rebased)
-        snprintf(when, sizeof when, "; rebased onto S_%llu after %d step(s), carried at %.3f",
-                 (unsigned long long)t->round, rebased_at, carry);
+        snprintf(when, sizeof when,
+                 "; rebased onto S_%llu after %d step(s), carried at %.3f (shared), %.3f (columns)",
+                 (unsigned long long)t->round, rebased_at, carry[0], carry[1]);
     else if (t->overlap)
-        snprintf(when, sizeof when, "; rebased onto S_%llu after the last step, carried at %.3f",
-                 (unsigned long long)t->round, spes_overlap_carry(run->spes.overlap_carry, steps, steps));
+        snprintf(when, sizeof when,
+                 "; rebased onto S_%llu after the last step, carried at %.3f (shared), %.3f (columns)",
+                 (unsigned long long)t->round, carry[0], carry[1]);
     log_info(
         "round %llu: %d steps in %.2f s: %.1f ms a step, %.1f ms over %d with a sync job running beside, "
         "paused %.1f ms for the state's write%s",
@@ -585,7 +603,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
         return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
                                  (unsigned long long)t->round));
     if (!rebased)
-        rebase(n, steps, steps); /* S_round came after the last step */
+        rebase(n, t->members, steps, steps, carry); /* S_round came after the last step */
     return 0;
 }
 

@@ -488,6 +488,30 @@ START_TEST(test_overlap_columns_dealt_anew)
 }
 END_TEST
 
+/* A node waiting for its round's commit asks for it every commit_poll_ms, not every
+ * heartbeat_ms (commits come with heartbeat replies); otherwise it heartbeats as usual. */
+START_TEST(test_commit_poll)
+{
+    T t;
+    spes_node_job *r5 = overlapped(&t); /* round 4 announced: the node waits for its commit */
+    t.sm.o.commit_poll_ms = HB_MS / 4;
+    tick(&t, HB_MS / 4);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_ack(&t, SPES_NODE_CALL_HEARTBEAT); /* no commit yet */
+    tick(&t, HB_MS / 4 - 1);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    tick(&t, 1);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply_ack(&t, SPES_NODE_CALL_HEARTBEAT);
+    digested(&t, commit4(&t)); /* idle at round 5: every heartbeat_ms again */
+    tick(&t, HB_MS / 4);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_SEND), 0);
+    finish(r5, 0x45);
+    job_done(&t, r5);
+    done(&t);
+}
+END_TEST
+
 START_TEST(test_overlap_round_closed_without_us)
 {
     T t;
@@ -1453,6 +1477,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_overlap_not_past_the_end);
     tcase_add_test(tc, test_overlap_columns_dealt_anew);
     tcase_add_test(tc, test_overlap_round_closed_without_us);
+    tcase_add_test(tc, test_commit_poll);
     tcase_add_test(tc, test_overlap_join_waits_for_the_training);
     suite_add_tcase(s, tc);
     return s;

@@ -959,6 +959,18 @@ START_TEST(test_overlap_carry)
         if (k) /* more stale steps weigh less */
             ck_assert(spes_overlap_carry(0.5, k, 50) < spes_overlap_carry(0.5, k - 1, 50));
     }
+    /* a group whose delta is the mean of k contributions was stale only by the others' share,
+     * 1 - 1/k: a column of its own (k = 1) keeps its steps whole, k unknown (0) counts it whole */
+    for (int k = 0; k <= 8; k++)
+        ck_assert(spes_overlap_carry_of(0.5, 0, 10, k) == 1.0);
+    ck_assert(spes_overlap_carry_of(0.5, 10, 10, 1) == 1.0);
+    ck_assert(spes_overlap_carry_of(0.0, 10, 10, 1) == 1.0);
+    ck_assert(spes_overlap_carry_of(0.0, 10, 10, 2) == 0.0);
+    ck_assert(spes_overlap_carry_of(0.5, 10, 10, 0) == spes_overlap_carry(0.5, 10, 10));
+    ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 10, 10, 2), 1 / 1.5, 1e-15);
+    ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 5, 10, 4), 1 / (1 + 0.75 * 0.5), 1e-15);
+    for (int k = 2; k <= 8; k++) /* more contributors: more of the delta is the others' */
+        ck_assert(spes_overlap_carry_of(0.5, 10, 10, k) < spes_overlap_carry_of(0.5, 10, 10, k - 1));
     float p[3] = {1.0f, -2.0f, 4.0f}, base[3] = {0.5f, 0.5f, 0.5f}, x[3] = {0.0f, -1.0f, 4.0f};
     spes_overlap_rebase(p, base, x, 3, 0.5f);
     ck_assert(p[0] == 1.0f && p[1] == 0.0f && p[2] == 0.5f);

@@ -95,6 +95,7 @@ static const spes_cfg_field dfields[] = {
     CHOICE(fault, "", faults),
     INT(threads, 1, 256, 2),
     INT(heartbeat_ms, 50, 600000, 1000),
+    INT(commit_poll_ms, 50, 600000, 100),
     INT(failure_timeout_ms, 200, 3600000, 15000),
     INT(round_deadline_ms, 200, 86400000, 120000),
     INT(round_deadline_min_ms, 200, 86400000, 10000),

@@ -27,6 +27,7 @@ typedef struct spes_dconfig {
                                             * "diverge" changes its state of round 3 once */
     int threads;
     int heartbeat_ms;
+    int commit_poll_ms; /* heartbeat period while the node waits for its round's commit */
     int failure_timeout_ms;
     int round_deadline_ms;     /* the round deadline's ceiling */
     int round_deadline_min_ms; /* its floor (at or above the ceiling: a fixed deadline) */

@@ -10,6 +10,7 @@
 #include "proto/spes.pb-c.h"
 
 #include <stdarg.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,7 @@ static void train_job(spes_node_sm *sm, uint64_t round, uint64_t step, int overl
     j->u.train.round = round;
     j->u.train.step = step;
     j->u.train.overlap = overlap;
+    j->u.train.members = sm->members;
     j->u.train.E = sm->E;
     memcpy(j->u.train.cols, cols, (size_t)sm->E);
     int ncols = 0;
@@ -317,6 +319,7 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
         sm->o.hooks.commit(sm->o.hooks.arg, cm, sm->id);
     if (diverged(sm, &cm->base_hash, o))
         return;
+    sm->members = cm->n_peers > INT_MAX ? INT_MAX : (int)cm->n_peers; /* every active member is a peer */
     spes_node_job *j = new_job(sm, SPES_NODE_JOB_APPLY, cm->n_peers);
     spes_node_job_apply *a = j ? &j->u.apply : NULL;
     if (!j || !(a->contribs = calloc(cm->n_contributions + 1, sizeof *a->contribs))) {
@@ -654,10 +657,16 @@ void spes_node_sm_tick(spes_node_sm *sm, uint64_t now, spes_node_out *out)
     case SPES_NODE_IDLE:
     case SPES_NODE_TRAIN:
     case SPES_NODE_WAIT:
-    case SPES_NODE_APPLY:
-        if (sm->joined && now - sm->last_hb_ms >= (uint64_t)sm->o.heartbeat_ms)
+    case SPES_NODE_APPLY: {
+        /* commits come with heartbeat replies: one awaited comes sooner (docs/design.md, "Overlap") */
+        int every = sm->phase == SPES_NODE_WAIT && sm->o.commit_poll_ms > 0 &&
+                            sm->o.commit_poll_ms < sm->o.heartbeat_ms
+                        ? sm->o.commit_poll_ms
+                        : sm->o.heartbeat_ms;
+        if (sm->joined && now - sm->last_hb_ms >= (uint64_t)every)
             send_heartbeat(sm, now, out);
         break;
+    }
     default: break;
     }
 }

@@ -87,6 +87,8 @@ typedef struct spes_node_job_prepare {
 typedef struct spes_node_job_train {
     uint64_t round, step;
     int overlap; /* 1: start from the node's own parameters, rebase onto S_round at the end */
+    int members; /* the run's active members as last known (0: none yet): the shared block's delta is
+                  * the mean of this many contributions, a column's of min(column_owners, members) */
     int E;
     uint8_t *cols; /* (E) 1: column trained */
     /* results */
@@ -205,7 +207,8 @@ typedef struct spes_node_opts {
     const char *data;        /* non-empty: this node's token files, overriding the run's */
     int threads;             /* Join's capabilities */
     int heartbeat_ms;
-    int keep_blobs; /* never release blobs */
+    int commit_poll_ms; /* the heartbeat period while the node waits for its round's commit (if shorter) */
+    int keep_blobs;     /* never release blobs */
     spes_node_hooks hooks;
 } spes_node_opts;
 
@@ -226,6 +229,7 @@ typedef struct spes_node_sm {
     spes_run_config run; /* the run config from the first Accept (immutable afterwards) */
     int have_run;
     int E;                /* experts of the run */
+    int members;          /* active members named by the last Commit (0: none seen yet) */
     uint64_t round, step; /* the agreed state held: S_round, steps done */
     uint8_t hash[32];     /* its digest */
     int have_state;

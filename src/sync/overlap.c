@@ -3,12 +3,18 @@
 
 double spes_overlap_carry(double c1, int stale, int steps)
 {
-    if (stale <= 0 || steps <= 0)
-        return 1.0; /* nothing was trained on the old state */
+    return spes_overlap_carry_of(c1, stale, steps, 0);
+}
+
+double spes_overlap_carry_of(double c1, int stale, int steps, int k)
+{
+    if (stale <= 0 || steps <= 0 || k == 1)
+        return 1.0; /* nothing was trained on an old state */
     if (c1 <= 0)
         return 0.0;
     double share = stale >= steps ? 1.0 : (double)stale / steps;
-    return 1.0 / (1.0 + share * (1.0 / c1 - 1.0));
+    double others = k > 1 ? 1.0 - 1.0 / k : 1.0;
+    return 1.0 / (1.0 + others * share * (1.0 / c1 - 1.0));
 }
 
 void spes_overlap_rebase(float *p, const float *base, const float *x, size_t n, float c)
