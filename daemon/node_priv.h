@@ -69,7 +69,6 @@ struct spes_node {
     int have_trainer;           /* [worker] */
     float *base;                /* [worker] (total) S_round: written by the sync worker, under base_busy */
     float *xstart;              /* [worker] (total) overlap: the parameters the training round began from */
-    int withheld;     /* [worker] overlap_whole: xstart holds the stale progress the rebase left out */
     spes_outer outer; /* [worker] outer optimizer: its momentum is part of S_round (docs/convergence.md) */
     double loss, tps; /* [worker] the last training step's loss and tokens/s */
     spes_norm_history *norms; /* [worker] what the norm bound remembers of earlier rounds (validation) */

@@ -196,12 +196,8 @@ static void rebase(spes_node *n, int members, int stale, int steps, double c[2])
     for (int g = 0; g < 2; g++) {
         float *p = n->tr.model->params + at[g];
         size_t len = at[g + 1] - at[g];
-        if (n->sm.run.spes.overlap_whole) /* the contribution takes back what the node does not keep */
-            spes_overlap_rebase_whole(p, n->base + at[g], n->xstart + at[g], len, (float)c[g]);
-        else
-            spes_overlap_rebase(p, n->base + at[g], n->xstart + at[g], len, (float)c[g]);
+        spes_overlap_rebase(p, n->base + at[g], n->xstart + at[g], len, (float)c[g]);
     }
-    n->withheld = n->sm.run.spes.overlap_whole;
 }
 
 /* outer_ready readies the outer optimizer for the run (the momentum buffer
@@ -529,7 +525,6 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
         return fail(j, rc);
     }
     float *p = n->tr.model->params;
-    n->withheld = 0;
     if (t->overlap) {
         if (!n->xstart && !(n->xstart = malloc(total * sizeof(float)))) {
             train_leave(n);
@@ -650,12 +645,6 @@ static int job_train(spes_node *n, spes_node_job *j)
     if (rc) {
         base_done(n);
         return fail(j, rc);
-    }
-    if (n->withheld) { /* spes.overlap_whole: the round's whole progress, stale steps whole */
-        spes_overlap_add_withheld(c.val, n->xstart, 0, c.shared_numel);
-        for (int g = 0; g < c.ncols; g++)
-            spes_overlap_add_withheld(c.val + c.shared_numel + (size_t)g * c.column_numel, n->xstart,
-                                      c.shared_numel + (size_t)c.cols[g] * c.column_numel, c.column_numel);
     }
     if (!strcmp(n->d->cfg.fault, "nan")) {
         c.val[0] = NAN; /* fault injection for tests: a poisoned contribution */

@@ -974,15 +974,6 @@ START_TEST(test_overlap_carry)
     float p[3] = {1.0f, -2.0f, 4.0f}, base[3] = {0.5f, 0.5f, 0.5f}, x[3] = {0.0f, -1.0f, 4.0f};
     spes_overlap_rebase(p, base, x, 3, 0.5f);
     ck_assert(p[0] == 1.0f && p[1] == 0.0f && p[2] == 0.5f);
-    /* overlap_whole: the same parameters, and x keeps what they left out; added back to a
-     * contribution's values (the shared block at 0, a column at its offset), the progress is whole */
-    float q[3] = {1.0f, -2.0f, 4.0f}, w[3] = {0.0f, -1.0f, 4.0f};
-    spes_overlap_rebase_whole(q, base, w, 3, 0.25f);
-    ck_assert(q[0] == 0.75f && q[1] == 0.25f && q[2] == 0.5f);
-    ck_assert(w[0] == 0.75f && w[1] == -0.75f && w[2] == 0.0f);
-    float val[2] = {q[1], q[2]};
-    spes_overlap_add_withheld(val, w, 1, 2);
-    ck_assert(val[0] == base[1] + (-2.0f - -1.0f) && val[1] == base[2] + 0.0f);
 }
 END_TEST
 

@@ -75,7 +75,6 @@ static const spes_cfg_field fields[] = {
      NULL, NULL, NULL},
     NUM("spes", "overlap", INT, S(overlap), 0, 1, 0),
     NUM("spes", "overlap_carry", DBL, S(overlap_carry), 0, 1, 0.5),
-    NUM("spes", "overlap_whole", INT, S(overlap_whole), 0, 1, 0),
     NUM("spes", "rotate_interval", INT, S(rotate_interval), 0, INT_MAX, 0),
     NUM("spes", "column_owners", INT, S(column_owners), 1, SPES_MAX_MEMBERS, 1),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
@@ -258,8 +257,6 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "overlap");
     if (spes && c->spes.overlap_carry == 0.5)
         json_object_del(spes, "overlap_carry");
-    if (spes && !c->spes.overlap_whole)
-        json_object_del(spes, "overlap_whole");
     if (spes && !c->spes.rotate_interval) /* and column rotation (docs/convergence.md) */
         json_object_del(spes, "rotate_interval");
     if (spes && c->spes.column_owners == 1) /* and column replicas (docs/design.md, "Columns") */

@@ -58,7 +58,6 @@ typedef struct spes_spes_config {
     char codec[8];         /* contributions on the wire: "fp32" | "bf16" | "q8ef" | "topk" (run-wide) */
     int overlap;           /* 1: a round's next training runs while the round travels (docs/design.md) */
     double overlap_carry;  /* the weight of the steps trained before the rebase onto S_round */
-    int overlap_whole;     /* 1: the contribution carries those steps whole; the weight is the node's own */
     int rotate_interval;   /* rounds between hand-overs of every member's columns to the next (0: never) */
     int column_owners;     /* members that train each column (1: its dealt owner only; docs/design.md) */
 } spes_spes_config;

@@ -22,18 +22,3 @@ void spes_overlap_rebase(float *p, const float *base, const float *x, size_t n, 
     for (size_t i = 0; i < n; i++)
         p[i] = base[i] + c * (p[i] - x[i]);
 }
-
-void spes_overlap_rebase_whole(float *p, const float *base, float *x, size_t n, float c)
-{
-    for (size_t i = 0; i < n; i++) {
-        float d = p[i] - x[i], kept = c * d;
-        p[i] = base[i] + kept;
-        x[i] = d - kept;
-    }
-}
-
-void spes_overlap_add_withheld(float *val, const float *w, size_t at, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        val[i] += w[at + i];
-}

@@ -33,14 +33,4 @@ double spes_overlap_carry_of(double c1, int stale, int steps, int k);
 /* spes_overlap_rebase sets p[i] = base[i] + c (p[i] - x[i]) for i < n. */
 void spes_overlap_rebase(float *p, const float *base, const float *x, size_t n, float c);
 
-/* spes_overlap_rebase_whole is spes_overlap_rebase that keeps what it leaves out:
- * with d = p[i] - x[i], it sets p[i] = base[i] + c d and x[i] = d - c d, the
- * progress the contribution adds back (spes.overlap_whole: the run takes the
- * stale steps whole, the node keeps the share c of them in its own parameters). */
-void spes_overlap_rebase_whole(float *p, const float *base, float *x, size_t n, float c);
-
-/* spes_overlap_add_withheld adds w[at + i] to val[i] for i < n: a contribution's
- * values (shared block or one column, at offset at of the whole) made whole. */
-void spes_overlap_add_withheld(float *val, const float *w, size_t at, size_t n);
-
 #endif
