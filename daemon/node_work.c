@@ -953,9 +953,13 @@ static int outer_save(spes_node *n, const char *dir, int64_t round)
 static int save_state(spes_node *n, const char *dir, int64_t step, int64_t R)
 {
     trainer_hold(n);
-    int rc = spes_trainer_save_as(&n->tr, dir, n->base, step, R);
+    /* the residual and the momentum first, each keeping its previous generation: a kill before the
+     * trainer state of R is written leaves that of R - 1 with its files (checkpoint/outer_file.h) */
+    int rc = spes_mkdir_p(dir, 0);
     if (!rc)
         rc = outer_save(n, dir, R);
+    if (!rc)
+        rc = spes_trainer_save_as(&n->tr, dir, n->base, step, R);
     trainer_release(n);
     return rc;
 }

@@ -648,6 +648,40 @@ START_TEST(outer_momentum_file)
 }
 END_TEST
 
+/* The file of the round before stays as FILE.prev: a node killed after writing round R's files but
+ * before its trainer state of R (written after them) resumes R - 1 with its own momentum and
+ * residual. */
+START_TEST(outer_file_generations)
+{
+    enum { N = 5 };
+    float m3[N] = {1, 2, 3, 4, 5}, m4[N] = {6, 7, 8, 9, 10}, back[N];
+    ck_assert_int_eq(spes_outer_save(tmpdir, m3, N, 3), 0);
+    ck_assert_int_eq(spes_outer_save(tmpdir, m4, N, 4), 0);
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 4), 0);
+    ck_assert_mem_eq(back, m4, sizeof back);
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 3), 0); /* the generation before */
+    ck_assert_mem_eq(back, m3, sizeof back);
+    ck_assert_int_eq(spes_outer_save(tmpdir, m3, N, 5), 0);
+    ck_assert_int_eq(spes_outer_load(tmpdir, back, N, 3), SPES_ESTATE); /* two generations only */
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "of round 5, expected 3"));
+    uint8_t cols[3] = {1, 0, 1}, got[3];
+    float r1[2 + 2 * 2] = {1, 2, 3, 4, 5, 6}, *v = NULL;
+    size_t numel = 0;
+    ck_assert_int_eq(spes_resid_save(tmpdir, cols, 3, r1, 6, 7), 0);
+    ck_assert_int_eq(spes_resid_save(tmpdir, cols, 3, r1, 6, 8), 0);
+    ck_assert_int_eq(spes_resid_load(tmpdir, 3, 2, 2, 7, got, &v, &numel), 0);
+    ck_assert_uint_eq(numel, 6);
+    ck_assert_mem_eq(v, r1, sizeof r1);
+    free(v);
+    ck_assert_int_eq(spes_resid_remove(tmpdir), 0);
+    ck_assert_int_eq(spes_resid_load(tmpdir, 3, 2, 2, 7, got, &v, &numel), SPES_ENOENT);
+    ck_assert_int_eq(spes_outer_remove(tmpdir), 0);
+    char *prev = sub(SPES_OUTER_FILE ".prev");
+    ck_assert_int_eq(access(prev, F_OK), -1);
+    free(prev);
+}
+END_TEST
+
 static Suite *suite(int sample)
 {
     if (sample) {
@@ -667,6 +701,7 @@ static Suite *suite(int sample)
     tcase_add_test(tc, atomicity);
     tcase_add_test(tc, documented_format_loads);
     tcase_add_test(tc, outer_momentum_file);
+    tcase_add_test(tc, outer_file_generations);
     suite_add_tcase(s, tc);
     TCase *th = tcase_create("huggingface");
     tcase_add_checked_fixture(th, setup, teardown);

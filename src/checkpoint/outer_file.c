@@ -5,6 +5,7 @@
 #include "core/sha256.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -24,14 +25,26 @@ static int digest(const uint8_t *buf, size_t len, uint8_t out[32])
     return 0;
 }
 
-/* vec_save writes magic | 1 | nextra | round | numel | extra | values | SHA-256 to DIR/file atomically. */
+/* prev_path is DIR/file.prev, where the generation before the last one stays. */
+static char *prev_path(const char *dir, const char *file)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.prev", file);
+    return spes_path_join(dir, name);
+}
+
+/* vec_save writes magic | 1 | nextra | round | numel | extra | values | SHA-256 to DIR/file atomically,
+ * the file it replaces kept as file.prev: the caller writes this before the trainer state of the same
+ * round, so a kill between the two leaves the older state with its own file in file.prev. */
 static int vec_save(const char *dir, const char *file, const char *magic, const uint8_t *extra,
                     uint32_t nextra, const float *vals, size_t numel, int64_t round)
 {
     size_t len = VEC_HDR + nextra + numel * 4 + 32;
     uint8_t *buf = malloc(len);
-    char *path = spes_path_join(dir, file);
-    int rc = buf && path ? 0 : SPES_ENOMEM;
+    char *path = spes_path_join(dir, file), *prev = prev_path(dir, file);
+    int rc = buf && path && prev ? 0 : SPES_ENOMEM;
+    if (!rc && rename(path, prev) != 0 && errno != ENOENT)
+        rc = spes_errf_errno(SPES_EIO, "%s: cannot keep it as %s", path, prev);
     if (!rc) {
         uint32_t ver = 1;
         uint64_t r = (uint64_t)round, n = numel;
@@ -49,13 +62,14 @@ static int vec_save(const char *dir, const char *file, const char *magic, const 
         rc = spes_write_file_atomic(path, buf, len);
     free(buf);
     free(path);
+    free(prev);
     return rc;
 }
 
-/* vec_read reads and checks DIR/file (magic, version, sizes, digest, round) into *buf; *nextra and
- * *numel say what it holds. SPES_ENOENT when the file does not exist. */
-static int vec_read(const char *dir, const char *file, const char *magic, const char *what, size_t max,
-                    int64_t round, char **buf, uint32_t *nextra, size_t *numel)
+/* vec_read_one reads and checks DIR/file (magic, version, sizes, digest, round) into *buf; *nextra
+ * and *numel say what it holds. SPES_ENOENT when the file does not exist. */
+static int vec_read_one(const char *dir, const char *file, const char *magic, const char *what, size_t max,
+                        int64_t round, char **buf, uint32_t *nextra, size_t *numel)
 {
     char *path = spes_path_join(dir, file);
     if (!path)
@@ -102,13 +116,33 @@ done:
     return rc;
 }
 
+/* vec_read is vec_read_one of DIR/file, or of the generation before it (file.prev) when file is of
+ * another round (or missing): the error is file's when neither is of this round. */
+static int vec_read(const char *dir, const char *file, const char *magic, const char *what, size_t max,
+                    int64_t round, char **buf, uint32_t *nextra, size_t *numel)
+{
+    int rc = vec_read_one(dir, file, magic, what, max, round, buf, nextra, numel);
+    if (rc != SPES_ESTATE && rc != SPES_ENOENT)
+        return rc;
+    char *why = strdup(spes_errmsg()), name[256];
+    snprintf(name, sizeof name, "%s.prev", file);
+    int rc2 = vec_read_one(dir, name, magic, what, max, round, buf, nextra, numel);
+    if (rc2 && why)
+        spes_errf(rc, "%s", why); /* the newer file's reason, which the caller reports */
+    free(why);
+    return rc2 ? rc : 0;
+}
+
 static int vec_remove(const char *dir, const char *file)
 {
-    char *path = spes_path_join(dir, file);
-    if (!path)
-        return SPES_ENOMEM;
-    int rc = unlink(path) == 0 || errno == ENOENT ? 0 : spes_errf_errno(SPES_EIO, "%s: cannot remove", path);
+    char *path = spes_path_join(dir, file), *prev = prev_path(dir, file);
+    int rc = path && prev ? 0 : SPES_ENOMEM;
+    if (!rc && unlink(path) != 0 && errno != ENOENT)
+        rc = spes_errf_errno(SPES_EIO, "%s: cannot remove", path);
+    if (!rc && unlink(prev) != 0 && errno != ENOENT)
+        rc = spes_errf_errno(SPES_EIO, "%s: cannot remove", prev);
     free(path);
+    free(prev);
     return rc;
 }
 

@@ -7,7 +7,10 @@
  * 1 where the column's values are held (after the shared block's, in column
  * order). A checkpoint without outer.bin is a run without outer momentum (or
  * one written before it existed); readers treat its momentum as absent. One
- * without residual.bin restores a zero residual. */
+ * without residual.bin restores a zero residual. Each save keeps the file it
+ * replaces as FILE.prev, and a load of a round FILE is not of reads FILE.prev:
+ * a node writes these before its trainer state of the same round, so a kill
+ * between the two leaves the older state with its own files. */
 #ifndef SPES_CHECKPOINT_OUTER_FILE_H
 #define SPES_CHECKPOINT_OUTER_FILE_H
 
@@ -24,7 +27,7 @@ int spes_outer_save(const char *dir, const float *mom, size_t numel, int64_t rou
  * size, truncation and corruption; SPES_ENOENT when the file does not exist. */
 int spes_outer_load(const char *dir, float *mom, size_t numel, int64_t round);
 
-/* spes_outer_remove deletes DIR/outer.bin if present (a checkpoint saved without momentum). */
+/* spes_outer_remove deletes DIR/outer.bin (and outer.bin.prev) if present (a checkpoint saved without momentum). */
 int spes_outer_remove(const char *dir);
 
 /* SPES_RESID_FILE is the residual's file name inside a checkpoint directory. */
