@@ -187,11 +187,10 @@ static void carries(const spes_node *n, int members, int stale, int steps, doubl
 }
 
 /* rebase moves the progress made since xstart onto the agreed state in base
- * (base held): params = base + c (params - xstart), c from carries, one weight
- * for the shared block and one for the columns. */
-static void rebase(spes_node *n, int members, int stale, int steps, double c[2])
+ * (base held): params = base + c (params - xstart), with the weights c of
+ * carries, one for the shared block and one for the columns. */
+static void rebase(spes_node *n, const double c[2])
 {
-    carries(n, members, stale, steps, c);
     size_t at[3] = {0, n->lo.shared_numel, n->lo.total_numel};
     for (int g = 0; g < 2; g++) {
         float *p = n->tr.model->params + at[g];
@@ -552,7 +551,8 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
             return fail(j, spes_errf(SPES_EINTR, "round abandoned"));
         }
         if (!rebased && base_try(n, (int64_t)t->round) == 0) {
-            rebase(n, t->members, done, steps, carry);
+            carries(n, t->members, done, steps, carry);
+            rebase(n, carry);
             base_done(n);
             rebased = 1;
             rebased_at = done;
@@ -598,7 +598,7 @@ static int train_steps(spes_node *n, spes_node_job *j, double *loss_sum)
         return fail(j, spes_errf(SPES_EINTR, "round %llu: the run went on without this node's round",
                                  (unsigned long long)t->round));
     if (!rebased)
-        rebase(n, t->members, steps, steps, carry); /* S_round came after the last step */
+        rebase(n, carry); /* S_round came after the last step: the weights of the log line */
     return 0;
 }
 

@@ -860,14 +860,21 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-START_TEST(test_fetch_three_peers_kill_corrupt)
+/* no_fork says (and prints) that test cannot run: its peer runs in a forked child, which needs a
+ * process where nng has not started, and CK_FORK=no runs every test in one process. */
+static int no_fork(const char *test)
 {
     const char *fork_mode = getenv("CK_FORK");
-    if (fork_mode && strcmp(fork_mode, "no") == 0) {
-        /* peer B runs in a forked child, which needs a process where nng has not started */
-        printf("test_fetch_three_peers_kill_corrupt: skipped under CK_FORK=no\n");
+    if (!fork_mode || strcmp(fork_mode, "no"))
+        return 0;
+    printf("%s: skipped under CK_FORK=no\n", test);
+    return 1;
+}
+
+START_TEST(test_fetch_three_peers_kill_corrupt)
+{
+    if (no_fork("test_fetch_three_peers_kill_corrupt"))
         return;
-    }
     setup_pki();
     const char *env = getenv("SPES_BLOB_TEST_MB");
     uint64_t mb = env ? strtoull(env, NULL, 10) : 256;
@@ -950,11 +957,8 @@ END_TEST
  * nng's req would otherwise wait out for a pipe that never comes back. */
 START_TEST(test_fetch_peer_dies_after_connecting)
 {
-    const char *fork_mode = getenv("CK_FORK");
-    if (fork_mode && strcmp(fork_mode, "no") == 0) {
-        printf("test_fetch_peer_dies_after_connecting: skipped under CK_FORK=no\n");
+    if (no_fork("test_fetch_peer_dies_after_connecting"))
         return;
-    }
     setup_pki();
     spes_blob_store *b = store_at("b", 65536), *f = store_at("f", 65536);
     char src[400];

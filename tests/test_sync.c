@@ -947,17 +947,17 @@ static int codec_io(spes_codec codec, const char *in, const char *out)
  * between; the rebase is base + c (p - x) value by value. */
 START_TEST(test_overlap_carry)
 {
-    ck_assert(spes_overlap_carry(0.5, 0, 10) == 1.0);
-    ck_assert(spes_overlap_carry(0.5, 10, 10) == 0.5);
-    ck_assert(spes_overlap_carry(0.5, 12, 10) == 0.5); /* never past the round */
-    ck_assert_double_eq_tol(spes_overlap_carry(0.5, 2, 10), 1 / 1.2, 1e-15);
-    ck_assert_double_eq_tol(spes_overlap_carry(0.5, 25, 50), 2.0 / 3.0, 1e-15);
-    ck_assert_double_eq_tol(spes_overlap_carry(0.25, 5, 10), 1 / 2.5, 1e-15);
+    ck_assert(spes_overlap_carry_of(0.5, 0, 10, 0) == 1.0);
+    ck_assert(spes_overlap_carry_of(0.5, 10, 10, 0) == 0.5);
+    ck_assert(spes_overlap_carry_of(0.5, 12, 10, 0) == 0.5); /* never past the round */
+    ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 2, 10, 0), 1 / 1.2, 1e-15);
+    ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 25, 50, 0), 2.0 / 3.0, 1e-15);
+    ck_assert_double_eq_tol(spes_overlap_carry_of(0.25, 5, 10, 0), 1 / 2.5, 1e-15);
     for (int k = 0; k <= 50; k++) {
-        ck_assert(spes_overlap_carry(1.0, k, 50) == 1.0); /* whole, at any share */
-        ck_assert(spes_overlap_carry(0.0, k, 50) == (k ? 0.0 : 1.0));
+        ck_assert(spes_overlap_carry_of(1.0, k, 50, 0) == 1.0); /* whole, at any share */
+        ck_assert(spes_overlap_carry_of(0.0, k, 50, 0) == (k ? 0.0 : 1.0));
         if (k) /* more stale steps weigh less */
-            ck_assert(spes_overlap_carry(0.5, k, 50) < spes_overlap_carry(0.5, k - 1, 50));
+            ck_assert(spes_overlap_carry_of(0.5, k, 50, 0) < spes_overlap_carry_of(0.5, k - 1, 50, 0));
     }
     /* a group whose delta is the mean of k contributions was stale only by the others' share,
      * 1 - 1/k: a column of its own (k = 1) keeps its steps whole, k unknown (0) counts it whole */
@@ -966,7 +966,7 @@ START_TEST(test_overlap_carry)
     ck_assert(spes_overlap_carry_of(0.5, 10, 10, 1) == 1.0);
     ck_assert(spes_overlap_carry_of(0.0, 10, 10, 1) == 1.0);
     ck_assert(spes_overlap_carry_of(0.0, 10, 10, 2) == 0.0);
-    ck_assert(spes_overlap_carry_of(0.5, 10, 10, 0) == spes_overlap_carry(0.5, 10, 10));
+    ck_assert(spes_overlap_carry_of(0.5, 10, 10, 0) == spes_overlap_carry_of(0.5, 10, 10, 0));
     ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 10, 10, 2), 1 / 1.5, 1e-15);
     ck_assert_double_eq_tol(spes_overlap_carry_of(0.5, 5, 10, 4), 1 / (1 + 0.75 * 0.5), 1e-15);
     for (int k = 2; k <= 8; k++) /* more contributors: more of the delta is the others' */

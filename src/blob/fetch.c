@@ -53,7 +53,6 @@ typedef struct fpeer {
     int inflight;
     int errors; /* transport failures in a row */
     char why[200];
-    uint64_t dialled_ms; /* monotonic: when the fetch dialled it */
 } fpeer;
 
 /* fdone is one finished request, queued by an nng thread for the fetching thread. */
@@ -751,7 +750,6 @@ static void open_peers(fetch *f, const spes_blob_peer *peers)
             continue;
         }
         p->state = P_WAIT;
-        p->dialled_ms = spes_mono_ms();
     }
 }
 

@@ -25,12 +25,11 @@ static int digest(const uint8_t *buf, size_t len, uint8_t out[32])
     return 0;
 }
 
-/* prev_path is DIR/file.prev, where the generation before the last one stays. */
-static char *prev_path(const char *dir, const char *file)
+/* prev_name writes file.prev, where the generation before the last one stays, to out. */
+static const char *prev_name(const char *file, char out[64])
 {
-    char name[256];
-    snprintf(name, sizeof name, "%s.prev", file);
-    return spes_path_join(dir, name);
+    snprintf(out, 64, "%s.prev", file);
+    return out;
 }
 
 /* vec_save writes magic | 1 | nextra | round | numel | extra | values | SHA-256 to DIR/file atomically,
@@ -41,7 +40,7 @@ static int vec_save(const char *dir, const char *file, const char *magic, const 
 {
     size_t len = VEC_HDR + nextra + numel * 4 + 32;
     uint8_t *buf = malloc(len);
-    char *path = spes_path_join(dir, file), *prev = prev_path(dir, file);
+    char name[64], *path = spes_path_join(dir, file), *prev = spes_path_join(dir, prev_name(file, name));
     int rc = buf && path && prev ? 0 : SPES_ENOMEM;
     if (!rc && rename(path, prev) != 0 && errno != ENOENT)
         rc = spes_errf_errno(SPES_EIO, "%s: cannot keep it as %s", path, prev);
@@ -124,9 +123,8 @@ static int vec_read(const char *dir, const char *file, const char *magic, const 
     int rc = vec_read_one(dir, file, magic, what, max, round, buf, nextra, numel);
     if (rc != SPES_ESTATE && rc != SPES_ENOENT)
         return rc;
-    char *why = strdup(spes_errmsg()), name[256];
-    snprintf(name, sizeof name, "%s.prev", file);
-    int rc2 = vec_read_one(dir, name, magic, what, max, round, buf, nextra, numel);
+    char *why = strdup(spes_errmsg()), name[64];
+    int rc2 = vec_read_one(dir, prev_name(file, name), magic, what, max, round, buf, nextra, numel);
     if (rc2 && why)
         spes_errf(rc, "%s", why); /* the newer file's reason, which the caller reports */
     free(why);
@@ -135,7 +133,7 @@ static int vec_read(const char *dir, const char *file, const char *magic, const 
 
 static int vec_remove(const char *dir, const char *file)
 {
-    char *path = spes_path_join(dir, file), *prev = prev_path(dir, file);
+    char name[64], *path = spes_path_join(dir, file), *prev = spes_path_join(dir, prev_name(file, name));
     int rc = path && prev ? 0 : SPES_ENOMEM;
     if (!rc && unlink(path) != 0 && errno != ENOENT)
         rc = spes_errf_errno(SPES_EIO, "%s: cannot remove", path);

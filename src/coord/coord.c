@@ -470,36 +470,49 @@ void coord_rotate_columns(spes_coord_sm *c)
     free(carry);
 }
 
-/* trains says whether member i trains column e (coord_train_columns). */
-static int trains(const spes_coord_sm *c, int i, int e)
+/* co_owners lists in js the column_owners - 1 active members after member i (cyclic, table order)
+ * whose dealt columns it trains too, and returns how many; -1 when there are fewer members than
+ * owners, so that every member trains every column. */
+static int co_owners(const spes_coord_sm *c, int i, int *js)
 {
-    if (c->mem[i].cols[e])
-        return 1;
+    int n = 0;
     for (int r = 1, j = i; r < c->run.spes.column_owners; r++) {
         do
             j = (j + 1) % c->nmem;
         while (j != i && !coord_member_active(&c->mem[j]));
         if (j == i)
-            return 1; /* fewer members than owners: every member trains every column */
-        if (c->mem[j].cols[e])
-            return 1;
+            return -1;
+        js[n++] = j;
     }
+    return n;
+}
+
+/* trains says whether member i, with co-owners js (n of them, co_owners), trains column e. */
+static int trains(const spes_coord_sm *c, int i, const int *js, int n, int e)
+{
+    if (n < 0 || c->mem[i].cols[e])
+        return 1;
+    for (int k = 0; k < n; k++)
+        if (c->mem[js[k]].cols[e])
+            return 1;
     return 0;
 }
 
 void coord_train_columns(const spes_coord_sm *c, int i, uint8_t *out)
 {
+    int js[SPES_MAX_MEMBERS], n = co_owners(c, i, js);
     for (int e = 0; e < c->E; e++)
-        out[e] = (uint8_t)trains(c, i, e);
+        out[e] = (uint8_t)trains(c, i, js, n, e);
 }
 
 size_t coord_train_cols_fill(const spes_coord_sm *c, int i, uint32_t *out)
 {
-    size_t n = 0;
+    int js[SPES_MAX_MEMBERS], n = co_owners(c, i, js);
+    size_t k = 0;
     for (int e = 0; e < c->E; e++)
-        if (trains(c, i, e))
-            out[n++] = (uint32_t)e;
-    return n;
+        if (trains(c, i, js, n, e))
+            out[k++] = (uint32_t)e;
+    return k;
 }
 
 void coord_open_round(spes_coord_sm *c, spes_coord_now now)

@@ -1,11 +1,6 @@
 /* overlap.c: the rebase of a round trained beside its sync (overlap.h). */
 #include "sync/overlap.h"
 
-double spes_overlap_carry(double c1, int stale, int steps)
-{
-    return spes_overlap_carry_of(c1, stale, steps, 0);
-}
-
 double spes_overlap_carry_of(double c1, int stale, int steps, int k)
 {
     if (stale <= 0 || steps <= 0 || k == 1)

@@ -17,17 +17,14 @@
 
 #include <stddef.h>
 
-/* spes_overlap_carry returns the weight of `stale` steps of a `steps`-step round
- * under the run's overlap_carry c1 (0 .. 1); 1 when no step was stale. */
-double spes_overlap_carry(double c1, int stale, int steps);
-
 /* spes_overlap_carry_of is the weight for a group of values whose agreed delta is
  * the mean of k contributions, the node's own among them (the shared block: every
  * member's; a column: its owners'). The steps were stale only by the share
  * 1 - 1/k of that delta that came from the others, so the staleness counts at it:
  *     c = 1 / (1 + (1 - 1/k) (stale / steps) (1 / c1 - 1))
  * k = 1 (a column of its own) carries them whole; k <= 0 (not known) counts the
- * staleness whole, as spes_overlap_carry. */
+ * staleness whole, the rule above; c1 is the run's overlap_carry (0 .. 1); 1 when
+ * no step was stale. */
 double spes_overlap_carry_of(double c1, int stale, int steps, int k);
 
 /* spes_overlap_rebase sets p[i] = base[i] + c (p[i] - x[i]) for i < n. */
