@@ -90,7 +90,8 @@ static int is_coordinator_type(int type)
 {
     return type == SPES_MSG_JOIN || type == SPES_MSG_HEARTBEAT || type == SPES_MSG_LEAVE ||
            type == SPES_MSG_ANNOUNCE || type == SPES_MSG_DIGEST || type == SPES_MSG_MEMBERS_REQUEST ||
-           type == SPES_MSG_CHECKPOINT_REQUEST || type == SPES_MSG_STATUS_REQUEST;
+           type == SPES_MSG_CHECKPOINT_REQUEST || type == SPES_MSG_STATUS_REQUEST ||
+           type == SPES_MSG_AGGREGATE_REPORT;
 }
 
 void spes_daemon_handle(spes_daemon *d, const uint8_t *data, size_t len, const spes_pki_identity *peer,

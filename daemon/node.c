@@ -54,7 +54,15 @@ void node_keep_add(spes_node *n, const spes_node_job *j, const uint8_t hash[32])
     node_task *t = n->running && n->running->job == j     ? n->running
                    : n->trunning && n->trunning->job == j ? n->trunning
                                                           : NULL;
-    if (t && t->nout < 2)
+    if (t && t->nout == t->outcap) {
+        int cap = t->outcap ? 2 * t->outcap : 4;
+        uint8_t(*o)[32] = realloc(t->out, (size_t)cap * 32);
+        if (o) { /* out of memory: the keep set below has it until the next refresh */
+            t->out = o;
+            t->outcap = cap;
+        }
+    }
+    if (t && t->nout < t->outcap)
         memcpy(t->out[t->nout++], hash, 32); /* for every keep_refresh until the loop takes the result */
     pthread_mutex_unlock(&n->mu);
     pthread_mutex_lock(&n->keep_mu); /* and from now on */
@@ -70,9 +78,12 @@ void node_keep_add(spes_node *n, const spes_node_job *j, const uint8_t hash[32])
 /* job_hashes appends the blobs job j reads or writes to h (room for job_nhashes(j) more). */
 static int job_nhashes(const spes_node_job *j)
 {
-    return 1 + (j->kind == SPES_NODE_JOB_APPLY      ? j->u.apply.ncontrib
-                : j->kind == SPES_NODE_JOB_VALIDATE ? j->u.validate.n
-                                                    : 0);
+    int n = 1 + (j->kind == SPES_NODE_JOB_APPLY      ? j->u.apply.ncontrib + j->u.apply.nagg
+                 : j->kind == SPES_NODE_JOB_VALIDATE ? j->u.validate.n
+                                                     : 0);
+    for (int i = 0; j->kind == SPES_NODE_JOB_AGGREGATE && i < j->u.aggregate.ntasks; i++)
+        n += j->u.aggregate.task[i].n;
+    return n;
 }
 
 static void job_hashes(const spes_node_job *j, uint8_t (*h)[32], int *m)
@@ -82,6 +93,13 @@ static void job_hashes(const spes_node_job *j, uint8_t (*h)[32], int *m)
     case SPES_NODE_JOB_APPLY:
         for (int i = 0; i < j->u.apply.ncontrib; i++)
             memcpy(h[(*m)++], j->u.apply.contribs[i].hash, 32);
+        for (int i = 0; i < j->u.apply.nagg; i++)
+            memcpy(h[(*m)++], j->u.apply.agg[i].hash, 32);
+        break;
+    case SPES_NODE_JOB_AGGREGATE:
+        for (int i = 0; i < j->u.aggregate.ntasks; i++)
+            for (int k = 0; k < j->u.aggregate.task[i].n; k++)
+                memcpy(h[(*m)++], j->u.aggregate.task[i].in[k].hash, 32);
         break;
     case SPES_NODE_JOB_VALIDATE:
         for (int i = 0; i < j->u.validate.n; i++)
@@ -100,7 +118,7 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
         return; /* no quota: the store never collects, so nothing needs keeping (and this runs every tick) */
     const spes_node_sm *sm = &n->sm;
     pthread_mutex_lock(&n->mu);
-    int cap = 6 + (extra ? job_nhashes(extra) : 0); /* 4: the outputs of the running jobs */
+    int cap = 6 + sm->npending_shards + (extra ? job_nhashes(extra) : 0); /* 4: the running jobs' outputs */
     for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
         cap += sm->kept[i].n;
     for (node_task *t = n->done; t; t = t->dnext)
@@ -122,6 +140,8 @@ static void keep_refresh(spes_node *n, const spes_node_job *extra)
         if (sm->have_state)
             memcpy(h[m++], sm->hash, 32);
         memcpy(h[m++], sm->pending_blob, 32);
+        for (int i = 0; i < sm->npending_shards; i++)
+            memcpy(h[m++], sm->pending_shards[i].hash, 32);
         for (node_task *t = n->jobs; t; t = t->next)
             job_hashes(t->job, h, &m);
         for (node_task *t = n->tjobs; t; t = t->next)
@@ -256,6 +276,7 @@ static void worker_done(void *arg)
     pthread_mutex_unlock(&n->mu);
     take_progress(n);
     spes_node_sm_job_done(&n->sm, t->job, spes_mono_ms(), &n->out);
+    free(t->out);
     free(t);
     drain(n);
 }
@@ -503,6 +524,7 @@ void spes_node_free(spes_node *n)
             node_task *t = *q;
             *q = t->next;
             spes_node_job_free(t->job);
+            free(t->out);
             free(t);
         }
     if (n->cc)
@@ -512,6 +534,7 @@ void spes_node_free(spes_node *n)
     if (n->have_trainer)
         spes_trainer_fini(&n->tr);
     free(n->base);
+    free(n->ef_shards);
     free(n->xstart);
     if (n->have_lo)
         spes_layout_fini(&n->lo);

@@ -24,8 +24,8 @@ typedef struct node_task {
     spes_node_job *job;      /* owned by the task until the loop hands it back to the machine */
     struct node_task *next;  /* [mu] queue link */
     struct node_task *dnext; /* [mu] link of the finished jobs the loop has not taken yet */
-    uint8_t out[2][32];      /* [mu] (nout) the blobs the job made (node_keep_add) */
-    int nout;                /* [mu] */
+    uint8_t (*out)[32];      /* [mu] (nout) the blobs the job made (node_keep_add) */
+    int nout, outcap;        /* [mu] */
 } node_task;
 
 struct spes_node {
@@ -51,6 +51,7 @@ struct spes_node {
     /* how the two workers share the model (node_work.c): */
     int64_t base_round; /* [mu] the round of the agreed state in base (-1: none yet) */
     int base_busy;      /* [mu] the training worker reads base and writes ef (rebasing, encoding) */
+    int base_shards;    /* [mu] sharded rounds: K of the round after base's (the commit that made it says) */
     int pause_req;      /* [mu] the sync worker wants the trainer still (saving its state) */
     int train_busy;     /* [mu] the training worker is changing the trainer (steps, opening) */
     spes_layout lo;     /* [once] the run's layout (set on the loop before the first job) */
@@ -77,6 +78,8 @@ struct spes_node {
     int have_ef;         /* [worker] */
     int64_t ef_round;    /* [worker] the round whose contribution ef awaits the outcome of (-1: none) */
     uint8_t ef_blob[32]; /* [worker] that contribution's blob */
+    uint8_t (*ef_shards)[32]; /* [worker] (nef_shards) sharded rounds: its shards' blobs */
+    int nef_shards;
     double ef_cap;       /* [worker] 2 x its delta's norm: the cap of a residual left out */
 };
 
@@ -87,6 +90,35 @@ void node_run_job(spes_node *n, spes_node_job *j);
  * a contribution) until the loop has taken the job's result, from which it knows what to keep:
  * otherwise another worker's install could collect it in between, under a quota. */
 void node_keep_add(spes_node *n, const spes_node_job *j, const uint8_t hash[32]);
+
+/* NODE_MAX_DELTA: a contribution moving a weight further than this in one round is refused. */
+#define NODE_MAX_DELTA 1e4f
+
+/* node_fetch_blob (worker) gets blob hash for job j: from peer `first` (an author; -1: none) and the
+ * coordinator, pinned by manifest, at most max_size bytes (0: the largest contribution). */
+int node_fetch_blob(spes_node *n, spes_node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+                    uint64_t max_size);
+
+/* node_author is the peer of job j that is member `node`, or -1. */
+int node_author(const spes_node_job *j, uint32_t node);
+
+/* node_job_fail records rc and the error message in job j and returns rc. */
+int node_job_fail(spes_node_job *j, int rc);
+
+/* node_encode_shards (training worker, holding base) publishes the shared block of contribution c
+ * as `shards` group blobs in the codec into the train job j's results, encoding against base with
+ * the residual's shared block (node_shard.c). */
+int node_encode_shards(spes_node *n, spes_node_job *j, const spes_contrib *c, uint32_t codec, int shards);
+
+/* node_job_aggregate runs an aggregate job: fetch, check and average each task's shards. */
+int node_job_aggregate(spes_node *n, spes_node_job *j);
+
+/* node_apply_aggregates writes the shared block of S_{r+1} into p from the aggregates apply job j names. */
+int node_apply_aggregates(spes_node *n, spes_node_job *j, float *p);
+
+/* node_own_shards fills own's shared block from this node's shard blobs of its round (a contribution
+ * left out keeps the whole of what it sent as its residual). */
+int node_own_shards(spes_node *n, spes_contrib *own);
 
 /* node_publish_progress makes the trainer's step, loss and speed visible to the loop (worker only). */
 void node_publish_progress(spes_node *n);

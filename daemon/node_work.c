@@ -30,7 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_DELTA 1e4f       /* a contribution moving a weight further than this in one round is refused */
+#define MAX_DELTA NODE_MAX_DELTA
 #define SCALED_FAULT 1000.0f /* the "scaled" test fault multiplies each delta by this (within MAX_DELTA) */
 #define SCALED_LATE_ROUND 4  /* "scaled-late" is honest before this round, "scaled" from it on */
 #define LATE_FAULT_ROUND 3   /* "late" holds its contributions from this round on back ... */
@@ -418,6 +418,17 @@ static int fetch(spes_node *n, spes_node_job *j, const uint8_t *hash, int first,
     return rc;
 }
 
+int node_fetch_blob(spes_node *n, spes_node_job *j, const uint8_t *hash, int first, const uint8_t *manifest,
+                    uint64_t max_size)
+{
+    return fetch(n, j, hash, first, manifest, max_size);
+}
+
+int node_job_fail(spes_node_job *j, int rc)
+{
+    return fail(j, rc);
+}
+
 static int job_prepare(spes_node *n, spes_node_job *j)
 {
     const spes_node_job_prepare *p = &j->u.prepare;
@@ -682,7 +693,18 @@ static int job_train(spes_node *n, spes_node_job *j)
         return fail(j, rc);
     }
     double cap = n->have_ef ? 2.0 * spes_contrib_delta_norm(&c, n->base) : 0;
-    rc = spes_contrib_encode(&c, codec, n->base, n->have_ef ? n->ef.val : NULL, &buf, &len);
+    if (run->spes.sharded) { /* the shared block goes as shards, to its aggregators; the columns below */
+        int K = t->shards;
+        if (!K) { /* trained ahead: the commit that made S_round dealt the round's shards */
+            pthread_mutex_lock(&n->mu);
+            K = n->base_shards;
+            pthread_mutex_unlock(&n->mu);
+        }
+        rc = node_encode_shards(n, j, &c, (uint32_t)codec, K);
+        c.columns_only = 1;
+    }
+    if (!rc)
+        rc = spes_contrib_encode(&c, codec, n->base, n->have_ef ? n->ef.val : NULL, &buf, &len);
     spes_contrib_fini(&c);
     if (!rc && n->have_ef) {
         n->ef_round = (int64_t)t->round;
@@ -706,6 +728,8 @@ static int job_train(spes_node *n, spes_node_job *j)
         memcpy(n->ef_blob, t->blob, 32);
     if (!rc && spes_dconfig_outbound_only(&n->d->cfg))
         rc = push_contribution(n, t->blob, t->round);
+    for (int s = 0; !rc && s < t->nshards && spes_dconfig_outbound_only(&n->d->cfg); s++)
+        rc = push_contribution(n, t->shard[s].hash, t->round); /* its aggregators fetch them there */
     t->size = len;
     spes_manifest m;
     if (!rc && (rc = spes_blob_manifest_get(n->blobs, t->blob, &m)) == 0) {
@@ -735,6 +759,10 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
         rc = spes_errf(SPES_EFORMAT, "%s: contribution in codec %u, the run's codec is %s", origin, c->codec,
                        n->sm.run.spes.codec);
         spes_contrib_fini(c);
+    } else if (!rc && c->columns_only != (n->sm.run.spes.sharded != 0)) {
+        rc = spes_errf(SPES_EFORMAT, "%s: a contribution %s the shared block; the run's rounds are %s", origin,
+                       c->columns_only ? "without" : "with", n->sm.run.spes.sharded ? "sharded" : "not sharded");
+        spes_contrib_fini(c);
     }
     return rc;
 }
@@ -745,6 +773,11 @@ static int author_index(const spes_node_job *j, uint32_t node)
         if (j->peers[i].id == node)
             return i;
     return -1;
+}
+
+int node_author(const spes_node_job *j, uint32_t node)
+{
+    return author_index(j, node);
 }
 
 /* log_norms logs the spread of the round's delta norms (the largest over the median, per group) among
@@ -847,6 +880,10 @@ static void settle_residual(spes_node *n, const spes_node_job *j, const spes_nod
     spes_contrib own;
     int have_own =
         o == SPES_RESID_LEFT_OUT && decode_blob(n, n->ef_blob, "this node's contribution", &own) == 0;
+    if (have_own && own.columns_only && node_own_shards(n, &own) != 0) { /* and its shards */
+        spes_contrib_fini(&own);
+        have_own = 0;
+    }
     int rc = o == SPES_RESID_LEFT_OUT && !have_own
                  ? SPES_EIO /* its own blob is gone: what it held cannot be recovered */
                  : spes_resid_settle(&n->ef, o, have_own ? &own : NULL, n->base, n->ef_cap);
@@ -892,6 +929,10 @@ static int job_apply(spes_node *n, spes_node_job *j)
         memcpy(p, n->base, total * sizeof(float));
         if (mom_old)
             memcpy(mom_old, n->outer.mom, total * sizeof(float));
+        if (a->shards && a->ncontrib) /* sharded: the shared block is the aggregates' */
+            rc = node_apply_aggregates(n, j, p);
+    }
+    if (!rc) {
         spes_agg g;
         if ((rc = spes_agg_from_name(&g, run->spes.aggregation, run->spes.trim, run->spes.clip)) == 0)
             rc = spes_aggregate_robust(p, &n->lo, n->sm.E, cp, a->ncontrib, &g, &n->outer);
@@ -1029,8 +1070,12 @@ void node_run_job(spes_node *n, spes_node_job *j)
             log_error("checkpoint %s not saved: %s", a->ckpt_id, spes_errmsg());
             a->ckpt_id[0] = '\0';
         }
-        if (j->rc == 0)
+        if (j->rc == 0) {
+            pthread_mutex_lock(&n->mu);
+            n->base_shards = a->next_shards; /* what a round trained ahead is cut into */
+            pthread_mutex_unlock(&n->mu);
             base_publish(n, R); /* a round trained beside this one may rebase onto S_{r+1} now */
+        }
         spes_blob_serve_stats ss;
         spes_blob_store_stats(n->blobs, &ss);
         a->bytes_served = ss.bytes_served;
@@ -1039,6 +1084,7 @@ void node_run_job(spes_node *n, spes_node_job *j)
         break;
     }
     case SPES_NODE_JOB_VALIDATE: job_validate(n, j); break;
+    case SPES_NODE_JOB_AGGREGATE: node_job_aggregate(n, j); break;
     }
 }
 

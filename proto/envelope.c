@@ -43,6 +43,8 @@ static const proto_type_info types[SPES_MSG_TYPE_END] = {
     [SPES_MSG_ACK] = {"Ack", &spes__wire__ack__descriptor, SMALL},
     [SPES_MSG_BLOB_PUSH] = {"BlobPush", &spes__wire__blob_push__descriptor, SPES_PROTO_PUSH_LIMIT},
     [SPES_MSG_BLOB_PIECE] = {"BlobPiece", &spes__wire__blob_piece__descriptor, SPES_PROTO_PUSH_LIMIT},
+    [SPES_MSG_AGGREGATE_TASK] = {"AggregateTask", &spes__wire__aggregate_task__descriptor, LARGE},
+    [SPES_MSG_AGGREGATE_REPORT] = {"AggregateReport", &spes__wire__aggregate_report__descriptor, LARGE},
 };
 
 static const proto_type_info *type_info(int type)

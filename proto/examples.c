@@ -41,7 +41,48 @@ typedef struct examples_t {
     Spes__Wire__BlobInfo blob[2];
     Spes__Wire__BlobInfo *blobs[2];
     Spes__Wire__Codec codecs[2];
+    Spes__Wire__Group group[2];
+    Spes__Wire__Group *groups[2];
+    Spes__Wire__Aggregate agg;
+    Spes__Wire__Aggregate *aggs[1];
+    Spes__Wire__ShardInput input[2];
+    Spes__Wire__ShardInput *inputs[2];
+    Spes__Wire__ShardTask task;
+    Spes__Wire__ShardTask *tasks[1];
+    Spes__Wire__InputVerdict verdict[2];
+    Spes__Wire__InputVerdict *verdicts[2];
+    Spes__Wire__ShardResult result;
+    Spes__Wire__ShardResult *results[1];
 } examples_t;
+
+/* fill_shards fills the parts of the sharded round's messages. */
+static void fill_shards(examples_t *x)
+{
+    for (int i = 0; i < 2; i++) {
+        x->group[i] = (Spes__Wire__Group)SPES__WIRE__GROUP__INIT;
+        x->group[i].blob_hash = HASH(i ? hash_b : hash_a);
+        x->group[i].size = 270400u + (uint64_t)i, x->group[i].manifest_hash = HASH(hash_b);
+        x->groups[i] = &x->group[i];
+        x->input[i] = (Spes__Wire__ShardInput)SPES__WIRE__SHARD_INPUT__INIT;
+        x->input[i].node_id = (uint32_t)i + 1, x->input[i].blob = &x->group[i];
+        x->input[i].name = x->peer[i].name, x->input[i].listen_url = x->peer[i].listen_url;
+        x->inputs[i] = &x->input[i];
+        x->verdict[i] = (Spes__Wire__InputVerdict)SPES__WIRE__INPUT_VERDICT__INIT;
+        x->verdict[i].node_id = (uint32_t)i + 1, x->verdict[i].ok = !i, x->verdict[i].missing = i;
+        x->verdict[i].reason = i ? "not fetched from node-1 in time" : "";
+        x->verdicts[i] = &x->verdict[i];
+    }
+    x->agg = (Spes__Wire__Aggregate)SPES__WIRE__AGGREGATE__INIT;
+    x->agg.shard = 1, x->agg.node_id = 2, x->agg.blob = &x->group[0];
+    x->aggs[0] = &x->agg;
+    x->task = (Spes__Wire__ShardTask)SPES__WIRE__SHARD_TASK__INIT;
+    x->task.shard = 1, x->task.attempt = 2, x->task.n_inputs = 2, x->task.inputs = x->inputs;
+    x->tasks[0] = &x->task;
+    x->result = (Spes__Wire__ShardResult)SPES__WIRE__SHARD_RESULT__INIT;
+    x->result.shard = 1, x->result.attempt = 2, x->result.n_verdicts = 2, x->result.verdicts = x->verdicts;
+    x->result.aggregate = &x->group[1];
+    x->results[0] = &x->result;
+}
 
 static void fill_parts(examples_t *x)
 {
@@ -115,6 +156,7 @@ static void fill_parts(examples_t *x)
     x->ckpt.state_hash = HASH(hash_a), x->ckpt.created_unix_ms = 1795000000002ull;
     x->ckpt.n_holders = 2, x->ckpt.holders = cols_b, x->ckpt.complete = 1;
     x->ckpts[0] = &x->ckpt;
+    fill_shards(x);
 }
 
 /* The top-level message, one union member per type. */
@@ -141,6 +183,8 @@ typedef union example_msg {
     Spes__Wire__Ack ack;
     Spes__Wire__BlobPush push;
     Spes__Wire__BlobPiece piece;
+    Spes__Wire__AggregateTask agg_task;
+    Spes__Wire__AggregateReport agg_report;
 } example_msg;
 
 static void fill_control(int type, example_msg *u, examples_t *x)
@@ -159,6 +203,7 @@ static void fill_control(int type, example_msg *u, examples_t *x)
         u->accept.round = 41, u->accept.step = 410, u->accept.state_hash = HASH(hash_a);
         u->accept.n_peers = 2, u->accept.peers = x->peers;
         u->accept.round_deadline_ms = 60000, u->accept.run_id = "run-ünïcode-1";
+        u->accept.shards = 4;
         break;
     case SPES_MSG_REJECT:
         u->reject = (Spes__Wire__Reject)SPES__WIRE__REJECT__INIT;
@@ -189,6 +234,7 @@ static void fill_round(int type, example_msg *u, examples_t *x)
         u->announce.size = 123456789, u->announce.manifest_hash = HASH(hash_b);
         u->announce.tokens_trained = 655360, u->announce.loss = &x->loss;
         u->announce.codec = SPES__WIRE__CODEC__CODEC_BF16;
+        u->announce.n_shards = 2, u->announce.shards = x->groups;
         break;
     case SPES_MSG_COMMIT:
         u->commit = (Spes__Wire__Commit)SPES__WIRE__COMMIT__INIT;
@@ -199,6 +245,18 @@ static void fill_round(int type, example_msg *u, examples_t *x)
         u->commit.n_peers = 2, u->commit.peers = x->peers;
         u->commit.n_refused = 1, u->commit.refused = x->refusals;
         u->commit.next_deadline_ms = 60000;
+        u->commit.shards = 2, u->commit.n_aggregates = 1, u->commit.aggregates = x->aggs;
+        u->commit.next_shards = 3;
+        break;
+    case SPES_MSG_AGGREGATE_TASK:
+        u->agg_task = (Spes__Wire__AggregateTask)SPES__WIRE__AGGREGATE_TASK__INIT;
+        u->agg_task.round = 41, u->agg_task.shards = 2, u->agg_task.base_hash = HASH(hash_a);
+        u->agg_task.n_tasks = 1, u->agg_task.tasks = x->tasks;
+        break;
+    case SPES_MSG_AGGREGATE_REPORT:
+        u->agg_report = (Spes__Wire__AggregateReport)SPES__WIRE__AGGREGATE_REPORT__INIT;
+        u->agg_report.node_id = 2, u->agg_report.round = 41;
+        u->agg_report.n_results = 1, u->agg_report.results = x->results;
         break;
     case SPES_MSG_DIGEST:
         u->digest = (Spes__Wire__Digest)SPES__WIRE__DIGEST__INIT;

@@ -70,6 +70,8 @@ enum spes_proto_type {
     SPES_MSG_ACK = 19,
     SPES_MSG_BLOB_PUSH = 20,
     SPES_MSG_BLOB_PIECE = 21,
+    SPES_MSG_AGGREGATE_TASK = 22,
+    SPES_MSG_AGGREGATE_REPORT = 23,
     SPES_MSG_TYPE_END /* one past the last type */
 };
 

@@ -132,7 +132,7 @@ START_TEST(refuse_envelopes)
     buf[7] = 0;
     decode_fails(buf, len, SPES_EFORMAT, "unknown message type 0");
     buf[7] = SPES_MSG_ANNOUNCE;
-    decode_fails(buf, len - 1, SPES_EFORMAT, "Announce payload length 123 but 122 bytes follow");
+    decode_fails(buf, len - 1, SPES_EFORMAT, "Announce payload length 271 but 270 bytes follow");
     uint8_t big[SPES_PROTO_HEADER_LEN];
     spes_proto_header_write(big, SPES_MSG_ANNOUNCE, 9000000);
     decode_fails(big, sizeof big, SPES_ERANGE,

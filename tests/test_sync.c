@@ -1,5 +1,6 @@
-/* test_sync.c: contribution codec, aggregation and digest. */
+/* test_sync.c: contribution codec, aggregation and digest; the shard plan, group blobs and a shard's mean. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "sync/overlap.h"
 #include "sync/resid.h"
 #include "sync/robust.h"
+#include "sync/shard.h"
 #include "sync/sync.h"
 
 #include <stdio.h>
@@ -977,6 +979,433 @@ START_TEST(test_overlap_carry)
 }
 END_TEST
 
+/* check_plan checks a plan of n values among `capable` nodes: K shards (want_k, or at most K0 when
+ * want_k is 0), off from 0 to n, every shard but the last of one length (a multiple of 128), the last
+ * no longer, none empty. */
+static void check_plan(size_t n, int capable, int want_k)
+{
+    size_t off[SPES_SHARD_MAX + 1];
+    size_t k0 = capable > 1 ? (size_t)capable : 1;
+    k0 = k0 < n / SPES_SHARD_MIN ? k0 : n / SPES_SHARD_MIN;
+    k0 = k0 < 1 ? 1 : k0 > SPES_SHARD_MAX ? SPES_SHARD_MAX : k0;
+    int k = spes_shard_plan(n, capable, off);
+    if (want_k)
+        ck_assert_int_eq(k, want_k);
+    ck_assert(k >= 1 && (size_t)k <= k0);
+    ck_assert_uint_eq(off[0], 0);
+    ck_assert_uint_eq(off[k], n);
+    size_t len = off[1] - off[0], sum = 0;
+    for (int j = 0; j < k; j++) {
+        ck_assert_uint_gt(off[j + 1], off[j]);
+        if (j + 1 < k) {
+            ck_assert_uint_eq(off[j + 1] - off[j], len);
+            ck_assert_uint_eq(len % SPES_Q8_BLOCK, 0);
+        } else {
+            ck_assert_uint_le(off[j + 1] - off[j], len);
+        }
+        sum += off[j + 1] - off[j];
+    }
+    ck_assert_uint_eq(sum, n);
+}
+
+START_TEST(test_shard_plan)
+{
+    size_t off[SPES_SHARD_MAX + 1];
+    const size_t M = SPES_SHARD_MIN;
+    /* an empty block: one empty shard */
+    ck_assert_int_eq(spes_shard_plan(0, 3, off), 1);
+    ck_assert(off[0] == 0 && off[1] == 0);
+    /* under 2 x 256 Ki values, or one capable node (or none): one shard */
+    check_plan(1000, 3, 1);
+    check_plan(2 * M - 1, 3, 1);
+    check_plan(10 * M, 1, 1);
+    check_plan(10 * M, 0, 1);
+    check_plan(10 * M, -4, 1);
+    /* two shards of exactly 256 Ki */
+    ck_assert_int_eq(spes_shard_plan(2 * M, 3, off), 2);
+    ck_assert(off[1] == M && off[2] == 2 * M);
+    /* 3 x 256 Ki + 1 among 3: ceil 262145, rounded up to 262272 (2049 blocks); the last holds 261889 */
+    ck_assert_int_eq(spes_shard_plan(3 * M + 1, 3, off), 3);
+    ck_assert(off[1] == 262272 && off[2] == 2 * 262272 && off[3] == 3 * M + 1);
+    /* 300 capable nodes: at most 256 shards, and at most numel / 256 Ki */
+    ck_assert_int_eq(spes_shard_plan(300 * M + 77, 300, off), 256);
+    ck_assert_uint_eq(off[1], 307328); /* ceil((300 x 256 Ki + 77) / 256) = 307201, rounded up */
+    check_plan(300 * M, 300, 256);
+    check_plan(7 * M + 5, 300, 7);
+    /* many sizes and node counts: never more than K0, never an empty shard */
+    static const size_t ns[] = {1,           127,        2 * M - 3,       2 * M + 1, 5 * M + 127,
+                                5 * M + 128, 64 * M + 1, 255 * M + 99999, 256 * M,   1000 * M + 1};
+    static const int caps[] = {-1, 0, 1, 2, 3, 7, 64, 255, 256, 300};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        for (size_t c = 0; c < sizeof caps / sizeof caps[0]; c++)
+            check_plan(ns[i], caps[c], 0);
+}
+END_TEST
+
+/* ghdr is the header of a test group: shard 1 of 3 at 262272, round 9, node 2. */
+static spes_group_hdr ghdr(uint32_t kind, uint32_t codec, uint64_t count)
+{
+    return (spes_group_hdr){.kind = kind,
+                            .codec = codec,
+                            .round = 9,
+                            .node = 2,
+                            .shard = 1,
+                            .shards = 3,
+                            .offset = 262272,
+                            .count = count,
+                            .contributors = kind == SPES_GROUP_AGGREGATE ? 3 : 0};
+}
+
+static void ghdr_eq(const spes_group_hdr *a, const spes_group_hdr *b)
+{
+    ck_assert(a->kind == b->kind && a->codec == b->codec && a->round == b->round && a->node == b->node);
+    ck_assert(a->shard == b->shard && a->shards == b->shards && a->offset == b->offset);
+    ck_assert(a->count == b->count && a->contributors == b->contributors);
+}
+
+static void gfixture(float *base, float *val, float *ef, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        base[i] = 0.5f + 0.001f * (float)(i % 97);
+        val[i] = base[i] + 0.01f * sinf((float)i * 0.37f);
+        ef[i] = 0.0005f * cosf((float)i);
+    }
+    val[17] = base[17] + 2.0f;
+}
+
+enum { GN = 4096 + 100 }; /* q8ef: 33 blocks, the last of 100; topk: a full chunk and one of 100 */
+
+/* check_group_values checks what a group of GN values in an error-feedback codec decoded to (dec) and
+ * left in ef, against the codec run on u = (val - base) + ef0 directly. */
+static void check_group_values(uint32_t codec, const uint8_t *g, const float *val, const float *base,
+                               const float *ef0, const float *ef, const float *dec)
+{
+    static float u[GN], res[GN];
+    static uint8_t want[GN * 4];
+    for (size_t i = 0; i < GN; i++)
+        u[i] = (val[i] - base[i]) + (ef0 ? ef0[i] : 0.0f);
+    if (codec == SPES_CODEC_Q8EF)
+        ck_assert_int_eq(spes_q8_encode(u, GN, want, res), 0);
+    else
+        ck_assert_int_eq(spes_topk_encode(u, GN, want, res), 0);
+    ck_assert_mem_eq(g, want, spes__values_size(codec, GN));
+    if (ef)
+        ck_assert_mem_eq(ef, res, sizeof res);
+    for (size_t i = 0; i < GN; i++) {
+        if (codec == SPES_CODEC_Q8EF)
+            ck_assert(dec[i] == base[i] + q8_decoded(g, i));
+        else if (res[i] == u[i])
+            ck_assert(dec[i] == base[i]); /* not kept */
+        else
+            ck_assert_float_eq_tol((dec[i] - base[i]) + res[i], u[i], 1e-6f);
+    }
+}
+
+START_TEST(test_group_round_trip)
+{
+    static float base[GN], val[GN], ef[GN], ef0[GN], dec[GN];
+    gfixture(base, val, ef0, GN);
+    const size_t vsize[] = {0, 4 * GN, 2 * GN, 33 * 4 + GN, 128 + 128};
+    for (uint32_t kind = SPES_GROUP_CONTRIB; kind <= SPES_GROUP_AGGREGATE; kind++)
+        for (uint32_t codec = SPES_CODEC_FP32; codec <= SPES_CODEC_TOPK; codec++) {
+            spes_group_hdr h = ghdr(kind, codec, GN), got;
+            memcpy(ef, ef0, sizeof ef);
+            uint8_t *buf;
+            size_t len;
+            ck_assert_int_eq(spes_group_encode(&h, val, base, ef, &buf, &len), 0);
+            ck_assert_uint_eq(len, SPES_GROUP_HEADER + vsize[codec]);
+            ck_assert_uint_eq(len, spes_group_size(codec, GN));
+            ck_assert_mem_eq(buf, "SPESGRP1", 8);
+            ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &h, base, 1e3f, "peer"), 0);
+            ghdr_eq(&got, &h);
+            const uint8_t *g = buf + SPES_GROUP_HEADER;
+            if (codec == SPES_CODEC_FP32) { /* the values themselves, bit for bit; no residual */
+                ck_assert_mem_eq(dec, val, sizeof val);
+                ck_assert_mem_eq(ef, ef0, sizeof ef);
+            } else if (codec == SPES_CODEC_BF16) {
+                for (size_t i = 0; i < GN; i++)
+                    ck_assert(dec[i] == base[i] + spes_f32_from_bf16(spes_bf16_from_f32(val[i] - base[i])));
+                ck_assert_mem_eq(ef, ef0, sizeof ef);
+            } else {
+                check_group_values(codec, g, val, base, ef0, ef, dec);
+            }
+            free(buf);
+        }
+    /* no residual (an aggregate's): u is the delta */
+    for (uint32_t codec = SPES_CODEC_Q8EF; codec <= SPES_CODEC_TOPK; codec++) {
+        spes_group_hdr h = ghdr(SPES_GROUP_AGGREGATE, codec, GN), got;
+        uint8_t *buf;
+        size_t len;
+        ck_assert_int_eq(spes_group_encode(&h, val, base, NULL, &buf, &len), 0);
+        ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &h, base, 1e3f, "peer"), 0);
+        check_group_values(codec, buf + SPES_GROUP_HEADER, val, base, NULL, NULL, dec);
+        free(buf);
+    }
+    /* an empty shard is a header alone */
+    spes_group_hdr h = ghdr(SPES_GROUP_CONTRIB, SPES_CODEC_Q8EF, 0), got;
+    uint8_t *buf;
+    size_t len;
+    ck_assert_int_eq(spes_group_encode(&h, val, base, ef, &buf, &len), 0);
+    ck_assert_uint_eq(len, SPES_GROUP_HEADER);
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &h, base, 1e3f, "peer"), 0);
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_group_header_refused)
+{
+    enum { N = 300 };
+    float base[N], val[N], ef[N], dec[N];
+    gfixture(base, val, ef, N);
+    spes_group_hdr h = ghdr(SPES_GROUP_AGGREGATE, SPES_CODEC_Q8EF, N), got;
+    uint8_t *buf, *bad;
+    size_t len;
+    ck_assert_int_eq(spes_group_encode(&h, val, base, NULL, &buf, &len), 0);
+    ck_assert_uint_eq(len, 60 + 3 * 4 + N);
+    bad = malloc(len + 1);
+    /* every header field that differs from what was asked for (its lowest bit flipped), named */
+    static const struct {
+        size_t at;
+        int err;
+        const char *msg;
+    } f[] = {
+        {0, SPES_EFORMAT, "node-5: not a group blob (bad magic or 372 bytes)"},
+        {8, SPES_EFORMAT, "node-5: group version 0 is not supported"},
+        {12, SPES_EFORMAT, "node-5: group kind is 3, expected 2"},
+        {16, SPES_EFORMAT, "node-5: group codec is 2, expected 3"},
+        {20, SPES_ESTATE, "node-5: group round is 8, expected 9"},
+        {28, SPES_EAUTH, "node-5: group node is 3, expected 2"},
+        {32, SPES_EFORMAT, "node-5: group shard is 0, expected 1"},
+        {36, SPES_EFORMAT, "node-5: group shards is 2, expected 3"},
+        {40, SPES_EFORMAT, "node-5: group offset is 262273, expected 262272"},
+        {48, SPES_EFORMAT, "node-5: group count is 301, expected 300"},
+        {56, SPES_EFORMAT, "node-5: group contributors is 2, expected 3"},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        memcpy(bad, buf, len);
+        bad[f[i].at] ^= 1;
+        ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-5"), f[i].err);
+        ck_assert_str_eq(spes_errmsg(), f[i].msg);
+    }
+    /* an aggregate of nobody; any count of contributors when none is asked for */
+    memcpy(bad, buf, len);
+    bad[56] = 0;
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-5"), SPES_EFORMAT);
+    ck_assert_str_eq(spes_errmsg(), "node-5: group contributors is 0, an aggregate's must be at least 1");
+    spes_group_hdr any = h;
+    any.contributors = 0;
+    bad[56] = 7;
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &any, base, 1e3f, "node-5"), 0);
+    ck_assert_uint_eq(got.contributors, 7);
+    /* truncated anywhere, or a byte too long */
+    for (size_t cut = 0; cut < len; cut++)
+        ck_assert_int_eq(spes_group_decode(&got, dec, buf, cut, &h, base, 1e3f, "node-5"), SPES_EFORMAT);
+    memcpy(bad, buf, len);
+    bad[len] = 0;
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len + 1, &h, base, 1e3f, "node-5"), SPES_EFORMAT);
+    ck_assert_str_eq(spes_errmsg(), "node-5: group is 373 bytes, expected 372");
+    /* q = -128, a negative scale, a delta beyond the bound */
+    memcpy(bad, buf, len);
+    bad[60 + 4 + 5] = 0x80;
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-5"), SPES_EFORMAT);
+    ck_assert_str_eq(spes_errmsg(), "node-5: group value 5 is -128, outside -127..127");
+    memcpy(bad, buf, len);
+    float neg = -1.0f;
+    memcpy(bad + 60 + 132, &neg, 4);
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-5"), SPES_ERANGE);
+    ck_assert_str_eq(spes_errmsg(), "node-5: group scale of the block at value 128 is -1");
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &h, base, 1e-3f, "node-5"), SPES_ERANGE);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "beyond the bound"));
+    /* what cannot be asked for, and headers that cannot be written */
+    spes_group_hdr w = h;
+    w.kind = 5;
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &w, base, 1e3f, "node-5"), SPES_EINVAL);
+    w = h;
+    w.codec = 9;
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &w, base, 1e3f, "node-5"), SPES_EINVAL);
+    w.count = UINT64_MAX;
+    w.codec = SPES_CODEC_FP32;
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &w, base, 1e3f, "node-5"), SPES_EINVAL);
+    uint8_t *out = NULL;
+    size_t olen;
+    ck_assert_int_eq(spes_group_encode(&w, val, base, NULL, &out, &olen), SPES_EINVAL);
+    w = ghdr(SPES_GROUP_CONTRIB, SPES_CODEC_BF16, N);
+    w.contributors = 1;
+    ck_assert_int_eq(spes_group_encode(&w, val, base, NULL, &out, &olen), SPES_EINVAL);
+    w = ghdr(SPES_GROUP_AGGREGATE, SPES_CODEC_BF16, N);
+    w.contributors = 0;
+    ck_assert_int_eq(spes_group_encode(&w, val, base, NULL, &out, &olen), SPES_EINVAL);
+    ck_assert_ptr_null(out);
+    free(bad);
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_group_values_refused)
+{
+    enum { N = 300 };
+    float base[N], val[N], ef[N], ef0[N], dec[N];
+    gfixture(base, val, ef, N);
+    spes_group_hdr h = ghdr(SPES_GROUP_CONTRIB, SPES_CODEC_TOPK, N), got;
+    uint8_t *buf, *bad;
+    size_t len;
+    ck_assert_int_eq(spes_group_encode(&h, val, base, ef, &buf, &len), 0);
+    bad = malloc(len);
+    /* topk: an index out of order, a non-finite level */
+    memcpy(bad, buf, len);
+    memset(bad + 60 + 16, 0xff, 3); /* indices 0 and 1 both 4095 */
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-4"), SPES_EFORMAT);
+    ck_assert_str_eq(spes_errmsg(),
+                     "node-4: group index 4095 of the chunk at value 0 is out of order or range");
+    memcpy(bad, buf, len);
+    float inf = INFINITY;
+    memcpy(bad + 60 + 4, &inf, 4);
+    ck_assert_int_eq(spes_group_decode(&got, dec, bad, len, &h, base, 1e3f, "node-4"), SPES_ERANGE);
+    ck_assert_ptr_nonnull(strstr(spes_errmsg(), "group level 1 of the chunk at value 0"));
+    free(bad);
+    free(buf);
+    /* a non-finite value is refused at the source, the residual left as it was */
+    memcpy(ef0, ef, sizeof ef);
+    val[250] = NAN;
+    for (uint32_t codec = SPES_CODEC_Q8EF; codec <= SPES_CODEC_TOPK; codec++) {
+        h.codec = codec;
+        ck_assert_int_eq(spes_group_encode(&h, val, base, ef, &buf, &len), SPES_ERANGE);
+        ck_assert_mem_eq(ef, ef0, sizeof ef);
+    }
+    /* fp32 carries it, and the decoder refuses it */
+    h.codec = SPES_CODEC_FP32;
+    ck_assert_int_eq(spes_group_encode(&h, val, base, NULL, &buf, &len), 0);
+    ck_assert_int_eq(spes_group_decode(&got, dec, buf, len, &h, base, 1e3f, "node-4"), SPES_ERANGE);
+    ck_assert_str_eq(spes_errmsg(), "node-4: group value 250 is NaN");
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_shard_mean)
+{
+    /* one contributor: its values bit for bit, whatever the base */
+    float base[4] = {1, 2, 0.5f, 10}, one[4] = {1e30f, 1e-30f, 3, -7}, out[4];
+    const float *v1[] = {one};
+    ck_assert_int_eq(spes_shard_mean(out, base, v1, 1, 4), 0);
+    ck_assert_mem_eq(out, one, sizeof one);
+    /* three: base + (the fp32 sum of the deltas in order) / 3 */
+    float a[4] = {2, 1, 0.75f, 13}, b[4] = {3, 2, 0.75f, 7}, c[4] = {1, 6, 1, 16};
+    const float *v3[] = {a, b, c};
+    ck_assert_int_eq(spes_shard_mean(out, base, v3, 3, 4), 0);
+    float third = 1.0f / 3.0f;
+    ck_assert(out[0] == 2 && out[1] == 3 && out[2] == 0.5f + third && out[3] == 12);
+    /* in place, and the same bytes as spes_aggregate */
+    enum { N = 300 };
+    static float p[N], q[N], w[3][N];
+    for (size_t i = 0; i < N; i++) {
+        p[i] = q[i] = 0.3f + 0.01f * sinf((float)i);
+        for (int k = 0; k < 3; k++)
+            w[k][i] = p[i] + 0.001f * cosf((float)(i * (size_t)(k + 2)));
+    }
+    spes_layout lo = lay(N, 1, 1);
+    spes_contrib cs[3];
+    const spes_contrib *cp[3];
+    const float *vs[3];
+    for (int k = 0; k < 3; k++) {
+        cs[k] = (spes_contrib){.node = k, .shared_numel = N, .column_numel = 1, .val = w[k]};
+        cp[k] = &cs[k];
+        vs[k] = w[k];
+    }
+    ck_assert_int_eq(spes_aggregate(p, &lo, 1, cp, 3), 0);
+    ck_assert_int_eq(spes_shard_mean(q, q, vs, 3, N), 0);
+    ck_assert_mem_eq(p, q, sizeof p);
+    ck_assert_int_eq(spes_shard_mean(out, base, v3, 0, 4), SPES_EINVAL);
+}
+END_TEST
+
+/* --plan NUMEL CAPABLE for tests/sync_shard_numpy.py: prints K, then off[0..K], on one line. */
+static int plan_io(const char *numel, const char *capable)
+{
+    size_t off[SPES_SHARD_MAX + 1];
+    int k = spes_shard_plan((size_t)strtoull(numel, NULL, 10), atoi(capable), off);
+    printf("%d", k);
+    for (int j = 0; j <= k; j++)
+        printf(" %zu", off[j]);
+    printf("\n");
+    return 0;
+}
+
+/* --group CODEC IN OUT for tests/sync_shard_numpy.py: one shard's round. IN holds, little-endian:
+ * i64 round | i32 aggregator | u32 shard, shards | u64 offset, n | u32 k | i32 nodes[k] | f32 base[n] |
+ * per contributor f32 val[n], ef[n]. Each contribution is encoded (kind 1, with its residual) and
+ * decoded, the decoded ones averaged (spes_shard_mean) and the aggregate encoded (kind 2, no residual)
+ * and decoded. OUT gets each contributor's blob and new residual, the aggregate's blob, then the
+ * shard's decoded new values. */
+static int group_io(const char *codec_name, const char *in, const char *out)
+{
+    uint32_t codec = spes_codec_from_name(codec_name), sh[2], k = 0;
+    int64_t round;
+    int32_t agg, nodes[64];
+    uint64_t on[2];
+    FILE *f = fopen(in, "rb"), *g = NULL;
+    if (!codec || !f || fread(&round, 8, 1, f) != 1 || fread(&agg, 4, 1, f) != 1 || fread(sh, 4, 2, f) != 2 ||
+        fread(on, 8, 2, f) != 2 || fread(&k, 4, 1, f) != 1 || k < 1 || k > 64 || on[1] > (1u << 24) ||
+        fread(nodes, 4, k, f) != k) {
+        if (f)
+            fclose(f);
+        return 2;
+    }
+    size_t n = (size_t)on[1];
+    float *base = malloc(n * 4 + 4), *vals = malloc(k * n * 4 + 4), *ef = malloc(n * 4 + 4);
+    float *mean = malloc(n * 4 + 4), *dec = malloc(n * 4 + 4);
+    const float *vs[64];
+    uint8_t *buf = NULL;
+    size_t len;
+    int rc = 2;
+    spes_group_hdr h = {.codec = codec, .round = round, .shard = sh[0], .shards = sh[1], .offset = on[0]},
+                   got;
+    h.count = n;
+    if (!base || !vals || !ef || !mean || !dec || fread(base, 4, n, f) != n || !(g = fopen(out, "wb")))
+        goto done;
+    h.kind = SPES_GROUP_CONTRIB;
+    for (uint32_t j = 0; j < k; j++) {
+        float *v = vals + j * n;
+        vs[j] = v;
+        h.node = nodes[j];
+        if (fread(v, 4, n, f) != n || fread(ef, 4, n, f) != n)
+            goto done;
+        rc = 3;
+        if (spes_group_encode(&h, v, base, ef, &buf, &len) ||
+            spes_group_decode(&got, v, buf, len, &h, base, FLT_MAX, "io"))
+            goto done;
+        rc = fwrite(buf, 1, len, g) != len || fwrite(ef, 4, n, g) != n;
+        free(buf);
+        buf = NULL;
+        if (rc)
+            goto done;
+    }
+    rc = 3;
+    h = (spes_group_hdr){.kind = SPES_GROUP_AGGREGATE,
+                         .codec = codec,
+                         .round = round,
+                         .node = agg,
+                         .shard = sh[0],
+                         .shards = sh[1],
+                         .offset = on[0],
+                         .count = n,
+                         .contributors = k};
+    if (spes_shard_mean(mean, base, vs, (int)k, n) || spes_group_encode(&h, mean, base, NULL, &buf, &len) ||
+        spes_group_decode(&got, dec, buf, len, &h, base, FLT_MAX, "io"))
+        goto done;
+    rc = fwrite(buf, 1, len, g) != len || fwrite(dec, 4, n, g) != n;
+done:
+    if (g && fclose(g))
+        rc = 1;
+    fclose(f);
+    free(buf);
+    free(base);
+    free(vals);
+    free(ef);
+    free(mean);
+    free(dec);
+    return rc;
+}
+
 Suite *sync_suite(void)
 {
     Suite *s = suite_create("sync");
@@ -1001,6 +1430,11 @@ Suite *sync_suite(void)
     tcase_add_test(tc, test_clipped_mean);
     tcase_add_test(tc, test_state_blob);
     tcase_add_test(tc, test_overlap_carry);
+    tcase_add_test(tc, test_shard_plan);
+    tcase_add_test(tc, test_group_round_trip);
+    tcase_add_test(tc, test_group_header_refused);
+    tcase_add_test(tc, test_group_values_refused);
+    tcase_add_test(tc, test_shard_mean);
     suite_add_tcase(s, tc);
     return s;
 }
@@ -1011,6 +1445,10 @@ int main(int argc, char **argv)
         return codec_io(SPES_CODEC_Q8EF, argv[2], argv[3]);
     if (argc == 4 && !strcmp(argv[1], "--topk"))
         return codec_io(SPES_CODEC_TOPK, argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--plan"))
+        return plan_io(argv[2], argv[3]);
+    if (argc == 5 && !strcmp(argv[1], "--group"))
+        return group_io(argv[2], argv[3], argv[4]);
     if (argc == 4 && !strcmp(argv[1], "--outer"))
         return outer_io(argv[2], argv[3], NULL);
     spes_agg g; /* --robust MODE PARAM IN OUT: the same, aggregated by MODE with trim or clip PARAM */

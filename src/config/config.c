@@ -77,6 +77,7 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "overlap_carry", DBL, S(overlap_carry), 0, 1, 0.5),
     NUM("spes", "rotate_interval", INT, S(rotate_interval), 0, INT_MAX, 0),
     NUM("spes", "column_owners", INT, S(column_owners), 1, SPES_MAX_MEMBERS, 1),
+    NUM("spes", "sharded", INT, S(sharded), 0, 1, 0),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -228,6 +229,13 @@ int spes_config_validate(const spes_run_config *c)
     if (c->train.warmup_steps > c->train.max_steps)
         return spes_errf(SPES_EINVAL, "train.warmup_steps %d exceeds train.max_steps %d",
                          c->train.warmup_steps, c->train.max_steps);
+    if (c->spes.sharded && strcmp(c->spes.aggregation, "mean"))
+        return spes_errf(SPES_EINVAL, "spes.sharded rounds average shards: spes.aggregation must be \"mean\", "
+                                      "not \"%s\"",
+                         c->spes.aggregation);
+    if (c->spes.sharded && (c->spes.outer_lr != 1.0 || c->spes.outer_momentum != 0.0))
+        return spes_errf(SPES_EINVAL, "spes.sharded rounds do not run the outer optimizer yet: spes.outer_lr "
+                                      "must be 1 and spes.outer_momentum 0");
     return 0;
 }
 
@@ -261,6 +269,8 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "rotate_interval");
     if (spes && c->spes.column_owners == 1) /* and column replicas (docs/design.md, "Columns") */
         json_object_del(spes, "column_owners");
+    if (spes && !c->spes.sharded) /* and the sharded round (docs/design.md, "The sharded round") */
+        json_object_del(spes, "sharded");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

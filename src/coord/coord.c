@@ -238,6 +238,7 @@ void spes_coord_sm_free(spes_coord_sm *c)
     for (int i = 0; i < c->nmem; i++) {
         free(c->mem[i].cols);
         free(c->mem[i].cur);
+        free(c->mem[i].shards);
     }
     free(c->mem);
     free(c->barred);
@@ -384,6 +385,7 @@ int coord_reclaim(spes_coord_sm *c)
             c->mismatch[i--] = c->mismatch[--c->nmismatch];
     free(m->cols);
     free(m->cur);
+    free(m->shards);
     memmove(m, m + 1, (size_t)(c->nmem - v - 1) * sizeof *m);
     c->nmem--;
     return 0;
@@ -537,6 +539,8 @@ void coord_open_round(spes_coord_sm *c, spes_coord_now now)
     }
     c->round_open_ms = now.mono_ms;
     c->validating = 0;
+    c->checking = 0;
+    c->nshards = coord_shards_count(c); /* fixed for the round: every node cuts its contribution so */
 }
 
 size_t coord_cols_fill(const uint8_t *cols, int E, uint32_t *out)

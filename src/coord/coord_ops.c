@@ -78,6 +78,7 @@ static void reply_accept(spes_coord_sm *c, coord_member *m, spes_coord_to to)
     }
     a.round_deadline_ms = (uint32_t)coord_deadline(c);
     a.run_id = c->run_id;
+    a.shards = (uint32_t)c->nshards;
     a.peers = pp;
     a.n_peers = accept_peers(c, m, a.round, pv, pp);
     coord_reply_msg(c, to, SPES_MSG_ACCEPT, &a.base);
@@ -204,6 +205,8 @@ static void handle_heartbeat(spes_coord_sm *c, spes_coord_now now, const Spes__W
     } else if (h->round != c->round) {
         reply_reject(c, to, SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND, 0,
                      h->round < c->round ? "too far behind: join again" : "the run was restored: join again");
+    } else if (coord_shards_task(c, m, to)) {
+        /* it aggregates shards of the round being checked */
     } else if (m->participant && !m->announced && !c->validating && h->state != NS(ACTIVE) &&
                c->state_hash_known) {
         reply_accept(c, m, to); /* idle node, open round: train it */
@@ -425,7 +428,7 @@ void coord_members(spes_coord_sm *c, const Spes__Wire__MembersRequest *r, const 
 static int is_node_verb(int type)
 {
     return type == SPES_MSG_JOIN || type == SPES_MSG_HEARTBEAT || type == SPES_MSG_LEAVE ||
-           type == SPES_MSG_ANNOUNCE || type == SPES_MSG_DIGEST;
+           type == SPES_MSG_ANNOUNCE || type == SPES_MSG_DIGEST || type == SPES_MSG_AGGREGATE_REPORT;
 }
 
 /* node_identity says whether peer may send node verbs at all: a node
@@ -451,6 +454,9 @@ void spes_coord_sm_request(spes_coord_sm *c, spes_coord_now now, int type, const
     case SPES_MSG_LEAVE: handle_leave(c, (const Spes__Wire__Leave *)msg, peer, to); break;
     case SPES_MSG_ANNOUNCE: coord_announce(c, now, (const Spes__Wire__Announce *)msg, peer, to); break;
     case SPES_MSG_DIGEST: coord_digest(c, now, (const Spes__Wire__Digest *)msg, peer, to); break;
+    case SPES_MSG_AGGREGATE_REPORT:
+        coord_aggregate_report(c, now, (const Spes__Wire__AggregateReport *)msg, peer, to);
+        break;
     case SPES_MSG_STATUS_REQUEST: coord_status(c, to); break;
     case SPES_MSG_MEMBERS_REQUEST: coord_members(c, (const Spes__Wire__MembersRequest *)msg, peer, to); break;
     case SPES_MSG_CHECKPOINT_REQUEST:

@@ -33,7 +33,30 @@ typedef struct coord_member {
     double blob_loss;
     Spes__Wire__NodeCounters counters; /* last reported in a heartbeat (docs/counters.md) */
     int have_counters;
+    struct coord_group *shards; /* (SPES_COORD_MAX_SHARDS, allocated at its first sharded announcement)
+                                 * the shards of its contribution to the open round */
+    int out;                    /* sharded round being checked: 0 still in, COORD_OUT_REFUSED, COORD_OUT_LATE */
+    char why[256];              /* COORD_OUT_REFUSED: why */
 } coord_member;
+
+/* SPES_COORD_MAX_SHARDS bounds a round's shards (so that an Announce stays a small message). */
+#define SPES_COORD_MAX_SHARDS 128
+enum { COORD_OUT_REFUSED = 1, COORD_OUT_LATE = 2 };
+
+/* coord_group is a blob of a sharded round: a contribution's shard or an aggregate. */
+typedef struct coord_group {
+    uint8_t hash[32], manifest[32];
+    uint64_t size;
+} coord_group;
+
+/* coord_shard is one shard of the open round's shared block while the round is checked. */
+typedef struct coord_shard {
+    int agg;            /* member index of its aggregator now */
+    int tries;          /* aggregators tried before it (the next is the backup) */
+    int reported;       /* for the current attempt */
+    uint64_t issued_ms; /* monotonic: when agg was given it */
+    coord_group out;    /* the aggregate, once reported with every input passed */
+} coord_shard;
 
 /* coord_straggler is a participant that announced far behind its round's median, or not at all. */
 typedef struct coord_straggler {
@@ -110,6 +133,13 @@ struct spes_coord_sm {
     int prev_known;
     uint64_t round_open_ms; /* monotonic, like started_ms and last_tick_ms */
     int validating;
+    /* the sharded round (docs/design.md, "The sharded round"; coord_shard.c) */
+    int nshards;          /* the open round's shards (0: not sharded) */
+    coord_shard shard[SPES_COORD_MAX_SHARDS];
+    uint32_t attempt;     /* the contributor list being checked and averaged (it only shrinks) */
+    int attempt_nin;      /* contributions in that list */
+    int checking;         /* closed: its shards are being checked and averaged */
+    int own_checked;      /* the own node's check of the contributions' columns came back */
     uint64_t deadline_ms; /* the open round's deadline (coord_deadline.c) */
     uint32_t
         ann_ms[SPES_COORD_DEADLINE_SAMPLES]; /* recent announcements, ms after their round opened (a ring) */
@@ -228,6 +258,33 @@ const uint8_t *coord_commit_for(const spes_coord_sm *c, uint64_t r, size_t *len)
 
 /* coord_commits_forget drops the history of Commits (the last one included). */
 void coord_commits_forget(spes_coord_sm *c);
+
+/* coord_shards_count is how many shards a round opened now would have. */
+int coord_shards_count(const spes_coord_sm *c);
+
+/* coord_shards_announce checks and keeps an Announce's shards for member m; 0, or an error replied. */
+int coord_shards_announce(spes_coord_sm *c, coord_member *m, const Spes__Wire__Announce *a, spes_coord_to to);
+
+/* coord_shards_start closes the open round of a sharded run: the own node checks the contributions'
+ * columns (VALIDATE) while aggregators check and average the shards. */
+void coord_shards_start(spes_coord_sm *c, spes_coord_now now);
+
+/* coord_shards_task replies to member m's heartbeat with its aggregation tasks, if it has any (1). */
+int coord_shards_task(spes_coord_sm *c, const coord_member *m, spes_coord_to to);
+
+/* coord_shards_checked takes the own node's check of the columns (spes_coord_sm_validated's arguments). */
+void coord_shards_checked(spes_coord_sm *c, spes_coord_now now, const int *ok, char (*reasons)[256]);
+
+/* coord_aggregate_report takes an aggregator's results. */
+void coord_aggregate_report(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__AggregateReport *r,
+                            const spes_pki_identity *peer, spes_coord_to to);
+
+/* coord_shards_tick hands the shards whose aggregators missed their deadline to their backups. */
+void coord_shards_tick(spes_coord_sm *c, spes_coord_now now);
+
+/* coord_commit_round commits the open round: ok[k] for contribution k of val_idx is 1 (in), 0
+ * (refused: reasons[k]) or -1 (left out, late); the commit carries the shards' aggregates. */
+void coord_commit_round(spes_coord_sm *c, spes_coord_now now, const int *ok, char (*reasons)[256]);
 
 /* coord_deadline is the open round's deadline in ms after it opened (coord_deadline.c). */
 uint64_t coord_deadline(const spes_coord_sm *c);

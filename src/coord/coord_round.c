@@ -13,8 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* start_validation asks the own node to check every announced contribution of the open round. */
-static void start_validation(spes_coord_sm *c)
+/* start_validation asks the own node to check every announced contribution of the open round
+ * (in a sharded round, their columns, while aggregators check the shards). */
+static void start_validation(spes_coord_sm *c, spes_coord_now now)
 {
     c->nval = 0;
     for (int i = 0; i < c->nmem; i++) /* members are stored in id order */
@@ -51,6 +52,8 @@ static void start_validation(spes_coord_sm *c)
     c->val_said_n = c->nval;
     if (coord_push(c, &a) != 0)
         c->validating = 0;
+    else if (c->nshards)
+        coord_shards_start(c, now);
     return;
 fail:
     spes_coord_action_fini(&a);
@@ -73,6 +76,8 @@ static void commit_record(spes_coord_sm *c, Spes__Wire__Commit *cm, const int *o
     c->nlast_refused = 0;
     for (int k = 0; k < c->nval; k++) {
         coord_member *m = &c->mem[c->val_idx[k]];
+        if (ok[k] < 0) /* left out: late (its residual waits for the next round) */
+            continue;
         if (ok[k]) {
             Spes__Wire__Contribution *x = &cv[cm->n_contributions];
             spes__wire__contribution__init(x);
@@ -142,6 +147,24 @@ static int encode_commit(spes_coord_sm *c, const int *ok, char (*reasons)[256], 
     cm.peers = pp;
     cm.next_deadline_ms = (uint32_t)coord_deadline(c);
     cm.checkpoint_id = c->pending_ckpt;
+    Spes__Wire__Aggregate agv[SPES_COORD_MAX_SHARDS], *agp[SPES_COORD_MAX_SHARDS];
+    Spes__Wire__Group grv[SPES_COORD_MAX_SHARDS];
+    cm.shards = (uint32_t)c->nshards;
+    cm.next_shards = (uint32_t)coord_shards_count(c);
+    for (int j = 0; j < c->nshards && cm.n_contributions; j++) { /* what replaces the shared block */
+        const coord_shard *s = &c->shard[j];
+        spes__wire__group__init(&grv[j]);
+        grv[j].blob_hash = (ProtobufCBinaryData){32, (uint8_t *)s->out.hash};
+        grv[j].manifest_hash = (ProtobufCBinaryData){32, (uint8_t *)s->out.manifest};
+        grv[j].size = s->out.size;
+        spes__wire__aggregate__init(&agv[j]);
+        agv[j].shard = (uint32_t)j;
+        agv[j].node_id = s->agg >= 0 ? c->mem[s->agg].id : 0;
+        agv[j].blob = &grv[j];
+        agp[j] = &agv[j];
+        cm.n_aggregates++;
+    }
+    cm.aggregates = agp;
     if (c->last_commit && c->round > 0) { /* the last one joins the older ones */
         int slot = (int)((c->round - 1) % (SPES_COORD_COMMIT_HISTORY - 1));
         free(c->older[slot].data);
@@ -216,7 +239,7 @@ static void contributor_names(const spes_coord_sm *c, const int *ok, char *out, 
     size_t len = 0;
     out[0] = '\0';
     for (int k = 0; k < c->nval; k++) {
-        if (!ok[k])
+        if (ok[k] <= 0)
             continue;
         const char *name = c->mem[c->val_idx[k]].name;
         if (len + strlen(name) + 5 >= cap) {
@@ -234,6 +257,16 @@ void spes_coord_sm_validated(spes_coord_sm *c, spes_coord_now now, uint64_t roun
 {
     if (round != c->round || !c->validating || n != c->nval)
         return;
+    if (c->nshards) { /* the commit waits for the shards' aggregates too */
+        if (c->checking && !c->own_checked)
+            coord_shards_checked(c, now, ok, reasons);
+        return;
+    }
+    coord_commit_round(c, now, ok, reasons);
+}
+
+void coord_commit_round(spes_coord_sm *c, spes_coord_now now, const int *ok, char (*reasons)[256])
+{
     uint64_t step_end = c->step + (uint64_t)c->run.spes.sync_interval;
     coord_deal_columns(c); /* the commit tells every node the next round's columns */
     int K = c->run.spes.rotate_interval;
@@ -303,6 +336,8 @@ void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Anno
                           (unsigned long long)a->size, (unsigned long long)max);
         return;
     }
+    if (coord_shards_announce(c, m, a, to) != 0)
+        return;
     memcpy(m->blob, a->blob_hash.data, 32);
     memcpy(m->manifest, a->manifest_hash.data, 32);
     m->blob_size = a->size;
@@ -314,7 +349,7 @@ void coord_announce(spes_coord_sm *c, spes_coord_now now, const Spes__Wire__Anno
     coord_member_seen(m, now);
     coord_reply_ack(c, to, "announced");
     if (all_announced(c))
-        start_validation(c);
+        start_validation(c, now);
 }
 
 /* check_digest records m as mismatched if its digest of the open round is not the agreed one. */
@@ -430,20 +465,22 @@ void spes_coord_sm_tick(spes_coord_sm *c, spes_coord_now now)
         nact += m->state == NS(ACTIVE);
         nparticipants += m->participant && m->state == NS(ACTIVE);
     }
-    if (c->validating)
+    if (c->validating) {
+        coord_shards_tick(c, now);
         return;
+    }
     if (nparticipants == 0) {
         if (c->step < (uint64_t)c->run.train.max_steps) /* else the run is complete */
             try_open_round(c, now, nact);
         return;
     }
     if (all_announced(c) && coord_any_announced(c)) {
-        start_validation(c);
+        start_validation(c, now);
     } else if (now.mono_ms - c->round_open_ms > coord_deadline(c)) {
         if (coord_any_announced(c)) {
             coord_log(c, SPES_LOG_WARN, "round %llu: deadline passed; committing without the missing nodes",
                       (unsigned long long)c->round);
-            start_validation(c);
+            start_validation(c, now);
         } else {
             c->round_open_ms = now.mono_ms;
         }

@@ -142,8 +142,24 @@ void spes_node_job_free(spes_node_job *j)
         return;
     free(j->peers);
     switch (j->kind) {
-    case SPES_NODE_JOB_TRAIN: free(j->u.train.cols); break;
-    case SPES_NODE_JOB_APPLY: free(j->u.apply.contribs); break;
+    case SPES_NODE_JOB_TRAIN:
+        free(j->u.train.cols);
+        free(j->u.train.shard);
+        break;
+    case SPES_NODE_JOB_APPLY:
+        free(j->u.apply.contribs);
+        free(j->u.apply.agg);
+        break;
+    case SPES_NODE_JOB_AGGREGATE:
+        for (int i = 0; i < j->u.aggregate.ntasks; i++) {
+            spes_node_shard_task *t = &j->u.aggregate.task[i];
+            free(t->in);
+            free(t->ok);
+            free(t->missing);
+            free(t->why);
+        }
+        free(j->u.aggregate.task);
+        break;
     case SPES_NODE_JOB_VALIDATE:
         free(j->u.validate.contribs);
         free(j->u.validate.cols);
@@ -211,6 +227,7 @@ static void train_job(spes_node_sm *sm, uint64_t round, uint64_t step, int overl
     j->u.train.overlap = overlap;
     j->u.train.members = sm->members;
     j->u.train.E = sm->E;
+    j->u.train.shards = overlap ? 0 : sm->shards; /* ahead: the commit that makes S_round says */
     memcpy(j->u.train.cols, cols, (size_t)sm->E);
     int ncols = 0;
     for (int e = 0; e < sm->E; e++)
@@ -281,6 +298,13 @@ static void announce_trained(spes_node_sm *sm, const spes_node_job *j, uint64_t 
     sm->pending_size = t->size;
     sm->pending_tokens = t->tokens;
     sm->pending_loss = t->loss_mean;
+    free(sm->pending_shards);
+    sm->pending_shards = NULL;
+    sm->npending_shards = 0;
+    if (t->nshards && (sm->pending_shards = malloc((size_t)t->nshards * sizeof *sm->pending_shards))) {
+        memcpy(sm->pending_shards, t->shard, (size_t)t->nshards * sizeof *sm->pending_shards);
+        sm->npending_shards = t->nshards;
+    }
     sm->phase = SPES_NODE_ANNOUNCE;
     sm->next_try_ms = 0;
     uint64_t next = t->step + (uint64_t)sm->run.spes.sync_interval;
@@ -347,6 +371,24 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
     }
     for (size_t i = 0; i < cm->n_refused; i++)
         a->refused_self |= cm->refused[i]->node_id == sm->id;
+    a->shards = (int)cm->shards;
+    a->next_shards = (int)cm->next_shards;
+    if (cm->n_aggregates && !(a->agg = calloc(cm->n_aggregates, sizeof *a->agg))) {
+        spes_node_job_free(j);
+        say(o, SPES_LOG_ERROR, "out of memory applying round %llu", (unsigned long long)cm->round);
+        return;
+    }
+    for (size_t i = 0; i < cm->n_aggregates; i++) {
+        const Spes__Wire__Aggregate *g = cm->aggregates[i];
+        spes_node_group *x = &a->agg[a->nagg++];
+        x->node = g->node_id;
+        x->shard = g->shard;
+        if (g->blob) {
+            copy32(x->hash, &g->blob->blob_hash);
+            copy32(x->manifest, &g->blob->manifest_hash);
+            x->size = g->blob->size;
+        }
+    }
     char list[512] = "", hex[17];
     for (int i = 0; i < a->ncontrib; i++) {
         size_t at = strlen(list);
@@ -358,6 +400,119 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
     emit_job(sm, o, j);
 }
 
+/* aggregate_task copies one shard task of an AggregateTask into t, adding its inputs' authors as
+ * peers of j; 0, or -1 when out of memory. */
+static int aggregate_task(spes_node_sm *sm, spes_node_job *j, spes_node_shard_task *t,
+                          const Spes__Wire__ShardTask *w)
+{
+    size_t n = w->n_inputs ? w->n_inputs : 1;
+    t->shard = w->shard;
+    t->attempt = w->attempt;
+    t->in = calloc(n, sizeof *t->in);
+    t->ok = calloc(n, sizeof *t->ok);
+    t->missing = calloc(n, sizeof *t->missing);
+    t->why = calloc(n, sizeof *t->why);
+    if (!t->in || !t->ok || !t->missing || !t->why)
+        return -1;
+    for (size_t k = 0; k < w->n_inputs; k++) {
+        const Spes__Wire__ShardInput *x = w->inputs[k];
+        spes_node_group *g = &t->in[t->n++];
+        g->node = x->node_id;
+        g->shard = w->shard;
+        if (x->blob) {
+            copy32(g->hash, &x->blob->blob_hash);
+            copy32(g->manifest, &x->blob->manifest_hash);
+            g->size = x->blob->size;
+        }
+        add_peer(sm, j, x->node_id, x->listen_url, x->name);
+    }
+    return 0;
+}
+
+/* start_aggregate starts the coordinator's aggregation tasks on the agreed state held (sharded
+ * rounds; docs/design.md, "The sharded round"), unless an aggregate job is out or owed already. */
+static void start_aggregate(spes_node_sm *sm, const Spes__Wire__AggregateTask *w, spes_node_out *o)
+{
+    if (sm->aggregating || sm->agg_done || !sm->have_state || w->round != sm->round || !w->n_tasks ||
+        w->base_hash.len != 32 || memcmp(w->base_hash.data, sm->hash, 32) ||
+        sm->phase == SPES_NODE_APPLY || sm->phase == SPES_NODE_PREPARE || sm->phase == SPES_NODE_JOIN)
+        return; /* the coordinator asks again at the next heartbeat */
+    size_t npeers = 0;
+    for (size_t i = 0; i < w->n_tasks; i++)
+        npeers += w->tasks[i]->n_inputs;
+    spes_node_job *j = new_job(sm, SPES_NODE_JOB_AGGREGATE, npeers);
+    spes_node_job_aggregate *a = j ? &j->u.aggregate : NULL;
+    if (!j || !(a->task = calloc(w->n_tasks, sizeof *a->task))) {
+        spes_node_job_free(j);
+        return;
+    }
+    a->round = w->round;
+    a->shards = (int)w->shards;
+    for (size_t i = 0; i < w->n_tasks; i++)
+        if (aggregate_task(sm, j, &a->task[a->ntasks++], w->tasks[i]) != 0) {
+            spes_node_job_free(j);
+            return;
+        }
+    say(o, SPES_LOG_DEBUG, "round %llu: aggregating %d shard(s) of %u, %d contribution(s) each",
+        (unsigned long long)w->round, a->ntasks, w->shards, a->task[0].n);
+    sm->aggregating = 1;
+    emit_job(sm, o, j);
+}
+
+/* send_report reports a finished aggregate job to the coordinator. */
+static void send_report(spes_node_sm *sm, uint64_t now, spes_node_out *o)
+{
+    spes_node_job *j = sm->agg_done;
+    const spes_node_job_aggregate *a = &j->u.aggregate;
+    Spes__Wire__AggregateReport r = SPES__WIRE__AGGREGATE_REPORT__INIT;
+    Spes__Wire__ShardResult *rv = calloc((size_t)a->ntasks, sizeof *rv), **rp = calloc((size_t)a->ntasks, sizeof *rp);
+    Spes__Wire__Group *gv = calloc((size_t)a->ntasks, sizeof *gv);
+    size_t nv = 0;
+    for (int i = 0; i < a->ntasks; i++)
+        nv += (size_t)a->task[i].n;
+    Spes__Wire__InputVerdict *vv = calloc(nv + 1, sizeof *vv), **vp = calloc(nv + 1, sizeof *vp);
+    if (rv && rp && gv && vv && vp) {
+        size_t at = 0;
+        for (int i = 0; i < a->ntasks; i++) {
+            const spes_node_shard_task *t = &a->task[i];
+            spes__wire__shard_result__init(&rv[i]);
+            rv[i].shard = t->shard;
+            rv[i].attempt = t->attempt;
+            rv[i].verdicts = vp + at;
+            for (int k = 0; k < t->n; k++, at++) {
+                spes__wire__input_verdict__init(&vv[at]);
+                vv[at].node_id = t->in[k].node;
+                vv[at].ok = t->ok[k];
+                vv[at].missing = t->missing[k];
+                vv[at].reason = (char *)t->why[k];
+                vp[at] = &vv[at];
+            }
+            rv[i].n_verdicts = (size_t)t->n;
+            if (t->have) {
+                spes__wire__group__init(&gv[i]);
+                gv[i].blob_hash = (ProtobufCBinaryData){32, (uint8_t *)t->out.hash};
+                gv[i].manifest_hash = (ProtobufCBinaryData){32, (uint8_t *)t->out.manifest};
+                gv[i].size = t->out.size;
+                rv[i].aggregate = &gv[i];
+            }
+            rp[i] = &rv[i];
+        }
+        r.node_id = sm->id;
+        r.round = a->round;
+        r.results = rp;
+        r.n_results = (size_t)a->ntasks;
+        send_call(sm, SPES_NODE_CALL_REPORT, SPES_MSG_AGGREGATE_REPORT, &r.base, SPES_NODE_CALL_TIMEOUT_MS, now,
+                  o);
+    }
+    free(rv);
+    free(rp);
+    free(gv);
+    free(vv);
+    free(vp);
+    spes_node_job_free(j);
+    sm->agg_done = NULL; /* lost with its reply or not: the coordinator hands the task out again */
+}
+
 /* ---- replies ---- */
 
 static const char *error_text(int type, ProtobufCMessage *msg)
@@ -367,6 +522,14 @@ static const char *error_text(int type, ProtobufCMessage *msg)
     if (type == SPES_MSG_REJECT)
         return ((Spes__Wire__Reject *)msg)->reason;
     return "unexpected reply";
+}
+
+static void on_report_reply(spes_node_sm *sm, const char *err, int type, ProtobufCMessage *msg,
+                            spes_node_out *o)
+{
+    (void)sm;
+    if (err || type != SPES_MSG_ACK)
+        say(o, SPES_LOG_WARN, "aggregate report not taken: %s", err ? err : error_text(type, msg));
 }
 
 static void retry_later(spes_node_sm *sm, uint64_t now, uint64_t ms)
@@ -439,7 +602,9 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
         if (sm->phase == SPES_NODE_IDLE && a->round == sm->round && a->n_columns > 0 && sm->have_state) {
             if (diverged(sm, &a->state_hash, o))
                 return;
+            sm->shards = (int)a->shards;
             if (sm->ready && sm->ready->u.train.round == sm->round &&
+                sm->ready->u.train.nshards == (sm->run.spes.sharded ? (int)a->shards : 0) &&
                 same_columns(sm, a->columns, a->n_columns, sm->ready->u.train.cols)) {
                 spes_node_job *r = sm->ready; /* trained ahead, overlapped: announce it now */
                 sm->ready = NULL;
@@ -463,6 +628,8 @@ static void on_heartbeat_reply(spes_node_sm *sm, const char *err, int type, Prot
             sm->phase = SPES_NODE_ANNOUNCE; /* the coordinator lost our announcement (it restarted) */
             sm->next_try_ms = 0;
         }
+    } else if (type == SPES_MSG_AGGREGATE_TASK) {
+        start_aggregate(sm, (const Spes__Wire__AggregateTask *)msg, o);
     } else if (type == SPES_MSG_REJECT) {
         const Spes__Wire__Reject *r = (const Spes__Wire__Reject *)msg;
         if (r->code == SPES__WIRE__ERROR_CODE__ERROR_WRONG_ROUND ||
@@ -536,6 +703,7 @@ static void on_join_reply(spes_node_sm *sm, const char *err, int type, ProtobufC
     free(sm->accept_cols);
     sm->accept_cols = malloc(sizeof *sm->accept_cols * (a->n_columns ? a->n_columns : 1));
     sm->accept_ncols = sm->accept_cols ? a->n_columns : 0;
+    sm->shards = (int)a->shards;
     if (sm->accept_cols && a->n_columns)
         memcpy(sm->accept_cols, a->columns, sizeof *sm->accept_cols * a->n_columns);
     sm->phase = SPES_NODE_PREPARE;
@@ -573,6 +741,7 @@ void spes_node_sm_reply(spes_node_sm *sm, int call, int rc, const char *err, con
         case SPES_NODE_CALL_HEARTBEAT: on_heartbeat_reply(sm, e, type, msg, data, len, now, out); break;
         case SPES_NODE_CALL_ANNOUNCE: on_announce_reply(sm, e, type, msg, now, out); break;
         case SPES_NODE_CALL_DIGEST: on_digest_reply(sm, e, type, msg, now, out); break;
+        case SPES_NODE_CALL_REPORT: on_report_reply(sm, e, type, msg, out); break;
         default: break;
         }
     }
@@ -608,6 +777,16 @@ static void send_announce(spes_node_sm *sm, uint64_t now, spes_node_out *o)
     ls.last = sm->loss;
     ls.count = (uint32_t)sm->run.spes.sync_interval;
     a.loss = &ls;
+    Spes__Wire__Group gv[SPES_NODE_MAX_SHARDS], *gp[SPES_NODE_MAX_SHARDS];
+    for (int i = 0; i < sm->npending_shards && i < SPES_NODE_MAX_SHARDS; i++) {
+        spes__wire__group__init(&gv[i]);
+        gv[i].blob_hash = (ProtobufCBinaryData){32, sm->pending_shards[i].hash};
+        gv[i].manifest_hash = (ProtobufCBinaryData){32, sm->pending_shards[i].manifest};
+        gv[i].size = sm->pending_shards[i].size;
+        gp[i] = &gv[i];
+    }
+    a.shards = gp;
+    a.n_shards = (size_t)(sm->npending_shards < SPES_NODE_MAX_SHARDS ? sm->npending_shards : SPES_NODE_MAX_SHARDS);
     a.codec = !strcmp(sm->run.spes.codec, "q8ef")   ? SPES__WIRE__CODEC__CODEC_Q8EF
               : !strcmp(sm->run.spes.codec, "topk") ? SPES__WIRE__CODEC__CODEC_TOPK
               : !strcmp(sm->run.spes.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
@@ -644,7 +823,13 @@ static void send_heartbeat(spes_node_sm *sm, uint64_t now, spes_node_out *o)
 
 void spes_node_sm_tick(spes_node_sm *sm, uint64_t now, spes_node_out *out)
 {
-    if (sm->calls > 0 || now < sm->next_try_ms)
+    if (sm->calls > 0)
+        return;
+    if (sm->agg_done && sm->phase != SPES_NODE_STOP && sm->phase != SPES_NODE_DONE) {
+        send_report(sm, now, out); /* the round waits for it */
+        return;
+    }
+    if (now < sm->next_try_ms)
         return;
     switch (sm->phase) {
     case SPES_NODE_JOIN:
@@ -700,12 +885,17 @@ static void keep_round(spes_node_sm *sm, const spes_node_job *j, spes_node_out *
     }
     k->round = a->round;
     k->n = 0;
-    uint8_t(*h)[32] = realloc(k->hash, (size_t)(a->ncontrib + 1) * sizeof *h);
+    int own = sm->train_round == a->round ? sm->npending_shards : 0; /* our shards: aggregators' inputs */
+    uint8_t(*h)[32] = realloc(k->hash, (size_t)(a->ncontrib + a->nagg + own + 1) * sizeof *h);
     if (!h)
         return; /* these blobs stay on disk */
     k->hash = h;
     for (int i = 0; i < a->ncontrib; i++)
         memcpy(k->hash[k->n++], a->contribs[i].hash, 32);
+    for (int i = 0; i < a->nagg; i++)
+        memcpy(k->hash[k->n++], a->agg[i].hash, 32);
+    for (int i = 0; i < own; i++)
+        memcpy(k->hash[k->n++], sm->pending_shards[i].hash, 32);
     memcpy(k->hash[k->n++], a->state_hash, 32); /* S_{round+1} */
 }
 
@@ -830,6 +1020,8 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
         sm->busy--;
     if (j->kind == SPES_NODE_JOB_TRAIN)
         sm->training = 0;
+    if (j->kind == SPES_NODE_JOB_AGGREGATE)
+        sm->aggregating = 0;
     if (sm->phase == SPES_NODE_STOP || sm->phase == SPES_NODE_DONE) {
         spes_node_job_free(j);
         try_leave(sm, now, out);
@@ -842,6 +1034,19 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
             return;
         break;
     case SPES_NODE_JOB_APPLY: apply_done(sm, j, now, out); break;
+    case SPES_NODE_JOB_AGGREGATE:
+        sm->aggregating = 0;
+        sm->bytes_in_total += j->bytes_in;
+        if (j->rc) { /* the coordinator hands the task out again, or to a backup */
+            say(out, SPES_LOG_WARN, "round %llu: aggregation failed: %s", (unsigned long long)j->u.aggregate.round,
+                j->err);
+            break;
+        }
+        if (j->u.aggregate.round != sm->round)
+            break; /* the round went on without it */
+        sm->agg_done = j;
+        spes_node_sm_tick(sm, now, out);
+        return;
     case SPES_NODE_JOB_VALIDATE: {
         sm->bytes_in_total += j->bytes_in;
         spes_node_action *a = push(out, SPES_NODE_ACT_VALIDATED);
@@ -919,7 +1124,9 @@ void spes_node_sm_fini(spes_node_sm *sm)
     free(sm->cols);
     free(sm->pending_commit);
     free(sm->accept_cols);
+    free(sm->pending_shards);
     spes_node_job_free(sm->ready);
+    spes_node_job_free(sm->agg_done);
     for (int i = 0; i < SPES_NODE_KEEP_ROUNDS; i++)
         free(sm->kept[i].hash);
     memset(sm, 0, sizeof *sm);

@@ -24,6 +24,7 @@
 #define SPES_NODE_STATE_PEERS 16 /* members of an Accept a node fetches the agreed state from, at most */
 #define SPES_NODE_CALL_TIMEOUT_MS 10000 /* a call to the coordinator */
 #define SPES_NODE_LEAVE_TIMEOUT_MS 3000 /* the goodbye: a dead coordinator must not hold a stopping node */
+#define SPES_NODE_MAX_SHARDS 128 /* shards of a round a node announces, at most (the coordinator's bound) */
 
 /* spes_node_phase is where the node is in the round protocol. */
 enum spes_node_phase {
@@ -45,7 +46,8 @@ enum spes_node_call {
     SPES_NODE_CALL_HEARTBEAT,
     SPES_NODE_CALL_ANNOUNCE,
     SPES_NODE_CALL_DIGEST,
-    SPES_NODE_CALL_LEAVE
+    SPES_NODE_CALL_LEAVE,
+    SPES_NODE_CALL_REPORT
 };
 
 /* spes_node_job_kind says which member of spes_node_job's union is in use. */
@@ -53,7 +55,8 @@ enum spes_node_job_kind {
     SPES_NODE_JOB_PREPARE = 1,
     SPES_NODE_JOB_TRAIN,
     SPES_NODE_JOB_APPLY,
-    SPES_NODE_JOB_VALIDATE
+    SPES_NODE_JOB_VALIDATE,
+    SPES_NODE_JOB_AGGREGATE
 };
 
 /* spes_node_peer is a daemon a job may fetch blobs from. */
@@ -70,6 +73,36 @@ typedef struct spes_node_contrib {
     uint8_t hash[32];     /* the blob */
     uint8_t manifest[32]; /* pins the blob's manifest (and so its size) */
 } spes_node_contrib;
+
+/* spes_node_group is a blob of a sharded round: a shard of a contribution, or an aggregate. */
+typedef struct spes_node_group {
+    uint32_t node;        /* its author (a contribution's) or aggregator */
+    uint32_t shard;
+    uint8_t hash[32];     /* the blob */
+    uint8_t manifest[32]; /* pins its manifest */
+    uint64_t size;
+} spes_node_group;
+
+/* spes_node_shard_task is one shard an aggregate job checks and averages, and its result. */
+typedef struct spes_node_shard_task {
+    uint32_t shard, attempt;
+    int n;
+    spes_node_group *in; /* (n) the contributions' shards, in node-id order; in[k]'s author is peer peer0 + k */
+    int peer0;           /* the job's peer of in[0] */
+    /* results */
+    int *ok, *missing;                 /* (n) */
+    char (*why)[SPES_NODE_REASON_MAX]; /* (n) */
+    int have;                          /* every input passed: out is the aggregate */
+    spes_node_group out;
+} spes_node_shard_task;
+
+/* spes_node_job_aggregate checks and averages shards of the shared block for the coordinator. */
+typedef struct spes_node_job_aggregate {
+    uint64_t round;
+    int shards; /* the round's K */
+    int ntasks;
+    spes_node_shard_task *task; /* (ntasks) */
+} spes_node_job_aggregate;
 
 /* spes_node_job_prepare gets S_round (local state, checkpoint or peers) into the trainer. */
 typedef struct spes_node_job_prepare {
@@ -91,8 +124,11 @@ typedef struct spes_node_job_train {
                   * the mean of this many contributions, a column's of min(column_owners, members) */
     int E;
     uint8_t *cols; /* (E) 1: column trained */
+    int shards;    /* sharded rounds: the round's K, when known at the start (0: take the applied commit's) */
     /* results */
-    uint8_t blob[32];     /* the contribution blob */
+    int nshards;             /* sharded rounds: the shared block's shards, published apart */
+    spes_node_group *shard;  /* (nshards) */
+    uint8_t blob[32];     /* the contribution blob (sharded rounds: its columns only) */
     uint8_t manifest[32]; /* hash of its manifest */
     uint64_t size, tokens;
     double loss_mean;
@@ -106,6 +142,10 @@ typedef struct spes_node_job_apply {
     int ncontrib;
     spes_node_contrib *contribs; /* (ncontrib) */
     int refused_self;            /* the commit refused this node's contribution (its residual is dropped) */
+    int shards;                  /* sharded rounds: K (the contributions carry columns only) */
+    spes_node_group *agg;        /* (shards) each shard's aggregate (none when nothing was committed) */
+    int nagg;
+    int next_shards;             /* the next round's K (a round trained ahead encodes with it) */
     /* results */
     uint8_t state_hash[32]; /* digest of S_{round+1} */
     uint64_t bytes_served;  /* blob bytes this daemon has served in all (for the log) */
@@ -134,6 +174,7 @@ typedef struct spes_node_job {
         spes_node_job_train train;
         spes_node_job_apply apply;
         spes_node_job_validate validate;
+        spes_node_job_aggregate aggregate;
     } u;
     /* results (every kind) */
     int rc;
@@ -261,6 +302,12 @@ typedef struct spes_node_sm {
     spes_node_job *ready; /* an overlapped round trained before the node held its S_round (owned) */
     uint64_t dealt_round; /* the round whose columns an Accept confirmed while its training ran */
     uint64_t ready_t0, ready_t1;
+    /* sharded rounds (run.spes.sharded) */
+    int shards;                     /* K of the round being trained, from its Accept */
+    int npending_shards;            /* the contribution's shards, announced with it */
+    spes_node_group *pending_shards; /* (npending_shards) */
+    int aggregating;                /* an aggregate job is out */
+    spes_node_job *agg_done;        /* a finished aggregate job whose report is owed (owned) */
 } spes_node_sm;
 
 /* spes_node_sm_init sets the machine up from opts (phase JOIN, nothing sent yet). */

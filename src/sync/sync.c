@@ -284,6 +284,37 @@ int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid)
     return 0;
 }
 
+size_t spes__values_size(uint32_t codec, size_t n)
+{
+    switch (codec) {
+    case SPES_CODEC_FP32: return 4 * n;
+    case SPES_CODEC_BF16: return 2 * n;
+    case SPES_CODEC_Q8EF: return spes_q8_size(n);
+    case SPES_CODEC_TOPK: return spes_topk_size(n);
+    default: return 0;
+    }
+}
+
+int spes__values_encode(uint8_t *dst, uint32_t codec, const float *val, const float *base, const float *ef,
+                        size_t n, float *u)
+{
+    if (codec == SPES_CODEC_FP32) {
+        memcpy(dst, val, n * sizeof *val);
+        return 0;
+    }
+    if (codec == SPES_CODEC_BF16) {
+        for (size_t k = 0; k < n; k++) {
+            uint16_t h = spes_bf16_from_f32(val[k] - base[k]);
+            memcpy(dst + 2 * k, &h, 2);
+        }
+        return 0;
+    }
+    for (size_t k = 0; k < n; k++)
+        u[k] = (val[k] - base[k]) + (ef ? ef[k] : 0.0f);
+    /* u becomes the residual in place */
+    return codec == SPES_CODEC_Q8EF ? spes_q8_encode(u, n, dst, u) : spes_topk_encode(u, n, dst, u);
+}
+
 /* encode_ef writes the values of c in an error-feedback codec (q8ef, topk): per group u = (value -
  * base) + ef (ef in c's value order), encoded, and ef updated to the residual once every group
  * encoded (so a refusal leaves it as it was). */
@@ -293,27 +324,16 @@ static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base,
     float *u = malloc((nvals ? nvals : 1) * sizeof *u);
     if (!u)
         return SPES_ENOMEM;
-    size_t i = 0, n;
-    for (int s = -1; s < c->ncols; s++) {
-        const float *b = spes_contrib_group_base(c, base, s, &n);
-        for (size_t k = 0; k < n; k++, i++)
-            u[i] = (c->val[i] - b[k]) + (ef ? ef[i] : 0.0f);
-    }
+    size_t i = c->columns_only ? c->shared_numel : 0, from = i, n;
     int rc = 0;
-    i = 0;
-    for (int s = -1; !rc && s < c->ncols; s++) {
-        spes_contrib_group_base(c, base, s, &n);
-        if (codec == SPES_CODEC_Q8EF) {
-            rc = spes_q8_encode(u + i, n, p, u + i); /* u becomes the residual in place */
-            p += spes_q8_size(n);
-        } else {
-            rc = spes_topk_encode(u + i, n, p, u + i);
-            p += spes_topk_size(n);
-        }
+    for (int s = c->columns_only ? 0 : -1; !rc && s < c->ncols; s++) {
+        const float *b = spes_contrib_group_base(c, base, s, &n);
+        rc = spes__values_encode(p, codec, c->val + i, b, ef ? ef + i : NULL, n, u + i);
+        p += spes__values_size(codec, n);
         i += n;
     }
     if (!rc && ef)
-        memcpy(ef, u, nvals * sizeof *u);
+        memcpy(ef + from, u + from, (nvals - from) * sizeof *u);
     free(u);
     return rc;
 }
@@ -321,11 +341,7 @@ static int encode_ef(const spes_contrib *c, spes_codec codec, const float *base,
 /* values_size is the encoded size of a contribution's values in the codec. */
 static size_t values_size(uint32_t codec, size_t shared, size_t column, size_t ncols)
 {
-    if (codec == SPES_CODEC_Q8EF)
-        return spes_q8_size(shared) + ncols * spes_q8_size(column);
-    if (codec == SPES_CODEC_TOPK)
-        return spes_topk_size(shared) + ncols * spes_topk_size(column);
-    return (shared + ncols * column) * (codec == SPES_CODEC_FP32 ? 4 : 2);
+    return spes__values_size(codec, shared) + ncols * spes__values_size(codec, column);
 }
 
 int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *base, float *ef, uint8_t **out,
@@ -333,9 +349,9 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
 {
     if (codec < SPES_CODEC_FP32 || codec > SPES_CODEC_TOPK)
         return spes_errf(SPES_EINVAL, "unknown contribution codec %d", (int)codec);
+    size_t sh = c->columns_only ? 0 : c->shared_numel; /* the shared values carried */
     size_t nvals = c->shared_numel + (size_t)c->ncols * c->column_numel;
-    size_t n = CTB_HEADER + (size_t)c->ncols * 4 +
-               values_size(codec, c->shared_numel, c->column_numel, (size_t)c->ncols);
+    size_t n = CTB_HEADER + (size_t)c->ncols * 4 + values_size(codec, sh, c->column_numel, (size_t)c->ncols);
     uint8_t *b = malloc(n);
     if (!b)
         return SPES_ENOMEM;
@@ -348,21 +364,20 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
     put64(b + 32, c->tokens);
     memcpy(b + 40, &c->loss_mean, 4);
     put32(b + 44, 0);
-    put64(b + 48, c->shared_numel);
+    put64(b + 48, sh);
     put64(b + 56, c->column_numel);
     uint8_t *p = b + CTB_HEADER;
     for (int i = 0; i < c->ncols; i++, p += 4)
         put32(p, (uint32_t)c->cols[i]);
+    size_t skip = c->shared_numel - sh; /* values not carried */
     if (codec == SPES_CODEC_FP32) {
-        memcpy(p, c->val, nvals * 4);
+        memcpy(p, c->val + skip, (nvals - skip) * 4);
     } else if (codec == SPES_CODEC_BF16) {
-        size_t i = 0, n;
-        for (int s = -1; s < c->ncols; s++) {
+        size_t i = skip, n;
+        for (int s = c->columns_only ? 0 : -1; s < c->ncols; s++) {
             const float *b = spes_contrib_group_base(c, base, s, &n);
-            for (size_t k = 0; k < n; k++, i++) {
-                uint16_t h = spes_bf16_from_f32(c->val[i] - b[k]);
-                memcpy(p + 2 * i, &h, 2);
-            }
+            spes__values_encode(p + 2 * (i - skip), codec, c->val + i, b, NULL, n, NULL);
+            i += n;
         }
     } else {
         int rc = encode_ef(c, codec, base, ef, p);
@@ -397,81 +412,103 @@ static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *orig
     return 0;
 }
 
-/* check_value stores value i (base b, delta d) after the checks every codec shares. */
-static int check_value(spes_contrib *c, size_t i, float v, float d, float max_delta, const char *origin)
+/* check_value stores the new value v (delta d; value i in errors) in val[j] after the checks every
+ * codec shares. */
+static int check_value(float *val, size_t j, size_t i, float v, float d, float max_delta, const char *what,
+                       const char *origin)
 {
     if (!isfinite(v) || !isfinite(d))
-        return spes_errf(SPES_ERANGE, "%s: contribution value %zu is %s", origin, i,
+        return spes_errf(SPES_ERANGE, "%s: %s value %zu is %s", origin, what, i,
                          isnan(v) || isnan(d) ? "NaN" : "infinite");
     if (fabsf(d) > max_delta)
-        return spes_errf(SPES_ERANGE, "%s: contribution value %zu moved by %g, beyond the bound %g", origin,
-                         i, (double)d, (double)max_delta);
-    c->val[i] = v;
+        return spes_errf(SPES_ERANGE, "%s: %s value %zu moved by %g, beyond the bound %g", origin, what, i,
+                         (double)d, (double)max_delta);
+    val[j] = v;
     return 0;
 }
 
-/* decode_q8 reads one group of n q8ef values (deltas against bs) into c->val from i on. */
-static int decode_q8(spes_contrib *c, const uint8_t **pp, size_t i, const float *bs, size_t n,
-                     float max_delta, const char *origin)
+/* decode_q8 reads one group of n q8ef values (deltas against bs) into val, numbered from i. */
+static int decode_q8(float *val, const uint8_t *p, size_t i, const float *bs, size_t n, float max_delta,
+                     const char *what, const char *origin)
 {
-    const uint8_t *p = *pp;
     for (size_t at = 0; at < n; at += SPES_Q8_BLOCK) {
         size_t k = n - at < SPES_Q8_BLOCK ? n - at : SPES_Q8_BLOCK;
         float sc;
         memcpy(&sc, p, 4);
         if (!isfinite(sc) || sc < 0.0f)
-            return spes_errf(SPES_ERANGE, "%s: contribution scale of the block at value %zu is %g", origin,
+            return spes_errf(SPES_ERANGE, "%s: %s scale of the block at value %zu is %g", origin, what,
                              i + at, (double)sc);
         const int8_t *q = (const int8_t *)(p + 4);
         for (size_t j = 0; j < k; j++) {
             if (q[j] == -128)
-                return spes_errf(SPES_EFORMAT, "%s: contribution value %zu is -128, outside -127..127",
-                                 origin, i + at + j);
+                return spes_errf(SPES_EFORMAT, "%s: %s value %zu is -128, outside -127..127", origin, what,
+                                 i + at + j);
             float d = (float)q[j] * sc;
-            int rc = check_value(c, i + at + j, bs[at + j] + d, d, max_delta, origin);
+            int rc = check_value(val, at + j, i + at + j, bs[at + j] + d, d, max_delta, what, origin);
             if (rc)
                 return rc;
         }
         p += 4 + k;
     }
-    *pp = p;
     return 0;
 }
 
-/* decode_topk reads one group of n topk values (deltas against bs) into c->val from i on. */
-static int decode_topk(spes_contrib *c, const uint8_t **pp, size_t i, const float *bs, size_t n,
-                       float max_delta, const char *origin)
+/* decode_topk reads one group of n topk values (deltas against bs) into val, numbered from i. */
+static int decode_topk(float *val, const uint8_t *p, size_t i, const float *bs, size_t n, float max_delta,
+                       const char *what, const char *origin)
 {
-    const uint8_t *p = *pp;
     for (size_t at = 0; at < n; at += SPES_TOPK_CHUNK) {
         size_t len = n - at < SPES_TOPK_CHUNK ? n - at : SPES_TOPK_CHUNK, k = topk_k(len);
         float level[4];
         memcpy(level, p, 16);
         for (int l = 0; l < 4; l++)
             if (!isfinite(level[l]))
-                return spes_errf(SPES_ERANGE, "%s: contribution level %d of the chunk at value %zu is %g",
-                                 origin, l, i + at, (double)level[l]);
+                return spes_errf(SPES_ERANGE, "%s: %s level %d of the chunk at value %zu is %g", origin, what,
+                                 l, i + at, (double)level[l]);
         const uint8_t *idx = p + 16, *codes = idx + (12 * k + 7) / 8;
         float d[SPES_TOPK_CHUNK];
         memset(d, 0, len * sizeof *d);
         for (size_t j = 0, prev = 0; j < k; j++) {
             size_t x = get_bits(idx, j, 12);
             if (x >= len || (j > 0 && x <= prev))
-                return spes_errf(
-                    SPES_EFORMAT,
-                    "%s: contribution index %zu of the chunk at value %zu is out of order or range", origin,
-                    x, i + at);
+                return spes_errf(SPES_EFORMAT,
+                                 "%s: %s index %zu of the chunk at value %zu is out of order or range",
+                                 origin, what, x, i + at);
             d[x] = level[get_bits(codes, j, 2)];
             prev = x;
         }
         for (size_t j = 0; j < len; j++) {
-            int rc = check_value(c, i + at + j, bs[at + j] + d[j], d[j], max_delta, origin);
+            int rc = check_value(val, at + j, i + at + j, bs[at + j] + d[j], d[j], max_delta, what, origin);
             if (rc)
                 return rc;
         }
         p += topk_chunk_size(k);
     }
-    *pp = p;
+    return 0;
+}
+
+int spes__values_decode(float *val, const uint8_t *src, uint32_t codec, const float *base, size_t n,
+                        size_t first, float max_delta, const char *what, const char *origin)
+{
+    if (codec == SPES_CODEC_Q8EF)
+        return decode_q8(val, src, first, base, n, max_delta, what, origin);
+    if (codec == SPES_CODEC_TOPK)
+        return decode_topk(val, src, first, base, n, max_delta, what, origin);
+    for (size_t k = 0; k < n; k++) {
+        float v, b = base[k], d;
+        if (codec == SPES_CODEC_FP32) {
+            memcpy(&v, src + 4 * k, 4);
+            d = v - b;
+        } else {
+            uint16_t h;
+            memcpy(&h, src + 2 * k, 2);
+            d = spes_f32_from_bf16(h);
+            v = b + d;
+        }
+        int rc = check_value(val, k, first + k, v, d, max_delta, what, origin);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 
@@ -479,31 +516,17 @@ static int decode_values(spes_contrib *c, const uint8_t *p, uint32_t codec, cons
                          float max_delta, const char *origin)
 {
     size_t i = 0, n;
-    for (int s = -1; s < c->ncols; s++) {
+    if (c->columns_only) { /* the agreed values stand in for the shared block it does not carry */
+        memcpy(c->val, base, c->shared_numel * sizeof *c->val);
+        i = c->shared_numel;
+    }
+    for (int s = c->columns_only ? 0 : -1; s < c->ncols; s++) {
         const float *bs = spes_contrib_group_base(c, base, s, &n);
-        if (codec == SPES_CODEC_Q8EF || codec == SPES_CODEC_TOPK) {
-            int rc = codec == SPES_CODEC_Q8EF ? decode_q8(c, &p, i, bs, n, max_delta, origin)
-                                              : decode_topk(c, &p, i, bs, n, max_delta, origin);
-            if (rc)
-                return rc;
-            i += n;
-            continue;
-        }
-        for (size_t k = 0; k < n; k++, i++) {
-            float v, b = bs[k], d;
-            if (codec == SPES_CODEC_FP32) {
-                memcpy(&v, p + 4 * i, 4);
-                d = v - b;
-            } else {
-                uint16_t h;
-                memcpy(&h, p + 2 * i, 2);
-                d = spes_f32_from_bf16(h);
-                v = b + d;
-            }
-            int rc = check_value(c, i, v, d, max_delta, origin);
-            if (rc)
-                return rc;
-        }
+        int rc = spes__values_decode(c->val + i, p, codec, bs, n, i, max_delta, "contribution", origin);
+        if (rc)
+            return rc;
+        p += spes__values_size(codec, n);
+        i += n;
     }
     return 0;
 }
@@ -520,7 +543,8 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     uint32_t codec = get32(buf + 12), ncols = get32(buf + 28);
     if (codec < SPES_CODEC_FP32 || codec > SPES_CODEC_TOPK)
         return spes_errf(SPES_EFORMAT, "%s: unknown contribution codec %u", origin, codec);
-    if (get64(buf + 48) != lo->shared_numel || get64(buf + 56) != lo->column_numel)
+    int columns_only = get64(buf + 48) == 0 && lo->shared_numel > 0; /* sharded rounds: columns only */
+    if ((!columns_only && get64(buf + 48) != lo->shared_numel) || get64(buf + 56) != lo->column_numel)
         return spes_errf(SPES_EFORMAT,
                          "%s: contribution sizes (%llu, %llu) do not match this model (%zu, %zu)", origin,
                          (unsigned long long)get64(buf + 48), (unsigned long long)get64(buf + 56),
@@ -528,8 +552,8 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     if (ncols > (uint32_t)E)
         return spes_errf(SPES_EFORMAT, "%s: contribution has %u columns, the model has %d", origin, ncols, E);
     size_t nvals = lo->shared_numel + (size_t)ncols * lo->column_numel;
-    size_t want =
-        CTB_HEADER + (size_t)ncols * 4 + values_size(codec, lo->shared_numel, lo->column_numel, ncols);
+    size_t want = CTB_HEADER + (size_t)ncols * 4 +
+                  values_size(codec, columns_only ? 0 : lo->shared_numel, lo->column_numel, ncols);
     if (len != want)
         return spes_errf(SPES_EFORMAT, "%s: contribution is %zu bytes, expected %zu", origin, len, want);
     c->round = (int64_t)get64(buf + 16);
@@ -540,6 +564,7 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     memcpy(&c->loss_mean, buf + 40, 4);
     c->shared_numel = lo->shared_numel;
     c->column_numel = lo->column_numel;
+    c->columns_only = columns_only;
     c->cols = malloc((size_t)(ncols ? ncols : 1) * sizeof *c->cols);
     c->val = malloc(nvals * sizeof *c->val);
     int rc = (!c->cols || !c->val) ? SPES_ENOMEM : 0;
@@ -603,9 +628,18 @@ int spes__aggregate_walk(float *params, const spes_layout *lo, int E, const spes
         free(vs);
         return SPES_ENOMEM;
     }
-    for (int k = 0; k < n; k++)
+    int columns_only = 0;
+    for (int k = 0; k < n; k++) {
         vs[k] = cs[k]->val;
-    seg(ctx, params, 0, vs, n, lo->shared_numel, acc);
+        columns_only += cs[k]->columns_only;
+    }
+    if (columns_only && columns_only != n) {
+        free(acc);
+        free(vs);
+        return spes_errf(SPES_EINVAL, "aggregate: some contributions carry the shared block and some do not");
+    }
+    if (!columns_only) /* else the shared block is the aggregators' (sharded rounds) */
+        seg(ctx, params, 0, vs, n, lo->shared_numel, acc);
     for (int e = 0; e < E; e++) {
         int owners = 0;
         for (int k = 0; k < n; k++)

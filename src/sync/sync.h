@@ -47,6 +47,8 @@ typedef struct spes_contrib {
     int32_t *cols; /* (ncols) owned columns, strictly increasing */
     size_t shared_numel, column_numel;
     float *val; /* (shared_numel + ncols * column_numel): shared, then columns */
+    int columns_only; /* the shared block travels apart (sharded rounds): encoding leaves it out, and a
+                       * decoded one holds base's values there; aggregation leaves it alone */
 } spes_contrib;
 
 /* spes_contrib_make copies the node's values cur over the shared block and the
@@ -90,6 +92,24 @@ int spes_topk_encode(const float *u, size_t n, uint8_t *dst, float *resid);
 
 /* spes_topk_size is the encoded size of n values. */
 size_t spes_topk_size(size_t n);
+
+/* spes__values_size is the encoded size of one group of n values in the codec (0: unknown codec). */
+size_t spes__values_size(uint32_t codec, size_t n);
+
+/* spes__values_encode writes one group of n values val (agreed values base) in the codec to dst
+ * (spes__values_size bytes): fp32 the values, bf16 bf16(value - base), q8ef and topk the codec of
+ * u = (value - base) + ef (ef may be NULL: zero), with u - D(u) left in u (n floats of the caller's;
+ * unused by fp32 and bf16). SPES_ERANGE on a non-finite u; ef is only read. */
+int spes__values_encode(uint8_t *dst, uint32_t codec, const float *val, const float *base, const float *ef,
+                        size_t n, float *u);
+
+/* spes__values_decode reads one group of n values in the codec (a known one) from src, which holds
+ * spes__values_size bytes (the caller checked), against the agreed values base into val, each checked
+ * finite and within max_delta of its base (q8ef: q = -128 and a negative or non-finite scale refused;
+ * topk: indices out of order or range and non-finite levels refused). Errors name origin, then what
+ * (e.g. "contribution") and the value's number counted from first. */
+int spes__values_decode(float *val, const uint8_t *src, uint32_t codec, const float *base, size_t n,
+                        size_t first, float max_delta, const char *what, const char *origin);
 
 /* spes_contrib_max_size is the largest encoded contribution for a model of
  * layout lo with E experts (any codec, every column): a bound on what a peer may

@@ -238,6 +238,31 @@ def read_state_blob2(path):
     return (rnd, v[:numel], v[numel:]) if v.size == 2 * numel else None
 
 
+def read_group(path):
+    """A group blob of a sharded round (docs/design.md, "The sharded round"): its header fields and its
+    values (fp32) or deltas (q8ef), or None."""
+    b = open(path, "rb").read()
+    if not b.startswith(b"SPESGRP1"):
+        return None
+    ver, kind, codec, rnd, node, shard, shards, offset, count, contributors = struct.unpack_from("<IIIqiIIQQI", b, 8)
+    off = 60
+    if codec == 1:
+        vals = np.frombuffer(b, dtype="<f4", offset=off, count=count)
+    elif codec == 3:
+        parts = []
+        for at in range(0, count, 128):
+            k = min(128, count - at)
+            sc = np.frombuffer(b, dtype="<f4", offset=off, count=1)[0]
+            q = np.frombuffer(b, dtype=np.int8, offset=off + 4, count=k)
+            parts.append((q.astype(np.float32) * sc).astype(np.float32))
+            off += 4 + k
+        vals = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    else:
+        return None
+    return dict(kind=kind, codec=codec, round=rnd, node=node, shard=shard, shards=shards, offset=offset,
+                count=count, contributors=contributors, vals=vals)
+
+
 def read_contribution(path):
     """(round, node, cols, codec, values, or deltas of bf16 and q8ef) of a contribution blob."""
     b = open(path, "rb").read()

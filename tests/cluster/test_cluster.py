@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster as cluster_mod  # noqa: E402
-from cluster import Cluster, read_contribution, read_state_blob, read_state_blob2  # noqa: E402
+from cluster import Cluster, read_contribution, read_group, read_state_blob, read_state_blob2  # noqa: E402
 
 BUILD = sys.argv[1]
 ONLY = sys.argv[2:]
@@ -393,6 +393,119 @@ def scenario_q8ef_error_feedback(codec="q8ef"):
         check(len(resid) == 4 and all(resid),
               "every node keeps a non-zero residual of its last applied round beside its state, for the shared "
               "block and its own columns only")
+    finally:
+        cl.cleanup()
+
+
+def shard_plan(S, K):
+    """The shared block's cut into K shards (src/sync/shard.h): ceil(S / K) rounded up to 128 values."""
+    L = -(-S // K)
+    L = -(-L // 128) * 128
+    return [min(j * L, S) for j in range(K)] + [S]
+
+
+def q8_decoded(u):
+    """D(Q(u)) of the q8ef codec, from docs/design.md ("Codecs")."""
+    out = np.empty_like(u)
+    for at in range(0, u.size, 128):
+        blk = u[at:at + 128]
+        s = np.float32(np.max(np.abs(blk)) / np.float32(127))
+        q = np.clip(np.rint((blk / s).astype(np.float32)), -127, 127) if s > 0 else np.zeros(blk.size)
+        out[at:at + 128] = (q.astype(np.float32) * s).astype(np.float32)
+    return out
+
+
+def mean_of(base, parts):
+    """spes_aggregate's mean: one part exactly, else base + (the fp32 sum of part - base) / k."""
+    if len(parts) == 1:
+        return parts[0].copy()
+    acc = np.zeros_like(base)
+    for p in parts:
+        acc += (p - base).astype(np.float32)
+    return (base + acc / np.float32(len(parts))).astype(np.float32)
+
+
+def sharded_reference(cfg, S, cols, groups, r, K):
+    """S_{r+1} of a sharded round from S_r, the committed column blobs `cols` and every node's shard
+    blobs `groups` ((round, node, shard) -> deltas): each shard the q8ef-coded mean of the committed
+    nodes' shards, each column the mean of its owners'. None if a shard blob is missing."""
+    shared, column, _ = layout_sizes(cfg)
+    new = S.copy()
+    nodes = sorted(c["node"] for c in cols)
+    off = shard_plan(shared, K)
+    for j in range(K):
+        lo, hi = off[j], off[j + 1]
+        if any((r, n, j) not in groups for n in nodes):
+            return None
+        parts = [(S[lo:hi] + groups[(r, n, j)]).astype(np.float32) for n in nodes]
+        if parts:
+            m = mean_of(S[lo:hi], parts)
+            new[lo:hi] = S[lo:hi] + q8_decoded((m - S[lo:hi]).astype(np.float32))
+    for e in range(cfg["model"]["num_experts"]):
+        lo = shared + e * column
+        parts = [(S[lo:lo + column] + c["vals"][c["cols"].index(e) * column:(c["cols"].index(e) + 1) * column])
+                 .astype(np.float32) for c in sorted(cols, key=lambda c: c["node"]) if e in c["cols"]]
+        if parts:
+            new[lo:lo + column] = mean_of(S[lo:lo + column], parts)
+    return new
+
+
+def scenario_sharded_round():
+    """spes.sharded (docs/design.md, "The sharded round"): the shared block travels as 2 shards that
+    aggregators check and average; three nodes, a fourth joining, one killed and restarted. The nodes
+    agree, and every S_{r+1} equals numpy's from the shards, aggregates and column blobs on disk, bit
+    for bit: the coordinator's node never fetched the other nodes' shards it did not aggregate."""
+    cfg = run_config(sync=5)
+    cfg["model"].update(hidden_size=256, intermediate_size=32)
+    cfg["spes"].update(codec="q8ef", sharded=1)
+    shared, column, _ = layout_sizes(cfg)
+    K = min(3, shared // 262144)
+    cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3,
+                 extra={k: {"keep_blobs": True, "log_level": "debug" if k == 0 else "info"} for k in range(4)})
+    try:
+        for k in range(3):
+            cl.start(k)
+        cl.wait_round(3)
+        cl.start(3)
+        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 90)
+        cl.kill(2)
+        cl.start(2)
+        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=150)
+        cl.stop_all()
+        logs = [cl.applied(k) for k in range(4)]
+        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+              "sharded: four nodes (one joined, one killed and restarted) agree on rounds %s" % later)
+        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        averaged = set()
+        for k in range(4):
+            averaged |= {(int(a), int(b)) for a, b in re.findall(r"shard (\d+) of (\d+) averaged", cl.log(k))}
+        check(K >= 2 and {b for _, b in averaged} == {K} and {a for a, _ in averaged} == set(range(K)),
+              "the shared block (%d values) is cut into %d shards, each averaged by an aggregator" % (shared, K))
+        groups, aggs = {}, 0
+        for k in range(4):
+            for p in cl.blobs(k):
+                g = read_group(p) if "." not in os.path.basename(p) else None
+                if g and g["kind"] == 1:
+                    groups[(g["round"], g["node"], g["shard"])] = g["vals"]
+                aggs += bool(g and g["kind"] == 2)
+        own0 = [p for p in cl.blobs(0) if "." not in os.path.basename(p)]
+        states, contribs = states_and_contribs(cl, hashes=True)
+        applied = committed_contribs(cl, contribs, 0)
+        rounds = [r for r in sorted(applied) if r in states and r + 1 in states and applied[r]]
+        exact, done = True, 0
+        for r in rounds:
+            want = sharded_reference(cfg, states[r], applied[r], groups, r, K)
+            if want is None:
+                continue
+            done += 1
+            if not np.array_equal(want, states[r + 1]):
+                exact = False
+                print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
+        check(done >= 5 and exact and aggs > 0 and all(c["shared"] == 0 for cs in contribs.values() for c in cs),
+              "S_{r+1} equals numpy's from the shards, the aggregates and the column-only contributions, bit for "
+              "bit (%d rounds)" % done)
+        theirs = sum(1 for p in own0 if (lambda g: g and g["kind"] == 1 and g["node"] != 0)(read_group(p)))
+        print("   node-0 holds %d shard blob(s) of other nodes, %d blobs in all" % (theirs, len(own0)))
     finally:
         cl.cleanup()
 
@@ -1198,7 +1311,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_checkpoints_and_roles, scenario_diverged_node_heals, scenario_blob_housekeeping,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
              scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap,
-             scenario_outbound_only, scenario_column_owners]
+             scenario_outbound_only, scenario_column_owners, scenario_sharded_round]
 
 
 def main():
