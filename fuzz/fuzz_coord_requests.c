@@ -121,7 +121,7 @@ static void step(fz *f)
     snprintf(id, sizeof id, "ckpt-%06d", b % 12);
     memset(h1, b, 32);
     memset(h2, a, 32);
-    switch (op % 11) {
+    switch (op % 13) {
     case 0:
         f->now.mono_ms += (uint64_t)a * 20;
         f->now.wall_ms += (uint64_t)a * 20;
@@ -200,6 +200,52 @@ static void step(fz *f)
         f->n -= len;
         break;
     }
+    case 9: { /* an aggregator's report (sharded runs), its verdicts from the input */
+        Spes__Wire__InputVerdict vv[4], *vp[4];
+        Spes__Wire__Group g = SPES__WIRE__GROUP__INIT;
+        Spes__Wire__ShardResult res = SPES__WIRE__SHARD_RESULT__INIT, *rp = &res;
+        for (int k = 0; k < 4; k++) {
+            spes__wire__input_verdict__init(&vv[k]);
+            vv[k].node_id = (uint32_t)k;
+            vv[k].ok = (who >> k) & 1;
+            vv[k].missing = (b >> k) & 1;
+            vv[k].reason = "fuzz";
+            vp[k] = &vv[k];
+        }
+        g.blob_hash = g.manifest_hash = (ProtobufCBinaryData){32, h1};
+        g.size = (uint64_t)b << (a % 24);
+        res.shard = a % 3;
+        res.attempt = b % 4;
+        res.verdicts = vp;
+        res.n_verdicts = who % 5;
+        res.aggregate = a & 0x80 ? NULL : &g;
+        Spes__Wire__AggregateReport r = SPES__WIRE__AGGREGATE_REPORT__INIT;
+        r.node_id = a % 7;
+        r.round = b % 12;
+        r.results = &rp;
+        r.n_results = who & 0x40 ? 0 : 1;
+        request(f, SPES_MSG_AGGREGATE_REPORT, &r.base, who);
+        break;
+    }
+    case 10: { /* an announcement with shards */
+        Spes__Wire__Group gv[3], *gp[3];
+        for (int k = 0; k < 3; k++) {
+            spes__wire__group__init(&gv[k]);
+            gv[k].blob_hash = gv[k].manifest_hash = (ProtobufCBinaryData){32, k ? h2 : h1};
+            gv[k].size = (uint64_t)who << (who % 30);
+            gp[k] = &gv[k];
+        }
+        Spes__Wire__Announce n = SPES__WIRE__ANNOUNCE__INIT;
+        n.node_id = a % 7;
+        n.round = b % 12;
+        n.blob_hash = (ProtobufCBinaryData){32, h1};
+        n.manifest_hash = (ProtobufCBinaryData){32, h2};
+        n.size = 100;
+        n.shards = gp;
+        n.n_shards = who % 4;
+        request(f, SPES_MSG_ANNOUNCE, &n.base, who);
+        break;
+    }
     default: answer(f); break;
     }
     drain(f);
@@ -215,6 +261,7 @@ static int make(spes_coord_sm **out, int min_nodes)
     run.spes.merge_topk = 1;
     run.train.max_steps = 40;
     run.train.warmup_steps = 0;
+    run.spes.sharded = min_nodes == 2; /* the sharded round's tasks and reports too */
     spes_coord_settings s = {.name = "node-0",
                              .listen = "tcp://127.0.0.1:7000",
                              .min_nodes = min_nodes,

@@ -376,6 +376,228 @@ static unsigned mask_of(const uint32_t *cols, size_t n)
     return m;
 }
 
+/* ---- the sharded round (docs/design.md, "The sharded round") ---- */
+
+/* sharded_round starts a sharded run whose shared block makes 2 shards, joins node-0 (the
+ * coordinator's own) to node-2 as listed, and opens round 0 with n members (min_nodes n). */
+static void sharded_round(fx *f, int n)
+{
+    memset(f, 0, sizeof *f);
+    fx_settings(f, n, 0);
+    fx_run_config(f, 100);
+    f->run.model.hidden_size = 256; /* 528384 shared values: 2 shards of at least 256 Ki */
+    f->run.model.vocab_size = 256;
+    f->run.model.num_hidden_layers = 2;
+    f->run.model.num_attention_heads = 4;
+    f->run.model.num_key_value_heads = 2;
+    f->run.spes.sharded = 1;
+    ck_assert_int_eq(spes_config_validate(&f->run), 0);
+    fx_start(f);
+    for (int i = 0; i < n; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "node-%d", i);
+        ck_assert_uint_eq(join_ok(f, name), (uint32_t)i);
+    }
+    fx_tick(f);
+}
+
+/* announce_shards announces id's contribution at round r with its K shards (hashes 0xd0 + id, shard). */
+static void announce_shards(fx *f, uint32_t id, uint64_t r, int K)
+{
+    uint8_t blob[32], man[32], h[8][32];
+    Spes__Wire__Group gv[8], *gp[8];
+    Spes__Wire__Announce a;
+    fill_announce(&a, id, r, blob, man);
+    for (int j = 0; j < K; j++) {
+        memset(h[j], 0xd0 + (int)id * 4 + j, 32);
+        spes__wire__group__init(&gv[j]);
+        gv[j].blob_hash = (ProtobufCBinaryData){32, h[j]};
+        gv[j].manifest_hash = (ProtobufCBinaryData){32, h[j]};
+        gv[j].size = 5000;
+        gp[j] = &gv[j];
+    }
+    a.shards = gp;
+    a.n_shards = (size_t)K;
+    Spes__Wire__Ack *ack = (Spes__Wire__Ack *)send(f, SPES_MSG_ANNOUNCE, &a.base, &noid, SPES_MSG_ACK);
+    spes_proto_free(&ack->base);
+}
+
+/* task_of returns id's aggregation task (caller frees), or NULL when its heartbeat gets none. */
+static Spes__Wire__AggregateTask *task_of(fx *f, uint32_t id, uint64_t r)
+{
+    int tag = ++f->tag;
+    Spes__Wire__Heartbeat h = SPES__WIRE__HEARTBEAT__INIT;
+    h.node_id = id;
+    h.round = r;
+    h.state = NS(JOINING);
+    spes_coord_sm_request(f->c, f->now, SPES_MSG_HEARTBEAT, &h.base, &noid,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    fx_collect(f);
+    spes_coord_action *a = reply_to(f, tag);
+    int type;
+    ProtobufCMessage *m = NULL;
+    ck_assert_int_eq(spes_proto_decode(a->data, a->len, &type, &m), 0);
+    if (type == SPES_MSG_AGGREGATE_TASK)
+        return (Spes__Wire__AggregateTask *)m;
+    spes_proto_free(m);
+    return NULL;
+}
+
+/* report answers task t of aggregator id: verdict bad[k] for input k (0 ok, 1 refused, 2 missing),
+ * the aggregate 0xe0 + shard when every input passed; returns the reply's type. */
+static int report(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t i, const int *bad)
+{
+    const Spes__Wire__ShardTask *st = t->tasks[i];
+    Spes__Wire__InputVerdict vv[8], *vp[8];
+    Spes__Wire__ShardResult res = SPES__WIRE__SHARD_RESULT__INIT, *rp = &res;
+    Spes__Wire__Group g = SPES__WIRE__GROUP__INIT;
+    uint8_t h[32];
+    int all = 1;
+    for (size_t k = 0; k < st->n_inputs; k++) {
+        spes__wire__input_verdict__init(&vv[k]);
+        vv[k].node_id = st->inputs[k]->node_id;
+        vv[k].ok = !(bad && bad[k]);
+        vv[k].missing = bad && bad[k] == 2;
+        vv[k].reason = (char *)(vv[k].ok ? "" : "value 7 is not finite");
+        vp[k] = &vv[k];
+        all &= vv[k].ok;
+    }
+    memset(h, 0xe0 + (int)st->shard, 32);
+    g.blob_hash = g.manifest_hash = (ProtobufCBinaryData){32, h};
+    g.size = 4000;
+    res.shard = st->shard;
+    res.attempt = st->attempt;
+    res.verdicts = vp;
+    res.n_verdicts = st->n_inputs;
+    res.aggregate = all ? &g : NULL;
+    Spes__Wire__AggregateReport r = SPES__WIRE__AGGREGATE_REPORT__INIT;
+    r.node_id = id;
+    r.round = t->round;
+    r.results = &rp;
+    r.n_results = 1;
+    int tag = ++f->tag;
+    spes_coord_sm_request(f->c, f->now, SPES_MSG_AGGREGATE_REPORT, &r.base, &noid,
+                          (spes_coord_to){never_called, (void *)(intptr_t)tag});
+    fx_collect(f);
+    int type;
+    ProtobufCMessage *m = NULL;
+    ck_assert_int_eq(spes_proto_decode(reply_to(f, tag)->data, reply_to(f, tag)->len, &type, &m), 0);
+    spes_proto_free(m);
+    return type;
+}
+
+START_TEST(test_sharded_round)
+{
+    fx f;
+    sharded_round(&f, 2);
+    Spes__Wire__Accept *a = (Spes__Wire__Accept *)heartbeat(&f, 1, 0, NS(JOINING), SPES_MSG_ACCEPT);
+    ck_assert_uint_eq(a->shards, 2); /* every node cuts its contribution the same way */
+    spes_proto_free(&a->base);
+    /* an announcement without the round's shards is refused */
+    uint8_t blob[32], man[32];
+    Spes__Wire__Announce an;
+    fill_announce(&an, 1, 0, blob, man);
+    send_error(&f, SPES_MSG_ANNOUNCE, &an.base, &noid, EC(BAD_MESSAGE), "round 0 has 2 shard(s)");
+    announce_shards(&f, 0, 0, 2);
+    announce_shards(&f, 1, 0, 2);
+    ck_assert_ptr_nonnull(last(&f, SPES_COORD_VALIDATE)); /* the own node checks the columns */
+    /* each node aggregates one shard of both contributions, inputs in id order */
+    Spes__Wire__AggregateTask *t0 = task_of(&f, 0, 0), *t1 = task_of(&f, 1, 0);
+    ck_assert_ptr_nonnull(t0);
+    ck_assert_ptr_nonnull(t1);
+    ck_assert_uint_eq(t0->shards, 2);
+    ck_assert_uint_eq(t0->n_tasks, 1);
+    ck_assert_uint_eq(t0->tasks[0]->shard, 0);
+    ck_assert_uint_eq(t1->tasks[0]->shard, 1);
+    ck_assert_uint_eq(t1->tasks[0]->n_inputs, 2);
+    ck_assert_uint_eq(t1->tasks[0]->inputs[0]->node_id, 0);
+    ck_assert_uint_eq(t1->tasks[0]->inputs[1]->node_id, 1);
+    ck_assert_uint_eq(t1->tasks[0]->inputs[1]->blob->blob_hash.data[0], 0xd0 + 4 + 1);
+    ck_assert_int_eq(memcmp(t0->base_hash.data, f.s0, 32), 0);
+    validate_all(&f);
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT)); /* the aggregates are not in yet */
+    ck_assert_int_eq(report(&f, 1, t0, 0, NULL), SPES_MSG_ACK); /* not its shard: no effect */
+    ck_assert_int_eq(report(&f, 0, t0, 0, NULL), SPES_MSG_ACK);
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT));
+    ck_assert_int_eq(report(&f, 1, t1, 0, NULL), SPES_MSG_ACK);
+    Spes__Wire__Commit *cm = last_commit(&f);
+    ck_assert_uint_eq(cm->n_contributions, 2);
+    ck_assert_uint_eq(cm->shards, 2);
+    ck_assert_uint_eq(cm->next_shards, 2);
+    ck_assert_uint_eq(cm->n_aggregates, 2);
+    for (uint32_t j = 0; j < 2; j++) {
+        ck_assert_uint_eq(cm->aggregates[j]->shard, j);
+        ck_assert_uint_eq(cm->aggregates[j]->node_id, j);
+        ck_assert_uint_eq(cm->aggregates[j]->blob->blob_hash.data[0], 0xe0 + j);
+    }
+    spes_proto_free(&cm->base);
+    spes_proto_free(&t0->base);
+    spes_proto_free(&t1->base);
+    ck_assert_uint_eq(spes_coord_sm_round(f.c), 1);
+    fx_fini(&f);
+}
+END_TEST
+
+START_TEST(test_sharded_refusal_and_backup)
+{
+    fx f;
+    sharded_round(&f, 3);
+    for (uint32_t id = 0; id < 3; id++)
+        announce_shards(&f, id, 0, 2);
+    validate_all(&f);
+    Spes__Wire__AggregateTask *t0 = task_of(&f, 0, 0), *t1 = task_of(&f, 1, 0);
+    ck_assert_ptr_null(task_of(&f, 2, 0)); /* 2 shards: node-2 aggregates nothing */
+    /* shard 0's aggregator refuses node-2's shard: every shard is averaged again without it */
+    int bad[3] = {0, 0, 1};
+    ck_assert_int_eq(report(&f, 0, t0, 0, bad), SPES_MSG_ACK);
+    ck_assert(logged(&f, "node-2 is refused: shard 0 (checked by node-0): value 7 is not finite"));
+    ck_assert_int_eq(report(&f, 1, t1, 0, NULL), SPES_MSG_ACK); /* for the old list: stale */
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT));
+    spes_proto_free(&t0->base);
+    spes_proto_free(&t1->base);
+    t0 = task_of(&f, 0, 0);
+    t1 = task_of(&f, 1, 0);
+    ck_assert_uint_eq(t0->tasks[0]->attempt, 2);
+    ck_assert_uint_eq(t0->tasks[0]->n_inputs, 2);
+    ck_assert_int_eq(report(&f, 0, t0, 0, NULL), SPES_MSG_ACK);
+    /* shard 1's aggregator goes silent: past the deadline its backup (node-0) takes it over */
+    for (uint64_t t = 0; t < DEADLINE + 2 * TICK; t += TICK) { /* every node heartbeats; no report */
+        fx_advance(&f, TICK);
+        for (uint32_t id = 0; id < 3; id++) {
+            Spes__Wire__AggregateTask *x = task_of(&f, id, 0);
+            if (x)
+                spes_proto_free(&x->base);
+        }
+        fx_tick(&f);
+    }
+    ck_assert(logged(&f, "shard 1's aggregator node-1 missed its deadline; node-0 takes it over"));
+    ck_assert_int_eq(report(&f, 1, t1, 0, NULL), SPES_MSG_ACK); /* too late: no effect */
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT));
+    spes_proto_free(&t1->base);
+    Spes__Wire__AggregateTask *b = task_of(&f, 0, 0);
+    ck_assert_uint_eq(b->tasks[0]->shard, 1);
+    int missing[2] = {0, 2}; /* it cannot fetch node-1's shard: node-1 is left out, not refused */
+    ck_assert_int_eq(report(&f, 0, b, 0, missing), SPES_MSG_ACK);
+    spes_proto_free(&b->base);
+    spes_proto_free(&t0->base);
+    t0 = task_of(&f, 0, 0); /* attempt 3: node-0 alone, both shards with node-0 (node-1 is out) */
+    ck_assert_uint_eq(t0->n_tasks, 2);
+    ck_assert_uint_eq(t0->tasks[0]->n_inputs, 1);
+    ck_assert_int_eq(report(&f, 0, t0, 0, NULL), SPES_MSG_ACK);
+    ck_assert_int_eq(report(&f, 0, t0, 1, NULL), SPES_MSG_ACK);
+    Spes__Wire__Commit *cm = last_commit(&f);
+    ck_assert_uint_eq(cm->n_contributions, 1);
+    ck_assert_uint_eq(cm->contributions[0]->node_id, 0);
+    ck_assert_uint_eq(cm->n_refused, 1); /* node-2 refused; node-1 left out (its residual waits) */
+    ck_assert_uint_eq(cm->refused[0]->node_id, 2);
+    ck_assert_uint_eq(cm->n_aggregates, 2);
+    spes_proto_free(&cm->base);
+    spes_proto_free(&t0->base);
+    /* a report whose verdicts do not name the task's inputs is refused */
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_join_new_and_open)
 {
     fx f;
@@ -2025,6 +2247,8 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_unchanged_state_not_rewritten);
     tcase_add_test(tc, test_queue_grows_and_frees);
     tcase_add_test(tc, test_reply_that_cannot_be_encoded);
+    tcase_add_test(tc, test_sharded_round);
+    tcase_add_test(tc, test_sharded_refusal_and_backup);
     suite_add_tcase(s, tc);
     return s;
 }
