@@ -74,13 +74,13 @@ struct spes_node {
     double loss, tps; /* [worker] the last training step's loss and tokens/s */
     spes_norm_history *norms; /* [worker] what the norm bound remembers of earlier rounds (validation) */
     /* error feedback of a q8ef or topk run (docs/design.md, "Codecs"); have_ef is 0 in other runs */
-    spes_resid ef;       /* [worker] the residual: what the codec has not delivered yet */
-    int have_ef;         /* [worker] */
-    int64_t ef_round;    /* [worker] the round whose contribution ef awaits the outcome of (-1: none) */
-    uint8_t ef_blob[32]; /* [worker] that contribution's blob */
+    spes_resid ef;            /* [worker] the residual: what the codec has not delivered yet */
+    int have_ef;              /* [worker] */
+    int64_t ef_round;         /* [worker] the round whose contribution ef awaits the outcome of (-1: none) */
+    uint8_t ef_blob[32];      /* [worker] that contribution's blob */
     uint8_t (*ef_shards)[32]; /* [worker] (nef_shards) sharded rounds: its shards' blobs */
     int nef_shards;
-    double ef_cap;       /* [worker] 2 x its delta's norm: the cap of a residual left out */
+    double ef_cap; /* [worker] 2 x its delta's norm: the cap of a residual left out */
 };
 
 /* node_run_job performs a job on the worker thread. */

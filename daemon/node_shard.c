@@ -175,11 +175,13 @@ int node_job_aggregate(spes_node *n, spes_node_job *j)
     int held = n->base_round == (int64_t)a->round; /* the sync worker alone moves base on */
     pthread_mutex_unlock(&n->mu);
     if (!held)
-        return node_job_fail(j, spes_errf(SPES_ESTATE, "round %llu: aggregation asked, but S_%llu is not held",
-                                          (unsigned long long)a->round, (unsigned long long)a->round));
+        return node_job_fail(j,
+                             spes_errf(SPES_ESTATE, "round %llu: aggregation asked, but S_%llu is not held",
+                                       (unsigned long long)a->round, (unsigned long long)a->round));
     if (K != a->shards)
-        return node_job_fail(j, spes_errf(SPES_EFORMAT, "round %llu: %d shards asked, the shared block makes %d",
-                                          (unsigned long long)a->round, a->shards, K));
+        return node_job_fail(j,
+                             spes_errf(SPES_EFORMAT, "round %llu: %d shards asked, the shared block makes %d",
+                                       (unsigned long long)a->round, a->shards, K));
     for (int i = 0; i < a->ntasks && !rc; i++) {
         if (a->task[i].shard >= (uint32_t)K) {
             rc = spes_errf(SPES_EFORMAT, "round %llu: shard %u of %d asked", (unsigned long long)a->round,
@@ -201,8 +203,9 @@ int node_apply_aggregates(spes_node *n, spes_node_job *j, float *p)
     size_t off[SPES_SHARD_MAX + 1];
     int K = spes_shard_plan(n->lo.shared_numel, a->shards, off);
     if (K != a->shards || a->nagg != K)
-        return spes_errf(SPES_EFORMAT, "round %llu: the commit names %d aggregate(s) of %d shard(s); the "
-                                       "shared block makes %d",
+        return spes_errf(SPES_EFORMAT,
+                         "round %llu: the commit names %d aggregate(s) of %d shard(s); the "
+                         "shared block makes %d",
                          (unsigned long long)a->round, a->nagg, a->shards, K);
     uint32_t codec = (uint32_t)spes_codec_from_name(n->sm.run.spes.codec);
     for (int s = 0; s < K; s++) {
@@ -217,7 +220,8 @@ int node_apply_aggregates(spes_node *n, spes_node_job *j, float *p)
                                .shards = (uint32_t)K,
                                .offset = off[s],
                                .count = off[s + 1] - off[s]};
-        int rc = g->shard == (uint32_t)s ? 0 : spes_errf(SPES_EFORMAT, "%s: listed as shard %u", origin, g->shard);
+        int rc =
+            g->shard == (uint32_t)s ? 0 : spes_errf(SPES_EFORMAT, "%s: listed as shard %u", origin, g->shard);
         if (!rc)
             rc = node_fetch_blob(n, j, g->hash, node_author(j, g->node), g->manifest,
                                  spes_group_size(SPES_CODEC_FP32, want.count));

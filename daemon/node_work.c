@@ -760,8 +760,9 @@ static int decode_blob(spes_node *n, const uint8_t *hash, const char *origin, sp
                        n->sm.run.spes.codec);
         spes_contrib_fini(c);
     } else if (!rc && c->columns_only != (n->sm.run.spes.sharded != 0)) {
-        rc = spes_errf(SPES_EFORMAT, "%s: a contribution %s the shared block; the run's rounds are %s", origin,
-                       c->columns_only ? "without" : "with", n->sm.run.spes.sharded ? "sharded" : "not sharded");
+        rc = spes_errf(SPES_EFORMAT, "%s: a contribution %s the shared block; the run's rounds are %s",
+                       origin, c->columns_only ? "without" : "with",
+                       n->sm.run.spes.sharded ? "sharded" : "not sharded");
         spes_contrib_fini(c);
     }
     return rc;

@@ -515,7 +515,7 @@ START_TEST(test_sharded_round)
     ck_assert_uint_eq(t1->tasks[0]->inputs[1]->blob->blob_hash.data[0], 0xd0 + 4 + 1);
     ck_assert_int_eq(memcmp(t0->base_hash.data, f.s0, 32), 0);
     validate_all(&f);
-    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT)); /* the aggregates are not in yet */
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT));    /* the aggregates are not in yet */
     ck_assert_int_eq(report(&f, 1, t0, 0, NULL), SPES_MSG_ACK); /* not its shard: no effect */
     ck_assert_int_eq(report(&f, 0, t0, 0, NULL), SPES_MSG_ACK);
     ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT));

@@ -230,8 +230,9 @@ int spes_config_validate(const spes_run_config *c)
         return spes_errf(SPES_EINVAL, "train.warmup_steps %d exceeds train.max_steps %d",
                          c->train.warmup_steps, c->train.max_steps);
     if (c->spes.sharded && strcmp(c->spes.aggregation, "mean"))
-        return spes_errf(SPES_EINVAL, "spes.sharded rounds average shards: spes.aggregation must be \"mean\", "
-                                      "not \"%s\"",
+        return spes_errf(SPES_EINVAL,
+                         "spes.sharded rounds average shards: spes.aggregation must be \"mean\", "
+                         "not \"%s\"",
                          c->spes.aggregation);
     if (c->spes.sharded && (c->spes.outer_lr != 1.0 || c->spes.outer_momentum != 0.0))
         return spes_errf(SPES_EINVAL, "spes.sharded rounds do not run the outer optimizer yet: spes.outer_lr "

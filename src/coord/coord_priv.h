@@ -35,8 +35,8 @@ typedef struct coord_member {
     int have_counters;
     struct coord_group *shards; /* (SPES_COORD_MAX_SHARDS, allocated at its first sharded announcement)
                                  * the shards of its contribution to the open round */
-    int out;                    /* sharded round being checked: 0 still in, COORD_OUT_REFUSED, COORD_OUT_LATE */
-    char why[256];              /* COORD_OUT_REFUSED: why */
+    int out;       /* sharded round being checked: 0 still in, COORD_OUT_REFUSED, COORD_OUT_LATE */
+    char why[256]; /* COORD_OUT_REFUSED: why */
 } coord_member;
 
 /* SPES_COORD_MAX_SHARDS bounds a round's shards (so that an Announce stays a small message). */
@@ -134,7 +134,7 @@ struct spes_coord_sm {
     uint64_t round_open_ms; /* monotonic, like started_ms and last_tick_ms */
     int validating;
     /* the sharded round (docs/design.md, "The sharded round"; coord_shard.c) */
-    int nshards;          /* the open round's shards (0: not sharded) */
+    int nshards; /* the open round's shards (0: not sharded) */
     coord_shard shard[SPES_COORD_MAX_SHARDS];
     uint32_t attempt;     /* the contributor list being checked and averaged (it only shrinks) */
     int attempt_nin;      /* contributions in that list */

@@ -134,7 +134,8 @@ static void seal(spes_coord_sm *c, spes_coord_now now)
     if (!ok || !why) {
         free(ok);
         free(why);
-        coord_log(c, SPES_LOG_ERROR, "round %llu: cannot commit: out of memory", (unsigned long long)c->round);
+        coord_log(c, SPES_LOG_ERROR, "round %llu: cannot commit: out of memory",
+                  (unsigned long long)c->round);
         return;
     }
     for (int k = 0; k < c->nval; k++) {
@@ -160,7 +161,8 @@ static void progress(spes_coord_sm *c, spes_coord_now now)
         c->attempt++;
         c->attempt_nin = nin;
         if (nin) {
-            coord_log(c, SPES_LOG_INFO, "round %llu: %d contribution(s) left; their shards are averaged again",
+            coord_log(c, SPES_LOG_INFO,
+                      "round %llu: %d contribution(s) left; their shards are averaged again",
                       (unsigned long long)c->round, nin);
             assign(c, now);
         }
@@ -285,7 +287,8 @@ static int result_ok(spes_coord_sm *c, int idx, const Spes__Wire__ShardResult *r
     const Spes__Wire__Group *a = r->aggregate;
     if (all && (!a || a->blob_hash.len != 32 || a->manifest_hash.len != 32 ||
                 a->size > spes_group_size(SPES_CODEC_FP32, off[r->shard + 1] - off[r->shard]))) {
-        snprintf(err, cap, "shard %u: every input passed but the aggregate is missing or too large", r->shard);
+        snprintf(err, cap, "shard %u: every input passed but the aggregate is missing or too large",
+                 r->shard);
         return 0;
     }
     return 1;

@@ -434,8 +434,8 @@ static int aggregate_task(spes_node_sm *sm, spes_node_job *j, spes_node_shard_ta
 static void start_aggregate(spes_node_sm *sm, const Spes__Wire__AggregateTask *w, spes_node_out *o)
 {
     if (sm->aggregating || sm->agg_done || !sm->have_state || w->round != sm->round || !w->n_tasks ||
-        w->base_hash.len != 32 || memcmp(w->base_hash.data, sm->hash, 32) ||
-        sm->phase == SPES_NODE_APPLY || sm->phase == SPES_NODE_PREPARE || sm->phase == SPES_NODE_JOIN)
+        w->base_hash.len != 32 || memcmp(w->base_hash.data, sm->hash, 32) || sm->phase == SPES_NODE_APPLY ||
+        sm->phase == SPES_NODE_PREPARE || sm->phase == SPES_NODE_JOIN)
         return; /* the coordinator asks again at the next heartbeat */
     size_t npeers = 0;
     for (size_t i = 0; i < w->n_tasks; i++)
@@ -465,7 +465,8 @@ static void send_report(spes_node_sm *sm, uint64_t now, spes_node_out *o)
     spes_node_job *j = sm->agg_done;
     const spes_node_job_aggregate *a = &j->u.aggregate;
     Spes__Wire__AggregateReport r = SPES__WIRE__AGGREGATE_REPORT__INIT;
-    Spes__Wire__ShardResult *rv = calloc((size_t)a->ntasks, sizeof *rv), **rp = calloc((size_t)a->ntasks, sizeof *rp);
+    Spes__Wire__ShardResult *rv = calloc((size_t)a->ntasks, sizeof *rv),
+                            **rp = calloc((size_t)a->ntasks, sizeof *rp);
     Spes__Wire__Group *gv = calloc((size_t)a->ntasks, sizeof *gv);
     size_t nv = 0;
     for (int i = 0; i < a->ntasks; i++)
@@ -501,8 +502,8 @@ static void send_report(spes_node_sm *sm, uint64_t now, spes_node_out *o)
         r.round = a->round;
         r.results = rp;
         r.n_results = (size_t)a->ntasks;
-        send_call(sm, SPES_NODE_CALL_REPORT, SPES_MSG_AGGREGATE_REPORT, &r.base, SPES_NODE_CALL_TIMEOUT_MS, now,
-                  o);
+        send_call(sm, SPES_NODE_CALL_REPORT, SPES_MSG_AGGREGATE_REPORT, &r.base, SPES_NODE_CALL_TIMEOUT_MS,
+                  now, o);
     }
     free(rv);
     free(rp);
@@ -786,7 +787,8 @@ static void send_announce(spes_node_sm *sm, uint64_t now, spes_node_out *o)
         gp[i] = &gv[i];
     }
     a.shards = gp;
-    a.n_shards = (size_t)(sm->npending_shards < SPES_NODE_MAX_SHARDS ? sm->npending_shards : SPES_NODE_MAX_SHARDS);
+    a.n_shards =
+        (size_t)(sm->npending_shards < SPES_NODE_MAX_SHARDS ? sm->npending_shards : SPES_NODE_MAX_SHARDS);
     a.codec = !strcmp(sm->run.spes.codec, "q8ef")   ? SPES__WIRE__CODEC__CODEC_Q8EF
               : !strcmp(sm->run.spes.codec, "topk") ? SPES__WIRE__CODEC__CODEC_TOPK
               : !strcmp(sm->run.spes.codec, "bf16") ? SPES__WIRE__CODEC__CODEC_BF16
@@ -1038,8 +1040,8 @@ void spes_node_sm_job_done(spes_node_sm *sm, spes_node_job *j, uint64_t now, spe
         sm->aggregating = 0;
         sm->bytes_in_total += j->bytes_in;
         if (j->rc) { /* the coordinator hands the task out again, or to a backup */
-            say(out, SPES_LOG_WARN, "round %llu: aggregation failed: %s", (unsigned long long)j->u.aggregate.round,
-                j->err);
+            say(out, SPES_LOG_WARN, "round %llu: aggregation failed: %s",
+                (unsigned long long)j->u.aggregate.round, j->err);
             break;
         }
         if (j->u.aggregate.round != sm->round)

@@ -76,7 +76,7 @@ typedef struct spes_node_contrib {
 
 /* spes_node_group is a blob of a sharded round: a shard of a contribution, or an aggregate. */
 typedef struct spes_node_group {
-    uint32_t node;        /* its author (a contribution's) or aggregator */
+    uint32_t node; /* its author (a contribution's) or aggregator */
     uint32_t shard;
     uint8_t hash[32];     /* the blob */
     uint8_t manifest[32]; /* pins its manifest */
@@ -87,8 +87,9 @@ typedef struct spes_node_group {
 typedef struct spes_node_shard_task {
     uint32_t shard, attempt;
     int n;
-    spes_node_group *in; /* (n) the contributions' shards, in node-id order; in[k]'s author is peer peer0 + k */
-    int peer0;           /* the job's peer of in[0] */
+    spes_node_group
+        *in;   /* (n) the contributions' shards, in node-id order; in[k]'s author is peer peer0 + k */
+    int peer0; /* the job's peer of in[0] */
     /* results */
     int *ok, *missing;                 /* (n) */
     char (*why)[SPES_NODE_REASON_MAX]; /* (n) */
@@ -126,10 +127,10 @@ typedef struct spes_node_job_train {
     uint8_t *cols; /* (E) 1: column trained */
     int shards;    /* sharded rounds: the round's K, when known at the start (0: take the applied commit's) */
     /* results */
-    int nshards;             /* sharded rounds: the shared block's shards, published apart */
-    spes_node_group *shard;  /* (nshards) */
-    uint8_t blob[32];     /* the contribution blob (sharded rounds: its columns only) */
-    uint8_t manifest[32]; /* hash of its manifest */
+    int nshards;            /* sharded rounds: the shared block's shards, published apart */
+    spes_node_group *shard; /* (nshards) */
+    uint8_t blob[32];       /* the contribution blob (sharded rounds: its columns only) */
+    uint8_t manifest[32];   /* hash of its manifest */
     uint64_t size, tokens;
     double loss_mean;
 } spes_node_job_train;
@@ -145,7 +146,7 @@ typedef struct spes_node_job_apply {
     int shards;                  /* sharded rounds: K (the contributions carry columns only) */
     spes_node_group *agg;        /* (shards) each shard's aggregate (none when nothing was committed) */
     int nagg;
-    int next_shards;             /* the next round's K (a round trained ahead encodes with it) */
+    int next_shards; /* the next round's K (a round trained ahead encodes with it) */
     /* results */
     uint8_t state_hash[32]; /* digest of S_{round+1} */
     uint64_t bytes_served;  /* blob bytes this daemon has served in all (for the log) */
@@ -303,11 +304,11 @@ typedef struct spes_node_sm {
     uint64_t dealt_round; /* the round whose columns an Accept confirmed while its training ran */
     uint64_t ready_t0, ready_t1;
     /* sharded rounds (run.spes.sharded) */
-    int shards;                     /* K of the round being trained, from its Accept */
-    int npending_shards;            /* the contribution's shards, announced with it */
+    int shards;                      /* K of the round being trained, from its Accept */
+    int npending_shards;             /* the contribution's shards, announced with it */
     spes_node_group *pending_shards; /* (npending_shards) */
-    int aggregating;                /* an aggregate job is out */
-    spes_node_job *agg_done;        /* a finished aggregate job whose report is owed (owned) */
+    int aggregating;                 /* an aggregate job is out */
+    spes_node_job *agg_done;         /* a finished aggregate job whose report is owed (owned) */
 } spes_node_sm;
 
 /* spes_node_sm_init sets the machine up from opts (phase JOIN, nothing sent yet). */

@@ -46,7 +46,7 @@ typedef struct spes_contrib {
     int ncols;
     int32_t *cols; /* (ncols) owned columns, strictly increasing */
     size_t shared_numel, column_numel;
-    float *val; /* (shared_numel + ncols * column_numel): shared, then columns */
+    float *val;       /* (shared_numel + ncols * column_numel): shared, then columns */
     int columns_only; /* the shared block travels apart (sharded rounds): encoding leaves it out, and a
                        * decoded one holds base's values there; aggregation leaves it alone */
 } spes_contrib;
