@@ -21,7 +21,7 @@
 #include "proto/spes.pb-c.h"
 
 #define SPES_PROTO_MAGIC "SPES"
-#define SPES_PROTO_VERSION 2
+#define SPES_PROTO_VERSION 3
 /* SPES_PROTO_ERROR_SINCE is the oldest protocol version whose envelope header and
  * Error message are laid out as this version's: an Error can be written in such a
  * peer's own version, so that an older node reads why it was refused. */

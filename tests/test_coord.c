@@ -671,7 +671,7 @@ START_TEST(test_join_refusals)
     Spes__Wire__Reject *old = (Spes__Wire__Reject *)send(&f, SPES_MSG_JOIN, &j.base, &noid, SPES_MSG_REJECT);
     ck_assert_int_eq(old->code, EC(UNSUPPORTED_VERSION));
     ck_assert_str_eq(old->reason,
-                     "this node speaks protocol 1 and the run 2: install the run's spes release");
+                     "this node speaks protocol 2 and the run 3: install the run's spes release");
     ck_assert_uint_eq(old->retry_after_ms, 60000);
     spes_proto_free(&old->base);
     ck_assert_int_eq(spes_coord_sm_members(f.c), 0);

@@ -1323,6 +1323,117 @@ START_TEST(test_not_member_on_join_stops)
 }
 END_TEST
 
+/* ---- sharded rounds (docs/design.md, "The sharded round") ---- */
+
+START_TEST(test_sharded_announce_aggregate_apply)
+{
+    T t;
+    setup_opts(&t, 0, COORD);
+    uint32_t cols[] = {1};
+    tick(&t, 0);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_JOIN, SPES_MSG_JOIN));
+    uint8_t h11[32];
+    memset(h11, 0x11, 32);
+    Spes__Wire__Accept ac = SPES__WIRE__ACCEPT__INIT;
+    ac.node_id = 2, ac.columns = cols, ac.n_columns = 1, ac.run_config_json = (char *)run_json;
+    ac.round = 1, ac.step = 5, ac.state_hash = (ProtobufCBinaryData){32, h11}, ac.run_id = "run-1";
+    ac.shards = 2;
+    reply(&t, SPES_NODE_CALL_JOIN, SPES_MSG_ACCEPT, &ac.base);
+    job_done(&t, take_job(&t, SPES_NODE_JOB_PREPARE));
+    /* the train job is told the round's shards; its shards go out with the announcement */
+    spes_node_job *j = take_job(&t, SPES_NODE_JOB_TRAIN);
+    ck_assert_int_eq(j->u.train.shards, 2);
+    j->u.train.shard = calloc(2, sizeof *j->u.train.shard);
+    j->u.train.nshards = 2;
+    for (int s = 0; s < 2; s++) {
+        memset(j->u.train.shard[s].hash, 0x60 + s, 32);
+        memset(j->u.train.shard[s].manifest, 0x70 + s, 32);
+        j->u.train.shard[s].size = 1000 + (uint64_t)s;
+    }
+    memset(j->u.train.blob, 0x42, 32);
+    memset(j->u.train.manifest, 0x82, 32);
+    job_done(&t, j);
+    Spes__Wire__Announce *an = (Spes__Wire__Announce *)sent(&t, SPES_NODE_CALL_ANNOUNCE, SPES_MSG_ANNOUNCE);
+    ck_assert_uint_eq(an->n_shards, 2);
+    ck_assert_int_eq(an->shards[1]->blob_hash.data[0], 0x61);
+    ck_assert_int_eq(an->shards[1]->manifest_hash.data[0], 0x71);
+    ck_assert_uint_eq(an->shards[1]->size, 1001);
+    spes_proto_free(&an->base);
+    reply_ack(&t, SPES_NODE_CALL_ANNOUNCE);
+    /* a heartbeat's reply hands it shard 1 of nodes 0 and 2 to aggregate */
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    Spes__Wire__Group g[2];
+    Spes__Wire__ShardInput in[2], *ip[2];
+    uint8_t gh[2][32];
+    for (int k = 0; k < 2; k++) {
+        spes__wire__group__init(&g[k]);
+        memset(gh[k], 0x90 + k, 32);
+        g[k].blob_hash = g[k].manifest_hash = (ProtobufCBinaryData){32, gh[k]};
+        g[k].size = 1000;
+        spes__wire__shard_input__init(&in[k]);
+        in[k].node_id = k ? 2 : 0;
+        in[k].blob = &g[k];
+        in[k].name = k ? "node-2" : "node-0";
+        in[k].listen_url = k ? ME : COORD;
+        ip[k] = &in[k];
+    }
+    Spes__Wire__ShardTask st = SPES__WIRE__SHARD_TASK__INIT, *stp = &st;
+    st.shard = 1, st.attempt = 1, st.inputs = ip, st.n_inputs = 2;
+    Spes__Wire__AggregateTask at = SPES__WIRE__AGGREGATE_TASK__INIT;
+    at.round = 1, at.shards = 2, at.base_hash = (ProtobufCBinaryData){32, h11}, at.tasks = &stp, at.n_tasks = 1;
+    reply(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_AGGREGATE_TASK, &at.base);
+    spes_node_job *ag = take_job(&t, SPES_NODE_JOB_AGGREGATE);
+    ck_assert_int_eq(ag->u.aggregate.shards, 2);
+    ck_assert_int_eq(ag->u.aggregate.ntasks, 1);
+    ck_assert_int_eq(ag->u.aggregate.task[0].n, 2);
+    ck_assert_int_eq(ag->u.aggregate.task[0].in[1].hash[0], 0x91);
+    ck_assert_int_eq(ag->npeers, 1); /* the coordinator, also node 0; never ourselves */
+    /* asked again while it runs: no second job */
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    reply(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_AGGREGATE_TASK, &at.base);
+    ck_assert_int_eq(count(&t, SPES_NODE_ACT_JOB), 0);
+    /* done: node 0's shard passed, ours was refused; the report goes at once */
+    spes_node_shard_task *tk = &ag->u.aggregate.task[0];
+    tk->ok[0] = 1;
+    snprintf(tk->why[1], sizeof tk->why[1], "value 3 is not finite");
+    job_done(&t, ag);
+    Spes__Wire__AggregateReport *rp =
+        (Spes__Wire__AggregateReport *)sent(&t, SPES_NODE_CALL_REPORT, SPES_MSG_AGGREGATE_REPORT);
+    ck_assert_uint_eq(rp->round, 1);
+    ck_assert_uint_eq(rp->n_results, 1);
+    ck_assert_uint_eq(rp->results[0]->shard, 1);
+    ck_assert_uint_eq(rp->results[0]->n_verdicts, 2);
+    ck_assert(rp->results[0]->verdicts[0]->ok && !rp->results[0]->verdicts[1]->ok);
+    ck_assert_str_eq(rp->results[0]->verdicts[1]->reason, "value 3 is not finite");
+    ck_assert_ptr_null(rp->results[0]->aggregate);
+    spes_proto_free(&rp->base);
+    reply_ack(&t, SPES_NODE_CALL_REPORT);
+    /* the commit names each shard's aggregate: the apply job gets them and the next round's cut */
+    tick(&t, HB_MS);
+    spes_proto_free(sent(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_HEARTBEAT));
+    Spes__Wire__Commit cm = SPES__WIRE__COMMIT__INIT;
+    Spes__Wire__Aggregate av[2], *ap[2];
+    for (int s = 0; s < 2; s++) {
+        spes__wire__aggregate__init(&av[s]);
+        av[s].shard = (uint32_t)s, av[s].node_id = (uint32_t)s * 2, av[s].blob = &g[s];
+        ap[s] = &av[s];
+    }
+    cm.round = 1, cm.next_step = 10, cm.base_hash = (ProtobufCBinaryData){32, h11};
+    cm.shards = 2, cm.aggregates = ap, cm.n_aggregates = 2, cm.next_shards = 3;
+    reply(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_COMMIT, &cm.base);
+    spes_node_job *apj = take_job(&t, SPES_NODE_JOB_APPLY);
+    ck_assert_int_eq(apj->u.apply.shards, 2);
+    ck_assert_int_eq(apj->u.apply.next_shards, 3);
+    ck_assert_int_eq(apj->u.apply.nagg, 2);
+    ck_assert_uint_eq(apj->u.apply.agg[1].node, 2);
+    ck_assert_int_eq(apj->u.apply.agg[1].hash[0], 0x91);
+    spes_node_job_free(apj);
+    done(&t);
+}
+END_TEST
+
 START_TEST(test_validate_for_the_coordinator)
 {
     T t;
@@ -1470,6 +1581,7 @@ static Suite *node_suite(void)
     tcase_add_test(tc, test_stop_with_a_job_and_a_call);
     tcase_add_test(tc, test_not_member_on_join_stops);
     tcase_add_test(tc, test_validate_for_the_coordinator);
+    tcase_add_test(tc, test_sharded_announce_aggregate_apply);
     tcase_add_test(tc, test_queue_and_names);
     tcase_add_test(tc, test_message_that_cannot_be_encoded);
     tcase_add_test(tc, test_overlap_trained_before_the_state);

@@ -46,7 +46,7 @@ START_TEST(roundtrip_every_type)
         uint8_t *a, *b;
         size_t na, nb;
         ck_assert_msg(spes_proto_example_encode(t, &a, &na) == 0, "%s", spes_errmsg());
-        ck_assert_mem_eq(a, "SPES\0\2", 6);
+        ck_assert_mem_eq(a, "SPES\0\3", 6);
         ck_assert_int_eq(a[6] << 8 | a[7], t);
         int type;
         ProtobufCMessage *m;
@@ -125,7 +125,7 @@ START_TEST(refuse_envelopes)
     buf[0] = 'S';
     buf[5] = 7;
     decode_fails(buf, len, SPES_PROTO_EVERSION,
-                 "envelope: protocol version 7 not supported (this node speaks 2)");
+                 "envelope: protocol version 7 not supported (this node speaks 3)");
     buf[5] = SPES_PROTO_VERSION;
     buf[7] = 99;
     decode_fails(buf, len, SPES_EFORMAT, "envelope: unknown message type 99");
@@ -151,7 +151,7 @@ START_TEST(refuse_trailing_bytes)
     int type = decode_fails(longer, len + 3, SPES_EFORMAT, "Ack payload length 4 but 7 bytes follow");
     ck_assert_int_eq(type, SPES_MSG_ACK); /* known, so an Error reply can name it */
     buf[5] = SPES_PROTO_VERSION + 1;
-    ck_assert_int_eq(decode_fails(buf, len, SPES_PROTO_EVERSION, "version 3"), 0);
+    ck_assert_int_eq(decode_fails(buf, len, SPES_PROTO_EVERSION, "version 4"), 0);
     free(longer);
     free(buf);
 }

@@ -37,7 +37,7 @@ def check(ok, what):
         failures.append(what)
 
 
-PROTOCOL = 2  # SPES_PROTO_VERSION (proto/proto.h)
+PROTOCOL = 3  # SPES_PROTO_VERSION (proto/proto.h)
 
 
 def envelope(kind, payload=b"", version=PROTOCOL):

@@ -173,10 +173,10 @@ def scenario_old_release(cl):
     t.close()
     ver, kind = struct.unpack(">HH", env[4:8])
     msg = error_message(env[12:]) if kind == ERROR else ""
-    want = "protocol version 1 refused: this daemon speaks protocol 2"
+    want = "protocol version 1 refused: this daemon speaks protocol 3"
     check(env[:4] == b"SPES" and ver == 1 and kind == ERROR and want in msg,
           "a version-1 Join over TLS: an Error in version 1 (got version %d type %d: %s)" % (ver, kind, msg))
-    logged = "request from node-2 refused: it speaks protocol 1 and this daemon 2"
+    logged = "request from node-2 refused: it speaks protocol 1 and this daemon 3"
     check(logged in cl.log(0), "the coordinator logged: " + logged)
     check("node-2" not in members(cl), "node-2 did not become a member")
     kind, body, ver = control(cl, STATUS_REQUEST, b"", version=1)
