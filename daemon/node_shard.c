@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define MUTE_AGGREGATOR_ROUND 5 /* the round whose aggregations the "mute-aggregator" test fault fails */
+
 /* read_group reads held blob hash and decodes it as the group want describes into val. */
 static int read_group(spes_node *n, const uint8_t *hash, const spes_group_hdr *want, const float *base,
                       float *val, const char *origin)
@@ -182,6 +184,9 @@ int node_job_aggregate(spes_node *n, spes_node_job *j)
         return node_job_fail(j,
                              spes_errf(SPES_EFORMAT, "round %llu: %d shards asked, the shared block makes %d",
                                        (unsigned long long)a->round, a->shards, K));
+    if (!strcmp(n->d->cfg.fault, "mute-aggregator") && a->round == MUTE_AGGREGATOR_ROUND)
+        return node_job_fail(j, spes_errf(SPES_EIO, "fault injection: round %llu's aggregation fails",
+                                          (unsigned long long)a->round)); /* tests: its backup takes over */
     for (int i = 0; i < a->ntasks && !rc; i++) {
         if (a->task[i].shard >= (uint32_t)K) {
             rc = spes_errf(SPES_EFORMAT, "round %llu: shard %u of %d asked", (unsigned long long)a->round,
