@@ -1381,7 +1381,8 @@ START_TEST(test_sharded_announce_aggregate_apply)
     Spes__Wire__ShardTask st = SPES__WIRE__SHARD_TASK__INIT, *stp = &st;
     st.shard = 1, st.attempt = 1, st.inputs = ip, st.n_inputs = 2;
     Spes__Wire__AggregateTask at = SPES__WIRE__AGGREGATE_TASK__INIT;
-    at.round = 1, at.shards = 2, at.base_hash = (ProtobufCBinaryData){32, h11}, at.tasks = &stp, at.n_tasks = 1;
+    at.round = 1, at.shards = 2, at.base_hash = (ProtobufCBinaryData){32, h11}, at.tasks = &stp,
+    at.n_tasks = 1;
     reply(&t, SPES_NODE_CALL_HEARTBEAT, SPES_MSG_AGGREGATE_TASK, &at.base);
     spes_node_job *ag = take_job(&t, SPES_NODE_JOB_AGGREGATE);
     ck_assert_int_eq(ag->u.aggregate.shards, 2);
