@@ -96,20 +96,39 @@ int node_encode_shards(spes_node *n, spes_node_job *j, const spes_contrib *c, ui
     return 0;
 }
 
-/* aggregate_one checks shard task t's inputs (round, K and plan off) and averages them if all pass. */
+/* publish_aggregate encodes and stores the mean out of shard task t (round, K, offset o, count cnt). */
+static int publish_aggregate(spes_node *n, spes_node_job *j, uint64_t round, int K, size_t o, size_t cnt,
+                             spes_node_shard_task *t, uint32_t codec, const float *out)
+{
+    spes_group_hdr h = {.kind = SPES_GROUP_AGGREGATE,
+                        .codec = codec,
+                        .round = (int64_t)round,
+                        .node = (int32_t)j->node_id,
+                        .shard = t->shard,
+                        .shards = (uint32_t)K,
+                        .offset = o,
+                        .count = cnt,
+                        .contributors = (uint32_t)t->n};
+    uint8_t *buf;
+    size_t len;
+    int rc = spes_group_encode(&h, out, n->base + o, NULL, &buf, &len);
+    if (!rc && (rc = put_group(n, j, buf, len, &t->out)) == 0) {
+        t->out.node = j->node_id;
+        t->out.shard = t->shard;
+        t->have = 1;
+    }
+    return rc;
+}
+
+/* aggregate_one checks shard task t's inputs (round, K and plan off) and averages them if all pass,
+ * holding one decoded input at a time beside the running sum. */
 static int aggregate_one(spes_node *n, spes_node_job *j, uint64_t round, int K, const size_t *off,
                          spes_node_shard_task *t, uint32_t codec)
 {
-    size_t o = off[t->shard], cnt = off[t->shard + 1] - o;
-    float *vals = malloc((cnt ? cnt : 1) * (size_t)(t->n ? t->n : 1) * sizeof *vals);
-    const float **vs = calloc((size_t)(t->n ? t->n : 1), sizeof *vs);
-    if (!vals || !vs) {
-        free(vals);
-        free(vs);
-        return SPES_ENOMEM;
-    }
-    int all = 1;
-    for (int k = 0; k < t->n; k++) {
+    size_t o = off[t->shard], cnt = off[t->shard + 1] - o, sz = (cnt ? cnt : 1) * sizeof(float);
+    float *v = malloc(sz), *acc = calloc(1, sz), *out = malloc(sz);
+    int rc = v && acc && out ? 0 : SPES_ENOMEM, all = 1;
+    for (int k = 0; !rc && k < t->n; k++) {
         const spes_node_group *g = &t->in[k];
         char origin[96];
         snprintf(origin, sizeof origin, "shard %u of node %u", t->shard, g->node);
@@ -121,49 +140,30 @@ static int aggregate_one(spes_node *n, spes_node_job *j, uint64_t round, int K, 
                                .shards = (uint32_t)K,
                                .offset = o,
                                .count = cnt};
-        int rc = node_fetch_blob(n, j, g->hash, node_author(j, g->node), g->manifest,
-                                 spes_group_size(SPES_CODEC_FP32, cnt));
-        if (rc) {
-            t->missing[k] = 1;
-        } else {
-            rc = read_group(n, g->hash, &want, n->base + o, vals + (size_t)k * cnt, origin);
-            if (rc == SPES_EINTR || rc == SPES_ENOMEM) {
-                free(vals);
-                free(vs);
-                return rc;
-            }
+        int r = node_fetch_blob(n, j, g->hash, node_author(j, g->node), g->manifest,
+                                spes_group_size(SPES_CODEC_FP32, cnt));
+        t->missing[k] = r != 0;
+        if (!r && (r = read_group(n, g->hash, &want, n->base + o, v, origin)) == 0) {
+            if (t->n == 1)
+                memcpy(out, v, cnt * sizeof *v); /* one contribution: its values exactly */
+            else
+                spes_shard_acc_add(acc, v, n->base + o, cnt);
         }
-        t->ok[k] = rc == 0;
-        if (rc)
+        if (r == SPES_EINTR || r == SPES_ENOMEM)
+            rc = r;
+        t->ok[k] = r == 0;
+        if (r)
             snprintf(t->why[k], sizeof t->why[k], "%s", spes_errmsg());
         all &= t->ok[k];
-        vs[k] = vals + (size_t)k * cnt;
     }
-    int rc = 0;
-    if (all && t->n > 0) {
-        float *out = malloc((cnt ? cnt : 1) * sizeof *out);
-        spes_group_hdr h = {.kind = SPES_GROUP_AGGREGATE,
-                            .codec = codec,
-                            .round = (int64_t)round,
-                            .node = (int32_t)j->node_id,
-                            .shard = t->shard,
-                            .shards = (uint32_t)K,
-                            .offset = o,
-                            .count = cnt,
-                            .contributors = (uint32_t)t->n};
-        uint8_t *buf;
-        size_t len;
-        rc = out ? spes_shard_mean(out, n->base + o, vs, t->n, cnt) : SPES_ENOMEM;
-        if (!rc && (rc = spes_group_encode(&h, out, n->base + o, NULL, &buf, &len)) == 0 &&
-            (rc = put_group(n, j, buf, len, &t->out)) == 0) {
-            t->out.node = j->node_id;
-            t->out.shard = t->shard;
-            t->have = 1;
-        }
-        free(out);
+    if (!rc && all && t->n > 0) {
+        if (t->n > 1)
+            spes_shard_acc_mean(out, n->base + o, acc, t->n, cnt);
+        rc = publish_aggregate(n, j, round, K, o, cnt, t, codec, out);
     }
-    free(vals);
-    free(vs);
+    free(v);
+    free(acc);
+    free(out);
     return rc;
 }
 

@@ -1311,9 +1311,15 @@ START_TEST(test_shard_mean)
         cp[k] = &cs[k];
         vs[k] = w[k];
     }
+    float base0[N], acc[N] = {0}, r[N];
+    memcpy(base0, q, sizeof base0);
     ck_assert_int_eq(spes_aggregate(p, &lo, 1, cp, 3), 0);
     ck_assert_int_eq(spes_shard_mean(q, q, vs, 3, N), 0);
     ck_assert_mem_eq(p, q, sizeof p);
+    for (int k = 0; k < 3; k++) /* one contribution at a time, as an aggregator streams them */
+        spes_shard_acc_add(acc, w[k], base0, N);
+    spes_shard_acc_mean(r, base0, acc, 3, N);
+    ck_assert_mem_eq(r, q, sizeof r);
     ck_assert_int_eq(spes_shard_mean(out, base, v3, 0, 4), SPES_EINVAL);
 }
 END_TEST

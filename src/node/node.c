@@ -438,8 +438,18 @@ static void start_aggregate(spes_node_sm *sm, const Spes__Wire__AggregateTask *w
         sm->phase == SPES_NODE_PREPARE || sm->phase == SPES_NODE_JOIN)
         return; /* the coordinator asks again at the next heartbeat */
     size_t npeers = 0;
-    for (size_t i = 0; i < w->n_tasks; i++)
+    int too_many = w->shards > SPES_NODE_MAX_SHARDS || w->n_tasks > SPES_NODE_MAX_SHARDS;
+    for (size_t i = 0; i < w->n_tasks; i++) {
+        too_many |= w->tasks[i]->n_inputs > SPES_MAX_MEMBERS; /* a contribution per member at most */
         npeers += w->tasks[i]->n_inputs;
+    }
+    if (too_many) {
+        say(o, SPES_LOG_WARN,
+            "round %llu: aggregation task refused: %zu task(s) of %u shard(s), or more "
+            "inputs than a run has members",
+            (unsigned long long)w->round, w->n_tasks, w->shards);
+        return;
+    }
     spes_node_job *j = new_job(sm, SPES_NODE_JOB_AGGREGATE, npeers);
     spes_node_job_aggregate *a = j ? &j->u.aggregate : NULL;
     if (!j || !(a->task = calloc(w->n_tasks, sizeof *a->task))) {

@@ -218,3 +218,15 @@ int spes_shard_mean(float *out, const float *base, const float *const *vs, int k
     free(acc);
     return 0;
 }
+
+void spes_shard_acc_add(float *acc, const float *v, const float *base, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        acc[i] += v[i] - base[i]; /* as spes__mean_segment's sum, one contribution at a time */
+}
+
+void spes_shard_acc_mean(float *out, const float *base, const float *acc, int k, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = base[i] + acc[i] / (float)k;
+}

@@ -73,4 +73,12 @@ int spes_group_decode(spes_group_hdr *h, float *val, const uint8_t *buf, size_t 
  * single one's values bit for bit, else base + (the fp32 sum of v - base in order) / k. */
 int spes_shard_mean(float *out, const float *base, const float *const *vs, int k, size_t n);
 
+/* spes_shard_acc_add adds a decoded contribution's deltas v - base to the fp32 sum acc (n floats):
+ * called for k >= 2 contributions in node-id order from acc = 0, then spes_shard_acc_mean, it gives
+ * spes_shard_mean's bytes while holding one contribution at a time. */
+void spes_shard_acc_add(float *acc, const float *v, const float *base, size_t n);
+
+/* spes_shard_acc_mean writes base + acc / k into out (n floats): the mean of the k contributions summed. */
+void spes_shard_acc_mean(float *out, const float *base, const float *acc, int k, size_t n);
+
 #endif

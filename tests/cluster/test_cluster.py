@@ -109,6 +109,13 @@ def reference_round(cfg, S, contribs, step_end, M=None):
                 parts.append(values(c, shared + j * column, shared + (j + 1) * column, S[lo:lo + column]))
         if parts:
             agg(new[lo:lo + column], S[lo:lo + column], parts, lo)
+    return merge_warmup(cfg, new, step_end)
+
+
+def merge_warmup(cfg, new, step_end):
+    """The merge warm-up of docs/design.md on S_{r+1} (in place) at the round ending at step_end."""
+    shared, column, per = layout_sizes(cfg)
+    E, L = cfg["model"]["num_experts"], cfg["model"]["num_hidden_layers"]
     sp = cfg["spes"]
     alpha = 0.0
     if step_end > 0 and step_end % sp["merge_interval"] == 0:
@@ -426,7 +433,7 @@ def mean_of(base, parts):
     return (base + acc / np.float32(len(parts))).astype(np.float32)
 
 
-def sharded_reference(cfg, S, cols, groups, r, K, want=None):
+def sharded_reference(cfg, S, cols, groups, r, K, step_end, want=None):
     """S_{r+1} of a sharded round from S_r, the committed column blobs `cols` and every node's shard
     blobs `groups` ((round, node, shard) -> the deltas of each blob published for it): each shard the
     q8ef-coded mean of the committed nodes' shards, each column the mean of its owners'; where a node
@@ -454,13 +461,13 @@ def sharded_reference(cfg, S, cols, groups, r, K, want=None):
                  .astype(np.float32) for c in sorted(cols, key=lambda c: c["node"]) if e in c["cols"]]
         if parts:
             new[lo:lo + column] = mean_of(S[lo:lo + column], parts)
-    return new
+    return merge_warmup(cfg, new, step_end)
 
 
 def sharded_run(overlap=0, outbound=False):
     """A sharded run of four nodes (node-3 joining late, node-2 killed and restarted); overlap: rounds
     train while the round before travels; outbound: node-3 has no listener and pushes its shards."""
-    cfg = run_config(sync=5)
+    cfg = run_config(sync=5, merge_alpha=0.2, merge_interval=10)
     cfg["model"].update(hidden_size=256, intermediate_size=32)
     cfg["spes"].update(codec="q8ef", sharded=1, overlap=overlap)
     shared, column, _ = layout_sizes(cfg)
@@ -513,21 +520,23 @@ def sharded_run(overlap=0, outbound=False):
         states, contribs = states_and_contribs(cl, hashes=True)
         applied = committed_contribs(cl, contribs, 0)
         rounds = [r for r in sorted(applied) if r in states and r + 1 in states and applied[r]]
-        exact, done, with3, checked = True, 0, 0, []
+        exact, done, with3, checked, merged = True, 0, 0, [], 0
         for r in rounds:
-            want = sharded_reference(cfg, states[r], applied[r], groups, r, K, states[r + 1])
+            step_end = (r + 1) * cfg["spes"]["sync_interval"]
+            want = sharded_reference(cfg, states[r], applied[r], groups, r, K, step_end, states[r + 1])
             if want is None:
                 continue
             done += 1
+            merged += step_end % cfg["spes"]["merge_interval"] == 0
             checked.append(r)
             with3 += any(c["node"] == 3 for c in applied[r])
             if not np.array_equal(want, states[r + 1]):
                 exact = False
                 print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
-        check(done >= 5 and with3 >= 2 and exact and aggs > 0 and (outbound or 5 in checked)
+        check(done >= 5 and with3 >= 2 and merged >= 2 and exact and aggs > 0 and (outbound or 5 in checked)
               and all(c["shared"] == 0 for cs in contribs.values() for c in cs),
               "S_{r+1} equals numpy's from the shards, the aggregates and the column-only contributions, bit for "
-              "bit (rounds %s, %d with node-3's)" % (checked, with3))
+              "bit (rounds %s, %d with node-3's, %d merging)" % (checked, with3, merged))
         if overlap:
             ahead = [cl.log(k).count("overlapped with the sync of the round before") for k in range(4)]
             check(min(ahead) >= 2, "every node trained rounds beside the sync of the round before (%s)" % ahead)
