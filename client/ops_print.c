@@ -194,6 +194,15 @@ static void print_last_round(const Spes__Wire__LastRound *lr, Spes__Wire__Member
         }
         printf("\n");
     }
+    if (lr->audited || lr->n_audit_mismatch) {
+        printf("  audits: %u shard%s recomputed by a second node", lr->audited, lr->audited == 1 ? "" : "s");
+        for (size_t i = 0; i < lr->n_audit_mismatch; i++) {
+            const char *nm_ = member_name(m, nm, lr->audit_mismatch[i]);
+            printf("%s %u%s%s%s", i ? "," : "; AUDIT MISMATCH from aggregator", lr->audit_mismatch[i],
+                   nm_ ? " (" : "", nm_ ? nm_ : "", nm_ ? ")" : "");
+        }
+        printf("\n");
+    }
     if (lr->n_digest_mismatch) {
         printf("  DIGEST MISMATCH from node%s", lr->n_digest_mismatch == 1 ? "" : "s");
         for (size_t i = 0; i < lr->n_digest_mismatch; i++) {
@@ -333,6 +342,8 @@ static json_t *json_last_round(const Spes__Wire__LastRound *lr, Spes__Wire__Memb
     }
     json_object_set_new(o, "refused", ref);
     json_object_set_new(o, "digest_mismatch", json_u32s(lr->digest_mismatch, lr->n_digest_mismatch));
+    json_object_set_new(o, "audited", json_integer(lr->audited));
+    json_object_set_new(o, "audit_mismatch", json_u32s(lr->audit_mismatch, lr->n_audit_mismatch));
     json_object_set_new(o, "committed_unix_ms", json_integer((json_int_t)lr->committed_unix_ms));
     json_t *st = json_array();
     for (size_t i = 0; i < lr->n_stragglers; i++) {

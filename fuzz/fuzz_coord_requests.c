@@ -262,6 +262,7 @@ static int make(spes_coord_sm **out, int min_nodes)
     run.train.max_steps = 40;
     run.train.warmup_steps = 0;
     run.spes.sharded = min_nodes == 2; /* the sharded round's tasks and reports too */
+    run.spes.audit_fraction = 0.5;
     spes_coord_settings s = {.name = "node-0",
                              .listen = "tcp://127.0.0.1:7000",
                              .min_nodes = min_nodes,

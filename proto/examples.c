@@ -151,6 +151,7 @@ static void fill_parts(examples_t *x)
     x->strag.node_id = 2, x->strag.behind_ms = 4100, x->strag.missed = 0;
     x->strags[0] = &x->strag;
     x->last.n_stragglers = 1, x->last.stragglers = x->strags, x->last.median_announce_ms = 9800;
+    x->last.audited = 2, x->last.n_audit_mismatch = 1, x->last.audit_mismatch = cols_a + 1;
     x->ckpt = (Spes__Wire__CheckpointInfo)SPES__WIRE__CHECKPOINT_INFO__INIT;
     x->ckpt.id = "ckpt-000040", x->ckpt.round = 40, x->ckpt.step = 400;
     x->ckpt.state_hash = HASH(hash_a), x->ckpt.created_unix_ms = 1795000000002ull;

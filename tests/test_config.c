@@ -311,7 +311,7 @@ START_TEST(test_daemon_config)
                     "log_level \"trace\" is not one of error, warn, info, debug");
     dconfig_refused("{\"fault\":\"boom\"}", SPES_EINVAL,
                     "fault \"boom\" is not one of \"\", nan, wrong-hash, diverge, other-node, all-columns, "
-                    "scaled, scaled-late, late, mute-aggregator");
+                    "scaled, scaled-late, late, mute-aggregator, lying-aggregate");
     dconfig_refused("{\"plain\":\"yes\"}", SPES_EINVAL, "plain must be true or false");
     dconfig_refused("{\"metrics\":\"9464\"}", SPES_EINVAL,
                     "metrics \"9464\" is not HOST:PORT (e.g. 127.0.0.1:9464)");

@@ -378,9 +378,9 @@ static unsigned mask_of(const uint32_t *cols, size_t n)
 
 /* ---- the sharded round (docs/design.md, "The sharded round") ---- */
 
-/* sharded_round starts a sharded run whose shared block makes 2 shards, joins node-0 (the
- * coordinator's own) to node-2 as listed, and opens round 0 with n members (min_nodes n). */
-static void sharded_round(fx *f, int n)
+/* sharded_round starts a sharded run whose shared block makes 2 shards (audit_fraction of them
+ * audited), joins node-0 (the coordinator's own) to node-(n-1), and opens round 0 (min_nodes n). */
+static void sharded_round(fx *f, int n, double audit_fraction)
 {
     memset(f, 0, sizeof *f);
     fx_settings(f, n, 0);
@@ -391,6 +391,7 @@ static void sharded_round(fx *f, int n)
     f->run.model.num_attention_heads = 4;
     f->run.model.num_key_value_heads = 2;
     f->run.spes.sharded = 1;
+    f->run.spes.audit_fraction = audit_fraction;
     ck_assert_int_eq(spes_config_validate(&f->run), 0);
     fx_start(f);
     for (int i = 0; i < n; i++) {
@@ -443,9 +444,10 @@ static Spes__Wire__AggregateTask *task_of(fx *f, uint32_t id, uint64_t r)
     return NULL;
 }
 
-/* report answers task t of aggregator id: verdict bad[k] for input k (0 ok, 1 refused, 2 missing),
- * the aggregate 0xe0 + shard when every input passed; returns the reply's type. */
-static int report(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t i, const int *bad)
+/* report_fill answers task i of t for aggregator id: verdict bad[k] for input k (0 ok, 1 refused,
+ * 2 missing), the aggregate fill + shard when every input passed; returns the reply's type. */
+static int report_fill(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t i, const int *bad,
+                       int fill)
 {
     const Spes__Wire__ShardTask *st = t->tasks[i];
     Spes__Wire__InputVerdict vv[8], *vp[8];
@@ -462,7 +464,7 @@ static int report(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t
         vp[k] = &vv[k];
         all &= vv[k].ok;
     }
-    memset(h, 0xe0 + (int)st->shard, 32);
+    memset(h, fill + (int)st->shard, 32);
     g.blob_hash = g.manifest_hash = (ProtobufCBinaryData){32, h};
     g.size = 4000;
     res.shard = st->shard;
@@ -486,10 +488,70 @@ static int report(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t
     return type;
 }
 
+/* report is report_fill with the honest aggregate, 0xe0 + shard. */
+static int report(fx *f, uint32_t id, const Spes__Wire__AggregateTask *t, size_t i, const int *bad)
+{
+    return report_fill(f, id, t, i, bad, 0xe0);
+}
+
+/* task_for returns the index of shard j's task in t, or -1. */
+static int task_for(const Spes__Wire__AggregateTask *t, uint32_t j)
+{
+    for (size_t i = 0; t && i < t->n_tasks; i++)
+        if (t->tasks[i]->shard == j)
+            return (int)i;
+    return -1;
+}
+
+START_TEST(test_sharded_audit)
+{
+    fx f;
+    sharded_round(&f, 3, 1.0); /* every shard is recomputed by a second node */
+    for (uint32_t id = 0; id < 3; id++)
+        announce_shards(&f, id, 0, 2);
+    validate_all(&f);
+    /* shard 0: node-0 aggregates, node-1 audits; shard 1: node-1 aggregates, node-2 audits */
+    Spes__Wire__AggregateTask *t[3];
+    for (uint32_t id = 0; id < 3; id++)
+        t[id] = task_of(&f, id, 0);
+    ck_assert_int_ge(task_for(t[0], 0), 0);
+    ck_assert_int_ge(task_for(t[1], 0), 0);
+    ck_assert_int_ge(task_for(t[1], 1), 0);
+    ck_assert_int_ge(task_for(t[2], 1), 0);
+    ck_assert_int_lt(task_for(t[2], 0), 0);
+    /* shard 0 agrees; on shard 1 the aggregator (node-1) lies */
+    report(&f, 0, t[0], (size_t)task_for(t[0], 0), NULL);
+    report(&f, 1, t[1], (size_t)task_for(t[1], 0), NULL);
+    report_fill(&f, 1, t[1], (size_t)task_for(t[1], 1), NULL, 0xf0);
+    report(&f, 2, t[2], (size_t)task_for(t[2], 1), NULL);
+    ck_assert_ptr_null(last(&f, SPES_COORD_PERSIST_COMMIT)); /* the coordinator's node recomputes shard 1 */
+    ck_assert(logged(&f, "shard 1: node-1 and its auditor node-2 differ; node-0 recomputes it"));
+    Spes__Wire__AggregateTask *r = task_of(&f, 0, 0);
+    ck_assert_int_ge(task_for(r, 1), 0);
+    report(&f, 0, r, (size_t)task_for(r, 1), NULL);
+    ck_assert(logged(&f, "AUDIT MISMATCH: round 0, shard 1: node-1 and its auditor node-2 differ; node-0's "
+                         "aggregate is used"));
+    Spes__Wire__Commit *cm = last_commit(&f);
+    ck_assert_uint_eq(cm->n_aggregates, 2);
+    ck_assert_uint_eq(cm->aggregates[1]->node_id, 0);
+    ck_assert_uint_eq(cm->aggregates[1]->blob->blob_hash.data[0], 0xe1);
+    spes_proto_free(&cm->base);
+    Spes__Wire__StatusReply *st = status(&f);
+    ck_assert_uint_eq(st->last_round->audited, 2);
+    ck_assert_uint_eq(st->last_round->n_audit_mismatch, 1);
+    ck_assert_uint_eq(st->last_round->audit_mismatch[0], 1);
+    spes_proto_free(&st->base);
+    spes_proto_free(&r->base);
+    for (int id = 0; id < 3; id++)
+        spes_proto_free(&t[id]->base);
+    fx_fini(&f);
+}
+END_TEST
+
 START_TEST(test_sharded_round)
 {
     fx f;
-    sharded_round(&f, 2);
+    sharded_round(&f, 2, 0);
     Spes__Wire__Accept *a = (Spes__Wire__Accept *)heartbeat(&f, 1, 0, NS(JOINING), SPES_MSG_ACCEPT);
     ck_assert_uint_eq(a->shards, 2); /* every node cuts its contribution the same way */
     spes_proto_free(&a->base);
@@ -541,7 +603,7 @@ END_TEST
 START_TEST(test_sharded_refusal_and_backup)
 {
     fx f;
-    sharded_round(&f, 3);
+    sharded_round(&f, 3, 0);
     for (uint32_t id = 0; id < 3; id++)
         announce_shards(&f, id, 0, 2);
     validate_all(&f);
@@ -2249,6 +2311,7 @@ static Suite *coord_suite(void)
     tcase_add_test(tc, test_reply_that_cannot_be_encoded);
     tcase_add_test(tc, test_sharded_round);
     tcase_add_test(tc, test_sharded_refusal_and_backup);
+    tcase_add_test(tc, test_sharded_audit);
     suite_add_tcase(s, tc);
     return s;
 }

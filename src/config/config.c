@@ -78,6 +78,7 @@ static const spes_cfg_field fields[] = {
     NUM("spes", "rotate_interval", INT, S(rotate_interval), 0, INT_MAX, 0),
     NUM("spes", "column_owners", INT, S(column_owners), 1, SPES_MAX_MEMBERS, 1),
     NUM("spes", "sharded", INT, S(sharded), 0, 1, 0),
+    NUM("spes", "audit_fraction", DBL, S(audit_fraction), 0, 1, 0),
     {"data", "files", SPES_CFG_CUSTOM, 0, 0, 0, 0, 0, NULL, NULL, NULL, read_files, write_files},
     {"data", "dtype", SPES_CFG_STR, D(dtype), sizeof(((spes_data_config *)0)->dtype), 0, 0, 0, "uint16",
      dtypes, NULL, NULL, NULL},
@@ -272,6 +273,8 @@ char *spes_config_to_json(const spes_run_config *c)
         json_object_del(spes, "column_owners");
     if (spes && !c->spes.sharded) /* and the sharded round (docs/design.md, "The sharded round") */
         json_object_del(spes, "sharded");
+    if (spes && c->spes.audit_fraction == 0)
+        json_object_del(spes, "audit_fraction");
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(root);
     return s;

@@ -61,6 +61,7 @@ typedef struct spes_spes_config {
     int rotate_interval;   /* rounds between hand-overs of every member's columns to the next (0: never) */
     int column_owners;     /* members that train each column (1: its dealt owner only; docs/design.md) */
     int sharded;           /* 1: aggregators average the shared block's shards (docs/design.md) */
+    double audit_fraction; /* sharded rounds: the share of a round's shards a second node recomputes */
 } spes_spes_config;
 
 /* spes_data_file is one token source: a path or URL, with optional checks. */

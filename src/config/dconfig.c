@@ -39,8 +39,8 @@ static const char *const admissions[] = {"auto", "approve", NULL};
 static const char *const codecs[] = {"fp32", "bf16", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const faults[] = {
-    "",       "nan",         "wrong-hash", "diverge",         "other-node", "all-columns",
-    "scaled", "scaled-late", "late",       "mute-aggregator", NULL};
+    "",       "nan",         "wrong-hash", "diverge",         "other-node",      "all-columns",
+    "scaled", "scaled-late", "late",       "mute-aggregator", "lying-aggregate", NULL};
 
 /* check_url accepts an empty value or SCHEME://HOST:PORT */
 static int check_url(const void *value, char *why, size_t n)

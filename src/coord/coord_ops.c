@@ -342,6 +342,9 @@ void coord_status(spes_coord_sm *c, spes_coord_to to)
         lr.n_refused = (size_t)c->nlast_refused;
         lr.digest_mismatch = c->mismatch;
         lr.n_digest_mismatch = (size_t)c->nmismatch;
+        lr.audited = (uint32_t)c->last_audited;
+        lr.audit_mismatch = c->last_audit_mismatch;
+        lr.n_audit_mismatch = (size_t)c->nlast_audit_mismatch;
         lr.committed_unix_ms = c->last_commit_ms;
         for (int i = 0; i < c->nstrag; i++) {
             spes__wire__straggler__init(&sv[i]);

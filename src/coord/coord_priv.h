@@ -56,6 +56,14 @@ typedef struct coord_shard {
     int reported;       /* for the current attempt */
     uint64_t issued_ms; /* monotonic: when agg was given it */
     coord_group out;    /* the aggregate, once reported with every input passed */
+    int aud;            /* member index of its auditor (-1: not audited this round) */
+    int aud_reported;   /* for the current attempt */
+    uint64_t aud_issued_ms;
+    coord_group aud_out; /* the auditor's aggregate */
+    int ref;             /* the coordinator's own node, asked when the two differ (-1: not asked) */
+    int ref_reported;
+    uint64_t ref_issued_ms;
+    coord_group ref_out;
 } coord_shard;
 
 /* coord_straggler is a participant that announced far behind its round's median, or not at all. */
@@ -136,10 +144,13 @@ struct spes_coord_sm {
     /* the sharded round (docs/design.md, "The sharded round"; coord_shard.c) */
     int nshards; /* the open round's shards (0: not sharded) */
     coord_shard shard[SPES_COORD_MAX_SHARDS];
-    uint32_t attempt;     /* the contributor list being checked and averaged (it only shrinks) */
-    int attempt_nin;      /* contributions in that list */
-    int checking;         /* closed: its shards are being checked and averaged */
-    int own_checked;      /* the own node's check of the contributions' columns came back */
+    uint32_t attempt; /* the contributor list being checked and averaged (it only shrinks) */
+    int attempt_nin;  /* contributions in that list */
+    int checking;     /* closed: its shards are being checked and averaged */
+    int own_checked;  /* the own node's check of the contributions' columns came back */
+    int last_audited; /* the last round's shards that a second node recomputed */
+    uint32_t last_audit_mismatch[SPES_COORD_MAX_SHARDS]; /* (nlast_audit_mismatch) their aggregators */
+    int nlast_audit_mismatch;
     uint64_t deadline_ms; /* the open round's deadline (coord_deadline.c) */
     uint32_t
         ann_ms[SPES_COORD_DEADLINE_SAMPLES]; /* recent announcements, ms after their round opened (a ring) */

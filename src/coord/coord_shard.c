@@ -79,6 +79,15 @@ static int in_list(const spes_coord_sm *c)
     return n;
 }
 
+/* own_node is the member index of the coordinator's own node, or -1. */
+static int own_node(const spes_coord_sm *c)
+{
+    for (int i = 0; i < c->nmem; i++)
+        if (!strcmp(c->mem[i].name, c->set.name) && coord_member_active(&c->mem[i]))
+            return i;
+    return -1;
+}
+
 /* pick chooses shard j's aggregator after `tries` others: the listed contributors that can be
  * dialled, in id order from the j-th, then the coordinator's own node, then round again. */
 static int pick(const spes_coord_sm *c, int j, int tries)
@@ -89,9 +98,7 @@ static int pick(const spes_coord_sm *c, int j, int tries)
         if (!m->out && reachable(m) && m->state == NS(ACTIVE))
             cand[n++] = c->val_idx[k];
     }
-    for (int i = 0; i < c->nmem; i++)
-        if (!strcmp(c->mem[i].name, c->set.name) && coord_member_active(&c->mem[i]))
-            own = i;
+    own = own_node(c);
     int period = n + (own >= 0);
     if (!period)
         return -1;
@@ -99,7 +106,49 @@ static int pick(const spes_coord_sm *c, int j, int tries)
     return t < n ? cand[(j + t) % n] : own;
 }
 
-/* assign gives every shard to its first aggregator for the current attempt. */
+/* mix is splitmix64's finaliser: the coordinator's stand-in for a random choice that a restart or a
+ * test repeats. */
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* audited says whether shard j of the open round is among the ceil(audit_fraction K) shards a
+ * second node recomputes: those whose mix of (run, round, shard) is lowest. */
+static int audited(const spes_coord_sm *c, int j)
+{
+    double f = c->run.spes.audit_fraction;
+    int want = f > 0 ? (int)(f * c->nshards + 0.999999) : 0, rank = 0;
+    uint64_t seed = 1469598103934665603ull;
+    for (const char *p = c->run_id; *p; p++)
+        seed = (seed ^ (uint8_t)*p) * 1099511628211ull;
+    uint64_t hj = mix(seed ^ mix(c->round * 1024 + (uint64_t)j));
+    for (int i = 0; i < c->nshards; i++) {
+        uint64_t hi = mix(seed ^ mix(c->round * 1024 + (uint64_t)i));
+        rank += hi < hj || (hi == hj && i < j);
+    }
+    return rank < want;
+}
+
+/* auditor chooses shard j's auditor: the first member after agg in pick's order that is not agg
+ * (-1: nobody else can). */
+static int auditor(const spes_coord_sm *c, int j, int agg)
+{
+    for (int t = 1; t <= SPES_COORD_MAX_MEMBERS; t++) {
+        int a = pick(c, j, t);
+        if (a < 0 || a == pick(c, j, 0))
+            return -1; /* round again: nobody but agg */
+        if (a != agg)
+            return a;
+    }
+    return -1;
+}
+
+/* assign gives every shard to its first aggregator, and the audited ones to an auditor, for the
+ * current attempt. */
 static void assign(spes_coord_sm *c, spes_coord_now now)
 {
     for (int j = 0; j < c->nshards; j++) {
@@ -108,6 +157,11 @@ static void assign(spes_coord_sm *c, spes_coord_now now)
         s->reported = 0;
         s->issued_ms = now.mono_ms;
         s->agg = pick(c, j, 0);
+        s->aud = s->agg >= 0 && audited(c, j) ? auditor(c, j, s->agg) : -1;
+        s->aud_reported = 0;
+        s->aud_issued_ms = now.mono_ms;
+        s->ref = -1;
+        s->ref_reported = 0;
     }
 }
 
@@ -123,6 +177,70 @@ void coord_shards_start(spes_coord_sm *c, spes_coord_now now)
     c->attempt = 1;
     c->attempt_nin = c->nval;
     assign(c, now);
+}
+
+/* differs says whether shard s's aggregate and its auditor's are both in and differ. */
+static int differs(const coord_shard *s)
+{
+    return s->aud >= 0 && s->aud_reported && s->aud_out.size && s->out.size &&
+           memcmp(s->out.hash, s->aud_out.hash, 32);
+}
+
+/* ask_referee asks the coordinator's own node to recompute every shard whose aggregator and
+ * auditor differ, unless it is one of the two (then its word stands); 1 if the round must wait. */
+static int ask_referee(spes_coord_sm *c, spes_coord_now now)
+{
+    int own = own_node(c), wait = 0;
+    for (int j = 0; j < c->nshards; j++) {
+        coord_shard *s = &c->shard[j];
+        if (!differs(s) || own < 0 || own == s->agg || own == s->aud)
+            continue;
+        if (s->ref < 0) {
+            s->ref = own;
+            s->ref_reported = 0;
+            s->ref_issued_ms = now.mono_ms;
+            coord_log(
+                c, SPES_LOG_WARN, "round %llu: shard %d: %s and its auditor %s differ; %s recomputes it",
+                (unsigned long long)c->round, j, c->mem[s->agg].name, c->mem[s->aud].name, c->mem[own].name);
+        }
+        wait |= !s->ref_reported;
+    }
+    return wait;
+}
+
+/* judge_audits settles every audited shard: where aggregator and auditor differ, the coordinator's
+ * own node's aggregate (its own, or the one it recomputed) is used, else the auditor's; whoever
+ * differs from what is used is named in status (docs/design.md, "The sharded round"). */
+static void judge_audits(spes_coord_sm *c)
+{
+    int own = own_node(c);
+    c->last_audited = 0;
+    c->nlast_audit_mismatch = 0;
+    for (int j = 0; j < c->nshards; j++) {
+        coord_shard *s = &c->shard[j];
+        c->last_audited += s->aud >= 0 && s->aud_reported && s->aud_out.size && s->out.size;
+        if (!differs(s))
+            continue;
+        int agg = s->agg, aud = s->aud, use = aud; /* what SYNC.md says when nobody else can tell */
+        const coord_group *g = &s->aud_out;
+        if (own == agg) {
+            use = agg, g = &s->out;
+        } else if (s->ref >= 0 && s->ref_reported && s->ref_out.size) {
+            use = own, g = &s->ref_out;
+        }
+        for (int k = 0; k < 2; k++) {
+            int who = k ? aud : agg;
+            const coord_group *w = k ? &s->aud_out : &s->out;
+            if (memcmp(w->hash, g->hash, 32) && c->nlast_audit_mismatch < SPES_COORD_MAX_SHARDS)
+                c->last_audit_mismatch[c->nlast_audit_mismatch++] = c->mem[who].id;
+        }
+        coord_log(
+            c, SPES_LOG_ERROR,
+            "AUDIT MISMATCH: round %llu, shard %d: %s and its auditor %s differ; %s's aggregate is used",
+            (unsigned long long)c->round, j, c->mem[agg].name, c->mem[aud].name, c->mem[use].name);
+        s->out = *g;
+        s->agg = use;
+    }
 }
 
 /* seal commits the round once one list's aggregates are all in (or the list is empty). */
@@ -144,6 +262,7 @@ static void seal(spes_coord_sm *c, spes_coord_now now)
         snprintf(why[k], sizeof why[k], "%s", m->why);
     }
     c->checking = 0;
+    judge_audits(c);
     coord_commit_round(c, now, ok, why);
     free(ok);
     free(why);
@@ -170,8 +289,10 @@ static void progress(spes_coord_sm *c, spes_coord_now now)
     if (!c->own_checked)
         return;
     for (int j = 0; j < c->nshards && nin; j++)
-        if (!c->shard[j].reported)
+        if (!c->shard[j].reported || (c->shard[j].aud >= 0 && !c->shard[j].aud_reported))
             return;
+    if (nin && ask_referee(c, now))
+        return;
     seal(c, now);
 }
 
@@ -218,7 +339,9 @@ int coord_shards_task(spes_coord_sm *c, const coord_member *m, spes_coord_to to)
         return 0;
     int idx = (int)(m - c->mem), js[SHARD_TASKS_PER_REPLY], nt = 0;
     for (int j = 0; j < c->nshards && nt < SHARD_TASKS_PER_REPLY; j++)
-        if (c->shard[j].agg == idx && !c->shard[j].reported)
+        if ((c->shard[j].agg == idx && !c->shard[j].reported) ||
+            (c->shard[j].aud == idx && !c->shard[j].aud_reported) ||
+            (c->shard[j].ref == idx && !c->shard[j].ref_reported))
             js[nt++] = j;
     if (!nt)
         return 0;
@@ -264,7 +387,11 @@ static int result_ok(spes_coord_sm *c, int idx, const Spes__Wire__ShardResult *r
         return 0;
     }
     const coord_shard *s = &c->shard[r->shard];
-    if (s->agg != idx || r->attempt != c->attempt || s->reported)
+    int role = s->agg == idx && !s->reported       ? 1
+               : s->aud == idx && !s->aud_reported ? 2
+               : s->ref == idx && !s->ref_reported ? 3
+                                                   : 0;
+    if (!role || r->attempt != c->attempt)
         return -1;
     size_t n = 0;
     int all = 1;
@@ -291,11 +418,12 @@ static int result_ok(spes_coord_sm *c, int idx, const Spes__Wire__ShardResult *r
                  r->shard);
         return 0;
     }
-    return 1;
+    return role;
 }
 
-/* take_result records a checked result of aggregator m. */
-static void take_result(spes_coord_sm *c, const coord_member *m, const Spes__Wire__ShardResult *r)
+/* take_result records a checked result of m, the shard's aggregator (role 1), auditor (2) or
+ * referee (3). */
+static void take_result(spes_coord_sm *c, const coord_member *m, const Spes__Wire__ShardResult *r, int role)
 {
     coord_shard *s = &c->shard[r->shard];
     int all = 1;
@@ -312,12 +440,13 @@ static void take_result(spes_coord_sm *c, const coord_member *m, const Spes__Wir
         coord_log(c, iv->missing ? SPES_LOG_WARN : SPES_LOG_ERROR, "round %llu: %s %s: %s",
                   (unsigned long long)c->round, x->name, iv->missing ? "is left out" : "is refused", x->why);
     }
-    s->reported = 1;
-    memset(&s->out, 0, sizeof s->out);
+    coord_group *g = role == 1 ? &s->out : role == 2 ? &s->aud_out : &s->ref_out;
+    *(role == 1 ? &s->reported : role == 2 ? &s->aud_reported : &s->ref_reported) = 1;
+    memset(g, 0, sizeof *g);
     if (all) {
-        memcpy(s->out.hash, r->aggregate->blob_hash.data, 32);
-        memcpy(s->out.manifest, r->aggregate->manifest_hash.data, 32);
-        s->out.size = r->aggregate->size;
+        memcpy(g->hash, r->aggregate->blob_hash.data, 32);
+        memcpy(g->manifest, r->aggregate->manifest_hash.data, 32);
+        g->size = r->aggregate->size;
     }
 }
 
@@ -351,7 +480,7 @@ void coord_aggregate_report(spes_coord_sm *c, spes_coord_now now, const Spes__Wi
         }
     for (size_t i = 0; i < r->n_results; i++)
         if (ok[i] > 0)
-            take_result(c, m, r->results[i]);
+            take_result(c, m, r->results[i], ok[i]);
     coord_reply_ack(c, to, "reported");
     progress(c, now);
 }
@@ -363,6 +492,18 @@ void coord_shards_tick(spes_coord_sm *c, spes_coord_now now)
     uint64_t limit = coord_deadline(c);
     for (int j = 0; j < c->nshards; j++) {
         coord_shard *s = &c->shard[j];
+        if (s->aud >= 0 && !s->aud_reported &&
+            (!coord_member_active(&c->mem[s->aud]) || now.mono_ms - s->aud_issued_ms > limit)) {
+            coord_log(c, SPES_LOG_WARN,
+                      "round %llu: shard %d's auditor %s did not report; the shard goes unaudited",
+                      (unsigned long long)c->round, j, c->mem[s->aud].name);
+            s->aud = -1; /* an audit never holds a round up past its deadline */
+        }
+        if (s->ref >= 0 && !s->ref_reported && now.mono_ms - s->ref_issued_ms > limit) {
+            coord_log(c, SPES_LOG_WARN, "round %llu: shard %d's recomputation by %s did not come",
+                      (unsigned long long)c->round, j, c->mem[s->ref].name);
+            s->ref_reported = 1; /* the auditor's aggregate is used */
+        }
         int gone = s->agg < 0 || !coord_member_active(&c->mem[s->agg]);
         if (s->reported || (!gone && now.mono_ms - s->issued_ms <= limit))
             continue;
@@ -372,5 +513,8 @@ void coord_shards_tick(spes_coord_sm *c, spes_coord_now now)
         coord_log(c, SPES_LOG_WARN, "round %llu: shard %d's aggregator %s %s; %s takes it over",
                   (unsigned long long)c->round, j, was >= 0 ? c->mem[was].name : "(none)",
                   gone ? "is gone" : "missed its deadline", s->agg >= 0 ? c->mem[s->agg].name : "nobody");
+        if (s->aud == s->agg)
+            s->aud = -1; /* the backup is its auditor: nobody is left to compare with */
     }
+    progress(c, now); /* a dropped audit may have been all the round waited for */
 }

@@ -19,10 +19,14 @@
 /* SPES_GROUP_HEADER is the size of a group blob's header. */
 #define SPES_GROUP_HEADER 60
 
+/* SPES_GROUP_NO_AUTHOR is the node field of an aggregate: the same bytes whoever computes it, so
+ * that honest aggregators and auditors name the same blob (docs/design.md, "The sharded round"). */
+#define SPES_GROUP_NO_AUTHOR (-1)
+
 /* spes_group_kind is what a group blob carries. */
 typedef enum spes_group_kind {
     SPES_GROUP_CONTRIB = 1,   /* one node's contribution to a shard (node: its author) */
-    SPES_GROUP_AGGREGATE = 2, /* an aggregator's aggregate of a shard (node: the aggregator) */
+    SPES_GROUP_AGGREGATE = 2, /* an aggregate of a shard (node: SPES_GROUP_NO_AUTHOR) */
 } spes_group_kind;
 
 /* spes_group_hdr is a group blob's header: the shard [offset, offset + count) of the shared block, shard

@@ -464,21 +464,28 @@ def sharded_reference(cfg, S, cols, groups, r, K, step_end, want=None):
     return merge_warmup(cfg, new, step_end)
 
 
-def sharded_run(overlap=0, outbound=False):
+def sharded_run(overlap=0, outbound=False, lying=False):
     """A sharded run of four nodes (node-3 joining late, node-2 killed and restarted); overlap: rounds
-    train while the round before travels; outbound: node-3 has no listener and pushes its shards."""
+    train while the round before travels; outbound: node-3 has no listener and pushes its shards;
+    lying: every shard is audited and node-1's aggregates are off by 1e-3 (else node-1 fails to
+    aggregate in round 5)."""
     cfg = run_config(sync=5, merge_alpha=0.2, merge_interval=10)
     cfg["model"].update(hidden_size=256, intermediate_size=32)
     cfg["spes"].update(codec="q8ef", sharded=1, overlap=overlap)
+    if lying:
+        cfg["spes"]["audit_fraction"] = 1
     shared, column, _ = layout_sizes(cfg)
     K = min(3, shared // 262144)
     extra = {k: {"keep_blobs": True, "log_level": "debug" if k == 0 else "info"} for k in range(4)}
     if outbound:
         extra[3].update(listen="")
+    elif lying:
+        extra[1].update(fault="lying-aggregate")  # every aggregate it makes is off by 1e-3
     else:
         extra[1].update(fault="mute-aggregator")  # round 5: shard 1's aggregator fails, its backup takes it
     cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3, extra=extra)
-    what = "sharded%s%s" % (", overlap" if overlap else "", ", node-3 outbound only" if outbound else "")
+    what = "sharded%s%s%s" % (", overlap" if overlap else "", ", node-3 outbound only" if outbound else "",
+                              ", node-1 lying, every shard audited" if lying else "")
     try:
         for k in range(3):
             cl.start(k)
@@ -492,13 +499,19 @@ def sharded_run(overlap=0, outbound=False):
         logs = [cl.applied(k) for k in range(4)]
         check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
               "%s: four nodes (one joined, one killed and restarted) agree on rounds %s" % (what, later))
-        check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
+        check("DIGEST MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
         averaged = set()
         for k in range(4):
             averaged |= {(int(a), int(b)) for a, b in re.findall(r"shard (\d+) of (\d+) averaged", cl.log(k))}
         check(K >= 2 and {b for _, b in averaged} == {K} and {a for a, _ in averaged} == set(range(K)),
               "the shared block (%d values) is cut into %d shards, each averaged by an aggregator" % (shared, K))
-        if not outbound:
+        if lying:
+            caught = re.findall(r"AUDIT MISMATCH: round (\d+), shard \d+: (\S+) and its auditor (\S+) differ; (\S+)'s "
+                                r"aggregate is used", cl.log(0))
+            check(len(caught) >= 3 and all("node-1" in (a, b) and u != "node-1" for _, a, b, u in caught),
+                  "node-1's lies were caught in %d shard(s), and each time another node's aggregate was used"
+                  % len(caught))
+        if not outbound and not lying:
             took = re.findall(r"round 5: shard (\d+)'s aggregator node-1 missed its deadline; (\S+) takes it over",
                               cl.log(0))
             check(took and took[0][1] != "node-1" and "round 5 committed" in cl.log(0),
@@ -533,7 +546,7 @@ def sharded_run(overlap=0, outbound=False):
             if not np.array_equal(want, states[r + 1]):
                 exact = False
                 print("round %d: max |diff| %g" % (r, np.max(np.abs(want - states[r + 1]))))
-        check(done >= 5 and with3 >= 2 and merged >= 2 and exact and aggs > 0 and (outbound or 5 in checked)
+        check(done >= 5 and with3 >= 2 and merged >= 2 and exact and aggs > 0 and (outbound or lying or 5 in checked)
               and all(c["shared"] == 0 for cs in contribs.values() for c in cs),
               "S_{r+1} equals numpy's from the shards, the aggregates and the column-only contributions, bit for "
               "bit (rounds %s, %d with node-3's, %d merging)" % (checked, with3, merged))
@@ -549,6 +562,13 @@ def scenario_sharded_round():
     aggregators check and average; the nodes agree, and every S_{r+1} equals numpy's from the shards,
     aggregates and column blobs on disk, bit for bit."""
     sharded_run()
+
+
+def scenario_sharded_audit():
+    """Audits: a second node recomputes every shard; node-1 makes every aggregate off by 1e-3. Each
+    lie is caught (the coordinator's own node settles a disagreement it is not part of), the honest
+    aggregate is used, the nodes agree, and S_{r+1} equals numpy's from the contributions' shards."""
+    sharded_run(lying=True)
 
 
 def scenario_sharded_overlap_outbound():
@@ -1359,7 +1379,7 @@ SCENARIOS = [scenario_agree_and_reference, scenario_coordinator_stall,
              scenario_round_costs, scenario_outer_optimizer, scenario_poisoning, scenario_q8ef_error_feedback,
              scenario_topk_error_feedback, scenario_error_feedback_outcomes, scenario_overlap,
              scenario_outbound_only, scenario_column_owners, scenario_sharded_round,
-             scenario_sharded_overlap_outbound]
+             scenario_sharded_overlap_outbound, scenario_sharded_audit]
 
 
 def main():
