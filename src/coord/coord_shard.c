@@ -221,7 +221,7 @@ static void judge_audits(spes_coord_sm *c)
         c->last_audited += s->aud >= 0 && s->aud_reported && s->aud_out.size && s->out.size;
         if (!differs(s))
             continue;
-        int agg = s->agg, aud = s->aud, use = aud; /* what SYNC.md says when nobody else can tell */
+        int agg = s->agg, aud = s->aud, use = aud; /* the auditor's, when nobody else can tell */
         const coord_group *g = &s->aud_out;
         if (own == agg) {
             use = agg, g = &s->out;
