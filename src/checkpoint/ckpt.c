@@ -10,6 +10,7 @@
 #include "checkpoint/ckpt_priv.h"
 
 #include "core/error.h"
+#include "core/le.h"
 #include "core/fileio.h"
 #include "core/log.h"
 #include "core/sha256.h"
@@ -43,34 +44,6 @@ struct spes_ckpt_reader {
     uint32_t flags;
     uint64_t nparams, nmoments;
 };
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 static uint64_t pad8(uint64_t n)
 {
@@ -138,19 +111,19 @@ static void encode_header(uint8_t h[HDR_LEN], const spes_ckpt *ck, uint64_t clen
 {
     memset(h, 0, HDR_LEN);
     memcpy(h, MAGIC, 8);
-    put32(h + 8, SPES_CKPT_VERSION);
-    put32(h + 12, has_m ? 1u : 0u);
-    put64(h + 16, clen);
-    put32(h + 24, (uint32_t)ck->E);
-    put64(h + 32, ck->nparams);
-    put64(h + 40, has_m ? ck->nmoments : 0);
-    put64(h + 48, (uint64_t)ck->adam_t);
-    put64(h + 56, (uint64_t)ck->step);
-    put64(h + 64, (uint64_t)ck->round);
-    put64(h + 72, ck->data_pos);
-    put64(h + 80, ck->data_file);
+    spes_le_put32(h + 8, SPES_CKPT_VERSION);
+    spes_le_put32(h + 12, has_m ? 1u : 0u);
+    spes_le_put64(h + 16, clen);
+    spes_le_put32(h + 24, (uint32_t)ck->E);
+    spes_le_put64(h + 32, ck->nparams);
+    spes_le_put64(h + 40, has_m ? ck->nmoments : 0);
+    spes_le_put64(h + 48, (uint64_t)ck->adam_t);
+    spes_le_put64(h + 56, (uint64_t)ck->step);
+    spes_le_put64(h + 64, (uint64_t)ck->round);
+    spes_le_put64(h + 72, ck->data_pos);
+    spes_le_put64(h + 80, ck->data_file);
     for (int i = 0; i < 4; i++)
-        put64(h + 88 + 8 * i, ck->rng[i]);
+        spes_le_put64(h + 88 + 8 * i, ck->rng[i]);
 }
 
 /* write_body writes every section after the atomic file is open; `all` hashes the whole file,
@@ -300,28 +273,28 @@ static int parse_fixed(spes_ckpt_reader *r, const uint8_t *h, spes_ckpt *meta, u
 {
     if (memcmp(h, MAGIC, 8))
         return spes_errf(SPES_EFORMAT, "%s: not a spes checkpoint (bad magic)", r->origin);
-    uint32_t version = get32(h + 8);
+    uint32_t version = spes_le_get32(h + 8);
     if (version != SPES_CKPT_VERSION)
         return spes_errf(SPES_EFORMAT, "%s: checkpoint format version %u, this build reads version %u",
                          r->origin, version, SPES_CKPT_VERSION);
-    *clen = get64(h + 16);
-    uint32_t E = get32(h + 24);
+    *clen = spes_le_get64(h + 16);
+    uint32_t E = spes_le_get32(h + 24);
     if (*clen == 0 || *clen > SPES_CKPT_MAX_CONFIG || E == 0 || E > MAX_E)
         return spes_errf(SPES_EFORMAT,
                          "%s: header has config length %" PRIu64 " and %u experts, out of range "
                          "(corrupted?)",
                          r->origin, *clen, E);
-    r->flags = get32(h + 12);
-    r->nparams = get64(h + 32);
-    r->nmoments = get64(h + 40);
+    r->flags = spes_le_get32(h + 12);
+    r->nparams = spes_le_get64(h + 32);
+    r->nmoments = spes_le_get64(h + 40);
     meta->E = (int)E;
-    meta->adam_t = (int64_t)get64(h + 48);
-    meta->step = (int64_t)get64(h + 56);
-    meta->round = (int64_t)get64(h + 64);
-    meta->data_pos = get64(h + 72);
-    meta->data_file = get64(h + 80);
+    meta->adam_t = (int64_t)spes_le_get64(h + 48);
+    meta->step = (int64_t)spes_le_get64(h + 56);
+    meta->round = (int64_t)spes_le_get64(h + 64);
+    meta->data_pos = spes_le_get64(h + 72);
+    meta->data_file = spes_le_get64(h + 80);
     for (int i = 0; i < 4; i++)
-        meta->rng[i] = get64(h + 88 + 8 * i);
+        meta->rng[i] = spes_le_get64(h + 88 + 8 * i);
     return 0;
 }
 

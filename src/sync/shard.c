@@ -8,6 +8,7 @@
  * before a value is read. */
 #include "sync/shard.h"
 #include "core/error.h"
+#include "core/le.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,27 +46,6 @@ size_t spes_group_size(uint32_t codec, size_t count)
     return SPES_GROUP_HEADER + spes__values_size(codec, count);
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-    memcpy(p, &v, 8);
-}
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
 /* hdr_size is the size of the group blob that h describes (0: an unknown codec or too many values). */
 static size_t hdr_size(const spes_group_hdr *h)
 {
@@ -89,16 +69,16 @@ static const char *hdr_invalid(const spes_group_hdr *h)
 static void put_hdr(uint8_t *b, const spes_group_hdr *h)
 {
     memcpy(b, GRP_MAGIC, 8);
-    put32(b + 8, 1);
-    put32(b + 12, h->kind);
-    put32(b + 16, h->codec);
-    put64(b + 20, (uint64_t)h->round);
-    put32(b + 28, (uint32_t)h->node);
-    put32(b + 32, h->shard);
-    put32(b + 36, h->shards);
-    put64(b + 40, h->offset);
-    put64(b + 48, h->count);
-    put32(b + 56, h->contributors);
+    spes_le_put32(b + 8, 1);
+    spes_le_put32(b + 12, h->kind);
+    spes_le_put32(b + 16, h->codec);
+    spes_le_put64(b + 20, (uint64_t)h->round);
+    spes_le_put32(b + 28, (uint32_t)h->node);
+    spes_le_put32(b + 32, h->shard);
+    spes_le_put32(b + 36, h->shards);
+    spes_le_put64(b + 40, h->offset);
+    spes_le_put64(b + 48, h->count);
+    spes_le_put32(b + 56, h->contributors);
 }
 
 int spes_group_encode(const spes_group_hdr *h, const float *val, const float *base, float *ef, uint8_t **out,
@@ -139,14 +119,14 @@ static int check_fields(const uint8_t *buf, const spes_group_hdr *want, const ch
         int64_t got, want;
         int err;
     } f[] = {
-        {"kind", get32(buf + 12), want->kind, SPES_EFORMAT},
-        {"codec", get32(buf + 16), want->codec, SPES_EFORMAT},
-        {"round", (int64_t)get64(buf + 20), want->round, SPES_ESTATE},
-        {"node", (int32_t)get32(buf + 28), want->node, SPES_EAUTH},
-        {"shard", get32(buf + 32), want->shard, SPES_EFORMAT},
-        {"shards", get32(buf + 36), want->shards, SPES_EFORMAT},
-        {"offset", (int64_t)get64(buf + 40), (int64_t)want->offset, SPES_EFORMAT},
-        {"count", (int64_t)get64(buf + 48), (int64_t)want->count, SPES_EFORMAT},
+        {"kind", spes_le_get32(buf + 12), want->kind, SPES_EFORMAT},
+        {"codec", spes_le_get32(buf + 16), want->codec, SPES_EFORMAT},
+        {"round", (int64_t)spes_le_get64(buf + 20), want->round, SPES_ESTATE},
+        {"node", (int32_t)spes_le_get32(buf + 28), want->node, SPES_EAUTH},
+        {"shard", spes_le_get32(buf + 32), want->shard, SPES_EFORMAT},
+        {"shards", spes_le_get32(buf + 36), want->shards, SPES_EFORMAT},
+        {"offset", (int64_t)spes_le_get64(buf + 40), (int64_t)want->offset, SPES_EFORMAT},
+        {"count", (int64_t)spes_le_get64(buf + 48), (int64_t)want->count, SPES_EFORMAT},
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         if (f[i].got == f[i].want)
@@ -187,11 +167,12 @@ int spes_group_decode(spes_group_hdr *h, float *val, const uint8_t *buf, size_t 
                          (unsigned long long)want->count, want->codec);
     if (len < SPES_GROUP_HEADER || memcmp(buf, GRP_MAGIC, 8))
         return spes_errf(SPES_EFORMAT, "%s: not a group blob (bad magic or %zu bytes)", origin, len);
-    if (get32(buf + 8) != 1)
-        return spes_errf(SPES_EFORMAT, "%s: group version %u is not supported", origin, get32(buf + 8));
+    if (spes_le_get32(buf + 8) != 1)
+        return spes_errf(SPES_EFORMAT, "%s: group version %u is not supported", origin,
+                         spes_le_get32(buf + 8));
     int rc = check_fields(buf, want, origin);
     if (!rc)
-        rc = check_contributors(get32(buf + 56), want, origin);
+        rc = check_contributors(spes_le_get32(buf + 56), want, origin);
     if (rc)
         return rc;
     if (len != size)
@@ -201,7 +182,7 @@ int spes_group_decode(spes_group_hdr *h, float *val, const uint8_t *buf, size_t 
     if (rc)
         return rc;
     *h = *want;
-    h->contributors = get32(buf + 56);
+    h->contributors = spes_le_get32(buf + 56);
     return 0;
 }
 

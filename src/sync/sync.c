@@ -10,6 +10,7 @@
  * and the buffer before anything is read. */
 #include "sync/sync.h"
 #include "core/error.h"
+#include "core/le.h"
 #include "core/sha256.h"
 
 #include <math.h>
@@ -73,27 +74,6 @@ void spes_contrib_fini(spes_contrib *c)
     free(c->cols);
     free(c->val);
     memset(c, 0, sizeof *c);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-    memcpy(p, &v, 8);
-}
-static uint32_t get32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
 }
 
 const float *spes_contrib_group_base(const spes_contrib *c, const float *base, int g, size_t *n)
@@ -356,19 +336,19 @@ int spes_contrib_encode(const spes_contrib *c, spes_codec codec, const float *ba
     if (!b)
         return SPES_ENOMEM;
     memcpy(b, CTB_MAGIC, 8);
-    put32(b + 8, 1);
-    put32(b + 12, (uint32_t)codec);
-    put64(b + 16, (uint64_t)c->round);
-    put32(b + 24, (uint32_t)c->node);
-    put32(b + 28, (uint32_t)c->ncols);
-    put64(b + 32, c->tokens);
+    spes_le_put32(b + 8, 1);
+    spes_le_put32(b + 12, (uint32_t)codec);
+    spes_le_put64(b + 16, (uint64_t)c->round);
+    spes_le_put32(b + 24, (uint32_t)c->node);
+    spes_le_put32(b + 28, (uint32_t)c->ncols);
+    spes_le_put64(b + 32, c->tokens);
     memcpy(b + 40, &c->loss_mean, 4);
-    put32(b + 44, 0);
-    put64(b + 48, sh);
-    put64(b + 56, c->column_numel);
+    spes_le_put32(b + 44, 0);
+    spes_le_put64(b + 48, sh);
+    spes_le_put64(b + 56, c->column_numel);
     uint8_t *p = b + CTB_HEADER;
     for (int i = 0; i < c->ncols; i++, p += 4)
-        put32(p, (uint32_t)c->cols[i]);
+        spes_le_put32(p, (uint32_t)c->cols[i]);
     size_t skip = c->shared_numel - sh; /* values not carried */
     if (codec == SPES_CODEC_FP32) {
         memcpy(p, c->val + skip, (nvals - skip) * 4);
@@ -401,7 +381,7 @@ size_t spes_contrib_max_size(const spes_layout *lo, int E)
 static int check_cols(spes_contrib *c, const uint8_t *p, int E, const char *origin)
 {
     for (int i = 0; i < c->ncols; i++) {
-        int32_t col = (int32_t)get32(p + 4 * (size_t)i);
+        int32_t col = (int32_t)spes_le_get32(p + 4 * (size_t)i);
         if (col < 0 || col >= E)
             return spes_errf(SPES_EFORMAT, "%s: contribution column %d is outside 0..%d", origin, col, E - 1);
         if (i > 0 && col <= c->cols[i - 1])
@@ -537,18 +517,20 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
     memset(c, 0, sizeof *c);
     if (len < CTB_HEADER || memcmp(buf, CTB_MAGIC, 8))
         return spes_errf(SPES_EFORMAT, "%s: not a contribution (bad magic or %zu bytes)", origin, len);
-    if (get32(buf + 8) != 1)
+    if (spes_le_get32(buf + 8) != 1)
         return spes_errf(SPES_EFORMAT, "%s: contribution version %u is not supported", origin,
-                         get32(buf + 8));
-    uint32_t codec = get32(buf + 12), ncols = get32(buf + 28);
+                         spes_le_get32(buf + 8));
+    uint32_t codec = spes_le_get32(buf + 12), ncols = spes_le_get32(buf + 28);
     if (codec < SPES_CODEC_FP32 || codec > SPES_CODEC_TOPK)
         return spes_errf(SPES_EFORMAT, "%s: unknown contribution codec %u", origin, codec);
-    int columns_only = get64(buf + 48) == 0 && lo->shared_numel > 0; /* sharded rounds: columns only */
-    if ((!columns_only && get64(buf + 48) != lo->shared_numel) || get64(buf + 56) != lo->column_numel)
+    int columns_only =
+        spes_le_get64(buf + 48) == 0 && lo->shared_numel > 0; /* sharded rounds: columns only */
+    if ((!columns_only && spes_le_get64(buf + 48) != lo->shared_numel) ||
+        spes_le_get64(buf + 56) != lo->column_numel)
         return spes_errf(SPES_EFORMAT,
                          "%s: contribution sizes (%llu, %llu) do not match this model (%zu, %zu)", origin,
-                         (unsigned long long)get64(buf + 48), (unsigned long long)get64(buf + 56),
-                         lo->shared_numel, lo->column_numel);
+                         (unsigned long long)spes_le_get64(buf + 48),
+                         (unsigned long long)spes_le_get64(buf + 56), lo->shared_numel, lo->column_numel);
     if (ncols > (uint32_t)E)
         return spes_errf(SPES_EFORMAT, "%s: contribution has %u columns, the model has %d", origin, ncols, E);
     size_t nvals = lo->shared_numel + (size_t)ncols * lo->column_numel;
@@ -556,11 +538,11 @@ int spes_contrib_decode(spes_contrib *c, const uint8_t *buf, size_t len, const s
                   values_size(codec, columns_only ? 0 : lo->shared_numel, lo->column_numel, ncols);
     if (len != want)
         return spes_errf(SPES_EFORMAT, "%s: contribution is %zu bytes, expected %zu", origin, len, want);
-    c->round = (int64_t)get64(buf + 16);
-    c->node = (int32_t)get32(buf + 24);
+    c->round = (int64_t)spes_le_get64(buf + 16);
+    c->node = (int32_t)spes_le_get32(buf + 24);
     c->ncols = (int)ncols;
     c->codec = codec;
-    c->tokens = get64(buf + 32);
+    c->tokens = spes_le_get64(buf + 32);
     memcpy(&c->loss_mean, buf + 40, 4);
     c->shared_numel = lo->shared_numel;
     c->column_numel = lo->column_numel;
@@ -676,8 +658,8 @@ int spes_state_digest(const float *params, size_t numel, int64_t round, uint8_t 
         return rc;
     uint8_t hdr[26];
     memcpy(hdr, "SPESSTATE1", 10);
-    put64(hdr + 10, (uint64_t)round);
-    put64(hdr + 18, (uint64_t)numel);
+    spes_le_put64(hdr + 10, (uint64_t)round);
+    spes_le_put64(hdr + 18, (uint64_t)numel);
     spes_sha256_update(&c, hdr, sizeof hdr);
     spes_sha256_update(&c, params, numel * sizeof(float));
     spes_sha256_final(&c, out);
