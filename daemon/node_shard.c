@@ -17,6 +17,20 @@
 
 #define MUTE_AGGREGATOR_ROUND 5 /* the round whose aggregations the "mute-aggregator" test fault fails */
 
+/* shard_hdr is the header of shard s of K (plan off) of round by node, in the codec. */
+static spes_group_hdr shard_hdr(uint32_t kind, uint32_t codec, int64_t round, int32_t node, int s, int K,
+                                const size_t *off)
+{
+    return (spes_group_hdr){.kind = kind,
+                            .codec = codec,
+                            .round = round,
+                            .node = node,
+                            .shard = (uint32_t)s,
+                            .shards = (uint32_t)K,
+                            .offset = off[s],
+                            .count = off[s + 1] - off[s]};
+}
+
 /* read_group reads held blob hash and decodes it as the group want describes into val. */
 static int read_group(spes_node *n, const uint8_t *hash, const spes_group_hdr *want, const float *base,
                       float *val, const char *origin)
@@ -67,14 +81,7 @@ int node_encode_shards(spes_node *n, spes_node_job *j, const spes_contrib *c, ui
     }
     int rc = 0;
     for (int s = 0; s < K && !rc; s++) {
-        spes_group_hdr h = {.kind = SPES_GROUP_CONTRIB,
-                            .codec = codec,
-                            .round = c->round,
-                            .node = c->node,
-                            .shard = (uint32_t)s,
-                            .shards = (uint32_t)K,
-                            .offset = off[s],
-                            .count = off[s + 1] - off[s]};
+        spes_group_hdr h = shard_hdr(SPES_GROUP_CONTRIB, codec, c->round, c->node, s, K, off);
         uint8_t *buf;
         size_t len;
         float *ef = n->have_ef ? n->ef.val + off[s] : NULL; /* the residual's shared block comes first */
@@ -96,22 +103,16 @@ int node_encode_shards(spes_node *n, spes_node_job *j, const spes_contrib *c, ui
     return 0;
 }
 
-/* publish_aggregate encodes and stores the mean out of shard task t (round, K, offset o, count cnt). */
-static int publish_aggregate(spes_node *n, spes_node_job *j, uint64_t round, int K, size_t o, size_t cnt,
+/* publish_aggregate encodes and stores the mean out of shard task t (round, K, plan off). */
+static int publish_aggregate(spes_node *n, spes_node_job *j, uint64_t round, int K, const size_t *off,
                              spes_node_shard_task *t, uint32_t codec, const float *out)
 {
-    spes_group_hdr h = {.kind = SPES_GROUP_AGGREGATE,
-                        .codec = codec,
-                        .round = (int64_t)round,
-                        .node = SPES_GROUP_NO_AUTHOR,
-                        .shard = t->shard,
-                        .shards = (uint32_t)K,
-                        .offset = o,
-                        .count = cnt,
-                        .contributors = (uint32_t)t->n};
+    spes_group_hdr h =
+        shard_hdr(SPES_GROUP_AGGREGATE, codec, (int64_t)round, SPES_GROUP_NO_AUTHOR, (int)t->shard, K, off);
+    h.contributors = (uint32_t)t->n;
     uint8_t *buf;
     size_t len;
-    int rc = spes_group_encode(&h, out, n->base + o, NULL, &buf, &len);
+    int rc = spes_group_encode(&h, out, n->base + h.offset, NULL, &buf, &len);
     if (!rc && (rc = put_group(n, j, buf, len, &t->out)) == 0) {
         t->out.node = j->node_id;
         t->out.shard = t->shard;
@@ -132,14 +133,8 @@ static int aggregate_one(spes_node *n, spes_node_job *j, uint64_t round, int K, 
         const spes_node_group *g = &t->in[k];
         char origin[96];
         snprintf(origin, sizeof origin, "shard %u of node %u", t->shard, g->node);
-        spes_group_hdr want = {.kind = SPES_GROUP_CONTRIB,
-                               .codec = codec,
-                               .round = (int64_t)round,
-                               .node = (int32_t)g->node,
-                               .shard = t->shard,
-                               .shards = (uint32_t)K,
-                               .offset = o,
-                               .count = cnt};
+        spes_group_hdr want =
+            shard_hdr(SPES_GROUP_CONTRIB, codec, (int64_t)round, (int32_t)g->node, (int)t->shard, K, off);
         int r = node_fetch_blob(n, j, g->hash, node_author(j, g->node), g->manifest,
                                 spes_group_size(SPES_CODEC_FP32, cnt));
         t->missing[k] = r != 0;
@@ -162,7 +157,7 @@ static int aggregate_one(spes_node *n, spes_node_job *j, uint64_t round, int K, 
         if (!strcmp(n->d->cfg.fault, "lying-aggregate")) /* tests: an aggregate off by 1e-3 */
             for (size_t i = 0; i < cnt; i++)
                 out[i] += 1e-3f;
-        rc = publish_aggregate(n, j, round, K, o, cnt, t, codec, out);
+        rc = publish_aggregate(n, j, round, K, off, t, codec, out);
     }
     free(v);
     free(acc);
@@ -220,14 +215,8 @@ int node_apply_aggregates(spes_node *n, spes_node_job *j, float *p)
         const spes_node_group *g = &a->agg[s];
         char origin[96];
         snprintf(origin, sizeof origin, "aggregate of shard %d by node %u", s, g->node);
-        spes_group_hdr want = {.kind = SPES_GROUP_AGGREGATE,
-                               .codec = codec,
-                               .round = (int64_t)a->round,
-                               .node = SPES_GROUP_NO_AUTHOR,
-                               .shard = (uint32_t)s,
-                               .shards = (uint32_t)K,
-                               .offset = off[s],
-                               .count = off[s + 1] - off[s]};
+        spes_group_hdr want =
+            shard_hdr(SPES_GROUP_AGGREGATE, codec, (int64_t)a->round, SPES_GROUP_NO_AUTHOR, s, K, off);
         int rc =
             g->shard == (uint32_t)s ? 0 : spes_errf(SPES_EFORMAT, "%s: listed as shard %u", origin, g->shard);
         if (!rc)
@@ -249,14 +238,7 @@ int node_own_shards(spes_node *n, spes_contrib *own)
         return spes_errf(SPES_ESTATE, "this node's shards are not known");
     uint32_t codec = (uint32_t)spes_codec_from_name(n->sm.run.spes.codec);
     for (int s = 0; s < K; s++) {
-        spes_group_hdr want = {.kind = SPES_GROUP_CONTRIB,
-                               .codec = codec,
-                               .round = own->round,
-                               .node = own->node,
-                               .shard = (uint32_t)s,
-                               .shards = (uint32_t)K,
-                               .offset = off[s],
-                               .count = off[s + 1] - off[s]};
+        spes_group_hdr want = shard_hdr(SPES_GROUP_CONTRIB, codec, own->round, own->node, s, K, off);
         int rc = read_group(n, n->ef_shards[s], &want, n->base + off[s], own->val + off[s],
                             "this node's contribution");
         if (rc)

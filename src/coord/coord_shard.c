@@ -116,48 +116,46 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* audited says whether shard j of the open round is among the ceil(audit_fraction K) shards a
- * second node recomputes: those whose mix of (run, round, shard) is lowest. */
-static int audited(const spes_coord_sm *c, int j)
+/* audited marks in aud[j] the ceil(audit_fraction K) shards of the open round that a second node
+ * recomputes: those whose mix of (run, round, shard) is lowest (ties: the lower shard). */
+static void audited(const spes_coord_sm *c, int *aud)
 {
     double f = c->run.spes.audit_fraction;
-    int want = f > 0 ? (int)(f * c->nshards + 0.999999) : 0, rank = 0;
-    uint64_t seed = 1469598103934665603ull;
+    int want = f > 0 ? (int)(f * c->nshards + 0.999999) : 0;
+    uint64_t seed = 1469598103934665603ull, h[SPES_COORD_MAX_SHARDS];
     for (const char *p = c->run_id; *p; p++)
         seed = (seed ^ (uint8_t)*p) * 1099511628211ull;
-    uint64_t hj = mix(seed ^ mix(c->round * 1024 + (uint64_t)j));
-    for (int i = 0; i < c->nshards; i++) {
-        uint64_t hi = mix(seed ^ mix(c->round * 1024 + (uint64_t)i));
-        rank += hi < hj || (hi == hj && i < j);
+    for (int i = 0; i < c->nshards; i++)
+        h[i] = mix(seed ^ mix(c->round * 1024 + (uint64_t)i));
+    for (int j = 0; j < c->nshards; j++) {
+        int rank = 0;
+        for (int i = 0; i < c->nshards; i++)
+            rank += h[i] < h[j] || (h[i] == h[j] && i < j);
+        aud[j] = rank < want;
     }
-    return rank < want;
 }
 
-/* auditor chooses shard j's auditor: the first member after agg in pick's order that is not agg
- * (-1: nobody else can). */
+/* auditor chooses the auditor of shard j, whose aggregator is agg = pick(c, j, 0): the next
+ * member in pick's order (-1: there is nobody else). */
 static int auditor(const spes_coord_sm *c, int j, int agg)
 {
-    for (int t = 1; t <= SPES_COORD_MAX_MEMBERS; t++) {
-        int a = pick(c, j, t);
-        if (a < 0 || a == pick(c, j, 0))
-            return -1; /* round again: nobody but agg */
-        if (a != agg)
-            return a;
-    }
-    return -1;
+    int a = pick(c, j, 1);
+    return a != agg ? a : -1;
 }
 
 /* assign gives every shard to its first aggregator, and the audited ones to an auditor, for the
  * current attempt. */
 static void assign(spes_coord_sm *c, spes_coord_now now)
 {
+    int aud[SPES_COORD_MAX_SHARDS];
+    audited(c, aud);
     for (int j = 0; j < c->nshards; j++) {
         coord_shard *s = &c->shard[j];
         s->tries = 0;
         s->reported = 0;
         s->issued_ms = now.mono_ms;
         s->agg = pick(c, j, 0);
-        s->aud = s->agg >= 0 && audited(c, j) ? auditor(c, j, s->agg) : -1;
+        s->aud = s->agg >= 0 && aud[j] ? auditor(c, j, s->agg) : -1;
         s->aud_reported = 0;
         s->aud_issued_ms = now.mono_ms;
         s->ref = -1;

@@ -337,6 +337,18 @@ static void copy32(uint8_t *dst, const ProtobufCBinaryData *b)
     memcpy(dst, b->data, b->len < 32 ? b->len : 32);
 }
 
+/* group_of fills x with a sharded round's blob b (absent: no hash) of node and shard. */
+static void group_of(spes_node_group *x, uint32_t node, uint32_t shard, const Spes__Wire__Group *b)
+{
+    x->node = node;
+    x->shard = shard;
+    if (b) {
+        copy32(x->hash, &b->blob_hash);
+        copy32(x->manifest, &b->manifest_hash);
+        x->size = b->size;
+    }
+}
+
 static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_node_out *o)
 {
     if (sm->o.hooks.commit)
@@ -378,17 +390,9 @@ static void start_apply(spes_node_sm *sm, const Spes__Wire__Commit *cm, spes_nod
         say(o, SPES_LOG_ERROR, "out of memory applying round %llu", (unsigned long long)cm->round);
         return;
     }
-    for (size_t i = 0; i < cm->n_aggregates; i++) {
-        const Spes__Wire__Aggregate *g = cm->aggregates[i];
-        spes_node_group *x = &a->agg[a->nagg++];
-        x->node = g->node_id;
-        x->shard = g->shard;
-        if (g->blob) {
-            copy32(x->hash, &g->blob->blob_hash);
-            copy32(x->manifest, &g->blob->manifest_hash);
-            x->size = g->blob->size;
-        }
-    }
+    for (size_t i = 0; i < cm->n_aggregates; i++)
+        group_of(&a->agg[a->nagg++], cm->aggregates[i]->node_id, cm->aggregates[i]->shard,
+                 cm->aggregates[i]->blob);
     char list[512] = "", hex[17];
     for (int i = 0; i < a->ncontrib; i++) {
         size_t at = strlen(list);
@@ -416,14 +420,7 @@ static int aggregate_task(spes_node_sm *sm, spes_node_job *j, spes_node_shard_ta
         return -1;
     for (size_t k = 0; k < w->n_inputs; k++) {
         const Spes__Wire__ShardInput *x = w->inputs[k];
-        spes_node_group *g = &t->in[t->n++];
-        g->node = x->node_id;
-        g->shard = w->shard;
-        if (x->blob) {
-            copy32(g->hash, &x->blob->blob_hash);
-            copy32(g->manifest, &x->blob->manifest_hash);
-            g->size = x->blob->size;
-        }
+        group_of(&t->in[t->n++], x->node_id, w->shard, x->blob);
         add_peer(sm, j, x->node_id, x->listen_url, x->name);
     }
     return 0;

@@ -238,6 +238,19 @@ def read_state_blob2(path):
     return (rnd, v[:numel], v[numel:]) if v.size == 2 * numel else None
 
 
+def q8_group(b, off, n):
+    """The deltas of one q8ef group of n values at b[off:] (blocks of 128: f32 scale, int8 values;
+    delta = q * scale), and the offset after it."""
+    parts = []
+    for at in range(0, n, 128):
+        k = min(128, n - at)
+        sc = np.frombuffer(b, dtype="<f4", offset=off, count=1)[0]
+        q = np.frombuffer(b, dtype=np.int8, offset=off + 4, count=k)
+        parts.append((q.astype(np.float32) * sc).astype(np.float32))
+        off += 4 + k
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), off
+
+
 def read_group(path):
     """A group blob of a sharded round (docs/design.md, "The sharded round"): its header fields and its
     values (fp32) or deltas (q8ef), or None."""
@@ -249,14 +262,7 @@ def read_group(path):
     if codec == 1:
         vals = np.frombuffer(b, dtype="<f4", offset=off, count=count)
     elif codec == 3:
-        parts = []
-        for at in range(0, count, 128):
-            k = min(128, count - at)
-            sc = np.frombuffer(b, dtype="<f4", offset=off, count=1)[0]
-            q = np.frombuffer(b, dtype=np.int8, offset=off + 4, count=k)
-            parts.append((q.astype(np.float32) * sc).astype(np.float32))
-            off += 4 + k
-        vals = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        vals, _ = q8_group(b, off, count)
     else:
         return None
     return dict(kind=kind, codec=codec, round=rnd, node=node, shard=shard, shards=shards, offset=offset,
@@ -275,15 +281,11 @@ def read_contribution(path):
     n = shared + ncols * column
     if codec == 1:
         vals = np.frombuffer(b, dtype="<f4", offset=off, count=n)
-    elif codec == 3:  # q8ef: per group, blocks of 128: f32 scale, int8 values; delta = q * scale
+    elif codec == 3:  # q8ef: per group
         parts = []
         for g in [shared] + [column] * ncols:
-            for at in range(0, g, 128):
-                k = min(128, g - at)
-                sc = np.frombuffer(b, dtype="<f4", offset=off, count=1)[0]
-                q = np.frombuffer(b, dtype=np.int8, offset=off + 4, count=k)
-                parts.append((q.astype(np.float32) * sc).astype(np.float32))
-                off += 4 + k
+            v, off = q8_group(b, off, g)
+            parts.append(v)
         vals = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     elif codec == 4:  # topk: per group, chunks of 4096: 4 f32 levels, k 12-bit indices, k 2-bit codes
         parts = []

@@ -244,6 +244,26 @@ def scenario_column_owners():
         cl.cleanup()
 
 
+def join_kill_agree(cl, kill, what, join_timeout, apply_timeout):
+    """Starts nodes 0-2, node-3 from round 3 until it contributes, kills node `kill` and starts it again,
+    lets every node apply two more rounds and stops them; checks their digests agree (and names
+    `what` in the check) and returns the rounds checked."""
+    for k in range(3):
+        cl.start(k)
+    cl.wait_round(3)
+    cl.start(3)
+    cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)),
+            join_timeout)
+    cl.kill(kill)
+    cl.start(kill)
+    later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=apply_timeout)
+    cl.stop_all()
+    logs = [cl.applied(k) for k in range(4)]
+    check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
+          "%s: four nodes (one joined, one killed and restarted) agree on rounds %s" % (what, later))
+    return later
+
+
 def scenario_outer_optimizer():
     """Outer Nesterov momentum: nodes agree, S_{r+1} and the momentum equal numpy's, a joiner
     fetches the momentum with the state, a restarted node resumes its persisted momentum."""
@@ -252,18 +272,7 @@ def scenario_outer_optimizer():
     cl = Cluster(BUILD, 4, cfg, tokens(), min_nodes=3,
                  extra={k: {"keep_blobs": True, "log_level": "debug" if k == 0 else "info"} for k in range(4)})
     try:
-        for k in range(3):
-            cl.start(k)
-        cl.wait_round(3)
-        cl.start(3)
-        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 60)
-        cl.kill(1)
-        cl.start(1)
-        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=120)
-        cl.stop_all()
-        logs = [cl.applied(k) for k in range(4)]
-        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
-              "outer momentum: four nodes (one joined, one restarted) agree on rounds %s" % later)
+        later = join_kill_agree(cl, 1, "outer momentum", 60, 120)
         check("fetching the agreed state" in cl.log(3), "the joiner fetched the agreed state (with its momentum)")
         check("MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
         states, contribs = {}, {}
@@ -487,18 +496,7 @@ def sharded_run(overlap=0, outbound=False, lying=False):
     what = "sharded%s%s%s" % (", overlap" if overlap else "", ", node-3 outbound only" if outbound else "",
                               ", node-1 lying, every shard audited" if lying else "")
     try:
-        for k in range(3):
-            cl.start(k)
-        cl.wait_round(3)
-        cl.start(3)
-        cl.wait("node-3 contributes", lambda: re.search(r"round (\d+) committed: 4 contribution", cl.log(0)), 90)
-        cl.kill(2)
-        cl.start(2)
-        later = cl.wait_applied([0, 1, 2, 3], max(cl.applied(0)) + 2, timeout=150)
-        cl.stop_all()
-        logs = [cl.applied(k) for k in range(4)]
-        check(later and all(logs[0][x] == logs[k][x] for x in later for k in range(1, 4)),
-              "%s: four nodes (one joined, one killed and restarted) agree on rounds %s" % (what, later))
+        join_kill_agree(cl, 2, what, 90, 150)
         check("DIGEST MISMATCH" not in cl.log(0), "the coordinator saw no digest mismatch")
         averaged = set()
         for k in range(4):
